@@ -1,0 +1,2 @@
+//! zgate-control: compiles policy-as-code into decision tables.
+fn main() {}

@@ -1,0 +1,3 @@
+//! zgate's policy language. (crate docs to be written with the parser)
+
+pub mod model;

@@ -1,0 +1,3 @@
+//! zgate's decision table. (crate docs to be written with the compiler)
+
+pub mod facts;

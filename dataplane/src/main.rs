@@ -1,0 +1,2 @@
+//! zgate: the data path.
+fn main() {}
