@@ -1,3 +1,550 @@
-//! zgate's decision table. (crate docs to be written with the compiler)
+//! zgate's compiled decision table: the policy turned into flat, immutable lookup data.
+//!
+//! # Purpose
+//!
+//! [`DecisionTable::compile`] turns a validated [`Policy`](zgate_policy::model::Policy) into a table that answers
+//! "may this flow proceed, and for how long?" ([`DecisionTable::decide`]) in tens of
+//! nanoseconds, with no allocation, no lock and no clock. [`DecisionTable::encode`] and
+//! [`DecisionTable::decode`] move a table from the control process to the dataplanes
+//! in a checksummed, versioned binary format (`docs/table-format.md`).
+//! [`reference`](mod@reference) holds the slow evaluator the table is tested against.
+//!
+//! # Non-goals
+//!
+//! - Parsing or validating policy text (`zgate-policy` does; this crate trusts the model).
+//! - Mutation. A new policy is a new table; the dataplane swaps pointers.
+//! - Fast-changing facts (revocations, posture, risk, grants): they arrive as
+//!   [`LiveFacts`] beside the table and are read, never copied into it.
+//! - IO of any kind: no files, sockets, clock, environment or threads (sans-IO).
+//! - Authenticating table bytes: the checksum catches corruption, not forgery; the
+//!   control channel is what is trusted.
+//!
+//! # Shape
+//!
+//! Every rule gets a local index inside a *sub-table*: one per service named by some
+//! rule, plus one for the `*`-service rules, which serves services no rule names. When
+//! there are few `*` rules they are also copied into every service's sub-table, so a
+//! flow reads one sub-table; otherwise it reads its service's and the `*` one. A
+//! sub-table keeps, per matching dimension, rule sets as bitsets over its local indices:
+//!
+//! ```text
+//!   flow ──► service id (hash) ──► sub-table ─┬─ principal key slots ─► rows ┐
+//!        └─► global principal ids (hashes)    ├─ source ranges (bsearch) ─► row ├─ AND ─► candidates
+//!                                             ├─ SNI key slots ─────────► rows │        │
+//!                                             └─ ALPN key slot ─────────► row ─┘        ▼
+//!        lowest deny candidate whose residual checks (schedule, posture, risk,
+//!        certificate age, grant) pass; else lowest such allow; else default deny
+//! ```
+//!
+//! A bitset row stores only the words between its first and last set bit, and identical
+//! rows are stored once, so memory follows the number of (key, rule) pairs rather than
+//! keys times rules in the common case where a key's rules are near each other.
+//! Schedules read a per-zone transition list computed with `jiff` at compile time.
+//!
+//! # Invariants
+//!
+//! - A table is immutable once built and is `Send + Sync`; share it behind an `Arc`.
+//! - [`DecisionTable::decide`] gives the same [`Decision`] as [`reference::evaluate`]
+//!   on the policy it was compiled from, for every flow and fact set (the differential
+//!   test checks this), and `decode(encode(t))` decides identically to `t`.
+//! - [`DecisionTable::decode`] never panics and never allocates more than a small
+//!   multiple of its input; a table it returns is internally consistent (every index in
+//!   range), which is what lets `decide` never fail. It does not prove the table came
+//!   from any particular policy.
+//! - `decide` does not allocate, lock, or call into `jiff`.
+//!
+//! # Cost of a decision (common case)
+//!
+//! For a service with up to 64 rules (one bitset word), a decision reads: the service
+//! hash slot and key (1–2 cache lines); one global hash slot per SPIFFE exact probe,
+//! per SPIFFE prefix length some policy prefix has, per DNS SAN, common name and
+//! fingerprint the flow carries (empty maps are skipped); the sub-table header (1);
+//! one key slot per matched key and dimension (1 each); the source range array (2–4,
+//! binary search); one pool line per row (4–6, often shared); the local-to-global
+//! rule map (1); and the winning rule's info record (1) plus, with a schedule, the
+//! zone's transition array (1–2). About 12–18 lines, none of which depend on the total
+//! rule count; instruction counts (callgrind) are ~1,100 per decision at both 1,000
+//! and 100,000 rules (`examples/perf.rs`). `LiveFacts` maps are consulted only for
+//! rules with residual conditions and for non-empty revocation sets.
+
+#![forbid(unsafe_code)]
 
 pub mod facts;
+pub mod reference;
+
+mod compile;
+mod decide;
+mod format;
+mod tz;
+
+pub use facts::*;
+
+use rustc_hash::FxHashMap;
+use zgate_policy::model::PostureRequirement;
+
+/// Most rules one table can hold (format limit: local and global indices are `u32`,
+/// and a bound keeps decode's allocation checks simple).
+pub const MAX_RULES: usize = 1 << 24;
+/// Most distinct services one table can hold.
+pub const MAX_SERVICES: usize = 1 << 24;
+/// The binary format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Home slot of `key` in a key hash table of `mask + 1` slots.
+#[inline]
+pub(crate) fn key_slot(key: u32, mask: usize) -> usize {
+    ((u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize) & mask
+}
+
+/// "No such index" in the `u32` index fields.
+pub(crate) const NONE: u32 = u32::MAX;
+/// Row id of the empty bitset; always present.
+pub(crate) const EMPTY_ROW: u32 = 0;
+
+/// A compiled, immutable policy. See the crate documentation.
+#[derive(Debug, Clone)]
+pub struct DecisionTable {
+    pub(crate) version: u64,
+    pub(crate) policy_hash: [u8; 32],
+    /// Per global rule: id.
+    pub(crate) rule_ids: Vec<Box<str>>,
+    /// Per global rule: action and residual conditions.
+    pub(crate) rules: Vec<RuleInfo>,
+    pub(crate) zones: Vec<tz::Zone>,
+    pub(crate) schedules: Vec<Sched>,
+    /// Global principal key space; the position is the key id.
+    pub(crate) principal_keys: Vec<PrincipalKey>,
+    /// Global SNI key space.
+    pub(crate) sni_keys: Vec<SniKey>,
+    /// Global ALPN key space.
+    pub(crate) alpn_keys: Vec<Box<str>>,
+    /// Bitset words of every row, rows back to back.
+    pub(crate) pool: Vec<u64>,
+    pub(crate) rows: Vec<Row>,
+    /// Per sub-table span, an open-addressing hash table of `[key id, row]` slots
+    /// (power-of-two size, linear probing, `NONE` key = empty; see [`key_slot`]).
+    pub(crate) slots: Vec<[u32; 2]>,
+    /// Disjoint IPv4 ranges: start of each range (first is 0), and its row.
+    pub(crate) v4_starts: Vec<u32>,
+    pub(crate) v4_rows: Vec<u32>,
+    pub(crate) v6_starts: Vec<u128>,
+    pub(crate) v6_rows: Vec<u32>,
+    /// Local index -> global rule index, per sub-table span.
+    pub(crate) local_rules: Vec<u32>,
+    /// One per service (same order as `service_names`), then the `*` table if any.
+    pub(crate) tables: Vec<SubTable>,
+    pub(crate) service_names: Vec<Box<str>>,
+    /// Index in `tables` of the `*`-service sub-table, or `NONE`.
+    pub(crate) any_table: u32,
+    /// The `*` rules are also merged into every service's sub-table, so a flow for a
+    /// named service reads one sub-table; the `*` sub-table then serves only services
+    /// no rule names. Chosen at compile time when the copies are cheap.
+    pub(crate) any_merged: bool,
+    /// Hash indexes derived from the lists above (rebuilt on decode).
+    pub(crate) idx: Indexes,
+}
+
+/// A global principal key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum PrincipalKey {
+    /// A SPIFFE ID, as text.
+    Exact(Box<str>),
+    /// A SPIFFE prefix (`spiffe://td/a` for `spiffe://td/a/*`).
+    Under(Box<str>),
+    Dns(Box<str>),
+    Cn(Box<str>),
+    Fingerprint([u8; 32]),
+}
+
+/// A global SNI key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum SniKey {
+    /// The name as written (including a literal `*.x`, which also matches itself).
+    Exact(Box<str>),
+    /// The `suffix` of a `*.suffix` entry.
+    Wildcard(Box<str>),
+}
+
+/// A range of an index array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Span {
+    pub off: u32,
+    pub len: u32,
+}
+
+impl Span {
+    pub(crate) fn range(self) -> std::ops::Range<usize> {
+        let off = self.off as usize;
+        off..off.saturating_add(self.len as usize)
+    }
+}
+
+/// A bitset stored as its words `first..first + len`; words are `pool[off..off + len]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Row {
+    pub first: u32,
+    pub len: u32,
+    pub off: u32,
+}
+
+/// Per global rule: what `decide` needs beyond the bitsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RuleInfo {
+    pub deny: bool,
+    /// Index into `schedules`, or `NONE`.
+    pub schedule: u32,
+    pub posture: Option<PostureRequirement>,
+    pub max_risk: Option<u8>,
+    pub max_cert_age_secs: Option<u64>,
+    pub max_session_secs: Option<u64>,
+    pub requires_grant: bool,
+}
+
+impl RuleInfo {
+    /// Whether some condition must be checked against the flow and live facts after
+    /// the bitsets say the rule is a candidate.
+    pub(crate) fn has_residual(&self) -> bool {
+        self.schedule != NONE
+            || self.posture.is_some()
+            || self.max_risk.is_some()
+            || self.max_cert_age_secs.is_some()
+            || self.requires_grant
+    }
+}
+
+/// A compiled schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Sched {
+    pub zone: u32,
+    pub days: u8,
+    /// `(start_minute, end_minute)`, in the policy's order.
+    pub ranges: Box<[(u16, u16)]>,
+}
+
+/// One sub-table: the rules that apply to one service (or the `*` rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct SubTable {
+    /// Into `local_rules`.
+    pub rules: Span,
+    /// Bitset width in words: `rules.len.div_ceil(64)`.
+    pub words: u32,
+    /// Rows: deny rules; rules with residual conditions; rules unconstrained in each
+    /// dimension (principal, source, SNI, ALPN).
+    pub deny: u32,
+    pub check: u32,
+    pub principal_any: u32,
+    pub source_any: u32,
+    pub sni_any: u32,
+    pub alpn_any: u32,
+    /// Into `slots`.
+    pub principals: Span,
+    pub sni: Span,
+    pub alpn: Span,
+    /// Into `v4_starts` / `v4_rows` and `v6_starts` / `v6_rows`.
+    pub v4: Span,
+    pub v6: Span,
+    /// `UNCONSTRAINED_*` bits: dimensions no rule of this sub-table constrains (its
+    /// `*_any` row holds every rule), which `decide` skips.
+    pub unconstrained: u8,
+}
+
+pub(crate) const UNCONSTRAINED_PRINCIPAL: u8 = 1;
+pub(crate) const UNCONSTRAINED_SOURCE: u8 = 1 << 1;
+pub(crate) const UNCONSTRAINED_SNI: u8 = 1 << 2;
+pub(crate) const UNCONSTRAINED_ALPN: u8 = 1 << 3;
+
+/// Hash indexes over the key lists, rebuilt from them after decode.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Indexes {
+    pub services: FxHashMap<Box<str>, u32>,
+    /// SPIFFE text -> [exact key id, prefix key id] (`NONE` where absent).
+    pub spiffe: FxHashMap<Box<str>, [u32; 2]>,
+    /// The distinct lengths of the prefix keys, ascending: a flow's SPIFFE ID is
+    /// probed only where one of these lengths falls on a `/`.
+    pub under_lens: Vec<u32>,
+    pub dns: FxHashMap<Box<str>, u32>,
+    pub cn: FxHashMap<Box<str>, u32>,
+    pub fingerprint: FxHashMap<[u8; 32], u32>,
+    pub sni_exact: FxHashMap<Box<str>, u32>,
+    pub sni_wildcard: FxHashMap<Box<str>, u32>,
+    pub alpn: FxHashMap<Box<str>, u32>,
+}
+
+/// A duplicate key found while building the indexes: the lists are corrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DuplicateKey(pub &'static str);
+
+impl Indexes {
+    /// Build every hash index from the key lists. Fails on a duplicate key.
+    pub(crate) fn build(
+        service_names: &[Box<str>],
+        principal_keys: &[PrincipalKey],
+        sni_keys: &[SniKey],
+        alpn_keys: &[Box<str>],
+    ) -> Result<Indexes, DuplicateKey> {
+        fn put<K: std::hash::Hash + Eq>(
+            map: &mut FxHashMap<K, u32>,
+            key: K,
+            id: u32,
+            what: &'static str,
+        ) -> Result<(), DuplicateKey> {
+            match map.insert(key, id) {
+                None => Ok(()),
+                Some(_) => Err(DuplicateKey(what)),
+            }
+        }
+        let mut idx = Indexes::default();
+        for (id, name) in (0u32..).zip(service_names) {
+            put(&mut idx.services, name.clone(), id, "service name")?;
+        }
+        for (id, key) in (0u32..).zip(principal_keys) {
+            match key {
+                PrincipalKey::Exact(s) | PrincipalKey::Under(s) => {
+                    let slot = idx.spiffe.entry(s.clone()).or_insert([NONE, NONE]);
+                    let which = usize::from(matches!(key, PrincipalKey::Under(_)));
+                    match slot.get_mut(which) {
+                        Some(v) if *v == NONE => *v = id,
+                        _ => return Err(DuplicateKey("spiffe principal")),
+                    }
+                    if which == 1 {
+                        idx.under_lens
+                            .push(u32::try_from(s.len()).unwrap_or(u32::MAX));
+                    }
+                }
+                PrincipalKey::Dns(s) => put(&mut idx.dns, s.clone(), id, "dns principal")?,
+                PrincipalKey::Cn(s) => put(&mut idx.cn, s.clone(), id, "cn principal")?,
+                PrincipalKey::Fingerprint(fp) => {
+                    put(&mut idx.fingerprint, *fp, id, "fingerprint principal")?;
+                }
+            }
+        }
+        idx.under_lens.sort_unstable();
+        idx.under_lens.dedup();
+        for (id, key) in (0u32..).zip(sni_keys) {
+            match key {
+                SniKey::Exact(s) => put(&mut idx.sni_exact, s.clone(), id, "sni name")?,
+                SniKey::Wildcard(s) => put(&mut idx.sni_wildcard, s.clone(), id, "sni wildcard")?,
+            }
+        }
+        for (id, name) in (0u32..).zip(alpn_keys) {
+            put(&mut idx.alpn, name.clone(), id, "alpn protocol")?;
+        }
+        Ok(idx)
+    }
+}
+
+/// Why a policy could not be compiled into a table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompileError {
+    /// More rules than the format can index.
+    #[error("the policy has {count} rules; a table holds at most {max}")]
+    TooManyRules {
+        /// Rules in the policy.
+        count: usize,
+        /// [`MAX_RULES`].
+        max: usize,
+    },
+    /// More distinct services than the format can index.
+    #[error("the policy names {count} services; a table holds at most {max}")]
+    TooManyServices {
+        /// Distinct services named.
+        count: usize,
+        /// [`MAX_SERVICES`].
+        max: usize,
+    },
+    /// A schedule names a time zone the bundled database does not know.
+    #[error("rule `{rule}` uses unknown time zone `{zone}`")]
+    UnknownTimeZone {
+        /// The rule's id.
+        rule: String,
+        /// The zone name.
+        zone: String,
+    },
+    /// Some index array outgrew the format's 32-bit offsets.
+    #[error("the compiled table is too large: {what} exceeds 2^32 entries")]
+    TooLarge {
+        /// Which array.
+        what: &'static str,
+    },
+}
+
+/// Why table bytes were rejected. Decoding never changes anything outside its result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The bytes do not start with the table magic.
+    #[error("not a zgate table: magic is {found:02x?}")]
+    BadMagic {
+        /// The first eight bytes.
+        found: [u8; 8],
+    },
+    /// The table was written in a format version this build does not read.
+    #[error("table format version {found} is not supported (this build reads {supported})")]
+    UnsupportedVersion {
+        /// Version in the header.
+        found: u32,
+        /// [`FORMAT_VERSION`].
+        supported: u32,
+    },
+    /// Fewer bytes than the header says there are.
+    #[error("table truncated: need {needed} bytes, have {available}")]
+    Truncated {
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes given.
+        available: u64,
+    },
+    /// More bytes than the header says there are.
+    #[error("table has {extra} bytes after its checksum")]
+    TrailingBytes {
+        /// Bytes past the end.
+        extra: u64,
+    },
+    /// The SHA-256 trailer does not match the header and body.
+    #[error("table checksum mismatch")]
+    ChecksumMismatch,
+    /// The checksum is right but the body is not a well-formed table.
+    #[error("table body is corrupt: {what}")]
+    Corrupt {
+        /// The check that failed.
+        what: &'static str,
+    },
+}
+
+impl DecisionTable {
+    /// Compile a validated policy. `version` is the policy version the control process
+    /// assigned; it is carried in the table and its encoding.
+    pub fn compile(
+        policy: &zgate_policy::model::Policy,
+        version: u64,
+    ) -> Result<DecisionTable, CompileError> {
+        compile::compile(policy, version)
+    }
+
+    /// Serialize to the binary format described in `docs/table-format.md`.
+    pub fn encode(&self) -> Vec<u8> {
+        format::encode(self)
+    }
+
+    /// Parse and verify table bytes (from an untrusted source). Checks magic, format
+    /// version, length and checksum, then every count and index in the body. Never
+    /// panics; on error nothing is returned and nothing else changes.
+    pub fn decode(bytes: &[u8]) -> Result<DecisionTable, LoadError> {
+        format::decode(bytes)
+    }
+
+    /// The id of the rule at `index`, if there is one.
+    pub fn rule_id(&self, index: u32) -> Option<&str> {
+        self.rule_ids.get(index as usize).map(|s| &**s)
+    }
+
+    /// What decided, as a name for logs: the rule id, `default-deny`,
+    /// `revoked-identity` or `revoked-certificate` (`unknown-rule` for an index this
+    /// table does not have).
+    pub fn decided_by_name(&self, by: DecidedBy) -> &str {
+        match by {
+            DecidedBy::Rule(i) => self.rule_id(i).unwrap_or("unknown-rule"),
+            DecidedBy::DefaultDeny => "default-deny",
+            DecidedBy::RevokedIdentity => "revoked-identity",
+            DecidedBy::RevokedCertificate => "revoked-certificate",
+        }
+    }
+
+    /// The policy version given to [`DecisionTable::compile`].
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The policy's source hash (SHA-256 over its files), carried through.
+    pub fn policy_hash(&self) -> &[u8; 32] {
+        &self.policy_hash
+    }
+
+    /// Number of rules.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// The services some rule names, in order of first mention.
+    pub fn service_names(&self) -> impl Iterator<Item = &str> {
+        self.service_names.iter().map(|s| &**s)
+    }
+
+    #[doc(hidden)]
+    pub fn heap_breakdown(&self) -> Vec<(&'static str, usize)> {
+        fn vec<T>(v: &[T]) -> usize { std::mem::size_of_val(v) }
+        fn map<K, V>(m: &FxHashMap<K, V>) -> usize { m.capacity() * (std::mem::size_of::<K>() + std::mem::size_of::<V>() + 1) }
+        vec![("rule_ids", vec(&self.rule_ids) + self.rule_ids.iter().map(|s| s.len()).sum::<usize>()),
+        ("rules", vec(&self.rules)), ("principal_keys", vec(&self.principal_keys)), ("nkeys", self.principal_keys.len()),
+        ("pool", vec(&self.pool)), ("rows", vec(&self.rows)), ("slots", vec(&self.slots)), ("v4", vec(&self.v4_starts)*2), ("v6", vec(&self.v6_starts)+vec(&self.v6_rows)),
+        ("local_rules", vec(&self.local_rules)), ("tables", vec(&self.tables)), ("ntables", self.tables.len()),
+        ("spiffe map", map(&self.idx.spiffe)), ("dns", map(&self.idx.dns)), ("cn", map(&self.idx.cn)), ("services", map(&self.idx.services))]
+    }
+    /// Approximate heap memory held by the table, in bytes (for benchmarks).
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        fn vec<T>(v: &[T]) -> usize {
+            std::mem::size_of_val(v)
+        }
+        fn strs(v: &[Box<str>]) -> usize {
+            vec(v) + v.iter().map(|s| s.len()).sum::<usize>()
+        }
+        fn map<K, V>(m: &FxHashMap<K, V>, key_heap: usize) -> usize {
+            m.capacity() * (size_of::<K>() + size_of::<V>() + 1) + key_heap
+        }
+        let key_text = |k: &PrincipalKey| match k {
+            PrincipalKey::Exact(s)
+            | PrincipalKey::Under(s)
+            | PrincipalKey::Dns(s)
+            | PrincipalKey::Cn(s) => s.len(),
+            PrincipalKey::Fingerprint(_) => 0,
+        };
+        let sni_text = |k: &SniKey| match k {
+            SniKey::Exact(s) | SniKey::Wildcard(s) => s.len(),
+        };
+        let principal_text: usize = self.principal_keys.iter().map(key_text).sum();
+        let sni_text: usize = self.sni_keys.iter().map(sni_text).sum();
+        let alpn_text: usize = self.alpn_keys.iter().map(|s| s.len()).sum();
+        let i = &self.idx;
+        strs(&self.rule_ids)
+            + vec(&self.rules)
+            + self.zones.iter().map(tz::Zone::heap_bytes).sum::<usize>()
+            + self
+                .schedules
+                .iter()
+                .map(|s| size_of::<Sched>() + vec(&s.ranges))
+                .sum::<usize>()
+            + vec(&self.principal_keys)
+            + principal_text
+            + vec(&self.sni_keys)
+            + sni_text
+            + strs(&self.alpn_keys)
+            + vec(&self.pool)
+            + vec(&self.rows)
+            + vec(&self.slots)
+            + vec(&self.v4_starts)
+            + vec(&self.v4_rows)
+            + vec(&self.v6_starts)
+            + vec(&self.v6_rows)
+            + vec(&self.local_rules)
+            + vec(&self.tables)
+            + strs(&self.service_names)
+            + map(&i.services, strs(&self.service_names))
+            + map(&i.spiffe, principal_text)
+            + map(&i.dns, 0)
+            + map(&i.cn, 0)
+            + map(&i.fingerprint, 0)
+            + map(&i.sni_exact, sni_text)
+            + map(&i.sni_wildcard, 0)
+            + map(&i.alpn, alpn_text)
+    }
+}
+
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<DecisionTable>();
+};
+
+#[cfg(test)]
+mod tests;

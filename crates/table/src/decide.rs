@@ -1,0 +1,520 @@
+//! The hot path: one decision. Everything here is allocation-free and lock-free, reads
+//! only the table and the caller's facts, and indexes nothing without a bounds check
+//! (a decoded table is validated, but a wrong index must still not panic).
+//!
+//! Work per decision (see the crate doc for cache lines):
+//! 1. revocation probes (skipped when the sets are empty);
+//! 2. service name -> sub-table (one hash probe), plus the `*` sub-table if any;
+//! 3. the flow's identity -> global principal key ids (one hash probe per name it
+//!    carries and per SPIFFE path prefix no longer than the longest policy prefix);
+//!    SNI -> up to two key ids; ALPN -> one;
+//! 4. per sub-table, resolve the rows of the matched keys once, then per bitset word:
+//!    OR the rows per dimension, AND the dimensions, and walk the surviving bits in
+//!    index order, deny rules first, checking residual conditions only where flagged.
+
+use crate::facts::{
+    Constraints, DecidedBy, Decision, FlowFacts, LiveFacts, PeerIdentity, Reason, UnixSeconds,
+    Verdict,
+};
+use crate::tz::{Zone, CYCLE, CYCLE_START, LIST_END, MAX_INSTANT, MIN_INSTANT};
+use crate::{
+    key_slot, DecisionTable, Row, RuleInfo, Span, SubTable, EMPTY_ROW as EMPTY, NONE,
+    UNCONSTRAINED_ALPN, UNCONSTRAINED_PRINCIPAL, UNCONSTRAINED_SNI, UNCONSTRAINED_SOURCE,
+};
+
+/// Matched principal key ids kept on the stack; an identity matching more keys than
+/// this (dozens of DNS SANs all named in the policy) is handled by re-probing.
+const MAX_MATCHED: usize = 16;
+
+/// A row descriptor that reads as all zeros.
+const NO_ROW: Row = Row {
+    first: 0,
+    len: 0,
+    off: 0,
+};
+
+/// Row descriptors on the stack: the principal rows a flow matched in one sub-table.
+struct RowList {
+    rows: [Row; MAX_MATCHED + 1],
+    len: usize,
+}
+
+impl RowList {
+    fn new() -> RowList {
+        RowList {
+            rows: [NO_ROW; MAX_MATCHED + 1],
+            len: 0,
+        }
+    }
+    /// Rows past the capacity are dropped; callers only push up to `MAX_MATCHED + 1`.
+    fn push(&mut self, r: Row) {
+        if let Some(slot) = self.rows.get_mut(self.len) {
+            *slot = r;
+            self.len += 1;
+        }
+    }
+    fn as_slice(&self) -> &[Row] {
+        self.rows.get(..self.len).unwrap_or(&[])
+    }
+}
+
+/// The global principal key ids an identity matched.
+struct Matched<'f> {
+    ids: [u32; MAX_MATCHED],
+    len: usize,
+    /// More than `MAX_MATCHED` ids: re-probe from `identity` instead of using `ids`.
+    overflow: Option<&'f PeerIdentity<'f>>,
+}
+
+/// Lowest matching deny and allow seen so far, across sub-tables.
+#[derive(Default)]
+struct Best {
+    deny: Option<u32>,
+    allow: Option<(u32, Constraints)>,
+}
+
+impl DecisionTable {
+    /// Decide one flow. Pure: the same table, flow and facts always give the same
+    /// decision. Does not allocate, lock, or read a clock (`flow.now` is the time).
+    pub fn decide(&self, flow: &FlowFacts<'_>, live: &LiveFacts) -> Decision {
+        if let Some(id) = &flow.identity {
+            if let Some(s) = id.spiffe_id {
+                if !live.revoked_ids.is_empty() && live.revoked_ids.contains(s) {
+                    return revoked(DecidedBy::RevokedIdentity);
+                }
+            }
+            if let Some(fp) = id.fingerprint {
+                if !live.revoked_fingerprints.is_empty() && live.revoked_fingerprints.contains(fp) {
+                    return revoked(DecidedBy::RevokedCertificate);
+                }
+            }
+        }
+
+        let service = self.idx.services.get(flow.service).copied();
+        let any = (self.any_table != NONE).then_some(self.any_table);
+        let tables = match (service, any) {
+            (None, None) => return Decision::default_deny(Reason::UnknownService),
+            (Some(s), Some(a)) if !self.any_merged => [Some(s), Some(a)],
+            (Some(s), _) => [Some(s), None],
+            (None, a) => [a, None],
+        };
+
+        let matched = self.match_principals(flow.identity.as_ref());
+        let sni = self.sni_ids(flow.sni);
+        let alpn = flow
+            .alpn
+            .and_then(|a| self.idx.alpn.get(a).copied())
+            .unwrap_or(NONE);
+
+        let mut best = Best::default();
+        for t in tables.into_iter().flatten() {
+            if let Some(table) = self.tables.get(t as usize) {
+                self.scan(table, flow, live, &matched, sni, alpn, &mut best);
+            }
+        }
+
+        if let Some(rule) = best.deny {
+            Decision {
+                verdict: Verdict::Deny,
+                decided_by: DecidedBy::Rule(rule),
+                reason: Reason::DeniedByRule,
+                constraints: Constraints::default(),
+            }
+        } else if let Some((rule, constraints)) = best.allow {
+            Decision {
+                verdict: Verdict::Allow,
+                decided_by: DecidedBy::Rule(rule),
+                reason: Reason::AllowedByRule,
+                constraints,
+            }
+        } else {
+            Decision::default_deny(Reason::NoRuleMatched)
+        }
+    }
+
+    /// Call `f` with every global principal key id the identity matches.
+    fn visit_principals(&self, id: &PeerIdentity<'_>, f: &mut impl FnMut(u32)) {
+        let idx = &self.idx;
+        if let Some(s) = id.spiffe_id {
+            if !idx.spiffe.is_empty() {
+                if let Some(&[exact, _]) = idx.spiffe.get(s) {
+                    if exact != NONE {
+                        f(exact);
+                    }
+                }
+                // `spiffe://td/a/*` matches when the ID continues past `spiffe://td/a`
+                // with a `/`: probe the text before each `/` after the scheme.
+                // Only lengths some prefix key has are probed (ascending, so stop at
+                // the first one the ID is not longer than).
+                let bytes = s.as_bytes();
+                for &len in &idx.under_lens {
+                    let len = len as usize;
+                    match bytes.get(len) {
+                        None => break,
+                        Some(b'/') => {}
+                        Some(_) => continue,
+                    }
+                    if let Some(&[_, under]) = s.get(..len).and_then(|p| idx.spiffe.get(p)) {
+                        if under != NONE {
+                            f(under);
+                        }
+                    }
+                }
+            }
+        }
+        if !idx.dns.is_empty() {
+            for name in id.dns_sans {
+                if let Some(&k) = idx.dns.get(*name) {
+                    f(k);
+                }
+            }
+        }
+        if let Some(cn) = id.common_name {
+            if let Some(&k) = idx.cn.get(cn) {
+                f(k);
+            }
+        }
+        if let Some(fp) = id.fingerprint {
+            if let Some(&k) = idx.fingerprint.get(fp) {
+                f(k);
+            }
+        }
+    }
+
+    fn match_principals<'f>(&self, identity: Option<&'f PeerIdentity<'f>>) -> Matched<'f> {
+        let mut m = Matched {
+            ids: [NONE; MAX_MATCHED],
+            len: 0,
+            overflow: None,
+        };
+        if let Some(id) = identity {
+            let mut full = false;
+            self.visit_principals(id, &mut |k| match m.ids.get_mut(m.len) {
+                Some(slot) => {
+                    *slot = k;
+                    m.len += 1;
+                }
+                None => full = true,
+            });
+            if full {
+                m.overflow = Some(id);
+            }
+        }
+        m
+    }
+
+    fn each_principal(&self, m: &Matched<'_>, f: &mut impl FnMut(u32)) {
+        match m.overflow {
+            Some(id) => self.visit_principals(id, f),
+            None => m.ids.iter().take(m.len).for_each(|&k| f(k)),
+        }
+    }
+
+    /// Key ids for the SNI: exact name, and the suffix after a non-empty first label.
+    fn sni_ids(&self, sni: Option<&str>) -> [u32; 2] {
+        let Some(s) = sni else {
+            return [NONE; 2];
+        };
+        let exact = self.idx.sni_exact.get(s).copied().unwrap_or(NONE);
+        let wildcard = match s.split_once('.') {
+            Some((label, suffix)) if !label.is_empty() && !self.idx.sni_wildcard.is_empty() => {
+                self.idx.sni_wildcard.get(suffix).copied().unwrap_or(NONE)
+            }
+            _ => NONE,
+        };
+        [exact, wildcard]
+    }
+
+    /// The row for key `key` in the sub-table's key hash table `span`, if present.
+    #[inline]
+    fn key_row(&self, span: Span, key: u32) -> Option<u32> {
+        if key == NONE || span.len == 0 {
+            return None;
+        }
+        let slots = self.slots.get(span.range())?;
+        let mask = slots.len() - 1;
+        let mut i = key_slot(key, mask);
+        // Bounded even if a (validated) table were full.
+        for _ in 0..slots.len() {
+            let &[k, row] = slots.get(i)?;
+            if k == key {
+                return Some(row);
+            }
+            if k == NONE {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+        None
+    }
+
+    /// The row of the disjoint source range containing `ip`.
+    fn source_row(&self, t: &SubTable, ip: std::net::IpAddr) -> Option<u32> {
+        let (pos, span) = match ip {
+            std::net::IpAddr::V4(a) => {
+                let starts = self.v4_starts.get(t.v4.range())?;
+                (starts.partition_point(|&s| s <= u32::from(a)), t.v4)
+            }
+            std::net::IpAddr::V6(a) => {
+                let starts = self.v6_starts.get(t.v6.range())?;
+                (starts.partition_point(|&s| s <= u128::from(a)), t.v6)
+            }
+        };
+        let at = (span.off as usize).checked_add(pos.checked_sub(1)?)?;
+        match ip {
+            std::net::IpAddr::V4(_) => self.v4_rows.get(at).copied(),
+            std::net::IpAddr::V6(_) => self.v6_rows.get(at).copied(),
+        }
+    }
+
+    /// The row's id resolved to its descriptor (the empty row for a bad id).
+    #[inline]
+    fn row(&self, id: u32) -> Row {
+        self.rows.get(id as usize).copied().unwrap_or(NO_ROW)
+    }
+
+    /// Word `w` of a row's bitset.
+    #[inline]
+    fn word(&self, r: Row, w: usize) -> u64 {
+        let i = w.wrapping_sub(r.first as usize);
+        if i < r.len as usize {
+            self.pool.get(r.off as usize + i).copied().unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    /// OR of word `w` over a list of rows.
+    #[inline]
+    fn any_word(&self, rows: &[Row], w: usize) -> u64 {
+        rows.iter().fold(0, |acc, &r| acc | self.word(r, w))
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "hot path; the inputs are distinct"
+    )]
+    fn scan(
+        &self,
+        t: &SubTable,
+        flow: &FlowFacts<'_>,
+        live: &LiveFacts,
+        matched: &Matched<'_>,
+        sni: [u32; 2],
+        alpn: u32,
+        best: &mut Best,
+    ) {
+        let words = t.words as usize;
+        let Some(locals) = self.local_rules.get(t.rules.range()) else {
+            return;
+        };
+        // Resolve every row this sub-table needs once; the word loop then only reads
+        // the pool. A dimension no rule here constrains is skipped outright.
+        let dims = t.unconstrained;
+        let mut principal = RowList::new();
+        let use_principal = dims & UNCONSTRAINED_PRINCIPAL == 0;
+        if use_principal {
+            principal.push(self.row(t.principal_any));
+            if matched.overflow.is_none() {
+                self.each_principal(matched, &mut |k| {
+                    if let Some(r) = self.key_row(t.principals, k) {
+                        principal.push(self.row(r));
+                    }
+                });
+            }
+        }
+        let source = if dims & UNCONSTRAINED_SOURCE == 0 {
+            let at = self.source_row(t, flow.source).unwrap_or(EMPTY);
+            Some([self.row(t.source_any), self.row(at)])
+        } else {
+            None
+        };
+        let sni_rows = if dims & UNCONSTRAINED_SNI == 0 {
+            let exact = self.key_row(t.sni, sni[0]).unwrap_or(EMPTY);
+            let wildcard = self.key_row(t.sni, sni[1]).unwrap_or(EMPTY);
+            Some([self.row(t.sni_any), self.row(exact), self.row(wildcard)])
+        } else {
+            None
+        };
+        let alpn_rows = if dims & UNCONSTRAINED_ALPN == 0 {
+            let at = self.key_row(t.alpn, alpn).unwrap_or(EMPTY);
+            Some([self.row(t.alpn_any), self.row(at)])
+        } else {
+            None
+        };
+        let deny_row = self.row(t.deny);
+        let check_row = self.row(t.check);
+        let tail = locals.len() % 64;
+
+        let mut allow_found = false;
+        for w in 0..words {
+            let mut c = if w + 1 == words && tail != 0 {
+                (1u64 << tail) - 1
+            } else {
+                u64::MAX
+            };
+            if use_principal {
+                c &= match matched.overflow {
+                    None => self.any_word(principal.as_slice(), w),
+                    // Over MAX_MATCHED keys: re-probe per word (rare and slow).
+                    Some(_) => {
+                        let mut p = self.any_word(principal.as_slice(), w);
+                        self.each_principal(matched, &mut |k| {
+                            if let Some(r) = self.key_row(t.principals, k) {
+                                p |= self.word(self.row(r), w);
+                            }
+                        });
+                        p
+                    }
+                };
+            }
+            if let Some(rows) = &source {
+                c &= self.any_word(rows, w);
+            }
+            if let Some(rows) = &sni_rows {
+                c &= self.any_word(rows, w);
+            }
+            if let Some(rows) = &alpn_rows {
+                c &= self.any_word(rows, w);
+            }
+            if c == 0 {
+                continue;
+            }
+            let dn = self.word(deny_row, w);
+            let ck = self.word(check_row, w);
+            let base = w * 64;
+            let mut d = c & dn;
+            while d != 0 {
+                let bit = d.trailing_zeros();
+                d &= d - 1;
+                let Some(&global) = locals.get(base + bit as usize) else {
+                    continue;
+                };
+                if ck & (1 << bit) == 0 || self.residual(global, flow, live).is_some() {
+                    // The lowest deny in this sub-table: nothing later matters here.
+                    best.deny = Some(best.deny.map_or(global, |g| g.min(global)));
+                    return;
+                }
+            }
+            if allow_found {
+                continue;
+            }
+            let mut a = c & !dn;
+            while a != 0 {
+                let bit = a.trailing_zeros();
+                a &= a - 1;
+                let Some(&global) = locals.get(base + bit as usize) else {
+                    continue;
+                };
+                let constraints = if ck & (1 << bit) == 0 {
+                    self.rules.get(global as usize).map(|r| Constraints {
+                        max_session_secs: r.max_session_secs,
+                        ..Constraints::default()
+                    })
+                } else {
+                    self.residual(global, flow, live)
+                };
+                if let Some(constraints) = constraints {
+                    allow_found = true;
+                    if best.allow.is_none_or(|(g, _)| global < g) {
+                        best.allow = Some((global, constraints));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Check the rule's conditions that bitsets cannot express; on success, the
+    /// constraints the rule puts on an allow.
+    fn residual(&self, global: u32, flow: &FlowFacts<'_>, live: &LiveFacts) -> Option<Constraints> {
+        let r: &RuleInfo = self.rules.get(global as usize)?;
+        let mut out = Constraints {
+            max_session_secs: r.max_session_secs,
+            ..Constraints::default()
+        };
+        if r.schedule != NONE {
+            out.schedule_end = Some(self.schedule_end(r.schedule, flow.now)?);
+        }
+        if let Some(req) = &r.posture {
+            let p = live.posture.get(flow.device_id?)?;
+            let ok = !p.compromised
+                && (!req.managed || p.managed)
+                && (!req.compliant || p.compliant)
+                && (!req.edr_running || p.edr_running)
+                && req.min_os_patch.is_none_or(|min| p.os_patch >= min);
+            if !ok {
+                return None;
+            }
+        }
+        let spiffe = flow.identity.and_then(|i| i.spiffe_id);
+        if let Some(max) = r.max_risk {
+            let by_id = spiffe.and_then(|s| live.risk_by_id.get(s).copied());
+            let by_device = flow
+                .device_id
+                .and_then(|d| live.risk_by_device.get(d).copied());
+            if by_id.unwrap_or(0).max(by_device.unwrap_or(0)) > max {
+                return None;
+            }
+        }
+        if let Some(max) = r.max_cert_age_secs {
+            if flow.cert_age_secs? > max {
+                return None;
+            }
+        }
+        if r.requires_grant {
+            let end = *live.grants.get(flow.service)?.get(spiffe?)?;
+            if end <= flow.now {
+                return None;
+            }
+            out.grant_end = Some(end);
+        }
+        Some(out)
+    }
+
+    /// If `now` is inside the schedule, the end of the range it is in.
+    fn schedule_end(&self, sched: u32, now: UnixSeconds) -> Option<UnixSeconds> {
+        let s = self.schedules.get(sched as usize)?;
+        let zone = self.zones.get(s.zone as usize)?;
+        let (day, secs) = local_time(zone, now)?;
+        if day >= 7 || s.days & (1 << day) == 0 {
+            return None;
+        }
+        let minute = secs / 60;
+        let &(_, end) = s
+            .ranges
+            .iter()
+            .find(|&&(a, b)| i64::from(a) <= minute && minute < i64::from(b))?;
+        Some(now + (i64::from(end) * 60 - secs))
+    }
+}
+
+/// Local weekday (0 = Monday) and second of the day at `now` in `zone`; `None` outside
+/// the instants jiff can represent (the reference fails such schedules closed).
+pub(crate) fn local_time(zone: &Zone, now: UnixSeconds) -> Option<(u8, i64)> {
+    if !(MIN_INSTANT..=MAX_INSTANT).contains(&now) {
+        return None;
+    }
+    let probe = if now >= LIST_END {
+        CYCLE_START + (now - CYCLE_START).rem_euclid(CYCLE)
+    } else {
+        now
+    };
+    let offset = match zone.at.partition_point(|&t| t <= probe) {
+        0 => zone.initial,
+        n => *zone.offsets.get(n - 1)?,
+    };
+    let local = now + i64::from(offset);
+    // 1970-01-01 was a Thursday (3 with Monday = 0).
+    let day = u8::try_from((local.div_euclid(86_400) + 3).rem_euclid(7)).ok()?;
+    Some((day, local.rem_euclid(86_400)))
+}
+
+fn revoked(by: DecidedBy) -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        decided_by: by,
+        reason: Reason::Revoked,
+        constraints: Constraints::default(),
+    }
+}
