@@ -1,2 +1,121 @@
-//! zgate: the data path.
-fn main() {}
+//! `zgate`: the dataplane binary. `zgate run --config FILE`, `zgate check --config FILE`.
+#![deny(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use zgate_dataplane::config::{Config, ConfigError, ConfigErrors, Host};
+use zgate_dataplane::supervisor;
+
+/// sysexits.h EX_USAGE: the configuration is wrong.
+const EX_USAGE: u8 = 64;
+/// sysexits.h EX_NOINPUT: the configuration file cannot be read.
+const EX_NOINPUT: u8 = 66;
+
+#[derive(Parser)]
+#[command(
+    name = "zgate",
+    version,
+    about = "zgate: a zero-trust L4 gateway (dataplane)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGTERM/SIGINT (then drain and exit 0).
+    Run {
+        /// Path to zgate.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check the configuration (and the table it names): every error, nothing bound.
+    Check {
+        /// Path to zgate.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// Read, parse and check `path` against this machine; also verify the table it names.
+/// Relative table paths are taken relative to the config file's directory.
+fn load_config(path: &Path, host: &Host) -> Result<Config, ExitCode> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("zgate: cannot read config `{}`: {e}", path.display());
+            return Err(ExitCode::from(EX_NOINPUT));
+        }
+    };
+    let mut errors = Vec::new();
+    let mut config = match Config::parse_for_host(&text, host) {
+        Ok(c) => Some(c),
+        Err(ConfigErrors(e)) => {
+            errors = e;
+            None
+        }
+    };
+    if let Some(c) = config.as_mut() {
+        if let Some(t) = c.table.as_mut() {
+            if t.is_relative() {
+                if let Some(dir) = path.parent() {
+                    *t = dir.join(&*t);
+                }
+            }
+            if let Err(e) = supervisor::load_table(t) {
+                errors.push(ConfigError::Table {
+                    path: t.display().to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    match config {
+        Some(c) if errors.is_empty() => Ok(c),
+        _ => {
+            eprintln!("zgate: `{}`: {} error(s):", path.display(), errors.len());
+            for e in &errors {
+                eprintln!("  {e}");
+            }
+            Err(ExitCode::from(EX_USAGE))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let host = Host::detect();
+    match cli.command {
+        Command::Check { config } => match load_config(&config, &host) {
+            Ok(c) => {
+                println!(
+                    "zgate: `{}` is valid: {} listener(s), {} worker(s), table: {}",
+                    config.display(),
+                    c.listeners.len(),
+                    c.worker_cores(&host).len(),
+                    c.table
+                        .as_ref()
+                        .map_or("none (deny all)".to_string(), |t| t.display().to_string())
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run { config } => {
+            let c = match load_config(&config, &host) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match supervisor::run(&c, &host) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("zgate: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+    }
+}

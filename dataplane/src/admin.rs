@@ -1,0 +1,249 @@
+//! The admin endpoint: `/healthz`, `/readyz`, `/metrics`. Runs on the supervisor
+//! thread, never on a worker (STYLE I.22): formatting and socket writes stay off the
+//! data path. One short blocking exchange per request, with timeouts, `Connection: close`.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::shared::StatsSnapshot;
+
+/// What `/readyz` and `/metrics` report.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdminView {
+    /// Summed worker counters.
+    pub stats: StatsSnapshot,
+    /// Workers configured.
+    pub workers: usize,
+    /// Workers whose accepts are armed.
+    pub workers_ready: usize,
+    /// Whether the process is still accepting (not draining).
+    pub accepting: bool,
+    /// Version of the published table; `None` with no table (deny all).
+    pub table_version: Option<u64>,
+    /// Successful SIGHUP reloads.
+    pub table_reloads: u64,
+    /// Failed SIGHUP reloads (the old table stayed).
+    pub table_reload_failures: u64,
+}
+
+impl AdminView {
+    fn ready(&self) -> bool {
+        self.accepting && self.workers_ready == self.workers
+    }
+}
+
+/// Prometheus text exposition of `v`.
+pub fn metrics_text(v: &AdminView) -> String {
+    let s = &v.stats;
+    let mut out = String::with_capacity(2048);
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "zgate_connections_accepted_total",
+        "counter",
+        "Connections accepted, allowed or not.",
+        s.accepted,
+    );
+    metric(
+        "zgate_connections_denied_total",
+        "counter",
+        "Connections closed at once because the table denied them.",
+        s.denied,
+    );
+    metric(
+        "zgate_connections_over_limit_total",
+        "counter",
+        "Connections closed at once because the listener was full.",
+        s.over_limit,
+    );
+    metric(
+        "zgate_upstream_connect_failures_total",
+        "counter",
+        "Upstream connects that failed or timed out.",
+        s.upstream_connect_failures,
+    );
+    metric(
+        "zgate_upstream_connect_timeouts_total",
+        "counter",
+        "Upstream connects that timed out.",
+        s.upstream_connect_timeouts,
+    );
+    metric(
+        "zgate_connections_active",
+        "gauge",
+        "Flows open now.",
+        s.active,
+    );
+    metric(
+        "zgate_idle_timeouts_total",
+        "counter",
+        "Flows closed by the idle timeout.",
+        s.idle_timeouts,
+    );
+    metric(
+        "zgate_lifetime_expiries_total",
+        "counter",
+        "Flows closed by max_lifetime.",
+        s.lifetime_expiries,
+    );
+    metric(
+        "zgate_resets_total",
+        "counter",
+        "Flows ended by a reset or socket error, propagated as RST.",
+        s.resets,
+    );
+    metric(
+        "zgate_accept_errors_total",
+        "counter",
+        "Accept errors.",
+        s.accept_errors,
+    );
+    metric(
+        "zgate_flows_closed_by_policy_total",
+        "counter",
+        "Live flows closed because a re-decision (new table, expired constraints) denied them.",
+        s.closed_by_policy,
+    );
+    metric(
+        "zgate_recv_buffer_starved_total",
+        "counter",
+        "Receives that found the provided buffer pool empty and waited for a buffer.",
+        s.recv_starved,
+    );
+    metric(
+        "zgate_buffers_in_use",
+        "gauge",
+        "Provided buffers held by flows now (data received, not yet fully sent).",
+        s.buffers_in_use,
+    );
+    metric(
+        "zgate_table_loaded",
+        "gauge",
+        "1 when a decision table is published, 0 when every flow is denied.",
+        u64::from(v.table_version.is_some()),
+    );
+    metric(
+        "zgate_table_version",
+        "gauge",
+        "Version of the published decision table (0 with none).",
+        v.table_version.unwrap_or(0),
+    );
+    metric(
+        "zgate_table_reloads_total",
+        "counter",
+        "Successful table reloads.",
+        v.table_reloads,
+    );
+    metric(
+        "zgate_table_reload_failures_total",
+        "counter",
+        "Table reloads refused (the old table stayed).",
+        v.table_reload_failures,
+    );
+    metric(
+        "zgate_workers",
+        "gauge",
+        "Workers configured.",
+        u64::try_from(v.workers).unwrap_or(0),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP zgate_bytes_total Bytes forwarded, by direction.\n# TYPE zgate_bytes_total counter\n\
+         zgate_bytes_total{{direction=\"client_to_upstream\"}} {}\n\
+         zgate_bytes_total{{direction=\"upstream_to_client\"}} {}",
+        s.bytes_client_to_upstream, s.bytes_upstream_to_client
+    );
+    out
+}
+
+/// The path of an HTTP request head, if it is a `GET`.
+fn request_path(head: &str) -> Option<&str> {
+    let line = head.lines().next()?;
+    let mut parts = line.split(' ');
+    match (parts.next(), parts.next()) {
+        (Some("GET"), Some(path)) => Some(path),
+        _ => None,
+    }
+}
+
+/// Answer one admin request on `stream`. Errors (a client that hangs up or stalls)
+/// are ignored: they concern only that client.
+pub fn serve_one(mut stream: TcpStream, view: &AdminView) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    while len < buf.len() {
+        let Some(rest) = buf.get_mut(len..) else {
+            break;
+        };
+        match stream.read(rest) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                len += n;
+                if buf
+                    .get(..len)
+                    .is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n"))
+                {
+                    break;
+                }
+            }
+        }
+    }
+    let head = String::from_utf8_lossy(buf.get(..len).unwrap_or_default());
+    let (status, body) = match request_path(&head) {
+        Some("/healthz") => ("200 OK", "ok\n".to_string()),
+        Some("/readyz") if view.ready() => ("200 OK", "ready\n".to_string()),
+        Some("/readyz") => ("503 Service Unavailable", "not ready\n".to_string()),
+        Some("/metrics") => ("200 OK", metrics_text(view)),
+        Some(_) => ("404 Not Found", "not found\n".to_string()),
+        None => ("405 Method Not Allowed", "only GET\n".to_string()),
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(resp.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(request_path("GET /metrics HTTP/1.1\r\n"), Some("/metrics"));
+        assert_eq!(request_path("POST /metrics HTTP/1.1\r\n"), None);
+        assert_eq!(request_path(""), None);
+    }
+
+    #[test]
+    fn metrics_carry_counters() {
+        let mut v = AdminView {
+            workers: 2,
+            workers_ready: 2,
+            accepting: true,
+            table_version: Some(7),
+            ..AdminView::default()
+        };
+        v.stats.denied = 3;
+        v.stats.bytes_upstream_to_client = 11;
+        let t = metrics_text(&v);
+        assert!(t.contains("\nzgate_connections_denied_total 3\n"), "{t}");
+        assert!(t.contains("zgate_table_version 7\n"), "{t}");
+        assert!(
+            t.contains("zgate_bytes_total{direction=\"upstream_to_client\"} 11\n"),
+            "{t}"
+        );
+        assert!(v.ready());
+        v.accepting = false;
+        assert!(!v.ready());
+    }
+}

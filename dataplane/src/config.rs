@@ -1,0 +1,705 @@
+//! `zgate.toml`: parsed once, at the edge, into [`Config`] (STYLE D.11).
+//!
+//! [`Config::parse`] is a pure function of the text. It reports every error it can find
+//! in one go, each with the key it concerns: unknown keys and wrong types per section
+//! (serde stops at the first problem inside one table, so each `[[listener]]` and
+//! `[workers]` table is checked on its own), then every value (addresses, durations,
+//! limits), then fields against each other (unique names and listen addresses).
+//! [`Config::parse_for_host`] adds the checks against the machine (the cores exist).
+//! Nothing else in the dataplane reads configuration.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How a worker waits for completions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollMode {
+    /// Sleep in `io_uring_enter` until a completion arrives (default).
+    Interrupt,
+    /// Spin on the completion queue: lowest latency, one full core per worker.
+    Busy,
+}
+
+/// Which cores the workers run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// One worker pinned to each listed core.
+    Cores(Vec<usize>),
+    /// This many workers, pinned to the first cores the process may run on.
+    Count(usize),
+}
+
+/// One listener: a service name, where to listen, where to forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// The service name policy rules refer to.
+    pub name: String,
+    /// Address every worker binds (with `SO_REUSEPORT`).
+    pub listen: SocketAddr,
+    /// Upstream address.
+    pub upstream: SocketAddr,
+    /// Longest an upstream connect may take.
+    pub connect_timeout: Duration,
+    /// A flow with no bytes moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// A flow is closed this long after it was accepted; `None` = no limit.
+    pub max_lifetime: Option<Duration>,
+    /// Most concurrent flows on this listener, over all workers.
+    pub max_connections: u32,
+}
+
+/// Worker settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkersConfig {
+    /// Where workers run.
+    pub placement: Placement,
+    /// How they wait.
+    pub poll: PollMode,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Listeners, in file order. Never empty.
+    pub listeners: Vec<ListenerConfig>,
+    /// Workers.
+    pub workers: WorkersConfig,
+    /// Decision table file (`zgate-control compile` output). `None`: deny every flow.
+    pub table: Option<PathBuf>,
+    /// Admin HTTP endpoint (`/healthz`, `/readyz`, `/metrics`). `None`: none.
+    pub admin: Option<SocketAddr>,
+    /// How long live flows may run on after SIGTERM/SIGINT before they are closed.
+    pub drain_timeout: Duration,
+}
+
+/// What the machine offers, for [`Config::parse_for_host`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Cores this process may run on.
+    pub cores: Vec<usize>,
+}
+
+impl Host {
+    /// The cores in this process's affinity mask.
+    pub fn detect() -> Host {
+        let mut cores: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        cores.sort_unstable();
+        Host { cores }
+    }
+}
+
+/// One configuration error: the key it concerns and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The text is not TOML.
+    #[error("{message}")]
+    Syntax {
+        /// The TOML parser's message (with line and column).
+        message: String,
+    },
+    /// An unknown key, a missing key or a value of the wrong type.
+    #[error("{key}: {message}")]
+    Shape {
+        /// The table the problem is in (`listener[1]`, `workers`, `(top level)`).
+        key: String,
+        /// What serde found wrong.
+        message: String,
+    },
+    /// A value that does not parse or is out of range.
+    #[error("{key}: {reason} (got `{value}`)")]
+    Value {
+        /// Full key, e.g. `listener[0].listen`.
+        key: String,
+        /// The value as written.
+        value: String,
+        /// What was expected.
+        reason: &'static str,
+    },
+    /// A value that collides with another.
+    #[error("{key}: `{value}` is already used by {other}")]
+    Duplicate {
+        /// Full key.
+        key: String,
+        /// The repeated value.
+        value: String,
+        /// The key that used it first.
+        other: String,
+    },
+    /// Something required is missing.
+    #[error("{key}: {reason}")]
+    Missing {
+        /// Full key.
+        key: String,
+        /// What is missing.
+        reason: &'static str,
+    },
+    /// A core that this machine (or this process's affinity mask) does not offer.
+    #[error("{key}: core {core} is not available (available: {available:?})")]
+    NoSuchCore {
+        /// Full key.
+        key: String,
+        /// The core asked for.
+        core: usize,
+        /// The cores that exist.
+        available: Vec<usize>,
+    },
+    /// The decision table named by `table` cannot be used.
+    #[error("table: `{path}`: {reason}")]
+    Table {
+        /// The path as configured.
+        path: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+}
+
+/// Every error found in one configuration, in the order found. Never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTop {
+    table: Option<String>,
+    admin: Option<String>,
+    drain_timeout: Option<String>,
+    workers: Option<toml::Value>,
+    listener: Option<Vec<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkers {
+    cores: Option<Vec<i64>>,
+    count: Option<i64>,
+    poll: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: String,
+    listen: String,
+    upstream: String,
+    connect_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_lifetime: Option<String>,
+    max_connections: Option<i64>,
+}
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+
+/// Parse a duration such as `250ms`, `5s`, `10m`, `1h`. Zero is rejected.
+fn parse_duration(s: &str) -> Result<Duration, &'static str> {
+    const WHAT: &str = "expected a positive duration such as `500ms`, `5s`, `10m` or `1h`";
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits_end);
+    let n: u64 = num.parse().map_err(|_| WHAT)?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or(WHAT)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or(WHAT)?),
+        _ => return Err(WHAT),
+    };
+    if d.is_zero() {
+        return Err("must be greater than zero");
+    }
+    Ok(d)
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn value(&mut self, key: String, value: &str, reason: &'static str) {
+        self.0.push(ConfigError::Value {
+            key,
+            value: value.to_string(),
+            reason,
+        });
+    }
+
+    fn duration(&mut self, key: String, value: Option<&str>, default: Duration) -> Duration {
+        match value.map(parse_duration) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(reason)) => {
+                self.value(key, value.unwrap_or_default(), reason);
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, key: String, value: &str, port_zero_ok: bool) -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(a) if a.port() == 0 && !port_zero_ok => {
+                self.value(
+                    key,
+                    value,
+                    "port 0 is not allowed: every worker must bind the same port",
+                );
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.value(key, value, "expected `IP:PORT`, e.g. `127.0.0.1:6379` or `[::1]:6379` (names are not resolved)");
+                None
+            }
+        }
+    }
+}
+
+fn shape(key: &str, e: toml::de::Error) -> ConfigError {
+    ConfigError::Shape {
+        key: key.to_string(),
+        message: e.message().trim().to_string(),
+    }
+}
+
+impl Config {
+    /// Parse and validate `text`. Pure: reads nothing but its argument.
+    ///
+    /// Errors: every problem found, each naming its key.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Self::parse_inner(text, None)
+    }
+
+    /// [`Config::parse`] plus the checks against `host` (configured cores exist).
+    pub fn parse_for_host(text: &str, host: &Host) -> Result<Config, ConfigErrors> {
+        Self::parse_inner(text, Some(host))
+    }
+
+    fn parse_inner(text: &str, host: Option<&Host>) -> Result<Config, ConfigErrors> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigErrors(vec![ConfigError::Syntax {
+                message: e.to_string().trim().replace('\n', " "),
+            }])
+        })?;
+        let top = RawTop::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigErrors(vec![shape("(top level)", e)]))?;
+        let mut errs = Errors(Vec::new());
+
+        // [workers]
+        let mut workers = WorkersConfig {
+            placement: Placement::Count(1),
+            poll: PollMode::Interrupt,
+        };
+        match top.workers.map(RawWorkers::deserialize) {
+            None => errs.0.push(ConfigError::Missing {
+                key: "workers".into(),
+                reason: "a `[workers]` table with `cores = [...]` or `count = N` is required",
+            }),
+            Some(Err(e)) => errs.0.push(shape("workers", e)),
+            Some(Ok(w)) => {
+                workers.poll = match w.poll.as_deref() {
+                    None | Some("interrupt") => PollMode::Interrupt,
+                    Some("busy") => PollMode::Busy,
+                    Some(other) => {
+                        errs.value(
+                            "workers.poll".into(),
+                            other,
+                            "expected `interrupt` or `busy`",
+                        );
+                        PollMode::Interrupt
+                    }
+                };
+                match (w.cores, w.count) {
+                    (Some(_), Some(_)) => errs.0.push(ConfigError::Missing {
+                        key: "workers".into(),
+                        reason: "give either `cores` or `count`, not both",
+                    }),
+                    (None, None) => errs.0.push(ConfigError::Missing {
+                        key: "workers".into(),
+                        reason: "give `cores = [...]` or `count = N`",
+                    }),
+                    (Some(cores), None) => {
+                        let mut seen: HashMap<usize, usize> = HashMap::new();
+                        let mut ok = Vec::new();
+                        if cores.is_empty() {
+                            errs.0.push(ConfigError::Missing {
+                                key: "workers.cores".into(),
+                                reason: "must list at least one core",
+                            });
+                        }
+                        for (i, c) in cores.iter().enumerate() {
+                            let key = format!("workers.cores[{i}]");
+                            match usize::try_from(*c) {
+                                Err(_) => {
+                                    errs.value(key, &c.to_string(), "expected a core number >= 0")
+                                }
+                                Ok(core) => {
+                                    if let Some(first) = seen.insert(core, i) {
+                                        errs.0.push(ConfigError::Duplicate {
+                                            key,
+                                            value: core.to_string(),
+                                            other: format!("workers.cores[{first}]"),
+                                        });
+                                    } else {
+                                        ok.push(core);
+                                    }
+                                }
+                            }
+                        }
+                        workers.placement = Placement::Cores(ok);
+                    }
+                    (None, Some(n)) => match usize::try_from(n) {
+                        Ok(n) if (1..=1024).contains(&n) => workers.placement = Placement::Count(n),
+                        _ => {
+                            errs.value("workers.count".into(), &n.to_string(), "expected 1..=1024")
+                        }
+                    },
+                }
+            }
+        }
+
+        // [[listener]]
+        let raw_listeners = top.listener.unwrap_or_default();
+        if raw_listeners.is_empty() {
+            errs.0.push(ConfigError::Missing {
+                key: "listener".into(),
+                reason: "at least one `[[listener]]` is required",
+            });
+        }
+        let mut listeners = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut addrs: HashMap<SocketAddr, usize> = HashMap::new();
+        for (i, v) in raw_listeners.into_iter().enumerate() {
+            let l = match RawListener::deserialize(v) {
+                Ok(l) => l,
+                Err(e) => {
+                    errs.0.push(shape(&format!("listener[{i}]"), e));
+                    continue;
+                }
+            };
+            let k = |f: &str| format!("listener[{i}].{f}");
+            if !valid_name(&l.name) {
+                errs.value(
+                    k("name"),
+                    &l.name,
+                    "expected 1 to 64 of `A-Z a-z 0-9 - _ .`",
+                );
+            } else if let Some(first) = names.insert(l.name.clone(), i) {
+                errs.0.push(ConfigError::Duplicate {
+                    key: k("name"),
+                    value: l.name.clone(),
+                    other: format!("listener[{first}].name"),
+                });
+            }
+            let listen = errs.addr(k("listen"), &l.listen, false);
+            if let Some(a) = listen {
+                if let Some(first) = addrs.insert(a, i) {
+                    errs.0.push(ConfigError::Duplicate {
+                        key: k("listen"),
+                        value: a.to_string(),
+                        other: format!("listener[{first}].listen"),
+                    });
+                }
+            }
+            let upstream = errs.addr(k("upstream"), &l.upstream, false);
+            let connect_timeout = errs.duration(
+                k("connect_timeout"),
+                l.connect_timeout.as_deref(),
+                DEFAULT_CONNECT_TIMEOUT,
+            );
+            let idle_timeout = errs.duration(
+                k("idle_timeout"),
+                l.idle_timeout.as_deref(),
+                DEFAULT_IDLE_TIMEOUT,
+            );
+            let max_lifetime = l
+                .max_lifetime
+                .as_deref()
+                .map(|s| errs.duration(k("max_lifetime"), Some(s), Duration::from_secs(1)));
+            let max_connections = match l.max_connections {
+                None => DEFAULT_MAX_CONNECTIONS,
+                Some(n) => match u32::try_from(n) {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        errs.value(
+                            k("max_connections"),
+                            &n.to_string(),
+                            "expected 1..=4294967295",
+                        );
+                        1
+                    }
+                },
+            };
+            if let (Some(listen), Some(upstream)) = (listen, upstream) {
+                listeners.push(ListenerConfig {
+                    name: l.name,
+                    listen,
+                    upstream,
+                    connect_timeout,
+                    idle_timeout,
+                    max_lifetime,
+                    max_connections,
+                });
+            }
+        }
+
+        let admin = top.admin.as_deref().and_then(|a| {
+            let parsed = errs.addr("admin".into(), a, false);
+            if let Some(p) = parsed {
+                if let Some(i) = addrs.get(&p) {
+                    errs.0.push(ConfigError::Duplicate {
+                        key: "admin".into(),
+                        value: p.to_string(),
+                        other: format!("listener[{i}].listen"),
+                    });
+                }
+            }
+            parsed
+        });
+        let drain_timeout = errs.duration(
+            "drain_timeout".into(),
+            top.drain_timeout.as_deref(),
+            DEFAULT_DRAIN_TIMEOUT,
+        );
+        let table = match top.table {
+            Some(t) if t.is_empty() => {
+                errs.value("table".into(), &t, "expected a file path");
+                None
+            }
+            t => t.map(PathBuf::from),
+        };
+
+        if let Some(host) = host {
+            let wanted: Vec<(String, usize)> = match &workers.placement {
+                Placement::Cores(c) => c
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("workers.cores[{i}]"), *c))
+                    .collect(),
+                Placement::Count(n) => {
+                    if *n > host.cores.len() {
+                        errs.value(
+                            "workers.count".into(),
+                            &n.to_string(),
+                            "more workers than cores this process may run on",
+                        );
+                    }
+                    Vec::new()
+                }
+            };
+            for (key, core) in wanted {
+                if !host.cores.contains(&core) {
+                    errs.0.push(ConfigError::NoSuchCore {
+                        key,
+                        core,
+                        available: host.cores.clone(),
+                    });
+                }
+            }
+        }
+
+        if errs.0.is_empty() {
+            Ok(Config {
+                listeners,
+                workers,
+                table,
+                admin,
+                drain_timeout,
+            })
+        } else {
+            Err(ConfigErrors(errs.0))
+        }
+    }
+
+    /// The cores the workers run on, one per worker, given what `host` offers.
+    pub fn worker_cores(&self, host: &Host) -> Vec<usize> {
+        match &self.workers.placement {
+            Placement::Cores(c) => c.clone(),
+            Placement::Count(n) => host.cores.iter().copied().take(*n).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+table = "policy.zgt"
+admin = "127.0.0.1:9901"
+drain_timeout = "10s"
+
+[workers]
+cores = [0, 1]
+poll = "busy"
+
+[[listener]]
+name = "redis"
+listen = "127.0.0.1:7000"
+upstream = "127.0.0.1:6379"
+connect_timeout = "250ms"
+idle_timeout = "5m"
+max_lifetime = "1h"
+max_connections = 100
+"#;
+
+    #[test]
+    fn good_config_parses() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        let l = &c.listeners[0];
+        assert_eq!(l.name, "redis");
+        assert_eq!(l.connect_timeout, Duration::from_millis(250));
+        assert_eq!(l.idle_timeout, Duration::from_secs(300));
+        assert_eq!(l.max_lifetime, Some(Duration::from_secs(3600)));
+        assert_eq!(l.max_connections, 100);
+        assert_eq!(c.workers.placement, Placement::Cores(vec![0, 1]));
+        assert_eq!(c.workers.poll, PollMode::Busy);
+        assert_eq!(c.table, Some(PathBuf::from("policy.zgt")));
+        assert_eq!(c.drain_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::parse(
+            "[workers]\ncount = 1\n[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nupstream='127.0.0.1:2'\n",
+        )
+        .unwrap();
+        assert_eq!(c.workers.poll, PollMode::Interrupt);
+        assert_eq!(c.listeners[0].connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c.listeners[0].max_lifetime, None);
+        assert_eq!(c.table, None);
+        assert_eq!(c.admin, None);
+    }
+
+    #[test]
+    fn misspelled_key_is_rejected_with_its_table() {
+        let text = GOOD.replace("connect_timeout", "conect_timeout");
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("listener[0]"), "{msg}");
+        assert!(msg.contains("conect_timeout"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_rejected() {
+        let e = Config::parse(&format!("tabel = 'x'\n{GOOD}")).unwrap_err();
+        assert!(e.to_string().contains("tabel"), "{e}");
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let text = r#"
+drain_timeout = "0s"
+[workers]
+cores = [0, 0]
+poll = "spin"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:7000"
+upstream = "localhost:6379"
+idle_timeout = "soon"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:7000"
+upstream = "127.0.0.1:1"
+max_connections = 0
+[[listener]]
+name = "b"
+listen = "127.0.0.1:7002"
+upstream = "127.0.0.1:1"
+typo = 1
+"#;
+        let e = Config::parse(text).unwrap_err();
+        let keys: Vec<String> =
+            e.0.iter()
+                .map(|e| e.to_string().split(':').next().unwrap_or("").to_string())
+                .collect();
+        for want in [
+            "workers.poll",
+            "workers.cores[1]",
+            "listener[0].upstream",
+            "listener[0].idle_timeout",
+            "listener[1].name",
+            "listener[1].listen",
+            "listener[1].max_connections",
+            "listener[2]",
+            "drain_timeout",
+        ] {
+            assert!(keys.iter().any(|k| k == want), "missing {want} in {e}");
+        }
+        assert_eq!(e.0.len(), 9, "{e}");
+    }
+
+    #[test]
+    fn host_checks_cores() {
+        let host = Host { cores: vec![0] };
+        let e = Config::parse_for_host(GOOD, &host).unwrap_err();
+        assert_eq!(
+            e.0,
+            vec![ConfigError::NoSuchCore {
+                key: "workers.cores[1]".into(),
+                core: 1,
+                available: vec![0]
+            }]
+        );
+        let c = Config::parse_for_host(&GOOD.replace("[0, 1]", "[0]"), &host).unwrap();
+        assert_eq!(c.worker_cores(&host), vec![0]);
+    }
+
+    #[test]
+    fn missing_sections_are_named() {
+        let e = Config::parse("").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("workers"), "{msg}");
+        assert!(msg.contains("listener"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_is_one_error() {
+        let e = Config::parse("[workers\n").unwrap_err();
+        assert!(
+            matches!(e.0.as_slice(), [ConfigError::Syntax { .. }]),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("0ms").is_err());
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

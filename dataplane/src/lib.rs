@@ -1,0 +1,42 @@
+//! zgate's data path: the `zgate` binary's library.
+//!
+//! What it does: proxies TCP from configured listeners to their upstreams. One worker
+//! thread per configured core, pinned, each with its own io_uring, its own
+//! `SO_REUSEPORT` listener socket per listener, its own connection slab and buffers.
+//! Every new flow is decided by the published [`zgate_table::DecisionTable`]; with no
+//! table every flow is denied (fail closed). A supervisor thread handles signals
+//! (drain, table reload) and the admin endpoint, and never touches a flow.
+//!
+//! Live flows are re-decided when a new table is published and when their decision's
+//! constraints expire; flows no longer allowed are closed. Data buffers come from a
+//! per-worker provided buffer ring only while data is in flight, so an idle flow holds
+//! no buffer.
+//!
+//! What it does not do (yet): TLS, the control socket, live facts (revocations,
+//! posture, grants) from a control process. See `docs/architecture.md`, "Next".
+//!
+//! Invariants:
+//! - `unsafe` lives only in the private `sys` module; every block says who owns the
+//!   memory and until when.
+//! - A connection's memory is freed only after every SQE pushed for it has completed.
+//! - Workers share nothing mutable: they read the control block and write only their
+//!   own counters.
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod shared;
+pub mod supervisor;
+pub mod worker;
+
+#[expect(
+    unsafe_code,
+    reason = "the one module that prepares SQEs and makes raw socket calls (STYLE E.12)"
+)]
+mod sys;
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit before and
+/// after. `zgate run` calls it at start; tests that open many sockets call it too.
+pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
+    sys::raise_nofile_limit()
+}

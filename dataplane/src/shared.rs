@@ -1,0 +1,230 @@
+//! What the supervisor and the workers share: the published table, the run phase, and
+//! per-worker counters.
+//!
+//! Workers only read [`Control`] (one relaxed load of `generation` per loop turn; the
+//! table itself only when the generation moved) and only write their own
+//! [`WorkerStats`], which sits on its own cache lines. The supervisor is the only writer
+//! of [`Control`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use zgate_table::DecisionTable;
+
+/// Where the process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Phase {
+    /// Accepting and forwarding.
+    Running = 0,
+    /// SIGTERM/SIGINT seen: listeners closed, live flows run on.
+    Draining = 1,
+    /// Drain timeout passed: close every flow and exit.
+    Stop = 2,
+}
+
+/// Written by the supervisor, read by every worker.
+pub struct Control {
+    phase: AtomicU8,
+    generation: AtomicU64,
+    table: ArcSwapOption<DecisionTable>,
+}
+
+impl Control {
+    /// A control block with `table` published (`None`: deny every flow).
+    pub fn new(table: Option<DecisionTable>) -> Control {
+        Control {
+            phase: AtomicU8::new(Phase::Running as u8),
+            generation: AtomicU64::new(1),
+            table: ArcSwapOption::new(table.map(Arc::new)),
+        }
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Running,
+            1 => Phase::Draining,
+            _ => Phase::Stop,
+        }
+    }
+
+    /// Move to `phase` (never backwards).
+    pub fn advance(&self, phase: Phase) {
+        self.phase.fetch_max(phase as u8, Ordering::AcqRel);
+    }
+
+    /// Bumped after every table publication.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The published table.
+    pub fn table(&self) -> Option<Arc<DecisionTable>> {
+        self.table.load_full()
+    }
+
+    /// Publish a new table. Workers pick it up at the top of their next loop turn; flows
+    /// accepted after that are decided by it.
+    pub fn publish(&self, table: DecisionTable) {
+        self.table.store(Some(Arc::new(table)));
+        // The swap above is itself synchronised; the generation only tells workers
+        // that there is something new to load.
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// One worker's counters. Each worker writes only its own (plain stores of values it
+/// keeps locally), the supervisor sums them. Aligned so two workers never share a line.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct WorkerStats {
+    /// Connections accepted (allowed or not).
+    pub accepted: AtomicU64,
+    /// Connections closed at once because the table denied them.
+    pub denied: AtomicU64,
+    /// Connections closed at once because the listener was at `max_connections`.
+    pub over_limit: AtomicU64,
+    /// Upstream connects that failed (refused, unreachable, timed out).
+    pub upstream_connect_failures: AtomicU64,
+    /// Of those, the ones that timed out.
+    pub upstream_connect_timeouts: AtomicU64,
+    /// Flows currently open (connecting or forwarding).
+    pub active: AtomicU64,
+    /// Bytes read from clients and sent upstream.
+    pub bytes_client_to_upstream: AtomicU64,
+    /// Bytes read from upstreams and sent to clients.
+    pub bytes_upstream_to_client: AtomicU64,
+    /// Flows closed by the idle timeout.
+    pub idle_timeouts: AtomicU64,
+    /// Flows closed by max_lifetime.
+    pub lifetime_expiries: AtomicU64,
+    /// Flows ended by a reset or socket error on either side (propagated as RST).
+    pub resets: AtomicU64,
+    /// Accept errors (e.g. out of file descriptors).
+    pub accept_errors: AtomicU64,
+    /// Live flows closed because a re-decision (new table, or expired constraints)
+    /// no longer allows them.
+    pub closed_by_policy: AtomicU64,
+    /// Receives that found the buffer pool empty (`ENOBUFS`) and waited for a buffer.
+    pub recv_starved: AtomicU64,
+    /// Pool buffers held by flows now (data received and not yet fully sent).
+    pub buffers_in_use: AtomicU64,
+    /// Set once the worker's accepts are armed.
+    pub ready: AtomicBool,
+    /// Table version the worker uses; 0 with no table.
+    pub table_version: AtomicU64,
+}
+
+/// A plain snapshot of [`WorkerStats`] (or a sum of several).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// See [`WorkerStats::accepted`].
+    pub accepted: u64,
+    /// See [`WorkerStats::denied`].
+    pub denied: u64,
+    /// See [`WorkerStats::over_limit`].
+    pub over_limit: u64,
+    /// See [`WorkerStats::upstream_connect_failures`].
+    pub upstream_connect_failures: u64,
+    /// See [`WorkerStats::upstream_connect_timeouts`].
+    pub upstream_connect_timeouts: u64,
+    /// See [`WorkerStats::active`].
+    pub active: u64,
+    /// See [`WorkerStats::bytes_client_to_upstream`].
+    pub bytes_client_to_upstream: u64,
+    /// See [`WorkerStats::bytes_upstream_to_client`].
+    pub bytes_upstream_to_client: u64,
+    /// See [`WorkerStats::idle_timeouts`].
+    pub idle_timeouts: u64,
+    /// See [`WorkerStats::lifetime_expiries`].
+    pub lifetime_expiries: u64,
+    /// See [`WorkerStats::resets`].
+    pub resets: u64,
+    /// See [`WorkerStats::accept_errors`].
+    pub accept_errors: u64,
+    /// See [`WorkerStats::closed_by_policy`].
+    pub closed_by_policy: u64,
+    /// See [`WorkerStats::recv_starved`].
+    pub recv_starved: u64,
+    /// See [`WorkerStats::buffers_in_use`].
+    pub buffers_in_use: u64,
+}
+
+impl WorkerStats {
+    /// Store `s` (called by the owning worker only).
+    pub fn publish(&self, s: &StatsSnapshot) {
+        let r = Ordering::Relaxed;
+        self.accepted.store(s.accepted, r);
+        self.denied.store(s.denied, r);
+        self.over_limit.store(s.over_limit, r);
+        self.upstream_connect_failures
+            .store(s.upstream_connect_failures, r);
+        self.upstream_connect_timeouts
+            .store(s.upstream_connect_timeouts, r);
+        self.active.store(s.active, r);
+        self.bytes_client_to_upstream
+            .store(s.bytes_client_to_upstream, r);
+        self.bytes_upstream_to_client
+            .store(s.bytes_upstream_to_client, r);
+        self.idle_timeouts.store(s.idle_timeouts, r);
+        self.lifetime_expiries.store(s.lifetime_expiries, r);
+        self.resets.store(s.resets, r);
+        self.accept_errors.store(s.accept_errors, r);
+        self.closed_by_policy.store(s.closed_by_policy, r);
+        self.recv_starved.store(s.recv_starved, r);
+        self.buffers_in_use.store(s.buffers_in_use, r);
+    }
+
+    /// Read the counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let r = Ordering::Relaxed;
+        StatsSnapshot {
+            accepted: self.accepted.load(r),
+            denied: self.denied.load(r),
+            over_limit: self.over_limit.load(r),
+            upstream_connect_failures: self.upstream_connect_failures.load(r),
+            upstream_connect_timeouts: self.upstream_connect_timeouts.load(r),
+            active: self.active.load(r),
+            bytes_client_to_upstream: self.bytes_client_to_upstream.load(r),
+            bytes_upstream_to_client: self.bytes_upstream_to_client.load(r),
+            idle_timeouts: self.idle_timeouts.load(r),
+            lifetime_expiries: self.lifetime_expiries.load(r),
+            resets: self.resets.load(r),
+            accept_errors: self.accept_errors.load(r),
+            closed_by_policy: self.closed_by_policy.load(r),
+            recv_starved: self.recv_starved.load(r),
+            buffers_in_use: self.buffers_in_use.load(r),
+        }
+    }
+}
+
+impl StatsSnapshot {
+    /// Field-wise sum (saturating).
+    pub fn add(&mut self, o: &StatsSnapshot) {
+        self.accepted = self.accepted.saturating_add(o.accepted);
+        self.denied = self.denied.saturating_add(o.denied);
+        self.over_limit = self.over_limit.saturating_add(o.over_limit);
+        self.upstream_connect_failures = self
+            .upstream_connect_failures
+            .saturating_add(o.upstream_connect_failures);
+        self.upstream_connect_timeouts = self
+            .upstream_connect_timeouts
+            .saturating_add(o.upstream_connect_timeouts);
+        self.active = self.active.saturating_add(o.active);
+        self.bytes_client_to_upstream = self
+            .bytes_client_to_upstream
+            .saturating_add(o.bytes_client_to_upstream);
+        self.bytes_upstream_to_client = self
+            .bytes_upstream_to_client
+            .saturating_add(o.bytes_upstream_to_client);
+        self.idle_timeouts = self.idle_timeouts.saturating_add(o.idle_timeouts);
+        self.lifetime_expiries = self.lifetime_expiries.saturating_add(o.lifetime_expiries);
+        self.resets = self.resets.saturating_add(o.resets);
+        self.accept_errors = self.accept_errors.saturating_add(o.accept_errors);
+        self.closed_by_policy = self.closed_by_policy.saturating_add(o.closed_by_policy);
+        self.recv_starved = self.recv_starved.saturating_add(o.recv_starved);
+        self.buffers_in_use = self.buffers_in_use.saturating_add(o.buffers_in_use);
+    }
+}

@@ -1,0 +1,337 @@
+//! The supervisor: the process's main thread once workers run.
+//!
+//! It binds every worker's listeners before any worker starts (so a bind error stops the
+//! process before it serves anything), starts and pins the workers, then waits on a
+//! signalfd and the admin socket. SIGTERM/SIGINT: drain (workers stop accepting, live
+//! flows run on up to `drain_timeout`), then stop. SIGHUP: reload the table file; a
+//! table that does not verify is refused and the old one stays. It never touches a
+//! flow: it only writes the [`Control`] block, wakes workers, and reads counters.
+
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use zgate_table::DecisionTable;
+
+use crate::admin::{self, AdminView};
+use crate::config::{Config, Host};
+use crate::shared::{Control, Phase, StatsSnapshot, WorkerStats};
+use crate::sys;
+use crate::worker::{self, WorkerError, WorkerListener, WorkerSetup};
+
+/// Why a table file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// The file could not be read.
+    #[error("cannot read: {0}")]
+    Read(std::io::Error),
+    /// The bytes are not a table this build can verify.
+    #[error("does not verify: {0}")]
+    Decode(zgate_table::LoadError),
+}
+
+/// Read and verify a table file.
+pub fn load_table(path: &Path) -> Result<DecisionTable, TableError> {
+    let bytes = std::fs::read(path).map_err(TableError::Read)?;
+    DecisionTable::decode(&bytes).map_err(TableError::Decode)
+}
+
+/// Why `zgate run` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The configured table file cannot be used.
+    #[error("table `{path}`: {source}")]
+    Table {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: TableError,
+    },
+    /// A listener could not be bound.
+    #[error("listener `{listener}`: cannot listen on {addr}: {source}")]
+    Bind {
+        /// Listener name.
+        listener: String,
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// The kernel's answer.
+        source: std::io::Error,
+    },
+    /// The admin endpoint could not be bound.
+    #[error("admin: cannot listen on {addr}: {source}")]
+    Admin {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// The kernel's answer.
+        source: std::io::Error,
+    },
+    /// Signal, eventfd or thread set-up failed.
+    #[error("{what}: {source}")]
+    Setup {
+        /// What was being set up.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A worker failed.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    /// A worker thread panicked.
+    #[error("worker {0} panicked")]
+    WorkerPanicked(usize),
+}
+
+impl RunError {
+    /// The process exit code for this error (sysexits.h).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Table { .. } => 64, // EX_USAGE: the config names a bad table
+            RunError::Worker(_) | RunError::WorkerPanicked(_) => 70, // EX_SOFTWARE
+            _ => 71,                      // EX_OSERR
+        }
+    }
+}
+
+/// One line on stderr. The supervisor is the only thread that logs.
+pub fn log(msg: std::fmt::Arguments<'_>) {
+    eprintln!("zgate: {msg}");
+}
+
+struct Running {
+    handle: Option<JoinHandle<Result<(), WorkerError>>>,
+    stats: Arc<WorkerStats>,
+    wake: OwnedFd,
+}
+
+/// Run the gateway until it has drained after SIGTERM/SIGINT.
+pub fn run(config: &Config, host: &Host) -> Result<(), RunError> {
+    let table = match &config.table {
+        Some(path) => {
+            let t = load_table(path).map_err(|source| RunError::Table {
+                path: path.clone(),
+                source,
+            })?;
+            log(format_args!(
+                "table `{}` version {} loaded",
+                path.display(),
+                t.version()
+            ));
+            Some(t)
+        }
+        None => {
+            log(format_args!("no table configured: every flow is denied"));
+            None
+        }
+    };
+    // Before any thread exists, so every thread inherits the blocked mask.
+    let sigfd = sys::signalfd().map_err(|source| RunError::Setup {
+        what: "signalfd",
+        source,
+    })?;
+    let cores = config.worker_cores(host);
+    let nworkers = cores.len().max(1);
+
+    // Bind everything first: an error here stops us before anything is served.
+    let mut per_worker: Vec<Vec<WorkerListener>> = Vec::with_capacity(nworkers);
+    for _ in 0..nworkers {
+        let mut ls = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let fd = sys::reuseport_listener(l.listen, 4096).map_err(|source| RunError::Bind {
+                listener: l.name.clone(),
+                addr: l.listen,
+                source,
+            })?;
+            let n = u32::try_from(nworkers).unwrap_or(1).max(1);
+            ls.push(WorkerListener {
+                config: Arc::new(l.clone()),
+                fd,
+                limit: l.max_connections.div_ceil(n),
+            });
+        }
+        per_worker.push(ls);
+    }
+    let admin = match config.admin {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).map_err(|source| RunError::Admin { addr, source })?;
+            l.set_nonblocking(true)
+                .map_err(|source| RunError::Admin { addr, source })?;
+            Some(l)
+        }
+        None => None,
+    };
+
+    let control = Arc::new(Control::new(table));
+    let mut workers: Vec<Running> = Vec::with_capacity(nworkers);
+    for (id, listeners) in per_worker.into_iter().enumerate() {
+        let setup_err = |source| RunError::Setup {
+            what: "worker set-up",
+            source,
+        };
+        let wake = sys::eventfd().map_err(setup_err)?;
+        let worker_wake = wake.try_clone().map_err(setup_err)?;
+        let stats = Arc::new(WorkerStats::default());
+        let setup = WorkerSetup {
+            id,
+            core: cores.get(id).copied(),
+            poll: config.workers.poll,
+            listeners,
+            control: Arc::clone(&control),
+            stats: Arc::clone(&stats),
+            wake: worker_wake,
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("zgate-w{id}"))
+            .spawn(move || worker::run(setup))
+            .map_err(setup_err)?;
+        workers.push(Running {
+            handle: Some(handle),
+            stats,
+            wake,
+        });
+    }
+    log(format_args!(
+        "running: {} worker(s) on cores {:?}, {} listener(s), poll {:?}",
+        nworkers,
+        cores,
+        config.listeners.len(),
+        config.workers.poll
+    ));
+
+    let mut reloads = 0u64;
+    let mut reload_failures = 0u64;
+    let mut drain_deadline: Option<Instant> = None;
+    let mut first_error: Option<RunError> = None;
+    let wake_all = |workers: &[Running]| {
+        for w in workers {
+            sys::eventfd_wake(w.wake.as_raw_fd());
+        }
+    };
+    let admin_fd = admin.as_ref().map_or(-1, |a| a.as_raw_fd());
+    loop {
+        let [sig_ready, admin_ready] =
+            sys::poll_readable([sigfd.as_raw_fd(), admin_fd], Duration::from_millis(100));
+        if sig_ready {
+            while let Some(sig) = sys::read_signal(sigfd.as_raw_fd()) {
+                match sig {
+                    libc::SIGHUP => {
+                        match reload(config, &control) {
+                            Ok(()) => reloads += 1,
+                            Err(()) => reload_failures += 1,
+                        }
+                        wake_all(&workers);
+                    }
+                    _ if drain_deadline.is_none() => {
+                        log(format_args!(
+                            "signal {sig}: draining for up to {:?}",
+                            config.drain_timeout
+                        ));
+                        control.advance(Phase::Draining);
+                        drain_deadline = Some(Instant::now() + config.drain_timeout);
+                        wake_all(&workers);
+                    }
+                    _ => {
+                        log(format_args!("signal {sig} again: closing every flow now"));
+                        control.advance(Phase::Stop);
+                        wake_all(&workers);
+                    }
+                }
+            }
+        }
+        if admin_ready {
+            if let Some(l) = &admin {
+                // Bounded: at most a handful per turn so signals stay prompt.
+                for _ in 0..16 {
+                    let Ok((stream, _)) = l.accept() else { break };
+                    let view = AdminView {
+                        stats: sum(&workers),
+                        workers: workers.len(),
+                        workers_ready: workers
+                            .iter()
+                            .filter(|w| w.stats.ready.load(Ordering::Acquire))
+                            .count(),
+                        accepting: control.phase() == Phase::Running,
+                        table_version: control.table().map(|t| t.version()),
+                        table_reloads: reloads,
+                        table_reload_failures: reload_failures,
+                    };
+                    admin::serve_one(stream, &view);
+                }
+            }
+        }
+        if drain_deadline.is_some_and(|d| Instant::now() >= d) && control.phase() < Phase::Stop {
+            log(format_args!("drain timeout: closing the flows still open"));
+            control.advance(Phase::Stop);
+            wake_all(&workers);
+        }
+        for (id, w) in workers.iter_mut().enumerate() {
+            if w.handle.as_ref().is_some_and(|h| h.is_finished()) {
+                let result = match w.handle.take().map(JoinHandle::join) {
+                    Some(Ok(r)) => r.map_err(RunError::from),
+                    Some(Err(_)) => Err(RunError::WorkerPanicked(id)),
+                    None => Ok(()),
+                };
+                if let Err(e) = result {
+                    log(format_args!("{e}; stopping"));
+                    first_error.get_or_insert(e);
+                    control.advance(Phase::Stop);
+                    drain_deadline.get_or_insert_with(Instant::now);
+                    wake_all(&workers);
+                    break;
+                }
+            }
+        }
+        if workers.iter().all(|w| w.handle.is_none()) {
+            break;
+        }
+    }
+    let s = sum(&workers);
+    log(format_args!(
+        "stopped: accepted {} denied {} upstream_connect_failures {}",
+        s.accepted, s.denied, s.upstream_connect_failures
+    ));
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn sum(workers: &[Running]) -> StatsSnapshot {
+    let mut total = StatsSnapshot::default();
+    for w in workers {
+        total.add(&w.stats.snapshot());
+    }
+    total
+}
+
+/// SIGHUP: verify the table file, then publish it. On failure nothing changes.
+fn reload(config: &Config, control: &Control) -> Result<(), ()> {
+    let Some(path) = &config.table else {
+        log(format_args!(
+            "SIGHUP: no table configured; still denying every flow"
+        ));
+        return Err(());
+    };
+    match load_table(path) {
+        Ok(t) => {
+            log(format_args!(
+                "SIGHUP: table `{}` version {} published",
+                path.display(),
+                t.version()
+            ));
+            control.publish(t);
+            Ok(())
+        }
+        Err(e) => {
+            log(format_args!(
+                "SIGHUP: table `{}` refused, keeping the current one: {e}",
+                path.display()
+            ));
+            Err(())
+        }
+    }
+}

@@ -1,0 +1,843 @@
+//! The one place in zgate that talks to the kernel through `unsafe` (STYLE E.12).
+//!
+//! What lives here, and nothing else:
+//! - [`Ring`]: the worker's io_uring. Every SQE that carries a pointer is prepared here,
+//!   and only from memory held in a [`Lent`] box.
+//! - [`BufPool`] (inside [`Ring`]): the worker's provided buffer ring. Receives name a
+//!   buffer group instead of a buffer; the kernel picks a buffer only when data arrives,
+//!   so an idle connection holds none. Each buffer has one state (in the ring, spare,
+//!   held by a flow, being sent) and only the transitions below are possible, so a
+//!   buffer goes back to the kernel only once no send points into it (STYLE E.13).
+//! - [`Lent`]: heap memory the kernel may be writing into. Each SQE that points into it
+//!   raises its `lent` count; the worker lowers it when the matching CQE arrives. A
+//!   `Lent` dropped while `lent > 0` is leaked, never freed, so even a bookkeeping bug
+//!   cannot let the kernel write into freed memory (it shows up in debug builds as an
+//!   assertion and in release as a leak).
+//! - Socket set-up that `std` does not offer: `SO_REUSEPORT` listeners, an unconnected
+//!   upstream socket, `SO_LINGER 0`, adopting an accepted fd, `RLIMIT_NOFILE`.
+//! - The supervisor's signal plumbing: blocking signals, `signalfd`, `poll`, `eventfd`.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+/// Bytes per provided buffer (the most one recv moves).
+pub const BUF_SIZE: usize = 16 * 1024;
+/// Buffers in each worker's pool (a power of two, at most 32768). Memory: at most
+/// `POOL_BUFFERS * BUF_SIZE` = 16 MiB of address space per worker, resident only once
+/// touched; see [`HOT_BUFFERS`].
+pub const POOL_BUFFERS: u16 = 1024;
+/// How many buffers the ring normally offers the kernel. The kernel takes ring buffers
+/// in FIFO order, so every published buffer gets touched in turn: publishing a small
+/// hot set (and keeping the rest as LIFO spares) keeps resident memory near
+/// `HOT_BUFFERS * BUF_SIZE` (1 MiB) plus the buffers flows hold, instead of the whole
+/// pool. Starved receives raise the target (see `BufPool::refill`).
+pub const HOT_BUFFERS: u16 = 64;
+/// The buffer group id of the worker's one pool.
+const BGID: u16 = 0;
+
+/// A socket address in the kernel's layout, plus its length.
+#[derive(Clone, Copy)]
+struct RawSockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl RawSockAddr {
+    fn new(addr: SocketAddr) -> RawSockAddr {
+        // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (AF_UNSPEC)
+        // value. Nothing else owns it: it is a fresh local.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match addr {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*a.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in
+                // (that is its purpose); `storage` is a local we own for this call.
+                unsafe {
+                    std::ptr::write(
+                        std::ptr::addr_of_mut!(storage).cast::<libc::sockaddr_in>(),
+                        sin,
+                    );
+                }
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: a.flowinfo().to_be(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                };
+                // SAFETY: as above, for sockaddr_in6.
+                unsafe {
+                    std::ptr::write(
+                        std::ptr::addr_of_mut!(storage).cast::<libc::sockaddr_in6>(),
+                        sin6,
+                    );
+                }
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        RawSockAddr {
+            storage,
+            // Both sizes are below 128; the conversion cannot fail.
+            len: libc::socklen_t::try_from(len).unwrap_or(0),
+        }
+    }
+}
+
+/// Heap memory that SQEs may point into. See the module doc.
+pub struct Lent<T: ?Sized> {
+    ptr: NonNull<T>,
+    lent: u32,
+}
+
+impl<T: ?Sized> Lent<T> {
+    /// Takes ownership of `boxed`. Its memory stays put until this `Lent` is dropped
+    /// with no loans outstanding.
+    pub fn new(boxed: Box<T>) -> Lent<T> {
+        Lent {
+            ptr: NonNull::from(Box::leak(boxed)),
+            lent: 0,
+        }
+    }
+
+    /// How many SQEs in flight point into this memory.
+    pub fn lent(&self) -> u32 {
+        self.lent
+    }
+
+    /// Record that one CQE for an SQE that pointed into this memory has arrived.
+    /// The caller calls it exactly once per such CQE (the worker's per-op user_data says
+    /// which memory an op used).
+    pub fn returned(&mut self) {
+        debug_assert!(self.lent > 0, "a CQE returned memory that was not lent");
+        self.lent = self.lent.saturating_sub(1);
+    }
+}
+
+impl<T: ?Sized> Drop for Lent<T> {
+    fn drop(&mut self) {
+        if self.lent == 0 {
+            // SAFETY: `ptr` came from `Box::leak` in `new` and was never freed; no SQE
+            // points into it any more (lent == 0), so we are its only owner.
+            drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
+        } else {
+            // The kernel may still write here: leak rather than free.
+            debug_assert!(false, "Lent dropped with {} loans outstanding", self.lent);
+        }
+    }
+}
+
+/// Per-connection memory the connect SQEs point at (no data buffers: those come from
+/// the worker's [`BufPool`] only while data is in flight).
+pub struct ConnMem {
+    addr: RawSockAddr,
+    timeout: types::Timespec,
+}
+
+impl ConnMem {
+    /// Fresh connection memory.
+    pub fn boxed() -> Lent<ConnMem> {
+        Lent::new(Box::new(ConnMem {
+            addr: RawSockAddr::new(SocketAddr::from(([0, 0, 0, 0], 0))),
+            timeout: types::Timespec::new(),
+        }))
+    }
+}
+
+/// An anonymous private mapping, unmapped on drop. Pages become resident only when
+/// touched, which is what lets a large pool cost little while idle.
+struct Mmap {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mmap {
+    fn new(len: usize) -> io::Result<Mmap> {
+        // SAFETY: a fresh anonymous mapping; no existing memory is named or aliased.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap: null"))?;
+        Ok(Mmap { ptr, len })
+    }
+
+    /// Never unmap this mapping (someone may still point into it).
+    fn leak(&mut self) {
+        self.len = 0;
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        if self.len == 0 {
+            return; // leaked on purpose
+        }
+        // SAFETY: `ptr`/`len` are exactly one mapping made in `new`; whoever drops the
+        // Mmap guarantees nothing (the kernel included) uses it any more (see `Ring`'s
+        // Drop, which unregisters the buffer ring first).
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// One entry of a provided buffer ring, in the kernel's layout (`struct io_uring_buf`).
+/// Entry 0's `resv` field is the ring's tail.
+#[repr(C)]
+struct RingEntry {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+const _: () = assert!(std::mem::size_of::<RingEntry>() == 16);
+
+/// Where one pool buffer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BufState {
+    /// Published in the ring: the kernel may pick it for any recv of this group.
+    InRing,
+    /// Owned by user space, not published, holding nothing.
+    Spare,
+    /// Handed to a flow by a recv CQE; no SQE points into it.
+    Held,
+    /// A send SQE points into it; it stays until that send's CQE.
+    Sending,
+}
+
+/// A buffer a flow holds (from a recv CQE until it gives it back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufId(u16);
+
+/// A buffer operation that does not match the buffer's state: a bookkeeping bug or a
+/// bid the kernel should never report. Nothing is changed when it is returned.
+#[derive(Debug, thiserror::Error)]
+#[error("buffer {bid}: cannot {op} (state {state})")]
+pub struct BufError {
+    /// The buffer id.
+    pub bid: u16,
+    /// What was attempted.
+    pub op: &'static str,
+    /// The state it was in.
+    pub state: &'static str,
+}
+
+/// The worker's provided buffer ring (`IORING_REGISTER_PBUF_RING`) and its buffers.
+pub struct BufPool {
+    ring: Mmap,
+    bufs: Mmap,
+    /// Our copy of the ring's tail (the kernel owns the head).
+    tail: u16,
+    state: Vec<BufState>,
+    /// Unpublished buffers, most recently returned last (LIFO: reuse warm memory).
+    spare: Vec<u16>,
+    /// Buffers published and not yet reported taken by a recv CQE.
+    published: u16,
+}
+
+impl BufPool {
+    fn new() -> io::Result<BufPool> {
+        let n = usize::from(POOL_BUFFERS);
+        // One page at least, page-aligned (mmap), as the kernel requires.
+        let ring = Mmap::new((n * std::mem::size_of::<RingEntry>()).max(4096))?;
+        let bufs = Mmap::new(n * BUF_SIZE)?;
+        Ok(BufPool {
+            ring,
+            bufs,
+            tail: 0,
+            state: vec![BufState::Spare; n],
+            // Popped from the end: buffer 0 first.
+            spare: (0..POOL_BUFFERS).rev().collect(),
+            published: 0,
+        })
+    }
+
+    fn state_name(s: BufState) -> &'static str {
+        match s {
+            BufState::InRing => "in-ring",
+            BufState::Spare => "spare",
+            BufState::Held => "held",
+            BufState::Sending => "sending",
+        }
+    }
+
+    /// Move `bid` from `from` to `to`, or say why not.
+    fn transition(
+        &mut self,
+        bid: u16,
+        from: BufState,
+        to: BufState,
+        op: &'static str,
+    ) -> Result<(), BufError> {
+        match self.state.get_mut(usize::from(bid)) {
+            Some(s) if *s == from => {
+                *s = to;
+                Ok(())
+            }
+            Some(s) => Err(BufError {
+                bid,
+                op,
+                state: BufPool::state_name(*s),
+            }),
+            None => Err(BufError {
+                bid,
+                op,
+                state: "out of range",
+            }),
+        }
+    }
+
+    fn buf_addr(&self, bid: u16) -> *mut u8 {
+        // bid < POOL_BUFFERS (every caller checked it through `state`), so the address
+        // stays inside the `bufs` mapping; nothing is dereferenced here.
+        self.bufs
+            .ptr
+            .as_ptr()
+            .wrapping_add(usize::from(bid) * BUF_SIZE)
+    }
+
+    /// Publish spare buffers until `want` are published (or no spare is left). The new
+    /// tail is stored once, with release ordering, after the entries are written.
+    pub fn refill(&mut self, want: u16) {
+        let want = want.min(POOL_BUFFERS);
+        let mut moved = false;
+        while self.published < want {
+            let Some(bid) = self.spare.pop() else { break };
+            if let Some(s) = self.state.get_mut(usize::from(bid)) {
+                *s = BufState::InRing;
+            }
+            let index = usize::from(self.tail & (POOL_BUFFERS - 1));
+            let entry = self.ring.ptr.as_ptr().cast::<RingEntry>().wrapping_add(index);
+            let addr = self.buf_addr(bid) as u64;
+            // SAFETY: `index < POOL_BUFFERS`, so `entry` is inside the ring mapping,
+            // which lives as long as `self`. The slot at our tail is not visible to the
+            // kernel until the tail store below, so writing it races nothing. We write
+            // the three fields one by one and never entry 0's `resv` (the tail, which
+            // the kernel reads).
+            unsafe {
+                std::ptr::addr_of_mut!((*entry).addr).write(addr);
+                std::ptr::addr_of_mut!((*entry).len).write(BUF_SIZE as u32);
+                std::ptr::addr_of_mut!((*entry).bid).write(bid);
+            }
+            self.tail = self.tail.wrapping_add(1);
+            self.published += 1;
+            moved = true;
+        }
+        if moved {
+            let tail = self.ring.ptr.as_ptr().cast::<RingEntry>();
+            // SAFETY: entry 0's `resv` is the ring tail: a u16 inside the ring mapping,
+            // aligned to 2, shared with the kernel, which only reads it. All accesses
+            // from our side go through this atomic store, so there is no data race.
+            let tail = unsafe { AtomicU16::from_ptr(std::ptr::addr_of_mut!((*tail).resv)) };
+            tail.store(self.tail, Ordering::Release);
+        }
+    }
+
+    /// A recv CQE reported buffer `bid`: the kernel took it from the ring and the
+    /// caller now holds it.
+    pub fn take(&mut self, bid: u16) -> Result<BufId, BufError> {
+        self.transition(bid, BufState::InRing, BufState::Held, "take")?;
+        self.published = self.published.saturating_sub(1);
+        Ok(BufId(bid))
+    }
+
+    /// The caller gives `buf` back; it becomes a spare, published again by `refill`.
+    /// Refused while a send points into it.
+    pub fn give_back(&mut self, buf: BufId) -> Result<(), BufError> {
+        self.transition(buf.0, BufState::Held, BufState::Spare, "give back")?;
+        self.spare.push(buf.0);
+        Ok(())
+    }
+
+    /// Buffers held by flows or being sent.
+    pub fn in_use(&self) -> usize {
+        usize::from(POOL_BUFFERS)
+            - self.spare.len()
+            - usize::from(self.published.min(POOL_BUFFERS))
+    }
+
+    /// Buffers published in the ring (as far as CQEs have told us).
+    pub fn published(&self) -> u16 {
+        self.published
+    }
+}
+
+/// Errors from queueing an SQE.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The submission queue stayed full even after submitting.
+    #[error("io_uring submission queue full: {0}")]
+    Full(io::Error),
+    /// A send range outside the buffer (a bug in the caller; nothing was queued).
+    #[error("send range {start}..{end} outside a {BUF_SIZE}-byte buffer")]
+    Range {
+        /// Start of the range.
+        start: usize,
+        /// End of the range.
+        end: usize,
+    },
+    /// The buffer is not held by the caller (a bug in the caller; nothing was queued).
+    #[error(transparent)]
+    Buf(#[from] BufError),
+}
+
+/// One completion, copied out of the CQ.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion {
+    /// The SQE's user_data.
+    pub user_data: u64,
+    /// Result: bytes, fd, or a negated errno.
+    pub result: i32,
+    /// Whether a multishot SQE stays armed.
+    pub more: bool,
+    /// The provided buffer a recv filled (or took and left empty), if any.
+    pub buffer: Option<u16>,
+}
+
+/// A worker's io_uring, with its provided buffer pool.
+///
+/// Field order matters for drop: `Drop` unregisters the buffer ring, then the ring fd
+/// closes (`ring`), then the buffer memory is unmapped (`pool`).
+pub struct Ring {
+    ring: IoUring,
+    /// The provided buffers. Public so flows can take and give back buffers.
+    pub pool: BufPool,
+}
+
+impl Ring {
+    /// A ring with `entries` SQ slots and a CQ four times that size, with the buffer
+    /// pool registered as buffer group 0 and its hot set published.
+    pub fn new(entries: u32) -> io::Result<Ring> {
+        let ring = IoUring::builder()
+            .setup_cqsize(entries.saturating_mul(4))
+            .build(entries)?;
+        let mut pool = BufPool::new()?;
+        // SAFETY: the ring memory is a page-aligned mapping of POOL_BUFFERS entries that
+        // lives in `pool` until after `Drop for Ring` unregisters it (and the fd closes).
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                pool.ring.ptr.as_ptr() as u64,
+                POOL_BUFFERS,
+                BGID,
+                0,
+            )?;
+        }
+        pool.refill(HOT_BUFFERS);
+        Ok(Ring { ring, pool })
+    }
+
+    fn push(&mut self, entry: &squeue::Entry) -> Result<(), PushError> {
+        for _ in 0..2 {
+            // SAFETY: every pointer in `entry` points into a `Lent` whose count the
+            // caller of this private fn raised before or right after this push (only
+            // on success), so the memory stays allocated until the CQE; entries without
+            // pointers (accept, cancel) carry no memory.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            // SQ full: hand what is queued to the kernel and try once more.
+            self.ring.submit().map_err(PushError::Full)?;
+        }
+        Err(PushError::Full(io::Error::from(io::ErrorKind::WouldBlock)))
+    }
+
+    /// Arm a multishot accept on a listener.
+    pub fn accept_multi(&mut self, fd: RawFd, user_data: u64) -> Result<(), PushError> {
+        let e = opcode::AcceptMulti::new(types::Fd(fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Receive into a buffer the kernel picks from the pool when data arrives. The CQE
+    /// names it ([`Completion::buffer`]); the caller then [`BufPool::take`]s it. With the
+    /// ring empty the CQE is `-ENOBUFS` and nothing was taken.
+    pub fn recv(&mut self, fd: RawFd, user_data: u64) -> Result<(), PushError> {
+        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), BUF_SIZE as u32)
+            .buf_group(BGID)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Send `start..end` of held buffer `buf`. The buffer is `Sending` until the caller
+    /// reports the CQE with [`Ring::send_done`]; it cannot be given back before that.
+    pub fn send(
+        &mut self,
+        fd: RawFd,
+        buf: BufId,
+        start: usize,
+        end: usize,
+        user_data: u64,
+    ) -> Result<(), PushError> {
+        if start >= end || end > BUF_SIZE {
+            return Err(PushError::Range { start, end });
+        }
+        self.pool
+            .transition(buf.0, BufState::Held, BufState::Sending, "send from")?;
+        // `start < end <= BUF_SIZE` was checked above, so the pointer stays inside
+        // buffer `buf`, whose memory lives as long as `self.pool` (so, until after the
+        // send's CQE: the worker drops its ring only with nothing in flight).
+        let ptr = self.pool.buf_addr(buf.0).wrapping_add(start);
+        let len = u32::try_from(end - start).unwrap_or(0);
+        let e = opcode::Send::new(types::Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data);
+        if let Err(err) = self.push(&e) {
+            // Not queued: the buffer is simply held again.
+            let _ = self
+                .pool
+                .transition(buf.0, BufState::Sending, BufState::Held, "unsend");
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// The CQE of the send from `buf` arrived: the buffer is held (not sending) again.
+    pub fn send_done(&mut self, buf: BufId) -> Result<(), BufError> {
+        self.pool
+            .transition(buf.0, BufState::Sending, BufState::Held, "finish send of")
+    }
+
+    /// Connect `fd` to `addr`, linked to a timeout: two SQEs, two CQEs, both lend `mem`.
+    pub fn connect_with_timeout(
+        &mut self,
+        fd: RawFd,
+        mem: &mut Lent<ConnMem>,
+        addr: SocketAddr,
+        timeout: Duration,
+        connect_user_data: u64,
+        timeout_user_data: u64,
+    ) -> Result<(), PushError> {
+        let room = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if room < 2 {
+            self.ring.submit().map_err(PushError::Full)?;
+        }
+        let p = mem.ptr.as_ptr();
+        // SAFETY: no SQE points at `addr`/`timeout` yet (connect is a connection's first
+        // op and happens once), so writing them through the raw pointer races nothing.
+        // The pointers handed to the kernel stay valid until both CQEs (lent += 2).
+        let (addr_ptr, addr_len, ts_ptr) = unsafe {
+            std::ptr::addr_of_mut!((*p).addr).write(RawSockAddr::new(addr));
+            std::ptr::addr_of_mut!((*p).timeout).write(types::Timespec::from(timeout));
+            (
+                std::ptr::addr_of!((*p).addr.storage).cast::<libc::sockaddr>(),
+                (*p).addr.len,
+                std::ptr::addr_of!((*p).timeout),
+            )
+        };
+        let connect = opcode::Connect::new(types::Fd(fd), addr_ptr, addr_len)
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(connect_user_data);
+        let link = opcode::LinkTimeout::new(ts_ptr)
+            .build()
+            .user_data(timeout_user_data);
+        // SAFETY: both entries point into `mem`, which stays allocated until both CQEs
+        // (lent += 2 below); pushed together so the link is not split by a submit.
+        unsafe { self.ring.submission().push_multiple(&[connect, link]) }
+            .map_err(|_| PushError::Full(io::Error::from(io::ErrorKind::WouldBlock)))?;
+        mem.lent += 2;
+        Ok(())
+    }
+
+    /// Read 8 bytes (an eventfd counter) into `buf`.
+    pub fn read_u64(
+        &mut self,
+        fd: RawFd,
+        buf: &mut Lent<u64>,
+        user_data: u64,
+    ) -> Result<(), PushError> {
+        let e = opcode::Read::new(types::Fd(fd), buf.ptr.as_ptr().cast::<u8>(), 8)
+            .build()
+            .user_data(user_data);
+        self.push(&e)?;
+        buf.lent += 1;
+        Ok(())
+    }
+
+    /// Cancel every op in flight on `fd`.
+    pub fn cancel_fd(&mut self, fd: RawFd, user_data: u64) -> Result<(), PushError> {
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Cancel the op(s) with user_data `target`.
+    pub fn cancel(&mut self, target: u64, user_data: u64) -> Result<(), PushError> {
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(target).all())
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Submit what is queued; do not wait.
+    pub fn submit(&mut self) -> io::Result<()> {
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(e) if transient(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Submit and sleep until one completion arrives or `timeout` passes.
+    pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e) if transient(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Move every available completion into `out` (cleared first).
+    pub fn completions(&mut self, out: &mut Vec<Completion>) {
+        out.clear();
+        for cqe in self.ring.completion() {
+            out.push(Completion {
+                user_data: cqe.user_data(),
+                result: cqe.result(),
+                more: cqueue::more(cqe.flags()),
+                buffer: cqueue::buffer_select(cqe.flags()),
+            });
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Unregister before the memory goes; `ring` (the fd) and then `pool` (the
+        // mappings) are dropped after this, in field order. If unregistering fails the
+        // kernel may still point at the ring: leak the mappings instead of unmapping.
+        if self.ring.submitter().unregister_buf_ring(BGID).is_err() {
+            self.pool.ring.leak();
+            self.pool.bufs.leak();
+        }
+    }
+}
+
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+    )
+}
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a local that outlives the call; the kernel copies it.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            std::ptr::addr_of!(value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+fn new_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain syscall with constant arguments; no memory is passed.
+    let fd = cvt(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A listening TCP socket on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`, so every
+/// worker can bind its own and the kernel spreads connections among them.
+pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
+    let fd = new_socket(&addr)?;
+    let raw = fd.as_raw_fd();
+    setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    let sa = RawSockAddr::new(addr);
+    // SAFETY: `sa` is a local holding a valid sockaddr of `sa.len` bytes; bind copies it.
+    cvt(unsafe {
+        libc::bind(
+            raw,
+            std::ptr::addr_of!(sa.storage).cast::<libc::sockaddr>(),
+            sa.len,
+        )
+    })?;
+    // SAFETY: plain syscall on an fd we own.
+    cvt(unsafe { libc::listen(raw, backlog) })?;
+    Ok(fd)
+}
+
+/// An unconnected TCP socket of `addr`'s family, to be connected through the ring.
+pub fn upstream_socket(addr: &SocketAddr) -> io::Result<TcpStream> {
+    Ok(TcpStream::from(new_socket(addr)?))
+}
+
+/// Take ownership of an fd produced by an accept CQE.
+pub fn adopt_accepted(fd: i32) -> TcpStream {
+    // SAFETY: a non-negative accept CQE result is a new fd installed in our table that
+    // nothing else owns; from here the TcpStream closes it exactly once.
+    TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `SO_LINGER {on, 0}`: the next close sends RST instead of FIN.
+pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `l` is a local that outlives the call; the kernel copies it.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(l).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit (each flow needs two fds).
+/// Returns the soft limit before and after.
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a local the kernel fills; it outlives the call.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is an initialised local; the kernel copies it.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    }
+    Ok((before, lim.rlim_cur))
+}
+
+/// An eventfd the supervisor writes to wake a sleeping worker.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall, no memory passed.
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: `fd` was just returned by eventfd(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Add 1 to an eventfd's counter (wakes a reader).
+pub fn eventfd_wake(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a local that outlives the call. A full counter
+    // (EAGAIN) means a wake is already pending, which is all we want.
+    let _ = unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
+}
+
+/// The signals the supervisor handles.
+pub const HANDLED_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+fn handled_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise the local.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in HANDLED_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Block the handled signals in the calling thread (and so in every thread it spawns
+/// afterwards) and return a signalfd that reports them.
+pub fn signalfd() -> io::Result<OwnedFd> {
+    let set = handled_set();
+    // SAFETY: `set` is an initialised local; the kernel copies it.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    // SAFETY: as above; -1 asks for a new fd.
+    let fd = cvt(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+    // SAFETY: `fd` was just returned by signalfd(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Read one pending signal number from a signalfd, if any.
+pub fn read_signal(fd: RawFd) -> Option<i32> {
+    // SAFETY: signalfd_siginfo is plain data; zero is a valid value.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: reads at most `size` bytes into the local `info`, which outlives the call.
+    let n = unsafe { libc::read(fd, std::ptr::addr_of_mut!(info).cast(), size) };
+    if usize::try_from(n).ok() == Some(size) {
+        i32::try_from(info.ssi_signo).ok()
+    } else {
+        None
+    }
+}
+
+/// Wait until one of `fds` is readable or `timeout` passes; returns which are readable.
+pub fn poll_readable<const N: usize>(fds: [RawFd; N], timeout: Duration) -> [bool; N] {
+    let mut pfds = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfds` is a local array of N pollfds that outlives the call.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, ms) };
+    if rc <= 0 {
+        return [false; N];
+    }
+    pfds.map(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
+}

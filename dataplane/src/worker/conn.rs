@@ -1,0 +1,406 @@
+//! One proxied flow: its sockets, its memory and its state machine.
+//!
+//! ```text
+//!            accept + allow
+//!                  │  push Connect ─link─ LinkTimeout          (lent = 2)
+//!                  ▼
+//!            ┌───────────┐ connect error / timeout ┌──────────┐
+//!            │ Connecting├────────────────────────►│ Closing  │
+//!            └─────┬─────┘                         │ cancel   │
+//!                  │ connect ok: Recv on both      │ every op,│
+//!                  ▼                               │ wait for │
+//!   per direction d (0: client→upstream, 1: back)  │ lent==0  │
+//!   ┌─────────┐ n>0  ┌──────────────┐              │ and no   │
+//!   │ Reading ├─────►│ Writing a..b ├──┐ short     │ cancel   │
+//!   └──▲──┬───┘      └──────┬───────┘◄─┘ send      │ in flight│
+//!      │  │ 0 (FIN)         │ all sent             └────┬─────┘
+//!      │  ▼                 │                           │ free slot:
+//!      │ Done: shutdown(WR) │                           ▼ close fds
+//!      └────────────────────┘                         (RST if reset)
+//!   both Done → Closing (normal). Error/RST on either side → Closing (reset:
+//!   SO_LINGER 0 on both). Idle or lifetime timer → Closing (normal).
+//! ```
+//!
+//! Buffers: a recv names the worker's buffer group, not a buffer. The kernel picks a
+//! pool buffer only when data arrives, so a flow holds a buffer only from its recv CQE
+//! until the send of that data completes; an idle flow holds none. The buffer goes back
+//! to the pool on the send's CQE, never before (STYLE E.13).
+//!
+//! Bounded memory: each direction holds at most one buffer (`BUF_SIZE`) and never
+//! receives again until that buffer is fully sent, so a slow reader stalls its writer
+//! through TCP flow control instead of growing memory. When the pool is empty a recv
+//! completes with `ENOBUFS`; the direction is `Starved` and the worker re-arms it once
+//! buffers come back.
+//!
+//! Policy: a flow keeps the facts it was decided on (listener, source address, start
+//! time) and the instant its decision expires, so the worker can re-decide it when a
+//! new table is published or the decision's constraints run out.
+
+use std::net::{IpAddr, Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use zgate_table::facts::UnixSeconds;
+
+use crate::shared::StatsSnapshot;
+use crate::sys::{self, BufId, ConnMem, Lent, Ring};
+use crate::worker::token::{encode, Op};
+
+/// One direction's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// A recv is in flight on the source side (holding no buffer).
+    Reading,
+    /// The pool was empty: no recv in flight; the worker re-arms it later.
+    Starved,
+    /// A send of bytes `start..end` of buffer `buf` is in flight on the destination side.
+    Writing {
+        /// The pool buffer holding the data.
+        buf: BufId,
+        /// First unsent byte.
+        start: u32,
+        /// End of received bytes.
+        end: u32,
+    },
+    /// The source sent FIN; it was passed on as `shutdown(SHUT_WR)`.
+    Done,
+}
+
+/// Where the flow is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Upstream connect in flight.
+    Connecting,
+    /// Forwarding.
+    Open,
+    /// Cancelling; the slot is freed when nothing is in flight.
+    Closing,
+}
+
+/// How a flow ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseKind {
+    /// FIN both ways (already sent, or sent by close).
+    Normal,
+    /// RST both ways: SO_LINGER 0 before close.
+    Reset,
+}
+
+/// A flow.
+pub struct Conn {
+    /// Index of its listener in the worker.
+    pub listener: usize,
+    client: TcpStream,
+    upstream: TcpStream,
+    /// What the connect SQEs point at.
+    mem: Lent<ConnMem>,
+    /// Recv and send SQEs in flight (they point into pool buffers, not into `mem`).
+    ops: u8,
+    cancels: u8,
+    /// Current state.
+    pub state: State,
+    dirs: [Dir; 2],
+    /// When it was accepted (loop clock).
+    pub started: Instant,
+    /// When bytes last moved (or the connect completed).
+    pub last_active: Instant,
+    /// The client's address: the fact it was decided on, kept for re-decisions.
+    pub source: IpAddr,
+    /// Wall-clock second it was accepted (`Constraints::expires_at` counts from it).
+    pub started_unix: UnixSeconds,
+    /// When its decision stops holding; the worker re-decides it then.
+    pub expires_at: Option<UnixSeconds>,
+}
+
+/// What a completion handler needs from the worker.
+pub struct Ctx<'a> {
+    /// The worker's ring (and buffer pool).
+    pub ring: &'a mut Ring,
+    /// The worker's counters.
+    pub stats: &'a mut StatsSnapshot,
+    /// Directions waiting for a buffer: (slot index, generation, direction).
+    pub starved: &'a mut Vec<(u32, u32, usize)>,
+    /// Loop time.
+    pub now: Instant,
+    /// This flow's slot.
+    pub index: u32,
+    /// This flow's slot generation.
+    pub gen: u32,
+}
+
+impl Ctx<'_> {
+    fn ud(&self, op: Op) -> u64 {
+        encode(op, self.index, self.gen)
+    }
+}
+
+/// The facts a flow was admitted with.
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted {
+    /// Index of its listener in the worker.
+    pub listener: usize,
+    /// The client's address.
+    pub source: IpAddr,
+    /// Wall-clock second of the accept.
+    pub started_unix: UnixSeconds,
+    /// When the decision stops holding.
+    pub expires_at: Option<UnixSeconds>,
+}
+
+impl Conn {
+    /// Start a flow: queue the upstream connect. On error nothing is in flight and the
+    /// sockets are returned to be dropped.
+    pub fn connect(
+        admitted: Admitted,
+        client: TcpStream,
+        upstream: TcpStream,
+        cfg: &crate::config::ListenerConfig,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Conn, sys::PushError> {
+        let mut mem = ConnMem::boxed();
+        let (c, t) = (ctx.ud(Op::Connect), ctx.ud(Op::ConnectTimeout));
+        ctx.ring.connect_with_timeout(
+            upstream.as_raw_fd(),
+            &mut mem,
+            cfg.upstream,
+            cfg.connect_timeout,
+            c,
+            t,
+        )?;
+        Ok(Conn {
+            listener: admitted.listener,
+            client,
+            upstream,
+            mem,
+            ops: 0,
+            cancels: 0,
+            state: State::Connecting,
+            dirs: [Dir::Reading, Dir::Reading],
+            started: ctx.now,
+            last_active: ctx.now,
+            source: admitted.source,
+            started_unix: admitted.started_unix,
+            expires_at: admitted.expires_at,
+        })
+    }
+
+    /// Whether anything of ours is in flight on the ring.
+    fn in_flight(&self) -> bool {
+        self.mem.lent() > 0 || self.ops > 0 || self.cancels > 0
+    }
+
+    /// Whether the slot may be freed: closing, and no SQE of ours is in flight. (No pool
+    /// buffer can be held then: a buffer is held only while its send is in flight, or
+    /// between a CQE and the handler that gives it back.)
+    pub fn finished(&self) -> bool {
+        self.state == State::Closing && !self.in_flight()
+    }
+
+    /// Whether direction `dir` waits for a pool buffer.
+    pub fn is_starved(&self, dir: usize) -> bool {
+        self.dirs.get(dir) == Some(&Dir::Starved)
+    }
+
+    fn src_dst(&self, dir: usize) -> (&TcpStream, &TcpStream) {
+        if dir == 0 {
+            (&self.client, &self.upstream)
+        } else {
+            (&self.upstream, &self.client)
+        }
+    }
+
+    fn set_dir(&mut self, dir: usize, d: Dir) {
+        if let Some(slot) = self.dirs.get_mut(dir) {
+            *slot = d;
+        }
+    }
+
+    /// Arm a recv on `dir`'s source socket (also used by the worker for a starved one).
+    pub fn recv(&mut self, dir: usize, ctx: &mut Ctx<'_>) {
+        if self.state != State::Open {
+            return;
+        }
+        let fd = self.src_dst(dir).0.as_raw_fd();
+        let ud = ctx.ud(Op::Recv(dir));
+        self.set_dir(dir, Dir::Reading);
+        if ctx.ring.recv(fd, ud).is_ok() {
+            self.ops += 1;
+        } else {
+            self.close(CloseKind::Reset, ctx);
+        }
+    }
+
+    fn send(&mut self, dir: usize, buf: BufId, start: u32, end: u32, ctx: &mut Ctx<'_>) {
+        let fd = self.src_dst(dir).1.as_raw_fd();
+        let ud = ctx.ud(Op::Send(dir));
+        self.set_dir(dir, Dir::Writing { buf, start, end });
+        let (s, e) = (start as usize, end as usize);
+        if ctx.ring.send(fd, buf, s, e, ud).is_ok() {
+            self.ops += 1;
+        } else {
+            // Not queued: nothing points into the buffer, so it can go back now.
+            self.give_back(buf, ctx);
+            self.set_dir(dir, Dir::Done);
+            self.close(CloseKind::Reset, ctx);
+        }
+    }
+
+    fn give_back(&mut self, buf: BufId, ctx: &mut Ctx<'_>) {
+        // An error means the buffer was not held by us: a bookkeeping bug. Leaving it
+        // where it is (never reused) is the safe answer; debug builds stop here.
+        let r = ctx.ring.pool.give_back(buf);
+        debug_assert!(r.is_ok(), "{r:?}");
+    }
+
+    /// Begin closing: cancel everything in flight. The worker frees the slot once
+    /// [`Conn::finished`] holds. Idempotent.
+    pub fn close(&mut self, kind: CloseKind, ctx: &mut Ctx<'_>) {
+        if self.state == State::Closing {
+            return;
+        }
+        self.state = State::Closing;
+        if kind == CloseKind::Reset {
+            // Best effort: a socket the peer already reset may refuse; close still works.
+            let _ = sys::set_linger_zero(self.client.as_raw_fd());
+            let _ = sys::set_linger_zero(self.upstream.as_raw_fd());
+        }
+        if !self.in_flight() {
+            return;
+        }
+        let ud = ctx.ud(Op::Cancel);
+        for fd in [self.client.as_raw_fd(), self.upstream.as_raw_fd()] {
+            if ctx.ring.cancel_fd(fd, ud).is_ok() {
+                self.cancels += 1;
+            } else {
+                // No room to cancel: shutting the socket down completes its pending
+                // recv (0) and send (EPIPE) just the same.
+                let _ = self.client.shutdown(Shutdown::Both);
+                let _ = self.upstream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    /// Handle one completion for this flow. `buffer` is the pool buffer a recv CQE
+    /// names, if any.
+    pub fn complete(&mut self, op: Op, result: i32, buffer: Option<u16>, ctx: &mut Ctx<'_>) {
+        match op {
+            Op::Cancel => self.cancels = self.cancels.saturating_sub(1),
+            Op::Connect | Op::ConnectTimeout => self.mem.returned(),
+            Op::Recv(_) | Op::Send(_) => self.ops = self.ops.saturating_sub(1),
+            Op::Accept | Op::AcceptCancel | Op::Wake | Op::WakeCancel => {}
+        }
+        match op {
+            Op::Connect => self.on_connect(result, ctx),
+            Op::Recv(dir) => self.on_recv(dir, result, buffer, ctx),
+            Op::Send(dir) => self.on_send(dir, result, ctx),
+            Op::ConnectTimeout => {}
+            // Not connection ops; never routed here.
+            Op::Accept | Op::AcceptCancel | Op::Wake | Op::WakeCancel | Op::Cancel => {}
+        }
+    }
+
+    fn on_connect(&mut self, result: i32, ctx: &mut Ctx<'_>) {
+        if self.state == State::Closing {
+            return;
+        }
+        if result == 0 {
+            self.state = State::Open;
+            self.last_active = ctx.now;
+            let _ = self.upstream.set_nodelay(true);
+            self.recv(0, ctx);
+            self.recv(1, ctx);
+        } else {
+            ctx.stats.upstream_connect_failures += 1;
+            if result == -libc::ECANCELED {
+                ctx.stats.upstream_connect_timeouts += 1;
+            }
+            self.close(CloseKind::Normal, ctx);
+        }
+    }
+
+    fn on_recv(&mut self, dir: usize, result: i32, buffer: Option<u16>, ctx: &mut Ctx<'_>) {
+        // Whatever happens next, a buffer the kernel handed us is ours to account for.
+        let buf = match buffer.map(|bid| ctx.ring.pool.take(bid)) {
+            Some(Ok(b)) => Some(b),
+            Some(Err(_)) => {
+                // A buffer id we did not publish: trust nothing more on this flow.
+                ctx.stats.resets += 1;
+                self.close(CloseKind::Reset, ctx);
+                return;
+            }
+            None => None,
+        };
+        let n = u32::try_from(result).ok();
+        match (n, buf) {
+            (Some(n), Some(buf)) if n > 0 && self.state != State::Closing => {
+                self.last_active = ctx.now;
+                if dir == 0 {
+                    ctx.stats.bytes_client_to_upstream += u64::from(n);
+                } else {
+                    ctx.stats.bytes_upstream_to_client += u64::from(n);
+                }
+                self.send(dir, buf, 0, n, ctx);
+                return;
+            }
+            _ => {
+                if let Some(buf) = buf {
+                    self.give_back(buf, ctx);
+                }
+            }
+        }
+        if self.state == State::Closing {
+            return;
+        }
+        match n {
+            Some(0) => {
+                self.set_dir(dir, Dir::Done);
+                // FIN in, FIN out: only this direction ends.
+                let _ = self.src_dst(dir).1.shutdown(Shutdown::Write);
+                if self.dirs == [Dir::Done, Dir::Done] {
+                    self.close(CloseKind::Normal, ctx);
+                }
+            }
+            _ if result == -libc::ENOBUFS => {
+                // Pool empty: wait for a buffer to come back; the worker re-arms us.
+                self.set_dir(dir, Dir::Starved);
+                ctx.stats.recv_starved += 1;
+                let dir_index = dir;
+                ctx.starved.push((ctx.index, ctx.gen, dir_index));
+            }
+            _ => {
+                ctx.stats.resets += 1;
+                self.close(CloseKind::Reset, ctx);
+            }
+        }
+    }
+
+    fn on_send(&mut self, dir: usize, result: i32, ctx: &mut Ctx<'_>) {
+        let Some(Dir::Writing { buf, start, end }) = self.dirs.get(dir).copied() else {
+            return; // every send leaves its direction Writing until this CQE
+        };
+        // The send's CQE is in: nothing points into `buf` any more.
+        let r = ctx.ring.send_done(buf);
+        debug_assert!(r.is_ok(), "{r:?}");
+        let sent = u32::try_from(result).ok().filter(|&n| n > 0);
+        match sent {
+            Some(n) if self.state != State::Closing => {
+                self.last_active = ctx.now;
+                let start = start.saturating_add(n);
+                if start < end {
+                    self.send(dir, buf, start, end, ctx);
+                } else {
+                    self.give_back(buf, ctx);
+                    self.recv(dir, ctx);
+                }
+            }
+            _ => {
+                self.give_back(buf, ctx);
+                self.set_dir(dir, Dir::Done);
+                if self.state != State::Closing {
+                    ctx.stats.resets += 1;
+                    self.close(CloseKind::Reset, ctx);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,638 @@
+//! A worker: one thread, pinned to one core, owning one io_uring, its own
+//! `SO_REUSEPORT` listener per configured listener, its connection slab and buffers.
+//!
+//! The loop, once per turn:
+//! 1. one relaxed load of the table generation; reload the `Arc` only if it moved, and
+//!    then re-decide every live flow with the new table (closing those it denies);
+//! 2. one load of the phase (running, draining, stop);
+//! 3. every `TICK`: idle and lifetime timers, expired decision constraints
+//!    (re-decide), re-arming a listener after an accept error;
+//! 4. submit queued SQEs and wait (interrupt mode: sleep in `io_uring_enter` until a
+//!    completion or the next tick; busy mode: do not sleep);
+//! 5. handle every completion; top the buffer ring up and re-arm receives that found
+//!    it empty; publish counters (plain relaxed stores).
+//!
+//! The loop clock ([`Worker::clock`]) is the only place a worker reads the time.
+//!
+//! INVARIANT (STYLE E.13): a slot and its memory are freed only once every SQE that was
+//! pushed for it has completed ([`conn::Conn::finished`]); the worker exits only once
+//! nothing at all is in flight on its ring.
+
+pub mod conn;
+pub mod token;
+
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use zgate_table::facts::{Decision, FlowFacts, LiveFacts, Reason};
+use zgate_table::DecisionTable;
+
+use crate::config::{ListenerConfig, PollMode};
+use crate::shared::{Control, Phase, StatsSnapshot, WorkerStats};
+use crate::sys::{self, Completion, Lent, Ring};
+use conn::{Admitted, CloseKind, Conn, Ctx, State};
+use token::{decode, encode, next_gen, Op};
+
+/// How often timers are checked (and the longest an interrupt-mode worker sleeps).
+const TICK: Duration = Duration::from_millis(100);
+/// Submission queue entries per ring.
+const RING_ENTRIES: u32 = 1024;
+
+/// Why a worker stopped before it was told to.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The ring could not be created.
+    #[error("worker {worker}: cannot create io_uring: {source}")]
+    Ring {
+        /// Worker index.
+        worker: usize,
+        /// The kernel's answer.
+        source: std::io::Error,
+    },
+    /// Pinning to the configured core failed.
+    #[error("worker {worker}: cannot pin to core {core}")]
+    Pin {
+        /// Worker index.
+        worker: usize,
+        /// The core.
+        core: usize,
+    },
+    /// `io_uring_enter` failed.
+    #[error("worker {worker}: io_uring_enter failed: {source}")]
+    Submit {
+        /// Worker index.
+        worker: usize,
+        /// The kernel's answer.
+        source: std::io::Error,
+    },
+    /// An essential SQE (accept, wake) could not be queued.
+    #[error("worker {worker}: {source}")]
+    Push {
+        /// Worker index.
+        worker: usize,
+        /// What failed.
+        source: sys::PushError,
+    },
+}
+
+/// A listener as handed to a worker.
+pub struct WorkerListener {
+    /// Its configuration.
+    pub config: Arc<ListenerConfig>,
+    /// The bound, listening socket (this worker's own).
+    pub fd: OwnedFd,
+    /// Most flows this worker may hold for it.
+    pub limit: u32,
+}
+
+/// Everything a worker starts with.
+pub struct WorkerSetup {
+    /// Worker index (for logs and errors).
+    pub id: usize,
+    /// Core to pin to.
+    pub core: Option<usize>,
+    /// Wait strategy.
+    pub poll: PollMode,
+    /// Its listeners.
+    pub listeners: Vec<WorkerListener>,
+    /// Shared control block.
+    pub control: Arc<Control>,
+    /// Its counters.
+    pub stats: Arc<WorkerStats>,
+    /// Read end of its wake eventfd.
+    pub wake: OwnedFd,
+}
+
+struct Listener {
+    config: Arc<ListenerConfig>,
+    fd: Option<OwnedFd>,
+    armed: bool,
+    limit: u32,
+    active: u32,
+}
+
+struct Slot {
+    gen: u32,
+    conn: Option<Conn>,
+}
+
+struct Worker {
+    id: usize,
+    poll: PollMode,
+    ring: Ring,
+    listeners: Vec<Listener>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    table: Option<Arc<DecisionTable>>,
+    table_gen: u64,
+    live_facts: LiveFacts,
+    control: Arc<Control>,
+    stats_out: Arc<WorkerStats>,
+    stats: StatsSnapshot,
+    wake_fd: OwnedFd,
+    wake_buf: Lent<u64>,
+    wake_armed: bool,
+    wake_cancelled: bool,
+    /// Listener and wake ops in flight (accepts count while armed).
+    aux_inflight: u32,
+    phase: Phase,
+    now: Instant,
+    unix_now: i64,
+    /// Directions whose recv found the pool empty: (slot, generation, direction).
+    starved: Vec<(u32, u32, usize)>,
+}
+
+/// Run a worker until the supervisor says stop and every flow is gone.
+pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
+    let id = setup.id;
+    if let Some(core) = setup.core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            return Err(WorkerError::Pin { worker: id, core });
+        }
+    }
+    let ring =
+        Ring::new(RING_ENTRIES).map_err(|source| WorkerError::Ring { worker: id, source })?;
+    let now = loop_clock().0;
+    let mut w = Worker {
+        id,
+        poll: setup.poll,
+        ring,
+        listeners: setup
+            .listeners
+            .into_iter()
+            .map(|l| Listener {
+                config: l.config,
+                fd: Some(l.fd),
+                armed: false,
+                limit: l.limit,
+                active: 0,
+            })
+            .collect(),
+        slots: Vec::new(),
+        free: Vec::new(),
+        live: 0,
+        table: None,
+        table_gen: 0,
+        live_facts: LiveFacts::default(),
+        control: setup.control,
+        stats_out: setup.stats,
+        stats: StatsSnapshot::default(),
+        wake_fd: setup.wake,
+        wake_buf: Lent::new(Box::new(0)),
+        wake_armed: false,
+        wake_cancelled: false,
+        aux_inflight: 0,
+        phase: Phase::Running,
+        now,
+        unix_now: 0,
+        starved: Vec::new(),
+    };
+    w.clock();
+    let result = w.run_loop();
+    if result.is_err() {
+        // Ops may still be in flight: leak the whole worker (slots, buffer pool, ring)
+        // rather than free memory under the kernel. The process is about to exit.
+        std::mem::forget(w);
+    }
+    result
+}
+
+/// The loop clock: the only place a worker reads the time (monotonic, and wall-clock
+/// seconds for decisions).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the worker's loop clock: read once per loop turn, nowhere else"
+)]
+fn loop_clock() -> (Instant, i64) {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    (Instant::now(), unix)
+}
+
+impl Worker {
+    /// Read the loop clock into `now` and `unix_now`.
+    fn clock(&mut self) {
+        (self.now, self.unix_now) = loop_clock();
+    }
+
+    fn push_err(&self, source: sys::PushError) -> WorkerError {
+        WorkerError::Push {
+            worker: self.id,
+            source,
+        }
+    }
+
+    fn arm_wake(&mut self) -> Result<(), WorkerError> {
+        let ud = encode(Op::Wake, 0, 0);
+        self.ring
+            .read_u64(self.wake_fd.as_raw_fd(), &mut self.wake_buf, ud)
+            .map_err(|e| self.push_err(e))?;
+        self.wake_armed = true;
+        self.aux_inflight += 1;
+        Ok(())
+    }
+
+    fn arm_accept(&mut self, index: usize) -> Result<(), WorkerError> {
+        let Some(l) = self.listeners.get_mut(index) else {
+            return Ok(());
+        };
+        let Some(fd) = l.fd.as_ref() else {
+            return Ok(());
+        };
+        if l.armed {
+            return Ok(());
+        }
+        let ud = encode(Op::Accept, u32::try_from(index).unwrap_or(u32::MAX), 0);
+        match self.ring.accept_multi(fd.as_raw_fd(), ud) {
+            Ok(()) => {
+                l.armed = true;
+                self.aux_inflight += 1;
+                Ok(())
+            }
+            Err(e) => Err(self.push_err(e)),
+        }
+    }
+
+    fn run_loop(&mut self) -> Result<(), WorkerError> {
+        self.arm_wake()?;
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i)?;
+        }
+        self.refresh_table();
+        self.ring.submit().map_err(|source| WorkerError::Submit {
+            worker: self.id,
+            source,
+        })?;
+        self.stats_out
+            .ready
+            .store(true, std::sync::atomic::Ordering::Release);
+
+        let mut cqes: Vec<Completion> = Vec::with_capacity(RING_ENTRIES as usize * 4);
+        self.clock();
+        let mut next_tick = self.now + TICK;
+        loop {
+            self.clock();
+            self.refresh_table();
+            let phase = self.control.phase();
+            if phase != self.phase {
+                self.enter_phase(phase);
+            }
+            if self.now >= next_tick {
+                self.tick();
+                next_tick = self.now + TICK;
+            }
+            if self.phase >= Phase::Draining && self.live == 0 && self.listeners_closed() {
+                if self.aux_inflight == 0 {
+                    break;
+                }
+                if self.wake_armed && !self.wake_cancelled {
+                    let ud = encode(Op::WakeCancel, 0, 0);
+                    if self.ring.cancel(encode(Op::Wake, 0, 0), ud).is_ok() {
+                        self.wake_cancelled = true;
+                        self.aux_inflight += 1;
+                    }
+                }
+            }
+            let waited = match self.poll {
+                PollMode::Interrupt => self
+                    .ring
+                    .submit_and_wait(next_tick.saturating_duration_since(self.now)),
+                PollMode::Busy => self.ring.submit(),
+            };
+            waited.map_err(|source| WorkerError::Submit {
+                worker: self.id,
+                source,
+            })?;
+            self.ring.completions(&mut cqes);
+            if cqes.is_empty() {
+                if self.poll == PollMode::Busy {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            self.clock();
+            for c in &cqes {
+                self.complete(*c)?;
+            }
+            self.feed_starved();
+            self.stats.active = u64::try_from(self.live).unwrap_or(u64::MAX);
+            self.stats.buffers_in_use = u64::try_from(self.ring.pool.in_use()).unwrap_or(0);
+            self.stats_out.publish(&self.stats);
+        }
+        self.stats.active = 0;
+        self.stats_out.publish(&self.stats);
+        Ok(())
+    }
+
+    fn refresh_table(&mut self) {
+        let g = self.control.generation();
+        if g != self.table_gen {
+            self.table_gen = g;
+            self.table = self.control.table();
+            let v = self.table.as_ref().map_or(0, |t| t.version());
+            // Live flows were decided by the old table: decide them again.
+            for i in 0..self.slots.len() {
+                self.redecide(i);
+            }
+            self.stats_out
+                .table_version
+                .store(v, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Decide a flow by the current table.
+    fn decide(&self, listener: usize, source: std::net::IpAddr) -> Decision {
+        let (Some(t), Some(l)) = (&self.table, self.listeners.get(listener)) else {
+            return Decision::default_deny(Reason::NoRuleMatched);
+        };
+        t.decide(
+            &FlowFacts::plain(&l.config.name, source, self.unix_now),
+            &self.live_facts,
+        )
+    }
+
+    /// Re-decide the flow in slot `i` (if any, and not already closing) with the facts
+    /// it was admitted with, at the current time. Closes it (RST both ways: the flow is
+    /// cut, not finished) when it is no longer allowed, or when its new decision has
+    /// already expired; otherwise records when the new decision expires.
+    fn redecide(&mut self, i: usize) {
+        let Some(Some(conn)) = self.slots.get(i).map(|s| s.conn.as_ref()) else {
+            return;
+        };
+        if conn.state == State::Closing {
+            return;
+        }
+        let decision = self.decide(conn.listener, conn.source);
+        let expires = decision.constraints.expires_at(conn.started_unix);
+        let allowed = decision.is_allow() && expires.is_none_or(|e| self.unix_now < e);
+        if allowed {
+            if let Some(Some(conn)) = self.slots.get_mut(i).map(|s| s.conn.as_mut()) {
+                conn.expires_at = expires;
+            }
+            return;
+        }
+        self.stats.closed_by_policy += 1;
+        self.with_conn(i, |conn, ctx| conn.close(CloseKind::Reset, ctx));
+    }
+
+    /// Publish spare buffers (more while receives are starved) and re-arm starved
+    /// receives, at most one per published buffer: a re-armed recv that still finds the
+    /// ring empty comes back here on its next `ENOBUFS`, so this never spins.
+    fn feed_starved(&mut self) {
+        let want = usize::from(sys::HOT_BUFFERS).saturating_add(self.starved.len());
+        self.ring
+            .pool
+            .refill(u16::try_from(want).unwrap_or(u16::MAX));
+        let n = self
+            .starved
+            .len()
+            .min(usize::from(self.ring.pool.published()));
+        if n == 0 {
+            return;
+        }
+        let batch: Vec<(u32, u32, usize)> = self.starved.drain(..n).collect();
+        for (index, gen, dir) in batch {
+            let i = usize::try_from(index).unwrap_or(usize::MAX);
+            if self.slots.get(i).is_some_and(|s| s.gen == gen) {
+                self.with_conn(i, |conn, ctx| {
+                    if conn.is_starved(dir) {
+                        conn.recv(dir, ctx);
+                    }
+                });
+            }
+        }
+    }
+
+    fn listeners_closed(&self) -> bool {
+        self.listeners.iter().all(|l| l.fd.is_none())
+    }
+
+    fn enter_phase(&mut self, phase: Phase) {
+        if self.phase == Phase::Running && phase >= Phase::Draining {
+            // Stop accepting: cancel armed accepts (the listener closes on the final
+            // CQE), close the others now.
+            for (i, l) in self.listeners.iter_mut().enumerate() {
+                if l.armed {
+                    let target = encode(Op::Accept, u32::try_from(i).unwrap_or(u32::MAX), 0);
+                    if self
+                        .ring
+                        .cancel(target, encode(Op::AcceptCancel, 0, 0))
+                        .is_ok()
+                    {
+                        self.aux_inflight += 1;
+                    }
+                } else {
+                    l.fd = None;
+                }
+            }
+        }
+        if phase == Phase::Stop {
+            for i in 0..self.slots.len() {
+                self.with_conn(i, |conn, ctx| conn.close(CloseKind::Normal, ctx));
+            }
+        }
+        self.phase = phase;
+    }
+
+    fn tick(&mut self) {
+        if self.phase == Phase::Running {
+            for i in 0..self.listeners.len() {
+                // A failed re-arm is retried next tick.
+                let _ = self.arm_accept(i);
+            }
+        }
+        let now = self.now;
+        for i in 0..self.slots.len() {
+            let due = self.slots.get(i).and_then(|s| s.conn.as_ref()).is_some_and(|c| {
+                c.state != State::Closing && c.expires_at.is_some_and(|e| self.unix_now >= e)
+            });
+            if due {
+                // The decision's constraints ran out: decide again (it may still allow,
+                // e.g. under a newer grant).
+                self.redecide(i);
+            }
+            let mut expired = None;
+            if let Some(Some(conn)) = self.slots.get(i).map(|s| s.conn.as_ref()) {
+                if let Some(l) = self.listeners.get(conn.listener) {
+                    let cfg = &l.config;
+                    if conn.state == State::Open
+                        && now.saturating_duration_since(conn.last_active) >= cfg.idle_timeout
+                    {
+                        expired = Some(true);
+                    } else if conn.state != State::Closing
+                        && cfg
+                            .max_lifetime
+                            .is_some_and(|m| now.saturating_duration_since(conn.started) >= m)
+                    {
+                        expired = Some(false);
+                    }
+                }
+            }
+            match expired {
+                Some(true) => self.stats.idle_timeouts += 1,
+                Some(false) => self.stats.lifetime_expiries += 1,
+                None => continue,
+            }
+            self.with_conn(i, |conn, ctx| conn.close(CloseKind::Normal, ctx));
+        }
+    }
+
+    /// Run `f` on the flow in slot `i` (if any), then free the slot if it is finished.
+    fn with_conn(&mut self, i: usize, f: impl FnOnce(&mut Conn, &mut Ctx<'_>)) {
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        let gen = slot.gen;
+        let Some(conn) = slot.conn.as_mut() else {
+            return;
+        };
+        let mut ctx = Ctx {
+            ring: &mut self.ring,
+            stats: &mut self.stats,
+            starved: &mut self.starved,
+            now: self.now,
+            index: u32::try_from(i).unwrap_or(u32::MAX),
+            gen,
+        };
+        f(conn, &mut ctx);
+        if conn.finished() {
+            let listener = conn.listener;
+            // INVARIANT: finished() means nothing is in flight for this slot.
+            slot.conn = None;
+            slot.gen = next_gen(gen);
+            self.free.push(u32::try_from(i).unwrap_or(u32::MAX));
+            self.live = self.live.saturating_sub(1);
+            if let Some(l) = self.listeners.get_mut(listener) {
+                l.active = l.active.saturating_sub(1);
+            }
+        }
+    }
+
+    fn complete(&mut self, c: Completion) -> Result<(), WorkerError> {
+        let Some((op, index, gen)) = decode(c.user_data) else {
+            return Ok(());
+        };
+        let i = usize::try_from(index).unwrap_or(usize::MAX);
+        match op {
+            Op::Accept => self.on_accept(i, c)?,
+            Op::AcceptCancel => self.aux_inflight = self.aux_inflight.saturating_sub(1),
+            Op::WakeCancel => self.aux_inflight = self.aux_inflight.saturating_sub(1),
+            Op::Wake => {
+                self.wake_buf.returned();
+                self.wake_armed = false;
+                self.aux_inflight = self.aux_inflight.saturating_sub(1);
+                if !self.wake_cancelled {
+                    self.arm_wake()?;
+                }
+            }
+            Op::Connect | Op::ConnectTimeout | Op::Recv(_) | Op::Send(_) | Op::Cancel => {
+                if self.slots.get(i).is_some_and(|s| s.gen == gen) {
+                    self.with_conn(i, |conn, ctx| conn.complete(op, c.result, c.buffer, ctx));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_accept(&mut self, index: usize, c: Completion) -> Result<(), WorkerError> {
+        if !c.more {
+            if let Some(l) = self.listeners.get_mut(index) {
+                l.armed = false;
+                self.aux_inflight = self.aux_inflight.saturating_sub(1);
+                if self.phase >= Phase::Draining {
+                    l.fd = None;
+                } else if c.result != -libc::EMFILE && c.result != -libc::ENFILE {
+                    // Out of fds: wait for the next tick rather than spin.
+                    self.arm_accept(index)?;
+                }
+            }
+        }
+        if c.result < 0 {
+            if c.result != -libc::ECANCELED {
+                self.stats.accept_errors += 1;
+            }
+            return Ok(());
+        }
+        let client = sys::adopt_accepted(c.result);
+        self.stats.accepted += 1;
+        if self.phase != Phase::Running {
+            return Ok(()); // dropping `client` closes it
+        }
+        let Some(l) = self.listeners.get(index) else {
+            return Ok(());
+        };
+        if l.active >= l.limit {
+            self.stats.over_limit += 1;
+            return Ok(());
+        }
+        let Ok(peer) = client.peer_addr() else {
+            return Ok(()); // already gone
+        };
+        let decision = self.decide(index, peer.ip());
+        let expires_at = decision.constraints.expires_at(self.unix_now);
+        if !decision.is_allow() || expires_at.is_some_and(|e| self.unix_now >= e) {
+            self.stats.denied += 1;
+            return Ok(());
+        }
+        let config = Arc::clone(&l.config);
+        let admitted = Admitted {
+            listener: index,
+            source: peer.ip(),
+            started_unix: self.unix_now,
+            expires_at,
+        };
+        self.start_flow(admitted, client, &config);
+        Ok(())
+    }
+
+    fn start_flow(&mut self, admitted: Admitted, client: TcpStream, cfg: &ListenerConfig) {
+        let listener = admitted.listener;
+        let Ok(upstream) = sys::upstream_socket(&cfg.upstream) else {
+            self.stats.upstream_connect_failures += 1;
+            return;
+        };
+        let _ = client.set_nodelay(true);
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                let Ok(i) = u32::try_from(self.slots.len()) else {
+                    return;
+                };
+                self.slots.push(Slot { gen: 0, conn: None });
+                i
+            }
+        };
+        let i = usize::try_from(index).unwrap_or(usize::MAX);
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        let mut ctx = Ctx {
+            ring: &mut self.ring,
+            stats: &mut self.stats,
+            starved: &mut self.starved,
+            now: self.now,
+            index,
+            gen: slot.gen,
+        };
+        match Conn::connect(admitted, client, upstream, cfg, &mut ctx) {
+            Ok(conn) => {
+                slot.conn = Some(conn);
+                self.live += 1;
+                if let Some(l) = self.listeners.get_mut(listener) {
+                    l.active += 1;
+                }
+            }
+            Err(_) => {
+                // Nothing was queued; the sockets close here.
+                self.stats.upstream_connect_failures += 1;
+                self.free.push(index);
+            }
+        }
+    }
+}

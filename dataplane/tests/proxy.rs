@@ -1,0 +1,405 @@
+//! End-to-end tests of the `zgate` binary: real sockets on loopback, a real gateway
+//! process, in-test upstreams. See tests/README.md for what is covered and what is not.
+
+#[cfg(test)]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn forwards_one_byte_both_ways() {
+    let up = Upstream::echo();
+    let gw = Gateway::start(&Setup::new(up.addr));
+    let s = gw.connect();
+    assert_eq!(round_trip(&s, b"x"), b"x");
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    (&s).read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(gw.wait_metric("zgate_connections_accepted_total", 1), 1);
+    assert_eq!(gw.metric("zgate_connections_denied_total"), 0);
+}
+
+#[test]
+fn forwards_8_mib_both_ways_byte_exact_on_two_workers() {
+    let up = Upstream::echo();
+    let mut setup = Setup::new(up.addr);
+    setup.workers = 2;
+    let gw = Gateway::start(&setup);
+    let data = pattern(8 << 20, 42);
+    for _ in 0..2 {
+        let s = gw.connect();
+        let got = round_trip(&s, &data);
+        assert!(got == data, "payload corrupted");
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        (&s).read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    }
+    let up_bytes = gw.wait_metric(
+        "zgate_bytes_total{direction=\"upstream_to_client\"}",
+        16 << 20,
+    );
+    assert_eq!(up_bytes, 16 << 20);
+    assert_eq!(
+        gw.metric("zgate_bytes_total{direction=\"client_to_upstream\"}"),
+        16 << 20
+    );
+}
+
+#[test]
+fn client_half_close_reaches_upstream_and_upstream_can_still_answer() {
+    // Upstream: read to EOF, then answer with what it got plus "bye", then close.
+    let up = Upstream::start(|mut s| {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got.extend_from_slice(b"+bye");
+        s.write_all(&got).unwrap();
+    });
+    let gw = Gateway::start(&Setup::new(up.addr));
+    let mut s = gw.connect();
+    s.write_all(b"hello").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"hello+bye");
+}
+
+#[test]
+fn upstream_half_close_reaches_client_and_client_can_still_send() {
+    let (tx, rx) = mpsc::channel();
+    let up = Upstream::start(move |mut s| {
+        s.write_all(b"greeting").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        let r = s.read_to_end(&mut got).map(|_| got);
+        let _ = tx.send(r.map_err(|e| e.kind()));
+    });
+    let gw = Gateway::start(&Setup::new(up.addr));
+    let mut s = gw.connect();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap(); // EOF after the greeting: FIN was passed on
+    assert_eq!(got, b"greeting");
+    s.write_all(b"after").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let upstream_got = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(upstream_got, Ok(b"after".to_vec()));
+}
+
+#[test]
+fn upstream_refusing_connections_closes_the_client_promptly() {
+    // Nothing listens on this port: connect gets ECONNREFUSED.
+    let dead = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw = Gateway::start(&Setup::new(dead));
+    let mut s = gw.connect();
+    assert!(ends_without_data(&mut s), "client was not closed");
+    assert!(gw.wait_metric("zgate_upstream_connect_failures_total", 1) >= 1);
+    assert_eq!(gw.wait_metric("zgate_connections_active", 0), 0);
+}
+
+#[test]
+fn denied_source_is_closed_at_once_and_never_reaches_upstream() {
+    let up = Upstream::echo();
+    let mut setup = Setup::new(up.addr);
+    setup.table = Some(table_bytes(allow_ten_only("echo"), 1));
+    let gw = Gateway::start(&setup);
+    let mut s = gw.connect();
+    let _ = s.write_all(b"let me in");
+    assert!(ends_without_data(&mut s), "denied client got data");
+    assert_eq!(gw.wait_metric("zgate_connections_denied_total", 1), 1);
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[test]
+fn no_table_denies_every_flow() {
+    let up = Upstream::echo();
+    let mut setup = Setup::new(up.addr);
+    setup.table = None;
+    let gw = Gateway::start(&setup);
+    let mut s = gw.connect();
+    assert!(ends_without_data(&mut s));
+    assert_eq!(gw.wait_metric("zgate_connections_denied_total", 1), 1);
+    assert_eq!(gw.metric("zgate_table_loaded"), 0);
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[test]
+fn sighup_reload_switches_from_deny_to_allow_and_bad_table_keeps_the_old() {
+    let up = Upstream::echo();
+    let mut setup = Setup::new(up.addr);
+    setup.table = Some(table_bytes(vec![], 1)); // no rules: default deny
+    let gw = Gateway::start(&setup);
+    let mut s = gw.connect();
+    assert!(ends_without_data(&mut s));
+    assert_eq!(gw.wait_metric("zgate_connections_denied_total", 1), 1);
+
+    // A corrupt file is refused; version 1 stays.
+    std::fs::write(&gw.table_path, b"not a table").unwrap();
+    gw.signal("HUP");
+    assert_eq!(gw.wait_metric("zgate_table_reload_failures_total", 1), 1);
+    assert_eq!(gw.metric("zgate_table_version"), 1);
+
+    std::fs::write(&gw.table_path, table_bytes(allow_all("echo"), 2)).unwrap();
+    gw.signal("HUP");
+    assert_eq!(gw.wait_metric("zgate_table_version", 2), 2);
+    let s = gw.connect();
+    assert_eq!(round_trip(&s, b"now allowed"), b"now allowed");
+}
+
+#[test]
+fn sigterm_drains_a_live_flow_then_exits_zero() {
+    let up = Upstream::echo();
+    let mut gw = Gateway::start(&Setup::new(up.addr));
+    let s = gw.connect();
+    assert_eq!(round_trip(&s, b"before"), b"before");
+    gw.signal("TERM");
+    // Draining: not ready any more, but the admin endpoint still answers.
+    let mut ready = 200;
+    for _ in 0..1000 {
+        ready = http_get(gw.admin, "/readyz").map_or(0, |r| r.0);
+        if ready == 503 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(ready, 503);
+    // The live flow still works during the drain.
+    assert_eq!(round_trip(&s, b"during drain"), b"during drain");
+    // New connections are no longer accepted.
+    assert!(
+        TcpStream::connect(gw.listen).is_err() || {
+            let mut c = gw.connect();
+            ends_without_data(&mut c)
+        }
+    );
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    (&s).read_to_end(&mut rest).unwrap();
+    let status = gw.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", gw.log());
+}
+
+#[test]
+fn drain_timeout_closes_flows_still_open_and_exits_zero() {
+    let up = Upstream::echo();
+    let mut setup = Setup::new(up.addr);
+    setup.drain_timeout = "1s";
+    let mut gw = Gateway::start(&setup);
+    let mut s = gw.connect();
+    assert_eq!(round_trip(&s, b"x"), b"x");
+    gw.signal("INT");
+    assert!(
+        ends_without_data(&mut s),
+        "flow not closed after the drain timeout"
+    );
+    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+}
+
+#[test]
+fn idle_timeout_closes_a_silent_flow() {
+    let up = Upstream::echo();
+    let mut setup = Setup::new(up.addr);
+    setup.listener_extra = "idle_timeout = \"1s\"".into();
+    let gw = Gateway::start(&setup);
+    let mut s = gw.connect();
+    assert_eq!(round_trip(&s, b"x"), b"x");
+    assert!(ends_without_data(&mut s));
+    assert!(gw.wait_metric("zgate_idle_timeouts_total", 1) >= 1);
+}
+
+#[test]
+fn upstream_reset_is_propagated_to_the_client() {
+    // The upstream closes with unread data in its receive buffer: the kernel sends RST.
+    let up = Upstream::start(|mut s| {
+        let mut b = [0u8; 1];
+        let _ = s.read(&mut b);
+        std::thread::sleep(Duration::from_millis(200));
+        drop(s);
+    });
+    let gw = Gateway::start(&Setup::new(up.addr));
+    let mut s = gw.connect();
+    s.write_all(b"a").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let _ = s.write_all(b"unread by upstream");
+    let mut buf = [0u8; 16];
+    let r = s.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "client should see a reset, got {r:?}"
+    );
+    assert!(gw.wait_metric("zgate_resets_total", 1) >= 1);
+}
+
+#[test]
+fn client_reset_is_propagated_to_the_upstream() {
+    let (tx, rx) = mpsc::channel();
+    let up = Upstream::start(move |mut s| {
+        s.write_all(b"unread-greeting").unwrap();
+        let mut buf = [0u8; 16];
+        let r = s.read(&mut buf).map_err(|e| e.kind());
+        let _ = tx.send(r);
+    });
+    let gw = Gateway::start(&Setup::new(up.addr));
+    let s = gw.connect();
+    // Once the greeting sits unread in the client's socket, closing it sends RST.
+    gw.wait_metric("zgate_bytes_total{direction=\"upstream_to_client\"}", 15);
+    std::thread::sleep(Duration::from_millis(100));
+    drop(s);
+    let r = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(r, Err(std::io::ErrorKind::ConnectionReset));
+    assert!(gw.wait_metric("zgate_resets_total", 1) >= 1);
+}
+
+#[test]
+fn busy_poll_mode_forwards() {
+    let up = Upstream::echo();
+    let mut setup = Setup::new(up.addr);
+    setup.poll = "busy";
+    let gw = Gateway::start(&setup);
+    let s = gw.connect();
+    let data = pattern(256 * 1024, 7);
+    assert!(round_trip(&s, &data) == data);
+}
+
+#[test]
+fn bad_config_exits_64_listing_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("zgate.toml");
+    std::fs::write(
+        &cfg,
+        "tabel = \"x\"\n[workers]\ncount = 1\npoll = \"spin\"\n\
+         [[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = \"nowhere\"\nidle_timeout = \"0s\"\n",
+    )
+    .unwrap();
+    // Top-level shape errors stop the parse there; fix that and see the rest at once.
+    for (cmd, text, wants) in [
+        ("check", None, vec!["tabel"]),
+        (
+            "check",
+            Some("[workers]\ncount = 1\npoll = \"spin\"\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = \"nowhere\"\nidle_timeout = \"0s\"\n"),
+            vec!["workers.poll", "listener[0].upstream", "listener[0].idle_timeout"],
+        ),
+        (
+            "run",
+            Some("[workers]\ncount = 1\npoll = \"spin\"\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = \"nowhere\"\nidle_timeout = \"0s\"\n"),
+            vec!["workers.poll", "listener[0].upstream", "listener[0].idle_timeout"],
+        ),
+    ] {
+        if let Some(t) = text {
+            std::fs::write(&cfg, t).unwrap();
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_zgate"))
+            .arg(cmd)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{cmd}: {stderr}");
+        for w in wants {
+            assert!(stderr.contains(w), "{cmd}: `{w}` missing from:\n{stderr}");
+        }
+    }
+}
+
+#[test]
+fn check_accepts_a_good_config_and_refuses_a_corrupt_table() {
+    let up = Upstream::echo();
+    let setup = Setup::new(up.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("t.zgt");
+    std::fs::write(&table, table_bytes(allow_all("echo"), 3)).unwrap();
+    let cfg = dir.path().join("zgate.toml");
+    std::fs::write(&cfg, setup.config_text(Some(&table))).unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_zgate"))
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&table, b"garbage").unwrap();
+    let out = run();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("table"));
+}
+
+#[test]
+fn slow_reader_stalls_the_writer_instead_of_growing_gateway_memory() {
+    const TOTAL: usize = 64 << 20;
+    let up = Upstream::start(|mut s| {
+        let chunk = pattern(1 << 20, 9);
+        for _ in 0..TOTAL >> 20 {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let gw = Gateway::start(&Setup::new(up.addr));
+    let mut s = gw.connect();
+    gw.wait_metric("zgate_bytes_total{direction=\"upstream_to_client\"}", 1);
+    let before = rss_kib(gw.child.id());
+    // The client reads nothing for a while: whatever the gateway moved must fit in the
+    // sockets' buffers, not in the gateway.
+    std::thread::sleep(Duration::from_secs(1));
+    let moved = gw.metric("zgate_bytes_total{direction=\"upstream_to_client\"}");
+    let after = rss_kib(gw.child.id());
+    assert!(
+        moved < TOTAL as u64 / 2,
+        "moved {moved} bytes to a client that reads nothing"
+    );
+    assert!(
+        after < before + 4096,
+        "gateway RSS grew from {before} KiB to {after} KiB"
+    );
+    // Now read it all: nothing was lost while stalled.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    while got < TOTAL {
+        match s.read(&mut buf).unwrap() {
+            0 => break,
+            n => got += n,
+        }
+    }
+    assert_eq!(got, TOTAL);
+}
+
+#[test]
+fn max_lifetime_closes_a_busy_flow() {
+    let up = Upstream::echo();
+    let mut setup = Setup::new(up.addr);
+    setup.listener_extra = "max_lifetime = \"1s\"".into();
+    let gw = Gateway::start(&setup);
+    let mut s = gw.connect();
+    // Keep it busy (never idle) until the gateway closes it; bounded.
+    let mut closed = false;
+    for _ in 0..3000 {
+        if s.write_all(b"ping").is_err() {
+            closed = true;
+            break;
+        }
+        let mut b = [0u8; 4];
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    assert!(closed, "flow outlived max_lifetime");
+    assert!(gw.wait_metric("zgate_lifetime_expiries_total", 1) >= 1);
+}
