@@ -60,7 +60,12 @@ pub struct WorkersConfig {
     pub placement: Placement,
     /// How they wait.
     pub poll: PollMode,
+    /// Provided buffers (16 KiB each) in each worker's pool: a power of two, 2..=32768.
+    pub buffers: u16,
 }
+
+/// Default `[workers] buffers`: 16 MiB of address space per worker.
+pub const DEFAULT_BUFFERS: u16 = 1024;
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +202,7 @@ struct RawWorkers {
     cores: Option<Vec<i64>>,
     count: Option<i64>,
     poll: Option<String>,
+    buffers: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -317,6 +323,7 @@ impl Config {
         let mut workers = WorkersConfig {
             placement: Placement::Count(1),
             poll: PollMode::Interrupt,
+            buffers: DEFAULT_BUFFERS,
         };
         match top.workers.map(RawWorkers::deserialize) {
             None => errs.0.push(ConfigError::Missing {
@@ -337,6 +344,18 @@ impl Config {
                         PollMode::Interrupt
                     }
                 };
+                if let Some(b) = w.buffers {
+                    match u16::try_from(b) {
+                        Ok(b) if (2..=32768).contains(&b) && b.is_power_of_two() => {
+                            workers.buffers = b;
+                        }
+                        _ => errs.value(
+                            "workers.buffers".into(),
+                            &b.to_string(),
+                            "expected a power of two in 2..=32768",
+                        ),
+                    }
+                }
                 match (w.cores, w.count) {
                     (Some(_), Some(_)) => errs.0.push(ConfigError::Missing {
                         key: "workers".into(),
@@ -594,10 +613,27 @@ max_connections = 100
         )
         .unwrap();
         assert_eq!(c.workers.poll, PollMode::Interrupt);
+        assert_eq!(c.workers.buffers, DEFAULT_BUFFERS);
         assert_eq!(c.listeners[0].connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(c.listeners[0].max_lifetime, None);
         assert_eq!(c.table, None);
         assert_eq!(c.admin, None);
+    }
+
+    #[test]
+    fn buffers_must_be_a_power_of_two_in_range() {
+        let text = |b: &str| {
+            format!("[workers]\ncount = 1\nbuffers = {b}\n[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nupstream='127.0.0.1:2'\n")
+        };
+        assert_eq!(Config::parse(&text("4")).unwrap().workers.buffers, 4);
+        assert_eq!(
+            Config::parse(&text("32768")).unwrap().workers.buffers,
+            32768
+        );
+        for bad in ["3", "1", "0", "-2", "65536"] {
+            let e = Config::parse(&text(bad)).unwrap_err();
+            assert!(e.to_string().contains("workers.buffers"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -25,6 +25,11 @@
 
 pub mod admin;
 pub mod config;
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the demo is a client of the gateway, not part of it: it times steps and waits"
+)]
+pub mod demo;
 pub mod shared;
 pub mod supervisor;
 pub mod worker;
@@ -39,4 +44,30 @@ mod sys;
 /// after. `zgate run` calls it at start; tests that open many sockets call it too.
 pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
     sys::raise_nofile_limit()
+}
+
+/// Signals `zgate demo` sends to the gateway it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGHUP: reload the table.
+    Hangup,
+    /// SIGTERM: drain and exit.
+    Terminate,
+}
+
+/// Sends `signal` to process `pid`.
+pub fn send_signal(pid: u32, signal: Signal) -> std::io::Result<()> {
+    let raw = match signal {
+        Signal::Hangup => libc::SIGHUP,
+        Signal::Terminate => libc::SIGTERM,
+    };
+    sys::send_signal(pid, raw)
+}
+
+/// A blocking TCP connection to `to` whose local address is `from`.
+pub fn connect_from(
+    from: std::net::SocketAddr,
+    to: std::net::SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    sys::connect_from(from, to)
 }

@@ -32,6 +32,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// See the whole system work on loopback: an allowed client, a denied client, and a
+    /// live flow closed by a policy change. Starts and stops everything it needs.
+    Demo,
     /// Check the configuration (and the table it names): every error, nothing bound.
     Check {
         /// Path to zgate.toml.
@@ -89,6 +92,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let host = Host::detect();
     match cli.command {
+        Command::Demo => match zgate_dataplane::demo::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("zgate: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { config } => match load_config(&config, &host) {
             Ok(c) => {
                 println!(
@@ -109,6 +119,14 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            // Each flow needs two fds: take all the kernel lets us have.
+            match zgate_dataplane::raise_nofile_limit() {
+                Ok((before, after)) if before != after => {
+                    eprintln!("zgate: open-file limit raised from {before} to {after}");
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("zgate: cannot raise the open-file limit: {e}"),
+            }
             match supervisor::run(&c, &host) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -109,6 +109,10 @@ struct Running {
 }
 
 /// Run the gateway until it has drained after SIGTERM/SIGINT.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the supervisor's own clock: drain deadlines, off the data path"
+)]
 pub fn run(config: &Config, host: &Host) -> Result<(), RunError> {
     let table = match &config.table {
         Some(path) => {
@@ -179,6 +183,7 @@ pub fn run(config: &Config, host: &Host) -> Result<(), RunError> {
             id,
             core: cores.get(id).copied(),
             poll: config.workers.poll,
+            buffers: config.workers.buffers,
             listeners,
             control: Arc::clone(&control),
             stats: Arc::clone(&stats),

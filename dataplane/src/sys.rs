@@ -2,12 +2,13 @@
 //!
 //! What lives here, and nothing else:
 //! - [`Ring`]: the worker's io_uring. Every SQE that carries a pointer is prepared here,
-//!   and only from memory held in a [`Lent`] box.
+//!   and only from memory held in a [`Lent`] box or in a pool buffer the caller holds.
 //! - [`BufPool`] (inside [`Ring`]): the worker's provided buffer ring. Receives name a
 //!   buffer group instead of a buffer; the kernel picks a buffer only when data arrives,
 //!   so an idle connection holds none. Each buffer has one state (in the ring, spare,
-//!   held by a flow, being sent) and only the transitions below are possible, so a
-//!   buffer goes back to the kernel only once no send points into it (STYLE E.13).
+//!   held by a flow, being sent) and only the moves `BufPool::take`, `Ring::send`,
+//!   `Ring::send_done`, `BufPool::give_back` and `BufPool::refill` make are possible, so
+//!   a buffer goes back to the kernel only once no send points into it (STYLE E.13).
 //! - [`Lent`]: heap memory the kernel may be writing into. Each SQE that points into it
 //!   raises its `lent` count; the worker lowers it when the matching CQE arrives. A
 //!   `Lent` dropped while `lent > 0` is leaked, never freed, so even a bookkeeping bug
@@ -28,10 +29,6 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 /// Bytes per provided buffer (the most one recv moves).
 pub const BUF_SIZE: usize = 16 * 1024;
-/// Buffers in each worker's pool (a power of two, at most 32768). Memory: at most
-/// `POOL_BUFFERS * BUF_SIZE` = 16 MiB of address space per worker, resident only once
-/// touched; see [`HOT_BUFFERS`].
-pub const POOL_BUFFERS: u16 = 1024;
 /// How many buffers the ring normally offers the kernel. The kernel takes ring buffers
 /// in FIFO order, so every published buffer gets touched in turn: publishing a small
 /// hot set (and keeping the rest as LIFO spares) keeps resident memory near
@@ -251,6 +248,8 @@ pub struct BufError {
 
 /// The worker's provided buffer ring (`IORING_REGISTER_PBUF_RING`) and its buffers.
 pub struct BufPool {
+    /// Buffers in the pool (a power of two, `[workers] buffers`).
+    size: u16,
     ring: Mmap,
     bufs: Mmap,
     /// Our copy of the ring's tail (the kernel owns the head).
@@ -263,18 +262,27 @@ pub struct BufPool {
 }
 
 impl BufPool {
-    fn new() -> io::Result<BufPool> {
-        let n = usize::from(POOL_BUFFERS);
+    /// A pool of `size` buffers (a power of two, 2..=32768): at most `size * BUF_SIZE`
+    /// bytes of address space, resident only once touched (see [`HOT_BUFFERS`]).
+    fn new(size: u16) -> io::Result<BufPool> {
+        if !size.is_power_of_two() || !(2..=32768).contains(&size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer pool size must be a power of two in 2..=32768",
+            ));
+        }
+        let n = usize::from(size);
         // One page at least, page-aligned (mmap), as the kernel requires.
         let ring = Mmap::new((n * std::mem::size_of::<RingEntry>()).max(4096))?;
         let bufs = Mmap::new(n * BUF_SIZE)?;
         Ok(BufPool {
+            size,
             ring,
             bufs,
             tail: 0,
             state: vec![BufState::Spare; n],
             // Popped from the end: buffer 0 first.
-            spare: (0..POOL_BUFFERS).rev().collect(),
+            spare: (0..size).rev().collect(),
             published: 0,
         })
     }
@@ -315,7 +323,7 @@ impl BufPool {
     }
 
     fn buf_addr(&self, bid: u16) -> *mut u8 {
-        // bid < POOL_BUFFERS (every caller checked it through `state`), so the address
+        // bid < size (every caller checked it through `state`), so the address
         // stays inside the `bufs` mapping; nothing is dereferenced here.
         self.bufs
             .ptr
@@ -326,17 +334,22 @@ impl BufPool {
     /// Publish spare buffers until `want` are published (or no spare is left). The new
     /// tail is stored once, with release ordering, after the entries are written.
     pub fn refill(&mut self, want: u16) {
-        let want = want.min(POOL_BUFFERS);
+        let want = want.min(self.size);
         let mut moved = false;
         while self.published < want {
             let Some(bid) = self.spare.pop() else { break };
             if let Some(s) = self.state.get_mut(usize::from(bid)) {
                 *s = BufState::InRing;
             }
-            let index = usize::from(self.tail & (POOL_BUFFERS - 1));
-            let entry = self.ring.ptr.as_ptr().cast::<RingEntry>().wrapping_add(index);
+            let index = usize::from(self.tail & (self.size - 1));
+            let entry = self
+                .ring
+                .ptr
+                .as_ptr()
+                .cast::<RingEntry>()
+                .wrapping_add(index);
             let addr = self.buf_addr(bid) as u64;
-            // SAFETY: `index < POOL_BUFFERS`, so `entry` is inside the ring mapping,
+            // SAFETY: `index < size` (a power of two), so `entry` is inside the ring mapping,
             // which lives as long as `self`. The slot at our tail is not visible to the
             // kernel until the tail store below, so writing it races nothing. We write
             // the three fields one by one and never entry 0's `resv` (the tail, which
@@ -378,9 +391,9 @@ impl BufPool {
 
     /// Buffers held by flows or being sent.
     pub fn in_use(&self) -> usize {
-        usize::from(POOL_BUFFERS)
-            - self.spare.len()
-            - usize::from(self.published.min(POOL_BUFFERS))
+        usize::from(self.size)
+            .saturating_sub(self.spare.len())
+            .saturating_sub(usize::from(self.published.min(self.size)))
     }
 
     /// Buffers published in the ring (as far as CQEs have told us).
@@ -432,19 +445,19 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// A ring with `entries` SQ slots and a CQ four times that size, with the buffer
-    /// pool registered as buffer group 0 and its hot set published.
-    pub fn new(entries: u32) -> io::Result<Ring> {
+    /// A ring with `entries` SQ slots and a CQ four times that size, with a pool of
+    /// `buffers` provided buffers registered as buffer group 0 and its hot set published.
+    pub fn new(entries: u32, buffers: u16) -> io::Result<Ring> {
         let ring = IoUring::builder()
             .setup_cqsize(entries.saturating_mul(4))
             .build(entries)?;
-        let mut pool = BufPool::new()?;
-        // SAFETY: the ring memory is a page-aligned mapping of POOL_BUFFERS entries that
+        let mut pool = BufPool::new(buffers)?;
+        // SAFETY: the ring memory is a page-aligned mapping of `buffers` entries that
         // lives in `pool` until after `Drop for Ring` unregisters it (and the fd closes).
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 pool.ring.ptr.as_ptr() as u64,
-                POOL_BUFFERS,
+                buffers,
                 BGID,
                 0,
             )?;
@@ -840,4 +853,45 @@ pub fn poll_readable<const N: usize>(fds: [RawFd; N], timeout: Duration) -> [boo
         return [false; N];
     }
     pfds.map(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
+}
+
+/// Sends `signal` to process `pid` (kill(2)).
+pub fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: kill(2) takes no memory; a wrong pid is reported as an error, not UB.
+    cvt(unsafe { libc::kill(pid, signal) }).map(drop)
+}
+
+/// A blocking TCP connection to `to` from the local address `from` (bind, then
+/// connect): std cannot choose the source address of an outgoing connection.
+pub fn connect_from(from: SocketAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    if from.is_ipv4() != to.is_ipv4() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "source and destination address families differ",
+        ));
+    }
+    let fd = new_socket(&to)?;
+    let raw = fd.as_raw_fd();
+    let local = RawSockAddr::new(from);
+    // SAFETY: `local` is a local holding a valid sockaddr of `local.len` bytes; bind
+    // copies it before returning.
+    cvt(unsafe {
+        libc::bind(
+            raw,
+            std::ptr::addr_of!(local.storage).cast::<libc::sockaddr>(),
+            local.len,
+        )
+    })?;
+    let remote = RawSockAddr::new(to);
+    // SAFETY: as above; connect(2) copies the address. The socket is blocking.
+    cvt(unsafe {
+        libc::connect(
+            raw,
+            std::ptr::addr_of!(remote.storage).cast::<libc::sockaddr>(),
+            remote.len,
+        )
+    })?;
+    Ok(TcpStream::from(fd))
 }

@@ -96,6 +96,8 @@ pub struct WorkerSetup {
     pub core: Option<usize>,
     /// Wait strategy.
     pub poll: PollMode,
+    /// Provided buffers in its pool (a power of two).
+    pub buffers: u16,
     /// Its listeners.
     pub listeners: Vec<WorkerListener>,
     /// Shared control block.
@@ -154,8 +156,8 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
             return Err(WorkerError::Pin { worker: id, core });
         }
     }
-    let ring =
-        Ring::new(RING_ENTRIES).map_err(|source| WorkerError::Ring { worker: id, source })?;
+    let ring = Ring::new(RING_ENTRIES, setup.buffers)
+        .map_err(|source| WorkerError::Ring { worker: id, source })?;
     let now = loop_clock().0;
     let mut w = Worker {
         id,
@@ -449,9 +451,13 @@ impl Worker {
         }
         let now = self.now;
         for i in 0..self.slots.len() {
-            let due = self.slots.get(i).and_then(|s| s.conn.as_ref()).is_some_and(|c| {
-                c.state != State::Closing && c.expires_at.is_some_and(|e| self.unix_now >= e)
-            });
+            let due = self
+                .slots
+                .get(i)
+                .and_then(|s| s.conn.as_ref())
+                .is_some_and(|c| {
+                    c.state != State::Closing && c.expires_at.is_some_and(|e| self.unix_now >= e)
+                });
             if due {
                 // The decision's constraints ran out: decide again (it may still allow,
                 // e.g. under a newer grant).

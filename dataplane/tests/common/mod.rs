@@ -1,0 +1,336 @@
+//! Shared helpers for the `zgate` binary tests: a real gateway process, loopback
+//! upstreams on std threads, a tiny HTTP client for the admin endpoint, and policies
+//! compiled in-test. Every wait is bounded in count and time; nothing asserts timing.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of the helpers"
+)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zgate_policy::model::{Action, Cidr, Policy, Rule, ServiceSelector};
+use zgate_table::DecisionTable;
+
+/// Generous: the box running tests is small and shared.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A port that was free a moment ago (bind :0, read, release).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// An upstream on a std thread. Each connection is handed to `serve` on its own thread.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub fn start(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> Upstream {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        let serve = Arc::new(serve);
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { return };
+                count.fetch_add(1, Ordering::SeqCst);
+                let serve = Arc::clone(&serve);
+                std::thread::spawn(move || serve(s));
+            }
+        });
+        Upstream { addr, accepted }
+    }
+
+    /// Echo until EOF, then half-close.
+    pub fn echo() -> Upstream {
+        Upstream::start(|mut s| {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = s.shutdown(Shutdown::Write);
+        })
+    }
+}
+
+/// A policy of `rules`, compiled and encoded.
+pub fn table_bytes(rules: Vec<Rule>, version: u64) -> Vec<u8> {
+    let policy = Policy {
+        groups: vec![],
+        services: vec![],
+        rules,
+        source_hash: [0; 32],
+    };
+    DecisionTable::compile(&policy, version).unwrap().encode()
+}
+
+/// Allow anyone to the service `svc`.
+pub fn allow_all(svc: &str) -> Vec<Rule> {
+    vec![Rule::new(
+        "allow-all",
+        Action::Allow,
+        ServiceSelector::Named(vec![svc.to_string()]),
+    )]
+}
+
+/// Allow only 10.0.0.0/8 to `svc` (so loopback clients are denied).
+pub fn allow_ten_only(svc: &str) -> Vec<Rule> {
+    let mut r = Rule::new(
+        "allow-ten",
+        Action::Allow,
+        ServiceSelector::Named(vec![svc.to_string()]),
+    );
+    r.sources = Some(vec![Cidr {
+        addr: "10.0.0.0".parse().unwrap(),
+        prefix_len: 8,
+    }]);
+    vec![r]
+}
+
+/// A config for one listener named `echo`.
+pub struct Setup {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub upstream: SocketAddr,
+    pub table: Option<Vec<u8>>,
+    pub workers: usize,
+    pub poll: &'static str,
+    pub listener_extra: String,
+    pub workers_extra: String,
+    pub drain_timeout: &'static str,
+}
+
+impl Setup {
+    pub fn new(upstream: SocketAddr) -> Setup {
+        Setup {
+            listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            admin: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            upstream,
+            table: Some(table_bytes(allow_all("echo"), 1)),
+            workers: 1,
+            poll: "interrupt",
+            listener_extra: String::new(),
+            workers_extra: String::new(),
+            drain_timeout: "30s",
+        }
+    }
+
+    pub fn config_text(&self, table_path: Option<&Path>) -> String {
+        let table = table_path
+            .map(|p| format!("table = {:?}\n", p.to_str().unwrap()))
+            .unwrap_or_default();
+        format!(
+            "{table}admin = \"{}\"\ndrain_timeout = \"{}\"\n\n[workers]\ncount = {}\npoll = \"{}\"\n{}\n\n\
+             [[listener]]\nname = \"echo\"\nlisten = \"{}\"\nupstream = \"{}\"\nconnect_timeout = \"5s\"\n{}\n",
+            self.admin, self.drain_timeout, self.workers, self.poll, self.workers_extra, self.listen, self.upstream, self.listener_extra
+        )
+    }
+}
+
+/// A running `zgate run` process. Killed on drop.
+pub struct Gateway {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub table_path: PathBuf,
+}
+
+impl Gateway {
+    pub fn start(setup: &Setup) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let table_path = dir.path().join("policy.zgt");
+        let table_arg = setup.table.as_ref().map(|bytes| {
+            std::fs::write(&table_path, bytes).unwrap();
+            table_path.as_path()
+        });
+        let cfg = dir.path().join("zgate.toml");
+        std::fs::write(&cfg, setup.config_text(table_arg)).unwrap();
+        let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_zgate"))
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut gw = Gateway {
+            child,
+            dir,
+            listen: setup.listen,
+            admin: setup.admin,
+            table_path,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("zgate exited early ({status}):\n{}", self.log());
+            }
+            if let Some((200, _)) = http_get(self.admin, "/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("zgate not ready after {WAIT:?}:\n{}", self.log());
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.listen).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.set_write_timeout(Some(WAIT)).unwrap();
+        s
+    }
+
+    pub fn metric(&self, name: &str) -> u64 {
+        let (status, body) = http_get(self.admin, "/metrics").expect("metrics reachable");
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Wait (bounded) until `metric` reaches at least `at_least`.
+    pub fn wait_metric(&self, name: &str, at_least: u64) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.metric(name);
+            if v >= at_least || Instant::now() >= deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait (bounded) until `metric` drops to at most `at_most`.
+    pub fn wait_metric_at_most(&self, name: &str, at_most: u64) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.metric(name);
+            if v <= at_most || Instant::now() >= deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Wait (bounded) for the process to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("zgate did not exit within {WAIT:?}:\n{}", self.log());
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET `path` from the admin endpoint: (status, body), or `None` if unreachable.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: zgate\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let status = resp.split(' ').nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// Read until EOF or reset; `true` if the connection ended (either way) within the
+/// stream's read timeout, `false` if data arrived or the read timed out.
+pub fn ends_without_data(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+        ),
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    // xorshift: cheap, deterministic, not periodic over a few MiB.
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Write `data` on one thread while reading the same amount back on this one.
+pub fn round_trip(s: &TcpStream, data: &[u8]) -> Vec<u8> {
+    let mut w = s.try_clone().unwrap();
+    let out = data.to_vec();
+    let writer = std::thread::spawn(move || w.write_all(&out).unwrap());
+    let mut got = vec![0u8; data.len()];
+    (&*s).read_exact(&mut got).unwrap();
+    writer.join().unwrap();
+    got
+}
+
+/// Resident set size of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
