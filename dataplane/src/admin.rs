@@ -159,6 +159,23 @@ pub fn metrics_text(v: &AdminView) -> String {
          zgate_bytes_total{{direction=\"upstream_to_client\"}} {}",
         s.bytes_client_to_upstream, s.bytes_upstream_to_client
     );
+    let _ = writeln!(
+        out,
+        "# HELP zgate_tls_handshakes_total TLS handshakes completed (before the decision).\n\
+         # TYPE zgate_tls_handshakes_total counter\nzgate_tls_handshakes_total {}",
+        s.tls_handshakes
+    );
+    let _ = writeln!(
+        out,
+        "# HELP zgate_tls_handshake_failures_total TLS flows refused before the decision, by reason.\n\
+         # TYPE zgate_tls_handshake_failures_total counter"
+    );
+    for (label, n) in zgate_tls::RejectReason::labels().iter().zip(s.tls_failures) {
+        let _ = writeln!(
+            out,
+            "zgate_tls_handshake_failures_total{{reason=\"{label}\"}} {n}"
+        );
+    }
     out
 }
 

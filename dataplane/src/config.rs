@@ -51,6 +51,46 @@ pub struct ListenerConfig {
     pub max_lifetime: Option<Duration>,
     /// Most concurrent flows on this listener, over all workers.
     pub max_connections: u32,
+    /// TLS termination (`[listener.tls]`); `None`: plain TCP.
+    pub tls: Option<TlsSettings>,
+}
+
+/// Whether a TLS listener asks for client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMode {
+    /// A verified SPIFFE client certificate is required (default).
+    Required,
+    /// Verified when presented; anonymous clients reach the decision without identity.
+    Optional,
+    /// No client certificate is asked for.
+    None,
+}
+
+/// `[listener.tls]`, as configured (paths, not yet read: see `crate::tls::load`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Server certificate chain (PEM), the default one.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// More (certificate, key) pairs, chosen by SNI against their DNS SANs.
+    pub sni: Vec<(PathBuf, PathBuf)>,
+    /// Client CA bundle (PEM); required unless `client_auth = "none"`.
+    pub client_ca: Option<PathBuf>,
+    /// Client-auth mode.
+    pub client_auth: ClientAuthMode,
+    /// CRL files (PEM).
+    pub crl: Vec<PathBuf>,
+    /// ALPN protocols, in preference order.
+    pub alpn: Vec<String>,
+    /// Accept TLS 1.2 too (`min_version = "1.2"`); default TLS 1.3 only.
+    pub allow_tls12: bool,
+    /// Session resumption (stateless tickets); default on.
+    pub session_resumption: bool,
+    /// URI SAN prefix that carries the device id (e.g. `urn:device:`).
+    pub device_id_uri_prefix: Option<String>,
+    /// Longest a handshake may take.
+    pub handshake_timeout: Duration,
 }
 
 /// Worker settings.
@@ -158,6 +198,16 @@ pub enum ConfigError {
         /// The cores that exist.
         available: Vec<usize>,
     },
+    /// A TLS file named by `[listener.tls]` cannot be read or used.
+    #[error("{key}: `{path}`: {reason}")]
+    Tls {
+        /// Full key, e.g. `listener[0].tls.cert`.
+        key: String,
+        /// The path as resolved.
+        path: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// The decision table named by `table` cannot be used.
     #[error("table: `{path}`: {reason}")]
     Table {
@@ -215,6 +265,141 @@ struct RawListener {
     idle_timeout: Option<String>,
     max_lifetime: Option<String>,
     max_connections: Option<i64>,
+    tls: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+    sni: Option<Vec<RawSniCert>>,
+    client_ca: Option<String>,
+    client_auth: Option<String>,
+    crl: Option<Vec<String>>,
+    alpn: Option<Vec<String>>,
+    min_version: Option<String>,
+    session_resumption: Option<bool>,
+    device_id_uri_prefix: Option<String>,
+    handshake_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSniCert {
+    cert: String,
+    key: String,
+}
+
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Errors {
+    /// Validate `[listener.tls]` of listener `i` (pure: files are read later).
+    fn tls(&mut self, i: usize, v: toml::Value) -> Option<TlsSettings> {
+        let k = |f: &str| format!("listener[{i}].tls.{f}");
+        let t = match RawTls::deserialize(v) {
+            Ok(t) => t,
+            Err(e) => {
+                self.0.push(shape(&format!("listener[{i}].tls"), e));
+                return None;
+            }
+        };
+        let mut ok = true;
+        let mut path = |key: String, p: &str, errs: &mut Errors| {
+            if p.is_empty() {
+                errs.value(key, p, "expected a file path");
+                ok = false;
+            }
+            PathBuf::from(p)
+        };
+        let cert = path(k("cert"), &t.cert, self);
+        let key = path(k("key"), &t.key, self);
+        let sni = t
+            .sni
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(j, c)| {
+                (
+                    path(k(&format!("sni[{j}].cert")), &c.cert, self),
+                    path(k(&format!("sni[{j}].key")), &c.key, self),
+                )
+            })
+            .collect();
+        let client_ca = t
+            .client_ca
+            .as_deref()
+            .map(|p| path(k("client_ca"), p, self));
+        let crl: Vec<PathBuf> = t
+            .crl
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(j, p)| path(k(&format!("crl[{j}]")), p, self))
+            .collect();
+        let client_auth = match t.client_auth.as_deref() {
+            None | Some("required") => ClientAuthMode::Required,
+            Some("optional") => ClientAuthMode::Optional,
+            Some("none") => ClientAuthMode::None,
+            Some(other) => {
+                self.value(
+                    k("client_auth"),
+                    other,
+                    "expected `required`, `optional` or `none`",
+                );
+                ok = false;
+                ClientAuthMode::Required
+            }
+        };
+        if client_auth != ClientAuthMode::None && client_ca.is_none() {
+            self.0.push(ConfigError::Missing {
+                key: k("client_ca"),
+                reason: "a client CA bundle is required unless `client_auth = \"none\"`",
+            });
+            ok = false;
+        }
+        if client_auth == ClientAuthMode::None && (client_ca.is_some() || !crl.is_empty()) {
+            self.0.push(ConfigError::Missing {
+                key: k("client_auth"),
+                reason: "`client_ca` and `crl` need `client_auth = \"required\"` or `\"optional\"`",
+            });
+            ok = false;
+        }
+        let alpn = t.alpn.unwrap_or_default();
+        for (j, a) in alpn.iter().enumerate() {
+            if a.is_empty() || a.len() > 255 {
+                self.value(k(&format!("alpn[{j}]")), a, "expected 1 to 255 bytes");
+                ok = false;
+            }
+        }
+        let allow_tls12 = match t.min_version.as_deref() {
+            None | Some("1.3") => false,
+            Some("1.2") => true,
+            Some(other) => {
+                self.value(k("min_version"), other, "expected `1.2` or `1.3`");
+                ok = false;
+                false
+            }
+        };
+        let handshake_timeout = self.duration(
+            k("handshake_timeout"),
+            t.handshake_timeout.as_deref(),
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        );
+        ok.then_some(TlsSettings {
+            cert,
+            key,
+            sni,
+            client_ca,
+            client_auth,
+            crl,
+            alpn,
+            allow_tls12,
+            session_resumption: t.session_resumption.unwrap_or(true),
+            device_id_uri_prefix: t.device_id_uri_prefix.filter(|p| !p.is_empty()),
+            handshake_timeout,
+        })
+    }
 }
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -477,6 +662,7 @@ impl Config {
                     }
                 },
             };
+            let tls = l.tls.and_then(|v| errs.tls(i, v));
             if let (Some(listen), Some(upstream)) = (listen, upstream) {
                 listeners.push(ListenerConfig {
                     name: l.name,
@@ -486,6 +672,7 @@ impl Config {
                     idle_timeout,
                     max_lifetime,
                     max_connections,
+                    tls,
                 });
             }
         }
@@ -727,6 +914,65 @@ typo = 1
             matches!(e.0.as_slice(), [ConfigError::Syntax { .. }]),
             "{e}"
         );
+    }
+
+    const TLS_BASE: &str = "[workers]\ncount = 1\n[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nupstream='127.0.0.1:2'\n[listener.tls]\ncert='s.pem'\nkey='s.key'\n";
+
+    #[test]
+    fn tls_settings_parse_with_defaults() {
+        let c = Config::parse(&format!("{TLS_BASE}client_ca='ca.pem'\n")).unwrap();
+        let t = c.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(t.client_auth, ClientAuthMode::Required);
+        assert_eq!(t.client_ca, Some(PathBuf::from("ca.pem")));
+        assert!(!t.allow_tls12);
+        assert!(t.session_resumption);
+        assert_eq!(t.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
+        let c = Config::parse(&format!(
+            "{TLS_BASE}client_auth='optional'\nclient_ca='ca.pem'\ncrl=['a.crl']\nalpn=['redis']\n\
+             min_version='1.2'\nsession_resumption=false\ndevice_id_uri_prefix='urn:device:'\n\
+             handshake_timeout='2s'\nsni=[{{cert='b.pem', key='b.key'}}]\n"
+        ))
+        .unwrap();
+        let t = c.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(t.client_auth, ClientAuthMode::Optional);
+        assert_eq!(t.crl, vec![PathBuf::from("a.crl")]);
+        assert_eq!(t.alpn, vec!["redis".to_string()]);
+        assert!(t.allow_tls12);
+        assert!(!t.session_resumption);
+        assert_eq!(t.device_id_uri_prefix.as_deref(), Some("urn:device:"));
+        assert_eq!(t.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(t.sni.len(), 1);
+        // Plain listeners stay plain.
+        assert!(Config::parse(GOOD).unwrap().listeners[0].tls.is_none());
+    }
+
+    #[test]
+    fn tls_errors_name_their_keys() {
+        let e = Config::parse(&format!(
+            "{TLS_BASE}client_ca='ca.pem'\nclient_atuh='none'\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("listener[0].tls"), "{e}");
+        assert!(e.to_string().contains("client_atuh"), "{e}");
+        let e = Config::parse(TLS_BASE).unwrap_err();
+        assert!(e.to_string().contains("listener[0].tls.client_ca"), "{e}");
+        let e = Config::parse(&format!(
+            "{TLS_BASE}client_ca='ca.pem'\nclient_auth='maybe'\nmin_version='1.1'\nalpn=['']\n"
+        ))
+        .unwrap_err();
+        let msg = e.to_string();
+        for key in [
+            "listener[0].tls.client_auth",
+            "listener[0].tls.min_version",
+            "listener[0].tls.alpn[0]",
+        ] {
+            assert!(msg.contains(key), "missing {key} in {msg}");
+        }
+        let e = Config::parse(&format!(
+            "{TLS_BASE}client_auth='none'\nclient_ca='ca.pem'\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("listener[0].tls.client_auth"), "{e}");
     }
 
     #[test]

@@ -12,8 +12,13 @@
 //! per-worker provided buffer ring only while data is in flight, so an idle flow holds
 //! no buffer.
 //!
-//! What it does not do (yet): TLS, the control socket, live facts (revocations,
-//! posture, grants) from a control process. See `docs/architecture.md`, "Next".
+//! Listeners with `[listener.tls]` terminate TLS (through `zgate-tls`): the flow is
+//! decided after the handshake, with the verified client identity, before anything
+//! reaches the upstream.
+//!
+//! What it does not do (yet): TLS reload and upstream TLS, the control socket, live
+//! facts (revocations, posture, grants) from a control process. See
+//! `docs/architecture.md`, "Next".
 //!
 //! Invariants:
 //! - `unsafe` lives only in the private `sys` module; every block says who owns the
@@ -32,6 +37,7 @@ pub mod config;
 pub mod demo;
 pub mod shared;
 pub mod supervisor;
+pub mod tls;
 pub mod worker;
 
 #[expect(

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use zgate_dataplane::config::{Config, ConfigError, ConfigErrors, Host};
 use zgate_dataplane::supervisor;
+use zgate_tls::ServerTls;
 
 /// sysexits.h EX_USAGE: the configuration is wrong.
 const EX_USAGE: u8 = 64;
@@ -43,9 +44,10 @@ enum Command {
     },
 }
 
-/// Read, parse and check `path` against this machine; also verify the table it names.
-/// Relative table paths are taken relative to the config file's directory.
-fn load_config(path: &Path, host: &Host) -> Result<Config, ExitCode> {
+/// Read, parse and check `path` against this machine; also verify the table it names
+/// and load every listener's TLS files. Relative table and TLS paths are taken
+/// relative to the config file's directory.
+fn load_config(path: &Path, host: &Host) -> Result<(Config, Vec<Option<ServerTls>>), ExitCode> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
@@ -61,7 +63,13 @@ fn load_config(path: &Path, host: &Host) -> Result<Config, ExitCode> {
             None
         }
     };
+    let mut tls = Vec::new();
     if let Some(c) = config.as_mut() {
+        let base = path.parent().unwrap_or(Path::new("."));
+        match zgate_dataplane::tls::load_all(c, base) {
+            Ok(t) => tls = t,
+            Err(e) => errors.extend(e),
+        }
         if let Some(t) = c.table.as_mut() {
             if t.is_relative() {
                 if let Some(dir) = path.parent() {
@@ -77,7 +85,7 @@ fn load_config(path: &Path, host: &Host) -> Result<Config, ExitCode> {
         }
     }
     match config {
-        Some(c) if errors.is_empty() => Ok(c),
+        Some(c) if errors.is_empty() => Ok((c, tls)),
         _ => {
             eprintln!("zgate: `{}`: {} error(s):", path.display(), errors.len());
             for e in &errors {
@@ -100,7 +108,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Check { config } => match load_config(&config, &host) {
-            Ok(c) => {
+            Ok((c, _)) => {
                 println!(
                     "zgate: `{}` is valid: {} listener(s), {} worker(s), table: {}",
                     config.display(),
@@ -115,7 +123,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run { config } => {
-            let c = match load_config(&config, &host) {
+            let (c, tls) = match load_config(&config, &host) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -127,7 +135,7 @@ fn main() -> ExitCode {
                 Ok(_) => {}
                 Err(e) => eprintln!("zgate: cannot raise the open-file limit: {e}"),
             }
-            match supervisor::run(&c, &host) {
+            match supervisor::run(&c, &host, &tls) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("zgate: {e}");

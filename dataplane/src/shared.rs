@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use zgate_table::DecisionTable;
+use zgate_tls::REJECT_LABELS;
 
 /// Where the process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -111,6 +112,10 @@ pub struct WorkerStats {
     pub recv_starved: AtomicU64,
     /// Pool buffers held by flows now (data received and not yet fully sent).
     pub buffers_in_use: AtomicU64,
+    /// TLS handshakes completed (before the decision).
+    pub tls_handshakes: AtomicU64,
+    /// TLS flows refused before the decision, per [`zgate_tls::RejectReason::index`].
+    pub tls_failures: [AtomicU64; REJECT_LABELS],
     /// Set once the worker's accepts are armed.
     pub ready: AtomicBool,
     /// Table version the worker uses; 0 with no table.
@@ -150,6 +155,10 @@ pub struct StatsSnapshot {
     pub recv_starved: u64,
     /// See [`WorkerStats::buffers_in_use`].
     pub buffers_in_use: u64,
+    /// See [`WorkerStats::tls_handshakes`].
+    pub tls_handshakes: u64,
+    /// See [`WorkerStats::tls_failures`].
+    pub tls_failures: [u64; REJECT_LABELS],
 }
 
 impl WorkerStats {
@@ -175,6 +184,10 @@ impl WorkerStats {
         self.closed_by_policy.store(s.closed_by_policy, r);
         self.recv_starved.store(s.recv_starved, r);
         self.buffers_in_use.store(s.buffers_in_use, r);
+        self.tls_handshakes.store(s.tls_handshakes, r);
+        for (a, v) in self.tls_failures.iter().zip(s.tls_failures) {
+            a.store(v, r);
+        }
     }
 
     /// Read the counters.
@@ -196,6 +209,10 @@ impl WorkerStats {
             closed_by_policy: self.closed_by_policy.load(r),
             recv_starved: self.recv_starved.load(r),
             buffers_in_use: self.buffers_in_use.load(r),
+            tls_handshakes: self.tls_handshakes.load(r),
+            tls_failures: std::array::from_fn(|i| {
+                self.tls_failures.get(i).map_or(0, |a| a.load(r))
+            }),
         }
     }
 }
@@ -226,5 +243,9 @@ impl StatsSnapshot {
         self.closed_by_policy = self.closed_by_policy.saturating_add(o.closed_by_policy);
         self.recv_starved = self.recv_starved.saturating_add(o.recv_starved);
         self.buffers_in_use = self.buffers_in_use.saturating_add(o.buffers_in_use);
+        self.tls_handshakes = self.tls_handshakes.saturating_add(o.tls_handshakes);
+        for (a, b) in self.tls_failures.iter_mut().zip(o.tls_failures) {
+            *a = a.saturating_add(b);
+        }
     }
 }

@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use zgate_table::DecisionTable;
+use zgate_tls::ServerTls;
 
 use crate::admin::{self, AdminView};
 use crate::config::{Config, Host};
@@ -113,7 +114,20 @@ struct Running {
     clippy::disallowed_methods,
     reason = "the supervisor's own clock: drain deadlines, off the data path"
 )]
-pub fn run(config: &Config, host: &Host) -> Result<(), RunError> {
+pub fn run(config: &Config, host: &Host, tls: &[Option<ServerTls>]) -> Result<(), RunError> {
+    for (l, t) in config.listeners.iter().zip(tls) {
+        match t.as_ref().map(ServerTls::client_auth) {
+            None => log(format_args!(
+                "listener `{}`: plain TCP, no TLS (flows carry no identity)",
+                l.name
+            )),
+            Some(None) => log(format_args!(
+                "listener `{}`: TLS without client certificates (flows carry no identity)",
+                l.name
+            )),
+            Some(Some(_)) => {}
+        }
+    }
     let table = match &config.table {
         Some(path) => {
             let t = load_table(path).map_err(|source| RunError::Table {
@@ -144,7 +158,7 @@ pub fn run(config: &Config, host: &Host) -> Result<(), RunError> {
     let mut per_worker: Vec<Vec<WorkerListener>> = Vec::with_capacity(nworkers);
     for _ in 0..nworkers {
         let mut ls = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
+        for (li, l) in config.listeners.iter().enumerate() {
             let fd = sys::reuseport_listener(l.listen, 4096).map_err(|source| RunError::Bind {
                 listener: l.name.clone(),
                 addr: l.listen,
@@ -155,6 +169,7 @@ pub fn run(config: &Config, host: &Host) -> Result<(), RunError> {
                 config: Arc::new(l.clone()),
                 fd,
                 limit: l.max_connections.div_ceil(n),
+                tls: tls.get(li).cloned().flatten(),
             });
         }
         per_worker.push(ls);

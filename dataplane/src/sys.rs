@@ -119,6 +119,17 @@ impl<T: ?Sized> Lent<T> {
         self.lent
     }
 
+    /// The memory, while no SQE points into it (`None` while lent).
+    pub fn get_mut(&mut self) -> Option<&mut T> {
+        if self.lent > 0 {
+            return None;
+        }
+        // SAFETY: `ptr` came from `Box::leak` in `new` and stays allocated until this
+        // `Lent` drops; `lent == 0` means no SQE points into it, so the kernel does not
+        // touch it, and `&mut self` makes this the only reference from our side.
+        Some(unsafe { &mut *self.ptr.as_ptr() })
+    }
+
     /// Record that one CQE for an SQE that pointed into this memory has arrived.
     /// The caller calls it exactly once per such CQE (the worker's per-op user_data says
     /// which memory an op used).
@@ -389,6 +400,34 @@ impl BufPool {
         Ok(())
     }
 
+    /// The first `len` bytes of `buf`, which the caller holds (a recv CQE named it and no
+    /// send points into it). Refused in any other state, or past the buffer's end.
+    pub fn bytes(&self, buf: BufId, len: usize) -> Result<&[u8], BufError> {
+        match self.state.get(usize::from(buf.0)) {
+            Some(BufState::Held) if len <= BUF_SIZE => {}
+            Some(s) => {
+                return Err(BufError {
+                    bid: buf.0,
+                    op: "read",
+                    state: BufPool::state_name(*s),
+                })
+            }
+            None => {
+                return Err(BufError {
+                    bid: buf.0,
+                    op: "read",
+                    state: "out of range",
+                })
+            }
+        }
+        // SAFETY: `buf` is `Held`: the kernel took it from the ring and reported it in a
+        // recv CQE, so it no longer writes into it, and no send SQE points into it (that
+        // would be `Sending`). `len <= BUF_SIZE`, so the slice stays inside this buffer of
+        // the `bufs` mapping, which lives as long as `self`; the shared borrow of `self`
+        // keeps every state move (and so every SQE on this buffer) out until it ends.
+        Ok(unsafe { std::slice::from_raw_parts(self.buf_addr(buf.0).cast_const(), len) })
+    }
+
     /// Buffers held by flows or being sent.
     pub fn in_use(&self) -> usize {
         usize::from(self.size)
@@ -533,6 +572,33 @@ impl Ring {
                 .transition(buf.0, BufState::Sending, BufState::Held, "unsend");
             return Err(err);
         }
+        Ok(())
+    }
+
+    /// Send `start..end` of heap memory `mem` (a flow's own output buffer). `mem` is lent
+    /// until the CQE (the caller lowers it with [`Lent::returned`]).
+    pub fn send_lent(
+        &mut self,
+        fd: RawFd,
+        mem: &mut Lent<[u8]>,
+        start: usize,
+        end: usize,
+        user_data: u64,
+    ) -> Result<(), PushError> {
+        let len = mem.ptr.len();
+        if start >= end || end > len {
+            return Err(PushError::Range { start, end });
+        }
+        // `start < end <= len`: the pointer stays inside `mem`'s allocation, which
+        // stays put until its `lent` count (raised below, on success) is back to 0.
+        let ptr = mem.ptr.as_ptr().cast::<u8>().wrapping_add(start);
+        let n = u32::try_from(end - start).unwrap_or(0);
+        let e = opcode::Send::new(types::Fd(fd), ptr.cast_const(), n)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data);
+        self.push(&e)?;
+        mem.lent += 1;
         Ok(())
     }
 

@@ -129,7 +129,8 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn ud(&self, op: Op) -> u64 {
+    /// This flow's `user_data` for `op`.
+    pub fn ud(&self, op: Op) -> u64 {
         encode(op, self.index, self.gen)
     }
 }

@@ -19,6 +19,7 @@
 //! nothing at all is in flight on its ring.
 
 pub mod conn;
+pub mod tls;
 pub mod token;
 
 use std::net::TcpStream;
@@ -28,11 +29,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use zgate_table::facts::{Decision, FlowFacts, LiveFacts, Reason};
 use zgate_table::DecisionTable;
+use zgate_tls::{RejectReason, ServerTls};
 
 use crate::config::{ListenerConfig, PollMode};
 use crate::shared::{Control, Phase, StatsSnapshot, WorkerStats};
 use crate::sys::{self, Completion, Lent, Ring};
 use conn::{Admitted, CloseKind, Conn, Ctx, State};
+use tls::{TlsConn, TlsState};
 use token::{decode, encode, next_gen, Op};
 
 /// How often timers are checked (and the longest an interrupt-mode worker sleeps).
@@ -86,6 +89,8 @@ pub struct WorkerListener {
     pub fd: OwnedFd,
     /// Most flows this worker may hold for it.
     pub limit: u32,
+    /// Its TLS configuration (`None`: plain TCP).
+    pub tls: Option<ServerTls>,
 }
 
 /// Everything a worker starts with.
@@ -114,11 +119,117 @@ struct Listener {
     armed: bool,
     limit: u32,
     active: u32,
+    tls: Option<ServerTls>,
 }
 
 struct Slot {
     gen: u32,
-    conn: Option<Conn>,
+    conn: Option<Flow>,
+}
+
+/// A flow in a slot: plain TCP, or TLS-terminated.
+pub enum Flow {
+    /// Plain TCP ([`conn`]).
+    Plain(Conn),
+    /// TLS on the client side ([`tls`]).
+    Tls(Box<TlsConn>),
+}
+
+impl Flow {
+    fn state(&self) -> State {
+        match self {
+            Flow::Plain(c) => c.state,
+            Flow::Tls(t) => t.coarse_state(),
+        }
+    }
+
+    fn listener(&self) -> usize {
+        match self {
+            Flow::Plain(c) => c.listener,
+            Flow::Tls(t) => t.listener,
+        }
+    }
+
+    fn started(&self) -> Instant {
+        match self {
+            Flow::Plain(c) => c.started,
+            Flow::Tls(t) => t.started,
+        }
+    }
+
+    fn last_active(&self) -> Instant {
+        match self {
+            Flow::Plain(c) => c.last_active,
+            Flow::Tls(t) => t.last_active,
+        }
+    }
+
+    fn started_unix(&self) -> i64 {
+        match self {
+            Flow::Plain(c) => c.started_unix,
+            Flow::Tls(t) => t.started_unix,
+        }
+    }
+
+    fn expires_at(&self) -> Option<i64> {
+        match self {
+            Flow::Plain(c) => c.expires_at,
+            Flow::Tls(t) => t.expires_at,
+        }
+    }
+
+    fn set_expires_at(&mut self, e: Option<i64>) {
+        match self {
+            Flow::Plain(c) => c.expires_at = e,
+            Flow::Tls(t) => t.expires_at = e,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        match self {
+            Flow::Plain(c) => c.finished(),
+            Flow::Tls(t) => t.finished(),
+        }
+    }
+
+    fn is_starved(&self, dir: usize) -> bool {
+        match self {
+            Flow::Plain(c) => c.is_starved(dir),
+            Flow::Tls(t) => t.is_starved(dir),
+        }
+    }
+
+    fn recv(&mut self, dir: usize, ctx: &mut Ctx<'_>) {
+        match self {
+            Flow::Plain(c) => c.recv(dir, ctx),
+            Flow::Tls(t) => t.rearm(dir, ctx),
+        }
+    }
+
+    fn close(&mut self, kind: CloseKind, ctx: &mut Ctx<'_>) {
+        match self {
+            Flow::Plain(c) => c.close(kind, ctx),
+            Flow::Tls(t) => t.close(kind, ctx),
+        }
+    }
+
+    fn complete(&mut self, op: Op, result: i32, buffer: Option<u16>, ctx: &mut Ctx<'_>) {
+        match self {
+            Flow::Plain(c) => c.complete(op, result, buffer, ctx),
+            Flow::Tls(t) => t.complete(op, result, buffer, ctx),
+        }
+    }
+
+    /// For TLS flows: whether the certificate's validity window holds at `now` (a
+    /// resumed session skips verification, and a live flow may outlive its certificate).
+    fn cert_valid_at(&self, now: i64) -> Result<(), RejectReason> {
+        let Flow::Tls(t) = self else { return Ok(()) };
+        match t.session().identity() {
+            Some(id) if now >= id.not_after => Err(RejectReason::Expired),
+            Some(id) if now < id.not_before => Err(RejectReason::NotYetValid),
+            _ => Ok(()),
+        }
+    }
 }
 
 struct Worker {
@@ -172,6 +283,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
                 armed: false,
                 limit: l.limit,
                 active: 0,
+                tls: l.tls,
             })
             .collect(),
         slots: Vec::new(),
@@ -359,6 +471,90 @@ impl Worker {
         )
     }
 
+    /// Decide a live flow by the current table, with every fact it was admitted with
+    /// (for TLS flows: identity, device id, SNI, ALPN, certificate age).
+    fn decide_flow(&self, flow: &Flow) -> Decision {
+        let tls = match flow {
+            Flow::Plain(c) => return self.decide(c.listener, c.source),
+            Flow::Tls(t) => t,
+        };
+        let (Some(table), Some(l)) = (&self.table, self.listeners.get(tls.listener)) else {
+            return Decision::default_deny(Reason::NoRuleMatched);
+        };
+        let s = tls.session();
+        let id = s.identity();
+        let refs = id.map(|i| i.dns_refs());
+        let identity = match (id, refs.as_ref()) {
+            (Some(i), Some(r)) => Some(i.lend(r)),
+            _ => None,
+        };
+        let facts = FlowFacts {
+            service: &l.config.name,
+            source: tls.source,
+            sni: s.sni(),
+            alpn: s.alpn(),
+            identity,
+            device_id: id.and_then(|i| i.device_id.as_deref()),
+            cert_age_secs: id.map(|i| i.age_secs(self.unix_now)),
+            now: self.unix_now,
+        };
+        table.decide(&facts, &self.live_facts)
+    }
+
+    /// A TLS flow whose handshake just completed: decide it, then connect the upstream
+    /// (allow) or send close_notify and close (deny). Nothing reaches an upstream
+    /// before this point.
+    fn settle_tls(&mut self, i: usize) {
+        let Some(Some(flow)) = self.slots.get(i).map(|s| s.conn.as_ref()) else {
+            return;
+        };
+        let Flow::Tls(t) = flow else { return };
+        if t.state != TlsState::Deciding {
+            return;
+        }
+        let listener = t.listener;
+        if let Err(reason) = flow.cert_valid_at(self.unix_now) {
+            self.with_conn(i, |f, ctx| {
+                if let Flow::Tls(t) = f {
+                    t.fail(&reason, ctx);
+                }
+            });
+            return;
+        }
+        let decision = self.decide_flow(flow);
+        let not_after = t.session().identity().map(|id| id.not_after);
+        // Re-decide when the decision's constraints or the certificate run out.
+        let expires = match (decision.constraints.expires_at(self.unix_now), not_after) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let allowed = decision.is_allow() && expires.is_none_or(|e| self.unix_now < e);
+        let Some(cfg) = self.listeners.get(listener).map(|l| Arc::clone(&l.config)) else {
+            return;
+        };
+        if !allowed {
+            self.stats.denied += 1;
+            self.with_conn(i, |f, ctx| {
+                if let Flow::Tls(t) = f {
+                    t.deny(ctx);
+                }
+            });
+            return;
+        }
+        let upstream = sys::upstream_socket(&cfg.upstream);
+        let now = self.unix_now;
+        self.with_conn(i, |f, ctx| {
+            let Flow::Tls(t) = f else { return };
+            match upstream {
+                Ok(u) => t.connect(u, &cfg, expires, now, ctx),
+                Err(_) => {
+                    ctx.stats.upstream_connect_failures += 1;
+                    t.close(CloseKind::Normal, ctx);
+                }
+            }
+        });
+    }
+
     /// Re-decide the flow in slot `i` (if any, and not already closing) with the facts
     /// it was admitted with, at the current time. Closes it (RST both ways: the flow is
     /// cut, not finished) when it is no longer allowed, or when its new decision has
@@ -367,15 +563,25 @@ impl Worker {
         let Some(Some(conn)) = self.slots.get(i).map(|s| s.conn.as_ref()) else {
             return;
         };
-        if conn.state == State::Closing {
+        // Closing flows and TLS flows not yet decided are left alone.
+        if conn.state() != State::Open
+            && !(conn.state() == State::Connecting && matches!(conn, Flow::Plain(_)))
+        {
             return;
         }
-        let decision = self.decide(conn.listener, conn.source);
-        let expires = decision.constraints.expires_at(conn.started_unix);
-        let allowed = decision.is_allow() && expires.is_none_or(|e| self.unix_now < e);
+        let decision = self.decide_flow(conn);
+        let mut expires = decision.constraints.expires_at(conn.started_unix());
+        if let Flow::Tls(t) = conn {
+            if let Some(na) = t.session().identity().map(|id| id.not_after) {
+                expires = Some(expires.map_or(na, |e| e.min(na)));
+            }
+        }
+        let allowed = decision.is_allow()
+            && conn.cert_valid_at(self.unix_now).is_ok()
+            && expires.is_none_or(|e| self.unix_now < e);
         if allowed {
             if let Some(Some(conn)) = self.slots.get_mut(i).map(|s| s.conn.as_mut()) {
-                conn.expires_at = expires;
+                conn.set_expires_at(expires);
             }
             return;
         }
@@ -407,6 +613,7 @@ impl Worker {
                         conn.recv(dir, ctx);
                     }
                 });
+                self.settle_tls(i);
             }
         }
     }
@@ -456,7 +663,8 @@ impl Worker {
                 .get(i)
                 .and_then(|s| s.conn.as_ref())
                 .is_some_and(|c| {
-                    c.state != State::Closing && c.expires_at.is_some_and(|e| self.unix_now >= e)
+                    c.state() != State::Closing
+                        && c.expires_at().is_some_and(|e| self.unix_now >= e)
                 });
             if due {
                 // The decision's constraints ran out: decide again (it may still allow,
@@ -464,17 +672,23 @@ impl Worker {
                 self.redecide(i);
             }
             let mut expired = None;
+            let mut handshake_timed_out = false;
             if let Some(Some(conn)) = self.slots.get(i).map(|s| s.conn.as_ref()) {
-                if let Some(l) = self.listeners.get(conn.listener) {
+                if let Some(l) = self.listeners.get(conn.listener()) {
                     let cfg = &l.config;
-                    if conn.state == State::Open
-                        && now.saturating_duration_since(conn.last_active) >= cfg.idle_timeout
+                    if let (Flow::Tls(t), Some(tc)) = (conn, cfg.tls.as_ref()) {
+                        handshake_timed_out = t.state == TlsState::Handshaking
+                            && now.saturating_duration_since(t.started) >= tc.handshake_timeout;
+                    }
+                    if handshake_timed_out {
+                    } else if conn.state() == State::Open
+                        && now.saturating_duration_since(conn.last_active()) >= cfg.idle_timeout
                     {
                         expired = Some(true);
-                    } else if conn.state != State::Closing
+                    } else if conn.state() != State::Closing
                         && cfg
                             .max_lifetime
-                            .is_some_and(|m| now.saturating_duration_since(conn.started) >= m)
+                            .is_some_and(|m| now.saturating_duration_since(conn.started()) >= m)
                     {
                         expired = Some(false);
                     }
@@ -483,6 +697,12 @@ impl Worker {
             match expired {
                 Some(true) => self.stats.idle_timeouts += 1,
                 Some(false) => self.stats.lifetime_expiries += 1,
+                None if handshake_timed_out => {
+                    let r = RejectReason::HandshakeTimeout;
+                    if let Some(n) = self.stats.tls_failures.get_mut(r.index()) {
+                        *n += 1;
+                    }
+                }
                 None => continue,
             }
             self.with_conn(i, |conn, ctx| conn.close(CloseKind::Normal, ctx));
@@ -490,7 +710,7 @@ impl Worker {
     }
 
     /// Run `f` on the flow in slot `i` (if any), then free the slot if it is finished.
-    fn with_conn(&mut self, i: usize, f: impl FnOnce(&mut Conn, &mut Ctx<'_>)) {
+    fn with_conn(&mut self, i: usize, f: impl FnOnce(&mut Flow, &mut Ctx<'_>)) {
         let Some(slot) = self.slots.get_mut(i) else {
             return;
         };
@@ -508,7 +728,7 @@ impl Worker {
         };
         f(conn, &mut ctx);
         if conn.finished() {
-            let listener = conn.listener;
+            let listener = conn.listener();
             // INVARIANT: finished() means nothing is in flight for this slot.
             slot.conn = None;
             slot.gen = next_gen(gen);
@@ -540,6 +760,7 @@ impl Worker {
             Op::Connect | Op::ConnectTimeout | Op::Recv(_) | Op::Send(_) | Op::Cancel => {
                 if self.slots.get(i).is_some_and(|s| s.gen == gen) {
                     self.with_conn(i, |conn, ctx| conn.complete(op, c.result, c.buffer, ctx));
+                    self.settle_tls(i);
                 }
             }
         }
@@ -580,6 +801,11 @@ impl Worker {
         let Ok(peer) = client.peer_addr() else {
             return Ok(()); // already gone
         };
+        if let Some(tls) = l.tls.clone() {
+            // TLS: decided once the handshake has produced the identity.
+            self.start_tls_flow(index, client, peer.ip(), &tls);
+            return Ok(());
+        }
         let decision = self.decide(index, peer.ip());
         let expires_at = decision.constraints.expires_at(self.unix_now);
         if !decision.is_allow() || expires_at.is_some_and(|e| self.unix_now >= e) {
@@ -595,6 +821,57 @@ impl Worker {
         };
         self.start_flow(admitted, client, &config);
         Ok(())
+    }
+
+    /// A free slot index (a new slot when none is free).
+    fn alloc_slot(&mut self) -> Option<u32> {
+        if let Some(i) = self.free.pop() {
+            return Some(i);
+        }
+        let i = u32::try_from(self.slots.len()).ok()?;
+        self.slots.push(Slot { gen: 0, conn: None });
+        Some(i)
+    }
+
+    fn start_tls_flow(
+        &mut self,
+        listener: usize,
+        client: TcpStream,
+        source: std::net::IpAddr,
+        tls: &ServerTls,
+    ) {
+        let _ = client.set_nodelay(true);
+        let Some(index) = self.alloc_slot() else {
+            return;
+        };
+        let i = usize::try_from(index).unwrap_or(usize::MAX);
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        let mut ctx = Ctx {
+            ring: &mut self.ring,
+            stats: &mut self.stats,
+            starved: &mut self.starved,
+            now: self.now,
+            index,
+            gen: slot.gen,
+        };
+        match TlsConn::accept(listener, client, source, tls, &mut ctx) {
+            Ok(conn) if !conn.finished() => {
+                slot.conn = Some(Flow::Tls(Box::new(conn)));
+                self.live += 1;
+                if let Some(l) = self.listeners.get_mut(listener) {
+                    l.active += 1;
+                }
+            }
+            Ok(_) => self.free.push(index),
+            Err(r) => {
+                if let Some(n) = self.stats.tls_failures.get_mut(r.index()) {
+                    *n += 1;
+                }
+                self.free.push(index);
+            }
+        }
     }
 
     fn start_flow(&mut self, admitted: Admitted, client: TcpStream, cfg: &ListenerConfig) {
@@ -628,7 +905,7 @@ impl Worker {
         };
         match Conn::connect(admitted, client, upstream, cfg, &mut ctx) {
             Ok(conn) => {
-                slot.conn = Some(conn);
+                slot.conn = Some(Flow::Plain(conn));
                 self.live += 1;
                 if let Some(l) = self.listeners.get_mut(listener) {
                     l.active += 1;

@@ -1,0 +1,454 @@
+//! The listener TLS configuration: a typestate builder (certificates first, then the
+//! client-auth decision, then options) that produces a [`ServerTls`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier,
+};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+
+use crate::error::{svid_to_rustls, TlsConfigError};
+use crate::svid;
+
+/// Whether clients must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A verified SVID is required; no certificate, no flow.
+    Required,
+    /// A certificate is verified when presented; anonymous clients are let through to
+    /// the decision (with no identity).
+    Optional,
+}
+
+/// Oldest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MinVersion {
+    /// TLS 1.3 only (default).
+    #[default]
+    Tls13,
+    /// TLS 1.2 and 1.3.
+    Tls12,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(what: &'static str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsConfigError::Pem {
+            what,
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsConfigError::NoCertificate { what });
+    }
+    Ok(certs)
+}
+
+fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, TlsConfigError> {
+    let chain = certs("cert", cert_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsConfigError::Key {
+        reason: format!("no usable private key in the PEM input: {e}"),
+    })?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| TlsConfigError::Key {
+        reason: e.to_string(),
+    })
+}
+
+/// DNS names a server certificate answers for (its DNS SANs, lowercase).
+fn dns_names(der: &[u8]) -> Result<Vec<String>, TlsConfigError> {
+    let bad = |reason: String| TlsConfigError::Certificate {
+        what: "cert",
+        reason,
+    };
+    let (_, c) = X509Certificate::from_der(der).map_err(|e| bad(e.to_string()))?;
+    let mut out = Vec::new();
+    if let Some(san) = c
+        .subject_alternative_name()
+        .map_err(|e| bad(e.to_string()))?
+    {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                out.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Picks the server certificate by SNI (exact DNS SAN match, lowercase); the first
+/// certificate when there is no SNI or no match.
+#[derive(Debug)]
+struct SniResolver {
+    default: Arc<CertifiedKey>,
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let by_sni = hello
+            .server_name()
+            .and_then(|n| self.by_name.get(&n.to_ascii_lowercase()));
+        Some(Arc::clone(by_sni.unwrap_or(&self.default)))
+    }
+}
+
+/// rustls' webpki client verifier plus the SPIFFE X.509-SVID checks it leaves out.
+struct SpiffeVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    device_prefix: Option<String>,
+}
+
+impl fmt::Debug for SpiffeVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpiffeVerifier")
+            .field("device_prefix", &self.device_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for SpiffeVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Path validation first: an expired or untrusted certificate is reported as
+        // such, whatever else is wrong with it.
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let ints: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
+        svid::check_client_chain(end_entity.as_ref(), &ints, self.device_prefix.as_deref())
+            .map_err(svid_to_rustls)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A listener's TLS configuration, ready to accept handshakes. Cheap to clone (an
+/// `Arc`); shared read-only by every worker.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub(crate) config: Arc<rustls::ServerConfig>,
+    pub(crate) device_prefix: Option<Arc<str>>,
+    pub(crate) client_auth: Option<ClientAuth>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("client_auth", &self.client_auth)
+            .field("device_prefix", &self.device_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Start building: [`ServerTlsBuilder::new`].
+    pub fn builder() -> ServerTlsBuilder<NeedCert> {
+        ServerTlsBuilder::new()
+    }
+
+    /// The client-auth mode (`None`: no client certificates asked for).
+    pub fn client_auth(&self) -> Option<ClientAuth> {
+        self.client_auth
+    }
+}
+
+/// Builder state: no certificate yet.
+#[derive(Debug)]
+pub struct NeedCert;
+/// Builder state: certificate set, client auth not yet decided.
+#[derive(Debug)]
+pub struct NeedClientAuth {
+    default: Arc<CertifiedKey>,
+}
+/// Builder state: ready to [`ServerTlsBuilder::build`].
+pub struct Ready {
+    default: Arc<CertifiedKey>,
+    verifier: Option<Arc<SpiffeVerifierSlot>>,
+    client_auth: Option<ClientAuth>,
+    sni: HashMap<String, Arc<CertifiedKey>>,
+    alpn: Vec<Vec<u8>>,
+    min_version: MinVersion,
+    resumption: bool,
+    device_prefix: Option<String>,
+}
+
+/// The verifier's inputs, kept until `build` (the device prefix may be set later).
+pub struct SpiffeVerifierSlot {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl fmt::Debug for Ready {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ready")
+            .field("client_auth", &self.client_auth)
+            .field("alpn", &self.alpn)
+            .field("min_version", &self.min_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A typestate builder for [`ServerTls`]: `new()` → `with_cert` → `with_client_auth`
+/// (or `without_client_auth`) → options → `build()`. A half-built configuration does
+/// not type-check.
+#[derive(Debug)]
+pub struct ServerTlsBuilder<S> {
+    state: S,
+}
+
+impl ServerTlsBuilder<NeedCert> {
+    /// A new builder.
+    pub fn new() -> Self {
+        ServerTlsBuilder { state: NeedCert }
+    }
+
+    /// The default server certificate chain and its private key (PEM). Used when the
+    /// client sends no SNI or one no other certificate matches.
+    ///
+    /// Errors: no certificate, no or unsupported key, key not matching the certificate.
+    pub fn with_cert(
+        self,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<ServerTlsBuilder<NeedClientAuth>, TlsConfigError> {
+        Ok(ServerTlsBuilder {
+            state: NeedClientAuth {
+                default: Arc::new(certified_key(cert_pem, key_pem)?),
+            },
+        })
+    }
+}
+
+impl Default for ServerTlsBuilder<NeedCert> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServerTlsBuilder<NeedClientAuth> {
+    /// Verify client certificates against `ca_pem` (one or more CA certificates), with
+    /// optional CRLs (PEM). Every CA must be allowed to sign certificates (CA=true,
+    /// keyCertSign when keyUsage is present): webpki does not check trust anchors for it.
+    ///
+    /// With CRLs, the whole chain's revocation status must be known and the CRLs must
+    /// not have expired (fail closed).
+    pub fn with_client_auth(
+        self,
+        mode: ClientAuth,
+        ca_pem: &[u8],
+        crl_pems: &[&[u8]],
+    ) -> Result<ServerTlsBuilder<Ready>, TlsConfigError> {
+        let cas = certs("client_ca", ca_pem)?;
+        let mut roots = RootCertStore::empty();
+        for (i, ca) in cas.iter().enumerate() {
+            svid::check_issuer(ca.as_ref()).map_err(|reason| TlsConfigError::Certificate {
+                what: "client_ca",
+                reason: format!("certificate {i} may not sign certificates: {reason}"),
+            })?;
+            roots
+                .add(ca.clone())
+                .map_err(|e| TlsConfigError::Certificate {
+                    what: "client_ca",
+                    reason: format!("certificate {i}: {e}"),
+                })?;
+        }
+        let mut crls = Vec::new();
+        for pem in crl_pems {
+            let found = CertificateRevocationListDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| TlsConfigError::Pem {
+                    what: "crl",
+                    reason: e.to_string(),
+                })?;
+            if found.is_empty() {
+                return Err(TlsConfigError::Pem {
+                    what: "crl",
+                    reason: "no CRL found in the PEM input".into(),
+                });
+            }
+            crls.extend(found);
+        }
+        let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+        if !crls.is_empty() {
+            b = b.with_crls(crls).enforce_revocation_expiration();
+        }
+        if mode == ClientAuth::Optional {
+            b = b.allow_unauthenticated();
+        }
+        let inner = b.build().map_err(|e| TlsConfigError::Verifier {
+            reason: e.to_string(),
+        })?;
+        Ok(ServerTlsBuilder {
+            state: Ready::new(
+                self.state.default,
+                Some(Arc::new(SpiffeVerifierSlot { inner })),
+                Some(mode),
+            ),
+        })
+    }
+
+    /// Ask for no client certificate: flows carry no identity (policy sees only the
+    /// source address, SNI and ALPN). The dataplane logs this at startup.
+    pub fn without_client_auth(self) -> ServerTlsBuilder<Ready> {
+        ServerTlsBuilder {
+            state: Ready::new(self.state.default, None, None),
+        }
+    }
+}
+
+impl Ready {
+    fn new(
+        default: Arc<CertifiedKey>,
+        verifier: Option<Arc<SpiffeVerifierSlot>>,
+        client_auth: Option<ClientAuth>,
+    ) -> Ready {
+        Ready {
+            default,
+            verifier,
+            client_auth,
+            sni: HashMap::new(),
+            alpn: Vec::new(),
+            min_version: MinVersion::Tls13,
+            resumption: true,
+            device_prefix: None,
+        }
+    }
+}
+
+impl ServerTlsBuilder<Ready> {
+    /// Another certificate, served to clients whose SNI matches one of its DNS SANs.
+    pub fn add_sni_cert(mut self, cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsConfigError> {
+        let ck = Arc::new(certified_key(cert_pem, key_pem)?);
+        let Some(leaf) = ck.cert.first() else {
+            return Err(TlsConfigError::NoCertificate { what: "cert" });
+        };
+        let names = dns_names(leaf.as_ref())?;
+        if names.is_empty() {
+            return Err(TlsConfigError::Certificate {
+                what: "cert",
+                reason: "an SNI certificate needs at least one DNS SAN".into(),
+            });
+        }
+        for n in names {
+            self.state.sni.insert(n, Arc::clone(&ck));
+        }
+        Ok(self)
+    }
+
+    /// ALPN protocols offered, in preference order (empty: no ALPN).
+    pub fn alpn(mut self, protocols: Vec<Vec<u8>>) -> Self {
+        self.state.alpn = protocols;
+        self
+    }
+
+    /// Oldest TLS version accepted (default TLS 1.3).
+    pub fn min_version(mut self, v: MinVersion) -> Self {
+        self.state.min_version = v;
+        self
+    }
+
+    /// Session resumption (stateless TLS 1.3 tickets, no shared session cache) on or
+    /// off (default on). Resumed sessions keep the original client certificate; the
+    /// dataplane re-checks its validity window at decision time.
+    pub fn session_resumption(mut self, on: bool) -> Self {
+        self.state.resumption = on;
+        self
+    }
+
+    /// URI SANs starting with `prefix` carry the device id (e.g. `urn:device:`).
+    pub fn device_id_uri_prefix(mut self, prefix: Option<String>) -> Self {
+        self.state.device_prefix = prefix.filter(|p| !p.is_empty());
+        self
+    }
+
+    /// The finished configuration.
+    pub fn build(self) -> Result<ServerTls, TlsConfigError> {
+        let s = self.state;
+        let versions: &[&rustls::SupportedProtocolVersion] = match s.min_version {
+            MinVersion::Tls13 => &[&rustls::version::TLS13],
+            MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        };
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .map_err(|e| TlsConfigError::Settings {
+                reason: e.to_string(),
+            })?;
+        let builder = match &s.verifier {
+            Some(v) => builder.with_client_cert_verifier(Arc::new(SpiffeVerifier {
+                inner: Arc::clone(&v.inner),
+                device_prefix: s.device_prefix.clone(),
+            })),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(SniResolver {
+            default: s.default,
+            by_name: s.sni,
+        }));
+        config.alpn_protocols = s.alpn;
+        if s.resumption {
+            config.session_storage = Arc::new(NoServerSessionStorage {});
+            config.ticketer =
+                rustls::crypto::ring::Ticketer::new().map_err(|e| TlsConfigError::Settings {
+                    reason: e.to_string(),
+                })?;
+        } else {
+            config.session_storage = Arc::new(NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
+        Ok(ServerTls {
+            config: Arc::new(config),
+            device_prefix: s.device_prefix.map(Arc::from),
+            client_auth: s.client_auth,
+        })
+    }
+}

@@ -1,0 +1,428 @@
+//! Typed errors: configuration (bad PEM, bad key, bad CA) and handshake rejections,
+//! each rejection with the TLS alert it maps to and a short label for audit and metrics.
+
+use std::sync::Arc;
+
+/// Why a listener's TLS material cannot be used. Raised at config load or reload; the
+/// old material (if any) stays in force.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsConfigError {
+    /// A PEM input holds no certificate.
+    #[error("{what}: no certificate found in the PEM input")]
+    NoCertificate {
+        /// Which input (`cert`, `client_ca`, ...).
+        what: &'static str,
+    },
+    /// A PEM input could not be decoded.
+    #[error("{what}: not valid PEM: {reason}")]
+    Pem {
+        /// Which input.
+        what: &'static str,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The private key is missing, unsupported, or does not match the certificate.
+    #[error("key: {reason}")]
+    Key {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A certificate could not be parsed or is not fit for its role.
+    #[error("{what}: {reason}")]
+    Certificate {
+        /// Which input.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The client CA bundle or CRLs were refused by the verifier builder.
+    #[error("client_ca: {reason}")]
+    Verifier {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The protocol settings were refused (e.g. no usable version).
+    #[error("tls settings: {reason}")]
+    Settings {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A TLS alert this crate maps a rejection to (the code is the RFC 8446 one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alert {
+    /// 10
+    UnexpectedMessage,
+    /// 40
+    HandshakeFailure,
+    /// 42
+    BadCertificate,
+    /// 43
+    UnsupportedCertificate,
+    /// 44
+    CertificateRevoked,
+    /// 45
+    CertificateExpired,
+    /// 46
+    CertificateUnknown,
+    /// 48
+    UnknownCa,
+    /// 49
+    AccessDenied,
+    /// 50
+    DecodeError,
+    /// 51
+    DecryptError,
+    /// 70
+    ProtocolVersion,
+    /// 116
+    CertificateRequired,
+    /// 120
+    NoApplicationProtocol,
+    /// No alert is sent (the peer is not speaking TLS, or it timed out).
+    None,
+}
+
+impl Alert {
+    /// The alert's code on the wire, `None` when no alert is sent.
+    pub fn code(self) -> Option<u8> {
+        Some(match self {
+            Alert::UnexpectedMessage => 10,
+            Alert::HandshakeFailure => 40,
+            Alert::BadCertificate => 42,
+            Alert::UnsupportedCertificate => 43,
+            Alert::CertificateRevoked => 44,
+            Alert::CertificateExpired => 45,
+            Alert::CertificateUnknown => 46,
+            Alert::UnknownCa => 48,
+            Alert::AccessDenied => 49,
+            Alert::DecodeError => 50,
+            Alert::DecryptError => 51,
+            Alert::ProtocolVersion => 70,
+            Alert::CertificateRequired => 116,
+            Alert::NoApplicationProtocol => 120,
+            Alert::None => return None,
+        })
+    }
+}
+
+/// A rule of the SPIFFE X.509-SVID profile (or of zgate's identity rules) that a client
+/// certificate breaks. These are the checks webpki does not make (see `docs/tls.md`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SvidError {
+    /// The certificate DER does not parse.
+    #[error("certificate does not parse: {0}")]
+    Parse(String),
+    /// Not exactly one identity URI SAN (device-id URIs excluded, when configured).
+    #[error("expected exactly one URI SAN, found {found}")]
+    UriSanCount {
+        /// How many identity URI SANs the certificate has.
+        found: usize,
+    },
+    /// The URI SAN is not a valid SPIFFE ID.
+    #[error("URI SAN `{uri}` is not a valid SPIFFE ID: {reason}")]
+    BadSpiffeId {
+        /// The URI SAN.
+        uri: String,
+        /// What the SPIFFE ID parser rejected.
+        reason: String,
+    },
+    /// The leaf is a CA certificate (basicConstraints CA=true).
+    #[error("leaf certificate is a CA (basicConstraints CA=true)")]
+    CaAsLeaf,
+    /// The leaf has no keyUsage extension.
+    #[error("leaf certificate has no keyUsage extension")]
+    NoKeyUsage,
+    /// The leaf's keyUsage lacks digitalSignature.
+    #[error("leaf keyUsage lacks digitalSignature")]
+    NoDigitalSignature,
+    /// The leaf's keyUsage has keyCertSign or cRLSign.
+    #[error("leaf keyUsage has keyCertSign or cRLSign")]
+    SigningUsageOnLeaf,
+    /// An intermediate is not a CA or its keyUsage lacks keyCertSign.
+    #[error("intermediate {index} may not sign certificates: {reason}")]
+    IssuerCannotSign {
+        /// Position in the chain the client sent (0 = first intermediate).
+        index: usize,
+        /// What is missing.
+        reason: &'static str,
+    },
+    /// More than one device-id URI SAN.
+    #[error("more than one device-id URI SAN")]
+    DeviceIdCount,
+    /// A duplicate or malformed extension (SAN, keyUsage, basicConstraints).
+    #[error("extension: {0}")]
+    Extension(String),
+}
+
+/// Why a handshake (or a flow before its first byte) was refused: the label goes into
+/// the audit record and the `reason` metric label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RejectReason {
+    /// Client certificate (or one in its chain) has expired.
+    #[error("certificate expired")]
+    Expired,
+    /// Client certificate not valid yet.
+    #[error("certificate not yet valid")]
+    NotYetValid,
+    /// The chain does not lead to a configured client CA.
+    #[error("certificate issuer not trusted")]
+    UntrustedIssuer,
+    /// Revoked by a configured CRL.
+    #[error("certificate revoked")]
+    Revoked,
+    /// Revocation status could not be determined (no CRL for the issuer, or CRL expired).
+    #[error("certificate revocation status unknown")]
+    RevocationUnknown,
+    /// A bad signature or an unsupported signature algorithm in the chain.
+    #[error("certificate signature invalid")]
+    BadSignature,
+    /// Extended key usage does not allow client authentication.
+    #[error("certificate extended key usage does not allow client auth")]
+    WrongExtendedKeyUsage,
+    /// A SPIFFE X.509-SVID rule is broken.
+    #[error("{0}")]
+    Svid(SvidError),
+    /// Some other certificate problem webpki found (bad encoding, critical extension...).
+    #[error("bad certificate: {0}")]
+    BadCertificate(String),
+    /// `client_auth = "required"` and the client sent no certificate.
+    #[error("no client certificate")]
+    NoClientCertificate,
+    /// No common protocol version, cipher suite or signature scheme.
+    #[error("no common protocol parameters")]
+    NoCommonParameters,
+    /// No common ALPN protocol.
+    #[error("no common ALPN protocol")]
+    NoApplicationProtocol,
+    /// The bytes are not TLS (or are malformed TLS).
+    #[error("not TLS or malformed TLS")]
+    Malformed,
+    /// The client sent an alert and gave up.
+    #[error("client sent an alert")]
+    PeerAlert,
+    /// The handshake did not finish within the listener's handshake timeout.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// The peer closed the connection before the handshake finished.
+    #[error("peer closed during handshake")]
+    PeerClosed,
+    /// Any other TLS failure.
+    #[error("tls error: {0}")]
+    Other(String),
+}
+
+/// Number of distinct [`RejectReason::label`] values (for per-reason counters).
+pub const REJECT_LABELS: usize = 24;
+
+impl RejectReason {
+    /// A short, stable label for metrics and audit (`expired`, `bad-spiffe-id`, ...).
+    pub fn label(&self) -> &'static str {
+        REJECT_LABEL_NAMES
+            .get(self.index())
+            .copied()
+            .unwrap_or("other")
+    }
+
+    /// A dense index in `0..REJECT_LABELS`, one per label (for counter arrays).
+    pub fn index(&self) -> usize {
+        match self {
+            RejectReason::Expired => 0,
+            RejectReason::NotYetValid => 1,
+            RejectReason::UntrustedIssuer => 2,
+            RejectReason::Revoked => 3,
+            RejectReason::RevocationUnknown => 4,
+            RejectReason::BadSignature => 5,
+            RejectReason::WrongExtendedKeyUsage => 6,
+            RejectReason::Svid(e) => match e {
+                SvidError::Parse(_) | SvidError::Extension(_) => 7,
+                SvidError::UriSanCount { .. } => 8,
+                SvidError::BadSpiffeId { .. } => 9,
+                SvidError::CaAsLeaf => 10,
+                SvidError::NoKeyUsage
+                | SvidError::NoDigitalSignature
+                | SvidError::SigningUsageOnLeaf => 11,
+                SvidError::IssuerCannotSign { .. } => 12,
+                SvidError::DeviceIdCount => 13,
+            },
+            RejectReason::BadCertificate(_) => 7,
+            RejectReason::NoClientCertificate => 14,
+            RejectReason::NoCommonParameters => 15,
+            RejectReason::NoApplicationProtocol => 16,
+            RejectReason::Malformed => 17,
+            RejectReason::PeerAlert => 18,
+            RejectReason::HandshakeTimeout => 19,
+            RejectReason::PeerClosed => 20,
+            RejectReason::Other(_) => 21,
+        }
+    }
+
+    /// The TLS alert the gateway sends for this rejection (rustls sends it; this is
+    /// the mapping rustls 0.23 applies, kept here so the audit can say which).
+    pub fn alert(&self) -> Alert {
+        match self {
+            RejectReason::Expired | RejectReason::NotYetValid => Alert::CertificateExpired,
+            RejectReason::UntrustedIssuer | RejectReason::RevocationUnknown => Alert::UnknownCa,
+            RejectReason::Revoked => Alert::CertificateRevoked,
+            RejectReason::BadSignature => Alert::DecryptError,
+            RejectReason::WrongExtendedKeyUsage => Alert::UnsupportedCertificate,
+            // Our SVID checks surface through rustls as `CertificateError::Other`.
+            RejectReason::Svid(_) => Alert::CertificateUnknown,
+            RejectReason::BadCertificate(_) => Alert::BadCertificate,
+            RejectReason::NoClientCertificate => Alert::CertificateRequired,
+            RejectReason::NoCommonParameters => Alert::HandshakeFailure,
+            RejectReason::NoApplicationProtocol => Alert::NoApplicationProtocol,
+            RejectReason::Malformed => Alert::DecodeError,
+            RejectReason::PeerAlert | RejectReason::HandshakeTimeout | RejectReason::PeerClosed => {
+                Alert::None
+            }
+            RejectReason::Other(_) => Alert::HandshakeFailure,
+        }
+    }
+
+    /// Every label, in [`RejectReason::index`] order.
+    pub fn labels() -> &'static [&'static str; REJECT_LABELS] {
+        &REJECT_LABEL_NAMES
+    }
+
+    /// Classify a rustls error.
+    pub(crate) fn from_rustls(e: &rustls::Error) -> RejectReason {
+        use rustls::{CertificateError as C, Error as E};
+        match e {
+            E::InvalidCertificate(c) => match c {
+                C::Expired | C::ExpiredContext { .. } => RejectReason::Expired,
+                C::NotValidYet | C::NotValidYetContext { .. } => RejectReason::NotYetValid,
+                C::UnknownIssuer => RejectReason::UntrustedIssuer,
+                C::Revoked => RejectReason::Revoked,
+                C::UnknownRevocationStatus
+                | C::ExpiredRevocationList
+                | C::ExpiredRevocationListContext { .. } => RejectReason::RevocationUnknown,
+                C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                    RejectReason::WrongExtendedKeyUsage
+                }
+                C::Other(other) => match other.0.downcast_ref::<SvidError>() {
+                    Some(s) => RejectReason::Svid(s.clone()),
+                    // webpki's own refusal of a CA certificate as the leaf.
+                    None if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+                        RejectReason::Svid(SvidError::CaAsLeaf)
+                    }
+                    None => RejectReason::BadCertificate(other.to_string()),
+                },
+                #[expect(deprecated, reason = "rustls 0.23 may still produce these")]
+                C::BadSignature | C::UnsupportedSignatureAlgorithm => RejectReason::BadSignature,
+                C::UnsupportedSignatureAlgorithmContext { .. }
+                | C::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+                    RejectReason::BadSignature
+                }
+                other => RejectReason::BadCertificate(other.to_string()),
+            },
+            E::NoCertificatesPresented => RejectReason::NoClientCertificate,
+            E::InvalidMessage(_) | E::InappropriateMessage { .. } => RejectReason::Malformed,
+            E::InappropriateHandshakeMessage { .. } => RejectReason::Malformed,
+            E::AlertReceived(_) => RejectReason::PeerAlert,
+            E::PeerIncompatible(p) => {
+                let s = format!("{p:?}");
+                if s.contains("Alpn") || s.contains("ApplicationProtocol") {
+                    RejectReason::NoApplicationProtocol
+                } else {
+                    RejectReason::NoCommonParameters
+                }
+            }
+            E::NoApplicationProtocol => RejectReason::NoApplicationProtocol,
+            E::PeerMisbehaved(_) => RejectReason::Malformed,
+            other => RejectReason::Other(other.to_string()),
+        }
+    }
+}
+
+const REJECT_LABEL_NAMES: [&str; REJECT_LABELS] = [
+    "expired",
+    "not-yet-valid",
+    "untrusted-issuer",
+    "revoked",
+    "revocation-unknown",
+    "bad-signature",
+    "wrong-extended-key-usage",
+    "bad-certificate",
+    "uri-san-count",
+    "bad-spiffe-id",
+    "ca-as-leaf",
+    "wrong-key-usage",
+    "issuer-cannot-sign",
+    "device-id-count",
+    "no-client-certificate",
+    "no-common-parameters",
+    "no-application-protocol",
+    "malformed",
+    "peer-alert",
+    "handshake-timeout",
+    "peer-closed",
+    "other",
+    "reserved-22",
+    "reserved-23",
+];
+
+/// Wrap an [`SvidError`] so rustls carries it through the handshake.
+pub(crate) fn svid_to_rustls(e: SvidError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(e),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_unique_and_indexed() {
+        let mut seen = std::collections::HashSet::new();
+        for l in RejectReason::labels() {
+            assert!(seen.insert(*l), "duplicate label {l}");
+        }
+        assert_eq!(RejectReason::Expired.label(), "expired");
+        assert_eq!(
+            RejectReason::Svid(SvidError::UriSanCount { found: 2 }).label(),
+            "uri-san-count"
+        );
+        assert_eq!(RejectReason::HandshakeTimeout.label(), "handshake-timeout");
+    }
+
+    #[test]
+    fn svid_errors_survive_the_trip_through_rustls() {
+        let e = svid_to_rustls(SvidError::CaAsLeaf);
+        assert_eq!(
+            RejectReason::from_rustls(&e),
+            RejectReason::Svid(SvidError::CaAsLeaf)
+        );
+        assert_eq!(RejectReason::from_rustls(&e).alert().code(), Some(46));
+    }
+
+    #[test]
+    fn webpki_errors_map_to_reasons_and_alerts() {
+        let cases = [
+            (rustls::CertificateError::Expired, "expired", Some(45)),
+            (
+                rustls::CertificateError::NotValidYet,
+                "not-yet-valid",
+                Some(45),
+            ),
+            (
+                rustls::CertificateError::UnknownIssuer,
+                "untrusted-issuer",
+                Some(48),
+            ),
+            (rustls::CertificateError::Revoked, "revoked", Some(44)),
+        ];
+        for (c, label, code) in cases {
+            let r = RejectReason::from_rustls(&rustls::Error::InvalidCertificate(c));
+            assert_eq!(r.label(), label);
+            assert_eq!(r.alert().code(), code);
+        }
+        assert_eq!(
+            RejectReason::from_rustls(&rustls::Error::NoCertificatesPresented).label(),
+            "no-client-certificate"
+        );
+    }
+}

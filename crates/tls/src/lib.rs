@@ -1,0 +1,41 @@
+//! zgate's TLS layer: the only crate that touches rustls (STYLE A.3).
+//!
+//! What it does:
+//! - builds a listener's TLS configuration from PEM bytes with a typestate builder
+//!   ([`ServerTls::builder`]): server certificates selected by SNI, client auth
+//!   required / optional / none against a CA bundle with optional CRLs, ALPN, minimum
+//!   version (TLS 1.3 by default), session resumption on or off;
+//! - verifies client certificates with webpki and then enforces the SPIFFE X.509-SVID
+//!   rules webpki leaves out ([`svid`]; `docs/tls.md` lists each gap);
+//! - drives one server session with byte slices ([`TlsSession`]): the dataplane's
+//!   io_uring loop owns sockets and buffers;
+//! - extracts the peer identity ([`PeerIdentityOwned`]) and lends it to decisions as a
+//!   [`zgate_table::facts::PeerIdentity`];
+//! - classifies every failure ([`RejectReason`]) with its TLS alert and a metric label.
+//!
+//! What it does not do: read files, sockets or clocks (sans-IO: PEM bytes in, the caller
+//! passes time where it matters), watch files for reload, originate TLS to upstreams.
+//!
+//! Invariants:
+//! - A [`PeerIdentityOwned`] is made only from a certificate this crate's verifier
+//!   accepted; its SPIFFE ID is the certificate's one URI SAN, parsed and validated,
+//!   never a string found elsewhere in the certificate.
+//! - rustls types do not appear in the public API, so a rustls upgrade touches only
+//!   this crate.
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod session;
+pub mod svid;
+
+pub use config::{
+    ClientAuth, MinVersion, NeedCert, NeedClientAuth, Ready, ServerTls, ServerTlsBuilder,
+    SpiffeVerifierSlot,
+};
+pub use error::{Alert, RejectReason, SvidError, TlsConfigError, REJECT_LABELS};
+pub use session::{TlsSession, SEND_BUFFER_LIMIT};
+pub use svid::{DnsRefs, PeerIdentityOwned};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,427 @@
+//! Whole handshakes in memory: a rustls client against [`TlsSession`], certificates
+//! from the dev PKI. Every verifier rule is exercised through a real handshake here
+//! (and rule by rule on DER in `svid::tests`).
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use zgate_devpki::{Bad, Ca, ClientSpec, Leaf};
+
+use super::*;
+
+const ID: &str = "spiffe://corp.example/ns/trading/sa/pricer";
+
+fn now() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
+}
+
+struct Pki {
+    ca: Ca,
+    server: Leaf,
+}
+
+fn pki() -> Pki {
+    let ca = Ca::new("root", now()).unwrap();
+    let server = ca
+        .server(&["gw.example"], &["127.0.0.1".parse().unwrap()], now())
+        .unwrap();
+    Pki { ca, server }
+}
+
+fn server_tls(p: &Pki, mode: Option<ClientAuth>, crls: &[&[u8]]) -> ServerTls {
+    let b = ServerTls::builder()
+        .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
+        .unwrap();
+    let b = match mode {
+        Some(m) => b
+            .with_client_auth(m, p.ca.cert_pem().as_bytes(), crls)
+            .unwrap(),
+        None => b.without_client_auth(),
+    };
+    b.device_id_uri_prefix(Some("urn:device:".into()))
+        .alpn(vec![b"redis".to_vec(), b"h2".to_vec()])
+        .build()
+        .unwrap()
+}
+
+fn client_config(ca_pem: &str, leaf: Option<&Leaf>, tls12_only: bool) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let b = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut cfg = match leaf {
+        Some(l) => {
+            let chain: Vec<_> = CertificateDer::pem_slice_iter(l.chain_pem.as_bytes())
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_slice(l.key_pem.as_bytes()).unwrap();
+            b.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"redis".to_vec()];
+    Arc::new(cfg)
+}
+
+/// Run the handshake in memory. `Ok(session)` once both sides are done; `Err` with the
+/// server's reason when the server refused.
+fn handshake(
+    server: &ServerTls,
+    cfg: Arc<ClientConfig>,
+    sni: &str,
+) -> (ClientConnection, Result<TlsSession, RejectReason>) {
+    let mut client =
+        ClientConnection::new(cfg, ServerName::try_from(sni.to_string()).unwrap()).unwrap();
+    let mut s = server.accept().unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..20 {
+        let mut out = Vec::new();
+        client.write_tls(&mut out).unwrap();
+        let mut fed = 0;
+        while fed < out.len() {
+            match s.feed(&out[fed..]) {
+                Ok(0) => break,
+                Ok(n) => fed += n,
+                Err(r) => {
+                    // The alert reaches the client.
+                    let n = s.write_ciphertext(&mut buf);
+                    let _ = client.read_tls(&mut &buf[..n]);
+                    let _ = client.process_new_packets();
+                    return (client, Err(r));
+                }
+            }
+        }
+        while s.wants_write() {
+            let n = s.write_ciphertext(&mut buf);
+            client.read_tls(&mut &buf[..n]).unwrap();
+        }
+        if client.process_new_packets().is_err() {
+            break;
+        }
+        if s.is_established() && !client.is_handshaking() && !client.wants_write() {
+            return (client, Ok(s));
+        }
+    }
+    (client, Err(RejectReason::Other("no progress".into())))
+}
+
+fn refused(p: &Pki, leaf: Option<&Leaf>, crls: &[&[u8]]) -> RejectReason {
+    let server = server_tls(p, Some(ClientAuth::Required), crls);
+    match handshake(
+        &server,
+        client_config(p.ca.cert_pem(), leaf, false),
+        "gw.example",
+    )
+    .1
+    {
+        Ok(_) => panic!("handshake succeeded"),
+        Err(r) => r,
+    }
+}
+
+#[test]
+fn good_svid_gets_identity_and_data_flows_both_ways() {
+    let p = pki();
+    let mut spec = ClientSpec::spiffe(ID);
+    spec.extra_uris = vec!["urn:device:laptop-7".into()];
+    spec.common_name = Some("pricer".into());
+    let leaf = p.ca.client(&spec, now()).unwrap();
+    let server = server_tls(&p, Some(ClientAuth::Required), &[]);
+    let (mut client, s) = handshake(
+        &server,
+        client_config(p.ca.cert_pem(), Some(&leaf), false),
+        "gw.example",
+    );
+    let mut s = s.unwrap();
+    let id = s.identity().unwrap();
+    assert_eq!(id.spiffe_id, ID);
+    assert_eq!(id.device_id.as_deref(), Some("laptop-7"));
+    assert_eq!(id.common_name.as_deref(), Some("pricer"));
+    assert_eq!(s.sni(), Some("gw.example"));
+    assert_eq!(s.alpn(), Some("redis"));
+
+    // client -> server
+    client.writer().write_all(b"PING\r\n").unwrap();
+    let mut wire = Vec::new();
+    client.write_tls(&mut wire).unwrap();
+    let mut fed = 0;
+    while fed < wire.len() {
+        fed += s.feed(&wire[fed..]).unwrap();
+    }
+    let mut got = [0u8; 64];
+    let n = s.take_plaintext(&mut got);
+    assert_eq!(&got[..n], b"PING\r\n");
+    // server -> client
+    assert_eq!(s.encrypt(b"+PONG\r\n"), 7);
+    let mut buf = vec![0u8; 4096];
+    let n = s.write_ciphertext(&mut buf);
+    client.read_tls(&mut &buf[..n]).unwrap();
+    client.process_new_packets().unwrap();
+    let mut got = [0u8; 7];
+    client.reader().read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"+PONG\r\n");
+    // close_notify from the client is seen.
+    client.send_close_notify();
+    let mut wire = Vec::new();
+    client.write_tls(&mut wire).unwrap();
+    s.feed(&wire).unwrap();
+    assert!(s.peer_closed());
+}
+
+#[test]
+fn no_client_certificate_is_refused_when_required() {
+    let p = pki();
+    assert_eq!(refused(&p, None, &[]), RejectReason::NoClientCertificate);
+}
+
+#[test]
+fn optional_client_auth_admits_anonymous_without_identity() {
+    let p = pki();
+    let server = server_tls(&p, Some(ClientAuth::Optional), &[]);
+    let (_, s) = handshake(
+        &server,
+        client_config(p.ca.cert_pem(), None, false),
+        "gw.example",
+    );
+    let s = s.unwrap();
+    assert!(s.identity().is_none());
+    // ... but a presented certificate is still checked.
+    let bad = p.ca.client(&Bad::TwoUriSans.spec(ID), now()).unwrap();
+    let (_, s) = handshake(
+        &server,
+        client_config(p.ca.cert_pem(), Some(&bad), false),
+        "gw.example",
+    );
+    assert_eq!(s.unwrap_err().label(), "uri-san-count");
+}
+
+#[test]
+fn every_bad_class_is_refused_with_its_reason() {
+    let p = pki();
+    for bad in Bad::ALL {
+        let leaf = p.ca.client(&bad.spec(ID), now()).unwrap();
+        let want = match bad {
+            Bad::Expired => "expired",
+            Bad::NotYetValid => "not-yet-valid",
+            Bad::TwoUriSans | Bad::NoUriSan | Bad::SpiffeIdInCnOnly | Bad::SpiffeIdInDnsSanOnly => {
+                "uri-san-count"
+            }
+            Bad::InvalidSpiffeId | Bad::NotSpiffeScheme => "bad-spiffe-id",
+            // webpki refuses a CA leaf itself (CaUsedAsEndEntity), before our check.
+            Bad::CaLeaf => "ca-as-leaf",
+            Bad::KeyCertSignOnLeaf
+            | Bad::CrlSignOnLeaf
+            | Bad::NoDigitalSignature
+            | Bad::NoKeyUsage => "wrong-key-usage",
+        };
+        let r = refused(&p, Some(&leaf), &[]);
+        assert_eq!(r.label(), want, "{bad:?}: {r:?}");
+    }
+}
+
+#[test]
+fn untrusted_issuer_is_refused() {
+    let p = pki();
+    let other = Ca::new("other", now()).unwrap();
+    let leaf = other.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    assert_eq!(refused(&p, Some(&leaf), &[]), RejectReason::UntrustedIssuer);
+}
+
+#[test]
+fn revoked_certificate_is_refused_and_others_pass() {
+    let p = pki();
+    let revoked = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    let fine = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    let crl = p.ca.crl(&[&revoked], now()).unwrap();
+    assert_eq!(
+        refused(&p, Some(&revoked), &[crl.as_bytes()]),
+        RejectReason::Revoked
+    );
+    let server = server_tls(&p, Some(ClientAuth::Required), &[crl.as_bytes()]);
+    let (_, s) = handshake(
+        &server,
+        client_config(p.ca.cert_pem(), Some(&fine), false),
+        "gw.example",
+    );
+    assert!(s.is_ok());
+}
+
+#[test]
+fn intermediate_without_key_cert_sign_is_refused() {
+    let p = pki();
+    let int = p.ca.intermediate("int", now(), false).unwrap();
+    let leaf = int.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    assert_eq!(refused(&p, Some(&leaf), &[]).label(), "issuer-cannot-sign");
+    // The same chain through a proper intermediate passes.
+    let int = p.ca.intermediate("int ok", now(), true).unwrap();
+    let leaf = int.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    let server = server_tls(&p, Some(ClientAuth::Required), &[]);
+    let (_, s) = handshake(
+        &server,
+        client_config(p.ca.cert_pem(), Some(&leaf), false),
+        "gw.example",
+    );
+    assert_eq!(s.unwrap().identity().unwrap().spiffe_id, ID);
+}
+
+#[test]
+fn garbage_instead_of_a_client_hello_is_malformed() {
+    let p = pki();
+    let server = server_tls(&p, Some(ClientAuth::Required), &[]);
+    let mut s = server.accept().unwrap();
+    let r = s.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap_err();
+    assert_eq!(r.label(), "malformed");
+    // Failed sessions stay failed and take nothing more.
+    assert_eq!(s.feed(b"more").unwrap_err(), r);
+    assert_eq!(s.encrypt(b"x"), 0);
+}
+
+#[test]
+fn tls12_only_client_needs_min_version_12() {
+    let p = pki();
+    let leaf = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    let server = server_tls(&p, Some(ClientAuth::Required), &[]);
+    let (_, s) = handshake(
+        &server,
+        client_config(p.ca.cert_pem(), Some(&leaf), true),
+        "gw.example",
+    );
+    assert_eq!(s.unwrap_err().label(), "no-common-parameters");
+    let server = ServerTls::builder()
+        .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
+        .unwrap()
+        .with_client_auth(ClientAuth::Required, p.ca.cert_pem().as_bytes(), &[])
+        .unwrap()
+        .min_version(MinVersion::Tls12)
+        .build()
+        .unwrap();
+    let (_, s) = handshake(
+        &server,
+        client_config(p.ca.cert_pem(), Some(&leaf), true),
+        "gw.example",
+    );
+    assert_eq!(s.unwrap().identity().unwrap().spiffe_id, ID);
+}
+
+#[test]
+fn sni_selects_the_certificate() {
+    let p = pki();
+    let other = p.ca.server(&["db.example"], &[], now()).unwrap();
+    let leaf = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    let server = ServerTls::builder()
+        .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
+        .unwrap()
+        .with_client_auth(ClientAuth::Required, p.ca.cert_pem().as_bytes(), &[])
+        .unwrap()
+        .add_sni_cert(other.chain_pem.as_bytes(), other.key_pem.as_bytes())
+        .unwrap()
+        .build()
+        .unwrap();
+    // The client checks the name: each SNI only works if the matching cert is served.
+    for name in ["db.example", "gw.example"] {
+        let (client, s) = handshake(
+            &server,
+            client_config(p.ca.cert_pem(), Some(&leaf), false),
+            name,
+        );
+        assert_eq!(s.unwrap().sni(), Some(name));
+        let served = client.peer_certificates().unwrap()[0].clone();
+        let want = if name == "db.example" {
+            &other
+        } else {
+            &p.server
+        };
+        assert_eq!(
+            served.as_ref(),
+            zgate_devpki::pem_to_der(&want.cert_pem)[0].as_slice()
+        );
+    }
+}
+
+#[test]
+fn config_errors_are_typed() {
+    let p = pki();
+    let other = p.ca.server(&["x.example"], &[], now()).unwrap();
+    assert!(matches!(
+        ServerTls::builder().with_cert(b"", p.server.key_pem.as_bytes()),
+        Err(TlsConfigError::NoCertificate { what: "cert" })
+    ));
+    assert!(matches!(
+        ServerTls::builder().with_cert(p.server.chain_pem.as_bytes(), other.key_pem.as_bytes()),
+        Err(TlsConfigError::Key { .. })
+    ));
+    assert!(matches!(
+        ServerTls::builder().with_cert(p.server.chain_pem.as_bytes(), b"nope"),
+        Err(TlsConfigError::Key { .. })
+    ));
+    // A leaf in the CA bundle may not sign: refused at load.
+    let b = ServerTls::builder()
+        .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
+        .unwrap();
+    match b.with_client_auth(ClientAuth::Required, other.cert_pem.as_bytes(), &[]) {
+        Err(TlsConfigError::Certificate {
+            what: "client_ca",
+            reason,
+        }) => {
+            assert!(reason.contains("may not sign"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let b = ServerTls::builder()
+        .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
+        .unwrap();
+    assert!(matches!(
+        b.with_client_auth(ClientAuth::Required, p.ca.cert_pem().as_bytes(), &[b"junk"]),
+        Err(TlsConfigError::Pem { what: "crl", .. })
+    ));
+}
+
+#[test]
+fn resumption_off_sends_no_tickets_and_on_resumes_with_identity() {
+    let p = pki();
+    let leaf = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    let cfg = client_config(p.ca.cert_pem(), Some(&leaf), false);
+    for on in [false, true] {
+        let server = ServerTls::builder()
+            .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
+            .unwrap()
+            .with_client_auth(ClientAuth::Required, p.ca.cert_pem().as_bytes(), &[])
+            .unwrap()
+            .session_resumption(on)
+            .build()
+            .unwrap();
+        let (mut c1, s1) = handshake(&server, Arc::clone(&cfg), "gw.example");
+        let mut s1 = s1.unwrap();
+        // Deliver the server's tickets (sent after the handshake) to the client.
+        let mut buf = vec![0u8; 16 * 1024];
+        while s1.wants_write() {
+            let n = s1.write_ciphertext(&mut buf);
+            c1.read_tls(&mut &buf[..n]).unwrap();
+        }
+        c1.process_new_packets().unwrap();
+        let (_, s2) = handshake(&server, Arc::clone(&cfg), "gw.example");
+        let s2 = s2.unwrap();
+        assert_eq!(s2.is_resumed(), on);
+        assert_eq!(s2.identity().unwrap().spiffe_id, ID);
+    }
+}

@@ -1,0 +1,658 @@
+//! One TLS-terminated flow: the client socket carries TLS, the upstream plaintext.
+//!
+//! ```text
+//!  accept ──► Handshaking ── recv client (pool buffer) → session.feed → flush ciphertext
+//!               │ failure: count reason, flush the alert ─► Flushing ─► Closing
+//!               │ timeout (tick) ─────────────────────────────────────► Closing
+//!               ▼ established
+//!             Deciding: the worker builds FlowFacts (identity, SNI, ALPN, cert age)
+//!               │ deny: close_notify ─► Flushing ─► Closing
+//!               ▼ allow: push Connect ─link─ LinkTimeout
+//!             Connecting ── error/timeout ──────────────────────────► Closing
+//!               ▼ ok
+//!             Open: client ciphertext → session → plaintext → upstream
+//!                   upstream plaintext → session → ciphertext → client
+//! ```
+//!
+//! Buffers: received bytes (either side) arrive in a pool buffer from the worker's
+//! provided buffer ring, are fed to the session (a copy into rustls) and the buffer goes
+//! back at once unless the session cannot take it all yet (then it is held until it
+//! can). Outgoing bytes are written into a per-direction output buffer (16 KiB, heap,
+//! lent to the kernel during its send, freed when the direction goes quiet), so an idle
+//! flow holds no data buffer.
+//!
+//! Backpressure: at most one send per socket is in flight; a side is not read again
+//! while its bytes wait (plaintext not yet taken, or ciphertext queued in rustls up to
+//! `zgate_tls::SEND_BUFFER_LIMIT`), so a slow reader stalls its writer through TCP.
+
+use std::net::{IpAddr, Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use zgate_table::facts::UnixSeconds;
+use zgate_tls::{RejectReason, ServerTls, TlsSession};
+
+use crate::config::ListenerConfig;
+use crate::sys::{self, BufId, ConnMem, Lent, BUF_SIZE};
+use crate::worker::conn::{CloseKind, Ctx, State};
+use crate::worker::token::Op;
+
+/// Where a TLS flow is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsState {
+    /// The handshake is running.
+    Handshaking,
+    /// Handshake done; the worker must decide (no upstream yet).
+    Deciding,
+    /// Allowed; upstream connect in flight.
+    Connecting,
+    /// Forwarding.
+    Open,
+    /// Refused: sending the last ciphertext (alert or close_notify), then closing.
+    Flushing,
+    /// Cancelling; the slot is freed when nothing is in flight.
+    Closing,
+}
+
+/// An output buffer: lent to the kernel while its send is in flight.
+struct Out {
+    mem: Lent<[u8]>,
+    start: u32,
+    end: u32,
+    sending: bool,
+}
+
+/// Bytes received into a pool buffer and not yet consumed.
+#[derive(Clone, Copy)]
+struct In {
+    buf: BufId,
+    pos: u32,
+    end: u32,
+}
+
+/// Client side (0) and upstream side (1).
+const CLIENT: usize = 0;
+const UPSTREAM: usize = 1;
+
+#[derive(Default)]
+struct Side {
+    recv: bool,
+    starved: bool,
+    eof: bool,
+    shut_wr: bool,
+}
+
+/// A TLS flow.
+pub struct TlsConn {
+    /// Index of its listener in the worker.
+    pub listener: usize,
+    client: TcpStream,
+    upstream: Option<TcpStream>,
+    mem: Option<Lent<ConnMem>>,
+    session: TlsSession,
+    /// Where it is.
+    pub state: TlsState,
+    sides: [Side; 2],
+    /// Received, not yet fed: [client ciphertext, upstream plaintext].
+    input: [Option<In>; 2],
+    /// Output toward [upstream (plaintext), client (ciphertext)], indexed by the socket
+    /// it is sent on: 0 = upstream, 1 = client (matches `Op::Send(dir)`).
+    out: [Option<Out>; 2],
+    close_notify_sent: bool,
+    /// Recv and send SQEs in flight.
+    ops: u8,
+    cancels: u8,
+    /// When it was accepted (loop clock).
+    pub started: Instant,
+    /// When bytes last moved.
+    pub last_active: Instant,
+    /// Client address.
+    pub source: IpAddr,
+    /// Wall-clock second of the accept.
+    pub started_unix: UnixSeconds,
+    /// When its decision stops holding.
+    pub expires_at: Option<UnixSeconds>,
+}
+
+impl TlsConn {
+    /// A new flow in `Handshaking`, with the client recv armed.
+    pub fn accept(
+        listener: usize,
+        client: TcpStream,
+        source: IpAddr,
+        tls: &ServerTls,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<TlsConn, RejectReason> {
+        let session = tls.accept()?;
+        let mut c = TlsConn {
+            listener,
+            client,
+            upstream: None,
+            mem: None,
+            session,
+            state: TlsState::Handshaking,
+            sides: [Side::default(), Side::default()],
+            input: [None, None],
+            out: [None, None],
+            close_notify_sent: false,
+            ops: 0,
+            cancels: 0,
+            started: ctx.now,
+            last_active: ctx.now,
+            source,
+            started_unix: 0,
+            expires_at: None,
+        };
+        c.pump(ctx);
+        Ok(c)
+    }
+
+    /// The session (identity, SNI, ALPN) for the decision.
+    pub fn session(&self) -> &TlsSession {
+        &self.session
+    }
+
+    /// The coarse state the worker's timers and re-decisions look at.
+    pub fn coarse_state(&self) -> State {
+        match self.state {
+            TlsState::Handshaking | TlsState::Deciding | TlsState::Connecting => State::Connecting,
+            TlsState::Open => State::Open,
+            TlsState::Flushing | TlsState::Closing => State::Closing,
+        }
+    }
+
+    fn in_flight(&self) -> bool {
+        self.ops > 0
+            || self.cancels > 0
+            || self.mem.as_ref().is_some_and(|m| m.lent() > 0)
+            || self.out.iter().flatten().any(|o| o.mem.lent() > 0)
+    }
+
+    /// Whether the slot may be freed.
+    pub fn finished(&self) -> bool {
+        self.state == TlsState::Closing && !self.in_flight()
+    }
+
+    /// Whether side `dir`'s recv waits for a pool buffer.
+    pub fn is_starved(&self, dir: usize) -> bool {
+        self.sides.get(dir).is_some_and(|s| s.starved)
+    }
+
+    /// Re-arm a starved recv (the worker calls it once buffers are back).
+    pub fn rearm(&mut self, dir: usize, ctx: &mut Ctx<'_>) {
+        if let Some(s) = self.sides.get_mut(dir) {
+            s.starved = false;
+        }
+        self.pump(ctx);
+    }
+
+    fn fd(&self, side: usize) -> Option<i32> {
+        if side == CLIENT {
+            Some(self.client.as_raw_fd())
+        } else {
+            self.upstream.as_ref().map(AsRawFd::as_raw_fd)
+        }
+    }
+
+    /// Refuse the flow before any byte reached an upstream: count `reason`, send what
+    /// the session queued (its alert), then close.
+    pub fn fail(&mut self, reason: &RejectReason, ctx: &mut Ctx<'_>) {
+        if let Some(n) = ctx.stats.tls_failures.get_mut(reason.index()) {
+            *n += 1;
+        }
+        self.flush_then_close(ctx);
+    }
+
+    /// Denied by policy after the handshake: close_notify, flush, close.
+    pub fn deny(&mut self, ctx: &mut Ctx<'_>) {
+        self.session.close_notify();
+        self.close_notify_sent = true;
+        self.flush_then_close(ctx);
+    }
+
+    fn flush_then_close(&mut self, ctx: &mut Ctx<'_>) {
+        if matches!(self.state, TlsState::Closing | TlsState::Flushing) {
+            return;
+        }
+        self.state = TlsState::Flushing;
+        for side in [CLIENT, UPSTREAM] {
+            if let Some(i) = self.input.get_mut(side).and_then(Option::take) {
+                give_back(i.buf, ctx);
+            }
+        }
+        self.pump(ctx);
+    }
+
+    /// Allowed: connect the upstream. On failure the flow closes.
+    pub fn connect(
+        &mut self,
+        upstream: TcpStream,
+        cfg: &ListenerConfig,
+        expires_at: Option<UnixSeconds>,
+        started_unix: UnixSeconds,
+        ctx: &mut Ctx<'_>,
+    ) {
+        self.expires_at = expires_at;
+        self.started_unix = started_unix;
+        let mut mem = ConnMem::boxed();
+        let (c, t) = (ctx.ud(Op::Connect), ctx.ud(Op::ConnectTimeout));
+        let pushed = ctx.ring.connect_with_timeout(
+            upstream.as_raw_fd(),
+            &mut mem,
+            cfg.upstream,
+            cfg.connect_timeout,
+            c,
+            t,
+        );
+        self.mem = Some(mem);
+        self.upstream = Some(upstream);
+        if pushed.is_ok() {
+            self.state = TlsState::Connecting;
+        } else {
+            ctx.stats.upstream_connect_failures += 1;
+            self.close(CloseKind::Normal, ctx);
+        }
+    }
+
+    /// Begin closing: cancel everything in flight. Idempotent.
+    pub fn close(&mut self, kind: CloseKind, ctx: &mut Ctx<'_>) {
+        if self.state == TlsState::Closing {
+            return;
+        }
+        self.state = TlsState::Closing;
+        for side in [CLIENT, UPSTREAM] {
+            if let Some(i) = self.input.get_mut(side).and_then(Option::take) {
+                give_back(i.buf, ctx);
+            }
+        }
+        let fds: Vec<i32> = [CLIENT, UPSTREAM]
+            .iter()
+            .filter_map(|s| self.fd(*s))
+            .collect();
+        if kind == CloseKind::Reset {
+            for fd in &fds {
+                let _ = sys::set_linger_zero(*fd);
+            }
+        }
+        if !self.in_flight() {
+            return;
+        }
+        let ud = ctx.ud(Op::Cancel);
+        for fd in fds {
+            if ctx.ring.cancel_fd(fd, ud).is_ok() {
+                self.cancels += 1;
+            } else {
+                let _ = self.client.shutdown(Shutdown::Both);
+                if let Some(u) = &self.upstream {
+                    let _ = u.shutdown(Shutdown::Both);
+                }
+            }
+        }
+    }
+
+    /// Handle one completion for this flow.
+    pub fn complete(&mut self, op: Op, result: i32, buffer: Option<u16>, ctx: &mut Ctx<'_>) {
+        match op {
+            Op::Cancel => self.cancels = self.cancels.saturating_sub(1),
+            Op::Connect | Op::ConnectTimeout => {
+                if let Some(m) = self.mem.as_mut() {
+                    m.returned();
+                }
+            }
+            Op::Recv(_) | Op::Send(_) => self.ops = self.ops.saturating_sub(1),
+            Op::Accept | Op::AcceptCancel | Op::Wake | Op::WakeCancel => {}
+        }
+        match op {
+            Op::Connect => self.on_connect(result, ctx),
+            Op::Recv(side) => self.on_recv(side, result, buffer, ctx),
+            Op::Send(to) => self.on_send(to, result, ctx),
+            _ => {}
+        }
+    }
+
+    fn on_connect(&mut self, result: i32, ctx: &mut Ctx<'_>) {
+        if self.state != TlsState::Connecting {
+            return;
+        }
+        if result == 0 {
+            self.state = TlsState::Open;
+            self.last_active = ctx.now;
+            if let Some(u) = &self.upstream {
+                let _ = u.set_nodelay(true);
+            }
+            self.pump(ctx);
+        } else {
+            ctx.stats.upstream_connect_failures += 1;
+            if result == -libc::ECANCELED {
+                ctx.stats.upstream_connect_timeouts += 1;
+            }
+            self.close(CloseKind::Normal, ctx);
+        }
+    }
+
+    fn on_recv(&mut self, side: usize, result: i32, buffer: Option<u16>, ctx: &mut Ctx<'_>) {
+        if let Some(s) = self.sides.get_mut(side) {
+            s.recv = false;
+        }
+        let buf = match buffer.map(|bid| ctx.ring.pool.take(bid)) {
+            Some(Ok(b)) => Some(b),
+            Some(Err(_)) => {
+                ctx.stats.resets += 1;
+                self.close(CloseKind::Reset, ctx);
+                return;
+            }
+            None => None,
+        };
+        let live = !matches!(self.state, TlsState::Closing | TlsState::Flushing);
+        match (u32::try_from(result).ok(), buf) {
+            (Some(n), Some(buf)) if n > 0 && live => {
+                self.last_active = ctx.now;
+                if side == CLIENT {
+                    ctx.stats.bytes_client_to_upstream += u64::from(n);
+                } else {
+                    ctx.stats.bytes_upstream_to_client += u64::from(n);
+                }
+                if let Some(slot) = self.input.get_mut(side) {
+                    *slot = Some(In {
+                        buf,
+                        pos: 0,
+                        end: n,
+                    });
+                }
+                self.pump(ctx);
+                return;
+            }
+            (_, Some(buf)) => give_back(buf, ctx),
+            (_, None) => {}
+        }
+        if !live {
+            self.pump(ctx);
+            return;
+        }
+        if result == 0 {
+            if let Some(s) = self.sides.get_mut(side) {
+                s.eof = true;
+            }
+            if self.state == TlsState::Handshaking {
+                self.fail(&RejectReason::PeerClosed, ctx);
+                return;
+            }
+            self.pump(ctx);
+        } else if result == -libc::ENOBUFS {
+            if let Some(s) = self.sides.get_mut(side) {
+                s.starved = true;
+            }
+            ctx.stats.recv_starved += 1;
+            ctx.starved.push((ctx.index, ctx.gen, side));
+        } else {
+            if self.state != TlsState::Handshaking {
+                ctx.stats.resets += 1;
+            }
+            self.close(CloseKind::Reset, ctx);
+        }
+    }
+
+    fn on_send(&mut self, to: usize, result: i32, ctx: &mut Ctx<'_>) {
+        let Some(o) = self.out.get_mut(to).and_then(Option::as_mut) else {
+            return;
+        };
+        o.mem.returned();
+        o.sending = false;
+        match u32::try_from(result).ok().filter(|&n| n > 0) {
+            Some(n) => {
+                o.start = o.start.saturating_add(n).min(o.end);
+                self.last_active = ctx.now;
+                self.pump(ctx);
+            }
+            None => {
+                o.start = o.end;
+                if self.state == TlsState::Flushing {
+                    self.close(CloseKind::Normal, ctx);
+                } else if self.state != TlsState::Closing {
+                    ctx.stats.resets += 1;
+                    self.close(CloseKind::Reset, ctx);
+                }
+            }
+        }
+    }
+
+    /// Start a send of `out[to]`'s pending range, if any and none is in flight.
+    fn send_out(&mut self, to: usize, ctx: &mut Ctx<'_>) -> bool {
+        // Output 0 goes to the upstream, output 1 to the client.
+        let fd = if to == 0 {
+            self.fd(UPSTREAM)
+        } else {
+            self.fd(CLIENT)
+        };
+        let Some(fd) = fd else { return false };
+        let ud = ctx.ud(Op::Send(to));
+        let Some(o) = self.out.get_mut(to).and_then(Option::as_mut) else {
+            return false;
+        };
+        if o.sending || o.start >= o.end {
+            return false;
+        }
+        let (s, e) = (o.start as usize, o.end as usize);
+        if ctx.ring.send_lent(fd, &mut o.mem, s, e, ud).is_ok() {
+            o.sending = true;
+            self.ops += 1;
+            true
+        } else {
+            self.close(CloseKind::Reset, ctx);
+            false
+        }
+    }
+
+    /// Whether output `to` can take new bytes (no send in flight, all sent).
+    fn out_free(&self, to: usize) -> bool {
+        self.out
+            .get(to)
+            .is_none_or(|o| o.as_ref().is_none_or(|o| !o.sending && o.start >= o.end))
+    }
+
+    /// Fill output `to` with `fill` (which writes into a 16 KiB buffer and returns how
+    /// many bytes it wrote) and send it.
+    fn produce(
+        &mut self,
+        to: usize,
+        ctx: &mut Ctx<'_>,
+        fill: impl FnOnce(&mut TlsSession, &mut [u8]) -> usize,
+    ) -> bool {
+        if !self.out_free(to) {
+            return false;
+        }
+        let Some(slot) = self.out.get_mut(to) else {
+            return false;
+        };
+        let o = slot.get_or_insert_with(|| Out {
+            mem: Lent::new(vec![0u8; BUF_SIZE].into_boxed_slice()),
+            start: 0,
+            end: 0,
+            sending: false,
+        });
+        let Some(mem) = o.mem.get_mut() else {
+            return false;
+        };
+        let n = fill(&mut self.session, mem);
+        o.start = 0;
+        o.end = u32::try_from(n).unwrap_or(0);
+        if n == 0 {
+            return false;
+        }
+        self.send_out(to, ctx)
+    }
+
+    /// Move bytes as far as they can go, then re-arm what should be armed.
+    fn pump(&mut self, ctx: &mut Ctx<'_>) {
+        for _ in 0..64 {
+            if self.state == TlsState::Closing {
+                return;
+            }
+            let mut progress = false;
+            // 1. client ciphertext → session (during the handshake and when open).
+            if matches!(
+                self.state,
+                TlsState::Handshaking | TlsState::Open | TlsState::Connecting
+            ) && !self.session.has_plaintext()
+            {
+                if let Some(i) = self.input.get(CLIENT).copied().flatten() {
+                    let fed = match ctx.ring.pool.bytes(i.buf, i.end as usize) {
+                        Ok(b) => self
+                            .session
+                            .feed(b.get(i.pos as usize..).unwrap_or_default()),
+                        Err(_) => Err(RejectReason::Other("buffer state".into())),
+                    };
+                    match fed {
+                        Ok(n) => {
+                            let pos = i.pos.saturating_add(u32::try_from(n).unwrap_or(0));
+                            progress |= n > 0;
+                            if pos >= i.end {
+                                give_back(i.buf, ctx);
+                                self.input[CLIENT] = None;
+                            } else {
+                                self.input[CLIENT] = Some(In { pos, ..i });
+                            }
+                        }
+                        Err(r) => {
+                            self.fail(&r, ctx);
+                            return;
+                        }
+                    }
+                }
+            }
+            if self.state == TlsState::Handshaking && self.session.is_established() {
+                self.state = TlsState::Deciding;
+                ctx.stats.tls_handshakes += 1;
+            }
+            // 2. decrypted plaintext → upstream.
+            if self.state == TlsState::Open && self.session.has_plaintext() {
+                progress |= self.produce(0, ctx, |s, b| s.take_plaintext(b));
+            }
+            // 3. upstream plaintext → session.
+            if self.state == TlsState::Open {
+                if let Some(i) = self.input.get(UPSTREAM).copied().flatten() {
+                    let n = match ctx.ring.pool.bytes(i.buf, i.end as usize) {
+                        Ok(b) => self
+                            .session
+                            .encrypt(b.get(i.pos as usize..).unwrap_or_default()),
+                        Err(_) => 0,
+                    };
+                    let pos = i.pos.saturating_add(u32::try_from(n).unwrap_or(0));
+                    progress |= n > 0;
+                    if pos >= i.end {
+                        give_back(i.buf, ctx);
+                        self.input[UPSTREAM] = None;
+                    } else {
+                        self.input[UPSTREAM] = Some(In { pos, ..i });
+                    }
+                }
+            }
+            // 4. ciphertext → client (handshake, records, alerts, close_notify).
+            if self.session.wants_write() {
+                progress |= self.produce(1, ctx, |s, b| s.write_ciphertext(b));
+            }
+            if self.state == TlsState::Closing {
+                return;
+            }
+            if !progress {
+                break;
+            }
+        }
+        self.ends(ctx);
+        self.arm(ctx);
+        self.release_idle_outputs();
+    }
+
+    /// Half-closes and the end of a flow.
+    fn ends(&mut self, ctx: &mut Ctx<'_>) {
+        let client_quiet = !self.session.wants_write() && self.out_free(1);
+        if self.state == TlsState::Flushing {
+            if client_quiet {
+                self.close(CloseKind::Normal, ctx);
+            }
+            return;
+        }
+        if self.state != TlsState::Open {
+            return;
+        }
+        // Client finished sending (close_notify, or FIN) and everything reached the
+        // upstream: pass the FIN on.
+        let [c, u] = &self.sides;
+        let client_done = (self.session.peer_closed() || c.eof)
+            && self.input[CLIENT].is_none()
+            && !self.session.has_plaintext();
+        if client_done && !u.shut_wr && self.out_free(0) {
+            if let Some(up) = &self.upstream {
+                let _ = up.shutdown(Shutdown::Write);
+            }
+            self.sides[UPSTREAM].shut_wr = true;
+        }
+        // Upstream finished: close_notify to the client, then FIN.
+        if self.sides[UPSTREAM].eof && self.input[UPSTREAM].is_none() && !self.close_notify_sent {
+            self.session.close_notify();
+            self.close_notify_sent = true;
+            self.produce(1, ctx, |s, b| s.write_ciphertext(b));
+        }
+        let client_quiet = !self.session.wants_write() && self.out_free(1);
+        if self.close_notify_sent && client_quiet && !self.sides[CLIENT].shut_wr {
+            let _ = self.client.shutdown(Shutdown::Write);
+            self.sides[CLIENT].shut_wr = true;
+        }
+        if self.sides[CLIENT].shut_wr && self.sides[UPSTREAM].shut_wr {
+            self.close(CloseKind::Normal, ctx);
+        }
+    }
+
+    /// Arm the receives that should be armed.
+    fn arm(&mut self, ctx: &mut Ctx<'_>) {
+        let client_ok = matches!(self.state, TlsState::Handshaking | TlsState::Open)
+            && self.input[CLIENT].is_none()
+            && !self.session.has_plaintext()
+            && !self.session.peer_closed()
+            && !self.sides[CLIENT].eof;
+        if client_ok {
+            self.recv(CLIENT, ctx);
+        }
+        let upstream_ok = self.state == TlsState::Open
+            && self.input[UPSTREAM].is_none()
+            && !self.session.wants_write()
+            && !self.sides[UPSTREAM].eof;
+        if upstream_ok {
+            self.recv(UPSTREAM, ctx);
+        }
+    }
+
+    fn recv(&mut self, side: usize, ctx: &mut Ctx<'_>) {
+        let Some(s) = self.sides.get(side) else {
+            return;
+        };
+        if s.recv || s.starved {
+            return;
+        }
+        let Some(fd) = self.fd(side) else { return };
+        if ctx.ring.recv(fd, ctx.ud(Op::Recv(side))).is_ok() {
+            self.ops += 1;
+            if let Some(s) = self.sides.get_mut(side) {
+                s.recv = true;
+            }
+        } else {
+            self.close(CloseKind::Reset, ctx);
+        }
+    }
+
+    /// Drop output buffers that hold nothing and are not lent: idle flows keep none.
+    fn release_idle_outputs(&mut self) {
+        for o in &mut self.out {
+            if o.as_ref()
+                .is_some_and(|x| !x.sending && x.start >= x.end && x.mem.lent() == 0)
+            {
+                *o = None;
+            }
+        }
+    }
+}
+
+fn give_back(buf: BufId, ctx: &mut Ctx<'_>) {
+    let r = ctx.ring.pool.give_back(buf);
+    debug_assert!(r.is_ok(), "{r:?}");
+}

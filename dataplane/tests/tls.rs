@@ -1,0 +1,521 @@
+//! TLS termination end to end: the real `zgate` binary with `[listener.tls]`, certificates
+//! from the dev PKI (`zgate-devpki`), real clients (rustls, `openssl s_client`,
+//! `redis-cli --tls`) on loopback sockets. A missing client binary fails the test.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests wait on real processes: wall-clock deadlines and short sleeps are the point"
+)]
+
+#[cfg(test)]
+mod common;
+
+#[cfg(test)]
+mod tls {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+    use zgate_devpki::{Bad, Ca, ClientSpec, Leaf};
+    use zgate_policy::model::{Action, Principal, Rule, ServiceSelector};
+
+    use super::common::*;
+
+    const TRADING: &str = "spiffe://corp.example/ns/trading/sa/pricer";
+    const OTHER: &str = "spiffe://corp.example/ns/marketing/sa/web";
+
+    fn now() -> i64 {
+        i64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap()
+    }
+
+    /// A dev PKI written to a temp dir: CA, server cert for 127.0.0.1/localhost, a CRL.
+    struct Pki {
+        dir: tempfile::TempDir,
+        ca: Ca,
+    }
+
+    impl Pki {
+        fn new(revoked: &[&Leaf]) -> Pki {
+            let dir = tempfile::tempdir().unwrap();
+            let ca = Ca::new("zgate test CA", now()).unwrap();
+            let server = ca
+                .server(&["localhost"], &["127.0.0.1".parse().unwrap()], now())
+                .unwrap();
+            std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+            std::fs::write(dir.path().join("server.pem"), &server.chain_pem).unwrap();
+            std::fs::write(dir.path().join("server.key"), &server.key_pem).unwrap();
+            let pki = Pki { dir, ca };
+            pki.write_crl(revoked);
+            pki
+        }
+
+        fn write_crl(&self, revoked: &[&Leaf]) {
+            let crl = self.ca.crl(revoked, now()).unwrap();
+            std::fs::write(self.path("crl.pem"), crl).unwrap();
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        fn client(&self, spec: &ClientSpec) -> Leaf {
+            self.ca.client(spec, now()).unwrap()
+        }
+
+        /// Write `leaf` as `name.pem` / `name.key`; returns the two paths.
+        fn write_leaf(&self, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
+            let (c, k) = (
+                self.path(&format!("{name}.pem")),
+                self.path(&format!("{name}.key")),
+            );
+            std::fs::write(&c, &leaf.chain_pem).unwrap();
+            std::fs::write(&k, &leaf.key_pem).unwrap();
+            (c, k)
+        }
+
+        /// The `[listener.tls]` table (client_auth required, with the CRL).
+        fn listener_tls(&self, extra: &str) -> String {
+            format!(
+                "[listener.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\ncrl = [{:?}]\n\
+                 device_id_uri_prefix = \"urn:device:\"\nhandshake_timeout = \"1s\"\n{extra}\n",
+                self.path("server.pem"),
+                self.path("server.key"),
+                self.path("ca.pem"),
+                self.path("crl.pem"),
+            )
+        }
+    }
+
+    fn rule_for_principals(principals: Option<Vec<Principal>>) -> Vec<u8> {
+        let mut r = Rule::new(
+            "allow-trading",
+            Action::Allow,
+            ServiceSelector::Named(vec!["echo".to_string()]),
+        );
+        r.principals = principals;
+        table_bytes(vec![r], 1)
+    }
+
+    /// Only workloads under `spiffe://corp.example/ns/trading`.
+    fn trading_only() -> Vec<u8> {
+        let id = zgate_policy::parse_spiffe_id("spiffe://corp.example/ns/trading").unwrap();
+        rule_for_principals(Some(vec![Principal::SpiffeUnder(id)]))
+    }
+
+    fn tls_gateway(pki: &Pki, upstream: SocketAddr, table: Vec<u8>, extra: &str) -> Gateway {
+        let mut setup = Setup::new(upstream);
+        setup.table = Some(table);
+        setup.listener_extra = pki.listener_tls(extra);
+        Gateway::start(&setup)
+    }
+
+    fn client_config(pki: &Pki, leaf: Option<&Leaf>) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(pki.ca.cert_pem().as_bytes()).unwrap())
+            .unwrap();
+        let b =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots);
+        Arc::new(match leaf {
+            Some(l) => {
+                let chain: Vec<_> = CertificateDer::pem_slice_iter(l.chain_pem.as_bytes())
+                    .map(Result::unwrap)
+                    .collect();
+                b.with_client_auth_cert(
+                    chain,
+                    PrivateKeyDer::from_pem_slice(l.key_pem.as_bytes()).unwrap(),
+                )
+                .unwrap()
+            }
+            None => b.with_no_client_auth(),
+        })
+    }
+
+    type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+    fn connect_tls(gw: &Gateway, cfg: Arc<ClientConfig>) -> Tls {
+        let conn = ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+        StreamOwned::new(conn, gw.connect())
+    }
+
+    /// Echo `data` through `s` in 16 KiB steps (write a chunk, read it back).
+    fn echo_through(s: &mut Tls, data: &[u8]) {
+        for chunk in data.chunks(16 * 1024) {
+            s.write_all(chunk).unwrap();
+            s.flush().unwrap();
+            let mut got = vec![0u8; chunk.len()];
+            s.read_exact(&mut got).unwrap();
+            assert!(got == chunk, "payload corrupted");
+        }
+    }
+
+    /// The client's view of a refused connection: the handshake or the first read fails,
+    /// or the stream ends without data.
+    fn refused(mut s: Tls) -> bool {
+        if s.write_all(b"hello").and_then(|()| s.flush()).is_err() {
+            return true;
+        }
+        let mut buf = [0u8; 16];
+        !matches!(s.read(&mut buf), Ok(n) if n > 0)
+    }
+
+    fn failures(gw: &Gateway, reason: &str) -> u64 {
+        gw.metric(&format!(
+            "zgate_tls_handshake_failures_total{{reason=\"{reason}\"}}"
+        ))
+    }
+
+    #[test]
+    fn valid_svid_reaches_the_echo_upstream_byte_exact() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "");
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let mut s = connect_tls(&gw, client_config(&pki, Some(&leaf)));
+        echo_through(&mut s, b"x");
+        echo_through(&mut s, &pattern(4 << 20, 7));
+        s.conn.send_close_notify();
+        s.flush().unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty());
+        assert_eq!(gw.wait_metric("zgate_tls_handshakes_total", 1), 1);
+        assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn policy_admits_the_trading_prefix_and_refuses_another_identity() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "");
+        let other = pki.client(&ClientSpec::spiffe(OTHER));
+        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&other)))));
+        assert_eq!(gw.wait_metric("zgate_connections_denied_total", 1), 1);
+        // Not a byte reached the upstream: it never even saw a connection.
+        assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let good = pki.client(&ClientSpec::spiffe(TRADING));
+        let mut s = connect_tls(&gw, client_config(&pki, Some(&good)));
+        echo_through(&mut s, b"ping");
+        assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn every_bad_certificate_is_refused_with_its_reason_in_metrics() {
+        // The CA must exist before the leaf it revokes: make the PKI, then the CRL.
+        let pki = Pki::new(&[]);
+        let revoked = pki.client(&ClientSpec::spiffe(TRADING));
+        pki.write_crl(&[&revoked]);
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, rule_for_principals(None), "");
+        let mut cases: Vec<(String, Leaf, &str)> = Bad::ALL
+            .iter()
+            .map(|b| {
+                let want = match b {
+                    Bad::Expired => "expired",
+                    Bad::NotYetValid => "not-yet-valid",
+                    Bad::TwoUriSans
+                    | Bad::NoUriSan
+                    | Bad::SpiffeIdInCnOnly
+                    | Bad::SpiffeIdInDnsSanOnly => "uri-san-count",
+                    Bad::InvalidSpiffeId | Bad::NotSpiffeScheme => "bad-spiffe-id",
+                    Bad::CaLeaf => "ca-as-leaf",
+                    Bad::KeyCertSignOnLeaf
+                    | Bad::CrlSignOnLeaf
+                    | Bad::NoDigitalSignature
+                    | Bad::NoKeyUsage => "wrong-key-usage",
+                };
+                (b.name().to_string(), pki.client(&b.spec(TRADING)), want)
+            })
+            .collect();
+        let stranger = Ca::new("stranger", now()).unwrap();
+        cases.push((
+            "untrusted".into(),
+            stranger
+                .client(&ClientSpec::spiffe(TRADING), now())
+                .unwrap(),
+            "untrusted-issuer",
+        ));
+        cases.push(("revoked".into(), revoked, "revoked"));
+        // With a CRL configured, a chain through an intermediate that has no CRL of its own
+        // has an unknown revocation status: refused before the keyCertSign check (which
+        // crates/tls tests without CRLs).
+        let int = pki.ca.intermediate("weak int", now(), false).unwrap();
+        cases.push((
+            "intermediate-without-crl".into(),
+            int.client(&ClientSpec::spiffe(TRADING), now()).unwrap(),
+            "revocation-unknown",
+        ));
+        for (name, leaf, reason) in &cases {
+            let before = failures(&gw, reason);
+            assert!(
+                refused(connect_tls(&gw, client_config(&pki, Some(leaf)))),
+                "{name} was not refused"
+            );
+            let deadline = Instant::now() + WAIT;
+            while failures(&gw, reason) <= before && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(
+                failures(&gw, reason),
+                before + 1,
+                "{name}: reason {reason} not counted"
+            );
+        }
+        assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(gw.metric("zgate_tls_handshakes_total"), 0);
+    }
+
+    #[test]
+    fn no_client_certificate_is_refused_when_required() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, rule_for_principals(None), "");
+        assert!(refused(connect_tls(&gw, client_config(&pki, None))));
+        assert_eq!(
+            gw.wait_metric(
+                "zgate_tls_handshake_failures_total{reason=\"no-client-certificate\"}",
+                1
+            ),
+            1
+        );
+        assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn garbage_instead_of_a_client_hello_is_refused_and_the_gateway_lives_on() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, rule_for_principals(None), "");
+        for garbage in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            &[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0, 0, 0][..],
+            &pattern(20_000, 3)[..],
+        ] {
+            let mut s = gw.connect();
+            let _ = s.write_all(garbage);
+            assert!(
+                ends_without_data(&mut s) || {
+                    // An alert may come first: then the stream ends.
+                    let mut rest = Vec::new();
+                    let _ = s.read_to_end(&mut rest);
+                    true
+                }
+            );
+        }
+        assert!(
+            gw.wait_metric(
+                "zgate_tls_handshake_failures_total{reason=\"malformed\"}",
+                3
+            ) >= 2
+        );
+        let good = pki.client(&ClientSpec::spiffe(TRADING));
+        let mut s = connect_tls(&gw, client_config(&pki, Some(&good)));
+        echo_through(&mut s, b"still alive");
+    }
+
+    #[test]
+    fn a_client_stalling_mid_handshake_is_closed_after_the_timeout() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, rule_for_principals(None), "");
+        let mut s = gw.connect();
+        // A TLS record header announcing a ClientHello that never comes.
+        s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x80, 0x01]).unwrap();
+        let t0 = Instant::now();
+        assert!(ends_without_data(&mut s));
+        // The configured timeout is 1 s: closed well before the 30 s read timeout.
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        assert_eq!(
+            gw.wait_metric(
+                "zgate_tls_handshake_failures_total{reason=\"handshake-timeout\"}",
+                1
+            ),
+            1
+        );
+    }
+
+    /// Panics, naming the fix, when `bin` cannot be run.
+    fn require(bin: &str, arg: &str) {
+        let ok = Command::new(bin)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "`{bin}` is not installed: run tools/test, which installs it"
+        );
+    }
+
+    #[test]
+    fn openssl_s_client_with_a_client_certificate_echoes() {
+        require("openssl", "version");
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "");
+        let (cert, key) = pki.write_leaf("client", &pki.client(&ClientSpec::spiffe(TRADING)));
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect", &gw.listen.to_string()])
+            .args(["-servername", "localhost", "-verify_return_error"])
+            .arg("-CAfile")
+            .arg(pki.path("ca.pem"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello through openssl\n").unwrap();
+        stdin.flush().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(WAIT).unwrap_or_default();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(line, "hello through openssl\n");
+        assert_eq!(gw.metric("zgate_tls_handshakes_total"), 1);
+    }
+
+    /// A `redis-server` on a loopback port (plain TCP). Killed on drop.
+    struct Redis(std::process::Child, SocketAddr);
+
+    impl Redis {
+        fn start() -> Redis {
+            require("redis-server", "--version");
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = Instant::now() + WAIT;
+            while TcpStream::connect(addr).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Redis(child, addr)
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn redis_cli(gw: &Gateway, pki: &Pki, cert: &Path, key: &Path, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &gw.listen.port().to_string(),
+                "--tls",
+            ])
+            .arg("--cacert")
+            .arg(pki.path("ca.pem"))
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    #[test]
+    fn redis_cli_over_mtls_to_a_plain_redis_server_behind_zgate() {
+        require("redis-cli", "--version");
+        let help = Command::new("redis-cli").arg("--help").output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains("--tls")
+                || String::from_utf8_lossy(&help.stderr).contains("--tls"),
+            "redis-cli was built without TLS"
+        );
+        let redis = Redis::start();
+        let pki = Pki::new(&[]);
+        let gw = tls_gateway(&pki, redis.1, trading_only(), "");
+        let (cert, key) = pki.write_leaf("pricer", &pki.client(&ClientSpec::spiffe(TRADING)));
+        assert_eq!(
+            redis_cli(&gw, &pki, &cert, &key, &["SET", "k", "v-over-mtls"]).trim(),
+            "OK"
+        );
+        assert_eq!(
+            redis_cli(&gw, &pki, &cert, &key, &["GET", "k"]).trim(),
+            "v-over-mtls"
+        );
+        // Another identity gets nothing.
+        let (cert, key) = pki.write_leaf("web", &pki.client(&ClientSpec::spiffe(OTHER)));
+        let out = redis_cli(&gw, &pki, &cert, &key, &["GET", "k"]);
+        assert!(!out.contains("v-over-mtls"), "{out}");
+    }
+
+    #[test]
+    fn zgate_check_reports_tls_errors_with_their_key_and_exits_64() {
+        let pki = Pki::new(&[]);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("zgate.toml");
+        let text = format!(
+            "[workers]\ncount = 1\n[[listener]]\nname = \"echo\"\nlisten = \"127.0.0.1:1\"\n\
+             upstream = \"127.0.0.1:2\"\n[listener.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+            pki.path("server.pem"),
+            pki.path("ca.pem"), // not a key
+            pki.path("missing.pem"),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_zgate"))
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(err.contains("listener[0].tls.client_ca"), "{err}");
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("[listener.tls]", "[listener.tls]\nclient_atuh = \"none\"");
+        std::fs::write(&cfg, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_zgate"))
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(err.contains("client_atuh"), "{err}");
+    }
+}
