@@ -1,0 +1,337 @@
+//! `zgate-loadgen`: the load generator for zgate's end-to-end benchmarks.
+//!
+//! What it is for: measuring a TCP gateway from the outside, the same way for zgate,
+//! HAProxy and nginx, so `tools/bench-proxy.sh` can put them side by side in one run.
+//! It has four modes:
+//!
+//! - `serve`: the upstream. Echoes every byte back (`--sink`: discards them), one
+//!   mio/epoll thread, optionally pinned to a core.
+//! - `pingpong`: N connections, each sends a message and waits for its whole echo
+//!   before sending the next (closed loop). Per-request latency goes into an HDR
+//!   histogram; one JSON line reports p50/p99/p99.9/max and messages per second.
+//! - `bulk`: moves M bytes one way (client to upstream) and reports bytes per second.
+//! - `idle`: opens N connections, proves each one carries a byte, and holds them.
+//!
+//! With `--cpu-pid PID` (repeatable) the client reads the gateway's user+system CPU
+//! time from `/proc/PID/stat` at the start and end of the measured window, so CPU per
+//! request and bytes per CPU-second cover exactly the requests that were counted.
+//!
+//! What it does not do: start, configure or stop gateways (the script does that), or
+//! judge results against targets (the report in `docs/benchmarks.md` does).
+//!
+//! Invariants: every loop is bounded by a count and by time (`--requests` and
+//! `--duration-s`, `--bytes` and `--duration-s`, `--max-runtime-s`); a reply that
+//! differs from its request, a peer that closes early or a path that stalls is an
+//! error (exit 1), never a silently smaller number.
+#![forbid(unsafe_code)]
+
+mod bulk;
+mod cpu;
+mod idle;
+mod pingpong;
+mod serve;
+
+use std::io;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// zgate-loadgen: echo upstream and load clients for gateway benchmarks.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+/// Options every client mode shares.
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// Address to connect to: the gateway's listener, or the upstream for a direct run.
+    #[arg(long)]
+    target: SocketAddr,
+    /// Pin this process's threads to this core.
+    #[arg(long)]
+    core: Option<usize>,
+    /// Gateway process whose CPU time is measured over the run (repeatable: summed).
+    #[arg(long = "cpu-pid")]
+    cpu_pids: Vec<u32>,
+    /// Clock ticks per second of /proc/PID/stat (`getconf CLK_TCK`).
+    #[arg(long, default_value_t = 100)]
+    clk_tck: u64,
+    /// Free text copied into the JSON line, to tell runs apart.
+    #[arg(long, default_value = "")]
+    label: String,
+    /// A connection with a request in flight and no progress for this long is an error.
+    #[arg(long, default_value_t = 5.0)]
+    stall_s: f64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Serve as the upstream: echo every byte back (or discard with --sink).
+    Serve {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Pin to this core.
+        #[arg(long)]
+        core: Option<usize>,
+        /// Discard what arrives instead of echoing it (for `bulk`).
+        #[arg(long)]
+        sink: bool,
+        /// Exit after this many seconds whatever happens.
+        #[arg(long, default_value_t = 3600.0)]
+        max_runtime_s: f64,
+    },
+    /// Closed-loop request/echo latency over N connections.
+    Pingpong {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Concurrent connections, each with one request in flight.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Stop after this many measured requests...
+        #[arg(long, default_value_t = 1_000_000)]
+        requests: u64,
+        /// ...or after this many measured seconds, whichever comes first.
+        #[arg(long, default_value_t = 10.0)]
+        duration_s: f64,
+        /// Unmeasured warm-up before the window opens.
+        #[arg(long, default_value_t = 1.0)]
+        warmup_s: f64,
+        /// Request (and echo) size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// Move bytes one way, client to upstream (the upstream should be a --sink).
+    Bulk {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Parallel connections; the bytes are split evenly over them.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Total bytes to send...
+        #[arg(long, default_value_t = 4 << 30)]
+        bytes: u64,
+        /// ...or stop sending after this many seconds, whichever comes first.
+        #[arg(long, default_value_t = 20.0)]
+        duration_s: f64,
+        /// Size of each write.
+        #[arg(long, default_value_t = 64 * 1024)]
+        chunk: usize,
+    },
+    /// Open N connections, check each carries a byte, hold them, then close.
+    Idle {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Connections to open.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Seconds to hold them open once all are up.
+        #[arg(long, default_value_t = 10.0)]
+        hold_s: f64,
+    },
+}
+
+/// Everything that stops a run, with the connection or address it was about.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The listening socket could not be set up.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// OS error.
+        source: io::Error,
+    },
+    /// A client connection could not be opened.
+    #[error("connection {index}: cannot connect to {addr}: {source}")]
+    Connect {
+        /// Which connection (0-based).
+        index: usize,
+        /// Target address.
+        addr: SocketAddr,
+        /// OS error.
+        source: io::Error,
+    },
+    /// A socket operation failed mid-run.
+    #[error("connection {index}: {op} failed: {source}")]
+    Io {
+        /// Which connection (0-based).
+        index: usize,
+        /// The operation (`read`, `write`, ...).
+        op: &'static str,
+        /// OS error.
+        source: io::Error,
+    },
+    /// The peer closed while a reply was still expected.
+    #[error("connection {index}: closed by the peer after {replies} replies")]
+    Closed {
+        /// Which connection (0-based).
+        index: usize,
+        /// Replies it had received before.
+        replies: u64,
+    },
+    /// An echo did not match its request byte for byte.
+    #[error("connection {index}: echo of request {seq} differs from the request")]
+    Mismatch {
+        /// Which connection (0-based).
+        index: usize,
+        /// The request's sequence number on that connection.
+        seq: u64,
+    },
+    /// Requests are in flight and nothing has progressed for too long.
+    #[error("no progress for {secs} s with requests in flight: the path is stalled")]
+    Stalled {
+        /// The stall limit that was passed.
+        secs: f64,
+    },
+    /// The epoll instance failed.
+    #[error("poll: {0}")]
+    Poll(io::Error),
+    /// The core to pin to is not one this process may run on.
+    #[error("cannot pin to core {core}: not in this process's allowed cores")]
+    Pin {
+        /// Core asked for.
+        core: usize,
+    },
+    /// The gateway's CPU time could not be read.
+    #[error("cannot read CPU time of pid {pid}: {reason}")]
+    Cpu {
+        /// Process asked for.
+        pid: u32,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A command-line value is out of range.
+    #[error("--{arg}: {reason}")]
+    Arg {
+        /// The option.
+        arg: &'static str,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A worker thread of this tool died.
+    #[error("a load thread panicked")]
+    Thread,
+}
+
+/// Pins the calling thread (and threads it starts later) to `core`.
+fn pin(core: Option<usize>) -> Result<(), LoadError> {
+    let Some(core) = core else { return Ok(()) };
+    let allowed = core_affinity::get_core_ids().unwrap_or_default();
+    let id = allowed
+        .into_iter()
+        .find(|c| c.id == core)
+        .ok_or(LoadError::Pin { core })?;
+    if core_affinity::set_for_current(id) {
+        Ok(())
+    } else {
+        Err(LoadError::Pin { core })
+    }
+}
+
+/// A duration in seconds from the command line: finite and > 0.
+fn seconds(arg: &'static str, secs: f64) -> Result<std::time::Duration, LoadError> {
+    std::time::Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or(LoadError::Arg {
+            arg,
+            reason: "must be a number of seconds greater than zero",
+        })
+}
+
+fn run(cli: Cli) -> Result<(), LoadError> {
+    match cli.mode {
+        Mode::Serve {
+            listen,
+            core,
+            sink,
+            max_runtime_s,
+        } => {
+            pin(core)?;
+            serve::run(listen, sink, seconds("max-runtime-s", max_runtime_s)?)
+        }
+        Mode::Pingpong {
+            client,
+            connections,
+            requests,
+            duration_s,
+            warmup_s,
+            size,
+        } => {
+            pin(client.core)?;
+            let opts = pingpong::Options {
+                connections,
+                requests,
+                duration: seconds("duration-s", duration_s)?,
+                // Zero warm-up is allowed.
+                warmup: std::time::Duration::try_from_secs_f64(warmup_s).map_err(|_| {
+                    LoadError::Arg {
+                        arg: "warmup-s",
+                        reason: "must be a number of seconds >= 0",
+                    }
+                })?,
+                size,
+                stall: seconds("stall-s", client.stall_s)?,
+            };
+            let report = pingpong::run(&client, &opts)?;
+            print_json(&report);
+            Ok(())
+        }
+        Mode::Bulk {
+            client,
+            connections,
+            bytes,
+            duration_s,
+            chunk,
+        } => {
+            pin(client.core)?;
+            let opts = bulk::Options {
+                connections,
+                bytes,
+                duration: seconds("duration-s", duration_s)?,
+                chunk,
+                stall: seconds("stall-s", client.stall_s)?,
+            };
+            let report = bulk::run(&client, &opts)?;
+            print_json(&report);
+            Ok(())
+        }
+        Mode::Idle {
+            client,
+            connections,
+            hold_s,
+        } => {
+            pin(client.core)?;
+            // Prints its line itself, before holding, so the caller can measure then.
+            idle::run(
+                &client,
+                connections,
+                seconds("hold-s", hold_s)?,
+                seconds("stall-s", client.stall_s)?,
+            )
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(report: &T) {
+    match serde_json::to_string(report) {
+        Ok(line) => println!("{line}"),
+        // Our reports are plain structs of numbers and strings; say so if that changes.
+        Err(e) => eprintln!("zgate-loadgen: cannot encode report: {e}"),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zgate-loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

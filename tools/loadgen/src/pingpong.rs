@@ -1,0 +1,324 @@
+//! Closed-loop ping-pong: every connection has exactly one request in flight; when its
+//! whole echo is back (and matches), the latency is recorded and the next request is
+//! sent at once. One mio thread drives every connection, so the client adds no
+//! context switches of its own and connections are not lock-stepped.
+
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use serde::Serialize;
+
+use crate::{cpu, ClientArgs, LoadError};
+
+/// What to run.
+#[derive(Debug)]
+pub struct Options {
+    /// Concurrent connections.
+    pub connections: usize,
+    /// Measured requests to stop at.
+    pub requests: u64,
+    /// Measured time to stop at.
+    pub duration: Duration,
+    /// Unmeasured warm-up.
+    pub warmup: Duration,
+    /// Request size in bytes.
+    pub size: usize,
+    /// No progress for this long with requests in flight: error.
+    pub stall: Duration,
+}
+
+/// The JSON line `pingpong` prints. Latencies in microseconds.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    mode: &'static str,
+    label: String,
+    target: String,
+    connections: usize,
+    size: usize,
+    requests: u64,
+    elapsed_s: f64,
+    msgs_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+    mean_us: f64,
+    gateway_cpu_s: Option<f64>,
+    gateway_cpu_us_per_req: Option<f64>,
+}
+
+struct Conn {
+    stream: TcpStream,
+    request: Vec<u8>,
+    reply: Vec<u8>,
+    /// Bytes of the current request written / of its echo received.
+    written: usize,
+    got: usize,
+    seq: u64,
+    sent_at: Instant,
+    in_flight: bool,
+    replies: u64,
+}
+
+impl Conn {
+    /// Stamps the next request (sequence number in front, a pattern behind) so a stale
+    /// or misrouted echo is caught by the byte comparison.
+    fn prepare(&mut self, index: usize) {
+        self.seq = self.seq.wrapping_add(1);
+        let stamp = self.seq.to_le_bytes();
+        for (i, b) in self.request.iter_mut().enumerate() {
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "a byte pattern, wraps on purpose"
+            )]
+            let pattern = (i ^ index) as u8;
+            *b = stamp.get(i).copied().unwrap_or(pattern);
+        }
+        self.written = 0;
+        self.got = 0;
+        self.in_flight = true;
+    }
+
+    /// Writes as much of the request as the socket takes. `Ok(true)`: all of it.
+    fn push(&mut self, index: usize) -> Result<bool, LoadError> {
+        while self.written < self.request.len() {
+            let rest = self.request.get(self.written..).unwrap_or_default();
+            match self.stream.write(rest) {
+                Ok(0) => {
+                    return Err(LoadError::Closed {
+                        index,
+                        replies: self.replies,
+                    })
+                }
+                Ok(n) => self.written = self.written.saturating_add(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(source) => {
+                    return Err(LoadError::Io {
+                        index,
+                        op: "write",
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads what has arrived. `Ok(true)`: the whole echo is in and matches.
+    fn pull(&mut self, index: usize) -> Result<bool, LoadError> {
+        while self.got < self.reply.len() {
+            let room = self.reply.get_mut(self.got..).unwrap_or_default();
+            match self.stream.read(room) {
+                Ok(0) => {
+                    return Err(LoadError::Closed {
+                        index,
+                        replies: self.replies,
+                    })
+                }
+                Ok(n) => self.got = self.got.saturating_add(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(source) => {
+                    return Err(LoadError::Io {
+                        index,
+                        op: "read",
+                        source,
+                    })
+                }
+            }
+        }
+        if self.reply != self.request {
+            return Err(LoadError::Mismatch {
+                index,
+                seq: self.seq,
+            });
+        }
+        self.in_flight = false;
+        self.replies = self.replies.saturating_add(1);
+        Ok(true)
+    }
+}
+
+/// Connects, warms up, measures, prints nothing (the caller prints the report).
+pub fn run(client: &ClientArgs, opts: &Options) -> Result<Report, LoadError> {
+    if opts.connections == 0 {
+        return Err(LoadError::Arg {
+            arg: "connections",
+            reason: "must be at least 1",
+        });
+    }
+    if opts.size == 0 || opts.size > 1 << 20 {
+        return Err(LoadError::Arg {
+            arg: "size",
+            reason: "must be 1 byte to 1 MiB",
+        });
+    }
+    let mut poll = Poll::new().map_err(LoadError::Poll)?;
+    let mut conns = connect_all(client, opts, &poll)?;
+
+    // At most 60 s of latency is recorded exactly (3 significant digits); more saturates.
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|_| LoadError::Arg {
+            arg: "duration-s",
+            reason: "histogram bounds refused",
+        })?;
+
+    let started = Instant::now();
+    let measure_from = started + opts.warmup;
+    let mut measuring = false;
+    let mut window_start = measure_from;
+    let mut cpu_before = cpu::sample(&client.cpu_pids)?;
+    let mut count: u64 = 0;
+    let mut last_progress = started;
+    let mut events = Events::with_capacity(1024);
+
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.prepare(i);
+        c.sent_at = Instant::now();
+        if !c.push(i)? {
+            rearm(&poll, c, i, true)?;
+        }
+    }
+
+    let (window_end, cpu_after) = loop {
+        let now = Instant::now();
+        if !measuring && now >= measure_from {
+            // Open the measured window: only requests sent from here on are recorded.
+            measuring = true;
+            window_start = now;
+            cpu_before = cpu::sample(&client.cpu_pids)?;
+        }
+        if measuring && (count >= opts.requests || now >= window_start + opts.duration) {
+            let cpu_after = cpu::sample(&client.cpu_pids)?;
+            break (now, cpu_after);
+        }
+        if now.duration_since(last_progress) > opts.stall {
+            return Err(LoadError::Stalled {
+                secs: opts.stall.as_secs_f64(),
+            });
+        }
+        match poll.poll(&mut events, Some(Duration::from_millis(50))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(LoadError::Poll(e)),
+        }
+        for ev in &events {
+            let i = ev.token().0;
+            let Some(c) = conns.get_mut(i) else { continue };
+            if !c.in_flight {
+                continue;
+            }
+            if c.written < c.request.len() {
+                if !c.push(i)? {
+                    continue;
+                }
+                rearm(&poll, c, i, false)?;
+            }
+            if !c.pull(i)? {
+                continue;
+            }
+            let done = Instant::now();
+            last_progress = done;
+            // Replies that land in the same poll batch after the count is reached
+            // are not recorded: the report never says more than --requests.
+            if measuring && c.sent_at >= window_start && count < opts.requests {
+                let ns =
+                    u64::try_from(done.duration_since(c.sent_at).as_nanos()).unwrap_or(u64::MAX);
+                hist.saturating_record(ns.max(1));
+                count = count.saturating_add(1);
+                if count >= opts.requests {
+                    continue; // the loop head closes the window
+                }
+            }
+            c.prepare(i);
+            c.sent_at = Instant::now();
+            if !c.push(i)? {
+                rearm(&poll, c, i, true)?;
+            }
+        }
+    };
+
+    let elapsed = window_end.duration_since(window_start).as_secs_f64();
+    let cpu_s = cpu::seconds_between(&client.cpu_pids, cpu_before, cpu_after, client.clk_tck);
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "request counts are far below 2^52"
+    )]
+    let countf = count as f64;
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "nanoseconds below 2^52 (60 s cap)"
+    )]
+    let us = |ns: u64| ns as f64 / 1000.0;
+    Ok(Report {
+        mode: "pingpong",
+        label: client.label.clone(),
+        target: client.target.to_string(),
+        connections: opts.connections,
+        size: opts.size,
+        requests: count,
+        elapsed_s: elapsed,
+        msgs_per_s: if elapsed > 0.0 { countf / elapsed } else { 0.0 },
+        p50_us: us(hist.value_at_quantile(0.50)),
+        p99_us: us(hist.value_at_quantile(0.99)),
+        p999_us: us(hist.value_at_quantile(0.999)),
+        max_us: us(hist.max()),
+        mean_us: hist.mean() / 1000.0,
+        gateway_cpu_s: cpu_s,
+        gateway_cpu_us_per_req: cpu_s.filter(|_| count > 0).map(|s| s * 1e6 / countf),
+    })
+}
+
+fn connect_all(client: &ClientArgs, opts: &Options, poll: &Poll) -> Result<Vec<Conn>, LoadError> {
+    let mut conns = Vec::with_capacity(opts.connections);
+    for index in 0..opts.connections {
+        let addr = client.target;
+        let std_stream =
+            std::net::TcpStream::connect_timeout(&addr, opts.stall).map_err(|source| {
+                LoadError::Connect {
+                    index,
+                    addr,
+                    source,
+                }
+            })?;
+        let io_err = |op| move |source| LoadError::Io { index, op, source };
+        std_stream
+            .set_nodelay(true)
+            .map_err(io_err("set_nodelay"))?;
+        std_stream
+            .set_nonblocking(true)
+            .map_err(io_err("set_nonblocking"))?;
+        let mut stream = TcpStream::from_std(std_stream);
+        poll.registry()
+            .register(&mut stream, Token(index), Interest::READABLE)
+            .map_err(LoadError::Poll)?;
+        conns.push(Conn {
+            stream,
+            request: vec![0; opts.size],
+            reply: vec![0; opts.size],
+            written: 0,
+            got: 0,
+            seq: 0,
+            sent_at: Instant::now(),
+            in_flight: false,
+            replies: 0,
+        });
+    }
+    Ok(conns)
+}
+
+/// Adds (or drops) write interest while a request is only partly written.
+fn rearm(poll: &Poll, c: &mut Conn, index: usize, writable: bool) -> Result<(), LoadError> {
+    let interest = if writable {
+        Interest::READABLE | Interest::WRITABLE
+    } else {
+        Interest::READABLE
+    };
+    poll.registry()
+        .reregister(&mut c.stream, Token(index), interest)
+        .map_err(LoadError::Poll)
+}
