@@ -7,7 +7,10 @@
 //! of one decision with realistic cache and branch behaviour, not one flow decided
 //! over and over. A `table-warm` variant cycles through only 16 of those flows, so
 //! table and flows stay in cache: the difference between the two is the cost of cache
-//! misses. The setup prints each table's heap size and the decision mix.
+//! misses. A `table-hot` variant cycles through 1,024 flows on only the first 8
+//! services the table names, as on a gateway that fronts a handful of listeners
+//! while the policy covers the whole organisation. The setup prints each table's heap
+//! size and the decision mix.
 //! See `benches/README.md` for what the numbers assume and how to run them.
 
 use std::hint::black_box;
@@ -23,6 +26,9 @@ const SEED: u64 = 0x2a6a_7e00;
 const FLOWS: usize = 4_096;
 /// Flows in the warm-cache variant.
 const WARM_FLOWS: usize = 16;
+/// Services a gateway fronts in the `table-hot` variant, and its flows.
+const HOT_SERVICES: usize = 8;
+const HOT_FLOWS: usize = 1_024;
 const SIZES: [usize; 3] = [10, 1_000, 100_000];
 
 /// Stop the run with a message: a benchmark on a table that failed to build is
@@ -101,6 +107,26 @@ fn bench_decide(c: &mut Criterion) {
         let warm = facts.get(..WARM_FLOWS).unwrap_or(&facts);
         group.bench_with_input(BenchmarkId::new("table-warm", n), &n, |b, _| {
             per_decision(b, warm, |f| table.decide(f, &live));
+        });
+        // Many rules, flows only on the few services one gateway fronts (its
+        // listeners): the realistic cold case. Drawn from a larger flow set, keeping
+        // those whose service is one of the first `HOT_SERVICES` the table names.
+        let hot_names: Vec<&str> = table.service_names().take(HOT_SERVICES).collect();
+        let draw = (FLOWS * n / 25).clamp(FLOWS, 300_000);
+        let hot_specs: Vec<FlowSpec> = flows(&policy, draw, SEED ^ 0x407)
+            .into_iter()
+            .filter(|f| hot_names.contains(&f.service.as_str()))
+            .take(HOT_FLOWS)
+            .collect();
+        let hot_sans: Vec<Vec<&str>> = hot_specs.iter().map(FlowSpec::san_refs).collect();
+        let hot: Vec<FlowFacts<'_>> = hot_specs
+            .iter()
+            .zip(&hot_sans)
+            .map(|(spec, sans)| spec.facts(sans))
+            .collect();
+        describe(n, &table, &hot, &live);
+        group.bench_with_input(BenchmarkId::new("table-hot", n), &n, |b, _| {
+            per_decision(b, &hot, |f| table.decide(f, &live));
         });
         if n == 1_000 {
             group.bench_with_input(BenchmarkId::new("reference", n), &n, |b, _| {

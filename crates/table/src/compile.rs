@@ -83,7 +83,7 @@ pub(crate) fn compile(policy: &Policy, version: u64) -> Result<DecisionTable, Co
         off: 0,
     });
 
-    let mut rule_ids = Vec::with_capacity(count);
+    let mut rules = crate::RulesBuilder::with_capacity(count);
     let mut infos = Vec::with_capacity(count);
     let mut keys = Vec::with_capacity(count);
     let mut service_ids: FxHashMap<&str, u32> = FxHashMap::default();
@@ -93,8 +93,11 @@ pub(crate) fn compile(policy: &Policy, version: u64) -> Result<DecisionTable, Co
     let mut seen_principals: FxHashMap<&Principal, u32> = FxHashMap::default();
 
     for (index, rule) in (0u32..).zip(&policy.rules) {
-        rule_ids.push(Box::<str>::from(rule.id.as_str()));
-        infos.push(b.rule_info(rule)?);
+        let info = b.rule_info(rule)?;
+        rules
+            .push(&rule.id, info)
+            .ok_or(CompileError::TooLarge { what: "rule ids" })?;
+        infos.push(info);
         keys.push(b.rule_keys(rule, &mut seen_principals)?);
         match &rule.services {
             ServiceSelector::Any => any_rules.push(index),
@@ -161,8 +164,7 @@ pub(crate) fn compile(policy: &Policy, version: u64) -> Result<DecisionTable, Co
     Ok(DecisionTable {
         version,
         policy_hash: policy.source_hash,
-        rule_ids,
-        rules: infos,
+        rules: rules.finish(),
         zones: b.zones,
         schedules: b.schedules,
         principal_keys: b.principal_keys,

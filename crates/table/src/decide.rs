@@ -4,13 +4,18 @@
 //!
 //! Work per decision (see the crate doc for cache lines):
 //! 1. revocation probes (skipped when the sets are empty);
-//! 2. service name -> sub-table (one hash probe), plus the `*` sub-table if any;
-//! 3. the flow's identity -> global principal key ids (one hash probe per name it
-//!    carries and per SPIFFE path prefix no longer than the longest policy prefix);
-//!    SNI -> up to two key ids; ALPN -> one;
-//! 4. per sub-table, resolve the rows of the matched keys once, then per bitset word:
-//!    OR the rows per dimension, AND the dimensions, and walk the surviving bits in
-//!    index order, deny rules first, checking residual conditions only where flagged.
+//! 2. service name -> sub-table (a direct comparison for up to four services, else
+//!    one hash probe), plus the `*` sub-table if any;
+//! 3. the flow's identity -> global principal key ids (one hash probe for the SPIFFE
+//!    ID, whose entry lists the prefix keys it matches; prefix probes only for IDs no
+//!    rule names; one probe per other name it carries); SNI -> up to two key ids;
+//!    ALPN -> one (a direct comparison for up to four names);
+//! 4. per sub-table: with at most 128 rules, the candidates are one `u64` / `u128`
+//!    narrowed dimension by dimension (stopping as soon as it is empty); wider
+//!    sub-tables resolve the rows of the matched keys once, then per bitset word OR
+//!    the rows per dimension and AND the dimensions. Either way the surviving bits
+//!    are walked in index order, deny rules first, checking residual conditions only
+//!    where flagged.
 
 use crate::facts::{
     Constraints, DecidedBy, Decision, FlowFacts, LiveFacts, PeerIdentity, Reason, UnixSeconds,
@@ -66,6 +71,55 @@ struct Matched<'f> {
     overflow: Option<&'f PeerIdentity<'f>>,
 }
 
+/// A rule set of one (`u64`) or two (`u128`) bitset words, for small sub-tables.
+trait SmallSet:
+    Copy + PartialEq + std::ops::BitAnd<Output = Self> + std::ops::BitOr<Output = Self>
+{
+    const ZERO: Self;
+    const WORDS: usize;
+    /// The first `n` rules (`n` is at most the width; a sub-table is never empty).
+    fn first(n: usize) -> Self;
+    /// Row `id` of `table`, its words past the width ignored.
+    fn load(table: &DecisionTable, id: u32) -> Self;
+    /// Word `w` (`w < WORDS`).
+    fn word(self, w: usize) -> u64;
+}
+
+impl SmallSet for u64 {
+    const ZERO: u64 = 0;
+    const WORDS: usize = 1;
+    #[inline]
+    fn first(n: usize) -> u64 {
+        u64::MAX >> (64 - n.clamp(1, 64))
+    }
+    #[inline]
+    fn load(table: &DecisionTable, id: u32) -> u64 {
+        table.word(table.row(id), 0)
+    }
+    #[inline]
+    fn word(self, _: usize) -> u64 {
+        self
+    }
+}
+
+impl SmallSet for u128 {
+    const ZERO: u128 = 0;
+    const WORDS: usize = 2;
+    #[inline]
+    fn first(n: usize) -> u128 {
+        u128::MAX >> (128 - n.clamp(1, 128))
+    }
+    #[inline]
+    fn load(table: &DecisionTable, id: u32) -> u128 {
+        let r = table.row(id);
+        u128::from(table.word(r, 0)) | (u128::from(table.word(r, 1)) << 64)
+    }
+    #[inline]
+    fn word(self, w: usize) -> u64 {
+        (self >> (64 * (w as u32 & 1))) as u64
+    }
+}
+
 /// Lowest matching deny and allow seen so far, across sub-tables.
 #[derive(Default)]
 struct Best {
@@ -90,7 +144,8 @@ impl DecisionTable {
             }
         }
 
-        let service = self.idx.services.get(flow.service).copied();
+        let service = small_find(&self.service_names, flow.service)
+            .unwrap_or_else(|| self.idx.services.get(flow.service).copied());
         let any = (self.any_table != NONE).then_some(self.any_table);
         let tables = match (service, any) {
             (None, None) => return Decision::default_deny(Reason::UnknownService),
@@ -103,7 +158,9 @@ impl DecisionTable {
         let sni = self.sni_ids(flow.sni);
         let alpn = flow
             .alpn
-            .and_then(|a| self.idx.alpn.get(a).copied())
+            .and_then(|a| {
+                small_find(&self.alpn_keys, a).unwrap_or_else(|| self.idx.alpn.get(a).copied())
+            })
             .unwrap_or(NONE);
 
         let mut best = Best::default();
@@ -137,26 +194,36 @@ impl DecisionTable {
         let idx = &self.idx;
         if let Some(s) = id.spiffe_id {
             if !idx.spiffe.is_empty() {
-                if let Some(&[exact, _]) = idx.spiffe.get(s) {
+                if let Some(&[exact, _, off, len]) = idx.spiffe.get(s) {
+                    // A known text: its prefix keys were found at build time.
                     if exact != NONE {
                         f(exact);
                     }
-                }
-                // `spiffe://td/a/*` matches when the ID continues past `spiffe://td/a`
-                // with a `/`: probe the text before each `/` after the scheme.
-                // Only lengths some prefix key has are probed (ascending, so stop at
-                // the first one the ID is not longer than).
-                let bytes = s.as_bytes();
-                for &len in &idx.under_lens {
-                    let len = len as usize;
-                    match bytes.get(len) {
-                        None => break,
-                        Some(b'/') => {}
-                        Some(_) => continue,
-                    }
-                    if let Some(&[_, under]) = s.get(..len).and_then(|p| idx.spiffe.get(p)) {
-                        if under != NONE {
-                            f(under);
+                    let start = off as usize;
+                    let unders = idx
+                        .spiffe_unders
+                        .get(start..start.saturating_add(len as usize))
+                        .unwrap_or(&[]);
+                    unders.iter().for_each(|&k| f(k));
+                } else {
+                    // `spiffe://td/a/*` matches when the ID continues past
+                    // `spiffe://td/a` with a `/`: probe the text before each `/`
+                    // after the scheme. Only lengths some prefix key has are probed
+                    // (ascending, so stop at the first one the ID is not longer than).
+                    let bytes = s.as_bytes();
+                    for &len in &idx.under_lens {
+                        let len = len as usize;
+                        match bytes.get(len) {
+                            None => break,
+                            Some(b'/') => {}
+                            Some(_) => continue,
+                        }
+                        if let Some(&[_, under, _, _]) =
+                            s.get(..len).and_then(|p| idx.spiffe.get(p))
+                        {
+                            if under != NONE {
+                                f(under);
+                            }
                         }
                     }
                 }
@@ -308,6 +375,11 @@ impl DecisionTable {
         let Some(locals) = self.local_rules.get(t.rules.range()) else {
             return;
         };
+        match words {
+            1 => return self.scan_small::<u64>(t, locals, flow, live, matched, sni, alpn, best),
+            2 => return self.scan_small::<u128>(t, locals, flow, live, matched, sni, alpn, best),
+            _ => {}
+        }
         // Resolve every row this sub-table needs once; the word loop then only reads
         // the pool. A dimension no rule here constrains is skipped outright.
         let dims = t.unconstrained;
@@ -382,53 +454,155 @@ impl DecisionTable {
             }
             let dn = self.word(deny_row, w);
             let ck = self.word(check_row, w);
-            let base = w * 64;
-            let mut d = c & dn;
-            while d != 0 {
-                let bit = d.trailing_zeros();
-                d &= d - 1;
-                let Some(&global) = locals.get(base + bit as usize) else {
-                    continue;
-                };
-                if ck & (1 << bit) == 0 || self.residual(global, flow, live).is_some() {
-                    // The lowest deny in this sub-table: nothing later matters here.
-                    best.deny = Some(best.deny.map_or(global, |g| g.min(global)));
-                    return;
-                }
-            }
-            if allow_found {
-                continue;
-            }
-            let mut a = c & !dn;
-            while a != 0 {
-                let bit = a.trailing_zeros();
-                a &= a - 1;
-                let Some(&global) = locals.get(base + bit as usize) else {
-                    continue;
-                };
-                let constraints = if ck & (1 << bit) == 0 {
-                    self.rules.get(global as usize).map(|r| Constraints {
-                        max_session_secs: r.max_session_secs,
-                        ..Constraints::default()
-                    })
-                } else {
-                    self.residual(global, flow, live)
-                };
-                if let Some(constraints) = constraints {
-                    allow_found = true;
-                    if best.allow.is_none_or(|(g, _)| global < g) {
-                        best.allow = Some((global, constraints));
-                    }
-                    break;
-                }
+            if self.walk(w, c, dn, ck, locals, flow, live, best, &mut allow_found) {
+                return;
             }
         }
+    }
+
+    /// [`Self::scan`] for a sub-table of at most 128 rules (the common case): the
+    /// candidates are one `u64` or `u128` set, narrowed dimension by dimension and
+    /// given up as soon as it is empty, with no row lists.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "hot path; the inputs are distinct"
+    )]
+    fn scan_small<S: SmallSet>(
+        &self,
+        t: &SubTable,
+        locals: &[u32],
+        flow: &FlowFacts<'_>,
+        live: &LiveFacts,
+        matched: &Matched<'_>,
+        sni: [u32; 2],
+        alpn: u32,
+        best: &mut Best,
+    ) {
+        let dims = t.unconstrained;
+        let mut c = S::first(locals.len());
+        if dims & UNCONSTRAINED_PRINCIPAL == 0 {
+            let mut p = S::load(self, t.principal_any);
+            self.each_principal(matched, &mut |k| {
+                if let Some(r) = self.key_row(t.principals, k) {
+                    p = p | S::load(self, r);
+                }
+            });
+            c = c & p;
+            if c == S::ZERO {
+                return;
+            }
+        }
+        if dims & UNCONSTRAINED_SOURCE == 0 {
+            let at = self.source_row(t, flow.source).unwrap_or(EMPTY);
+            c = c & (S::load(self, t.source_any) | S::load(self, at));
+            if c == S::ZERO {
+                return;
+            }
+        }
+        if dims & UNCONSTRAINED_SNI == 0 {
+            let exact = self.key_row(t.sni, sni[0]).unwrap_or(EMPTY);
+            let wildcard = self.key_row(t.sni, sni[1]).unwrap_or(EMPTY);
+            c = c & (S::load(self, t.sni_any) | S::load(self, exact) | S::load(self, wildcard));
+            if c == S::ZERO {
+                return;
+            }
+        }
+        if dims & UNCONSTRAINED_ALPN == 0 {
+            let at = self.key_row(t.alpn, alpn).unwrap_or(EMPTY);
+            c = c & (S::load(self, t.alpn_any) | S::load(self, at));
+            if c == S::ZERO {
+                return;
+            }
+        }
+        let mut allow_found = false;
+        let (dn, ck) = (S::load(self, t.deny), S::load(self, t.check));
+        for w in 0..S::WORDS {
+            let cw = c.word(w);
+            if cw != 0
+                && self.walk(
+                    w,
+                    cw,
+                    dn.word(w),
+                    ck.word(w),
+                    locals,
+                    flow,
+                    live,
+                    best,
+                    &mut allow_found,
+                )
+            {
+                return;
+            }
+        }
+    }
+
+    /// Walk the candidates `c` of word `w` in index order: the lowest deny whose
+    /// residual conditions pass decides the sub-table (returns `true`); otherwise the
+    /// lowest such allow is recorded once (`allow_found`).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "hot path; the inputs are distinct"
+    )]
+    #[inline]
+    fn walk(
+        &self,
+        w: usize,
+        c: u64,
+        dn: u64,
+        ck: u64,
+        locals: &[u32],
+        flow: &FlowFacts<'_>,
+        live: &LiveFacts,
+        best: &mut Best,
+        allow_found: &mut bool,
+    ) -> bool {
+        let base = w * 64;
+        let mut d = c & dn;
+        while d != 0 {
+            let bit = d.trailing_zeros();
+            d &= d - 1;
+            let Some(&global) = locals.get(base + bit as usize) else {
+                continue;
+            };
+            if ck & (1 << bit) == 0 || self.residual(global, flow, live).is_some() {
+                // The lowest deny in this sub-table: nothing later matters here.
+                best.deny = Some(best.deny.map_or(global, |g| g.min(global)));
+                return true;
+            }
+        }
+        if *allow_found {
+            return false;
+        }
+        let mut a = c & !dn;
+        while a != 0 {
+            let bit = a.trailing_zeros();
+            a &= a - 1;
+            let Some(&global) = locals.get(base + bit as usize) else {
+                continue;
+            };
+            let constraints = if ck & (1 << bit) == 0 {
+                self.rules.info(global as usize).map(|r| Constraints {
+                    max_session_secs: r.max_session_secs,
+                    ..Constraints::default()
+                })
+            } else {
+                self.residual(global, flow, live)
+            };
+            if let Some(constraints) = constraints {
+                *allow_found = true;
+                if best.allow.is_none_or(|(g, _)| global < g) {
+                    best.allow = Some((global, constraints));
+                }
+                break;
+            }
+        }
+        false
     }
 
     /// Check the rule's conditions that bitsets cannot express; on success, the
     /// constraints the rule puts on an allow.
     fn residual(&self, global: u32, flow: &FlowFacts<'_>, live: &LiveFacts) -> Option<Constraints> {
-        let r: &RuleInfo = self.rules.get(global as usize)?;
+        let r: &RuleInfo = self.rules.info(global as usize)?;
         let mut out = Constraints {
             max_session_secs: r.max_session_secs,
             ..Constraints::default()
@@ -508,6 +682,25 @@ pub(crate) fn local_time(zone: &Zone, now: UnixSeconds) -> Option<(u8, i64)> {
     // 1970-01-01 was a Thursday (3 with Monday = 0).
     let day = u8::try_from((local.div_euclid(86_400) + 3).rem_euclid(7)).ok()?;
     Some((day, local.rem_euclid(86_400)))
+}
+
+/// Key lists this short are searched by comparing, which is cheaper than hashing
+/// the key (ALPN names are typically two or three; a gateway's own services few).
+const SMALL_KEYS: usize = 4;
+
+/// The position of `key` in a short `list` (`Some(None)` = not there), or `None` when
+/// the list is too long to search this way.
+#[inline]
+fn small_find(list: &[Box<str>], key: &str) -> Option<Option<u32>> {
+    if list.len() > SMALL_KEYS {
+        return None;
+    }
+    Some(
+        (0u32..)
+            .zip(list)
+            .find(|(_, k)| k.len() == key.len() && k.as_bytes() == key.as_bytes())
+            .map(|(i, _)| i),
+    )
 }
 
 fn revoked(by: DecidedBy) -> Decision {

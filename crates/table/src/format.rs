@@ -107,7 +107,7 @@ pub(crate) fn encode(t: &DecisionTable) -> Vec<u8> {
 fn encode_body(t: &DecisionTable, w: &mut W) {
     // Rules.
     w.len(t.rules.len());
-    for (id, r) in t.rule_ids.iter().zip(&t.rules) {
+    for (id, r) in t.rules.iter() {
         w.str(id);
         let p = r.posture.unwrap_or_default();
         let flags = [
@@ -393,10 +393,9 @@ fn decode_body(
     if n > MAX_RULES {
         return Err(corrupt("more rules than the format allows"));
     }
-    let mut rule_ids = Vec::with_capacity(n);
-    let mut rules = Vec::with_capacity(n);
+    let mut rules = crate::RulesBuilder::with_capacity(n);
     for _ in 0..n {
-        rule_ids.push(r.str()?);
+        let id = r.str()?;
         let flags = r.u8()?;
         let opts = r.u8()?;
         if flags & !F_ALL != 0 || opts & !O_ALL != 0 {
@@ -421,7 +420,7 @@ fn decode_body(
         if !on(F_POSTURE) && (on(F_MANAGED) || on(F_COMPLIANT) || on(F_EDR) || opt(O_MIN_PATCH)) {
             return Err(corrupt("posture bits without a posture requirement"));
         }
-        rules.push(RuleInfo {
+        let info = RuleInfo {
             deny: on(F_DENY),
             schedule,
             posture: on(F_POSTURE).then_some(PostureRequirement {
@@ -434,8 +433,12 @@ fn decode_body(
             max_cert_age_secs: opt(O_CERT_AGE).then_some(cert_age),
             max_session_secs: opt(O_SESSION).then_some(session),
             requires_grant: on(F_GRANT),
-        });
+        };
+        rules
+            .push(&id, info)
+            .ok_or(corrupt("rule ids over 4 GiB"))?;
     }
+    let rules = rules.finish();
 
     let n = r.count(4 + 4 + 4)?;
     let mut zones = Vec::with_capacity(n);
@@ -557,7 +560,6 @@ fn decode_body(
     Ok(DecisionTable {
         version,
         policy_hash,
-        rule_ids,
         rules,
         zones,
         schedules,
@@ -592,7 +594,7 @@ fn check(ok: bool, what: &'static str) -> Result<(), LoadError> {
 /// its sub-table's width. After this, `decide` finds what it looks up.
 fn validate(t: &DecisionTable) -> Result<(), LoadError> {
     let nrules = t.rules.len();
-    for r in &t.rules {
+    for r in t.rules.infos() {
         check(
             r.schedule == NONE || (r.schedule as usize) < t.schedules.len(),
             "rule names a missing schedule",

@@ -55,17 +55,23 @@
 //!
 //! # Cost of a decision (common case)
 //!
-//! For a service with up to 64 rules (one bitset word), a decision reads: the service
-//! hash slot and key (1–2 cache lines); one global hash slot per SPIFFE exact probe,
-//! per SPIFFE prefix length some policy prefix has, per DNS SAN, common name and
-//! fingerprint the flow carries (empty maps are skipped); the sub-table header (1);
-//! one key slot per matched key and dimension (1 each); the source range array (2–4,
-//! binary search); one pool line per row (4–6, often shared); the local-to-global
-//! rule map (1); and the winning rule's info record (1) plus, with a schedule, the
-//! zone's transition array (1–2). About 12–18 lines, none of which depend on the total
-//! rule count; instruction counts (callgrind) are ~1,100 per decision at both 1,000
-//! and 100,000 rules (`examples/perf.rs`). `LiveFacts` maps are consulted only for
-//! rules with residual conditions and for non-empty revocation sets.
+//! For a service with up to 128 rules (one or two bitset words: the candidates are a
+//! single `u64` / `u128`, narrowed one dimension at a time and given up as soon as
+//! they are empty), a decision reads: the service name (compared directly when the
+//! table has at most four services, else one hash probe); one hash probe for the
+//! SPIFFE ID, whose entry already lists the prefix keys the ID matches when the ID
+//! is itself a policy key (otherwise one probe per prefix length some policy prefix
+//! has that falls on a `/`); one probe per DNS SAN, common name and fingerprint the
+//! flow carries (empty maps skipped); the ALPN name (compared directly when the
+//! table has at most four); the sub-table header (1 line); one key slot per matched
+//! key and dimension (1 each); the source range array (2-4, binary search); one pool
+//! line per row (4-6, often shared); the local-to-global rule map (1); and the
+//! winning rule's condition record (deduplicated, so usually cached) plus, with a
+//! schedule, the zone's transition array (1-2). About 12-18 lines, none of which
+//! depend on the total rule count. Instruction counts (callgrind, the benchmark's
+//! flows): ~1,000 per decision at 10 rules, ~1,300 at 1,000 rules (see
+//! `docs/benchmarks.md`). `LiveFacts` maps are consulted only for rules with
+//! residual conditions and for non-empty revocation sets.
 
 #![forbid(unsafe_code)]
 
@@ -106,10 +112,8 @@ pub(crate) const EMPTY_ROW: u32 = 0;
 pub struct DecisionTable {
     pub(crate) version: u64,
     pub(crate) policy_hash: [u8; 32],
-    /// Per global rule: id.
-    pub(crate) rule_ids: Vec<Box<str>>,
-    /// Per global rule: action and residual conditions.
-    pub(crate) rules: Vec<RuleInfo>,
+    /// Per global rule: id, action and residual conditions.
+    pub(crate) rules: Rules,
     pub(crate) zones: Vec<tz::Zone>,
     pub(crate) schedules: Vec<Sched>,
     /// Global principal key space; the position is the key id.
@@ -187,8 +191,100 @@ pub(crate) struct Row {
     pub off: u32,
 }
 
+/// The rules' ids and conditions, compact: the ids back to back in one string, and
+/// each distinct [`RuleInfo`] stored once (most rules share one of a few dozen), so
+/// per rule this costs its id's bytes plus 8 bytes rather than ~70 in separate
+/// allocations.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Rules {
+    id_text: String,
+    /// End of each rule's id in `id_text`.
+    id_ends: Vec<u32>,
+    /// Per rule: index into `infos`.
+    info_of: Vec<u32>,
+    infos: Vec<RuleInfo>,
+}
+
+/// Builds [`Rules`], deduplicating conditions.
+#[derive(Debug, Default)]
+pub(crate) struct RulesBuilder {
+    rules: Rules,
+    seen: rustc_hash::FxHashMap<RuleInfo, u32>,
+}
+
+impl RulesBuilder {
+    pub(crate) fn with_capacity(n: usize) -> RulesBuilder {
+        RulesBuilder {
+            rules: Rules {
+                id_ends: Vec::with_capacity(n),
+                info_of: Vec::with_capacity(n),
+                ..Rules::default()
+            },
+            seen: rustc_hash::FxHashMap::default(),
+        }
+    }
+
+    /// Append a rule; `None` when the ids outgrow 4 GiB.
+    pub(crate) fn push(&mut self, id: &str, info: RuleInfo) -> Option<()> {
+        let r = &mut self.rules;
+        let end = u32::try_from(r.id_text.len().checked_add(id.len())?).ok()?;
+        let next = u32::try_from(r.infos.len()).ok()?;
+        let at = *self.seen.entry(info).or_insert(next);
+        if at == next {
+            r.infos.push(info);
+        }
+        r.id_text.push_str(id);
+        r.id_ends.push(end);
+        r.info_of.push(at);
+        Some(())
+    }
+
+    pub(crate) fn finish(self) -> Rules {
+        self.rules
+    }
+}
+
+impl Rules {
+    pub(crate) fn len(&self) -> usize {
+        self.info_of.len()
+    }
+
+    /// The id of rule `i`.
+    pub(crate) fn id(&self, i: usize) -> Option<&str> {
+        let end = *self.id_ends.get(i)? as usize;
+        let start = match i.checked_sub(1) {
+            None => 0,
+            Some(p) => *self.id_ends.get(p)? as usize,
+        };
+        self.id_text.get(start..end)
+    }
+
+    /// The conditions of rule `i`.
+    #[inline]
+    pub(crate) fn info(&self, i: usize) -> Option<&RuleInfo> {
+        self.infos.get(*self.info_of.get(i)? as usize)
+    }
+
+    /// Every distinct condition set.
+    pub(crate) fn infos(&self) -> &[RuleInfo] {
+        &self.infos
+    }
+
+    /// `(id, conditions)` per rule, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &RuleInfo)> {
+        (0..self.len()).filter_map(|i| Some((self.id(i)?, self.info(i)?)))
+    }
+
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.id_text.len()
+            + std::mem::size_of_val(&*self.id_ends)
+            + std::mem::size_of_val(&*self.info_of)
+            + std::mem::size_of_val(&*self.infos)
+    }
+}
+
 /// Per global rule: what `decide` needs beyond the bitsets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct RuleInfo {
     pub deny: bool,
     /// Index into `schedules`, or `NONE`.
@@ -257,8 +353,11 @@ pub(crate) const UNCONSTRAINED_ALPN: u8 = 1 << 3;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Indexes {
     pub services: FxHashMap<Box<str>, u32>,
-    /// SPIFFE text -> [exact key id, prefix key id] (`NONE` where absent).
-    pub spiffe: FxHashMap<Box<str>, [u32; 2]>,
+    /// SPIFFE text -> [exact key id, prefix key id, offset, count] (ids `NONE` where
+    /// absent). `spiffe_unders[offset..offset + count]` are the prefix keys the text
+    /// itself matches as an ID, so a flow whose ID is a known key needs one probe.
+    pub spiffe: FxHashMap<Box<str>, [u32; 4]>,
+    pub spiffe_unders: Vec<u32>,
     /// The distinct lengths of the prefix keys, ascending: a flow's SPIFFE ID is
     /// probed only where one of these lengths falls on a `/`.
     pub under_lens: Vec<u32>,
@@ -300,7 +399,7 @@ impl Indexes {
         for (id, key) in (0u32..).zip(principal_keys) {
             match key {
                 PrincipalKey::Exact(s) | PrincipalKey::Under(s) => {
-                    let slot = idx.spiffe.entry(s.clone()).or_insert([NONE, NONE]);
+                    let slot = idx.spiffe.entry(s.clone()).or_insert([NONE, NONE, 0, 0]);
                     let which = usize::from(matches!(key, PrincipalKey::Under(_)));
                     match slot.get_mut(which) {
                         Some(v) if *v == NONE => *v = id,
@@ -320,6 +419,31 @@ impl Indexes {
         }
         idx.under_lens.sort_unstable();
         idx.under_lens.dedup();
+        // Precompute, per known SPIFFE text, the prefix keys it matches.
+        let mut spans = Vec::with_capacity(idx.spiffe.len());
+        for text in idx.spiffe.keys() {
+            let off = idx.spiffe_unders.len();
+            let bytes = text.as_bytes();
+            for &len in &idx.under_lens {
+                let len = len as usize;
+                if bytes.get(len) != Some(&b'/') {
+                    continue;
+                }
+                if let Some(&[_, under, _, _]) = text.get(..len).and_then(|p| idx.spiffe.get(p)) {
+                    if under != NONE {
+                        idx.spiffe_unders.push(under);
+                    }
+                }
+            }
+            let off32 = u32::try_from(off).map_err(|_| DuplicateKey("too many spiffe keys"))?;
+            let len32 = u32::try_from(idx.spiffe_unders.len() - off)
+                .map_err(|_| DuplicateKey("too many spiffe keys"))?;
+            spans.push((off32, len32));
+        }
+        for (v, (off, len)) in idx.spiffe.values_mut().zip(spans) {
+            v[2] = off;
+            v[3] = len;
+        }
         for (id, key) in (0u32..).zip(sni_keys) {
             match key {
                 SniKey::Exact(s) => put(&mut idx.sni_exact, s.clone(), id, "sni name")?,
@@ -436,7 +560,7 @@ impl DecisionTable {
 
     /// The id of the rule at `index`, if there is one.
     pub fn rule_id(&self, index: u32) -> Option<&str> {
-        self.rule_ids.get(index as usize).map(|s| &**s)
+        self.rules.id(index as usize)
     }
 
     /// What decided, as a name for logs: the rule id, `default-deny`,
@@ -471,16 +595,6 @@ impl DecisionTable {
         self.service_names.iter().map(|s| &**s)
     }
 
-    #[doc(hidden)]
-    pub fn heap_breakdown(&self) -> Vec<(&'static str, usize)> {
-        fn vec<T>(v: &[T]) -> usize { std::mem::size_of_val(v) }
-        fn map<K, V>(m: &FxHashMap<K, V>) -> usize { m.capacity() * (std::mem::size_of::<K>() + std::mem::size_of::<V>() + 1) }
-        vec![("rule_ids", vec(&self.rule_ids) + self.rule_ids.iter().map(|s| s.len()).sum::<usize>()),
-        ("rules", vec(&self.rules)), ("principal_keys", vec(&self.principal_keys)), ("nkeys", self.principal_keys.len()),
-        ("pool", vec(&self.pool)), ("rows", vec(&self.rows)), ("slots", vec(&self.slots)), ("v4", vec(&self.v4_starts)*2), ("v6", vec(&self.v6_starts)+vec(&self.v6_rows)),
-        ("local_rules", vec(&self.local_rules)), ("tables", vec(&self.tables)), ("ntables", self.tables.len()),
-        ("spiffe map", map(&self.idx.spiffe)), ("dns", map(&self.idx.dns)), ("cn", map(&self.idx.cn)), ("services", map(&self.idx.services))]
-    }
     /// Approximate heap memory held by the table, in bytes (for benchmarks).
     pub fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
@@ -507,8 +621,7 @@ impl DecisionTable {
         let sni_text: usize = self.sni_keys.iter().map(sni_text).sum();
         let alpn_text: usize = self.alpn_keys.iter().map(|s| s.len()).sum();
         let i = &self.idx;
-        strs(&self.rule_ids)
-            + vec(&self.rules)
+        self.rules.heap_bytes()
             + self.zones.iter().map(tz::Zone::heap_bytes).sum::<usize>()
             + self
                 .schedules
@@ -532,6 +645,7 @@ impl DecisionTable {
             + strs(&self.service_names)
             + map(&i.services, strs(&self.service_names))
             + map(&i.spiffe, principal_text)
+            + vec(&i.spiffe_unders)
             + map(&i.dns, 0)
             + map(&i.cn, 0)
             + map(&i.fingerprint, 0)

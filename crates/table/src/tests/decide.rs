@@ -668,3 +668,62 @@ fn accessors() {
         "revoked-certificate"
     );
 }
+
+/// Sub-tables of one and two bitset words take their own path in `decide`, wider ones
+/// the general one: around the 64 / 128 rule edges, every decision (checked against
+/// the reference and the decoded table by `Fixture`) must name the same rule, and
+/// rules in the second and third words must decide some flows.
+#[test]
+fn sub_tables_around_the_word_edges_decide_like_the_reference() {
+    let live = LiveFacts::default();
+    for n in [63usize, 64, 65, 100, 127, 128, 129, 200] {
+        let rules: Vec<Rule> = (0..n)
+            .map(|i| {
+                let mut r = if i % 7 == 3 {
+                    deny(&format!("d{i}"))
+                } else {
+                    allow(&format!("a{i}"))
+                };
+                r.principals = Some(vec![if i % 5 == 0 {
+                    Principal::SpiffeUnder(sid("spiffe://td/ns"))
+                } else {
+                    Principal::SpiffeExact(sid(&format!("spiffe://td/ns/w{}", i % 17)))
+                }]);
+                if i % 3 == 0 {
+                    r.sources = Some(vec![cidr(&format!("10.{}.0.0/16", i % 4))]);
+                }
+                if i % 11 == 0 {
+                    r.sni = Some(vec![format!("h{}.example", i % 2)]);
+                }
+                if i % 9 == 0 {
+                    r.alpn = Some(vec!["h2".to_owned()]);
+                }
+                // Past 64 rules, the first word only matches sources far from the
+                // flows below, so rules in the second and third words get their turn.
+                if i < 64 && n > 64 {
+                    r.sources = Some(vec![cidr("192.0.2.0/24")]);
+                }
+                r
+            })
+            .collect();
+        let fx = Fixture::new(rules);
+        let mut late = 0;
+        for j in 0..60u8 {
+            let id = format!("spiffe://td/ns/w{}", j % 19);
+            let sni = format!("h{}.example", j % 3);
+            let mut f = with_id(flow(0), &id);
+            f.source = v4(10, j % 5, 1, 1);
+            f.sni = (j % 2 == 0).then_some(sni.as_str());
+            f.alpn = (j % 3 == 0).then_some("h2");
+            if let DecidedBy::Rule(r) = fx.decide(&f, &live).decided_by {
+                late += usize::from(r >= 64);
+            }
+        }
+        if n > 64 {
+            assert!(
+                late > 0,
+                "{n} rules: no decision by a rule past the first word"
+            );
+        }
+    }
+}
