@@ -117,6 +117,12 @@ pub fn metrics_text(v: &AdminView) -> String {
         s.recv_starved,
     );
     metric(
+        "zgate_splice_pipes_opened_total",
+        "counter",
+        "Pipes opened for bulk directions to splice through (plain flows only).",
+        s.pipes_opened,
+    );
+    metric(
         "zgate_buffers_in_use",
         "gauge",
         "Provided buffers held by flows now (data received, not yet fully sent).",

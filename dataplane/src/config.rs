@@ -102,6 +102,9 @@ pub struct WorkersConfig {
     pub poll: PollMode,
     /// Provided buffers (16 KiB each) in each worker's pool: a power of two, 2..=32768.
     pub buffers: u16,
+    /// Splice bulk directions of plain flows through a pipe (`splice = true`, default)
+    /// instead of receiving every byte into pool buffers.
+    pub splice: bool,
 }
 
 /// Default `[workers] buffers`: 16 MiB of address space per worker.
@@ -253,6 +256,7 @@ struct RawWorkers {
     count: Option<i64>,
     poll: Option<String>,
     buffers: Option<i64>,
+    splice: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -509,6 +513,7 @@ impl Config {
             placement: Placement::Count(1),
             poll: PollMode::Interrupt,
             buffers: DEFAULT_BUFFERS,
+            splice: true,
         };
         match top.workers.map(RawWorkers::deserialize) {
             None => errs.0.push(ConfigError::Missing {
@@ -529,6 +534,7 @@ impl Config {
                         PollMode::Interrupt
                     }
                 };
+                workers.splice = w.splice.unwrap_or(true);
                 if let Some(b) = w.buffers {
                     match u16::try_from(b) {
                         Ok(b) if (2..=32768).contains(&b) && b.is_power_of_two() => {
@@ -801,10 +807,22 @@ max_connections = 100
         .unwrap();
         assert_eq!(c.workers.poll, PollMode::Interrupt);
         assert_eq!(c.workers.buffers, DEFAULT_BUFFERS);
+        assert!(c.workers.splice);
         assert_eq!(c.listeners[0].connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(c.listeners[0].max_lifetime, None);
         assert_eq!(c.table, None);
         assert_eq!(c.admin, None);
+    }
+
+    #[test]
+    fn splice_can_be_turned_off_and_must_be_a_boolean() {
+        let text = |v: &str| {
+            format!("[workers]\ncount = 1\nsplice = {v}\n[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nupstream='127.0.0.1:2'\n")
+        };
+        assert!(!Config::parse(&text("false")).unwrap().workers.splice);
+        assert!(Config::parse(&text("true")).unwrap().workers.splice);
+        let e = Config::parse(&text("\"yes\"")).unwrap_err();
+        assert!(e.to_string().contains("workers"), "{e}");
     }
 
     #[test]

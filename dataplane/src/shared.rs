@@ -110,6 +110,8 @@ pub struct WorkerStats {
     pub closed_by_policy: AtomicU64,
     /// Receives that found the buffer pool empty (`ENOBUFS`) and waited for a buffer.
     pub recv_starved: AtomicU64,
+    /// Pipes opened for a bulk direction to splice through (one per busy spell).
+    pub pipes_opened: AtomicU64,
     /// Pool buffers held by flows now (data received and not yet fully sent).
     pub buffers_in_use: AtomicU64,
     /// TLS handshakes completed (before the decision).
@@ -153,6 +155,8 @@ pub struct StatsSnapshot {
     pub closed_by_policy: u64,
     /// See [`WorkerStats::recv_starved`].
     pub recv_starved: u64,
+    /// See [`WorkerStats::pipes_opened`].
+    pub pipes_opened: u64,
     /// See [`WorkerStats::buffers_in_use`].
     pub buffers_in_use: u64,
     /// See [`WorkerStats::tls_handshakes`].
@@ -183,6 +187,7 @@ impl WorkerStats {
         self.accept_errors.store(s.accept_errors, r);
         self.closed_by_policy.store(s.closed_by_policy, r);
         self.recv_starved.store(s.recv_starved, r);
+        self.pipes_opened.store(s.pipes_opened, r);
         self.buffers_in_use.store(s.buffers_in_use, r);
         self.tls_handshakes.store(s.tls_handshakes, r);
         for (a, v) in self.tls_failures.iter().zip(s.tls_failures) {
@@ -208,6 +213,7 @@ impl WorkerStats {
             accept_errors: self.accept_errors.load(r),
             closed_by_policy: self.closed_by_policy.load(r),
             recv_starved: self.recv_starved.load(r),
+            pipes_opened: self.pipes_opened.load(r),
             buffers_in_use: self.buffers_in_use.load(r),
             tls_handshakes: self.tls_handshakes.load(r),
             tls_failures: std::array::from_fn(|i| {
@@ -242,6 +248,7 @@ impl StatsSnapshot {
         self.accept_errors = self.accept_errors.saturating_add(o.accept_errors);
         self.closed_by_policy = self.closed_by_policy.saturating_add(o.closed_by_policy);
         self.recv_starved = self.recv_starved.saturating_add(o.recv_starved);
+        self.pipes_opened = self.pipes_opened.saturating_add(o.pipes_opened);
         self.buffers_in_use = self.buffers_in_use.saturating_add(o.buffers_in_use);
         self.tls_handshakes = self.tls_handshakes.saturating_add(o.tls_handshakes);
         for (a, b) in self.tls_failures.iter_mut().zip(o.tls_failures) {

@@ -199,6 +199,7 @@ pub fn run(config: &Config, host: &Host, tls: &[Option<ServerTls>]) -> Result<()
             core: cores.get(id).copied(),
             poll: config.workers.poll,
             buffers: config.workers.buffers,
+            splice: config.workers.splice,
             listeners,
             control: Arc::clone(&control),
             stats: Arc::clone(&stats),

@@ -16,6 +16,8 @@
 //!   assertion and in release as a leak).
 //! - Socket set-up that `std` does not offer: `SO_REUSEPORT` listeners, an unconnected
 //!   upstream socket, `SO_LINGER 0`, adopting an accepted fd, `RLIMIT_NOFILE`.
+//! - [`Pipe`]: the kernel pipe a plain flow's busy direction splices through
+//!   (`IORING_OP_SPLICE`: socket → pipe → socket; the bytes never enter user space).
 //! - The supervisor's signal plumbing: blocking signals, `signalfd`, `poll`, `eventfd`.
 
 use std::io;
@@ -441,6 +443,62 @@ impl BufPool {
     }
 }
 
+/// Pipe capacity a bulk direction asks for (`F_SETPIPE_SZ`; the default
+/// `/proc/sys/fs/pipe-max-size` is 1 MiB). It bounds what one direction holds in flight,
+/// as `BUF_SIZE` does for receives: the kernel's pages, referenced, not copied.
+pub const PIPE_SIZE: u32 = 256 * 1024;
+
+/// A pipe (read end, write end) that one direction of a plain flow splices through.
+/// Both ends are closed on drop; the owner drops it only when no splice SQE names it
+/// (an fd number closed under an SQE not yet issued could name another file by then).
+pub struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+    /// Its capacity in bytes (what `F_SETPIPE_SZ` granted, or the default).
+    pub size: u32,
+}
+
+impl Pipe {
+    /// A new pipe of up to `want` bytes (the kernel's default size if it refuses more).
+    pub fn new(want: u32) -> io::Result<Pipe> {
+        let mut fds: [libc::c_int; 2] = [-1, -1];
+        // SAFETY: `fds` is a local array of two ints that the kernel fills; it outlives
+        // the call.
+        cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+        // SAFETY: pipe2 succeeded, so both are new fds owned by nobody else.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let want_c = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
+        // SAFETY: fcntl on an fd we own, with an int argument; no memory is passed.
+        let granted = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want_c) };
+        let size = if granted > 0 {
+            u32::try_from(granted).unwrap_or(want)
+        } else {
+            // Refused (e.g. over the user's pipe-buffer limit): keep the default.
+            // SAFETY: as above.
+            let cur = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
+            u32::try_from(cur).unwrap_or(0)
+        };
+        if size == 0 {
+            return Err(io::Error::other("pipe: no capacity"));
+        }
+        Ok(Pipe {
+            r,
+            w,
+            size: size.min(want),
+        })
+    }
+
+    /// The read end.
+    pub fn read_fd(&self) -> RawFd {
+        self.r.as_raw_fd()
+    }
+
+    /// The write end.
+    pub fn write_fd(&self) -> RawFd {
+        self.w.as_raw_fd()
+    }
+}
+
 /// Errors from queueing an SQE.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -539,6 +597,39 @@ impl Ring {
             .flags(squeue::Flags::BUFFER_SELECT)
             .user_data(user_data);
         self.push(&e)
+    }
+
+    /// Splice up to `len` bytes from `fd_in` to `fd_out` (one of them a pipe). No user
+    /// memory is involved. io_uring runs splices on its async workers (see
+    /// [`Ring::pin_async_workers`]); the caller keeps both fds open until the CQE.
+    pub fn splice(
+        &mut self,
+        fd_in: RawFd,
+        fd_out: RawFd,
+        len: u32,
+        user_data: u64,
+    ) -> Result<(), PushError> {
+        let e = opcode::Splice::new(types::Fd(fd_in), -1, types::Fd(fd_out), -1, len)
+            .flags(libc::SPLICE_F_MOVE)
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Run this ring's async workers (which carry out splices) on `core` only, so a
+    /// worker pinned to a core keeps its work there.
+    pub fn pin_async_workers(&self, core: usize) -> io::Result<()> {
+        // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        if core >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "core out of range",
+            ));
+        }
+        // SAFETY: `core` is inside the set (checked above); `set` is a local.
+        unsafe { libc::CPU_SET(core, &mut set) };
+        self.ring.submitter().register_iowq_aff(&set)
     }
 
     /// Send `start..end` of held buffer `buf`. The buffer is `Sending` until the caller

@@ -512,7 +512,8 @@ fn an_empty_buffer_pool_makes_receives_wait_not_fail() {
         }
     });
     let mut setup = Setup::new(up.addr);
-    setup.workers_extra = "buffers = 2".into();
+    // Receives only: a splicing flow would give its buffer back and never starve.
+    setup.workers_extra = "buffers = 2\nsplice = false".into();
     let gw = Gateway::start(&setup);
     let conns: Vec<TcpStream> = (0..FLOWS).map(|_| gw.connect()).collect();
     assert!(
@@ -544,4 +545,84 @@ fn an_empty_buffer_pool_makes_receives_wait_not_fail() {
         (FLOWS * EACH) as u64
     );
     assert_eq!(gw.metric("zgate_resets_total"), 0);
+}
+
+#[test]
+fn bulk_directions_splice_byte_exact_and_pass_fin_each_way() {
+    // 8 MiB each way: full receives switch both directions to splicing. The upstream
+    // reads to EOF (the client's FIN, passed on by a splice-in of 0), checks every
+    // byte, then answers 8 MiB and closes.
+    const EACH: usize = 8 << 20;
+    let (tx, rx) = mpsc::channel();
+    let up = Upstream::start(move |mut s| {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        let _ = tx.send(got == pattern(EACH, 3));
+        s.write_all(&pattern(EACH, 4)).unwrap();
+    });
+    let gw = Gateway::start(&Setup::new(up.addr));
+    let mut s = gw.connect();
+    let reader = {
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got
+        })
+    };
+    s.write_all(&pattern(EACH, 3)).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        rx.recv_timeout(WAIT),
+        Ok(true),
+        "upstream got a corrupted payload"
+    );
+    let back = reader.join().unwrap();
+    assert!(back == pattern(EACH, 4), "client got a corrupted payload");
+    assert!(gw.metric("zgate_splice_pipes_opened_total") >= 2);
+    assert_eq!(
+        gw.wait_metric(
+            "zgate_bytes_total{direction=\"upstream_to_client\"}",
+            EACH as u64
+        ),
+        EACH as u64
+    );
+    assert_eq!(
+        gw.metric("zgate_bytes_total{direction=\"client_to_upstream\"}"),
+        EACH as u64
+    );
+    assert_eq!(gw.metric("zgate_resets_total"), 0);
+}
+
+#[test]
+fn client_reset_while_splicing_is_propagated_to_the_upstream() {
+    // The upstream streams without end; the client reads a little (the direction is
+    // splicing by then), then resets. The upstream's writes must fail with a reset
+    // (not hang), and the gateway counts it.
+    let (tx, rx) = mpsc::channel();
+    let up = Upstream::start(move |mut s| {
+        let chunk = pattern(1 << 20, 6);
+        let r = loop {
+            if let Err(e) = s.write_all(&chunk) {
+                break e.kind();
+            }
+        };
+        let _ = tx.send(r);
+    });
+    let gw = Gateway::start(&Setup::new(up.addr));
+    let mut s = gw.connect();
+    let mut buf = vec![0u8; 1 << 20];
+    s.read_exact(&mut buf).unwrap();
+    assert!(gw.wait_metric("zgate_splice_pipes_opened_total", 1) >= 1);
+    // Unread data sits in the client's socket, so closing it sends RST.
+    drop(s);
+    let kind = rx.recv_timeout(WAIT).unwrap();
+    assert!(
+        matches!(
+            kind,
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "upstream saw {kind:?}"
+    );
+    assert!(gw.wait_metric("zgate_resets_total", 1) >= 1);
 }

@@ -32,6 +32,17 @@
 //! completes with `ENOBUFS`; the direction is `Starved` and the worker re-arms it once
 //! buffers come back.
 //!
+//! Bulk directions splice. A direction whose receive filled a whole buffer switches,
+//! once that buffer is sent, to `IORING_OP_SPLICE`: source socket → a pipe of its own
+//! (`PIPE_SIZE`) → destination socket, so its bytes never enter user space and each
+//! round moves up to `PIPE_SIZE` instead of `BUF_SIZE`. One splice is in flight per
+//! direction, and the next splice-in waits until the pipe is drained, so backpressure
+//! is what it was (the pipe is the bounded buffer). A splice-in of 0 is FIN, an error is
+//! a reset, as for recv. When a splice-in brings less than a buffer's worth the flow
+//! has caught up: once that is sent the pipe is closed and the direction goes back to
+//! provided-buffer receives, so only directions that carry volume hold a pipe (two
+//! fds, no user-space memory) and an idle flow holds none.
+//!
 //! Policy: a flow keeps the facts it was decided on (listener, source address, start
 //! time) and the instant its decision expires, so the worker can re-decide it when a
 //! new table is published or the decision's constraints run out.
@@ -43,7 +54,7 @@ use std::time::Instant;
 use zgate_table::facts::UnixSeconds;
 
 use crate::shared::StatsSnapshot;
-use crate::sys::{self, BufId, ConnMem, Lent, Ring};
+use crate::sys::{self, BufId, ConnMem, Lent, Pipe, Ring, BUF_SIZE, PIPE_SIZE};
 use crate::worker::token::{encode, Op};
 
 /// One direction's progress.
@@ -61,6 +72,16 @@ pub enum Dir {
         start: u32,
         /// End of received bytes.
         end: u32,
+    },
+    /// A splice from the source socket into this direction's pipe is in flight.
+    SpliceIn,
+    /// A splice of the pipe's `left` bytes to the destination is in flight; `batch` is
+    /// what the splice-in that filled the pipe brought.
+    SpliceOut {
+        /// Bytes in the pipe not yet spliced out.
+        left: u32,
+        /// Bytes the last splice-in brought.
+        batch: u32,
     },
     /// The source sent FIN; it was passed on as `shutdown(SHUT_WR)`.
     Done,
@@ -100,6 +121,8 @@ pub struct Conn {
     /// Current state.
     pub state: State,
     dirs: [Dir; 2],
+    /// Each direction's pipe while it splices (`None` otherwise).
+    pipes: [Option<Pipe>; 2],
     /// When it was accepted (loop clock).
     pub started: Instant,
     /// When bytes last moved (or the connect completed).
@@ -120,6 +143,8 @@ pub struct Ctx<'a> {
     pub stats: &'a mut StatsSnapshot,
     /// Directions waiting for a buffer: (slot index, generation, direction).
     pub starved: &'a mut Vec<(u32, u32, usize)>,
+    /// Whether bulk directions may splice (`[workers] splice`).
+    pub splice: bool,
     /// Loop time.
     pub now: Instant,
     /// This flow's slot.
@@ -177,6 +202,7 @@ impl Conn {
             cancels: 0,
             state: State::Connecting,
             dirs: [Dir::Reading, Dir::Reading],
+            pipes: [None, None],
             started: ctx.now,
             last_active: ctx.now,
             source: admitted.source,
@@ -269,7 +295,12 @@ impl Conn {
             return;
         }
         let ud = ctx.ud(Op::Cancel);
-        for fd in [self.client.as_raw_fd(), self.upstream.as_raw_fd()] {
+        // A splice-in's SQE names the pipe, not the socket: cancel by the pipe too.
+        let pipe_fds = self.pipes.iter().flatten().map(Pipe::write_fd);
+        for fd in [self.client.as_raw_fd(), self.upstream.as_raw_fd()]
+            .into_iter()
+            .chain(pipe_fds)
+        {
             if ctx.ring.cancel_fd(fd, ud).is_ok() {
                 self.cancels += 1;
             } else {
@@ -287,13 +318,17 @@ impl Conn {
         match op {
             Op::Cancel => self.cancels = self.cancels.saturating_sub(1),
             Op::Connect | Op::ConnectTimeout => self.mem.returned(),
-            Op::Recv(_) | Op::Send(_) => self.ops = self.ops.saturating_sub(1),
+            Op::Recv(_) | Op::Send(_) | Op::SpliceIn(_) | Op::SpliceOut(_) => {
+                self.ops = self.ops.saturating_sub(1)
+            }
             Op::Accept | Op::AcceptCancel | Op::Wake | Op::WakeCancel => {}
         }
         match op {
             Op::Connect => self.on_connect(result, ctx),
             Op::Recv(dir) => self.on_recv(dir, result, buffer, ctx),
             Op::Send(dir) => self.on_send(dir, result, ctx),
+            Op::SpliceIn(dir) => self.on_splice_in(dir, result, ctx),
+            Op::SpliceOut(dir) => self.on_splice_out(dir, result, ctx),
             Op::ConnectTimeout => {}
             // Not connection ops; never routed here.
             Op::Accept | Op::AcceptCancel | Op::Wake | Op::WakeCancel | Op::Cancel => {}
@@ -391,7 +426,12 @@ impl Conn {
                     self.send(dir, buf, start, end, ctx);
                 } else {
                     self.give_back(buf, ctx);
-                    self.recv(dir, ctx);
+                    if ctx.splice && end as usize >= BUF_SIZE {
+                        // A full buffer: the source has more than a receive takes.
+                        self.splice_in(dir, ctx);
+                    } else {
+                        self.recv(dir, ctx);
+                    }
                 }
             }
             _ => {
@@ -401,6 +441,127 @@ impl Conn {
                     ctx.stats.resets += 1;
                     self.close(CloseKind::Reset, ctx);
                 }
+            }
+        }
+    }
+
+    /// Splice what the source has (up to the pipe's size) into `dir`'s pipe, creating
+    /// the pipe first if needed; without a pipe the direction stays on receives.
+    fn splice_in(&mut self, dir: usize, ctx: &mut Ctx<'_>) {
+        if self.state != State::Open {
+            return;
+        }
+        let Some(slot) = self.pipes.get_mut(dir) else {
+            return;
+        };
+        if slot.is_none() {
+            match Pipe::new(PIPE_SIZE) {
+                Ok(p) => {
+                    *slot = Some(p);
+                    ctx.stats.pipes_opened += 1;
+                }
+                Err(_) => {
+                    self.recv(dir, ctx);
+                    return;
+                }
+            }
+        }
+        let Some((pipe_w, len)) = slot.as_ref().map(|p| (p.write_fd(), p.size)) else {
+            return;
+        };
+        let src = self.src_dst(dir).0.as_raw_fd();
+        let ud = ctx.ud(Op::SpliceIn(dir));
+        self.set_dir(dir, Dir::SpliceIn);
+        if ctx.ring.splice(src, pipe_w, len, ud).is_ok() {
+            self.ops += 1;
+        } else {
+            self.close(CloseKind::Reset, ctx);
+        }
+    }
+
+    fn splice_out(&mut self, dir: usize, left: u32, batch: u32, ctx: &mut Ctx<'_>) {
+        let Some(pipe_r) = self
+            .pipes
+            .get(dir)
+            .and_then(Option::as_ref)
+            .map(Pipe::read_fd)
+        else {
+            // Cannot happen (a splice-in filled it); the bytes in it are lost: reset.
+            self.close(CloseKind::Reset, ctx);
+            return;
+        };
+        let dst = self.src_dst(dir).1.as_raw_fd();
+        let ud = ctx.ud(Op::SpliceOut(dir));
+        self.set_dir(dir, Dir::SpliceOut { left, batch });
+        if ctx.ring.splice(pipe_r, dst, left, ud).is_ok() {
+            self.ops += 1;
+        } else {
+            self.close(CloseKind::Reset, ctx);
+        }
+    }
+
+    /// Close `dir`'s pipe. Only called with no splice of `dir` in flight.
+    fn drop_pipe(&mut self, dir: usize) {
+        if let Some(slot) = self.pipes.get_mut(dir) {
+            *slot = None;
+        }
+    }
+
+    fn on_splice_in(&mut self, dir: usize, result: i32, ctx: &mut Ctx<'_>) {
+        if self.state == State::Closing {
+            return;
+        }
+        match u32::try_from(result) {
+            Ok(0) => {
+                // FIN; the pipe is empty (we splice in only into a drained pipe).
+                self.drop_pipe(dir);
+                self.set_dir(dir, Dir::Done);
+                let _ = self.src_dst(dir).1.shutdown(Shutdown::Write);
+                if self.dirs == [Dir::Done, Dir::Done] {
+                    self.close(CloseKind::Normal, ctx);
+                }
+            }
+            Ok(n) => {
+                self.last_active = ctx.now;
+                if dir == 0 {
+                    ctx.stats.bytes_client_to_upstream += u64::from(n);
+                } else {
+                    ctx.stats.bytes_upstream_to_client += u64::from(n);
+                }
+                self.splice_out(dir, n, n, ctx);
+            }
+            Err(_) => {
+                ctx.stats.resets += 1;
+                self.close(CloseKind::Reset, ctx);
+            }
+        }
+    }
+
+    fn on_splice_out(&mut self, dir: usize, result: i32, ctx: &mut Ctx<'_>) {
+        let Some(Dir::SpliceOut { left, batch }) = self.dirs.get(dir).copied() else {
+            return;
+        };
+        if self.state == State::Closing {
+            return;
+        }
+        match u32::try_from(result).ok().filter(|&n| n > 0) {
+            Some(n) => {
+                self.last_active = ctx.now;
+                let left = left.saturating_sub(n);
+                if left > 0 {
+                    self.splice_out(dir, left, batch, ctx);
+                } else if (batch as usize) < BUF_SIZE {
+                    // Caught up: the pipe is empty and nothing of ours names it.
+                    self.drop_pipe(dir);
+                    self.recv(dir, ctx);
+                } else {
+                    self.splice_in(dir, ctx);
+                }
+            }
+            None => {
+                self.set_dir(dir, Dir::Done);
+                ctx.stats.resets += 1;
+                self.close(CloseKind::Reset, ctx);
             }
         }
     }

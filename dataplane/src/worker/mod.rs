@@ -103,6 +103,8 @@ pub struct WorkerSetup {
     pub poll: PollMode,
     /// Provided buffers in its pool (a power of two).
     pub buffers: u16,
+    /// Whether plain flows splice their bulk directions.
+    pub splice: bool,
     /// Its listeners.
     pub listeners: Vec<WorkerListener>,
     /// Shared control block.
@@ -257,6 +259,8 @@ struct Worker {
     unix_now: i64,
     /// Directions whose recv found the pool empty: (slot, generation, direction).
     starved: Vec<(u32, u32, usize)>,
+    /// Whether plain flows splice their bulk directions.
+    splice: bool,
 }
 
 /// Run a worker until the supervisor says stop and every flow is gone.
@@ -269,6 +273,11 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
     }
     let ring = Ring::new(RING_ENTRIES, setup.buffers)
         .map_err(|source| WorkerError::Ring { worker: id, source })?;
+    if let Some(core) = setup.core {
+        // Splices run on the ring's async workers: keep them on this worker's core.
+        // Best effort: unpinned, they still work, only elsewhere.
+        let _ = ring.pin_async_workers(core);
+    }
     let now = loop_clock().0;
     let mut w = Worker {
         id,
@@ -304,6 +313,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         now,
         unix_now: 0,
         starved: Vec::new(),
+        splice: setup.splice,
     };
     w.clock();
     let result = w.run_loop();
@@ -722,6 +732,7 @@ impl Worker {
             ring: &mut self.ring,
             stats: &mut self.stats,
             starved: &mut self.starved,
+            splice: self.splice,
             now: self.now,
             index: u32::try_from(i).unwrap_or(u32::MAX),
             gen,
@@ -757,7 +768,13 @@ impl Worker {
                     self.arm_wake()?;
                 }
             }
-            Op::Connect | Op::ConnectTimeout | Op::Recv(_) | Op::Send(_) | Op::Cancel => {
+            Op::Connect
+            | Op::ConnectTimeout
+            | Op::Recv(_)
+            | Op::Send(_)
+            | Op::SpliceIn(_)
+            | Op::SpliceOut(_)
+            | Op::Cancel => {
                 if self.slots.get(i).is_some_and(|s| s.gen == gen) {
                     self.with_conn(i, |conn, ctx| conn.complete(op, c.result, c.buffer, ctx));
                     self.settle_tls(i);
@@ -852,6 +869,7 @@ impl Worker {
             ring: &mut self.ring,
             stats: &mut self.stats,
             starved: &mut self.starved,
+            splice: self.splice,
             now: self.now,
             index,
             gen: slot.gen,
@@ -899,6 +917,7 @@ impl Worker {
             ring: &mut self.ring,
             stats: &mut self.stats,
             starved: &mut self.starved,
+            splice: self.splice,
             now: self.now,
             index,
             gen: slot.gen,

@@ -300,6 +300,8 @@ impl TlsConn {
                 }
             }
             Op::Recv(_) | Op::Send(_) => self.ops = self.ops.saturating_sub(1),
+            // TLS flows never splice (the bytes must pass through rustls).
+            Op::SpliceIn(_) | Op::SpliceOut(_) => {}
             Op::Accept | Op::AcceptCancel | Op::Wake | Op::WakeCancel => {}
         }
         match op {

@@ -25,6 +25,10 @@ pub enum Op {
     Send(usize),
     /// Cancel of every op on one of a connection's sockets.
     Cancel,
+    /// Splice from direction 0's (or 1's) source socket into its pipe.
+    SpliceIn(usize),
+    /// Splice from direction 0's (or 1's) pipe to its destination socket.
+    SpliceOut(usize),
 }
 
 impl Op {
@@ -41,6 +45,10 @@ impl Op {
             Op::Send(0) => 9,
             Op::Send(_) => 10,
             Op::Cancel => 11,
+            Op::SpliceIn(0) => 12,
+            Op::SpliceIn(_) => 13,
+            Op::SpliceOut(0) => 14,
+            Op::SpliceOut(_) => 15,
         }
     }
 
@@ -57,6 +65,10 @@ impl Op {
             9 => Op::Send(0),
             10 => Op::Send(1),
             11 => Op::Cancel,
+            12 => Op::SpliceIn(0),
+            13 => Op::SpliceIn(1),
+            14 => Op::SpliceOut(0),
+            15 => Op::SpliceOut(1),
             _ => return None,
         })
     }
@@ -100,6 +112,10 @@ mod tests {
             Op::Send(0),
             Op::Send(1),
             Op::Cancel,
+            Op::SpliceIn(0),
+            Op::SpliceIn(1),
+            Op::SpliceOut(0),
+            Op::SpliceOut(1),
         ] {
             for (index, gen) in [(0, 0), (u32::MAX, GEN_MASK), (7, 12345)] {
                 assert_eq!(decode(encode(op, index, gen)), Some((op, index, gen)));
