@@ -8,7 +8,7 @@
 //! [`Config::parse_for_host`] adds the checks against the machine (the cores exist).
 //! Nothing else in the dataplane reads configuration.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,8 +75,15 @@ pub struct TlsSettings {
     pub key: PathBuf,
     /// More (certificate, key) pairs, chosen by SNI against their DNS SANs.
     pub sni: Vec<(PathBuf, PathBuf)>,
-    /// Client CA bundle (PEM); required unless `client_auth = "none"`.
+    /// Client CA bundle (PEM) for one trust domain (or, without `trust_domain`, trusted
+    /// for every trust domain). Exactly one of `client_ca` and `trust_domains` is
+    /// required unless `client_auth = "none"`.
     pub client_ca: Option<PathBuf>,
+    /// The trust domain `client_ca` vouches for; leaves of any other trust domain are
+    /// refused (`unknown-trust-domain`). `None`: any (see `docs/tls.md`).
+    pub trust_domain: Option<String>,
+    /// One CA bundle per trust domain, sorted by name (`trust_domains = { "td" = "ca.pem" }`).
+    pub trust_domains: Vec<(String, PathBuf)>,
     /// Client-auth mode.
     pub client_auth: ClientAuthMode,
     /// CRL files (PEM).
@@ -279,6 +286,8 @@ struct RawTls {
     key: String,
     sni: Option<Vec<RawSniCert>>,
     client_ca: Option<String>,
+    trust_domain: Option<String>,
+    trust_domains: Option<BTreeMap<String, String>>,
     client_auth: Option<String>,
     crl: Option<Vec<String>>,
     alpn: Option<Vec<String>>,
@@ -334,6 +343,16 @@ impl Errors {
             .client_ca
             .as_deref()
             .map(|p| path(k("client_ca"), p, self));
+        let has_domains = t.trust_domains.is_some();
+        let trust_domains: Vec<(String, PathBuf)> = t
+            .trust_domains
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(td, p)| {
+                let pb = path(k(&format!("trust_domains.\"{td}\"")), &p, self);
+                (td, pb)
+            })
+            .collect();
         let crl: Vec<PathBuf> = t
             .crl
             .unwrap_or_default()
@@ -355,17 +374,40 @@ impl Errors {
                 ClientAuthMode::Required
             }
         };
-        if client_auth != ClientAuthMode::None && client_ca.is_none() {
+        if client_auth != ClientAuthMode::None && client_ca.is_none() && !has_domains {
             self.0.push(ConfigError::Missing {
                 key: k("client_ca"),
-                reason: "a client CA bundle is required unless `client_auth = \"none\"`",
+                reason: "a client CA bundle (`client_ca` or `trust_domains`) is required unless `client_auth = \"none\"`",
             });
             ok = false;
         }
-        if client_auth == ClientAuthMode::None && (client_ca.is_some() || !crl.is_empty()) {
+        if client_ca.is_some() && has_domains {
+            self.0.push(ConfigError::Missing {
+                key: k("trust_domains"),
+                reason: "`client_ca` and `trust_domains` are mutually exclusive: put the `client_ca` bundle under its trust domain",
+            });
+            ok = false;
+        }
+        if has_domains && trust_domains.is_empty() {
+            self.0.push(ConfigError::Missing {
+                key: k("trust_domains"),
+                reason: "at least one `\"trust domain\" = \"ca.pem\"` entry is required",
+            });
+            ok = false;
+        }
+        if t.trust_domain.is_some() && client_ca.is_none() {
+            self.0.push(ConfigError::Missing {
+                key: k("trust_domain"),
+                reason: "`trust_domain` names the trust domain of `client_ca`, which is not set",
+            });
+            ok = false;
+        }
+        if client_auth == ClientAuthMode::None
+            && (client_ca.is_some() || has_domains || !crl.is_empty())
+        {
             self.0.push(ConfigError::Missing {
                 key: k("client_auth"),
-                reason: "`client_ca` and `crl` need `client_auth = \"required\"` or `\"optional\"`",
+                reason: "`client_ca`, `trust_domains` and `crl` need `client_auth = \"required\"` or `\"optional\"`",
             });
             ok = false;
         }
@@ -395,6 +437,8 @@ impl Errors {
             key,
             sni,
             client_ca,
+            trust_domain: t.trust_domain,
+            trust_domains,
             client_auth,
             crl,
             alpn,
@@ -991,6 +1035,51 @@ typo = 1
         ))
         .unwrap_err();
         assert!(e.to_string().contains("listener[0].tls.client_auth"), "{e}");
+    }
+
+    #[test]
+    fn tls_trust_domains_parse_and_exclude_client_ca() {
+        let c = Config::parse(&format!(
+            "{TLS_BASE}trust_domains={{ 'partner.example'='p.pem', 'corp.example'='c.pem' }}\n"
+        ))
+        .unwrap();
+        let t = c.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(t.client_ca, None);
+        assert_eq!(
+            t.trust_domains,
+            vec![
+                ("corp.example".to_string(), PathBuf::from("c.pem")),
+                ("partner.example".to_string(), PathBuf::from("p.pem")),
+            ]
+        );
+        let c = Config::parse(&format!(
+            "{TLS_BASE}client_ca='ca.pem'\ntrust_domain='corp.example'\n"
+        ))
+        .unwrap();
+        let t = c.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(t.trust_domain.as_deref(), Some("corp.example"));
+        for (extra, key) in [
+            (
+                "client_ca='ca.pem'\ntrust_domains={ 'corp.example'='c.pem' }\n",
+                "listener[0].tls.trust_domains",
+            ),
+            ("trust_domains={}\n", "listener[0].tls.trust_domains"),
+            (
+                "trust_domain='corp.example'\n",
+                "listener[0].tls.trust_domain",
+            ),
+            (
+                "client_auth='none'\ntrust_domains={ 'corp.example'='c.pem' }\n",
+                "listener[0].tls.client_auth",
+            ),
+            (
+                "trust_domains={ 'corp.example'='' }\n",
+                "listener[0].tls.trust_domains.\"corp.example\"",
+            ),
+        ] {
+            let e = Config::parse(&format!("{TLS_BASE}{extra}")).unwrap_err();
+            assert!(e.to_string().contains(key), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ fn key_of(i: usize, e: &TlsConfigError) -> String {
         | TlsConfigError::Pem { what, .. }
         | TlsConfigError::Certificate { what, .. } => what,
         TlsConfigError::Verifier { .. } => "client_ca",
+        TlsConfigError::TrustDomain { .. } => "trust_domains",
         _ => "(tls)",
     };
     format!("listener[{i}].tls.{f}")
@@ -55,6 +56,13 @@ pub fn load(i: usize, t: &TlsSettings, base: &Path) -> Result<ServerTls, Vec<Con
     let cert = get(k("cert"), &t.cert);
     let key = get(k("key"), &t.key);
     let ca = t.client_ca.as_ref().and_then(|p| get(k("client_ca"), p));
+    let domains: Vec<_> = t
+        .trust_domains
+        .iter()
+        .filter_map(|(td, p)| {
+            get(k(&format!("trust_domains.\"{td}\"")), p).map(|(b, path)| (td.as_str(), b, path))
+        })
+        .collect();
     let crls: Vec<_> = t
         .crl
         .iter()
@@ -88,20 +96,44 @@ pub fn load(i: usize, t: &TlsSettings, base: &Path) -> Result<ServerTls, Vec<Con
     let b = ServerTls::builder()
         .with_cert(&cert, &key)
         .map_err(|e| fail(e, &cert_path))?;
-    let b = match (t.client_auth, ca) {
-        (ClientAuthMode::None, _) => b.without_client_auth(),
-        (mode, Some((ca, ca_path))) => {
-            let mode = if mode == ClientAuthMode::Optional {
-                ClientAuth::Optional
-            } else {
-                ClientAuth::Required
-            };
-            let crl_refs: Vec<&[u8]> = crls.iter().map(|(b, _)| b.as_slice()).collect();
-            b.with_client_auth(mode, &ca, &crl_refs)
-                .map_err(|e| fail(e, &ca_path))?
+    let crl_refs: Vec<&[u8]> = crls.iter().map(|(b, _)| b.as_slice()).collect();
+    let mode = if t.client_auth == ClientAuthMode::Optional {
+        ClientAuth::Optional
+    } else {
+        ClientAuth::Required
+    };
+    let b = match (t.client_auth, ca, t.trust_domain.as_deref()) {
+        (ClientAuthMode::None, _, _) => b.without_client_auth(),
+        // One bundle bound to one trust domain.
+        (_, Some((ca, ca_path)), Some(td)) => b
+            .with_client_auth_per_trust_domain(mode, &[(td, &ca)], &crl_refs)
+            .map_err(|e| fail(e, &ca_path))?,
+        // One bundle trusted for every trust domain (docs/tls.md says why to avoid it).
+        (_, Some((ca, ca_path)), None) => b
+            .with_client_auth(mode, &ca, &crl_refs)
+            .map_err(|e| fail(e, &ca_path))?,
+        (_, None, _) if !domains.is_empty() => {
+            let bundles: Vec<(&str, &[u8])> = domains
+                .iter()
+                .map(|(td, b, _)| (*td, b.as_slice()))
+                .collect();
+            b.with_client_auth_per_trust_domain(mode, &bundles, &crl_refs)
+                .map_err(|e| {
+                    // Name the bundle at fault when the error says which, else all.
+                    let at_fault = |td: &str| match &e {
+                        TlsConfigError::TrustDomain { trust_domain, .. } => td == trust_domain,
+                        _ => true,
+                    };
+                    let paths: Vec<String> = domains
+                        .iter()
+                        .filter(|(td, _, _)| at_fault(td))
+                        .map(|(_, _, p)| p.display().to_string())
+                        .collect();
+                    fail(e, Path::new(&paths.join(", ")))
+                })?
         }
-        // Config::parse refuses a client-auth mode without `client_ca`.
-        (_, None) => {
+        // Config::parse refuses a client-auth mode without `client_ca`/`trust_domains`.
+        (_, None, _) => {
             return Err(vec![ConfigError::Missing {
                 key: k("client_ca"),
                 reason: "a client CA bundle is required unless `client_auth = \"none\"`",

@@ -279,6 +279,82 @@ mod tls {
         assert_eq!(gw.metric("zgate_tls_handshakes_total"), 0);
     }
 
+    /// Review H1: with `trust_domains`, a CA vouches only for its own trust domain.
+    #[test]
+    fn a_partner_ca_cannot_issue_a_corp_spiffe_id_with_per_trust_domain_bundles() {
+        let pki = Pki::new(&[]);
+        let partner = Ca::new("partner.example root", now()).unwrap();
+        std::fs::write(pki.path("partner-ca.pem"), partner.cert_pem()).unwrap();
+        let up = Upstream::echo();
+        let mut setup = Setup::new(up.addr);
+        setup.table = Some(rule_for_principals(None));
+        setup.listener_extra = format!(
+            "[listener.tls]\ncert = {:?}\nkey = {:?}\nhandshake_timeout = \"1s\"\n\
+             trust_domains = {{ \"corp.example\" = {:?}, \"partner.example\" = {:?} }}\n",
+            pki.path("server.pem"),
+            pki.path("server.key"),
+            pki.path("ca.pem"),
+            pki.path("partner-ca.pem"),
+        );
+        let gw = Gateway::start(&setup);
+        let expect_refused = |leaf: &Leaf, reason: &str| {
+            let before = failures(&gw, reason);
+            assert!(refused(connect_tls(&gw, client_config(&pki, Some(leaf)))));
+            assert_eq!(
+                gw.wait_metric(
+                    &format!("zgate_tls_handshake_failures_total{{reason=\"{reason}\"}}"),
+                    before + 1
+                ),
+                before + 1,
+                "{reason} not counted"
+            );
+        };
+        let forged = partner.client(&ClientSpec::spiffe(TRADING), now()).unwrap();
+        expect_refused(&forged, "untrusted-issuer");
+        let elsewhere = pki.client(&ClientSpec::spiffe("spiffe://other.example/x"));
+        expect_refused(&elsewhere, "unknown-trust-domain");
+        assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        let own = partner
+            .client(
+                &ClientSpec::spiffe("spiffe://partner.example/billing"),
+                now(),
+            )
+            .unwrap();
+        echo_through(&mut connect_tls(&gw, client_config(&pki, Some(&own))), b"p");
+        let corp = pki.client(&ClientSpec::spiffe(TRADING));
+        echo_through(
+            &mut connect_tls(&gw, client_config(&pki, Some(&corp))),
+            b"c",
+        );
+        assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// `client_ca` bound to one trust domain: its CA cannot vouch for another one.
+    #[test]
+    fn client_ca_with_a_trust_domain_refuses_other_trust_domains() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let gw = tls_gateway(
+            &pki,
+            up.addr,
+            rule_for_principals(None),
+            "trust_domain = \"corp.example\"",
+        );
+        let elsewhere = pki.client(&ClientSpec::spiffe("spiffe://other.example/x"));
+        assert!(refused(connect_tls(
+            &gw,
+            client_config(&pki, Some(&elsewhere))
+        )));
+        assert_eq!(failures(&gw, "unknown-trust-domain"), 1);
+        let corp = pki.client(&ClientSpec::spiffe(TRADING));
+        echo_through(
+            &mut connect_tls(&gw, client_config(&pki, Some(&corp))),
+            b"c",
+        );
+        assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn no_client_certificate_is_refused_when_required() {
         let pki = Pki::new(&[]);

@@ -19,7 +19,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-use crate::error::{svid_to_rustls, TlsConfigError};
+use crate::error::{svid_to_rustls, SvidError, TlsConfigError};
 use crate::svid;
 
 /// Whether clients must present a certificate.
@@ -107,15 +107,34 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// rustls' webpki client verifier plus the SPIFFE X.509-SVID checks it leaves out.
+/// Which CAs may vouch for a client certificate.
+enum Anchors {
+    /// One bundle, trusted for every trust domain (`client_ca` with no trust domain).
+    AnyDomain(Arc<dyn ClientCertVerifier>),
+    /// One bundle per trust domain: a chain is validated only against the bundle of its
+    /// leaf's SPIFFE trust domain, so one domain's CA cannot issue another's IDs.
+    ByDomain(HashMap<String, Arc<dyn ClientCertVerifier>>),
+}
+
+/// rustls' webpki client verifier(s) plus the SPIFFE X.509-SVID checks they leave out.
 struct SpiffeVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    anchors: Arc<Anchors>,
+    /// Any one of the webpki verifiers: the answers that do not depend on the trust
+    /// anchors (client-auth mode, signature checks) come from it.
+    any: Arc<dyn ClientCertVerifier>,
+    /// Every bundle's CA subjects (CertificateRequest hints).
+    hints: Arc<[DistinguishedName]>,
     device_prefix: Option<String>,
 }
 
 impl fmt::Debug for SpiffeVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let domains: Vec<&str> = match self.anchors.as_ref() {
+            Anchors::AnyDomain(_) => Vec::new(),
+            Anchors::ByDomain(m) => m.keys().map(String::as_str).collect(),
+        };
         f.debug_struct("SpiffeVerifier")
+            .field("trust_domains", &domains)
             .field("device_prefix", &self.device_prefix)
             .finish_non_exhaustive()
     }
@@ -123,15 +142,15 @@ impl fmt::Debug for SpiffeVerifier {
 
 impl ClientCertVerifier for SpiffeVerifier {
     fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
+        self.any.offer_client_auth()
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
+        self.any.client_auth_mandatory()
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &self.hints
     }
 
     fn verify_client_cert(
@@ -140,10 +159,28 @@ impl ClientCertVerifier for SpiffeVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        // Path validation first: an expired or untrusted certificate is reported as
+        // With per-trust-domain bundles the leaf's SPIFFE ID is read first, only to pick
+        // the one bundle allowed to vouch for it (review H1); a leaf without exactly one
+        // valid SPIFFE ID is refused for that before path validation.
+        let inner = match self.anchors.as_ref() {
+            Anchors::AnyDomain(v) => v,
+            Anchors::ByDomain(by_domain) => {
+                let td =
+                    svid::leaf_trust_domain(end_entity.as_ref(), self.device_prefix.as_deref())
+                        .map_err(svid_to_rustls)?;
+                match by_domain.get(&td) {
+                    Some(v) => v,
+                    None => {
+                        return Err(svid_to_rustls(SvidError::UnknownTrustDomain {
+                            trust_domain: td,
+                        }))
+                    }
+                }
+            }
+        };
+        // Path validation next: an expired or untrusted certificate is reported as
         // such, whatever else is wrong with it.
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        inner.verify_client_cert(end_entity, intermediates, now)?;
         let ints: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
         svid::check_client_chain(end_entity.as_ref(), &ints, self.device_prefix.as_deref())
             .map_err(svid_to_rustls)?;
@@ -156,7 +193,7 @@ impl ClientCertVerifier for SpiffeVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.any.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -165,11 +202,11 @@ impl ClientCertVerifier for SpiffeVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.any.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.any.supported_verify_schemes()
     }
 }
 
@@ -225,7 +262,9 @@ pub struct Ready {
 
 /// The verifier's inputs, kept until `build` (the device prefix may be set later).
 pub struct SpiffeVerifierSlot {
-    inner: Arc<dyn ClientCertVerifier>,
+    anchors: Arc<Anchors>,
+    any: Arc<dyn ClientCertVerifier>,
+    hints: Arc<[DistinguishedName]>,
 }
 
 impl fmt::Debug for Ready {
@@ -288,53 +327,66 @@ impl ServerTlsBuilder<NeedClientAuth> {
         ca_pem: &[u8],
         crl_pems: &[&[u8]],
     ) -> Result<ServerTlsBuilder<Ready>, TlsConfigError> {
-        let cas = certs("client_ca", ca_pem)?;
-        let mut roots = RootCertStore::empty();
-        for (i, ca) in cas.iter().enumerate() {
-            svid::check_issuer(ca.as_ref()).map_err(|reason| TlsConfigError::Certificate {
-                what: "client_ca",
-                reason: format!("certificate {i} may not sign certificates: {reason}"),
-            })?;
-            roots
-                .add(ca.clone())
-                .map_err(|e| TlsConfigError::Certificate {
-                    what: "client_ca",
-                    reason: format!("certificate {i}: {e}"),
-                })?;
-        }
-        let mut crls = Vec::new();
-        for pem in crl_pems {
-            let found = CertificateRevocationListDer::pem_slice_iter(pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| TlsConfigError::Pem {
-                    what: "crl",
-                    reason: e.to_string(),
-                })?;
-            if found.is_empty() {
-                return Err(TlsConfigError::Pem {
-                    what: "crl",
-                    reason: "no CRL found in the PEM input".into(),
+        let crls = parse_crls(crl_pems)?;
+        let v = webpki_verifier(mode, roots(ca_pem)?, crls)?;
+        let hints = Arc::from(v.root_hint_subjects());
+        let slot = SpiffeVerifierSlot {
+            anchors: Arc::new(Anchors::AnyDomain(Arc::clone(&v))),
+            any: v,
+            hints,
+        };
+        Ok(self.ready(slot, mode))
+    }
+
+    /// Verify client certificates against one CA bundle per SPIFFE trust domain
+    /// (`(trust domain, PEM bundle)`; a bundle may hold several CAs, for rotation). A
+    /// chain is validated only against the bundle of its leaf's trust domain, so a CA
+    /// can vouch only for IDs of its own trust domain; a leaf of any other trust
+    /// domain is refused (`unknown-trust-domain`). CRLs and CA checks as in
+    /// [`ServerTlsBuilder::with_client_auth`]; the CRLs apply to every bundle.
+    ///
+    /// Errors: no bundle, a name that is not a valid trust domain (lowercase, as in a
+    /// SPIFFE ID) or given twice, and every error of `with_client_auth`.
+    pub fn with_client_auth_per_trust_domain(
+        self,
+        mode: ClientAuth,
+        bundles: &[(&str, &[u8])],
+        crl_pems: &[&[u8]],
+    ) -> Result<ServerTlsBuilder<Ready>, TlsConfigError> {
+        let crls = parse_crls(crl_pems)?;
+        let mut by_domain: HashMap<String, Arc<dyn ClientCertVerifier>> = HashMap::new();
+        let mut hints = Vec::new();
+        let mut any = None;
+        for (td, pem) in bundles {
+            check_trust_domain(td)?;
+            let v = webpki_verifier(mode, roots(pem)?, crls.clone())?;
+            hints.extend_from_slice(v.root_hint_subjects());
+            any.get_or_insert_with(|| Arc::clone(&v));
+            if by_domain.insert((*td).to_string(), v).is_some() {
+                return Err(TlsConfigError::TrustDomain {
+                    trust_domain: (*td).to_string(),
+                    reason: "given twice",
                 });
             }
-            crls.extend(found);
         }
-        let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
-        if !crls.is_empty() {
-            b = b.with_crls(crls).enforce_revocation_expiration();
+        let Some(any) = any else {
+            return Err(TlsConfigError::TrustDomain {
+                trust_domain: String::new(),
+                reason: "no trust domain bundle given",
+            });
+        };
+        let slot = SpiffeVerifierSlot {
+            anchors: Arc::new(Anchors::ByDomain(by_domain)),
+            any,
+            hints: Arc::from(hints),
+        };
+        Ok(self.ready(slot, mode))
+    }
+
+    fn ready(self, slot: SpiffeVerifierSlot, mode: ClientAuth) -> ServerTlsBuilder<Ready> {
+        ServerTlsBuilder {
+            state: Ready::new(self.state.default, Some(Arc::new(slot)), Some(mode)),
         }
-        if mode == ClientAuth::Optional {
-            b = b.allow_unauthenticated();
-        }
-        let inner = b.build().map_err(|e| TlsConfigError::Verifier {
-            reason: e.to_string(),
-        })?;
-        Ok(ServerTlsBuilder {
-            state: Ready::new(
-                self.state.default,
-                Some(Arc::new(SpiffeVerifierSlot { inner })),
-                Some(mode),
-            ),
-        })
     }
 
     /// Ask for no client certificate: flows carry no identity (policy sees only the
@@ -344,6 +396,81 @@ impl ServerTlsBuilder<NeedClientAuth> {
             state: Ready::new(self.state.default, None, None),
         }
     }
+}
+
+/// A trust domain name as it appears in a SPIFFE ID (`spiffe://NAME`), nothing more.
+fn check_trust_domain(td: &str) -> Result<(), TlsConfigError> {
+    let bad = |reason| TlsConfigError::TrustDomain {
+        trust_domain: td.to_string(),
+        reason,
+    };
+    match zgate_policy::parse_spiffe_id(&format!("spiffe://{td}")) {
+        Ok(id) if id.trust_domain == td && id.segments.is_empty() => Ok(()),
+        _ => Err(bad(
+            "not a valid SPIFFE trust domain (lowercase letters, digits, `.-_`)",
+        )),
+    }
+}
+
+/// A CA bundle as trust anchors. Every CA must be allowed to sign certificates (CA=true,
+/// keyCertSign when keyUsage is present): webpki does not check trust anchors for it.
+fn roots(ca_pem: &[u8]) -> Result<RootCertStore, TlsConfigError> {
+    let cas = certs("client_ca", ca_pem)?;
+    let mut roots = RootCertStore::empty();
+    for (i, ca) in cas.iter().enumerate() {
+        svid::check_issuer(ca.as_ref()).map_err(|reason| TlsConfigError::Certificate {
+            what: "client_ca",
+            reason: format!("certificate {i} may not sign certificates: {reason}"),
+        })?;
+        roots
+            .add(ca.clone())
+            .map_err(|e| TlsConfigError::Certificate {
+                what: "client_ca",
+                reason: format!("certificate {i}: {e}"),
+            })?;
+    }
+    Ok(roots)
+}
+
+fn parse_crls(
+    crl_pems: &[&[u8]],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsConfigError> {
+    let mut crls = Vec::new();
+    for pem in crl_pems {
+        let found = CertificateRevocationListDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsConfigError::Pem {
+                what: "crl",
+                reason: e.to_string(),
+            })?;
+        if found.is_empty() {
+            return Err(TlsConfigError::Pem {
+                what: "crl",
+                reason: "no CRL found in the PEM input".into(),
+            });
+        }
+        crls.extend(found);
+    }
+    Ok(crls)
+}
+
+/// rustls' webpki verifier over `roots`; with CRLs, revocation status must be known and
+/// the CRLs unexpired (fail closed).
+fn webpki_verifier(
+    mode: ClientAuth,
+    roots: RootCertStore,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsConfigError> {
+    let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    if !crls.is_empty() {
+        b = b.with_crls(crls).enforce_revocation_expiration();
+    }
+    if mode == ClientAuth::Optional {
+        b = b.allow_unauthenticated();
+    }
+    b.build().map_err(|e| TlsConfigError::Verifier {
+        reason: e.to_string(),
+    })
 }
 
 impl Ready {
@@ -425,7 +552,9 @@ impl ServerTlsBuilder<Ready> {
             })?;
         let builder = match &s.verifier {
             Some(v) => builder.with_client_cert_verifier(Arc::new(SpiffeVerifier {
-                inner: Arc::clone(&v.inner),
+                anchors: Arc::clone(&v.anchors),
+                any: Arc::clone(&v.any),
+                hints: Arc::clone(&v.hints),
                 device_prefix: s.device_prefix.clone(),
             })),
             None => builder.with_no_client_auth(),
@@ -435,6 +564,10 @@ impl ServerTlsBuilder<Ready> {
             by_name: s.sni,
         }));
         config.alpn_protocols = s.alpn;
+        // TLS 1.2 without Extended Master Secret (RFC 7627) is the triple-handshake
+        // setting; every current client sends EMS, so refuse the ones that do not. No
+        // effect on TLS 1.3.
+        config.require_ems = true;
         if s.resumption {
             config.session_storage = Arc::new(NoServerSessionStorage {});
             config.ticketer =

@@ -48,6 +48,15 @@ pub enum TlsConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A trust domain name given for a CA bundle is not a valid SPIFFE trust domain, or
+    /// is given twice, or no trust domain was given.
+    #[error("trust domain `{trust_domain}`: {reason}")]
+    TrustDomain {
+        /// The name as given.
+        trust_domain: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 /// A TLS alert this crate maps a rejection to (the code is the RFC 8446 one).
@@ -155,6 +164,13 @@ pub enum SvidError {
     /// A duplicate or malformed extension (SAN, keyUsage, basicConstraints).
     #[error("extension: {0}")]
     Extension(String),
+    /// The SPIFFE ID's trust domain has no CA bundle on this listener: no configured CA
+    /// may vouch for it (a CA vouches only for its own trust domain).
+    #[error("no CA bundle for trust domain `{trust_domain}`")]
+    UnknownTrustDomain {
+        /// The trust domain of the certificate's SPIFFE ID.
+        trust_domain: String,
+    },
 }
 
 /// Why a handshake (or a flow before its first byte) was refused: the label goes into
@@ -246,6 +262,7 @@ impl RejectReason {
                 | SvidError::SigningUsageOnLeaf => 11,
                 SvidError::IssuerCannotSign { .. } => 12,
                 SvidError::DeviceIdCount => 13,
+                SvidError::UnknownTrustDomain { .. } => 22,
             },
             RejectReason::BadCertificate(_) => 7,
             RejectReason::NoClientCertificate => 14,
@@ -360,7 +377,7 @@ const REJECT_LABEL_NAMES: [&str; REJECT_LABELS] = [
     "handshake-timeout",
     "peer-closed",
     "other",
-    "reserved-22",
+    "unknown-trust-domain",
     "reserved-23",
 ];
 

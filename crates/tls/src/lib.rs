@@ -3,8 +3,9 @@
 //! What it does:
 //! - builds a listener's TLS configuration from PEM bytes with a typestate builder
 //!   ([`ServerTls::builder`]): server certificates selected by SNI, client auth
-//!   required / optional / none against a CA bundle with optional CRLs, ALPN, minimum
-//!   version (TLS 1.3 by default), session resumption on or off;
+//!   required / optional / none against a CA bundle, or one bundle per SPIFFE trust
+//!   domain, with optional CRLs, ALPN, minimum version (TLS 1.3 by default; TLS 1.2
+//!   only with Extended Master Secret), session resumption on or off;
 //! - verifies client certificates with webpki and then enforces the SPIFFE X.509-SVID
 //!   rules webpki leaves out ([`svid`]; `docs/tls.md` lists each gap);
 //! - drives one server session with byte slices ([`TlsSession`]): the dataplane's
@@ -20,6 +21,8 @@
 //! - A [`PeerIdentityOwned`] is made only from a certificate this crate's verifier
 //!   accepted; its SPIFFE ID is the certificate's one URI SAN, parsed and validated,
 //!   never a string found elsewhere in the certificate.
+//! - With per-trust-domain bundles, a chain is validated only against the bundle of its
+//!   leaf's SPIFFE trust domain: a CA never vouches for another trust domain's IDs.
 //! - rustls types do not appear in the public API, so a rustls upgrade touches only
 //!   this crate.
 #![forbid(unsafe_code)]

@@ -153,6 +153,26 @@ pub fn check_client_chain(
     Ok(())
 }
 
+/// The trust domain of the leaf's one identity URI SAN, read *before* path validation
+/// so that the chain is validated only against that trust domain's CAs. Nothing is
+/// trusted yet: the answer only picks which CAs may vouch for the certificate, and the
+/// full rules ([`check_client_chain`]) still run after path validation.
+pub fn leaf_trust_domain(
+    leaf_der: &[u8],
+    device_prefix: Option<&str>,
+) -> Result<String, SvidError> {
+    let leaf = parse(leaf_der)?;
+    let (ids, _) = uri_sans(&leaf, device_prefix)?;
+    let [uri] = ids.as_slice() else {
+        return Err(SvidError::UriSanCount { found: ids.len() });
+    };
+    let id = zgate_policy::parse_spiffe_id(uri).map_err(|e| SvidError::BadSpiffeId {
+        uri: (*uri).to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(id.trust_domain)
+}
+
 /// Whether a certificate may sign certificates: CA=true and, when keyUsage is present,
 /// keyCertSign. `Err` says what is missing.
 pub fn check_issuer(der: &[u8]) -> Result<(), &'static str> {

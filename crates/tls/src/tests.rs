@@ -321,6 +321,9 @@ fn tls12_only_client_needs_min_version_12() {
         "gw.example",
     );
     assert_eq!(s.unwrap().identity().unwrap().spiffe_id, ID);
+    // rustls clients always offer EMS, so a non-EMS hello cannot be produced here; the
+    // setting itself is what refuses one (rustls server/tls12.rs).
+    assert!(server.config.require_ems);
 }
 
 #[test]
@@ -424,4 +427,133 @@ fn resumption_off_sends_no_tickets_and_on_resumes_with_identity() {
         assert_eq!(s2.is_resumed(), on);
         assert_eq!(s2.identity().unwrap().spiffe_id, ID);
     }
+}
+
+/// `corp.example` trusts only the corp root, `partner.example` only the partner root.
+fn per_domain_server(corp: &Pki, partner: &Ca) -> ServerTls {
+    ServerTls::builder()
+        .with_cert(
+            corp.server.chain_pem.as_bytes(),
+            corp.server.key_pem.as_bytes(),
+        )
+        .unwrap()
+        .with_client_auth_per_trust_domain(
+            ClientAuth::Required,
+            &[
+                ("corp.example", corp.ca.cert_pem().as_bytes()),
+                ("partner.example", partner.cert_pem().as_bytes()),
+            ],
+            &[],
+        )
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
+/// Review H1 (probe P1): with per-trust-domain bundles, the partner's CA cannot mint a
+/// corp SPIFFE ID, while each CA still vouches for its own trust domain.
+#[test]
+fn a_partner_ca_cannot_issue_a_corp_spiffe_id() {
+    let p = pki();
+    let partner = Ca::new("partner.example root", now()).unwrap();
+    let server = per_domain_server(&p, &partner);
+    let cfg = |leaf: &Leaf| client_config(p.ca.cert_pem(), Some(leaf), false);
+
+    let forged = partner.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    let (_, s) = handshake(&server, cfg(&forged), "gw.example");
+    assert_eq!(s.unwrap_err(), RejectReason::UntrustedIssuer);
+
+    let own = partner
+        .client(
+            &ClientSpec::spiffe("spiffe://partner.example/billing"),
+            now(),
+        )
+        .unwrap();
+    let (_, s) = handshake(&server, cfg(&own), "gw.example");
+    assert_eq!(
+        s.unwrap().identity().unwrap().spiffe_id,
+        "spiffe://partner.example/billing"
+    );
+
+    let corp = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    let (_, s) = handshake(&server, cfg(&corp), "gw.example");
+    assert_eq!(s.unwrap().identity().unwrap().spiffe_id, ID);
+
+    // Nor can the corp CA issue a partner ID.
+    let forged =
+        p.ca.client(
+            &ClientSpec::spiffe("spiffe://partner.example/billing"),
+            now(),
+        )
+        .unwrap();
+    let (_, s) = handshake(&server, cfg(&forged), "gw.example");
+    assert_eq!(s.unwrap_err(), RejectReason::UntrustedIssuer);
+}
+
+#[test]
+fn a_trust_domain_without_a_bundle_is_refused_before_path_validation() {
+    let p = pki();
+    let partner = Ca::new("partner.example root", now()).unwrap();
+    let server = per_domain_server(&p, &partner);
+    let leaf =
+        p.ca.client(&ClientSpec::spiffe("spiffe://other.example/x"), now())
+            .unwrap();
+    let (_, s) = handshake(
+        &server,
+        client_config(p.ca.cert_pem(), Some(&leaf), false),
+        "gw.example",
+    );
+    let r = s.unwrap_err();
+    assert_eq!(r.label(), "unknown-trust-domain");
+    assert_eq!(
+        r,
+        RejectReason::Svid(SvidError::UnknownTrustDomain {
+            trust_domain: "other.example".into()
+        })
+    );
+    // A leaf with no SPIFFE ID cannot pick a bundle at all.
+    let leaf = p.ca.client(&Bad::NoUriSan.spec(ID), now()).unwrap();
+    let (_, s) = handshake(
+        &server,
+        client_config(p.ca.cert_pem(), Some(&leaf), false),
+        "gw.example",
+    );
+    assert_eq!(s.unwrap_err().label(), "uri-san-count");
+}
+
+#[test]
+fn trust_domain_bundles_are_checked_at_load() {
+    let p = pki();
+    let ca = p.ca.cert_pem().as_bytes();
+    let build = |bundles: &[(&str, &[u8])]| {
+        ServerTls::builder()
+            .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
+            .unwrap()
+            .with_client_auth_per_trust_domain(ClientAuth::Required, bundles, &[])
+            .map(|_| ())
+            .unwrap_err()
+    };
+    for bad in [
+        "Corp.Example",
+        "corp.example/ns",
+        "",
+        "spiffe://corp.example",
+    ] {
+        assert!(
+            matches!(build(&[(bad, ca)]), TlsConfigError::TrustDomain { trust_domain, .. } if trust_domain == bad),
+            "{bad:?} accepted"
+        );
+    }
+    assert!(matches!(
+        build(&[("corp.example", ca), ("corp.example", ca)]),
+        TlsConfigError::TrustDomain {
+            reason: "given twice",
+            ..
+        }
+    ));
+    assert!(matches!(build(&[]), TlsConfigError::TrustDomain { .. }));
+    assert!(matches!(
+        build(&[("corp.example", b"not pem")]),
+        TlsConfigError::NoCertificate { .. }
+    ));
 }

@@ -573,10 +573,15 @@ impl Worker {
         let Some(Some(conn)) = self.slots.get(i).map(|s| s.conn.as_ref()) else {
             return;
         };
-        // Closing flows and TLS flows not yet decided are left alone.
-        if conn.state() != State::Open
-            && !(conn.state() == State::Connecting && matches!(conn, Flow::Plain(_)))
-        {
+        // Closing flows and TLS flows not yet decided are left alone. A TLS flow whose
+        // upstream connect is in flight was decided with the table of its `settle_tls`,
+        // which may be older than this one: it is re-decided like a plain one (review
+        // M2), so a denying table closes it before `on_connect` could open it.
+        let live = match conn {
+            Flow::Plain(_) => matches!(conn.state(), State::Open | State::Connecting),
+            Flow::Tls(t) => t.state.is_decided_and_live(),
+        };
+        if !live {
             return;
         }
         let decision = self.decide_flow(conn);

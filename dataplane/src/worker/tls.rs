@@ -54,6 +54,16 @@ pub enum TlsState {
     Closing,
 }
 
+impl TlsState {
+    /// Whether the flow has been decided and may still carry data (upstream connect in
+    /// flight, or forwarding): a new table or an expired decision must decide it again.
+    /// `Handshaking`/`Deciding` have no decision yet (`settle_tls` makes it with the
+    /// current table); `Flushing`/`Closing` are already refused.
+    pub fn is_decided_and_live(self) -> bool {
+        matches!(self, TlsState::Connecting | TlsState::Open)
+    }
+}
+
 /// An output buffer: lent to the kernel while its send is in flight.
 struct Out {
     mem: Lent<[u8]>,
@@ -657,4 +667,27 @@ impl TlsConn {
 fn give_back(buf: BufId, ctx: &mut Ctx<'_>) {
     let r = ctx.ring.pool.give_back(buf);
     debug_assert!(r.is_ok(), "{r:?}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TlsState;
+
+    /// Review M2: a flow whose upstream connect is in flight is re-decided on a table
+    /// swap (`Worker::redecide` asks this), flows without a decision are not.
+    #[test]
+    fn connecting_and_open_flows_are_redecided_undecided_and_closing_ones_are_not() {
+        let redecided: Vec<TlsState> = [
+            TlsState::Handshaking,
+            TlsState::Deciding,
+            TlsState::Connecting,
+            TlsState::Open,
+            TlsState::Flushing,
+            TlsState::Closing,
+        ]
+        .into_iter()
+        .filter(|s| s.is_decided_and_live())
+        .collect();
+        assert_eq!(redecided, [TlsState::Connecting, TlsState::Open]);
+    }
 }

@@ -3,7 +3,11 @@
 //! Files: `ca.pem`/`ca.key`; `server.pem`/`server.key` (SAN `localhost`, `127.0.0.1`);
 //! one `client-N.pem`/`client-N.key` per `--client SPIFFE_ID`; with `--bad`, one
 //! `bad-<class>.pem`/`.key` per bad class, `untrusted.pem`/`.key` (valid SVID from
-//! another CA), `revoked.pem`/`.key` and `crl.pem` revoking it. Never for production.
+//! another CA), `revoked.pem`/`.key` and `crl.pem` revoking it. With `--partner TD`, a
+//! second trust domain's CA: `partner-ca.pem`/`.key`, `partner-client.pem`/`.key`
+//! (`spiffe://TD/client`, from the partner CA) and `partner-forged.pem`/`.key` (the
+//! first `--client` ID, issued by the partner CA: a listener with per-trust-domain
+//! bundles must refuse it). Never for production.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -31,6 +35,10 @@ struct Cli {
     /// Also write every class of bad client certificate, an untrusted one, and a CRL.
     #[arg(long)]
     bad: bool,
+    /// Also write a second CA for this trust domain (e.g. `partner.example`), one SVID
+    /// it issues for its own domain and one it forges for the first `--client` ID.
+    #[arg(long)]
+    partner: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +107,26 @@ fn run(cli: &Cli) -> Result<(), Error> {
         let revoked = ca.client(&ClientSpec::spiffe(id), now)?;
         write_leaf(dir, "revoked", &revoked)?;
         write(dir, "crl.pem", &ca.crl(&[&revoked], now)?)?;
+    }
+    if let Some(td) = &cli.partner {
+        let partner = Ca::new(&format!("{td} dev CA"), now)?;
+        write(dir, "partner-ca.pem", partner.cert_pem())?;
+        write(dir, "partner-ca.key", partner.key_pem())?;
+        let own = format!("spiffe://{td}/client");
+        write_leaf(
+            dir,
+            "partner-client",
+            &partner.client(&ClientSpec::spiffe(&own), now)?,
+        )?;
+        let id = cli
+            .client
+            .first()
+            .map_or("spiffe://zgate.test/client", String::as_str);
+        write_leaf(
+            dir,
+            "partner-forged",
+            &partner.client(&ClientSpec::spiffe(id), now)?,
+        )?;
     }
     println!("zgate-devpki: wrote a dev PKI to {}", dir.display());
     Ok(())
