@@ -127,6 +127,16 @@ pub fn run(config: &Config, host: &Host, tls: &[Option<ServerTls>]) -> Result<()
             )),
             Some(Some(_)) => {}
         }
+        // A single bundle not bound to a trust domain lets any CA in it vouch for any
+        // SPIFFE ID (docs/tls.md, "Trust domains"): allowed, but said out loud.
+        if let Some(s) = &l.tls {
+            if s.client_ca.is_some() && s.trust_domain.is_none() {
+                log(format_args!(
+                    "listener `{}`: warning: `client_ca` is not bound to a trust domain; every CA in it may issue any SPIFFE ID (set `trust_domain` or use `trust_domains`)",
+                    l.name
+                ));
+            }
+        }
     }
     let table = match &config.table {
         Some(path) => {

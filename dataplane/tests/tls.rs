@@ -195,6 +195,13 @@ mod tls {
         assert!(rest.is_empty());
         assert_eq!(gw.wait_metric("zgate_tls_handshakes_total", 1), 1);
         assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // This listener's `client_ca` is bound to no trust domain: said at startup.
+        assert!(
+            gw.log()
+                .contains("`client_ca` is not bound to a trust domain"),
+            "{}",
+            gw.log()
+        );
     }
 
     #[test]
@@ -347,6 +354,11 @@ mod tls {
             client_config(&pki, Some(&elsewhere))
         )));
         assert_eq!(failures(&gw, "unknown-trust-domain"), 1);
+        assert!(
+            !gw.log().contains("not bound to a trust domain"),
+            "{}",
+            gw.log()
+        );
         let corp = pki.client(&ClientSpec::spiffe(TRADING));
         echo_through(
             &mut connect_tls(&gw, client_config(&pki, Some(&corp))),
