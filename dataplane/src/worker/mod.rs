@@ -904,15 +904,8 @@ impl Worker {
             return;
         };
         let _ = client.set_nodelay(true);
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                let Ok(i) = u32::try_from(self.slots.len()) else {
-                    return;
-                };
-                self.slots.push(Slot { gen: 0, conn: None });
-                i
-            }
+        let Some(index) = self.alloc_slot() else {
+            return;
         };
         let i = usize::try_from(index).unwrap_or(usize::MAX);
         let Some(slot) = self.slots.get_mut(i) else {
