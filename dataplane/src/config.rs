@@ -427,6 +427,21 @@ impl Errors {
                 false
             }
         };
+        // Resumed sessions are not re-checked against the CRL (review finding M1), so
+        // with a CRL resumption is off by default and may not be turned on.
+        let session_resumption = match (t.session_resumption, crl.is_empty()) {
+            (Some(true), false) => {
+                self.value(
+                    k("session_resumption"),
+                    "true",
+                    "resumed sessions are not re-checked against the CRL: leave it out or set it to false when `crl` is set",
+                );
+                ok = false;
+                false
+            }
+            (Some(on), _) => on,
+            (None, no_crl) => no_crl,
+        };
         let handshake_timeout = self.duration(
             k("handshake_timeout"),
             t.handshake_timeout.as_deref(),
@@ -443,7 +458,7 @@ impl Errors {
             crl,
             alpn,
             allow_tls12,
-            session_resumption: t.session_resumption.unwrap_or(true),
+            session_resumption,
             device_id_uri_prefix: t.device_id_uri_prefix.filter(|p| !p.is_empty()),
             handshake_timeout,
         })
@@ -1006,6 +1021,18 @@ typo = 1
         assert_eq!(t.sni.len(), 1);
         // Plain listeners stay plain.
         assert!(Config::parse(GOOD).unwrap().listeners[0].tls.is_none());
+    }
+
+    #[test]
+    fn a_crl_turns_session_resumption_off_and_refuses_it_on() {
+        let with_crl = format!("{TLS_BASE}client_ca='ca.pem'\ncrl=['a.crl']\n");
+        let c = Config::parse(&with_crl).unwrap();
+        assert!(!c.listeners[0].tls.as_ref().unwrap().session_resumption);
+        let e = Config::parse(&format!("{with_crl}session_resumption=true\n")).unwrap_err();
+        assert_eq!(
+            e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec!["listener[0].tls.session_resumption: resumed sessions are not re-checked against the CRL: leave it out or set it to false when `crl` is set (got `true`)".to_string()]
+        );
     }
 
     #[test]
