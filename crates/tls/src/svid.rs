@@ -109,6 +109,23 @@ fn uri_sans<'a>(
     Ok((ids, devices))
 }
 
+/// The SVID rule in one place: exactly one identity URI SAN, and it parses as a SPIFFE
+/// ID. Returns the ID and the device-id URIs set aside by `device_prefix`.
+fn leaf_spiffe_id<'a>(
+    leaf: &'a X509Certificate<'a>,
+    device_prefix: Option<&str>,
+) -> Result<(zgate_policy::model::SpiffeId, Vec<&'a str>), SvidError> {
+    let (ids, devices) = uri_sans(leaf, device_prefix)?;
+    let [uri] = ids.as_slice() else {
+        return Err(SvidError::UriSanCount { found: ids.len() });
+    };
+    let id = zgate_policy::parse_spiffe_id(uri).map_err(|e| SvidError::BadSpiffeId {
+        uri: (*uri).to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok((id, devices))
+}
+
 /// Check the SPIFFE X.509-SVID rules on a client's leaf and the intermediates it sent
 /// (see the module doc). `device_prefix`: URI SANs starting with it are device ids, not
 /// identities (at most one).
@@ -136,17 +153,10 @@ pub fn check_client_chain(
     if ku.value.key_cert_sign() || ku.value.crl_sign() {
         return Err(SvidError::SigningUsageOnLeaf);
     }
-    let (ids, devices) = uri_sans(&leaf, device_prefix)?;
+    let (_, devices) = leaf_spiffe_id(&leaf, device_prefix)?;
     if devices.len() > 1 {
         return Err(SvidError::DeviceIdCount);
     }
-    let [uri] = ids.as_slice() else {
-        return Err(SvidError::UriSanCount { found: ids.len() });
-    };
-    zgate_policy::parse_spiffe_id(uri).map_err(|e| SvidError::BadSpiffeId {
-        uri: (*uri).to_string(),
-        reason: e.to_string(),
-    })?;
     for (index, der) in intermediates.iter().enumerate() {
         check_issuer(der).map_err(|reason| SvidError::IssuerCannotSign { index, reason })?;
     }
@@ -162,14 +172,7 @@ pub fn leaf_trust_domain(
     device_prefix: Option<&str>,
 ) -> Result<String, SvidError> {
     let leaf = parse(leaf_der)?;
-    let (ids, _) = uri_sans(&leaf, device_prefix)?;
-    let [uri] = ids.as_slice() else {
-        return Err(SvidError::UriSanCount { found: ids.len() });
-    };
-    let id = zgate_policy::parse_spiffe_id(uri).map_err(|e| SvidError::BadSpiffeId {
-        uri: (*uri).to_string(),
-        reason: e.to_string(),
-    })?;
+    let (id, _) = leaf_spiffe_id(&leaf, device_prefix)?;
     Ok(id.trust_domain)
 }
 
@@ -195,14 +198,7 @@ pub(crate) fn identity_of(
     device_prefix: Option<&str>,
 ) -> Result<PeerIdentityOwned, SvidError> {
     let leaf = parse(leaf_der)?;
-    let (ids, devices) = uri_sans(&leaf, device_prefix)?;
-    let [uri] = ids.as_slice() else {
-        return Err(SvidError::UriSanCount { found: ids.len() });
-    };
-    let id = zgate_policy::parse_spiffe_id(uri).map_err(|e| SvidError::BadSpiffeId {
-        uri: (*uri).to_string(),
-        reason: e.to_string(),
-    })?;
+    let (id, devices) = leaf_spiffe_id(&leaf, device_prefix)?;
     let mut dns_sans = Vec::new();
     if let Ok(Some(san)) = leaf.subject_alternative_name() {
         for name in &san.value.general_names {
