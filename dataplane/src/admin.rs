@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::shared::StatsSnapshot;
 
 /// What `/readyz` and `/metrics` report.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct AdminView {
     /// Summed worker counters.
     pub stats: StatsSnapshot,
@@ -26,6 +26,12 @@ pub struct AdminView {
     pub table_reloads: u64,
     /// Failed SIGHUP reloads (the old table stayed).
     pub table_reload_failures: u64,
+    /// TLS material reloads published (file change or SIGHUP).
+    pub tls_reloads: u64,
+    /// TLS material reloads refused (the old material stayed).
+    pub tls_reload_failures: u64,
+    /// Per TLS listener: its name and the earliest notAfter of the certificates it serves.
+    pub tls_not_after: Vec<(String, i64)>,
 }
 
 impl AdminView {
@@ -153,6 +159,18 @@ pub fn metrics_text(v: &AdminView) -> String {
         v.table_reload_failures,
     );
     metric(
+        "zgate_tls_reloads_total",
+        "counter",
+        "TLS material reloads published (file change or SIGHUP).",
+        v.tls_reloads,
+    );
+    metric(
+        "zgate_tls_reload_failures_total",
+        "counter",
+        "TLS material reloads refused (the old material stayed).",
+        v.tls_reload_failures,
+    );
+    metric(
         "zgate_workers",
         "gauge",
         "Workers configured.",
@@ -171,6 +189,17 @@ pub fn metrics_text(v: &AdminView) -> String {
          # TYPE zgate_tls_handshakes_total counter\nzgate_tls_handshakes_total {}",
         s.tls_handshakes
     );
+    let _ = writeln!(
+        out,
+        "# HELP zgate_tls_certificate_not_after_seconds Earliest notAfter of the certificates a TLS listener serves.\n\
+         # TYPE zgate_tls_certificate_not_after_seconds gauge"
+    );
+    for (name, not_after) in &v.tls_not_after {
+        let _ = writeln!(
+            out,
+            "zgate_tls_certificate_not_after_seconds{{listener=\"{name}\"}} {not_after}"
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP zgate_tls_handshake_failures_total TLS flows refused before the decision, by reason.\n\

@@ -98,6 +98,9 @@ pub struct TlsSettings {
     pub device_id_uri_prefix: Option<String>,
     /// Longest a handshake may take.
     pub handshake_timeout: Duration,
+    /// How often the supervisor looks at the TLS files for changes (`None`: only on
+    /// SIGHUP, `reload_interval = "off"`).
+    pub reload_interval: Option<Duration>,
 }
 
 /// Worker settings.
@@ -295,6 +298,7 @@ struct RawTls {
     session_resumption: Option<bool>,
     device_id_uri_prefix: Option<String>,
     handshake_timeout: Option<String>,
+    reload_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -305,6 +309,7 @@ struct RawSniCert {
 }
 
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Errors {
     /// Validate `[listener.tls]` of listener `i` (pure: files are read later).
@@ -447,6 +452,10 @@ impl Errors {
             t.handshake_timeout.as_deref(),
             DEFAULT_HANDSHAKE_TIMEOUT,
         );
+        let reload_interval = match t.reload_interval.as_deref() {
+            Some("off") => None,
+            other => Some(self.duration(k("reload_interval"), other, DEFAULT_TLS_RELOAD_INTERVAL)),
+        };
         ok.then_some(TlsSettings {
             cert,
             key,
@@ -461,6 +470,7 @@ impl Errors {
             session_resumption,
             device_id_uri_prefix: t.device_id_uri_prefix.filter(|p| !p.is_empty()),
             handshake_timeout,
+            reload_interval,
         })
     }
 }
@@ -1004,10 +1014,11 @@ typo = 1
         assert!(!t.allow_tls12);
         assert!(t.session_resumption);
         assert_eq!(t.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
+        assert_eq!(t.reload_interval, Some(DEFAULT_TLS_RELOAD_INTERVAL));
         let c = Config::parse(&format!(
             "{TLS_BASE}client_auth='optional'\nclient_ca='ca.pem'\ncrl=['a.crl']\nalpn=['redis']\n\
              min_version='1.2'\nsession_resumption=false\ndevice_id_uri_prefix='urn:device:'\n\
-             handshake_timeout='2s'\nsni=[{{cert='b.pem', key='b.key'}}]\n"
+             handshake_timeout='2s'\nsni=[{{cert='b.pem', key='b.key'}}]\nreload_interval='off'\n"
         ))
         .unwrap();
         let t = c.listeners[0].tls.as_ref().unwrap();
@@ -1019,6 +1030,17 @@ typo = 1
         assert_eq!(t.device_id_uri_prefix.as_deref(), Some("urn:device:"));
         assert_eq!(t.handshake_timeout, Duration::from_secs(2));
         assert_eq!(t.sni.len(), 1);
+        assert_eq!(t.reload_interval, None);
+        let e = Config::parse(&format!(
+            "{TLS_BASE}client_ca='ca.pem'\nreload_interval='soon'\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.0[0]
+                .to_string()
+                .starts_with("listener[0].tls.reload_interval: expected a positive duration"),
+            "{e:?}"
+        );
         // Plain listeners stay plain.
         assert!(Config::parse(GOOD).unwrap().listeners[0].tls.is_none());
     }

@@ -66,7 +66,7 @@ fn load_config(path: &Path, host: &Host) -> Result<(Config, Vec<Option<ServerTls
     let mut tls = Vec::new();
     if let Some(c) = config.as_mut() {
         let base = path.parent().unwrap_or(Path::new("."));
-        match zgate_dataplane::tls::load_all(c, base) {
+        match zgate_dataplane::tls::load_all(c, base, supervisor::unix_now()) {
             Ok(t) => tls = t,
             Err(e) => errors.extend(e),
         }
@@ -135,7 +135,8 @@ fn main() -> ExitCode {
                 Ok(_) => {}
                 Err(e) => eprintln!("zgate: cannot raise the open-file limit: {e}"),
             }
-            match supervisor::run(&c, &host, &tls) {
+            let base = config.parent().unwrap_or(Path::new("."));
+            match supervisor::run(&c, &host, &tls, base) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("zgate: {e}");

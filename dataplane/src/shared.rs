@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use zgate_table::DecisionTable;
-use zgate_tls::REJECT_LABELS;
+use zgate_tls::{ServerTls, REJECT_LABELS};
 
 /// Where the process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -30,15 +30,46 @@ pub struct Control {
     phase: AtomicU8,
     generation: AtomicU64,
     table: ArcSwapOption<DecisionTable>,
+    tls_generation: AtomicU64,
+    /// Per listener (by index): the TLS material new handshakes use.
+    tls: Vec<ArcSwapOption<ServerTls>>,
 }
 
 impl Control {
-    /// A control block with `table` published (`None`: deny every flow).
-    pub fn new(table: Option<DecisionTable>) -> Control {
+    /// A control block with `table` published (`None`: deny every flow) and each
+    /// listener's TLS material (`None`: plain listener).
+    pub fn new(table: Option<DecisionTable>, tls: Vec<Option<ServerTls>>) -> Control {
         Control {
             phase: AtomicU8::new(Phase::Running as u8),
             generation: AtomicU64::new(1),
             table: ArcSwapOption::new(table.map(Arc::new)),
+            tls_generation: AtomicU64::new(1),
+            tls: tls
+                .into_iter()
+                .map(|t| ArcSwapOption::new(t.map(Arc::new)))
+                .collect(),
+        }
+    }
+
+    /// Bumped after every TLS material publication.
+    pub fn tls_generation(&self) -> u64 {
+        self.tls_generation.load(Ordering::Relaxed)
+    }
+
+    /// Listener `i`'s current TLS material (`None`: plain, or no such listener).
+    pub fn listener_tls(&self, i: usize) -> Option<ServerTls> {
+        self.tls
+            .get(i)
+            .and_then(|t| t.load_full())
+            .map(|t| (*t).clone())
+    }
+
+    /// Publish new TLS material for listener `i`. Handshakes that start after workers
+    /// see it use it; sessions already running keep the configuration they began with.
+    pub fn publish_tls(&self, i: usize, tls: ServerTls) {
+        if let Some(slot) = self.tls.get(i) {
+            slot.store(Some(Arc::new(tls)));
+            self.tls_generation.fetch_add(1, Ordering::Release);
         }
     }
 

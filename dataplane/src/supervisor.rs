@@ -22,6 +22,7 @@ use crate::admin::{self, AdminView};
 use crate::config::{Config, Host};
 use crate::shared::{Control, Phase, StatsSnapshot, WorkerStats};
 use crate::sys;
+use crate::tls::{ReloadEvent, TlsWatch};
 use crate::worker::{self, WorkerError, WorkerListener, WorkerSetup};
 
 /// Why a table file cannot be used.
@@ -98,6 +99,17 @@ impl RunError {
     }
 }
 
+/// Wall-clock Unix seconds (certificate validity checks on load and reload).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the supervisor's own clock, off the data path"
+)]
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// One line on stderr. The supervisor is the only thread that logs.
 pub fn log(msg: std::fmt::Arguments<'_>) {
     eprintln!("zgate: {msg}");
@@ -114,7 +126,12 @@ struct Running {
     clippy::disallowed_methods,
     reason = "the supervisor's own clock: drain deadlines, off the data path"
 )]
-pub fn run(config: &Config, host: &Host, tls: &[Option<ServerTls>]) -> Result<(), RunError> {
+pub fn run(
+    config: &Config,
+    host: &Host,
+    tls: &[Option<ServerTls>],
+    base: &Path,
+) -> Result<(), RunError> {
     for (l, t) in config.listeners.iter().zip(tls) {
         match t.as_ref().map(ServerTls::client_auth) {
             None => log(format_args!(
@@ -168,7 +185,7 @@ pub fn run(config: &Config, host: &Host, tls: &[Option<ServerTls>]) -> Result<()
     let mut per_worker: Vec<Vec<WorkerListener>> = Vec::with_capacity(nworkers);
     for _ in 0..nworkers {
         let mut ls = Vec::with_capacity(config.listeners.len());
-        for (li, l) in config.listeners.iter().enumerate() {
+        for l in &config.listeners {
             let fd = sys::reuseport_listener(l.listen, 4096).map_err(|source| RunError::Bind {
                 listener: l.name.clone(),
                 addr: l.listen,
@@ -179,7 +196,6 @@ pub fn run(config: &Config, host: &Host, tls: &[Option<ServerTls>]) -> Result<()
                 config: Arc::new(l.clone()),
                 fd,
                 limit: l.max_connections.div_ceil(n),
-                tls: tls.get(li).cloned().flatten(),
             });
         }
         per_worker.push(ls);
@@ -194,7 +210,9 @@ pub fn run(config: &Config, host: &Host, tls: &[Option<ServerTls>]) -> Result<()
         None => None,
     };
 
-    let control = Arc::new(Control::new(table));
+    let control = Arc::new(Control::new(table, tls.to_vec()));
+    let mut tls_watch = TlsWatch::new(config, base, Instant::now());
+    let mut tls_counts = TlsReloads::default();
     let mut workers: Vec<Running> = Vec::with_capacity(nworkers);
     for (id, listeners) in per_worker.into_iter().enumerate() {
         let setup_err = |source| RunError::Setup {
@@ -254,6 +272,8 @@ pub fn run(config: &Config, host: &Host, tls: &[Option<ServerTls>]) -> Result<()
                             Ok(()) => reloads += 1,
                             Err(()) => reload_failures += 1,
                         }
+                        let events = tls_watch.reload_all(config, unix_now());
+                        tls_counts.apply(config, &control, events);
                         wake_all(&workers);
                     }
                     _ if drain_deadline.is_none() => {
@@ -289,10 +309,28 @@ pub fn run(config: &Config, host: &Host, tls: &[Option<ServerTls>]) -> Result<()
                         table_version: control.table().map(|t| t.version()),
                         table_reloads: reloads,
                         table_reload_failures: reload_failures,
+                        tls_reloads: tls_counts.reloads,
+                        tls_reload_failures: tls_counts.failures,
+                        tls_not_after: config
+                            .listeners
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(i, l)| {
+                                let t = control.listener_tls(i)?;
+                                Some((l.name.clone(), t.validity().1))
+                            })
+                            .collect(),
                     };
                     admin::serve_one(stream, &view);
                 }
             }
+        }
+        let events = tls_watch.poll(config, Instant::now(), unix_now());
+        if !events.is_empty() {
+            tls_counts.apply(config, &control, events);
+            // Workers pick new material up at their next loop turn; wake them so an idle
+            // worker does not wait for its tick.
+            wake_all(&workers);
         }
         if drain_deadline.is_some_and(|d| Instant::now() >= d) && control.phase() < Phase::Stop {
             log(format_args!("drain timeout: closing the flows still open"));
@@ -328,6 +366,45 @@ pub fn run(config: &Config, host: &Host, tls: &[Option<ServerTls>]) -> Result<()
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// TLS reload counters, for `/metrics`.
+#[derive(Default)]
+struct TlsReloads {
+    reloads: u64,
+    failures: u64,
+}
+
+impl TlsReloads {
+    /// Publish the material that loaded, log every outcome.
+    fn apply(&mut self, config: &Config, control: &Control, events: Vec<ReloadEvent>) {
+        for e in events {
+            let name = config
+                .listeners
+                .get(e.listener)
+                .map_or("?", |l| l.name.as_str());
+            match e.result {
+                Ok(tls) => {
+                    let (_, not_after) = tls.validity();
+                    control.publish_tls(e.listener, tls);
+                    self.reloads += 1;
+                    log(format_args!(
+                        "listener `{name}`: TLS material reloaded; new handshakes use it (certificate valid until {not_after}, Unix seconds)"
+                    ));
+                }
+                Err(errs) => {
+                    self.failures += 1;
+                    log(format_args!(
+                        "listener `{name}`: TLS reload refused, keeping the current material: {} error(s)",
+                        errs.len()
+                    ));
+                    for err in errs {
+                        log(format_args!("  {err}"));
+                    }
+                }
+            }
+        }
     }
 }
 

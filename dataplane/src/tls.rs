@@ -1,9 +1,11 @@
 //! Loading `[listener.tls]` material: read the files a listener names (relative paths
 //! against the config file's directory) and build its [`ServerTls`] with `zgate-tls`.
-//! Runs at config load (`zgate run`, `zgate check`), on the main thread, never in a
-//! worker. Every error names its key and file.
+//! Runs at config load (`zgate run`, `zgate check`) and on reload ([`TlsWatch`]), on
+//! the main or supervisor thread, never in a worker. Every error names its key and file.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use zgate_tls::{ClientAuth, MinVersion, ServerTls, TlsConfigError};
 
@@ -39,8 +41,36 @@ fn key_of(i: usize, e: &TlsConfigError) -> String {
     format!("listener[{i}].tls.{f}")
 }
 
-/// Read and check listener `i`'s TLS files and build its configuration.
-pub fn load(i: usize, t: &TlsSettings, base: &Path) -> Result<ServerTls, Vec<ConfigError>> {
+/// Read and check listener `i`'s TLS files and build its configuration. `now` (Unix
+/// seconds) must lie inside every served certificate's validity window: an expired or
+/// not-yet-valid server certificate would fail every handshake, so it is refused here.
+pub fn load(
+    i: usize,
+    t: &TlsSettings,
+    base: &Path,
+    now: i64,
+) -> Result<ServerTls, Vec<ConfigError>> {
+    let tls = build(i, t, base)?;
+    let (not_before, not_after) = tls.validity();
+    if now < not_before || now >= not_after {
+        let state = if now < not_before {
+            "is not valid yet"
+        } else {
+            "has expired"
+        };
+        return Err(vec![ConfigError::Tls {
+            key: format!("listener[{i}].tls.cert"),
+            path: resolve(base, &t.cert).display().to_string(),
+            reason: format!(
+                "a served certificate {state} (valid from {} to {}, Unix seconds; now {now})",
+                not_before, not_after
+            ),
+        }]);
+    }
+    Ok(tls)
+}
+
+fn build(i: usize, t: &TlsSettings, base: &Path) -> Result<ServerTls, Vec<ConfigError>> {
     let k = |f: &str| format!("listener[{i}].tls.{f}");
     let mut errs = Vec::new();
     let mut get = |key: String, p: &Path| {
@@ -160,11 +190,15 @@ pub fn load(i: usize, t: &TlsSettings, base: &Path) -> Result<ServerTls, Vec<Con
 
 /// Load every TLS listener's material: one entry per listener (`None` for plain ones),
 /// or every error found.
-pub fn load_all(config: &Config, base: &Path) -> Result<Vec<Option<ServerTls>>, Vec<ConfigError>> {
+pub fn load_all(
+    config: &Config,
+    base: &Path,
+    now: i64,
+) -> Result<Vec<Option<ServerTls>>, Vec<ConfigError>> {
     let mut out = Vec::with_capacity(config.listeners.len());
     let mut errs = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
-        match l.tls.as_ref().map(|t| load(i, t, base)) {
+        match l.tls.as_ref().map(|t| load(i, t, base, now)) {
             None => out.push(None),
             Some(Ok(s)) => out.push(Some(s)),
             Some(Err(e)) => errs.extend(e),
@@ -174,5 +208,172 @@ pub fn load_all(config: &Config, base: &Path) -> Result<Vec<Option<ServerTls>>, 
         Ok(out)
     } else {
         Err(errs)
+    }
+}
+
+/// Every file listener TLS settings `t` name, resolved against `base`.
+fn files(t: &TlsSettings, base: &Path) -> Vec<PathBuf> {
+    let mut out = vec![resolve(base, &t.cert), resolve(base, &t.key)];
+    out.extend(t.client_ca.iter().map(|p| resolve(base, p)));
+    out.extend(t.trust_domains.iter().map(|(_, p)| resolve(base, p)));
+    out.extend(t.crl.iter().map(|p| resolve(base, p)));
+    for (c, k) in &t.sni {
+        out.push(resolve(base, c));
+        out.push(resolve(base, k));
+    }
+    out
+}
+
+/// A file's version as `stat` sees it (following symlinks). Rewriting a file in place,
+/// renaming a new one over it, or swapping a symlink (Kubernetes secret volumes) each
+/// change at least one field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.size(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+/// The stamps of a listener's files, in [`files`] order (`None`: missing).
+type Stamps = Vec<Option<Stamp>>;
+
+struct Watched {
+    listener: usize,
+    interval: Option<Duration>,
+    next_check: Instant,
+    paths: Vec<PathBuf>,
+    /// The files as they were when the published material was read.
+    current: Stamps,
+    /// Seen changed at the last check: reloaded when the next check sees the same, so a
+    /// cert and key written one after the other are read together.
+    pending: Option<Stamps>,
+    /// A version that failed to load: not retried until the files change again.
+    refused: Option<Stamps>,
+}
+
+impl Watched {
+    fn stamps(&self) -> Stamps {
+        self.paths.iter().map(|p| stamp(p)).collect()
+    }
+
+    /// Rebuild from the files, whose stamps were `seen` just before.
+    fn attempt(
+        &mut self,
+        config: &Config,
+        base: &Path,
+        seen: Stamps,
+        unix_now: i64,
+    ) -> Option<ReloadEvent> {
+        let t = config.listeners.get(self.listener)?.tls.as_ref()?;
+        let result = load(self.listener, t, base, unix_now);
+        self.pending = None;
+        if result.is_ok() {
+            self.current = seen;
+            self.refused = None;
+        } else {
+            self.refused = Some(seen);
+        }
+        Some(ReloadEvent {
+            listener: self.listener,
+            result,
+        })
+    }
+}
+
+/// What a reload attempt did.
+#[derive(Debug)]
+pub struct ReloadEvent {
+    /// Listener index.
+    pub listener: usize,
+    /// The new material (published by the caller), or why it was refused (the old
+    /// material stays).
+    pub result: Result<ServerTls, Vec<ConfigError>>,
+}
+
+/// Watches every TLS listener's files and rebuilds its material when they change.
+/// Polls `stat` (no inotify): it also sees symlink swaps and files on any filesystem, and
+/// costs a few syscalls per listener per interval on the supervisor thread.
+pub struct TlsWatch {
+    base: PathBuf,
+    watched: Vec<Watched>,
+}
+
+impl TlsWatch {
+    /// Start watching the TLS listeners of `config` as their files are now (the material
+    /// published at start was read from them).
+    pub fn new(config: &Config, base: &Path, now: Instant) -> TlsWatch {
+        let watched = config
+            .listeners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let t = l.tls.as_ref()?;
+                let paths = files(t, base);
+                Some(Watched {
+                    listener: i,
+                    interval: t.reload_interval,
+                    next_check: now + t.reload_interval.unwrap_or(Duration::ZERO),
+                    current: paths.iter().map(|p| stamp(p)).collect(),
+                    paths,
+                    pending: None,
+                    refused: None,
+                })
+            })
+            .collect();
+        TlsWatch {
+            base: base.to_path_buf(),
+            watched,
+        }
+    }
+
+    /// Look at the listeners whose interval has passed; rebuild those whose files changed
+    /// and then held still for one interval. `unix_now` is checked against the new
+    /// certificates' validity.
+    pub fn poll(&mut self, config: &Config, now: Instant, unix_now: i64) -> Vec<ReloadEvent> {
+        let mut events = Vec::new();
+        for w in &mut self.watched {
+            let Some(interval) = w.interval else { continue };
+            if now < w.next_check {
+                continue;
+            }
+            w.next_check = now + interval;
+            let seen = w.stamps();
+            if seen == w.current {
+                w.pending = None;
+                continue;
+            }
+            if w.refused.as_ref() == Some(&seen) {
+                continue;
+            }
+            if w.pending.as_ref() != Some(&seen) {
+                w.pending = Some(seen);
+                continue;
+            }
+            events.extend(w.attempt(config, &self.base, seen, unix_now));
+        }
+        events
+    }
+
+    /// SIGHUP: rebuild every TLS listener's material now, changed or not.
+    pub fn reload_all(&mut self, config: &Config, unix_now: i64) -> Vec<ReloadEvent> {
+        let mut events = Vec::new();
+        for w in &mut self.watched {
+            let seen = w.stamps();
+            events.extend(w.attempt(config, &self.base, seen, unix_now));
+        }
+        events
     }
 }

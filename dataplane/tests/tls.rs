@@ -572,6 +572,163 @@ mod tls {
         assert!(!out.contains("v-over-mtls"), "{out}");
     }
 
+    /// Replace `path` the way deployment tools do: write a temp file, rename it over.
+    fn replace_file(path: &Path, bytes: &[u8]) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    /// The leaf certificate the gateway served on `s` (DER).
+    fn served_leaf(s: &Tls) -> Vec<u8> {
+        s.conn.peer_certificates().unwrap()[0].as_ref().to_vec()
+    }
+
+    fn leaf_der(leaf: &Leaf) -> Vec<u8> {
+        zgate_devpki::pem_to_der(&leaf.cert_pem).remove(0)
+    }
+
+    /// Hot reload: new handshakes get the new server certificate, a live connection keeps
+    /// running on the old one, and broken material (garbage, a key that does not match,
+    /// an expired certificate) is refused with the old material kept.
+    #[test]
+    fn server_certificate_rotation_under_live_connections_and_broken_files_refused() {
+        let pki = Pki::new(&[]);
+        let first =
+            zgate_devpki::pem_to_der(&std::fs::read_to_string(pki.path("server.pem")).unwrap())
+                .remove(0);
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "reload_interval = \"100ms\"");
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let cfg = client_config(&pki, Some(&leaf));
+        let mut live = connect_tls(&gw, Arc::clone(&cfg));
+        echo_through(&mut live, b"before");
+        assert_eq!(served_leaf(&live), first);
+
+        // Rotate: new key and certificate, each renamed into place.
+        let issued_at = now();
+        let next = pki
+            .ca
+            .server(&["localhost"], &["127.0.0.1".parse().unwrap()], now())
+            .unwrap();
+        replace_file(&pki.path("server.key"), next.key_pem.as_bytes());
+        replace_file(&pki.path("server.pem"), next.chain_pem.as_bytes());
+        assert_eq!(
+            gw.wait_metric("zgate_tls_reloads_total", 1),
+            1,
+            "{}",
+            gw.log()
+        );
+        let mut fresh = connect_tls(&gw, Arc::clone(&cfg));
+        echo_through(&mut fresh, b"after");
+        assert_eq!(served_leaf(&fresh), leaf_der(&next));
+        // The live connection is untouched: same session, still forwarding.
+        echo_through(&mut live, &pattern(256 * 1024, 3));
+        assert_eq!(served_leaf(&live), first);
+        // devpki server certificates are valid for a day from their issue.
+        let not_after = gw.metric("zgate_tls_certificate_not_after_seconds{listener=\"echo\"}");
+        let not_after = i64::try_from(not_after).unwrap();
+        assert!((issued_at + 86_400..=now() + 86_400).contains(&not_after));
+
+        // Broken material, one kind at a time; each is refused and the rotated material
+        // keeps serving.
+        let stale = pki
+            .ca
+            .server(&["localhost"], &[], now() - 3 * 86_400)
+            .unwrap();
+        let other_key = pki.ca.server(&["localhost"], &[], now()).unwrap().key_pem;
+        let broken: [(&str, &[u8], &[u8], &str); 3] = [
+            (
+                "garbage",
+                b"not a certificate",
+                next.key_pem.as_bytes(),
+                "listener[0].tls.cert",
+            ),
+            (
+                "mismatched key",
+                next.chain_pem.as_bytes(),
+                other_key.as_bytes(),
+                "listener[0].tls",
+            ),
+            (
+                "expired",
+                stale.chain_pem.as_bytes(),
+                stale.key_pem.as_bytes(),
+                "has expired",
+            ),
+        ];
+        for (n, (what, cert, key, logged)) in broken.iter().enumerate() {
+            replace_file(&pki.path("server.key"), key);
+            replace_file(&pki.path("server.pem"), cert);
+            let want = u64::try_from(n + 1).unwrap();
+            assert_eq!(
+                gw.wait_metric("zgate_tls_reload_failures_total", want),
+                want,
+                "{what}: not refused\n{}",
+                gw.log()
+            );
+            assert!(gw.log().contains(logged), "{what}: {}", gw.log());
+            let mut s = connect_tls(&gw, Arc::clone(&cfg));
+            echo_through(&mut s, what.as_bytes());
+            assert_eq!(
+                served_leaf(&s),
+                leaf_der(&next),
+                "{what}: old material kept"
+            );
+        }
+        assert_eq!(gw.metric("zgate_tls_reloads_total"), 1);
+        assert!(gw
+            .log()
+            .contains("TLS reload refused, keeping the current material"));
+        echo_through(&mut live, b"still here");
+    }
+
+    /// Hot reload of the client trust material: a new CRL revokes a certificate for new
+    /// handshakes, and a new CA bundle admits clients of the new CA.
+    #[test]
+    fn crl_and_client_ca_changes_apply_to_new_handshakes() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "reload_interval = \"100ms\"");
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let cfg = client_config(&pki, Some(&leaf));
+        let mut live = connect_tls(&gw, Arc::clone(&cfg));
+        echo_through(&mut live, b"ok");
+
+        pki.write_crl(&[&leaf]);
+        assert_eq!(
+            gw.wait_metric("zgate_tls_reloads_total", 1),
+            1,
+            "{}",
+            gw.log()
+        );
+        assert!(refused(connect_tls(&gw, Arc::clone(&cfg))));
+        assert_eq!(
+            gw.wait_metric("zgate_tls_handshake_failures_total{reason=\"revoked\"}", 1),
+            1
+        );
+
+        // Move to a new client CA (both in the bundle during the change, then only the
+        // new one): its clients get in, the old CA's do not.
+        let next_ca = Ca::new("zgate test CA 2", now()).unwrap();
+        let newcomer = next_ca.client(&ClientSpec::spiffe(TRADING), now()).unwrap();
+        let next_crl = next_ca.crl(&[], now()).unwrap();
+        replace_file(&pki.path("crl.pem"), next_crl.as_bytes());
+        replace_file(&pki.path("ca.pem"), next_ca.cert_pem().as_bytes());
+        assert_eq!(
+            gw.wait_metric("zgate_tls_reloads_total", 2),
+            2,
+            "{}",
+            gw.log()
+        );
+        let mut s = connect_tls(&gw, client_config(&pki, Some(&newcomer)));
+        echo_through(&mut s, b"new ca");
+        let other = pki.client(&ClientSpec::spiffe(TRADING));
+        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&other)))));
+        // Live connections are not re-authenticated by a material change.
+        echo_through(&mut live, b"still ok");
+    }
+
     #[test]
     fn zgate_check_reports_tls_errors_with_their_key_and_exits_64() {
         let pki = Pki::new(&[]);

@@ -217,6 +217,8 @@ pub struct ServerTls {
     pub(crate) config: Arc<rustls::ServerConfig>,
     pub(crate) device_prefix: Option<Arc<str>>,
     pub(crate) client_auth: Option<ClientAuth>,
+    /// Earliest notBefore / notAfter over the served certificates (Unix seconds).
+    pub(crate) validity: (i64, i64),
 }
 
 impl fmt::Debug for ServerTls {
@@ -238,6 +240,30 @@ impl ServerTls {
     pub fn client_auth(&self) -> Option<ClientAuth> {
         self.client_auth
     }
+
+    /// The served certificates' validity window, narrowed over all of them: the latest
+    /// notBefore and the earliest notAfter (Unix seconds). Reload refuses material whose
+    /// window does not hold now; `/metrics` exports the notAfter.
+    pub fn validity(&self) -> (i64, i64) {
+        self.validity
+    }
+}
+
+/// The validity window of `ck`'s leaf (Unix seconds).
+fn leaf_validity(ck: &CertifiedKey) -> Result<(i64, i64), TlsConfigError> {
+    let bad = |reason: String| TlsConfigError::Certificate {
+        what: "cert",
+        reason,
+    };
+    let leaf = ck
+        .cert
+        .first()
+        .ok_or(TlsConfigError::NoCertificate { what: "cert" })?;
+    let (_, c) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| bad(e.to_string()))?;
+    Ok((
+        c.validity().not_before.timestamp(),
+        c.validity().not_after.timestamp(),
+    ))
 }
 
 /// Builder state: no certificate yet.
@@ -559,6 +585,11 @@ impl ServerTlsBuilder<Ready> {
             })),
             None => builder.with_no_client_auth(),
         };
+        let mut validity = leaf_validity(&s.default)?;
+        for ck in s.sni.values() {
+            let (nb, na) = leaf_validity(ck)?;
+            validity = (validity.0.max(nb), validity.1.min(na));
+        }
         let mut config = builder.with_cert_resolver(Arc::new(SniResolver {
             default: s.default,
             by_name: s.sni,
@@ -582,6 +613,7 @@ impl ServerTlsBuilder<Ready> {
             config: Arc::new(config),
             device_prefix: s.device_prefix.map(Arc::from),
             client_auth: s.client_auth,
+            validity,
         })
     }
 }

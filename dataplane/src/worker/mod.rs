@@ -89,8 +89,6 @@ pub struct WorkerListener {
     pub fd: OwnedFd,
     /// Most flows this worker may hold for it.
     pub limit: u32,
-    /// Its TLS configuration (`None`: plain TCP).
-    pub tls: Option<ServerTls>,
 }
 
 /// Everything a worker starts with.
@@ -244,6 +242,8 @@ struct Worker {
     live: usize,
     table: Option<Arc<DecisionTable>>,
     table_gen: u64,
+    /// TLS material generation last loaded into `listeners[..].tls`.
+    tls_gen: u64,
     live_facts: LiveFacts,
     control: Arc<Control>,
     stats_out: Arc<WorkerStats>,
@@ -292,7 +292,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
                 armed: false,
                 limit: l.limit,
                 active: 0,
-                tls: l.tls,
+                tls: None,
             })
             .collect(),
         slots: Vec::new(),
@@ -300,6 +300,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         live: 0,
         table: None,
         table_gen: 0,
+        tls_gen: 0,
         live_facts: LiveFacts::default(),
         control: setup.control,
         stats_out: setup.stats,
@@ -455,6 +456,14 @@ impl Worker {
     }
 
     fn refresh_table(&mut self) {
+        let tg = self.control.tls_generation();
+        if tg != self.tls_gen {
+            // New handshakes use the new material; running sessions keep theirs.
+            self.tls_gen = tg;
+            for (i, l) in self.listeners.iter_mut().enumerate() {
+                l.tls = self.control.listener_tls(i);
+            }
+        }
         let g = self.control.generation();
         if g != self.table_gen {
             self.table_gen = g;
