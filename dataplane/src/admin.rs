@@ -211,6 +211,18 @@ pub fn metrics_text(v: &AdminView) -> String {
             "zgate_tls_handshake_failures_total{{reason=\"{label}\"}} {n}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP zgate_postgres_preamble_refused_total PostgreSQL clients refused before or at TLS, by reason.\n\
+         # TYPE zgate_postgres_preamble_refused_total counter"
+    );
+    for (r, n) in crate::postgres::Refusal::ALL.iter().zip(s.postgres_refused) {
+        let _ = writeln!(
+            out,
+            "zgate_postgres_preamble_refused_total{{reason=\"{}\"}} {n}",
+            r.label()
+        );
+    }
     out
 }
 

@@ -53,6 +53,19 @@ pub struct ListenerConfig {
     pub max_connections: u32,
     /// TLS termination (`[listener.tls]`); `None`: plain TCP.
     pub tls: Option<TlsSettings>,
+    /// What the client speaks before TLS.
+    pub protocol: Protocol,
+}
+
+/// What a listener's clients send before TLS (`protocol = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// TLS (or plain TCP) from the first byte (`"tcp"`, the default).
+    #[default]
+    Tcp,
+    /// PostgreSQL: an `SSLRequest` answered with `S`, or PostgreSQL 17 direct TLS with
+    /// ALPN `postgresql` (`"postgres"`; needs `[listener.tls]`). See `crate::postgres`.
+    Postgres,
 }
 
 /// Whether a TLS listener asks for client certificates.
@@ -279,6 +292,7 @@ struct RawListener {
     idle_timeout: Option<String>,
     max_lifetime: Option<String>,
     max_connections: Option<i64>,
+    protocol: Option<String>,
     tls: Option<toml::Value>,
 }
 
@@ -308,10 +322,27 @@ struct RawSniCert {
     key: String,
 }
 
+/// The ALPN protocol id PostgreSQL registered.
+pub const POSTGRES_ALPN: &str = "postgresql";
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Errors {
+    /// PostgreSQL listeners offer ALPN `postgresql` (required for direct TLS, and what a
+    /// PostgreSQL 17 client sends after an SSLRequest): added when `alpn` is left out;
+    /// an `alpn` list without it is an error.
+    fn postgres_alpn(&mut self, i: usize, t: &mut TlsSettings) {
+        if t.alpn.is_empty() {
+            t.alpn.push(POSTGRES_ALPN.to_string());
+        } else if !t.alpn.iter().any(|a| a == POSTGRES_ALPN) {
+            self.value(
+                format!("listener[{i}].tls.alpn"),
+                &t.alpn.join(", "),
+                "a `protocol = \"postgres\"` listener must offer `postgresql` (or leave `alpn` out)",
+            );
+        }
+    }
+
     /// Validate `[listener.tls]` of listener `i` (pure: files are read later).
     fn tls(&mut self, i: usize, v: toml::Value) -> Option<TlsSettings> {
         let k = |f: &str| format!("listener[{i}].tls.{f}");
@@ -737,7 +768,27 @@ impl Config {
                     }
                 },
             };
-            let tls = l.tls.and_then(|v| errs.tls(i, v));
+            let has_tls = l.tls.is_some();
+            let mut tls = l.tls.and_then(|v| errs.tls(i, v));
+            let protocol = match l.protocol.as_deref() {
+                None | Some("tcp") => Protocol::Tcp,
+                Some("postgres") => {
+                    if !has_tls {
+                        errs.0.push(ConfigError::Missing {
+                            key: k("tls"),
+                            reason: "`protocol = \"postgres\"` needs a `[listener.tls]` table: zgate terminates the TLS the client asks for",
+                        });
+                    }
+                    if let Some(t) = tls.as_mut() {
+                        errs.postgres_alpn(i, t);
+                    }
+                    Protocol::Postgres
+                }
+                Some(other) => {
+                    errs.value(k("protocol"), other, "expected `tcp` or `postgres`");
+                    Protocol::Tcp
+                }
+            };
             if let (Some(listen), Some(upstream)) = (listen, upstream) {
                 listeners.push(ListenerConfig {
                     name: l.name,
@@ -748,6 +799,7 @@ impl Config {
                     max_lifetime,
                     max_connections,
                     tls,
+                    protocol,
                 });
             }
         }
@@ -1004,6 +1056,37 @@ typo = 1
     }
 
     const TLS_BASE: &str = "[workers]\ncount = 1\n[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nupstream='127.0.0.1:2'\n[listener.tls]\ncert='s.pem'\nkey='s.key'\n";
+
+    #[test]
+    fn postgres_listeners_need_tls_and_offer_alpn_postgresql() {
+        let pg = TLS_BASE.replace("[listener.tls]", "protocol='postgres'\n[listener.tls]");
+        let c = Config::parse(&format!("{pg}client_ca='ca.pem'\n")).unwrap();
+        assert_eq!(c.listeners[0].protocol, Protocol::Postgres);
+        let t = c.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(t.alpn, vec![POSTGRES_ALPN.to_string()]);
+        let e = Config::parse(&format!("{pg}client_ca='ca.pem'\nalpn=['h2']\n")).unwrap_err();
+        assert_eq!(
+            e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec!["listener[0].tls.alpn: a `protocol = \"postgres\"` listener must offer `postgresql` (or leave `alpn` out) (got `h2`)".to_string()]
+        );
+        let plain = "[workers]\ncount = 1\n[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nupstream='127.0.0.1:2'\nprotocol='postgres'\n";
+        let e = Config::parse(plain).unwrap_err();
+        assert!(
+            e.0[0].to_string().starts_with(
+                "listener[0].tls: `protocol = \"postgres\"` needs a `[listener.tls]` table"
+            ),
+            "{e:?}"
+        );
+        let e = Config::parse(&plain.replace("postgres", "mysql")).unwrap_err();
+        assert_eq!(
+            e.0[0].to_string(),
+            "listener[0].protocol: expected `tcp` or `postgres` (got `mysql`)"
+        );
+        assert_eq!(
+            Config::parse(GOOD).unwrap().listeners[0].protocol,
+            Protocol::Tcp
+        );
+    }
 
     #[test]
     fn tls_settings_parse_with_defaults() {

@@ -35,6 +35,7 @@ pub mod config;
     reason = "the demo is a client of the gateway, not part of it: it times steps and waits"
 )]
 pub mod demo;
+pub mod postgres;
 pub mod shared;
 pub mod supervisor;
 pub mod tls;

@@ -13,6 +13,8 @@ use arc_swap::ArcSwapOption;
 use zgate_table::DecisionTable;
 use zgate_tls::{ServerTls, REJECT_LABELS};
 
+use crate::postgres::REFUSAL_KINDS;
+
 /// Where the process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -149,6 +151,8 @@ pub struct WorkerStats {
     pub tls_handshakes: AtomicU64,
     /// TLS flows refused before the decision, per [`zgate_tls::RejectReason::index`].
     pub tls_failures: [AtomicU64; REJECT_LABELS],
+    /// PostgreSQL clients refused before TLS, per [`crate::postgres::Refusal::index`].
+    pub postgres_refused: [AtomicU64; REFUSAL_KINDS],
     /// Set once the worker's accepts are armed.
     pub ready: AtomicBool,
     /// Table version the worker uses; 0 with no table.
@@ -194,6 +198,8 @@ pub struct StatsSnapshot {
     pub tls_handshakes: u64,
     /// See [`WorkerStats::tls_failures`].
     pub tls_failures: [u64; REJECT_LABELS],
+    /// See [`WorkerStats::postgres_refused`].
+    pub postgres_refused: [u64; REFUSAL_KINDS],
 }
 
 impl WorkerStats {
@@ -224,6 +230,9 @@ impl WorkerStats {
         for (a, v) in self.tls_failures.iter().zip(s.tls_failures) {
             a.store(v, r);
         }
+        for (a, v) in self.postgres_refused.iter().zip(s.postgres_refused) {
+            a.store(v, r);
+        }
     }
 
     /// Read the counters.
@@ -249,6 +258,9 @@ impl WorkerStats {
             tls_handshakes: self.tls_handshakes.load(r),
             tls_failures: std::array::from_fn(|i| {
                 self.tls_failures.get(i).map_or(0, |a| a.load(r))
+            }),
+            postgres_refused: std::array::from_fn(|i| {
+                self.postgres_refused.get(i).map_or(0, |a| a.load(r))
             }),
         }
     }
@@ -283,6 +295,9 @@ impl StatsSnapshot {
         self.buffers_in_use = self.buffers_in_use.saturating_add(o.buffers_in_use);
         self.tls_handshakes = self.tls_handshakes.saturating_add(o.tls_handshakes);
         for (a, b) in self.tls_failures.iter_mut().zip(o.tls_failures) {
+            *a = a.saturating_add(b);
+        }
+        for (a, b) in self.postgres_refused.iter_mut().zip(o.postgres_refused) {
             *a = a.saturating_add(b);
         }
     }

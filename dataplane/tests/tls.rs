@@ -13,89 +13,21 @@ mod common;
 mod tls {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{SocketAddr, TcpStream};
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::process::{Command, Stdio};
     use std::sync::Arc;
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, Instant};
 
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, StreamOwned};
     use zgate_devpki::{Bad, Ca, ClientSpec, Leaf};
     use zgate_policy::model::{Action, Principal, Rule, ServiceSelector};
 
+    use super::common::pki::{client_config, now, Pki};
     use super::common::*;
 
     const TRADING: &str = "spiffe://corp.example/ns/trading/sa/pricer";
     const OTHER: &str = "spiffe://corp.example/ns/marketing/sa/web";
-
-    fn now() -> i64 {
-        i64::try_from(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs(),
-        )
-        .unwrap()
-    }
-
-    /// A dev PKI written to a temp dir: CA, server cert for 127.0.0.1/localhost, a CRL.
-    struct Pki {
-        dir: tempfile::TempDir,
-        ca: Ca,
-    }
-
-    impl Pki {
-        fn new(revoked: &[&Leaf]) -> Pki {
-            let dir = tempfile::tempdir().unwrap();
-            let ca = Ca::new("zgate test CA", now()).unwrap();
-            let server = ca
-                .server(&["localhost"], &["127.0.0.1".parse().unwrap()], now())
-                .unwrap();
-            std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
-            std::fs::write(dir.path().join("server.pem"), &server.chain_pem).unwrap();
-            std::fs::write(dir.path().join("server.key"), &server.key_pem).unwrap();
-            let pki = Pki { dir, ca };
-            pki.write_crl(revoked);
-            pki
-        }
-
-        fn write_crl(&self, revoked: &[&Leaf]) {
-            let crl = self.ca.crl(revoked, now()).unwrap();
-            std::fs::write(self.path("crl.pem"), crl).unwrap();
-        }
-
-        fn path(&self, name: &str) -> PathBuf {
-            self.dir.path().join(name)
-        }
-
-        fn client(&self, spec: &ClientSpec) -> Leaf {
-            self.ca.client(spec, now()).unwrap()
-        }
-
-        /// Write `leaf` as `name.pem` / `name.key`; returns the two paths.
-        fn write_leaf(&self, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
-            let (c, k) = (
-                self.path(&format!("{name}.pem")),
-                self.path(&format!("{name}.key")),
-            );
-            std::fs::write(&c, &leaf.chain_pem).unwrap();
-            std::fs::write(&k, &leaf.key_pem).unwrap();
-            (c, k)
-        }
-
-        /// The `[listener.tls]` table (client_auth required, with the CRL).
-        fn listener_tls(&self, extra: &str) -> String {
-            format!(
-                "[listener.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\ncrl = [{:?}]\n\
-                 device_id_uri_prefix = \"urn:device:\"\nhandshake_timeout = \"1s\"\n{extra}\n",
-                self.path("server.pem"),
-                self.path("server.key"),
-                self.path("ca.pem"),
-                self.path("crl.pem"),
-            )
-        }
-    }
 
     fn rule_for_principals(principals: Option<Vec<Principal>>) -> Vec<u8> {
         let mut r = Rule::new(
@@ -118,31 +50,6 @@ mod tls {
         setup.table = Some(table);
         setup.listener_extra = pki.listener_tls(extra);
         Gateway::start(&setup)
-    }
-
-    fn client_config(pki: &Pki, leaf: Option<&Leaf>) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(pki.ca.cert_pem().as_bytes()).unwrap())
-            .unwrap();
-        let b =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots);
-        Arc::new(match leaf {
-            Some(l) => {
-                let chain: Vec<_> = CertificateDer::pem_slice_iter(l.chain_pem.as_bytes())
-                    .map(Result::unwrap)
-                    .collect();
-                b.with_client_auth_cert(
-                    chain,
-                    PrivateKeyDer::from_pem_slice(l.key_pem.as_bytes()).unwrap(),
-                )
-                .unwrap()
-            }
-            None => b.with_no_client_auth(),
-        })
     }
 
     type Tls = StreamOwned<ClientConnection, TcpStream>;

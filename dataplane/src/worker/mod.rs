@@ -31,7 +31,7 @@ use zgate_table::facts::{Decision, FlowFacts, LiveFacts, Reason};
 use zgate_table::DecisionTable;
 use zgate_tls::{RejectReason, ServerTls};
 
-use crate::config::{ListenerConfig, PollMode};
+use crate::config::{ListenerConfig, PollMode, Protocol};
 use crate::shared::{Control, Phase, StatsSnapshot, WorkerStats};
 use crate::sys::{self, Completion, Lent, Ring};
 use conn::{Admitted, CloseKind, Conn, Ctx, State};
@@ -888,7 +888,11 @@ impl Worker {
             index,
             gen: slot.gen,
         };
-        match TlsConn::accept(listener, client, source, tls, &mut ctx) {
+        let postgres = self
+            .listeners
+            .get(listener)
+            .is_some_and(|l| l.config.protocol == Protocol::Postgres);
+        match TlsConn::accept(listener, client, source, tls, postgres, &mut ctx) {
             Ok(conn) if !conn.finished() => {
                 slot.conn = Some(Flow::Tls(Box::new(conn)));
                 self.live += 1;

@@ -1,7 +1,10 @@
 //! One TLS-terminated flow: the client socket carries TLS, the upstream plaintext.
 //!
 //! ```text
-//!  accept ──► Handshaking ── recv client (pool buffer) → session.feed → flush ciphertext
+//!  accept ──► [Preamble] (protocol = "postgres": SSLRequest → `S`, GSSENCRequest → `N`,
+//!               │          direct TLS, or refused: see `crate::postgres`)
+//!               ▼
+//!             Handshaking ── recv client (pool buffer) → session.feed → flush ciphertext
 //!               │ failure: count reason, flush the alert ─► Flushing ─► Closing
 //!               │ timeout (tick) ─────────────────────────────────────► Closing
 //!               ▼ established
@@ -32,7 +35,8 @@ use std::time::Instant;
 use zgate_table::facts::UnixSeconds;
 use zgate_tls::{RejectReason, ServerTls, TlsSession};
 
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, POSTGRES_ALPN};
+use crate::postgres::{Preamble, PreambleReader, Refusal};
 use crate::sys::{self, BufId, ConnMem, Lent, BUF_SIZE};
 use crate::worker::conn::{CloseKind, Ctx, State};
 use crate::worker::token::Op;
@@ -40,6 +44,8 @@ use crate::worker::token::Op;
 /// Where a TLS flow is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsState {
+    /// `protocol = "postgres"`: reading the client's request for TLS.
+    Preamble,
     /// The handshake is running.
     Handshaking,
     /// Handshake done; the worker must decide (no upstream yet).
@@ -80,6 +86,14 @@ struct In {
     end: u32,
 }
 
+/// The PostgreSQL preamble read so far.
+#[derive(Default)]
+struct PgPreamble {
+    reader: PreambleReader,
+    /// The client started TLS directly (PostgreSQL 17): ALPN `postgresql` is required.
+    direct: bool,
+}
+
 /// Client side (0) and upstream side (1).
 const CLIENT: usize = 0;
 const UPSTREAM: usize = 1;
@@ -109,6 +123,8 @@ pub struct TlsConn {
     /// it is sent on: 0 = upstream, 1 = client (matches `Op::Send(dir)`).
     out: [Option<Out>; 2],
     close_notify_sent: bool,
+    /// `Some` on `protocol = "postgres"` listeners.
+    pg: Option<Box<PgPreamble>>,
     /// Recv and send SQEs in flight.
     ops: u8,
     cancels: u8,
@@ -125,12 +141,14 @@ pub struct TlsConn {
 }
 
 impl TlsConn {
-    /// A new flow in `Handshaking`, with the client recv armed.
+    /// A new flow in `Handshaking` (`Preamble` when `postgres`), with the client recv
+    /// armed.
     pub fn accept(
         listener: usize,
         client: TcpStream,
         source: IpAddr,
         tls: &ServerTls,
+        postgres: bool,
         ctx: &mut Ctx<'_>,
     ) -> Result<TlsConn, RejectReason> {
         let session = tls.accept()?;
@@ -140,11 +158,16 @@ impl TlsConn {
             upstream: None,
             mem: None,
             session,
-            state: TlsState::Handshaking,
+            state: if postgres {
+                TlsState::Preamble
+            } else {
+                TlsState::Handshaking
+            },
             sides: [Side::default(), Side::default()],
             input: [None, None],
             out: [None, None],
             close_notify_sent: false,
+            pg: postgres.then(Box::default),
             ops: 0,
             cancels: 0,
             started: ctx.now,
@@ -165,7 +188,10 @@ impl TlsConn {
     /// The coarse state the worker's timers and re-decisions look at.
     pub fn coarse_state(&self) -> State {
         match self.state {
-            TlsState::Handshaking | TlsState::Deciding | TlsState::Connecting => State::Connecting,
+            TlsState::Preamble
+            | TlsState::Handshaking
+            | TlsState::Deciding
+            | TlsState::Connecting => State::Connecting,
             TlsState::Open => State::Open,
             TlsState::Flushing | TlsState::Closing => State::Closing,
         }
@@ -385,7 +411,7 @@ impl TlsConn {
             if let Some(s) = self.sides.get_mut(side) {
                 s.eof = true;
             }
-            if self.state == TlsState::Handshaking {
+            if matches!(self.state, TlsState::Handshaking | TlsState::Preamble) {
                 self.fail(&RejectReason::PeerClosed, ctx);
                 return;
             }
@@ -397,7 +423,7 @@ impl TlsConn {
             ctx.stats.recv_starved += 1;
             ctx.starved.push((ctx.index, ctx.gen, side));
         } else {
-            if self.state != TlsState::Handshaking {
+            if !matches!(self.state, TlsState::Handshaking | TlsState::Preamble) {
                 ctx.stats.resets += 1;
             }
             self.close(CloseKind::Reset, ctx);
@@ -501,6 +527,13 @@ impl TlsConn {
                 return;
             }
             let mut progress = false;
+            // 0. PostgreSQL: the request for TLS, answered before any TLS byte.
+            if self.state == TlsState::Preamble {
+                progress |= self.preamble(ctx);
+                if matches!(self.state, TlsState::Closing | TlsState::Flushing) {
+                    return;
+                }
+            }
             // 1. client ciphertext → session (during the handshake and when open).
             if matches!(
                 self.state,
@@ -535,6 +568,12 @@ impl TlsConn {
             if self.state == TlsState::Handshaking && self.session.is_established() {
                 self.state = TlsState::Deciding;
                 ctx.stats.tls_handshakes += 1;
+                let direct = self.pg.as_ref().is_some_and(|p| p.direct);
+                if direct && self.session.alpn() != Some(POSTGRES_ALPN) {
+                    // PostgreSQL 17 direct TLS must negotiate ALPN `postgresql`.
+                    self.refuse_preamble(Refusal::DirectTlsWithoutAlpn, ctx);
+                    return;
+                }
             }
             // 2. decrypted plaintext → upstream.
             if self.state == TlsState::Open && self.session.has_plaintext() {
@@ -573,6 +612,85 @@ impl TlsConn {
         self.ends(ctx);
         self.arm(ctx);
         self.release_idle_outputs();
+    }
+
+    /// Read the PostgreSQL request for TLS from the client input and answer it. Returns
+    /// whether anything moved.
+    fn preamble(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let Some(i) = self.input.get(CLIENT).copied().flatten() else {
+            return false;
+        };
+        // An answer (`N`) still being sent: wait for it before the next one.
+        if !self.out_free(1) {
+            return false;
+        }
+        let Some(pg) = self.pg.as_mut() else {
+            return false;
+        };
+        let step = match ctx.ring.pool.bytes(i.buf, i.end as usize) {
+            Ok(b) => pg.reader.push(b.get(i.pos as usize..).unwrap_or_default()),
+            Err(_) => {
+                self.close(CloseKind::Reset, ctx);
+                return false;
+            }
+        };
+        let pos = i
+            .pos
+            .saturating_add(u32::try_from(step.consumed).unwrap_or(u32::MAX));
+        if pos >= i.end {
+            give_back(i.buf, ctx);
+            self.input[CLIENT] = None;
+        } else {
+            self.input[CLIENT] = Some(In { pos, ..i });
+        }
+        let answer = match step.verdict {
+            Preamble::NeedMore => return true,
+            Preamble::DirectTls => {
+                // The ClientHello stays in the input for the session (step 1).
+                pg.direct = true;
+                self.state = TlsState::Handshaking;
+                return true;
+            }
+            Preamble::Refused(r) => {
+                self.refuse_preamble(r, ctx);
+                return true;
+            }
+            Preamble::SslRequest => {
+                self.state = TlsState::Handshaking;
+                b'S'
+            }
+            Preamble::GssEncRequest => b'N',
+        };
+        self.produce(1, ctx, |_, out| match out.first_mut() {
+            Some(b) => {
+                *b = answer;
+                1
+            }
+            None => 0,
+        });
+        true
+    }
+
+    /// Refuse a PostgreSQL client before (or instead of) TLS: count `r`, send its reply
+    /// if it has one (plaintext), or close_notify once TLS is up, then close.
+    fn refuse_preamble(&mut self, r: Refusal, ctx: &mut Ctx<'_>) {
+        if let Some(n) = ctx.stats.postgres_refused.get_mut(r.index()) {
+            *n += 1;
+        }
+        if self.session.is_established() {
+            self.deny(ctx);
+            return;
+        }
+        if let Some(reply) = r.reply() {
+            self.produce(1, ctx, |_, out| match out.get_mut(..reply.len()) {
+                Some(dst) => {
+                    dst.copy_from_slice(reply);
+                    reply.len()
+                }
+                None => 0,
+            });
+        }
+        self.flush_then_close(ctx);
     }
 
     /// Half-closes and the end of a flow.
@@ -617,8 +735,10 @@ impl TlsConn {
 
     /// Arm the receives that should be armed.
     fn arm(&mut self, ctx: &mut Ctx<'_>) {
-        let client_ok = matches!(self.state, TlsState::Handshaking | TlsState::Open)
-            && self.input[CLIENT].is_none()
+        let client_ok = matches!(
+            self.state,
+            TlsState::Preamble | TlsState::Handshaking | TlsState::Open
+        ) && self.input[CLIENT].is_none()
             && !self.session.has_plaintext()
             && !self.session.peer_closed()
             && !self.sides[CLIENT].eof;

@@ -7,6 +7,8 @@
     reason = "each test binary uses a different subset of the helpers"
 )]
 
+pub mod pki;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

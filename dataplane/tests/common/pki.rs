@@ -1,0 +1,107 @@
+//! A dev PKI for the TLS tests (CA, server certificate for localhost/127.0.0.1, CRL,
+//! client SVIDs) written to a temp dir, and a rustls client configuration that trusts it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
+use zgate_devpki::{Ca, ClientSpec, Leaf};
+
+#[allow(
+    clippy::disallowed_methods,
+    reason = "certificates are made for the real clock the gateway checks them against"
+)]
+pub fn now() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
+}
+
+/// A dev PKI written to a temp dir: CA, server cert for 127.0.0.1/localhost, a CRL.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+}
+
+impl Pki {
+    pub fn new(revoked: &[&Leaf]) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("zgate test CA", now()).unwrap();
+        let server = ca
+            .server(&["localhost"], &["127.0.0.1".parse().unwrap()], now())
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), &server.chain_pem).unwrap();
+        std::fs::write(dir.path().join("server.key"), &server.key_pem).unwrap();
+        let pki = Pki { dir, ca };
+        pki.write_crl(revoked);
+        pki
+    }
+
+    pub fn write_crl(&self, revoked: &[&Leaf]) {
+        let crl = self.ca.crl(revoked, now()).unwrap();
+        std::fs::write(self.path("crl.pem"), crl).unwrap();
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn client(&self, spec: &ClientSpec) -> Leaf {
+        self.ca.client(spec, now()).unwrap()
+    }
+
+    /// Write `leaf` as `name.pem` / `name.key`; returns the two paths.
+    pub fn write_leaf(&self, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
+        let (c, k) = (
+            self.path(&format!("{name}.pem")),
+            self.path(&format!("{name}.key")),
+        );
+        std::fs::write(&c, &leaf.chain_pem).unwrap();
+        std::fs::write(&k, &leaf.key_pem).unwrap();
+        (c, k)
+    }
+
+    /// The `[listener.tls]` table (client_auth required, with the CRL).
+    pub fn listener_tls(&self, extra: &str) -> String {
+        format!(
+            "[listener.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\ncrl = [{:?}]\n\
+             device_id_uri_prefix = \"urn:device:\"\nhandshake_timeout = \"1s\"\n{extra}\n",
+            self.path("server.pem"),
+            self.path("server.key"),
+            self.path("ca.pem"),
+            self.path("crl.pem"),
+        )
+    }
+}
+
+pub fn client_config(pki: &Pki, leaf: Option<&Leaf>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca.cert_pem().as_bytes()).unwrap())
+        .unwrap();
+    let b = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    Arc::new(match leaf {
+        Some(l) => {
+            let chain: Vec<_> = CertificateDer::pem_slice_iter(l.chain_pem.as_bytes())
+                .map(Result::unwrap)
+                .collect();
+            b.with_client_auth_cert(
+                chain,
+                PrivateKeyDer::from_pem_slice(l.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap()
+        }
+        None => b.with_no_client_auth(),
+    })
+}
