@@ -213,6 +213,26 @@ pub fn metrics_text(v: &AdminView) -> String {
     }
     let _ = writeln!(
         out,
+        "# HELP zgate_upstream_tls_handshakes_total TLS handshakes with upstreams completed ([listener.upstream_tls]).\n\
+         # TYPE zgate_upstream_tls_handshakes_total counter\nzgate_upstream_tls_handshakes_total {}",
+        s.upstream_tls_handshakes
+    );
+    let _ = writeln!(
+        out,
+        "# HELP zgate_upstream_tls_failures_total Upstream TLS sessions that failed, by reason.\n\
+         # TYPE zgate_upstream_tls_failures_total counter"
+    );
+    for (label, n) in zgate_tls::RejectReason::labels()
+        .iter()
+        .zip(s.upstream_tls_failures)
+    {
+        let _ = writeln!(
+            out,
+            "zgate_upstream_tls_failures_total{{reason=\"{label}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP zgate_postgres_preamble_refused_total PostgreSQL clients refused before or at TLS, by reason.\n\
          # TYPE zgate_postgres_preamble_refused_total counter"
     );

@@ -55,6 +55,23 @@ pub struct ListenerConfig {
     pub tls: Option<TlsSettings>,
     /// What the client speaks before TLS.
     pub protocol: Protocol,
+    /// TLS toward the upstream (`[listener.upstream_tls]`); `None`: plaintext upstream.
+    pub upstream_tls: Option<UpstreamTlsSettings>,
+}
+
+/// `[listener.upstream_tls]`: re-encrypt toward the upstream (paths, not yet read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTlsSettings {
+    /// CA bundle the upstream's certificate must chain to.
+    pub ca: PathBuf,
+    /// The name the upstream's certificate must carry (DNS name or IP); SNI.
+    pub server_name: String,
+    /// The gateway's own certificate and key, for upstreams that require mTLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// ALPN protocols offered to the upstream.
+    pub alpn: Vec<String>,
+    /// Accept TLS 1.2 upstreams too.
+    pub allow_tls12: bool,
 }
 
 /// What a listener's clients send before TLS (`protocol = ...`).
@@ -294,6 +311,18 @@ struct RawListener {
     max_connections: Option<i64>,
     protocol: Option<String>,
     tls: Option<toml::Value>,
+    upstream_tls: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    ca: String,
+    server_name: String,
+    cert: Option<String>,
+    key: Option<String>,
+    alpn: Option<Vec<String>>,
+    min_version: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -328,6 +357,75 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Errors {
+    /// Validate `[listener.upstream_tls]` of listener `i` (pure: files are read later).
+    fn upstream_tls(
+        &mut self,
+        i: usize,
+        v: toml::Value,
+        has_tls: bool,
+    ) -> Option<UpstreamTlsSettings> {
+        let k = |f: &str| format!("listener[{i}].upstream_tls.{f}");
+        let t = match RawUpstreamTls::deserialize(v) {
+            Ok(t) => t,
+            Err(e) => {
+                self.0
+                    .push(shape(&format!("listener[{i}].upstream_tls"), e));
+                return None;
+            }
+        };
+        let mut ok = true;
+        if !has_tls {
+            self.0.push(ConfigError::Missing {
+                key: format!("listener[{i}].tls"),
+                reason: "`[listener.upstream_tls]` re-encrypts what a TLS listener decrypted: add `[listener.tls]` (plain listeners forward bytes untouched)",
+            });
+            ok = false;
+        }
+        for (key, value) in [("ca", &t.ca), ("server_name", &t.server_name)] {
+            if value.is_empty() {
+                self.value(k(key), value, "expected a non-empty value");
+                ok = false;
+            }
+        }
+        let client_cert = match (t.cert, t.key) {
+            (Some(c), Some(key)) if !c.is_empty() && !key.is_empty() => {
+                Some((PathBuf::from(c), PathBuf::from(key)))
+            }
+            (None, None) => None,
+            _ => {
+                self.0.push(ConfigError::Missing {
+                    key: k("cert"),
+                    reason: "`cert` and `key` (the gateway's own certificate for the upstream) go together",
+                });
+                ok = false;
+                None
+            }
+        };
+        let alpn = t.alpn.unwrap_or_default();
+        for (j, a) in alpn.iter().enumerate() {
+            if a.is_empty() || a.len() > 255 {
+                self.value(k(&format!("alpn[{j}]")), a, "expected 1 to 255 bytes");
+                ok = false;
+            }
+        }
+        let allow_tls12 = match t.min_version.as_deref() {
+            None | Some("1.3") => false,
+            Some("1.2") => true,
+            Some(other) => {
+                self.value(k("min_version"), other, "expected `1.2` or `1.3`");
+                ok = false;
+                false
+            }
+        };
+        ok.then_some(UpstreamTlsSettings {
+            ca: PathBuf::from(t.ca),
+            server_name: t.server_name,
+            client_cert,
+            alpn,
+            allow_tls12,
+        })
+    }
+
     /// PostgreSQL listeners offer ALPN `postgresql` (required for direct TLS, and what a
     /// PostgreSQL 17 client sends after an SSLRequest): added when `alpn` is left out;
     /// an `alpn` list without it is an error.
@@ -789,6 +887,9 @@ impl Config {
                     Protocol::Tcp
                 }
             };
+            let upstream_tls = l
+                .upstream_tls
+                .and_then(|v| errs.upstream_tls(i, v, has_tls));
             if let (Some(listen), Some(upstream)) = (listen, upstream) {
                 listeners.push(ListenerConfig {
                     name: l.name,
@@ -800,6 +901,7 @@ impl Config {
                     max_connections,
                     tls,
                     protocol,
+                    upstream_tls,
                 });
             }
         }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use zgate_dataplane::config::{Config, ConfigError, ConfigErrors, Host};
 use zgate_dataplane::supervisor;
-use zgate_tls::ServerTls;
+use zgate_dataplane::tls::ListenerTls;
 
 /// sysexits.h EX_USAGE: the configuration is wrong.
 const EX_USAGE: u8 = 64;
@@ -47,7 +47,7 @@ enum Command {
 /// Read, parse and check `path` against this machine; also verify the table it names
 /// and load every listener's TLS files. Relative table and TLS paths are taken
 /// relative to the config file's directory.
-fn load_config(path: &Path, host: &Host) -> Result<(Config, Vec<Option<ServerTls>>), ExitCode> {
+fn load_config(path: &Path, host: &Host) -> Result<(Config, Vec<Option<ListenerTls>>), ExitCode> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {

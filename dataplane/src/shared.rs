@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use zgate_table::DecisionTable;
-use zgate_tls::{ServerTls, REJECT_LABELS};
+use zgate_tls::REJECT_LABELS;
 
 use crate::postgres::REFUSAL_KINDS;
+use crate::tls::ListenerTls;
 
 /// Where the process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -34,13 +35,13 @@ pub struct Control {
     table: ArcSwapOption<DecisionTable>,
     tls_generation: AtomicU64,
     /// Per listener (by index): the TLS material new handshakes use.
-    tls: Vec<ArcSwapOption<ServerTls>>,
+    tls: Vec<ArcSwapOption<ListenerTls>>,
 }
 
 impl Control {
     /// A control block with `table` published (`None`: deny every flow) and each
     /// listener's TLS material (`None`: plain listener).
-    pub fn new(table: Option<DecisionTable>, tls: Vec<Option<ServerTls>>) -> Control {
+    pub fn new(table: Option<DecisionTable>, tls: Vec<Option<ListenerTls>>) -> Control {
         Control {
             phase: AtomicU8::new(Phase::Running as u8),
             generation: AtomicU64::new(1),
@@ -59,7 +60,7 @@ impl Control {
     }
 
     /// Listener `i`'s current TLS material (`None`: plain, or no such listener).
-    pub fn listener_tls(&self, i: usize) -> Option<ServerTls> {
+    pub fn listener_tls(&self, i: usize) -> Option<ListenerTls> {
         self.tls
             .get(i)
             .and_then(|t| t.load_full())
@@ -68,7 +69,7 @@ impl Control {
 
     /// Publish new TLS material for listener `i`. Handshakes that start after workers
     /// see it use it; sessions already running keep the configuration they began with.
-    pub fn publish_tls(&self, i: usize, tls: ServerTls) {
+    pub fn publish_tls(&self, i: usize, tls: ListenerTls) {
         if let Some(slot) = self.tls.get(i) {
             slot.store(Some(Arc::new(tls)));
             self.tls_generation.fetch_add(1, Ordering::Release);
@@ -153,6 +154,10 @@ pub struct WorkerStats {
     pub tls_failures: [AtomicU64; REJECT_LABELS],
     /// PostgreSQL clients refused before TLS, per [`crate::postgres::Refusal::index`].
     pub postgres_refused: [AtomicU64; REFUSAL_KINDS],
+    /// Upstream TLS handshakes completed (`[listener.upstream_tls]`).
+    pub upstream_tls_handshakes: AtomicU64,
+    /// Upstream TLS sessions that failed, per [`zgate_tls::RejectReason::index`].
+    pub upstream_tls_failures: [AtomicU64; REJECT_LABELS],
     /// Set once the worker's accepts are armed.
     pub ready: AtomicBool,
     /// Table version the worker uses; 0 with no table.
@@ -200,6 +205,10 @@ pub struct StatsSnapshot {
     pub tls_failures: [u64; REJECT_LABELS],
     /// See [`WorkerStats::postgres_refused`].
     pub postgres_refused: [u64; REFUSAL_KINDS],
+    /// See [`WorkerStats::upstream_tls_handshakes`].
+    pub upstream_tls_handshakes: u64,
+    /// See [`WorkerStats::upstream_tls_failures`].
+    pub upstream_tls_failures: [u64; REJECT_LABELS],
 }
 
 impl WorkerStats {
@@ -233,6 +242,15 @@ impl WorkerStats {
         for (a, v) in self.postgres_refused.iter().zip(s.postgres_refused) {
             a.store(v, r);
         }
+        self.upstream_tls_handshakes
+            .store(s.upstream_tls_handshakes, r);
+        for (a, v) in self
+            .upstream_tls_failures
+            .iter()
+            .zip(s.upstream_tls_failures)
+        {
+            a.store(v, r);
+        }
     }
 
     /// Read the counters.
@@ -261,6 +279,10 @@ impl WorkerStats {
             }),
             postgres_refused: std::array::from_fn(|i| {
                 self.postgres_refused.get(i).map_or(0, |a| a.load(r))
+            }),
+            upstream_tls_handshakes: self.upstream_tls_handshakes.load(r),
+            upstream_tls_failures: std::array::from_fn(|i| {
+                self.upstream_tls_failures.get(i).map_or(0, |a| a.load(r))
             }),
         }
     }
@@ -298,6 +320,16 @@ impl StatsSnapshot {
             *a = a.saturating_add(b);
         }
         for (a, b) in self.postgres_refused.iter_mut().zip(o.postgres_refused) {
+            *a = a.saturating_add(b);
+        }
+        self.upstream_tls_handshakes = self
+            .upstream_tls_handshakes
+            .saturating_add(o.upstream_tls_handshakes);
+        for (a, b) in self
+            .upstream_tls_failures
+            .iter_mut()
+            .zip(o.upstream_tls_failures)
+        {
             *a = a.saturating_add(b);
         }
     }

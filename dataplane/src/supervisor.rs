@@ -16,13 +16,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use zgate_table::DecisionTable;
-use zgate_tls::ServerTls;
 
 use crate::admin::{self, AdminView};
 use crate::config::{Config, Host};
 use crate::shared::{Control, Phase, StatsSnapshot, WorkerStats};
 use crate::sys;
-use crate::tls::{ReloadEvent, TlsWatch};
+use crate::tls::{ListenerTls, ReloadEvent, TlsWatch};
 use crate::worker::{self, WorkerError, WorkerListener, WorkerSetup};
 
 /// Why a table file cannot be used.
@@ -129,11 +128,11 @@ struct Running {
 pub fn run(
     config: &Config,
     host: &Host,
-    tls: &[Option<ServerTls>],
+    tls: &[Option<ListenerTls>],
     base: &Path,
 ) -> Result<(), RunError> {
     for (l, t) in config.listeners.iter().zip(tls) {
-        match t.as_ref().map(ServerTls::client_auth) {
+        match t.as_ref().map(|t| t.server.client_auth()) {
             None => log(format_args!(
                 "listener `{}`: plain TCP, no TLS (flows carry no identity)",
                 l.name
@@ -317,7 +316,7 @@ pub fn run(
                             .enumerate()
                             .filter_map(|(i, l)| {
                                 let t = control.listener_tls(i)?;
-                                Some((l.name.clone(), t.validity().1))
+                                Some((l.name.clone(), t.server.validity().1))
                             })
                             .collect(),
                     };
@@ -386,7 +385,7 @@ impl TlsReloads {
                 .map_or("?", |l| l.name.as_str());
             match e.result {
                 Ok(tls) => {
-                    let (_, not_after) = tls.validity();
+                    let (_, not_after) = tls.server.validity();
                     control.publish_tls(e.listener, tls);
                     self.reloads += 1;
                     log(format_args!(

@@ -7,9 +7,18 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use zgate_tls::{ClientAuth, MinVersion, ServerTls, TlsConfigError};
+use zgate_tls::{ClientAuth, ClientTls, ClientTlsSpec, MinVersion, ServerTls, TlsConfigError};
 
-use crate::config::{ClientAuthMode, Config, ConfigError, TlsSettings};
+use crate::config::{ClientAuthMode, Config, ConfigError, ListenerConfig, TlsSettings};
+
+/// A TLS listener's material: what new handshakes use, and how to reach the upstream.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// Toward clients.
+    pub server: ServerTls,
+    /// Toward the upstream (`[listener.upstream_tls]`); `None`: plaintext upstream.
+    pub upstream: Option<ClientTls>,
+}
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_relative() {
@@ -46,28 +55,120 @@ fn key_of(i: usize, e: &TlsConfigError) -> String {
 /// not-yet-valid server certificate would fail every handshake, so it is refused here.
 pub fn load(
     i: usize,
-    t: &TlsSettings,
+    l: &ListenerConfig,
     base: &Path,
     now: i64,
-) -> Result<ServerTls, Vec<ConfigError>> {
-    let tls = build(i, t, base)?;
-    let (not_before, not_after) = tls.validity();
-    if now < not_before || now >= not_after {
-        let state = if now < not_before {
-            "is not valid yet"
-        } else {
-            "has expired"
-        };
-        return Err(vec![ConfigError::Tls {
-            key: format!("listener[{i}].tls.cert"),
-            path: resolve(base, &t.cert).display().to_string(),
-            reason: format!(
-                "a served certificate {state} (valid from {} to {}, Unix seconds; now {now})",
-                not_before, not_after
-            ),
+) -> Result<ListenerTls, Vec<ConfigError>> {
+    let Some(t) = l.tls.as_ref() else {
+        return Err(vec![ConfigError::Missing {
+            key: format!("listener[{i}].tls"),
+            reason: "not a TLS listener",
         }]);
+    };
+    let server = build(i, t, base);
+    let upstream = l
+        .upstream_tls
+        .as_ref()
+        .map(|u| load_upstream(i, u, base))
+        .transpose();
+    let (server, upstream) = match (server, upstream) {
+        (Ok(s), Ok(u)) => (s, u),
+        (s, u) => {
+            let mut errs = s.err().unwrap_or_default();
+            errs.extend(u.err().unwrap_or_default());
+            return Err(errs);
+        }
+    };
+    let mut errs = Vec::new();
+    let mut check = |key: String, path: &Path, (not_before, not_after): (i64, i64)| {
+        if now < not_before || now >= not_after {
+            let state = if now < not_before {
+                "is not valid yet"
+            } else {
+                "has expired"
+            };
+            errs.push(ConfigError::Tls {
+                key,
+                path: resolve(base, path).display().to_string(),
+                reason: format!(
+                    "a certificate {state} (valid from {not_before} to {not_after}, Unix seconds; now {now})"
+                ),
+            });
+        }
+    };
+    check(
+        format!("listener[{i}].tls.cert"),
+        &t.cert,
+        server.validity(),
+    );
+    if let (Some(u), Some(v)) = (
+        l.upstream_tls.as_ref(),
+        upstream.as_ref().and_then(ClientTls::validity),
+    ) {
+        if let Some((c, _)) = &u.client_cert {
+            check(format!("listener[{i}].upstream_tls.cert"), c, v);
+        }
     }
-    Ok(tls)
+    if errs.is_empty() {
+        Ok(ListenerTls { server, upstream })
+    } else {
+        Err(errs)
+    }
+}
+
+/// Read listener `i`'s `[listener.upstream_tls]` files and build its client config.
+fn load_upstream(
+    i: usize,
+    u: &crate::config::UpstreamTlsSettings,
+    base: &Path,
+) -> Result<ClientTls, Vec<ConfigError>> {
+    let k = |f: &str| format!("listener[{i}].upstream_tls.{f}");
+    let ca_path = resolve(base, &u.ca);
+    let ca = read(k("ca"), &ca_path).map_err(|e| vec![e])?;
+    let mut errs = Vec::new();
+    let pair = u.client_cert.as_ref().map(|(c, key)| {
+        let (cp, kp) = (resolve(base, c), resolve(base, key));
+        (read(k("cert"), &cp), read(k("key"), &kp), cp)
+    });
+    let client_cert = match pair {
+        Some((Ok(c), Ok(key), cp)) => Some((c, key, cp)),
+        Some((c, key, _)) => {
+            errs.extend(c.err());
+            errs.extend(key.err());
+            return Err(errs);
+        }
+        None => None,
+    };
+    let spec = ClientTlsSpec {
+        ca_pem: &ca,
+        server_name: &u.server_name,
+        client_cert: client_cert
+            .as_ref()
+            .map(|(c, key, _)| (c.as_slice(), key.as_slice())),
+        alpn: u.alpn.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        min_version: if u.allow_tls12 {
+            MinVersion::Tls12
+        } else {
+            MinVersion::Tls13
+        },
+    };
+    ClientTls::new(&spec).map_err(|e| {
+        let (key, path) = match &e {
+            TlsConfigError::Key { .. } | TlsConfigError::NoCertificate { what: "cert" } => (
+                k("cert"),
+                client_cert
+                    .as_ref()
+                    .map_or(ca_path.clone(), |(_, _, p)| p.clone()),
+            ),
+            TlsConfigError::Settings { .. } => (k("server_name"), ca_path.clone()),
+            _ => (k("ca"), ca_path.clone()),
+        };
+        vec![ConfigError::Tls {
+            key,
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }]
+    })
 }
 
 fn build(i: usize, t: &TlsSettings, base: &Path) -> Result<ServerTls, Vec<ConfigError>> {
@@ -194,11 +295,11 @@ pub fn load_all(
     config: &Config,
     base: &Path,
     now: i64,
-) -> Result<Vec<Option<ServerTls>>, Vec<ConfigError>> {
+) -> Result<Vec<Option<ListenerTls>>, Vec<ConfigError>> {
     let mut out = Vec::with_capacity(config.listeners.len());
     let mut errs = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
-        match l.tls.as_ref().map(|t| load(i, t, base, now)) {
+        match l.tls.as_ref().map(|_| load(i, l, base, now)) {
             None => out.push(None),
             Some(Ok(s)) => out.push(Some(s)),
             Some(Err(e)) => errs.extend(e),
@@ -211,8 +312,8 @@ pub fn load_all(
     }
 }
 
-/// Every file listener TLS settings `t` name, resolved against `base`.
-fn files(t: &TlsSettings, base: &Path) -> Vec<PathBuf> {
+/// Every file listener `l`'s TLS settings name, resolved against `base`.
+fn files(l: &ListenerConfig, t: &TlsSettings, base: &Path) -> Vec<PathBuf> {
     let mut out = vec![resolve(base, &t.cert), resolve(base, &t.key)];
     out.extend(t.client_ca.iter().map(|p| resolve(base, p)));
     out.extend(t.trust_domains.iter().map(|(_, p)| resolve(base, p)));
@@ -220,6 +321,12 @@ fn files(t: &TlsSettings, base: &Path) -> Vec<PathBuf> {
     for (c, k) in &t.sni {
         out.push(resolve(base, c));
         out.push(resolve(base, k));
+    }
+    if let Some(u) = &l.upstream_tls {
+        out.push(resolve(base, &u.ca));
+        for p in u.client_cert.iter().flat_map(|(c, k)| [c, k]) {
+            out.push(resolve(base, p));
+        }
     }
     out
 }
@@ -277,8 +384,8 @@ impl Watched {
         seen: Stamps,
         unix_now: i64,
     ) -> Option<ReloadEvent> {
-        let t = config.listeners.get(self.listener)?.tls.as_ref()?;
-        let result = load(self.listener, t, base, unix_now);
+        let l = config.listeners.get(self.listener)?;
+        let result = load(self.listener, l, base, unix_now);
         self.pending = None;
         if result.is_ok() {
             self.current = seen;
@@ -300,7 +407,7 @@ pub struct ReloadEvent {
     pub listener: usize,
     /// The new material (published by the caller), or why it was refused (the old
     /// material stays).
-    pub result: Result<ServerTls, Vec<ConfigError>>,
+    pub result: Result<ListenerTls, Vec<ConfigError>>,
 }
 
 /// Watches every TLS listener's files and rebuilds its material when they change.
@@ -321,7 +428,7 @@ impl TlsWatch {
             .enumerate()
             .filter_map(|(i, l)| {
                 let t = l.tls.as_ref()?;
-                let paths = files(t, base);
+                let paths = files(l, t, base);
                 Some(Watched {
                     listener: i,
                     interval: t.reload_interval,

@@ -42,7 +42,7 @@ pub enum MinVersion {
     Tls12,
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -59,7 +59,10 @@ fn certs(what: &'static str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
     Ok(certs)
 }
 
-fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, TlsConfigError> {
+pub(crate) fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<CertifiedKey, TlsConfigError> {
     let chain = certs("cert", cert_pem)?;
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsConfigError::Key {
         reason: format!("no usable private key in the PEM input: {e}"),
@@ -250,7 +253,7 @@ impl ServerTls {
 }
 
 /// The validity window of `ck`'s leaf (Unix seconds).
-fn leaf_validity(ck: &CertifiedKey) -> Result<(i64, i64), TlsConfigError> {
+pub(crate) fn leaf_validity(ck: &CertifiedKey) -> Result<(i64, i64), TlsConfigError> {
     let bad = |reason: String| TlsConfigError::Certificate {
         what: "cert",
         reason,
@@ -354,7 +357,7 @@ impl ServerTlsBuilder<NeedClientAuth> {
         crl_pems: &[&[u8]],
     ) -> Result<ServerTlsBuilder<Ready>, TlsConfigError> {
         let crls = parse_crls(crl_pems)?;
-        let v = webpki_verifier(mode, roots(ca_pem)?, crls)?;
+        let v = webpki_verifier(mode, roots("client_ca", ca_pem)?, crls)?;
         let hints = Arc::from(v.root_hint_subjects());
         let slot = SpiffeVerifierSlot {
             anchors: Arc::new(Anchors::AnyDomain(Arc::clone(&v))),
@@ -385,7 +388,7 @@ impl ServerTlsBuilder<NeedClientAuth> {
         let mut any = None;
         for (td, pem) in bundles {
             check_trust_domain(td)?;
-            let v = webpki_verifier(mode, roots(pem)?, crls.clone())?;
+            let v = webpki_verifier(mode, roots("client_ca", pem)?, crls.clone())?;
             hints.extend_from_slice(v.root_hint_subjects());
             any.get_or_insert_with(|| Arc::clone(&v));
             if by_domain.insert((*td).to_string(), v).is_some() {
@@ -440,18 +443,18 @@ fn check_trust_domain(td: &str) -> Result<(), TlsConfigError> {
 
 /// A CA bundle as trust anchors. Every CA must be allowed to sign certificates (CA=true,
 /// keyCertSign when keyUsage is present): webpki does not check trust anchors for it.
-fn roots(ca_pem: &[u8]) -> Result<RootCertStore, TlsConfigError> {
-    let cas = certs("client_ca", ca_pem)?;
+pub(crate) fn roots(what: &'static str, ca_pem: &[u8]) -> Result<RootCertStore, TlsConfigError> {
+    let cas = certs(what, ca_pem)?;
     let mut roots = RootCertStore::empty();
     for (i, ca) in cas.iter().enumerate() {
         svid::check_issuer(ca.as_ref()).map_err(|reason| TlsConfigError::Certificate {
-            what: "client_ca",
+            what,
             reason: format!("certificate {i} may not sign certificates: {reason}"),
         })?;
         roots
             .add(ca.clone())
             .map_err(|e| TlsConfigError::Certificate {
-                what: "client_ca",
+                what,
                 reason: format!("certificate {i}: {e}"),
             })?;
     }

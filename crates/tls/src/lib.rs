@@ -14,8 +14,11 @@
 //!   [`zgate_table::facts::PeerIdentity`];
 //! - classifies every failure ([`RejectReason`]) with its TLS alert and a metric label.
 //!
+//! - originates TLS to upstreams ([`ClientTls`]): verifies the upstream by CA and name,
+//!   optionally presents the gateway's own certificate; the same [`TlsSession`] drives it.
+//!
 //! What it does not do: read files, sockets or clocks (sans-IO: PEM bytes in, the caller
-//! passes time where it matters), watch files for reload, originate TLS to upstreams.
+//! passes time where it matters), watch files for reload.
 //!
 //! Invariants:
 //! - A [`PeerIdentityOwned`] is made only from a certificate this crate's verifier
@@ -27,17 +30,19 @@
 //!   this crate.
 #![forbid(unsafe_code)]
 
+mod client;
 mod config;
 mod error;
 mod session;
 pub mod svid;
 
+pub use client::{ClientTls, ClientTlsSpec};
 pub use config::{
     ClientAuth, MinVersion, NeedCert, NeedClientAuth, Ready, ServerTls, ServerTlsBuilder,
     SpiffeVerifierSlot,
 };
 pub use error::{Alert, RejectReason, SvidError, TlsConfigError, REJECT_LABELS};
-pub use session::{TlsSession, SEND_BUFFER_LIMIT};
+pub use session::{TlsSession, FORWARD_BATCH, SEND_BUFFER_LIMIT};
 pub use svid::{DnsRefs, PeerIdentityOwned};
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The record driver: one server-side TLS session, driven with byte slices.
+//! The record driver: one TLS session (server side toward a client, or client side
+//! toward an upstream), driven with byte slices.
 //!
 //! The caller owns the sockets and the buffers: it hands in ciphertext it received
 //! ([`TlsSession::feed`]), takes out plaintext ([`TlsSession::take_plaintext`]), hands in
@@ -20,9 +21,12 @@ use crate::svid::{identity_of, PeerIdentityOwned};
 /// more: bounds memory per flow and propagates backpressure to the upstream reader.
 pub const SEND_BUFFER_LIMIT: usize = 32 * 1024;
 
-/// One server-side TLS session.
+/// Most plaintext [`TlsSession::forward_plaintext`] moves per call.
+pub const FORWARD_BATCH: usize = 16 * 1024;
+
+/// One TLS session.
 pub struct TlsSession {
-    conn: rustls::ServerConnection,
+    conn: rustls::Connection,
     device_prefix: Option<std::sync::Arc<str>>,
     identity: Option<PeerIdentityOwned>,
     sni: Option<String>,
@@ -48,20 +52,34 @@ impl ServerTls {
         let mut conn = rustls::ServerConnection::new(std::sync::Arc::clone(&self.config))
             .map_err(|e| RejectReason::from_rustls(&e))?;
         conn.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
-        Ok(TlsSession {
+        Ok(TlsSession::new(
+            rustls::Connection::Server(conn),
+            self.device_prefix.clone(),
+        ))
+    }
+}
+
+impl TlsSession {
+    fn new(conn: rustls::Connection, device_prefix: Option<std::sync::Arc<str>>) -> TlsSession {
+        TlsSession {
             conn,
-            device_prefix: self.device_prefix.clone(),
+            device_prefix,
             identity: None,
             sni: None,
             established: false,
             plaintext_pending: 0,
             peer_closed: false,
             failed: None,
-        })
+        }
     }
-}
 
-impl TlsSession {
+    /// A client-side session (upstream TLS): the peer's certificate is verified by
+    /// rustls against the CA and name; no SPIFFE identity is derived from it.
+    pub(crate) fn client(mut conn: rustls::ClientConnection) -> TlsSession {
+        conn.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
+        TlsSession::new(rustls::Connection::Client(conn), None)
+    }
+
     /// Feed received ciphertext; returns how many bytes were consumed. It stops early
     /// (consuming less) while decrypted plaintext waits to be taken, or once the peer
     /// sent close_notify: take the plaintext and feed the rest again.
@@ -104,7 +122,11 @@ impl TlsSession {
 
     fn on_established(&mut self) -> Result<(), RejectReason> {
         self.established = true;
-        self.sni = self.conn.server_name().map(str::to_ascii_lowercase);
+        let rustls::Connection::Server(server) = &self.conn else {
+            // Client side: rustls verified the upstream by CA and name; nothing to derive.
+            return Ok(());
+        };
+        self.sni = server.server_name().map(str::to_ascii_lowercase);
         // The verifier accepted this chain during this handshake (or during the one a
         // resumed session came from); derive the identity from the same leaf.
         let leaf = self.conn.peer_certificates().and_then(|c| c.first());
@@ -168,6 +190,35 @@ impl TlsSession {
             return 0;
         }
         self.conn.writer().write(plaintext).unwrap_or(0)
+    }
+
+    /// Move decrypted plaintext from this session into `to` for encryption: up to
+    /// [`FORWARD_BATCH`] bytes, and only when `to` has no ciphertext left to send
+    /// (backpressure: the caller flushes `to`, then calls again). Returns the bytes moved.
+    pub fn forward_plaintext(&mut self, to: &mut TlsSession) -> usize {
+        if to.conn.wants_write() || !to.established || to.failed.is_some() {
+            return 0;
+        }
+        let mut moved = 0;
+        let mut chunk = [0u8; 4096];
+        while self.plaintext_pending > 0 && moved < FORWARD_BATCH {
+            let n = self.take_plaintext(&mut chunk);
+            let Some(bytes) = chunk.get(..n).filter(|b| !b.is_empty()) else {
+                break;
+            };
+            // `to` started empty and takes at most FORWARD_BATCH (plus record overhead),
+            // below SEND_BUFFER_LIMIT: the write takes every byte.
+            let taken = to.conn.writer().write(bytes).unwrap_or(0);
+            moved += taken;
+            if taken < n {
+                // Cannot happen by the bound above; fail closed rather than drop bytes.
+                to.failed = Some(RejectReason::Other(
+                    "plaintext could not be forwarded".into(),
+                ));
+                break;
+            }
+        }
+        moved
     }
 
     /// Queue close_notify (flush it with [`TlsSession::write_ciphertext`]).

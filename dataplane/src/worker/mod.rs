@@ -31,6 +31,8 @@ use zgate_table::facts::{Decision, FlowFacts, LiveFacts, Reason};
 use zgate_table::DecisionTable;
 use zgate_tls::{RejectReason, ServerTls};
 
+use crate::tls::ListenerTls;
+
 use crate::config::{ListenerConfig, PollMode, Protocol};
 use crate::shared::{Control, Phase, StatsSnapshot, WorkerStats};
 use crate::sys::{self, Completion, Lent, Ring};
@@ -119,7 +121,7 @@ struct Listener {
     armed: bool,
     limit: u32,
     active: u32,
-    tls: Option<ServerTls>,
+    tls: Option<ListenerTls>,
 }
 
 struct Slot {
@@ -561,11 +563,16 @@ impl Worker {
             return;
         }
         let upstream = sys::upstream_socket(&cfg.upstream);
+        let upstream_tls = self
+            .listeners
+            .get(listener)
+            .and_then(|l| l.tls.as_ref())
+            .and_then(|t| t.upstream.clone());
         let now = self.unix_now;
         self.with_conn(i, |f, ctx| {
             let Flow::Tls(t) = f else { return };
             match upstream {
-                Ok(u) => t.connect(u, &cfg, expires, now, ctx),
+                Ok(u) => t.connect(u, &cfg, upstream_tls.as_ref(), expires, now, ctx),
                 Err(_) => {
                     ctx.stats.upstream_connect_failures += 1;
                     t.close(CloseKind::Normal, ctx);
@@ -697,14 +704,19 @@ impl Worker {
             }
             let mut expired = None;
             let mut handshake_timed_out = false;
+            let mut upstream_handshake_timed_out = false;
             if let Some(Some(conn)) = self.slots.get(i).map(|s| s.conn.as_ref()) {
                 if let Some(l) = self.listeners.get(conn.listener()) {
                     let cfg = &l.config;
                     if let (Flow::Tls(t), Some(tc)) = (conn, cfg.tls.as_ref()) {
-                        handshake_timed_out = t.state == TlsState::Handshaking
+                        handshake_timed_out = t.is_handshaking()
                             && now.saturating_duration_since(t.started) >= tc.handshake_timeout;
+                        // The upstream handshake may take as long, counted from the
+                        // last byte that moved.
+                        upstream_handshake_timed_out = t.is_upstream_handshaking()
+                            && now.saturating_duration_since(t.last_active) >= tc.handshake_timeout;
                     }
-                    if handshake_timed_out {
+                    if handshake_timed_out || upstream_handshake_timed_out {
                     } else if conn.state() == State::Open
                         && now.saturating_duration_since(conn.last_active()) >= cfg.idle_timeout
                     {
@@ -721,9 +733,14 @@ impl Worker {
             match expired {
                 Some(true) => self.stats.idle_timeouts += 1,
                 Some(false) => self.stats.lifetime_expiries += 1,
-                None if handshake_timed_out => {
+                None if handshake_timed_out || upstream_handshake_timed_out => {
                     let r = RejectReason::HandshakeTimeout;
-                    if let Some(n) = self.stats.tls_failures.get_mut(r.index()) {
+                    let counters = if handshake_timed_out {
+                        &mut self.stats.tls_failures
+                    } else {
+                        &mut self.stats.upstream_tls_failures
+                    };
+                    if let Some(n) = counters.get_mut(r.index()) {
                         *n += 1;
                     }
                 }
@@ -834,7 +851,7 @@ impl Worker {
         };
         if let Some(tls) = l.tls.clone() {
             // TLS: decided once the handshake has produced the identity.
-            self.start_tls_flow(index, client, peer.ip(), &tls);
+            self.start_tls_flow(index, client, peer.ip(), &tls.server);
             return Ok(());
         }
         let decision = self.decide(index, peer.ip());

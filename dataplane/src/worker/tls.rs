@@ -33,7 +33,7 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use zgate_table::facts::UnixSeconds;
-use zgate_tls::{RejectReason, ServerTls, TlsSession};
+use zgate_tls::{ClientTls, RejectReason, ServerTls, TlsSession};
 
 use crate::config::{ListenerConfig, POSTGRES_ALPN};
 use crate::postgres::{Preamble, PreambleReader, Refusal};
@@ -114,6 +114,12 @@ pub struct TlsConn {
     upstream: Option<TcpStream>,
     mem: Option<Lent<ConnMem>>,
     session: TlsSession,
+    /// `[listener.upstream_tls]`: the session toward the upstream, made at connect.
+    up: Option<TlsSession>,
+    /// close_notify queued toward the upstream.
+    up_close_notify_sent: bool,
+    /// The upstream handshake was counted.
+    up_established_counted: bool,
     /// Where it is.
     pub state: TlsState,
     sides: [Side; 2],
@@ -158,6 +164,9 @@ impl TlsConn {
             upstream: None,
             mem: None,
             session,
+            up: None,
+            up_close_notify_sent: false,
+            up_established_counted: false,
             state: if postgres {
                 TlsState::Preamble
             } else {
@@ -178,6 +187,18 @@ impl TlsConn {
         };
         c.pump(ctx);
         Ok(c)
+    }
+
+    /// Whether the client-side handshake (or the PostgreSQL preamble before it) is
+    /// still running: the handshake timeout applies.
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self.state, TlsState::Preamble | TlsState::Handshaking)
+    }
+
+    /// Whether the upstream TLS handshake is still running (the handshake timeout
+    /// applies to it too).
+    pub fn is_upstream_handshaking(&self) -> bool {
+        self.state == TlsState::Open && self.up.as_ref().is_some_and(|u| !u.is_established())
     }
 
     /// The session (identity, SNI, ALPN) for the decision.
@@ -230,6 +251,19 @@ impl TlsConn {
         }
     }
 
+    /// The upstream TLS session failed (or could not start): count `reason`, tell the
+    /// client with close_notify, close.
+    pub fn upstream_fail(&mut self, reason: &RejectReason, ctx: &mut Ctx<'_>) {
+        if let Some(n) = ctx.stats.upstream_tls_failures.get_mut(reason.index()) {
+            *n += 1;
+        }
+        if !self.close_notify_sent {
+            self.session.close_notify();
+            self.close_notify_sent = true;
+        }
+        self.flush_then_close(ctx);
+    }
+
     /// Refuse the flow before any byte reached an upstream: count `reason`, send what
     /// the session queued (its alert), then close.
     pub fn fail(&mut self, reason: &RejectReason, ctx: &mut Ctx<'_>) {
@@ -259,15 +293,26 @@ impl TlsConn {
         self.pump(ctx);
     }
 
-    /// Allowed: connect the upstream. On failure the flow closes.
+    /// Allowed: connect the upstream (and, with `upstream_tls`, start a TLS session
+    /// toward it once connected). On failure the flow closes.
     pub fn connect(
         &mut self,
         upstream: TcpStream,
         cfg: &ListenerConfig,
+        upstream_tls: Option<&ClientTls>,
         expires_at: Option<UnixSeconds>,
         started_unix: UnixSeconds,
         ctx: &mut Ctx<'_>,
     ) {
+        if let Some(tls) = upstream_tls {
+            match tls.connect() {
+                Ok(s) => self.up = Some(s),
+                Err(r) => {
+                    self.upstream_fail(&r, ctx);
+                    return;
+                }
+            }
+        }
         self.expires_at = expires_at;
         self.started_unix = started_unix;
         let mut mem = ConnMem::boxed();
@@ -494,7 +539,7 @@ impl TlsConn {
         &mut self,
         to: usize,
         ctx: &mut Ctx<'_>,
-        fill: impl FnOnce(&mut TlsSession, &mut [u8]) -> usize,
+        fill: impl FnOnce(&mut TlsSession, Option<&mut TlsSession>, &mut [u8]) -> usize,
     ) -> bool {
         if !self.out_free(to) {
             return false;
@@ -511,7 +556,7 @@ impl TlsConn {
         let Some(mem) = o.mem.get_mut() else {
             return false;
         };
-        let n = fill(&mut self.session, mem);
+        let n = fill(&mut self.session, self.up.as_mut(), mem);
         o.start = 0;
         o.end = u32::try_from(n).unwrap_or(0);
         if n == 0 {
@@ -575,18 +620,36 @@ impl TlsConn {
                     return;
                 }
             }
-            // 2. decrypted plaintext → upstream.
+            // 2. decrypted plaintext → upstream (re-encrypted first with upstream TLS).
             if self.state == TlsState::Open && self.session.has_plaintext() {
-                progress |= self.produce(0, ctx, |s, b| s.take_plaintext(b));
+                match self.up.as_mut() {
+                    Some(up) => progress |= self.session.forward_plaintext(up) > 0,
+                    None => progress |= self.produce(0, ctx, |s, _, b| s.take_plaintext(b)),
+                }
             }
-            // 3. upstream plaintext → session.
+            // 2b. upstream TLS: its ciphertext (handshake, records) → upstream.
+            if self.state == TlsState::Open && self.up.as_ref().is_some_and(|u| u.wants_write()) {
+                progress |=
+                    self.produce(0, ctx, |_, up, b| up.map_or(0, |u| u.write_ciphertext(b)));
+            }
+            // 3. upstream bytes → session (through the upstream TLS session if any).
             if self.state == TlsState::Open {
                 if let Some(i) = self.input.get(UPSTREAM).copied().flatten() {
-                    let n = match ctx.ring.pool.bytes(i.buf, i.end as usize) {
-                        Ok(b) => self
-                            .session
-                            .encrypt(b.get(i.pos as usize..).unwrap_or_default()),
-                        Err(_) => 0,
+                    let bytes = match ctx.ring.pool.bytes(i.buf, i.end as usize) {
+                        Ok(b) => b.get(i.pos as usize..).unwrap_or_default(),
+                        Err(_) => &[],
+                    };
+                    let n = match self.up.as_mut() {
+                        Some(up) => match up.feed(bytes) {
+                            Ok(n) => n,
+                            Err(r) => {
+                                give_back(i.buf, ctx);
+                                self.input[UPSTREAM] = None;
+                                self.upstream_fail(&r, ctx);
+                                return;
+                            }
+                        },
+                        None => self.session.encrypt(bytes),
                     };
                     let pos = i.pos.saturating_add(u32::try_from(n).unwrap_or(0));
                     progress |= n > 0;
@@ -597,10 +660,17 @@ impl TlsConn {
                         self.input[UPSTREAM] = Some(In { pos, ..i });
                     }
                 }
+                if let Some(up) = self.up.as_mut() {
+                    if up.is_established() && !self.up_established_counted {
+                        self.up_established_counted = true;
+                        ctx.stats.upstream_tls_handshakes += 1;
+                    }
+                    progress |= up.forward_plaintext(&mut self.session) > 0;
+                }
             }
             // 4. ciphertext → client (handshake, records, alerts, close_notify).
             if self.session.wants_write() {
-                progress |= self.produce(1, ctx, |s, b| s.write_ciphertext(b));
+                progress |= self.produce(1, ctx, |s, _, b| s.write_ciphertext(b));
             }
             if self.state == TlsState::Closing {
                 return;
@@ -661,7 +731,7 @@ impl TlsConn {
             }
             Preamble::GssEncRequest => b'N',
         };
-        self.produce(1, ctx, |_, out| match out.first_mut() {
+        self.produce(1, ctx, |_, _, out| match out.first_mut() {
             Some(b) => {
                 *b = answer;
                 1
@@ -682,7 +752,7 @@ impl TlsConn {
             return;
         }
         if let Some(reply) = r.reply() {
-            self.produce(1, ctx, |_, out| match out.get_mut(..reply.len()) {
+            self.produce(1, ctx, |_, _, out| match out.get_mut(..reply.len()) {
                 Some(dst) => {
                     dst.copy_from_slice(reply);
                     reply.len()
@@ -711,17 +781,34 @@ impl TlsConn {
         let client_done = (self.session.peer_closed() || c.eof)
             && self.input[CLIENT].is_none()
             && !self.session.has_plaintext();
-        if client_done && !u.shut_wr && self.out_free(0) {
-            if let Some(up) = &self.upstream {
-                let _ = up.shutdown(Shutdown::Write);
+        let shut_wr = u.shut_wr;
+        if client_done && !shut_wr && self.out_free(0) {
+            // With upstream TLS: close_notify to the upstream first, then the FIN.
+            if let Some(up) = self.up.as_mut() {
+                if !self.up_close_notify_sent && up.is_established() {
+                    up.close_notify();
+                    self.up_close_notify_sent = true;
+                    self.produce(0, ctx, |_, up, b| up.map_or(0, |u| u.write_ciphertext(b)));
+                }
             }
-            self.sides[UPSTREAM].shut_wr = true;
+            let up_quiet = self.up.as_ref().is_none_or(|u| !u.wants_write()) && self.out_free(0);
+            if up_quiet {
+                if let Some(up) = &self.upstream {
+                    let _ = up.shutdown(Shutdown::Write);
+                }
+                self.sides[UPSTREAM].shut_wr = true;
+            }
         }
-        // Upstream finished: close_notify to the client, then FIN.
-        if self.sides[UPSTREAM].eof && self.input[UPSTREAM].is_none() && !self.close_notify_sent {
+        // Upstream finished (FIN, or close_notify with upstream TLS) and everything from
+        // it reached the client's session: close_notify to the client, then FIN.
+        let upstream_done = (self.sides[UPSTREAM].eof
+            || self.up.as_ref().is_some_and(TlsSession::peer_closed))
+            && self.input[UPSTREAM].is_none()
+            && self.up.as_ref().is_none_or(|u| !u.has_plaintext());
+        if upstream_done && !self.close_notify_sent {
             self.session.close_notify();
             self.close_notify_sent = true;
-            self.produce(1, ctx, |s, b| s.write_ciphertext(b));
+            self.produce(1, ctx, |s, _, b| s.write_ciphertext(b));
         }
         let client_quiet = !self.session.wants_write() && self.out_free(1);
         if self.close_notify_sent && client_quiet && !self.sides[CLIENT].shut_wr {
@@ -748,6 +835,10 @@ impl TlsConn {
         let upstream_ok = self.state == TlsState::Open
             && self.input[UPSTREAM].is_none()
             && !self.session.wants_write()
+            && self
+                .up
+                .as_ref()
+                .is_none_or(|u| !u.has_plaintext() && !u.peer_closed())
             && !self.sides[UPSTREAM].eof;
         if upstream_ok {
             self.recv(UPSTREAM, ctx);

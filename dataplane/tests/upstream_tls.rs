@@ -1,0 +1,294 @@
+//! Upstream TLS origination end to end: a rustls client with an SVID → the real `zgate`
+//! (TLS listener with `[listener.upstream_tls]`) → an in-test rustls echo server that
+//! only speaks TLS and requires the gateway's own client certificate. Failure modes: an
+//! upstream whose certificate names another host, or chains to a CA the gateway does
+//! not trust, is refused and counted; the client is closed.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests wait on real processes: wall-clock deadlines and short sleeps are the point"
+)]
+
+#[cfg(test)]
+mod common;
+
+#[cfg(test)]
+mod upstream_tls {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc::{channel, Receiver};
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::server::WebPkiClientVerifier;
+    use rustls::{ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+    use zgate_devpki::{Ca, ClientSpec, Leaf};
+
+    use super::common::pki::{client_config, now, Pki};
+    use super::common::*;
+
+    const TRADING: &str = "spiffe://corp.example/ns/trading/sa/pricer";
+    const GATEWAY: &str = "spiffe://corp.example/zgate/gateway";
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    fn chain(leaf: &Leaf) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(leaf.chain_pem.as_bytes())
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// A TLS-only echo server: requires a client certificate from `client_ca`, serves
+    /// `cert`, echoes until the peer's close_notify, then sends its own. Records the
+    /// client certificates it saw.
+    struct TlsEcho {
+        addr: SocketAddr,
+        handshakes: Arc<AtomicUsize>,
+        peers: Receiver<Vec<u8>>,
+    }
+
+    impl TlsEcho {
+        fn start(cert: &Leaf, client_ca: &Ca) -> TlsEcho {
+            let mut roots = RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(client_ca.cert_pem().as_bytes()).unwrap())
+                .unwrap();
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .unwrap();
+            let config = Arc::new(
+                ServerConfig::builder_with_provider(provider())
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_client_cert_verifier(verifier)
+                    .with_single_cert(
+                        chain(cert),
+                        PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap(),
+                    )
+                    .unwrap(),
+            );
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let handshakes = Arc::new(AtomicUsize::new(0));
+            let (tx, peers) = channel();
+            let h = Arc::clone(&handshakes);
+            std::thread::spawn(move || {
+                for tcp in listener.incoming().take(64) {
+                    let Ok(tcp) = tcp else { break };
+                    let (config, h, p) = (Arc::clone(&config), Arc::clone(&h), tx.clone());
+                    std::thread::spawn(move || {
+                        tcp.set_read_timeout(Some(WAIT)).unwrap();
+                        let conn = ServerConnection::new(config).unwrap();
+                        let mut s = StreamOwned::new(conn, tcp);
+                        let mut buf = vec![0u8; 32 * 1024];
+                        let mut first = true;
+                        while let Ok(n) = s.read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            if first {
+                                // Data arrived: the handshake (with client auth) is done.
+                                first = false;
+                                h.fetch_add(1, Ordering::SeqCst);
+                                if let Some(c) = s.conn.peer_certificates() {
+                                    let _ = p.send(c[0].to_vec());
+                                }
+                            }
+                            if s.write_all(&buf[..n]).and_then(|()| s.flush()).is_err() {
+                                break;
+                            }
+                        }
+                        s.conn.send_close_notify();
+                        let _ = s.flush();
+                    });
+                }
+            });
+            TlsEcho {
+                addr,
+                handshakes,
+                peers,
+            }
+        }
+    }
+
+    /// The PKI of the upstream side: its CA and server certificate for `db.internal`,
+    /// and the gateway's own client certificate (from the corp CA the upstream trusts).
+    struct Upstream {
+        _dir: tempfile::TempDir,
+        echo: TlsEcho,
+        table: String,
+        gateway_leaf: Leaf,
+    }
+
+    fn upstream_side(pki: &Pki, server_name_in_cert: &str, trusted: bool) -> Upstream {
+        let dir = tempfile::tempdir().unwrap();
+        let upstream_ca = Ca::new("upstream CA", now()).unwrap();
+        let server = upstream_ca
+            .server(&[server_name_in_cert], &[], now())
+            .unwrap();
+        let gateway_leaf = pki.ca.client(&ClientSpec::spiffe(GATEWAY), now()).unwrap();
+        let echo = TlsEcho::start(&server, &pki.ca);
+        let ca_for_gateway = if trusted {
+            upstream_ca.cert_pem().to_string()
+        } else {
+            Ca::new("some other CA", now())
+                .unwrap()
+                .cert_pem()
+                .to_string()
+        };
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("upstream-ca.pem"), ca_for_gateway).unwrap();
+        std::fs::write(p("gw.pem"), &gateway_leaf.chain_pem).unwrap();
+        std::fs::write(p("gw.key"), &gateway_leaf.key_pem).unwrap();
+        let table = format!(
+            "[listener.upstream_tls]\nca = {:?}\nserver_name = \"db.internal\"\ncert = {:?}\nkey = {:?}\n",
+            p("upstream-ca.pem"),
+            p("gw.pem"),
+            p("gw.key")
+        );
+        Upstream {
+            _dir: dir,
+            echo,
+            table,
+            gateway_leaf,
+        }
+    }
+
+    fn gateway(pki: &Pki, up: &Upstream) -> Gateway {
+        let id = zgate_policy::parse_spiffe_id("spiffe://corp.example/ns/trading").unwrap();
+        let mut r = zgate_policy::model::Rule::new(
+            "trading",
+            zgate_policy::model::Action::Allow,
+            zgate_policy::model::ServiceSelector::Named(vec!["echo".into()]),
+        );
+        r.principals = Some(vec![zgate_policy::model::Principal::SpiffeUnder(id)]);
+        let mut setup = Setup::new(up.echo.addr);
+        setup.table = Some(table_bytes(vec![r], 1));
+        setup.listener_extra = format!("{}{}", pki.listener_tls(""), up.table);
+        Gateway::start(&setup)
+    }
+
+    type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+    fn connect(gw: &Gateway, pki: &Pki) -> Tls {
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let conn = ClientConnection::new(
+            client_config(pki, Some(&leaf)),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        StreamOwned::new(conn, gw.connect())
+    }
+
+    #[test]
+    fn traffic_is_re_encrypted_to_an_mtls_upstream_byte_exact_and_closes_cleanly() {
+        let pki = Pki::new(&[]);
+        let up = upstream_side(&pki, "db.internal", true);
+        let gw = gateway(&pki, &up);
+        let mut s = connect(&gw, &pki);
+        for data in [b"x".to_vec(), pattern(2 << 20, 11)] {
+            for chunk in data.chunks(16 * 1024) {
+                s.write_all(chunk).unwrap();
+                s.flush().unwrap();
+                let mut got = vec![0u8; chunk.len()];
+                s.read_exact(&mut got).unwrap();
+                assert!(got == chunk, "payload corrupted");
+            }
+        }
+        // The upstream authenticated the gateway by its own certificate.
+        assert_eq!(
+            up.echo.peers.try_iter().collect::<Vec<_>>(),
+            vec![zgate_devpki::pem_to_der(&up.gateway_leaf.cert_pem).remove(0)]
+        );
+        assert_eq!(gw.wait_metric("zgate_upstream_tls_handshakes_total", 1), 1);
+        // close_notify from the client reaches the upstream (through its own TLS
+        // session), whose close_notify comes back: a clean end both ways.
+        s.conn.send_close_notify();
+        s.flush().unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(gw.wait_metric_at_most("zgate_connections_active", 0), 0);
+        assert!(up.echo.handshakes.load(Ordering::SeqCst) >= 1);
+    }
+
+    fn upstream_failures(gw: &Gateway, reason: &str) -> u64 {
+        gw.metric(&format!(
+            "zgate_upstream_tls_failures_total{{reason=\"{reason}\"}}"
+        ))
+    }
+
+    fn refused(mut s: Tls) -> bool {
+        if s.write_all(b"hello").and_then(|()| s.flush()).is_err() {
+            return true;
+        }
+        let mut buf = [0u8; 16];
+        !matches!(s.read(&mut buf), Ok(n) if n > 0)
+    }
+
+    #[test]
+    fn an_upstream_certificate_for_another_name_is_refused() {
+        let pki = Pki::new(&[]);
+        let up = upstream_side(&pki, "evil.internal", true);
+        let gw = gateway(&pki, &up);
+        assert!(refused(connect(&gw, &pki)));
+        let deadline = std::time::Instant::now() + WAIT;
+        while upstream_failures(&gw, "bad-certificate") == 0 && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(upstream_failures(&gw, "bad-certificate"), 1, "{}", gw.log());
+        assert_eq!(gw.metric("zgate_upstream_tls_handshakes_total"), 0);
+        assert!(
+            up.echo.peers.try_iter().count() == 0,
+            "no byte went upstream"
+        );
+    }
+
+    #[test]
+    fn an_upstream_chaining_to_an_untrusted_ca_is_refused() {
+        let pki = Pki::new(&[]);
+        let up = upstream_side(&pki, "db.internal", false);
+        let gw = gateway(&pki, &up);
+        assert!(refused(connect(&gw, &pki)));
+        assert_eq!(
+            gw.wait_metric(
+                "zgate_upstream_tls_failures_total{reason=\"untrusted-issuer\"}",
+                1
+            ),
+            1
+        );
+        assert_eq!(up.echo.peers.try_iter().count(), 0);
+    }
+
+    #[test]
+    fn zgate_check_refuses_upstream_tls_on_a_plain_listener_and_a_half_client_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("zgate.toml");
+        std::fs::write(
+            &cfg,
+            "[workers]\ncount = 1\n[[listener]]\nname = \"db\"\nlisten = \"127.0.0.1:1\"\n\
+             upstream = \"127.0.0.1:2\"\n[listener.upstream_tls]\nca = \"ca.pem\"\n\
+             server_name = \"db.internal\"\ncert = \"gw.pem\"\n",
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_zgate"))
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(
+            err.contains("listener[0].tls: `[listener.upstream_tls]` re-encrypts"),
+            "{err}"
+        );
+        assert!(
+            err.contains("listener[0].upstream_tls.cert: `cert` and `key`"),
+            "{err}"
+        );
+    }
+}
