@@ -412,6 +412,27 @@ mod postgres {
         assert_eq!(first_reply(s).unwrap(), b'R');
     }
 
+    /// A client that connects and says nothing (or half a request) is closed after the
+    /// listener's handshake_timeout (1s here), like a stalled TLS handshake.
+    #[test]
+    fn a_silent_or_stalled_preamble_is_closed_after_the_handshake_timeout() {
+        let pg = Postgres::start();
+        let pki = Pki::new(&[]);
+        let gw = pg_gateway(&pki, &pg);
+        let mut silent = gw.connect();
+        let mut half = gw.connect();
+        half.write_all(&request(SSL_REQUEST)[..5]).unwrap();
+        assert!(ends_without_data(&mut silent));
+        assert!(ends_without_data(&mut half));
+        assert_eq!(
+            gw.wait_metric(
+                "zgate_tls_handshake_failures_total{reason=\"handshake-timeout\"}",
+                2
+            ),
+            2
+        );
+    }
+
     #[test]
     fn bytes_stuffed_after_the_ssl_request_are_refused_before_any_answer() {
         let pg = Postgres::start();
