@@ -69,6 +69,18 @@ pub fn metrics_text(v: &AdminView) -> String {
         s.over_limit,
     );
     metric(
+        "zgate_tls_handshakes_over_limit_total",
+        "counter",
+        "TLS connections closed at once because the listener had max_handshakes in progress.",
+        s.handshakes_over_limit,
+    );
+    metric(
+        "zgate_tls_handshakes_in_progress",
+        "gauge",
+        "TLS handshakes (and PostgreSQL preambles) in progress now.",
+        s.handshakes_in_progress,
+    );
+    metric(
         "zgate_upstream_connect_failures_total",
         "counter",
         "Upstream connects that failed or timed out.",

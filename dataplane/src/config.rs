@@ -74,6 +74,18 @@ pub struct UpstreamTlsSettings {
     pub allow_tls12: bool,
 }
 
+impl ListenerConfig {
+    /// Most handshakes in progress at once on this listener (all workers); `None` for
+    /// plain listeners.
+    pub fn handshake_limit(&self) -> Option<u32> {
+        let t = self.tls.as_ref()?;
+        Some(
+            t.max_handshakes
+                .unwrap_or_else(|| (self.max_connections / 10).max(16)),
+        )
+    }
+}
+
 /// What a listener's clients send before TLS (`protocol = ...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
@@ -128,6 +140,10 @@ pub struct TlsSettings {
     pub device_id_uri_prefix: Option<String>,
     /// Longest a handshake may take.
     pub handshake_timeout: Duration,
+    /// Most handshakes in progress at once on this listener, over all workers
+    /// (`max_handshakes`; default a tenth of `max_connections`, at least 16): a flood
+    /// of connections that never finish a handshake cannot take every slot.
+    pub max_handshakes: Option<u32>,
     /// How often the supervisor looks at the TLS files for changes (`None`: only on
     /// SIGHUP, `reload_interval = "off"`).
     pub reload_interval: Option<Duration>,
@@ -341,6 +357,7 @@ struct RawTls {
     session_resumption: Option<bool>,
     device_id_uri_prefix: Option<String>,
     handshake_timeout: Option<String>,
+    max_handshakes: Option<i64>,
     reload_interval: Option<String>,
 }
 
@@ -353,7 +370,7 @@ struct RawSniCert {
 
 /// The ALPN protocol id PostgreSQL registered.
 pub const POSTGRES_ALPN: &str = "postgresql";
-const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Errors {
@@ -581,6 +598,21 @@ impl Errors {
             t.handshake_timeout.as_deref(),
             DEFAULT_HANDSHAKE_TIMEOUT,
         );
+        let max_handshakes = match t.max_handshakes {
+            None => None,
+            Some(n) => match u32::try_from(n) {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    self.value(
+                        k("max_handshakes"),
+                        &n.to_string(),
+                        "expected 1..=4294967295",
+                    );
+                    ok = false;
+                    None
+                }
+            },
+        };
         let reload_interval = match t.reload_interval.as_deref() {
             Some("off") => None,
             other => Some(self.duration(k("reload_interval"), other, DEFAULT_TLS_RELOAD_INTERVAL)),
@@ -599,6 +631,7 @@ impl Errors {
             session_resumption,
             device_id_uri_prefix: t.device_id_uri_prefix.filter(|p| !p.is_empty()),
             handshake_timeout,
+            max_handshakes,
             reload_interval,
         })
     }

@@ -121,6 +121,11 @@ pub struct WorkerStats {
     pub denied: AtomicU64,
     /// Connections closed at once because the listener was at `max_connections`.
     pub over_limit: AtomicU64,
+    /// TLS connections closed at once because the listener had `max_handshakes` in
+    /// progress.
+    pub handshakes_over_limit: AtomicU64,
+    /// TLS handshakes (and PostgreSQL preambles) in progress now.
+    pub handshakes_in_progress: AtomicU64,
     /// Upstream connects that failed (refused, unreachable, timed out).
     pub upstream_connect_failures: AtomicU64,
     /// Of those, the ones that timed out.
@@ -173,6 +178,10 @@ pub struct StatsSnapshot {
     pub denied: u64,
     /// See [`WorkerStats::over_limit`].
     pub over_limit: u64,
+    /// See [`WorkerStats::handshakes_over_limit`].
+    pub handshakes_over_limit: u64,
+    /// See [`WorkerStats::handshakes_in_progress`].
+    pub handshakes_in_progress: u64,
     /// See [`WorkerStats::upstream_connect_failures`].
     pub upstream_connect_failures: u64,
     /// See [`WorkerStats::upstream_connect_timeouts`].
@@ -218,6 +227,9 @@ impl WorkerStats {
         self.accepted.store(s.accepted, r);
         self.denied.store(s.denied, r);
         self.over_limit.store(s.over_limit, r);
+        self.handshakes_over_limit.store(s.handshakes_over_limit, r);
+        self.handshakes_in_progress
+            .store(s.handshakes_in_progress, r);
         self.upstream_connect_failures
             .store(s.upstream_connect_failures, r);
         self.upstream_connect_timeouts
@@ -260,6 +272,8 @@ impl WorkerStats {
             accepted: self.accepted.load(r),
             denied: self.denied.load(r),
             over_limit: self.over_limit.load(r),
+            handshakes_over_limit: self.handshakes_over_limit.load(r),
+            handshakes_in_progress: self.handshakes_in_progress.load(r),
             upstream_connect_failures: self.upstream_connect_failures.load(r),
             upstream_connect_timeouts: self.upstream_connect_timeouts.load(r),
             active: self.active.load(r),
@@ -294,6 +308,12 @@ impl StatsSnapshot {
         self.accepted = self.accepted.saturating_add(o.accepted);
         self.denied = self.denied.saturating_add(o.denied);
         self.over_limit = self.over_limit.saturating_add(o.over_limit);
+        self.handshakes_over_limit = self
+            .handshakes_over_limit
+            .saturating_add(o.handshakes_over_limit);
+        self.handshakes_in_progress = self
+            .handshakes_in_progress
+            .saturating_add(o.handshakes_in_progress);
         self.upstream_connect_failures = self
             .upstream_connect_failures
             .saturating_add(o.upstream_connect_failures);

@@ -195,6 +195,7 @@ pub fn run(
                 config: Arc::new(l.clone()),
                 fd,
                 limit: l.max_connections.div_ceil(n),
+                handshake_limit: l.handshake_limit().map_or(u32::MAX, |h| h.div_ceil(n)),
             });
         }
         per_worker.push(ls);

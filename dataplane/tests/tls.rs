@@ -479,6 +479,33 @@ mod tls {
         assert!(!out.contains("v-over-mtls"), "{out}");
     }
 
+    /// Review M3: connections that never finish a handshake hold at most
+    /// `max_handshakes` slots; more are closed at once, and established flows are not
+    /// held back once the stalled ones go.
+    #[test]
+    fn stalled_handshakes_are_capped_by_max_handshakes() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let mut setup = Setup::new(up.addr);
+        setup.table = Some(trading_only());
+        setup.listener_extra = pki
+            .listener_tls("max_handshakes = 2")
+            .replace("handshake_timeout = \"1s\"", "handshake_timeout = \"60s\"");
+        let gw = Gateway::start(&setup);
+        let stalled: Vec<TcpStream> = (0..2).map(|_| gw.connect()).collect();
+        assert_eq!(gw.wait_metric("zgate_tls_handshakes_in_progress", 2), 2);
+        let mut third = gw.connect();
+        assert!(ends_without_data(&mut third));
+        assert_eq!(gw.metric("zgate_tls_handshakes_over_limit_total"), 1);
+        drop(stalled);
+        assert_eq!(gw.wait_metric_at_most("zgate_tls_handshakes_in_progress", 0), 0);
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let mut s = connect_tls(&gw, client_config(&pki, Some(&leaf)));
+        echo_through(&mut s, b"after the flood");
+        // An established flow no longer counts as a handshake.
+        assert_eq!(gw.metric("zgate_tls_handshakes_in_progress"), 0);
+    }
+
     /// Replace `path` the way deployment tools do: write a temp file, rename it over.
     fn replace_file(path: &Path, bytes: &[u8]) {
         let tmp = path.with_extension("tmp");

@@ -91,6 +91,8 @@ pub struct WorkerListener {
     pub fd: OwnedFd,
     /// Most flows this worker may hold for it.
     pub limit: u32,
+    /// Most of those that may be in a TLS handshake (or PostgreSQL preamble) at once.
+    pub handshake_limit: u32,
 }
 
 /// Everything a worker starts with.
@@ -121,6 +123,9 @@ struct Listener {
     armed: bool,
     limit: u32,
     active: u32,
+    handshake_limit: u32,
+    /// Flows in a handshake now (they hold a handshake slot).
+    handshaking: u32,
     tls: Option<ListenerTls>,
 }
 
@@ -294,6 +299,8 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
                 armed: false,
                 limit: l.limit,
                 active: 0,
+                handshake_limit: l.handshake_limit,
+                handshaking: 0,
                 tls: None,
             })
             .collect(),
@@ -449,6 +456,11 @@ impl Worker {
             }
             self.feed_starved();
             self.stats.active = u64::try_from(self.live).unwrap_or(u64::MAX);
+            self.stats.handshakes_in_progress = self
+                .listeners
+                .iter()
+                .map(|l| u64::from(l.handshaking))
+                .sum();
             self.stats.buffers_in_use = u64::try_from(self.ring.pool.in_use()).unwrap_or(0);
             self.stats_out.publish(&self.stats);
         }
@@ -769,6 +781,14 @@ impl Worker {
             gen,
         };
         f(conn, &mut ctx);
+        if let Flow::Tls(t) = conn {
+            if t.holds_handshake_slot && !t.is_handshaking() {
+                t.holds_handshake_slot = false;
+                if let Some(l) = self.listeners.get_mut(t.listener) {
+                    l.handshaking = l.handshaking.saturating_sub(1);
+                }
+            }
+        }
         if conn.finished() {
             let listener = conn.listener();
             // INVARIANT: finished() means nothing is in flight for this slot.
@@ -849,6 +869,10 @@ impl Worker {
         let Ok(peer) = client.peer_addr() else {
             return Ok(()); // already gone
         };
+        if l.tls.is_some() && l.handshaking >= l.handshake_limit {
+            self.stats.handshakes_over_limit += 1;
+            return Ok(());
+        }
         if let Some(tls) = l.tls.clone() {
             // TLS: decided once the handshake has produced the identity.
             self.start_tls_flow(index, client, peer.ip(), &tls.server);
@@ -910,12 +934,14 @@ impl Worker {
             .get(listener)
             .is_some_and(|l| l.config.protocol == Protocol::Postgres);
         match TlsConn::accept(listener, client, source, tls, postgres, &mut ctx) {
-            Ok(conn) if !conn.finished() => {
-                slot.conn = Some(Flow::Tls(Box::new(conn)));
-                self.live += 1;
+            Ok(mut conn) if !conn.finished() => {
+                conn.holds_handshake_slot = conn.is_handshaking();
                 if let Some(l) = self.listeners.get_mut(listener) {
                     l.active += 1;
+                    l.handshaking += u32::from(conn.holds_handshake_slot);
                 }
+                slot.conn = Some(Flow::Tls(Box::new(conn)));
+                self.live += 1;
             }
             Ok(_) => self.free.push(index),
             Err(r) => {

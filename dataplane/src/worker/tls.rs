@@ -134,6 +134,8 @@ pub struct TlsConn {
     /// Recv and send SQEs in flight.
     ops: u8,
     cancels: u8,
+    /// It counts in its listener's handshakes in progress (the worker keeps the count).
+    pub holds_handshake_slot: bool,
     /// When it was accepted (loop clock).
     pub started: Instant,
     /// When bytes last moved.
@@ -179,6 +181,7 @@ impl TlsConn {
             pg: postgres.then(Box::default),
             ops: 0,
             cancels: 0,
+            holds_handshake_slot: false,
             started: ctx.now,
             last_active: ctx.now,
             source,
