@@ -613,6 +613,18 @@ impl Errors {
                 }
             },
         };
+        // The prefix must end where a URI part does, so `urn:device` cannot turn
+        // `urn:devicex:foo` into device id `x:foo` (review L1).
+        if let Some(p) = t.device_id_uri_prefix.as_deref() {
+            if !p.is_empty() && !p.ends_with([':', '/']) {
+                self.value(
+                    k("device_id_uri_prefix"),
+                    p,
+                    "expected a prefix ending in `:` or `/`, such as `urn:device:`",
+                );
+                ok = false;
+            }
+        }
         let reload_interval = match t.reload_interval.as_deref() {
             Some("off") => None,
             other => Some(self.duration(k("reload_interval"), other, DEFAULT_TLS_RELOAD_INTERVAL)),
@@ -1249,6 +1261,14 @@ typo = 1
         assert_eq!(t.handshake_timeout, Duration::from_secs(2));
         assert_eq!(t.sni.len(), 1);
         assert_eq!(t.reload_interval, None);
+        let e = Config::parse(&format!(
+            "{TLS_BASE}client_ca='ca.pem'\ndevice_id_uri_prefix='urn:device'\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.0[0].to_string(),
+            "listener[0].tls.device_id_uri_prefix: expected a prefix ending in `:` or `/`, such as `urn:device:` (got `urn:device`)"
+        );
         let e = Config::parse(&format!(
             "{TLS_BASE}client_ca='ca.pem'\nreload_interval='soon'\n"
         ))

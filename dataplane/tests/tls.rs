@@ -498,7 +498,10 @@ mod tls {
         assert!(ends_without_data(&mut third));
         assert_eq!(gw.metric("zgate_tls_handshakes_over_limit_total"), 1);
         drop(stalled);
-        assert_eq!(gw.wait_metric_at_most("zgate_tls_handshakes_in_progress", 0), 0);
+        assert_eq!(
+            gw.wait_metric_at_most("zgate_tls_handshakes_in_progress", 0),
+            0
+        );
         let leaf = pki.client(&ClientSpec::spiffe(TRADING));
         let mut s = connect_tls(&gw, client_config(&pki, Some(&leaf)));
         echo_through(&mut s, b"after the flood");

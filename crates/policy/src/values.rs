@@ -318,6 +318,14 @@ pub enum NameError {
     Wildcard,
 }
 
+/// A DNS name as policy compares it (lowercased), checked the way `dns:` principals
+/// are but without wildcards: for names read from certificates.
+pub fn parse_dns_name(name: &str) -> Result<String, NameError> {
+    let lower = name.to_ascii_lowercase();
+    check_dns_name(&lower, false)?;
+    Ok(lower)
+}
+
 /// Checks a lowercase DNS name; `allow_wildcard` permits a leading `*.` label.
 pub(crate) fn check_dns_name(name: &str, allow_wildcard: bool) -> Result<(), NameError> {
     if name.is_empty() {

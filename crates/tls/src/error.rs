@@ -161,6 +161,16 @@ pub enum SvidError {
     /// More than one device-id URI SAN.
     #[error("more than one device-id URI SAN")]
     DeviceIdCount,
+    /// A field the identity is read from is malformed or ambiguous: a device id outside
+    /// `[A-Za-z0-9._-]{1,128}`, more than one subject CN, a DNS SAN that is not a DNS
+    /// name.
+    #[error("{what}: {reason}")]
+    BadIdentityField {
+        /// Which field (`device id`, `subject CN`, `DNS SAN`).
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// A duplicate or malformed extension (SAN, keyUsage, basicConstraints).
     #[error("extension: {0}")]
     Extension(String),
@@ -263,6 +273,7 @@ impl RejectReason {
                 SvidError::IssuerCannotSign { .. } => 12,
                 SvidError::DeviceIdCount => 13,
                 SvidError::UnknownTrustDomain { .. } => 22,
+                SvidError::BadIdentityField { .. } => 23,
             },
             RejectReason::BadCertificate(_) => 7,
             RejectReason::NoClientCertificate => 14,
@@ -378,7 +389,7 @@ const REJECT_LABEL_NAMES: [&str; REJECT_LABELS] = [
     "peer-closed",
     "other",
     "unknown-trust-domain",
-    "reserved-23",
+    "bad-identity-field",
 ];
 
 /// Wrap an [`SvidError`] so rustls carries it through the handshake.

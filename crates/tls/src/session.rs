@@ -133,7 +133,12 @@ impl TlsSession {
         if let Some(leaf) = leaf {
             match identity_of(leaf.as_ref(), self.device_prefix.as_deref()) {
                 Ok(id) => self.identity = Some(id),
-                Err(e) => return Err(self.fail(RejectReason::Svid(e))),
+                Err(e) => {
+                    // The handshake is over, so no alert can carry the reason: end the
+                    // session cleanly rather than with a bare close (review L2).
+                    self.conn.send_close_notify();
+                    return Err(self.fail(RejectReason::Svid(e)));
+                }
             }
         }
         Ok(())

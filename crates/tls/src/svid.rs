@@ -154,9 +154,7 @@ pub fn check_client_chain(
         return Err(SvidError::SigningUsageOnLeaf);
     }
     let (_, devices) = leaf_spiffe_id(&leaf, device_prefix)?;
-    if devices.len() > 1 {
-        return Err(SvidError::DeviceIdCount);
-    }
+    identity_fields(&leaf, &devices, device_prefix)?;
     for (index, der) in intermediates.iter().enumerate() {
         check_issuer(der).map_err(|reason| SvidError::IssuerCannotSign { index, reason })?;
     }
@@ -192,6 +190,67 @@ pub fn check_issuer(der: &[u8]) -> Result<(), &'static str> {
     }
 }
 
+/// The identity fields besides the SPIFFE ID, checked: (DNS SANs lowercased, the one
+/// subject CN, the device id). [`check_client_chain`] and [`identity_of`] both use it, so
+/// what is accepted and what is read cannot drift apart (review L1, L2, M4).
+type IdentityFields = (Vec<String>, Option<String>, Option<String>);
+
+fn identity_fields(
+    leaf: &X509Certificate<'_>,
+    devices: &[&str],
+    device_prefix: Option<&str>,
+) -> Result<IdentityFields, SvidError> {
+    let bad = |what, reason: String| SvidError::BadIdentityField { what, reason };
+    let device_id = match (device_prefix, devices) {
+        (_, []) | (None, _) => None,
+        (Some(p), [d]) => {
+            let id = d.strip_prefix(p).unwrap_or_default();
+            let ok = (1..=MAX_DEVICE_ID_LEN).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !ok {
+                return Err(bad(
+                    "device id",
+                    format!(
+                        "`{}` is not 1 to {MAX_DEVICE_ID_LEN} of `A-Z a-z 0-9 . _ -`",
+                        id.escape_debug()
+                    ),
+                ));
+            }
+            Some(id.to_string())
+        }
+        (Some(_), _) => return Err(SvidError::DeviceIdCount),
+    };
+    let mut dns_sans = Vec::new();
+    if let Ok(Some(san)) = leaf.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(d) = name {
+                let n = zgate_policy::parse_dns_name(d)
+                    .map_err(|e| bad("DNS SAN", format!("`{}`: {e}", d.escape_debug())))?;
+                dns_sans.push(n);
+            }
+        }
+    }
+    let mut cns = leaf.subject().iter_common_name();
+    let common_name = match (cns.next(), cns.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            // Stacks disagree on which of several CNs counts: refuse rather than pick.
+            return Err(bad("subject CN", "more than one CN attribute".into()));
+        }
+        (Some(cn), None) => Some(
+            cn.as_str()
+                .map_err(|e| bad("subject CN", format!("not a string: {e}")))?
+                .to_string(),
+        ),
+    };
+    Ok((dns_sans, common_name, device_id))
+}
+
+/// Longest device id accepted.
+pub const MAX_DEVICE_ID_LEN: usize = 128;
+
 /// The identity of a certificate that [`check_client_chain`] (and webpki) accepted.
 pub(crate) fn identity_of(
     leaf_der: &[u8],
@@ -199,24 +258,7 @@ pub(crate) fn identity_of(
 ) -> Result<PeerIdentityOwned, SvidError> {
     let leaf = parse(leaf_der)?;
     let (id, devices) = leaf_spiffe_id(&leaf, device_prefix)?;
-    let mut dns_sans = Vec::new();
-    if let Ok(Some(san)) = leaf.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let GeneralName::DNSName(d) = name {
-                dns_sans.push(d.to_ascii_lowercase());
-            }
-        }
-    }
-    let common_name = leaf
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|a| a.as_str().ok())
-        .map(str::to_string);
-    let device_id = match (device_prefix, devices.as_slice()) {
-        (Some(p), [d]) => d.strip_prefix(p).map(str::to_string),
-        _ => None,
-    };
+    let (dns_sans, common_name, device_id) = identity_fields(&leaf, &devices, device_prefix)?;
     Ok(PeerIdentityOwned {
         spiffe_id: id.to_string(),
         dns_sans,
@@ -272,6 +314,43 @@ mod tests {
         let lent = id.lend(&refs);
         assert_eq!(lent.spiffe_id, Some(ID));
         assert_eq!(lent.dns_sans, &["pricer.corp.example"]);
+    }
+
+    /// Review L1/M4: the fields besides the SPIFFE ID are checked, not just read.
+    #[test]
+    fn malformed_or_ambiguous_identity_fields_are_refused() {
+        let field = |e: Result<(), SvidError>| match e {
+            Err(SvidError::BadIdentityField { what, .. }) => what,
+            other => panic!("expected BadIdentityField, got {other:?}"),
+        };
+        let prefix = Some("urn:device:");
+        for bad_device in [
+            "urn:device:",
+            "urn:device:has space",
+            "urn:device:a/b",
+            &format!("urn:device:{}", "x".repeat(MAX_DEVICE_ID_LEN + 1)),
+        ] {
+            let mut spec = ClientSpec::spiffe(ID);
+            spec.extra_uris = vec![bad_device.to_string()];
+            assert_eq!(field(check(&spec, prefix)), "device id", "{bad_device}");
+        }
+        let mut spec = ClientSpec::spiffe(ID);
+        spec.extra_uris = vec![format!("urn:device:{}", "x".repeat(MAX_DEVICE_ID_LEN))];
+        check(&spec, prefix).unwrap();
+        let mut spec = ClientSpec::spiffe(ID);
+        spec.extra_uris = vec!["urn:device:a".into(), "urn:device:b".into()];
+        assert_eq!(check(&spec, prefix), Err(SvidError::DeviceIdCount));
+
+        let mut spec = ClientSpec::spiffe(ID);
+        spec.common_name = Some("alice".into());
+        spec.second_common_name = Some("admin".into());
+        assert_eq!(field(check(&spec, None)), "subject CN");
+
+        for bad_dns in ["*.corp.example", "a..b", "-a.example"] {
+            let mut spec = ClientSpec::spiffe(ID);
+            spec.dns = vec![bad_dns.into()];
+            assert_eq!(field(check(&spec, None)), "DNS SAN", "{bad_dns}");
+        }
     }
 
     #[test]

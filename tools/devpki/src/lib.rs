@@ -73,6 +73,9 @@ pub struct ClientSpec {
     pub dns: Vec<String>,
     /// Subject CN.
     pub common_name: Option<String>,
+    /// A second subject CN attribute (rcgen keeps one value per attribute type, so it
+    /// is written under CN's OID as a custom type): an ambiguous subject.
+    pub second_common_name: Option<String>,
     /// notBefore = now + this (seconds, may be negative).
     pub not_before: i64,
     /// notAfter = now + this.
@@ -92,6 +95,7 @@ impl ClientSpec {
             extra_uris: Vec::new(),
             dns: Vec::new(),
             common_name: None,
+            second_common_name: None,
             not_before: -60,
             not_after: 86_400,
             is_ca: false,
@@ -344,6 +348,9 @@ impl Ca {
         let mut dn = DistinguishedName::new();
         if let Some(cn) = &spec.common_name {
             dn.push(DnType::CommonName, cn.as_str());
+        }
+        if let Some(cn) = &spec.second_common_name {
+            dn.push(DnType::CustomDnType(vec![2, 5, 4, 3]), cn.as_str());
         }
         p.distinguished_name = dn;
         if let Some(id) = &spec.spiffe_id {
