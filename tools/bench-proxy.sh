@@ -17,7 +17,8 @@
 # Knobs (environment): ROUNDS (3), DURATION_S (8), REQUESTS (2000000), WARMUP_S (1),
 #   BULK_BYTES (4294967296), BULK_DURATION_S (20), GW_CORE (1), CLIENT_CORE (0),
 #   BIN_DIR (target/release; must hold zgate, zgate-control, zgate-loadgen),
-#   GATEWAYS (default: "direct xcore zgate-interrupt zgate-busy haproxy haproxy-busy nginx"),
+#   GATEWAYS (default: "direct xcore zgate-interrupt zgate-busy haproxy haproxy-busy nginx";
+#   also zgate-interrupt-nodefer, zgate-busy-nodefer: rings without DEFER_TASKRUN),
 #   QUIET_PCT (10), QUIET_WAIT_S (10): see "quiet" below,
 #   NICE (-19 as root, else 0): niceness of everything the script starts, the same for
 #   every gateway, so that other work on a shared machine disturbs the runs less.
@@ -85,8 +86,8 @@ trap 'exit 130' INT TERM
 
 # Ports: the upstreams, then one pair (echo, sink) per gateway.
 ECHO=17000 SINK=17001 ADMIN=17009
-declare -A PP_PORT=([direct]=$ECHO [xcore]=17040 [zgate-interrupt]=17010 [zgate-busy]=17010 [haproxy]=17020 [haproxy-busy]=17020 [nginx]=17030)
-declare -A BULK_PORT=([direct]=$SINK [xcore]=17041 [zgate-interrupt]=17011 [zgate-busy]=17011 [haproxy]=17021 [haproxy-busy]=17021 [nginx]=17031)
+declare -A PP_PORT=([direct]=$ECHO [xcore]=17040 [zgate-interrupt]=17010 [zgate-busy]=17010 [zgate-interrupt-nodefer]=17010 [zgate-busy-nodefer]=17010 [haproxy]=17020 [haproxy-busy]=17020 [nginx]=17030)
+declare -A BULK_PORT=([direct]=$SINK [xcore]=17041 [zgate-interrupt]=17011 [zgate-busy]=17011 [zgate-interrupt-nodefer]=17011 [zgate-busy-nodefer]=17011 [haproxy]=17021 [haproxy-busy]=17021 [nginx]=17031)
 
 wait_port() {  # wait until something accepts on 127.0.0.1:$1 (bounded: 10 s)
   for _ in $(seq 100); do
@@ -123,8 +124,10 @@ wait_port "$ECHO"; wait_port "$SINK"
 
 # zgate's table and configs.
 "$BIN_DIR/zgate-control" compile tools/bench/policy -o "$work/bench.zgt" >/dev/null
-for poll in interrupt busy; do
-  cat > "$work/zgate-$poll.toml" <<EOF
+for variant in interrupt busy interrupt-nodefer busy-nodefer; do
+  poll=${variant%-nodefer}
+  defer=true; [ "$variant" = "$poll" ] || defer=false
+  cat > "$work/zgate-$variant.toml" <<EOF
 table = "bench.zgt"
 admin = "127.0.0.1:$ADMIN"
 drain_timeout = "1s"
@@ -132,6 +135,7 @@ drain_timeout = "1s"
 [workers]
 cores = [$GW_CORE]
 poll = "$poll"
+defer_taskrun = $defer
 
 [[listener]]
 name = "bench"
@@ -206,7 +210,7 @@ start_gateway() {
       nice -n "$NICE" "$loadgen" serve --listen 127.0.0.1:17040 --core "$GW_CORE" \
         --max-runtime-s 3600 2>"$work/$gw.log" &
       ;;
-    zgate-interrupt|zgate-busy)
+    zgate-*)
       nice -n "$NICE" taskset -c "$GW_CORE" "$BIN_DIR/zgate" run --config "$work/$gw.toml" 2>"$work/$gw.log" &
       ;;
     haproxy|haproxy-busy)

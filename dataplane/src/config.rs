@@ -161,6 +161,11 @@ pub struct WorkersConfig {
     /// Splice bulk directions of plain flows through a pipe (`splice = true`, default)
     /// instead of receiving every byte into pool buffers.
     pub splice: bool,
+    /// Create each worker's ring with `IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN`
+    /// (`defer_taskrun = true`, default): completion work runs when the worker asks for
+    /// completions, not as interrupting task work. Falls back to a plain ring on kernels
+    /// that refuse it.
+    pub defer_taskrun: bool,
 }
 
 /// Default `[workers] buffers`: 16 MiB of address space per worker.
@@ -313,6 +318,7 @@ struct RawWorkers {
     poll: Option<String>,
     buffers: Option<i64>,
     splice: Option<bool>,
+    defer_taskrun: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -757,6 +763,7 @@ impl Config {
             poll: PollMode::Interrupt,
             buffers: DEFAULT_BUFFERS,
             splice: true,
+            defer_taskrun: true,
         };
         match top.workers.map(RawWorkers::deserialize) {
             None => errs.0.push(ConfigError::Missing {
@@ -778,6 +785,7 @@ impl Config {
                     }
                 };
                 workers.splice = w.splice.unwrap_or(true);
+                workers.defer_taskrun = w.defer_taskrun.unwrap_or(true);
                 if let Some(b) = w.buffers {
                     match u16::try_from(b) {
                         Ok(b) if (2..=32768).contains(&b) && b.is_power_of_two() => {

@@ -228,6 +228,7 @@ pub fn run(
             poll: config.workers.poll,
             buffers: config.workers.buffers,
             splice: config.workers.splice,
+            defer_taskrun: config.workers.defer_taskrun,
             listeners,
             control: Arc::clone(&control),
             stats: Arc::clone(&stats),

@@ -544,10 +544,28 @@ pub struct Ring {
 impl Ring {
     /// A ring with `entries` SQ slots and a CQ four times that size, with a pool of
     /// `buffers` provided buffers registered as buffer group 0 and its hot set published.
-    pub fn new(entries: u32, buffers: u16) -> io::Result<Ring> {
-        let ring = IoUring::builder()
-            .setup_cqsize(entries.saturating_mul(4))
-            .build(entries)?;
+    /// `defer_taskrun`: set up for one submitting thread with deferred task work
+    /// (`SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG`, kernel 6.1+; plain ring if the
+    /// kernel refuses). The ring must then be used only by the thread that made it, which
+    /// is how workers use theirs. `TASKRUN_FLAG` lets a busy-polling `submit` see that
+    /// completions are pending and enter with `GETEVENTS` to run them.
+    pub fn new(entries: u32, buffers: u16, defer_taskrun: bool) -> io::Result<Ring> {
+        let cq = entries.saturating_mul(4);
+        let deferred = defer_taskrun
+            .then(|| {
+                IoUring::builder()
+                    .setup_cqsize(cq)
+                    .setup_single_issuer()
+                    .setup_defer_taskrun()
+                    .setup_taskrun_flag()
+                    .build(entries)
+                    .ok()
+            })
+            .flatten();
+        let ring = match deferred {
+            Some(r) => r,
+            None => IoUring::builder().setup_cqsize(cq).build(entries)?,
+        };
         let mut pool = BufPool::new(buffers)?;
         // SAFETY: the ring memory is a page-aligned mapping of `buffers` entries that
         // lives in `pool` until after `Drop for Ring` unregisters it (and the fd closes).
@@ -561,6 +579,12 @@ impl Ring {
         }
         pool.refill(HOT_BUFFERS);
         Ok(Ring { ring, pool })
+    }
+
+    /// Whether the ring was set up for one issuer with deferred task work (see
+    /// [`Ring::new`]; the two flags are only ever set together).
+    pub fn defers_taskrun(&self) -> bool {
+        self.ring.params().is_setup_single_issuer()
     }
 
     fn push(&mut self, entry: &squeue::Entry) -> Result<(), PushError> {
@@ -1051,4 +1075,17 @@ pub fn connect_from(from: SocketAddr, to: SocketAddr) -> io::Result<TcpStream> {
         )
     })?;
     Ok(TcpStream::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ring;
+
+    /// The kernels zgate targets (6.1+) accept `DEFER_TASKRUN`: the option must not
+    /// fall back silently here, and off must mean off.
+    #[test]
+    fn defer_taskrun_is_set_up_when_asked_and_not_otherwise() {
+        assert!(Ring::new(8, 4, true).unwrap().defers_taskrun());
+        assert!(!Ring::new(8, 4, false).unwrap().defers_taskrun());
+    }
 }

@@ -27,8 +27,14 @@ PEERS = [
     ("zgate-busy", "haproxy-busy"),
     ("zgate-interrupt", "nginx"),
     ("zgate-busy", "nginx"),
+    # The ring set-up: DEFER_TASKRUN (default) against a plain ring.
+    ("zgate-interrupt", "zgate-interrupt-nodefer"),
+    ("zgate-busy", "zgate-busy-nodefer"),
 ]
-ORDER = ["direct", "xcore", "zgate-interrupt", "zgate-busy", "haproxy", "haproxy-busy", "nginx"]
+ORDER = [
+    "direct", "xcore", "zgate-interrupt", "zgate-busy", "zgate-interrupt-nodefer",
+    "zgate-busy-nodefer", "haproxy", "haproxy-busy", "nginx",
+]
 
 
 def load(paths):

@@ -107,6 +107,8 @@ pub struct WorkerSetup {
     pub buffers: u16,
     /// Whether plain flows splice their bulk directions.
     pub splice: bool,
+    /// Whether to ask for `SINGLE_ISSUER | DEFER_TASKRUN`.
+    pub defer_taskrun: bool,
     /// Its listeners.
     pub listeners: Vec<WorkerListener>,
     /// Shared control block.
@@ -278,7 +280,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
             return Err(WorkerError::Pin { worker: id, core });
         }
     }
-    let ring = Ring::new(RING_ENTRIES, setup.buffers)
+    let ring = Ring::new(RING_ENTRIES, setup.buffers, setup.defer_taskrun)
         .map_err(|source| WorkerError::Ring { worker: id, source })?;
     if let Some(core) = setup.core {
         // Splices run on the ring's async workers: keep them on this worker's core.
