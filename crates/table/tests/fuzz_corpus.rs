@@ -4,6 +4,11 @@
 //! without panicking, and re-encode to the same bytes; every truncation of it must be
 //! refused with an error.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the test reads the corpus files it replays; the crate itself does no IO"
+)]
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
