@@ -497,7 +497,10 @@ mod tls {
         let mut third = gw.connect();
         assert!(ends_without_data(&mut third));
         // The worker publishes its counters after the completion batch that closed it.
-        assert_eq!(gw.wait_metric("zgate_tls_handshakes_over_limit_total", 1), 1);
+        assert_eq!(
+            gw.wait_metric("zgate_tls_handshakes_over_limit_total", 1),
+            1
+        );
         drop(stalled);
         assert_eq!(
             gw.wait_metric_at_most("zgate_tls_handshakes_in_progress", 0),
