@@ -26,6 +26,10 @@ pub struct AdminView {
     pub table_reloads: u64,
     /// Failed SIGHUP reloads (the old table stayed).
     pub table_reload_failures: u64,
+    /// Audit events written, and sink failures.
+    pub audit: crate::audit::AuditCounts,
+    /// Audit events dropped because a worker's queue was full.
+    pub audit_dropped: u64,
     /// TLS material reloads published (file change or SIGHUP).
     pub tls_reloads: u64,
     /// TLS material reloads refused (the old material stayed).
@@ -169,6 +173,24 @@ pub fn metrics_text(v: &AdminView) -> String {
         "counter",
         "Table reloads refused (the old table stayed).",
         v.table_reload_failures,
+    );
+    metric(
+        "zgate_audit_events_total",
+        "counter",
+        "Audit events written (or discarded with audit = off).",
+        v.audit.events,
+    );
+    metric(
+        "zgate_audit_events_dropped_total",
+        "counter",
+        "Audit events dropped because a worker's queue was full (the data path never waits).",
+        v.audit_dropped,
+    );
+    metric(
+        "zgate_audit_write_errors_total",
+        "counter",
+        "Audit events the sink failed to take.",
+        v.audit.write_errors,
     );
     metric(
         "zgate_tls_reloads_total",

@@ -184,6 +184,21 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// How long live flows may run on after SIGTERM/SIGINT before they are closed.
     pub drain_timeout: Duration,
+    /// Where the audit trail goes.
+    pub audit: AuditSink,
+}
+
+/// `audit = ...`: where one JSON line per decision and refusal is written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AuditSink {
+    /// Standard error, between the log lines (`"stderr"`, the default).
+    #[default]
+    Stderr,
+    /// Appended to this file (relative to the config file); reopened on SIGHUP, so
+    /// logrotate can move it away.
+    File(PathBuf),
+    /// Not written (`"off"`); counted only.
+    Off,
 }
 
 /// What the machine offers, for [`Config::parse_for_host`].
@@ -306,6 +321,7 @@ struct RawTop {
     table: Option<String>,
     admin: Option<String>,
     drain_timeout: Option<String>,
+    audit: Option<String>,
     workers: Option<toml::Value>,
     listener: Option<Vec<toml::Value>>,
 }
@@ -977,6 +993,19 @@ impl Config {
             top.drain_timeout.as_deref(),
             DEFAULT_DRAIN_TIMEOUT,
         );
+        let audit = match top.audit.as_deref() {
+            None | Some("stderr") => AuditSink::Stderr,
+            Some("off") => AuditSink::Off,
+            Some("") => {
+                errs.value(
+                    "audit".into(),
+                    "",
+                    "expected `stderr`, `off` or a file path",
+                );
+                AuditSink::Off
+            }
+            Some(path) => AuditSink::File(PathBuf::from(path)),
+        };
         let table = match top.table {
             Some(t) if t.is_empty() => {
                 errs.value("table".into(), &t, "expected a file path");
@@ -1021,6 +1050,7 @@ impl Config {
                 table,
                 admin,
                 drain_timeout,
+                audit,
             })
         } else {
             Err(ConfigErrors(errs.0))

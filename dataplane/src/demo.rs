@@ -259,7 +259,7 @@ pub fn run() -> Result<(), DemoError> {
     std::fs::write(
         &config,
         format!(
-            "table = \"policy.zgt\"\nadmin = \"{admin}\"\ndrain_timeout = \"2s\"\n\n\
+            "table = \"policy.zgt\"\nadmin = \"{admin}\"\ndrain_timeout = \"2s\"\naudit = \"audit.jsonl\"\n\n\
              [workers]\ncount = 1\n\n\
              [[listener]]\nname = \"echo\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n"
         ),
@@ -387,6 +387,18 @@ pub fn run() -> Result<(), DemoError> {
             .map_err(io_step("stop the gateway"))?
         {
             println!("5. SIGTERM: the gateway drained and exited with {status}");
+            let audit = std::fs::read_to_string(scratch.0.join("audit.jsonl"))
+                .map_err(io_step("read the audit trail"))?;
+            println!("6. the audit trail (`audit = \"audit.jsonl\"`), one JSON line per decision:");
+            for line in audit.lines() {
+                println!("   {line}");
+            }
+            if audit.lines().count() < 4 {
+                return Err(unexpected(
+                    "read the audit trail",
+                    format!("expected 4 records (3 decisions, 1 closed by policy), got:\n{audit}"),
+                ));
+            }
             if !status.success() {
                 return Err(unexpected(
                     "stop the gateway",

@@ -29,6 +29,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 #[expect(
     clippy::disallowed_methods,

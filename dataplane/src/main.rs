@@ -70,6 +70,13 @@ fn load_config(path: &Path, host: &Host) -> Result<(Config, Vec<Option<ListenerT
             Ok(t) => tls = t,
             Err(e) => errors.extend(e),
         }
+        if let zgate_dataplane::config::AuditSink::File(p) = &mut c.audit {
+            if p.is_relative() {
+                if let Some(dir) = path.parent() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
         if let Some(t) = c.table.as_mut() {
             if t.is_relative() {
                 if let Some(dir) = path.parent() {

@@ -120,6 +120,35 @@ fn denied_source_is_closed_at_once_and_never_reaches_upstream() {
     assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
+/// DESIGN "Audit": one JSON line per decision, naming the rule and the reason.
+#[test]
+fn every_decision_is_an_audit_line_with_rule_reason_and_source() {
+    let up = Upstream::echo();
+    let gw = Gateway::start(&Setup::new(up.addr));
+    let s = gw.connect();
+    assert_eq!(round_trip(&s, b"x"), b"x");
+    let me = s.local_addr().unwrap().to_string();
+    let e = gw.wait_audit(|e| e["source"] == me.as_str());
+    assert_eq!(e["event"], "decision");
+    assert_eq!(e["verdict"], "allow");
+    assert_eq!(e["rule"], "allow-all");
+    assert_eq!(e["reason"], "allowed-by-rule");
+    assert_eq!(e["listener"], "echo");
+    assert!(e["ts"].as_i64().unwrap() > 1_700_000_000);
+
+    let mut setup = Setup::new(up.addr);
+    setup.table = Some(table_bytes(allow_ten_only("echo"), 1));
+    let gw = Gateway::start(&setup);
+    let mut s = gw.connect();
+    let me = s.local_addr().unwrap().to_string();
+    assert!(ends_without_data(&mut s));
+    let e = gw.wait_audit(|e| e["source"] == me.as_str());
+    assert_eq!(e["verdict"], "deny");
+    assert_eq!(e["rule"], "default-deny");
+    assert_eq!(e["reason"], "no-rule-matched");
+    assert_eq!(gw.metric("zgate_audit_events_dropped_total"), 0);
+}
+
 #[test]
 fn no_table_denies_every_flow() {
     let up = Upstream::echo();

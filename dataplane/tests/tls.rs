@@ -102,6 +102,11 @@ mod tls {
         assert!(rest.is_empty());
         assert_eq!(gw.wait_metric("zgate_tls_handshakes_total", 1), 1);
         assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let e = gw.wait_audit(|e| e["event"] == "decision");
+        assert_eq!(e["verdict"], "allow");
+        assert_eq!(e["rule"], "allow-trading");
+        assert_eq!(e["spiffe_id"], TRADING);
+        assert_eq!(e["sni"], "localhost");
         // This listener's `client_ca` is bound to no trust domain: said at startup.
         assert!(
             gw.log()
@@ -191,6 +196,26 @@ mod tls {
         }
         assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
         assert_eq!(gw.metric("zgate_tls_handshakes_total"), 0);
+        // Each refusal is an audit record with its reason (and the library's words).
+        let deadline = Instant::now() + WAIT;
+        let refused = || -> Vec<serde_json::Value> {
+            gw.audit()
+                .into_iter()
+                .filter(|e| e["event"] == "tls_refused")
+                .collect()
+        };
+        while refused().len() < cases.len() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let got: Vec<String> = refused()
+            .iter()
+            .map(|e| e["reason"].as_str().unwrap().to_string())
+            .collect();
+        let want: Vec<&str> = cases.iter().map(|(_, _, r)| *r).collect();
+        assert_eq!(got, want);
+        assert!(refused()
+            .iter()
+            .all(|e| e["detail"].is_string() && e["listener"] == "echo"));
     }
 
     /// Review H1: with `trust_domains`, a CA vouches only for its own trust domain.

@@ -47,7 +47,7 @@
 //! time) and the instant its decision expires, so the worker can re-decide it when a
 //! new table is published or the decision's constraints run out.
 
-use std::net::{IpAddr, Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -128,7 +128,7 @@ pub struct Conn {
     /// When bytes last moved (or the connect completed).
     pub last_active: Instant,
     /// The client's address: the fact it was decided on, kept for re-decisions.
-    pub source: IpAddr,
+    pub source: SocketAddr,
     /// Wall-clock second it was accepted (`Constraints::expires_at` counts from it).
     pub started_unix: UnixSeconds,
     /// When its decision stops holding; the worker re-decides it then.
@@ -166,7 +166,7 @@ pub struct Admitted {
     /// Index of its listener in the worker.
     pub listener: usize,
     /// The client's address.
-    pub source: IpAddr,
+    pub source: SocketAddr,
     /// Wall-clock second of the accept.
     pub started_unix: UnixSeconds,
     /// When the decision stops holding.

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use zgate_table::facts::{Decision, FlowFacts, LiveFacts, Reason};
 use zgate_table::DecisionTable;
+use zgate_telemetry::{bounded, AuditEvent, AuditKind, AuditQueue};
 use zgate_tls::{RejectReason, ServerTls};
 
 use crate::tls::ListenerTls;
@@ -37,7 +38,7 @@ use crate::config::{ListenerConfig, PollMode, Protocol};
 use crate::shared::{Control, Phase, StatsSnapshot, WorkerStats};
 use crate::sys::{self, Completion, Lent, Ring};
 use conn::{Admitted, CloseKind, Conn, Ctx, State};
-use tls::{TlsConn, TlsState};
+use tls::{Refused, TlsConn, TlsState};
 use token::{decode, encode, next_gen, Op};
 
 /// How often timers are checked (and the longest an interrupt-mode worker sleeps).
@@ -109,6 +110,8 @@ pub struct WorkerSetup {
     pub splice: bool,
     /// Whether to ask for `SINGLE_ISSUER | DEFER_TASKRUN`.
     pub defer_taskrun: bool,
+    /// Where its audit events go (the supervisor drains it).
+    pub audit: Arc<AuditQueue>,
     /// Its listeners.
     pub listeners: Vec<WorkerListener>,
     /// Shared control block.
@@ -156,6 +159,20 @@ impl Flow {
         match self {
             Flow::Plain(c) => c.listener,
             Flow::Tls(t) => t.listener,
+        }
+    }
+
+    fn source(&self) -> std::net::SocketAddr {
+        match self {
+            Flow::Plain(c) => c.source,
+            Flow::Tls(t) => t.source,
+        }
+    }
+
+    fn tls_session(&self) -> Option<&zgate_tls::TlsSession> {
+        match self {
+            Flow::Plain(_) => None,
+            Flow::Tls(t) => Some(t.session()),
         }
     }
 
@@ -253,6 +270,7 @@ struct Worker {
     table_gen: u64,
     /// TLS material generation last loaded into `listeners[..].tls`.
     tls_gen: u64,
+    audit: Arc<AuditQueue>,
     live_facts: LiveFacts,
     control: Arc<Control>,
     stats_out: Arc<WorkerStats>,
@@ -312,6 +330,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         table: None,
         table_gen: 0,
         tls_gen: 0,
+        audit: setup.audit,
         live_facts: LiveFacts::default(),
         control: setup.control,
         stats_out: setup.stats,
@@ -510,7 +529,7 @@ impl Worker {
     /// (for TLS flows: identity, device id, SNI, ALPN, certificate age).
     fn decide_flow(&self, flow: &Flow) -> Decision {
         let tls = match flow {
-            Flow::Plain(c) => return self.decide(c.listener, c.source),
+            Flow::Plain(c) => return self.decide(c.listener, c.source.ip()),
             Flow::Tls(t) => t,
         };
         let (Some(table), Some(l)) = (&self.table, self.listeners.get(tls.listener)) else {
@@ -525,7 +544,7 @@ impl Worker {
         };
         let facts = FlowFacts {
             service: &l.config.name,
-            source: tls.source,
+            source: tls.source.ip(),
             sni: s.sni(),
             alpn: s.alpn(),
             identity,
@@ -564,6 +583,13 @@ impl Worker {
             (a, b) => a.or(b),
         };
         let allowed = decision.is_allow() && expires.is_none_or(|e| self.unix_now < e);
+        self.audit_decision(
+            AuditKind::Decision,
+            (listener, t.source),
+            &decision,
+            allowed,
+            Some(t.session()),
+        );
         let Some(cfg) = self.listeners.get(listener).map(|l| Arc::clone(&l.config)) else {
             return;
         };
@@ -631,6 +657,13 @@ impl Worker {
             return;
         }
         self.stats.closed_by_policy += 1;
+        self.audit_decision(
+            AuditKind::ClosedByPolicy,
+            (conn.listener(), conn.source()),
+            &decision,
+            false,
+            conn.tls_session(),
+        );
         self.with_conn(i, |conn, ctx| conn.close(CloseKind::Reset, ctx));
     }
 
@@ -749,14 +782,24 @@ impl Worker {
                 Some(false) => self.stats.lifetime_expiries += 1,
                 None if handshake_timed_out || upstream_handshake_timed_out => {
                     let r = RejectReason::HandshakeTimeout;
-                    let counters = if handshake_timed_out {
-                        &mut self.stats.tls_failures
+                    let (counters, kind) = if handshake_timed_out {
+                        (&mut self.stats.tls_failures, AuditKind::TlsRefused)
                     } else {
-                        &mut self.stats.upstream_tls_failures
+                        (
+                            &mut self.stats.upstream_tls_failures,
+                            AuditKind::UpstreamTlsFailed,
+                        )
                     };
                     if let Some(n) = counters.get_mut(r.index()) {
                         *n += 1;
                     }
+                    self.with_conn(i, |conn, ctx| {
+                        if let Flow::Tls(t) = conn {
+                            t.refused = Some(Refused::tls(kind, &r));
+                        }
+                        conn.close(CloseKind::Normal, ctx);
+                    });
+                    continue;
                 }
                 None => continue,
             }
@@ -783,6 +826,10 @@ impl Worker {
             gen,
         };
         f(conn, &mut ctx);
+        let refused = match conn {
+            Flow::Tls(t) => t.refused.take().map(|r| (t.listener, t.source, r)),
+            Flow::Plain(_) => None,
+        };
         if let Flow::Tls(t) = conn {
             if t.holds_handshake_slot && !t.is_handshaking() {
                 t.holds_handshake_slot = false;
@@ -801,6 +848,9 @@ impl Worker {
             if let Some(l) = self.listeners.get_mut(listener) {
                 l.active = l.active.saturating_sub(1);
             }
+        }
+        if let Some((listener, source, r)) = refused {
+            self.audit_refusal(listener, source, r);
         }
     }
 
@@ -877,19 +927,21 @@ impl Worker {
         }
         if let Some(tls) = l.tls.clone() {
             // TLS: decided once the handshake has produced the identity.
-            self.start_tls_flow(index, client, peer.ip(), &tls.server);
+            self.start_tls_flow(index, client, peer, &tls.server);
             return Ok(());
         }
         let decision = self.decide(index, peer.ip());
         let expires_at = decision.constraints.expires_at(self.unix_now);
-        if !decision.is_allow() || expires_at.is_some_and(|e| self.unix_now >= e) {
+        let allowed = decision.is_allow() && expires_at.is_none_or(|e| self.unix_now < e);
+        self.audit_decision(AuditKind::Decision, (index, peer), &decision, allowed, None);
+        if !allowed {
             self.stats.denied += 1;
             return Ok(());
         }
         let config = Arc::clone(&l.config);
         let admitted = Admitted {
             listener: index,
-            source: peer.ip(),
+            source: peer,
             started_unix: self.unix_now,
             expires_at,
         };
@@ -911,7 +963,7 @@ impl Worker {
         &mut self,
         listener: usize,
         client: TcpStream,
-        source: std::net::IpAddr,
+        source: std::net::SocketAddr,
         tls: &ServerTls,
     ) {
         let _ = client.set_nodelay(true);
@@ -945,14 +997,82 @@ impl Worker {
                 slot.conn = Some(Flow::Tls(Box::new(conn)));
                 self.live += 1;
             }
-            Ok(_) => self.free.push(index),
+            Ok(mut conn) => {
+                self.free.push(index);
+                if let Some(r) = conn.refused.take() {
+                    self.audit_refusal(listener, source, r);
+                }
+            }
             Err(r) => {
                 if let Some(n) = self.stats.tls_failures.get_mut(r.index()) {
                     *n += 1;
                 }
                 self.free.push(index);
+                self.audit_refusal(listener, source, Refused::tls(AuditKind::TlsRefused, &r));
             }
         }
+    }
+
+    /// A new audit event about a flow of listener `listener` from `source`.
+    fn audit_event(
+        &self,
+        event: AuditKind,
+        listener: usize,
+        source: std::net::SocketAddr,
+        reason: &'static str,
+    ) -> AuditEvent {
+        AuditEvent {
+            ts: self.unix_now,
+            event,
+            worker: u16::try_from(self.id).unwrap_or(u16::MAX),
+            listener: self
+                .listeners
+                .get(listener)
+                .map_or_else(String::new, |l| l.config.name.clone()),
+            source,
+            verdict: None,
+            rule: None,
+            reason,
+            spiffe_id: None,
+            sni: None,
+            detail: None,
+        }
+    }
+
+    /// Audit decision `d` for a flow. `applied`: whether the flow goes on (an allow
+    /// whose constraints have already run out is applied as a deny, and says so).
+    fn audit_decision(
+        &self,
+        event: AuditKind,
+        flow: (usize, std::net::SocketAddr),
+        d: &Decision,
+        applied: bool,
+        tls: Option<&zgate_tls::TlsSession>,
+    ) {
+        let reason = if applied == d.is_allow() {
+            d.reason.as_str()
+        } else {
+            "constraints-expired"
+        };
+        let mut e = self.audit_event(event, flow.0, flow.1, reason);
+        e.verdict = Some(if applied { "allow" } else { "deny" });
+        e.rule = Some(
+            self.table
+                .as_ref()
+                .map_or("default-deny", |t| t.decided_by_name(d.decided_by))
+                .to_string(),
+        );
+        if let Some(s) = tls {
+            e.spiffe_id = s.identity().map(|i| i.spiffe_id.clone());
+            e.sni = s.sni().map(bounded);
+        }
+        self.audit.push(e);
+    }
+
+    fn audit_refusal(&self, listener: usize, source: std::net::SocketAddr, r: Refused) {
+        let mut e = self.audit_event(r.kind, listener, source, r.reason);
+        e.detail = r.detail;
+        self.audit.push(e);
     }
 
     fn start_flow(&mut self, admitted: Admitted, client: TcpStream, cfg: &ListenerConfig) {

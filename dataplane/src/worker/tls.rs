@@ -28,11 +28,12 @@
 //! while its bytes wait (plaintext not yet taken, or ciphertext queued in rustls up to
 //! `zgate_tls::SEND_BUFFER_LIMIT`), so a slow reader stalls its writer through TCP.
 
-use std::net::{IpAddr, Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use zgate_table::facts::UnixSeconds;
+use zgate_telemetry::{bounded, AuditKind};
 use zgate_tls::{ClientTls, RejectReason, ServerTls, TlsSession};
 
 use crate::config::{ListenerConfig, POSTGRES_ALPN};
@@ -67,6 +68,29 @@ impl TlsState {
     /// current table); `Flushing`/`Closing` are already refused.
     pub fn is_decided_and_live(self) -> bool {
         matches!(self, TlsState::Connecting | TlsState::Open)
+    }
+}
+
+/// Why a TLS flow was refused before (or instead of) a decision, for the audit trail:
+/// the worker takes it after each call into the flow and queues the event.
+#[derive(Debug)]
+pub struct Refused {
+    /// Which kind of refusal.
+    pub kind: AuditKind,
+    /// Its stable label (the metric's `reason`).
+    pub reason: &'static str,
+    /// More (the TLS library's words), bounded.
+    pub detail: Option<String>,
+}
+
+impl Refused {
+    /// A TLS refusal of kind `kind` for `r`.
+    pub fn tls(kind: AuditKind, r: &RejectReason) -> Refused {
+        Refused {
+            kind,
+            reason: r.label(),
+            detail: Some(bounded(&r.to_string())),
+        }
     }
 }
 
@@ -136,12 +160,14 @@ pub struct TlsConn {
     cancels: u8,
     /// It counts in its listener's handshakes in progress (the worker keeps the count).
     pub holds_handshake_slot: bool,
+    /// A refusal not yet written to the audit trail (the worker takes it).
+    pub refused: Option<Refused>,
     /// When it was accepted (loop clock).
     pub started: Instant,
     /// When bytes last moved.
     pub last_active: Instant,
     /// Client address.
-    pub source: IpAddr,
+    pub source: SocketAddr,
     /// Wall-clock second of the accept.
     pub started_unix: UnixSeconds,
     /// When its decision stops holding.
@@ -154,7 +180,7 @@ impl TlsConn {
     pub fn accept(
         listener: usize,
         client: TcpStream,
-        source: IpAddr,
+        source: SocketAddr,
         tls: &ServerTls,
         postgres: bool,
         ctx: &mut Ctx<'_>,
@@ -182,6 +208,7 @@ impl TlsConn {
             ops: 0,
             cancels: 0,
             holds_handshake_slot: false,
+            refused: None,
             started: ctx.now,
             last_active: ctx.now,
             source,
@@ -260,6 +287,7 @@ impl TlsConn {
         if let Some(n) = ctx.stats.upstream_tls_failures.get_mut(reason.index()) {
             *n += 1;
         }
+        self.refused = Some(Refused::tls(AuditKind::UpstreamTlsFailed, reason));
         if !self.close_notify_sent {
             self.session.close_notify();
             self.close_notify_sent = true;
@@ -273,6 +301,7 @@ impl TlsConn {
         if let Some(n) = ctx.stats.tls_failures.get_mut(reason.index()) {
             *n += 1;
         }
+        self.refused = Some(Refused::tls(AuditKind::TlsRefused, reason));
         self.flush_then_close(ctx);
     }
 
@@ -750,6 +779,11 @@ impl TlsConn {
         if let Some(n) = ctx.stats.postgres_refused.get_mut(r.index()) {
             *n += 1;
         }
+        self.refused = Some(Refused {
+            kind: AuditKind::PreambleRefused,
+            reason: r.label(),
+            detail: None,
+        });
         if self.session.is_established() {
             self.deny(ctx);
             return;

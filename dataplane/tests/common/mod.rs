@@ -204,6 +204,33 @@ impl Gateway {
         panic!("zgate not ready after {WAIT:?}:\n{}", self.log());
     }
 
+    /// The audit events written so far (`audit = "stderr"`, the default: the JSON lines
+    /// among the log lines).
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l}: {e}")))
+            .collect()
+    }
+
+    /// Wait (bounded) for an audit event `matches` accepts, and return it. The
+    /// supervisor writes queued events every 100 ms at most.
+    pub fn wait_audit(&self, matches: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(e) = self.audit().into_iter().find(|e| matches(e)) {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such audit event in:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn connect(&self) -> TcpStream {
         let s = TcpStream::connect(self.listen).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
