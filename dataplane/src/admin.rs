@@ -175,6 +175,18 @@ pub fn metrics_text(v: &AdminView) -> String {
         v.table_reload_failures,
     );
     metric(
+        "zgate_worker_stalls_total",
+        "counter",
+        "Loop turns whose completion handling took 2 ms or more (every flow on that core waited).",
+        s.stalls,
+    );
+    metric(
+        "zgate_worker_longest_turn_microseconds",
+        "gauge",
+        "Longest completion handling of one loop turn since start, over all workers.",
+        s.longest_turn_us,
+    );
+    metric(
         "zgate_audit_events_total",
         "counter",
         "Audit events written (or discarded with audit = off).",

@@ -126,6 +126,10 @@ pub struct WorkerStats {
     pub handshakes_over_limit: AtomicU64,
     /// TLS handshakes (and PostgreSQL preambles) in progress now.
     pub handshakes_in_progress: AtomicU64,
+    /// Loop turns whose completion handling took at least the stall threshold.
+    pub stalls: AtomicU64,
+    /// Longest completion handling of one loop turn so far, µs.
+    pub longest_turn_us: AtomicU64,
     /// Upstream connects that failed (refused, unreachable, timed out).
     pub upstream_connect_failures: AtomicU64,
     /// Of those, the ones that timed out.
@@ -182,6 +186,10 @@ pub struct StatsSnapshot {
     pub handshakes_over_limit: u64,
     /// See [`WorkerStats::handshakes_in_progress`].
     pub handshakes_in_progress: u64,
+    /// See [`WorkerStats::stalls`].
+    pub stalls: u64,
+    /// See [`WorkerStats::longest_turn_us`] (the maximum over workers when summed).
+    pub longest_turn_us: u64,
     /// See [`WorkerStats::upstream_connect_failures`].
     pub upstream_connect_failures: u64,
     /// See [`WorkerStats::upstream_connect_timeouts`].
@@ -230,6 +238,8 @@ impl WorkerStats {
         self.handshakes_over_limit.store(s.handshakes_over_limit, r);
         self.handshakes_in_progress
             .store(s.handshakes_in_progress, r);
+        self.stalls.store(s.stalls, r);
+        self.longest_turn_us.store(s.longest_turn_us, r);
         self.upstream_connect_failures
             .store(s.upstream_connect_failures, r);
         self.upstream_connect_timeouts
@@ -274,6 +284,8 @@ impl WorkerStats {
             over_limit: self.over_limit.load(r),
             handshakes_over_limit: self.handshakes_over_limit.load(r),
             handshakes_in_progress: self.handshakes_in_progress.load(r),
+            stalls: self.stalls.load(r),
+            longest_turn_us: self.longest_turn_us.load(r),
             upstream_connect_failures: self.upstream_connect_failures.load(r),
             upstream_connect_timeouts: self.upstream_connect_timeouts.load(r),
             active: self.active.load(r),
@@ -314,6 +326,8 @@ impl StatsSnapshot {
         self.handshakes_in_progress = self
             .handshakes_in_progress
             .saturating_add(o.handshakes_in_progress);
+        self.stalls = self.stalls.saturating_add(o.stalls);
+        self.longest_turn_us = self.longest_turn_us.max(o.longest_turn_us);
         self.upstream_connect_failures = self
             .upstream_connect_failures
             .saturating_add(o.upstream_connect_failures);

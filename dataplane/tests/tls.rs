@@ -107,6 +107,8 @@ mod tls {
         assert_eq!(e["rule"], "allow-trading");
         assert_eq!(e["spiffe_id"], TRADING);
         assert_eq!(e["sni"], "localhost");
+        // The worker timed its loop turns: a handshake's signature alone takes tens of µs.
+        assert!(gw.metric("zgate_worker_longest_turn_microseconds") > 0);
         // This listener's `client_ca` is bound to no trust domain: said at startup.
         assert!(
             gw.log()

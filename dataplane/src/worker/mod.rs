@@ -43,6 +43,10 @@ use token::{decode, encode, next_gen, Op};
 
 /// How often timers are checked (and the longest an interrupt-mode worker sleeps).
 const TICK: Duration = Duration::from_millis(100);
+/// A batch of completions that takes this long to handle is a stall: every flow on the
+/// core waited that long (STYLE I.22). Full TLS handshakes take ~1 ms of CPU each, so a
+/// batch of several of them counts.
+const STALL: Duration = Duration::from_millis(2);
 /// Submission queue entries per ring.
 const RING_ENTRIES: u32 = 1024;
 
@@ -431,8 +435,19 @@ impl Worker {
         let mut cqes: Vec<Completion> = Vec::with_capacity(RING_ENTRIES as usize * 4);
         self.clock();
         let mut next_tick = self.now + TICK;
+        // When the last batch of completions began to be handled: the next loop turn's
+        // clock read times it (no extra clock read).
+        let mut busy_since: Option<Instant> = None;
         loop {
             self.clock();
+            if let Some(start) = busy_since.take() {
+                let took = self.now.saturating_duration_since(start);
+                let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                self.stats.longest_turn_us = self.stats.longest_turn_us.max(us);
+                if took >= STALL {
+                    self.stats.stalls += 1;
+                }
+            }
             self.refresh_table();
             let phase = self.control.phase();
             if phase != self.phase {
@@ -472,6 +487,7 @@ impl Worker {
                 continue;
             }
             self.clock();
+            busy_since = Some(self.now);
             for c in &cqes {
                 self.complete(*c)?;
             }
