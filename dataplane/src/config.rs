@@ -396,6 +396,31 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Errors {
+    /// `alpn = [...]`: every protocol id 1 to 255 bytes. Whether all were.
+    fn alpn(&mut self, key: &impl Fn(&str) -> String, alpn: &[String]) -> bool {
+        let mut ok = true;
+        for (j, a) in alpn.iter().enumerate() {
+            if a.is_empty() || a.len() > 255 {
+                self.value(key(&format!("alpn[{j}]")), a, "expected 1 to 255 bytes");
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// `min_version = "1.2" | "1.3"` (default 1.3): whether TLS 1.2 is allowed, `None`
+    /// (with the error recorded) for anything else.
+    fn allow_tls12(&mut self, key: String, v: Option<&str>) -> Option<bool> {
+        match v {
+            None | Some("1.3") => Some(false),
+            Some("1.2") => Some(true),
+            Some(other) => {
+                self.value(key, other, "expected `1.2` or `1.3`");
+                None
+            }
+        }
+    }
+
     /// Validate `[listener.upstream_tls]` of listener `i` (pure: files are read later).
     fn upstream_tls(
         &mut self,
@@ -441,21 +466,10 @@ impl Errors {
             }
         };
         let alpn = t.alpn.unwrap_or_default();
-        for (j, a) in alpn.iter().enumerate() {
-            if a.is_empty() || a.len() > 255 {
-                self.value(k(&format!("alpn[{j}]")), a, "expected 1 to 255 bytes");
-                ok = false;
-            }
-        }
-        let allow_tls12 = match t.min_version.as_deref() {
-            None | Some("1.3") => false,
-            Some("1.2") => true,
-            Some(other) => {
-                self.value(k("min_version"), other, "expected `1.2` or `1.3`");
-                ok = false;
-                false
-            }
-        };
+        ok &= self.alpn(&k, &alpn);
+        let allow_tls12 = self.allow_tls12(k("min_version"), t.min_version.as_deref());
+        ok &= allow_tls12.is_some();
+        let allow_tls12 = allow_tls12.unwrap_or(false);
         ok.then_some(UpstreamTlsSettings {
             ca: PathBuf::from(t.ca),
             server_name: t.server_name,
@@ -585,21 +599,10 @@ impl Errors {
             ok = false;
         }
         let alpn = t.alpn.unwrap_or_default();
-        for (j, a) in alpn.iter().enumerate() {
-            if a.is_empty() || a.len() > 255 {
-                self.value(k(&format!("alpn[{j}]")), a, "expected 1 to 255 bytes");
-                ok = false;
-            }
-        }
-        let allow_tls12 = match t.min_version.as_deref() {
-            None | Some("1.3") => false,
-            Some("1.2") => true,
-            Some(other) => {
-                self.value(k("min_version"), other, "expected `1.2` or `1.3`");
-                ok = false;
-                false
-            }
-        };
+        ok &= self.alpn(&k, &alpn);
+        let allow_tls12 = self.allow_tls12(k("min_version"), t.min_version.as_deref());
+        ok &= allow_tls12.is_some();
+        let allow_tls12 = allow_tls12.unwrap_or(false);
         // Resumed sessions are not re-checked against the CRL (review finding M1), so
         // with a CRL resumption is off by default and may not be turned on.
         let session_resumption = match (t.session_resumption, crl.is_empty()) {
