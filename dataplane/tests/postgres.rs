@@ -26,12 +26,10 @@ mod postgres {
     use rustls::pki_types::ServerName;
     use rustls::{ClientConfig, ClientConnection, StreamOwned};
     use zgate_devpki::ClientSpec;
-    use zgate_policy::model::{Action, Principal, Rule, ServiceSelector};
 
-    use super::common::pki::{client_config, Pki};
+    use super::common::pki::{client_config, trading_only, Pki, TRADING};
     use super::common::*;
 
-    const TRADING: &str = "spiffe://corp.example/ns/trading/sa/pricer";
     const OTHER: &str = "spiffe://corp.example/ns/marketing/sa/web";
 
     /// The newest PostgreSQL server binaries installed (`/usr/lib/postgresql/N/bin`).
@@ -148,17 +146,6 @@ mod postgres {
     fn running_as_root() -> bool {
         let out = Command::new("id").arg("-u").output().unwrap();
         String::from_utf8_lossy(&out.stdout).trim() == "0"
-    }
-
-    fn trading_only() -> Vec<u8> {
-        let id = zgate_policy::parse_spiffe_id("spiffe://corp.example/ns/trading").unwrap();
-        let mut r = Rule::new(
-            "trading-to-pg",
-            Action::Allow,
-            ServiceSelector::Named(vec!["echo".to_string()]),
-        );
-        r.principals = Some(vec![Principal::SpiffeUnder(id)]);
-        table_bytes(vec![r], 1)
     }
 
     /// zgate with a `protocol = "postgres"` listener in front of `pg`.

@@ -18,15 +18,14 @@ mod tls {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use rustls::pki_types::ServerName;
-    use rustls::{ClientConfig, ClientConnection, StreamOwned};
     use zgate_devpki::{Bad, Ca, ClientSpec, Leaf};
     use zgate_policy::model::{Action, Principal, Rule, ServiceSelector};
 
-    use super::common::pki::{client_config, now, Pki};
+    use super::common::pki::{
+        client_config, connect_tls, echo_through, now, refused, trading_only, Pki, Tls, TRADING,
+    };
     use super::common::*;
 
-    const TRADING: &str = "spiffe://corp.example/ns/trading/sa/pricer";
     const OTHER: &str = "spiffe://corp.example/ns/marketing/sa/web";
 
     fn rule_for_principals(principals: Option<Vec<Principal>>) -> Vec<u8> {
@@ -39,45 +38,11 @@ mod tls {
         table_bytes(vec![r], 1)
     }
 
-    /// Only workloads under `spiffe://corp.example/ns/trading`.
-    fn trading_only() -> Vec<u8> {
-        let id = zgate_policy::parse_spiffe_id("spiffe://corp.example/ns/trading").unwrap();
-        rule_for_principals(Some(vec![Principal::SpiffeUnder(id)]))
-    }
-
     fn tls_gateway(pki: &Pki, upstream: SocketAddr, table: Vec<u8>, extra: &str) -> Gateway {
         let mut setup = Setup::new(upstream);
         setup.table = Some(table);
         setup.listener_extra = pki.listener_tls(extra);
         Gateway::start(&setup)
-    }
-
-    type Tls = StreamOwned<ClientConnection, TcpStream>;
-
-    fn connect_tls(gw: &Gateway, cfg: Arc<ClientConfig>) -> Tls {
-        let conn = ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
-        StreamOwned::new(conn, gw.connect())
-    }
-
-    /// Echo `data` through `s` in 16 KiB steps (write a chunk, read it back).
-    fn echo_through(s: &mut Tls, data: &[u8]) {
-        for chunk in data.chunks(16 * 1024) {
-            s.write_all(chunk).unwrap();
-            s.flush().unwrap();
-            let mut got = vec![0u8; chunk.len()];
-            s.read_exact(&mut got).unwrap();
-            assert!(got == chunk, "payload corrupted");
-        }
-    }
-
-    /// The client's view of a refused connection: the handshake or the first read fails,
-    /// or the stream ends without data.
-    fn refused(mut s: Tls) -> bool {
-        if s.write_all(b"hello").and_then(|()| s.flush()).is_err() {
-            return true;
-        }
-        let mut buf = [0u8; 16];
-        !matches!(s.read(&mut buf), Ok(n) if n > 0)
     }
 
     fn failures(gw: &Gateway, reason: &str) -> u64 {

@@ -14,21 +14,22 @@ mod common;
 #[cfg(test)]
 mod upstream_tls {
     use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::net::{SocketAddr, TcpListener};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc::{channel, Receiver};
     use std::sync::Arc;
 
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use rustls::server::WebPkiClientVerifier;
-    use rustls::{ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+    use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
     use zgate_devpki::{Ca, ClientSpec, Leaf};
 
-    use super::common::pki::{client_config, now, Pki};
+    use super::common::pki::{
+        client_config, connect_tls, now, refused, trading_only, Pki, Tls, TRADING,
+    };
     use super::common::*;
 
-    const TRADING: &str = "spiffe://corp.example/ns/trading/sa/pricer";
     const GATEWAY: &str = "spiffe://corp.example/zgate/gateway";
 
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -158,29 +159,15 @@ mod upstream_tls {
     }
 
     fn gateway(pki: &Pki, up: &Upstream) -> Gateway {
-        let id = zgate_policy::parse_spiffe_id("spiffe://corp.example/ns/trading").unwrap();
-        let mut r = zgate_policy::model::Rule::new(
-            "trading",
-            zgate_policy::model::Action::Allow,
-            zgate_policy::model::ServiceSelector::Named(vec!["echo".into()]),
-        );
-        r.principals = Some(vec![zgate_policy::model::Principal::SpiffeUnder(id)]);
         let mut setup = Setup::new(up.echo.addr);
-        setup.table = Some(table_bytes(vec![r], 1));
+        setup.table = Some(trading_only());
         setup.listener_extra = format!("{}{}", pki.listener_tls(""), up.table);
         Gateway::start(&setup)
     }
 
-    type Tls = StreamOwned<ClientConnection, TcpStream>;
-
     fn connect(gw: &Gateway, pki: &Pki) -> Tls {
         let leaf = pki.client(&ClientSpec::spiffe(TRADING));
-        let conn = ClientConnection::new(
-            client_config(pki, Some(&leaf)),
-            ServerName::try_from("localhost").unwrap(),
-        )
-        .unwrap();
-        StreamOwned::new(conn, gw.connect())
+        connect_tls(gw, client_config(pki, Some(&leaf)))
     }
 
     #[test]
@@ -219,14 +206,6 @@ mod upstream_tls {
         gw.metric(&format!(
             "zgate_upstream_tls_failures_total{{reason=\"{reason}\"}}"
         ))
-    }
-
-    fn refused(mut s: Tls) -> bool {
-        if s.write_all(b"hello").and_then(|()| s.flush()).is_err() {
-            return true;
-        }
-        let mut buf = [0u8; 16];
-        !matches!(s.read(&mut buf), Ok(n) if n > 0)
     }
 
     #[test]

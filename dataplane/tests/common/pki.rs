@@ -1,14 +1,65 @@
 //! A dev PKI for the TLS tests (CA, server certificate for localhost/127.0.0.1, CRL,
 //! client SVIDs) written to a temp dir, and a rustls client configuration that trusts it.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use zgate_devpki::{Ca, ClientSpec, Leaf};
+use zgate_policy::model::{Action, Principal, Rule, ServiceSelector};
+
+use super::{table_bytes, Gateway};
+
+/// A workload the policies below allow.
+pub const TRADING: &str = "spiffe://corp.example/ns/trading/sa/pricer";
+
+/// A table with one rule, `allow-trading`: workloads under
+/// `spiffe://corp.example/ns/trading` may use service `echo`.
+pub fn trading_only() -> Vec<u8> {
+    let id = zgate_policy::parse_spiffe_id("spiffe://corp.example/ns/trading").unwrap();
+    let mut r = Rule::new(
+        "allow-trading",
+        Action::Allow,
+        ServiceSelector::Named(vec!["echo".to_string()]),
+    );
+    r.principals = Some(vec![Principal::SpiffeUnder(id)]);
+    table_bytes(vec![r], 1)
+}
+
+/// A rustls client stream.
+pub type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// A TLS client to `gw` (server name `localhost`) with `cfg`.
+pub fn connect_tls(gw: &Gateway, cfg: Arc<ClientConfig>) -> Tls {
+    let conn = ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+    StreamOwned::new(conn, gw.connect())
+}
+
+/// Echo `data` through `s` in 16 KiB steps (write a chunk, read it back).
+pub fn echo_through(s: &mut Tls, data: &[u8]) {
+    for chunk in data.chunks(16 * 1024) {
+        s.write_all(chunk).unwrap();
+        s.flush().unwrap();
+        let mut got = vec![0u8; chunk.len()];
+        s.read_exact(&mut got).unwrap();
+        assert!(got == chunk, "payload corrupted");
+    }
+}
+
+/// The client's view of a refused connection: the handshake or the first read fails,
+/// or the stream ends without data.
+pub fn refused(mut s: Tls) -> bool {
+    if s.write_all(b"hello").and_then(|()| s.flush()).is_err() {
+        return true;
+    }
+    let mut buf = [0u8; 16];
+    !matches!(s.read(&mut buf), Ok(n) if n > 0)
+}
 
 #[allow(
     clippy::disallowed_methods,
