@@ -26,7 +26,7 @@ mod upstream_tls {
     use zgate_devpki::{Ca, ClientSpec, Leaf};
 
     use super::common::pki::{
-        client_config, connect_tls, now, refused, trading_only, Pki, Tls, TRADING,
+        client_config, connect_tls, echo_through, now, refused, trading_only, Pki, Tls, TRADING,
     };
     use super::common::*;
 
@@ -176,15 +176,8 @@ mod upstream_tls {
         let up = upstream_side(&pki, "db.internal", true);
         let gw = gateway(&pki, &up);
         let mut s = connect(&gw, &pki);
-        for data in [b"x".to_vec(), pattern(2 << 20, 11)] {
-            for chunk in data.chunks(16 * 1024) {
-                s.write_all(chunk).unwrap();
-                s.flush().unwrap();
-                let mut got = vec![0u8; chunk.len()];
-                s.read_exact(&mut got).unwrap();
-                assert!(got == chunk, "payload corrupted");
-            }
-        }
+        echo_through(&mut s, b"x");
+        echo_through(&mut s, &pattern(2 << 20, 11));
         // The upstream authenticated the gateway by its own certificate.
         assert_eq!(
             up.echo.peers.try_iter().collect::<Vec<_>>(),
