@@ -83,6 +83,51 @@ mod tls {
         );
     }
 
+    /// A client that reads slowly makes the gateway's sends toward it come back short
+    /// (the socket buffer had room for part of a record batch): the rest must still go
+    /// out, byte-exact, with no stall.
+    #[test]
+    fn a_slow_reading_client_gets_every_byte_through_short_sends() {
+        const TOTAL: usize = 24 << 20;
+        let pki = Pki::new(&[]);
+        let up = Upstream::start(|mut s| {
+            // Read the client's "go" first: closing with unread bytes would be a reset.
+            let mut go = [0u8; 2];
+            if s.read_exact(&mut go).is_err() {
+                return;
+            }
+            let chunk = pattern(1 << 20, 21);
+            for _ in 0..TOTAL >> 20 {
+                if s.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        });
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "");
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let mut s = connect_tls(&gw, client_config(&pki, Some(&leaf)));
+        s.write_all(b"go").unwrap();
+        s.flush().unwrap();
+        let want = pattern(1 << 20, 21);
+        let mut got = vec![0u8; 3 * 1024];
+        let mut n = 0usize;
+        let mut reads = 0u32;
+        while n < TOTAL {
+            let k = s.read(&mut got).unwrap();
+            assert!(k > 0, "stream ended after {n} bytes");
+            for (i, b) in got[..k].iter().enumerate() {
+                assert_eq!(*b, want[(n + i) % want.len()], "byte {} differs", n + i);
+            }
+            n += k;
+            reads += 1;
+            // Stop reading now and then so the socket buffer fills and drains in steps.
+            if reads % 512 == 0 {
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        }
+        assert_eq!(n, TOTAL);
+    }
+
     #[test]
     fn policy_admits_the_trading_prefix_and_refuses_another_identity() {
         let pki = Pki::new(&[]);

@@ -517,6 +517,11 @@ impl TlsConn {
             Some(n) => {
                 o.start = o.start.saturating_add(n).min(o.end);
                 self.last_active = ctx.now;
+                // A short send (the socket had room for part of it): send the rest now.
+                // Nothing else would: `produce` refills an output only once it is empty.
+                if o.start < o.end {
+                    self.send_out(to, ctx);
+                }
                 self.pump(ctx);
             }
             None => {
