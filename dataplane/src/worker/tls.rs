@@ -139,7 +139,9 @@ pub struct TlsConn {
     mem: Option<Lent<ConnMem>>,
     session: TlsSession,
     /// `[listener.upstream_tls]`: the session toward the upstream, made at connect.
-    up: Option<TlsSession>,
+    /// Boxed: a rustls session is ~1.4 KiB, which flows without upstream TLS (most)
+    /// should not carry while idle.
+    up: Option<Box<TlsSession>>,
     /// close_notify queued toward the upstream.
     up_close_notify_sent: bool,
     /// The upstream handshake was counted.
@@ -228,7 +230,7 @@ impl TlsConn {
     /// Whether the upstream TLS handshake is still running (the handshake timeout
     /// applies to it too).
     pub fn is_upstream_handshaking(&self) -> bool {
-        self.state == TlsState::Open && self.up.as_ref().is_some_and(|u| !u.is_established())
+        self.state == TlsState::Open && self.up.as_deref().is_some_and(|u| !u.is_established())
     }
 
     /// The session (identity, SNI, ALPN) for the decision.
@@ -338,7 +340,7 @@ impl TlsConn {
     ) {
         if let Some(tls) = upstream_tls {
             match tls.connect() {
-                Ok(s) => self.up = Some(s),
+                Ok(s) => self.up = Some(Box::new(s)),
                 Err(r) => {
                     self.upstream_fail(&r, ctx);
                     return;
@@ -593,7 +595,7 @@ impl TlsConn {
         let Some(mem) = o.mem.get_mut() else {
             return false;
         };
-        let n = fill(&mut self.session, self.up.as_mut(), mem);
+        let n = fill(&mut self.session, self.up.as_deref_mut(), mem);
         o.start = 0;
         o.end = u32::try_from(n).unwrap_or(0);
         if n == 0 {
@@ -659,13 +661,13 @@ impl TlsConn {
             }
             // 2. decrypted plaintext → upstream (re-encrypted first with upstream TLS).
             if self.state == TlsState::Open && self.session.has_plaintext() {
-                match self.up.as_mut() {
+                match self.up.as_deref_mut() {
                     Some(up) => progress |= self.session.forward_plaintext(up) > 0,
                     None => progress |= self.produce(0, ctx, |s, _, b| s.take_plaintext(b)),
                 }
             }
             // 2b. upstream TLS: its ciphertext (handshake, records) → upstream.
-            if self.state == TlsState::Open && self.up.as_ref().is_some_and(|u| u.wants_write()) {
+            if self.state == TlsState::Open && self.up.as_deref().is_some_and(|u| u.wants_write()) {
                 progress |=
                     self.produce(0, ctx, |_, up, b| up.map_or(0, |u| u.write_ciphertext(b)));
             }
@@ -676,7 +678,7 @@ impl TlsConn {
                         Ok(b) => b.get(i.pos as usize..).unwrap_or_default(),
                         Err(_) => &[],
                     };
-                    let n = match self.up.as_mut() {
+                    let n = match self.up.as_deref_mut() {
                         Some(up) => match up.feed(bytes) {
                             Ok(n) => n,
                             Err(r) => {
@@ -697,7 +699,7 @@ impl TlsConn {
                         self.input[UPSTREAM] = Some(In { pos, ..i });
                     }
                 }
-                if let Some(up) = self.up.as_mut() {
+                if let Some(up) = self.up.as_deref_mut() {
                     if up.is_established() && !self.up_established_counted {
                         self.up_established_counted = true;
                         ctx.stats.upstream_tls_handshakes += 1;
@@ -826,14 +828,14 @@ impl TlsConn {
         let shut_wr = u.shut_wr;
         if client_done && !shut_wr && self.out_free(0) {
             // With upstream TLS: close_notify to the upstream first, then the FIN.
-            if let Some(up) = self.up.as_mut() {
+            if let Some(up) = self.up.as_deref_mut() {
                 if !self.up_close_notify_sent && up.is_established() {
                     up.close_notify();
                     self.up_close_notify_sent = true;
                     self.produce(0, ctx, |_, up, b| up.map_or(0, |u| u.write_ciphertext(b)));
                 }
             }
-            let up_quiet = self.up.as_ref().is_none_or(|u| !u.wants_write()) && self.out_free(0);
+            let up_quiet = self.up.as_deref().is_none_or(|u| !u.wants_write()) && self.out_free(0);
             if up_quiet {
                 if let Some(up) = &self.upstream {
                     let _ = up.shutdown(Shutdown::Write);
@@ -844,9 +846,9 @@ impl TlsConn {
         // Upstream finished (FIN, or close_notify with upstream TLS) and everything from
         // it reached the client's session: close_notify to the client, then FIN.
         let upstream_done = (self.sides[UPSTREAM].eof
-            || self.up.as_ref().is_some_and(TlsSession::peer_closed))
+            || self.up.as_deref().is_some_and(TlsSession::peer_closed))
             && self.input[UPSTREAM].is_none()
-            && self.up.as_ref().is_none_or(|u| !u.has_plaintext());
+            && self.up.as_deref().is_none_or(|u| !u.has_plaintext());
         if upstream_done && !self.close_notify_sent {
             self.session.close_notify();
             self.close_notify_sent = true;
