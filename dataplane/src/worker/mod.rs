@@ -752,6 +752,9 @@ impl Worker {
         }
         let now = self.now;
         for i in 0..self.slots.len() {
+            if let Some(Some(Flow::Tls(t))) = self.slots.get_mut(i).map(|s| s.conn.as_mut()) {
+                t.trim(now);
+            }
             let due = self
                 .slots
                 .get(i)

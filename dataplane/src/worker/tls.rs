@@ -118,6 +118,9 @@ struct PgPreamble {
     direct: bool,
 }
 
+/// How long a quiet flow keeps its output buffers (see [`TlsConn::trim`]).
+const OUTPUT_KEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Client side (0) and upstream side (1).
 const CLIENT: usize = 0;
 const UPSTREAM: usize = 1;
@@ -720,7 +723,6 @@ impl TlsConn {
         }
         self.ends(ctx);
         self.arm(ctx);
-        self.release_idle_outputs();
     }
 
     /// Read the PostgreSQL request for TLS from the client input and answer it. Returns
@@ -907,7 +909,16 @@ impl TlsConn {
         }
     }
 
-    /// Drop output buffers that hold nothing and are not lent: idle flows keep none.
+    /// The worker's tick: a flow quiet for [`OUTPUT_KEEP`] drops its output buffers, so
+    /// an idle flow holds none while a busy one reuses them instead of allocating (and
+    /// zeroing) 16 KiB per record batch.
+    pub fn trim(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_active) >= OUTPUT_KEEP {
+            self.release_idle_outputs();
+        }
+    }
+
+    /// Drop output buffers that hold nothing and are not lent.
     fn release_idle_outputs(&mut self) {
         for o in &mut self.out {
             if o.as_ref()
