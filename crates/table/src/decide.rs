@@ -147,11 +147,7 @@ impl DecisionTable {
         if let Some(s) = id.spiffe_id {
             if !idx.spiffe.is_empty() {
                 let bytes = s.as_bytes();
-                let known = idx
-                    .spiffe
-                    .get(bytes)
-                    .and_then(|e| idx.spiffe_entries.get(e as usize));
-                if let Some(&[exact, _, off, len]) = known {
+                if let Some([exact, _, off, len]) = idx.spiffe.get(bytes) {
                     // A known text: its prefix keys were found at build time.
                     if exact != NONE {
                         f(exact);
@@ -180,7 +176,6 @@ impl DecisionTable {
                             .hash(len)
                             .and_then(|h| Some((h, bytes.get(..len)?)))
                             .and_then(|(h, p)| idx.spiffe.get_hashed(p, h))
-                            .and_then(|e| idx.spiffe_entries.get(e as usize))
                             .map_or(NONE, |e| e[1]);
                         if under != NONE {
                             f(under);

@@ -6,17 +6,15 @@
 //! (byte writes plus a terminator), follows a pointer per candidate to the key's own
 //! allocation and compares through `memcmp`; about 100 instructions and three cache
 //! lines for a 40-byte SPIFFE ID. Here a probe is one hash (a multiply per 8 bytes),
-//! one slot (16 bytes: hash tag, key length and offset, value) and the key's bytes in
-//! the arena: about 40 instructions and two lines. The hash also gives the hash of
+//! one slot (hash tag, key length and offset, and the value itself) and the key's
+//! bytes in the arena: about 40 instructions and two lines. The hash also gives the hash of
 //! any prefix of a SPIFFE ID from the same words ([`PrefixHasher`]), so probing the
 //! `spiffe://td/a/*` keys an ID may fall under does not re-read it.
 //!
 //! The hash is not keyed: the keys come from the (trusted) policy, and a lookup with a
 //! hostile key costs at most the longest probe run, which the policy's keys alone
-//! determine (load at most one half, so runs are short). Every loop is bounded by the
+//! determine (load at most two thirds, so runs are short). Every loop is bounded by the
 //! slot count.
-
-use crate::NONE;
 
 /// Multiplier (from `rustc-hash` 2 and `foldhash`: odd, bits well spread).
 const K: u64 = 0xf135_7aea_2e62_a9c5;
@@ -163,31 +161,37 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// One slot: the high half of the key's hash, where its bytes are in the arena, and
-/// its value (`NONE` = empty slot).
+/// its value. An empty slot has length [`EMPTY_LEN`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Slot {
+struct Slot<V> {
     tag: u32,
     len: u32,
     off: u32,
-    value: u32,
+    value: V,
 }
 
-const EMPTY: Slot = Slot {
-    tag: 0,
-    len: 0,
-    off: 0,
-    value: NONE,
-};
+/// The `len` of an empty slot (keys are shorter: the arena is under 4 GiB).
+const EMPTY_LEN: u32 = u32::MAX;
 
 /// Indexes of at most this many slots (4 keys) are searched by comparing every key.
 const SMALL_SLOTS: usize = 8;
 
-/// A map from byte strings to `u32` values (< `NONE`), built once.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct StrIndex {
-    /// Power-of-two length (or empty), at most half full; linear probing.
-    slots: Box<[Slot]>,
+/// A map from byte strings to small `Copy` values, built once. The value sits in the
+/// slot, so a hit reads the slot and the key's bytes: two cache lines.
+#[derive(Debug, Clone)]
+pub(crate) struct StrIndex<V = u32> {
+    /// Power-of-two length (or empty), at most about two thirds full; linear probing.
+    slots: Box<[Slot<V>]>,
     text: Box<[u8]>,
+}
+
+impl<V> Default for StrIndex<V> {
+    fn default() -> Self {
+        StrIndex {
+            slots: Box::default(),
+            text: Box::default(),
+        }
+    }
 }
 
 /// Why an index could not be built.
@@ -195,15 +199,15 @@ pub(crate) struct StrIndex {
 pub(crate) enum IndexError {
     /// The same key twice.
     Duplicate,
-    /// Over 2^32 bytes of keys or 2^31 keys.
+    /// Over 2^32 - 1 bytes of keys or 2^30 keys.
     TooLarge,
 }
 
-impl StrIndex {
-    /// Index `(key, value)` pairs; values must be below `NONE`.
+impl<V: Copy + Default> StrIndex<V> {
+    /// Index `(key, value)` pairs.
     pub(crate) fn build<'k>(
-        entries: impl ExactSizeIterator<Item = (&'k [u8], u32)> + Clone,
-    ) -> Result<StrIndex, IndexError> {
+        entries: impl ExactSizeIterator<Item = (&'k [u8], V)> + Clone,
+    ) -> Result<StrIndex<V>, IndexError> {
         let n = entries.len();
         if n == 0 {
             return Ok(StrIndex::default());
@@ -211,23 +215,33 @@ impl StrIndex {
         if n > 1 << 30 {
             return Err(IndexError::TooLarge);
         }
-        let cap = (n * 2).next_power_of_two();
+        // Load at most 2/3 (short probe runs, hits and misses alike); more than four
+        // keys always get more than `SMALL_SLOTS` slots, so the hash is used.
+        let mut cap = (n + n / 2 + 1).next_power_of_two();
+        if n > 4 {
+            cap = cap.max(2 * SMALL_SLOTS);
+        }
         let mask = cap - 1;
-        let mut slots = vec![EMPTY; cap];
+        let empty = Slot {
+            tag: 0,
+            len: EMPTY_LEN,
+            off: 0,
+            value: V::default(),
+        };
+        let mut slots = vec![empty; cap];
         let text_len: usize = entries.clone().map(|(k, _)| k.len()).sum();
-        u32::try_from(text_len).map_err(|_| IndexError::TooLarge)?;
+        if u32::try_from(text_len).map_or(true, |t| t == EMPTY_LEN) {
+            return Err(IndexError::TooLarge);
+        }
         let mut text = Vec::with_capacity(text_len);
         for (key, value) in entries {
-            if value == NONE {
-                return Err(IndexError::TooLarge);
-            }
             let h = hash(key);
             let mut i = (h as usize) & mask;
             let slot = loop {
                 let Some(s) = slots.get_mut(i) else {
                     return Err(IndexError::TooLarge);
                 };
-                if s.value == NONE {
+                if s.len == EMPTY_LEN {
                     break s;
                 }
                 if s.tag == (h >> 32) as u32
@@ -257,7 +271,7 @@ impl StrIndex {
 
     /// The value of `key`.
     #[inline(always)]
-    pub(crate) fn get(&self, key: &[u8]) -> Option<u32> {
+    pub(crate) fn get(&self, key: &[u8]) -> Option<V> {
         if self.slots.len() <= SMALL_SLOTS {
             // A few keys (ALPN names, a gateway's own services): comparing them all
             // costs less than hashing the key.
@@ -268,9 +282,9 @@ impl StrIndex {
 
     /// The value of `key`, comparing it with every stored key.
     #[inline(always)]
-    fn scan_all(&self, key: &[u8]) -> Option<u32> {
+    fn scan_all(&self, key: &[u8]) -> Option<V> {
         for s in self.slots.iter() {
-            if s.value != NONE && s.len as usize == key.len() {
+            if s.len as usize == key.len() {
                 let off = s.off as usize;
                 if self
                     .text
@@ -286,14 +300,14 @@ impl StrIndex {
 
     /// The value of `key`, whose [`hash`] is `h`.
     #[inline(always)]
-    pub(crate) fn get_hashed(&self, key: &[u8], h: u64) -> Option<u32> {
+    pub(crate) fn get_hashed(&self, key: &[u8], h: u64) -> Option<V> {
         let mask = self.slots.len().wrapping_sub(1);
         let tag = (h >> 32) as u32;
         let mut i = (h as usize) & mask;
-        // At most half full, so a run ends long before this bound.
+        // At most 2/3 full, so a run ends long before this bound.
         for _ in 0..self.slots.len() {
             let s = self.slots.get(i)?;
-            if s.value == NONE {
+            if s.len == EMPTY_LEN {
                 return None;
             }
             if s.tag == tag && s.len as usize == key.len() {
@@ -357,7 +371,7 @@ mod tests {
         }
         assert_eq!(idx.get(b"\0"), None);
         assert_eq!(idx.get(b"a\0"), None);
-        assert_eq!(StrIndex::default().get(b"a"), None);
+        assert_eq!(StrIndex::<u32>::default().get(b"a"), None);
     }
 
     #[test]

@@ -355,13 +355,10 @@ pub(crate) const UNCONSTRAINED_ALPN: u8 = 1 << 3;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Indexes {
     pub services: StrIndex,
-    /// SPIFFE text -> index into `spiffe_entries`.
-    pub spiffe: StrIndex,
-    /// Per distinct SPIFFE text: [exact key id, prefix key id, offset, count] (ids
-    /// `NONE` where absent). `spiffe_unders[offset..offset + count]` are the prefix
-    /// keys the text itself matches as an ID, so a flow whose ID is a known key needs
-    /// one probe.
-    pub spiffe_entries: Vec<[u32; 4]>,
+    /// SPIFFE text -> [exact key id, prefix key id, offset, count] (ids `NONE` where
+    /// absent). `spiffe_unders[offset..offset + count]` are the prefix keys the text
+    /// itself matches as an ID, so a flow whose ID is a known key needs one probe.
+    pub spiffe: StrIndex<[u32; 4]>,
     pub spiffe_unders: Vec<u32>,
     /// The distinct lengths of the prefix keys, ascending: a flow's SPIFFE ID is
     /// probed only where one of these lengths falls on a `/`.
@@ -432,6 +429,7 @@ impl Indexes {
         };
 
         let (mut dns, mut cn, mut fingerprint) = (Vec::new(), Vec::new(), Vec::new());
+        let mut spiffe_entries: Vec<[u32; 4]> = Vec::new();
         // SPIFFE texts in first-seen order, and where each is.
         let mut spiffe_texts: Vec<&str> = Vec::new();
         let mut spiffe_at: FxHashMap<&str, usize> = FxHashMap::default();
@@ -440,15 +438,11 @@ impl Indexes {
                 PrincipalKey::Exact(s) | PrincipalKey::Under(s) => {
                     let at = *spiffe_at.entry(s).or_insert_with(|| {
                         spiffe_texts.push(s);
-                        idx.spiffe_entries.push([NONE, NONE, 0, 0]);
-                        idx.spiffe_entries.len() - 1
+                        spiffe_entries.push([NONE, NONE, 0, 0]);
+                        spiffe_entries.len() - 1
                     });
                     let which = usize::from(matches!(key, PrincipalKey::Under(_)));
-                    match idx
-                        .spiffe_entries
-                        .get_mut(at)
-                        .and_then(|e| e.get_mut(which))
-                    {
+                    match spiffe_entries.get_mut(at).and_then(|e| e.get_mut(which)) {
                         Some(v) if *v == NONE => *v = id,
                         _ => return Err(DuplicateKey("spiffe principal")),
                     }
@@ -476,7 +470,7 @@ impl Indexes {
                 let under = text
                     .get(..len)
                     .and_then(|p| spiffe_at.get(p))
-                    .and_then(|&p| idx.spiffe_entries.get(p))
+                    .and_then(|&p| spiffe_entries.get(p))
                     .map_or(NONE, |e| e[1]);
                 if under != NONE {
                     idx.spiffe_unders.push(under);
@@ -485,19 +479,20 @@ impl Indexes {
             let too_many = || DuplicateKey("too many spiffe keys");
             let off32 = u32::try_from(off).map_err(|_| too_many())?;
             let len32 = u32::try_from(idx.spiffe_unders.len() - off).map_err(|_| too_many())?;
-            if let Some(e) = idx.spiffe_entries.get_mut(at) {
+            if let Some(e) = spiffe_entries.get_mut(at) {
                 e[2] = off32;
                 e[3] = len32;
             }
         }
-        idx.spiffe = one(
-            spiffe_texts
-                .iter()
-                .map(|s| s.as_bytes())
-                .zip(ids(spiffe_texts.len()))
-                .collect(),
-            "spiffe principal",
-        )?;
+        let spiffe: Vec<(&[u8], [u32; 4])> = spiffe_texts
+            .iter()
+            .map(|s| s.as_bytes())
+            .zip(spiffe_entries)
+            .collect();
+        idx.spiffe = StrIndex::build(spiffe.into_iter()).map_err(|e| match e {
+            index::IndexError::Duplicate => DuplicateKey("spiffe principal"),
+            index::IndexError::TooLarge => DuplicateKey("too many keys"),
+        })?;
         idx.dns = one(dns, "dns principal")?;
         idx.cn = one(cn, "cn principal")?;
         idx.fingerprint = one(fingerprint, "fingerprint principal")?;
@@ -524,7 +519,6 @@ impl Indexes {
     pub(crate) fn heap_bytes(&self) -> usize {
         self.services.heap_bytes()
             + self.spiffe.heap_bytes()
-            + std::mem::size_of_val(&*self.spiffe_entries)
             + std::mem::size_of_val(&*self.spiffe_unders)
             + std::mem::size_of_val(&*self.under_lens)
             + self.dns.heap_bytes()
