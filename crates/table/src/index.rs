@@ -173,8 +173,10 @@ struct Slot<V> {
 /// The `len` of an empty slot (keys are shorter: the arena is under 4 GiB).
 const EMPTY_LEN: u32 = u32::MAX;
 
-/// Indexes of at most this many slots (4 keys) are searched by comparing every key.
-const SMALL_SLOTS: usize = 8;
+/// Indexes of at most this many keys hold them in order, one slot each, and are
+/// searched by comparing every key; larger ones are hashed, with at least
+/// `2 * SMALL_KEYS` slots.
+const SMALL_KEYS: usize = 4;
 
 /// A map from byte strings to small `Copy` values, built once. The value sits in the
 /// slot, so a hit reads the slot and the key's bytes: two cache lines.
@@ -215,12 +217,13 @@ impl<V: Copy + Default> StrIndex<V> {
         if n > 1 << 30 {
             return Err(IndexError::TooLarge);
         }
-        // Load at most 2/3 (short probe runs, hits and misses alike); more than four
-        // keys always get more than `SMALL_SLOTS` slots, so the hash is used.
-        let mut cap = (n + n / 2 + 1).next_power_of_two();
-        if n > 4 {
-            cap = cap.max(2 * SMALL_SLOTS);
-        }
+        // Load at most 2/3 (short probe runs, hits and misses alike).
+        let small = n <= SMALL_KEYS;
+        let cap = if small {
+            n
+        } else {
+            (n + n / 2 + 1).next_power_of_two().max(2 * SMALL_KEYS)
+        };
         let mask = cap - 1;
         let empty = Slot {
             tag: 0,
@@ -234,9 +237,18 @@ impl<V: Copy + Default> StrIndex<V> {
             return Err(IndexError::TooLarge);
         }
         let mut text = Vec::with_capacity(text_len);
-        for (key, value) in entries {
+        for (at, (key, value)) in entries.enumerate() {
             let h = hash(key);
-            let mut i = (h as usize) & mask;
+            if small
+                && slots
+                    .iter()
+                    .take(at)
+                    .any(|s| text.get(s.off as usize..s.off as usize + s.len as usize) == Some(key))
+            {
+                return Err(IndexError::Duplicate);
+            }
+            // A short list keeps the keys in order; its slots are all filled.
+            let mut i = if small { at } else { (h as usize) & mask };
             let slot = loop {
                 let Some(s) = slots.get_mut(i) else {
                     return Err(IndexError::TooLarge);
@@ -272,7 +284,7 @@ impl<V: Copy + Default> StrIndex<V> {
     /// The value of `key`.
     #[inline(always)]
     pub(crate) fn get(&self, key: &[u8]) -> Option<V> {
-        if self.slots.len() <= SMALL_SLOTS {
+        if self.slots.len() <= SMALL_KEYS {
             // A few keys (ALPN names, a gateway's own services): comparing them all
             // costs less than hashing the key.
             return self.scan_all(key);
@@ -301,6 +313,9 @@ impl<V: Copy + Default> StrIndex<V> {
     /// The value of `key`, whose [`hash`] is `h`.
     #[inline(always)]
     pub(crate) fn get_hashed(&self, key: &[u8], h: u64) -> Option<V> {
+        if self.slots.len() <= SMALL_KEYS {
+            return self.scan_all(key);
+        }
         let mask = self.slots.len().wrapping_sub(1);
         let tag = (h >> 32) as u32;
         let mut i = (h as usize) & mask;
@@ -394,7 +409,7 @@ mod tests {
                 .map(|(k, v)| (k.as_bytes(), v))
                 .collect();
             let idx = StrIndex::build(pairs.into_iter()).unwrap();
-            assert!(idx.slots.len() <= SMALL_SLOTS);
+            assert_eq!(idx.slots.len(), keys.len());
             for (k, v) in keys.iter().zip(10u32..) {
                 assert_eq!(idx.get(k.as_bytes()), Some(v));
             }
@@ -403,7 +418,14 @@ mod tests {
             assert_eq!(idx.get(b""), None);
         }
         let five: Vec<(&[u8], u32)> = vec![(b"a", 0), (b"b", 1), (b"c", 2), (b"d", 3), (b"e", 4)];
-        assert!(StrIndex::build(five.into_iter()).unwrap().slots.len() > SMALL_SLOTS);
+        let five = StrIndex::build(five.into_iter()).unwrap();
+        assert!(five.slots.len() >= 2 * SMALL_KEYS);
+        assert_eq!(five.get(b"e"), Some(4));
+        let dup: Vec<(&[u8], u32)> = vec![(b"a", 0), (b"b", 1), (b"a", 2)];
+        assert_eq!(
+            StrIndex::build(dup.into_iter()).unwrap_err(),
+            IndexError::Duplicate
+        );
     }
 
     #[test]
