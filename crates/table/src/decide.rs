@@ -4,14 +4,16 @@
 //!
 //! Work per decision (see the crate doc for cache lines):
 //! 1. revocation probes (skipped when the sets are empty);
-//! 2. service name -> sub-table (a direct comparison for up to four services, else
-//!    one hash probe), plus the `*` sub-table if any;
-//! 3. the flow's identity -> global principal key ids (one hash probe for the SPIFFE
-//!    ID, whose entry lists the prefix keys it matches; prefix probes only for IDs no
-//!    rule names; one probe per other name it carries); SNI -> up to two key ids;
-//!    ALPN -> one (a direct comparison for up to four names);
-//! 4. per sub-table: with at most 128 rules, the candidates are one `u64` / `u128`
-//!    narrowed dimension by dimension (stopping as soon as it is empty); wider
+//! 2. service name -> sub-table (one probe of a flat string index, see
+//!    [`crate::index`]; a direct comparison for up to four services), plus the `*`
+//!    sub-table if any;
+//! 3. the flow's identity -> global principal key ids (one probe for the SPIFFE ID,
+//!    whose slot lists the prefix keys it matches; prefix probes only for IDs no rule
+//!    names, hashed in one pass; one probe per other name it carries); SNI -> up to
+//!    two key ids; ALPN -> one (a direct comparison for up to four names);
+//! 4. per sub-table, out of line: with at most 128 rules, the candidates are one
+//!    `u128` narrowed dimension by dimension (stopping as soon as it is empty; each
+//!    row one load from the derived `small_rows`); wider
 //!    sub-tables resolve the rows of the matched keys once, then per bitset word OR
 //!    the rows per dimension and AND the dimensions. Either way the surviving bits
 //!    are walked in index order, deny rules first, checking residual conditions only

@@ -28,8 +28,8 @@
 //! sub-table keeps, per matching dimension, rule sets as bitsets over its local indices:
 //!
 //! ```text
-//!   flow ──► service id (hash) ──► sub-table ─┬─ principal key slots ─► rows ┐
-//!        └─► global principal ids (hashes)    ├─ source ranges (bsearch) ─► row ├─ AND ─► candidates
+//!   flow ──► service id (index) ─► sub-table ─┬─ principal key slots ─► rows ┐
+//!        └─► global principal ids (indexes)   ├─ source ranges (bsearch) ─► row ├─ AND ─► candidates
 //!                                             ├─ SNI key slots ─────────► rows │        │
 //!                                             └─ ALPN key slot ─────────► row ─┘        ▼
 //!        lowest deny candidate whose residual checks (schedule, posture, risk,
@@ -55,23 +55,25 @@
 //!
 //! # Cost of a decision (common case)
 //!
-//! For a service with up to 128 rules (one or two bitset words: the candidates are a
-//! single `u64` / `u128`, narrowed one dimension at a time and given up as soon as
-//! they are empty), a decision reads: the service name (compared directly when the
-//! table has at most four services, else one hash probe); one hash probe for the
-//! SPIFFE ID, whose entry already lists the prefix keys the ID matches when the ID
-//! is itself a policy key (otherwise one probe per prefix length some policy prefix
-//! has that falls on a `/`); one probe per DNS SAN, common name and fingerprint the
-//! flow carries (empty maps skipped); the ALPN name (compared directly when the
+//! For a service with up to 128 rules (the candidates are a single `u128`, narrowed
+//! one dimension at a time and given up as soon as they are empty; each row is one
+//! 16-byte load), a decision reads: the service name (one probe of a flat string
+//! index: a 16-byte slot and the key's bytes; compared in order when the table has
+//! at most four services); one probe for the SPIFFE ID, whose slot already lists the
+//! prefix keys the ID matches when the ID is itself a policy key (otherwise one probe
+//! per prefix length some policy prefix has that falls on a `/`, hashed from the same
+//! pass over the ID's words); one probe per DNS SAN, common name and fingerprint the
+//! flow carries (empty indexes skipped); the ALPN name (compared in order when the
 //! table has at most four); the sub-table header (1 line); one key slot per matched
-//! key and dimension (1 each); the source range array (2-4, binary search); one pool
-//! line per row (4-6, often shared); the local-to-global rule map (1); and the
-//! winning rule's condition record (deduplicated, so usually cached) plus, with a
+//! key and dimension (1 each); the source range array (2-4, binary search); one
+//! 16-byte row per dimension (often shared); the local-to-global rule map (1); and
+//! the winning rule's condition record (deduplicated, so usually cached) plus, with a
 //! schedule, the zone's transition array (1-2). About 12-18 lines, none of which
 //! depend on the total rule count. Instruction counts (callgrind, the benchmark's
-//! flows): ~1,000 per decision at 10 rules, ~1,300 at 1,000 rules (see
-//! `docs/benchmarks.md`). `LiveFacts` maps are consulted only for rules with
-//! residual conditions and for non-empty revocation sets.
+//! flows, `benches/examples/decide_count.rs`): ~820 per decision at 10 rules, ~1,000
+//! at 1,000 and 100,000 rules (see `docs/benchmarks.md`). `LiveFacts` maps are
+//! consulted only for rules with residual conditions and for non-empty revocation
+//! sets.
 
 #![forbid(unsafe_code)]
 
