@@ -17,18 +17,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_main, BenchmarkId, Criterion};
-use zgate_benches::{flows, live, policy, FlowSpec};
+use zgate_benches::{bench_flows, live, policy, FlowSpec, BENCH_SEED, WARM_FLOWS};
 use zgate_policy::model::Policy;
 use zgate_table::facts::{DecidedBy, Decision, FlowFacts, LiveFacts, Verdict};
 use zgate_table::{reference, DecisionTable};
 
-const SEED: u64 = 0x2a6a_7e00;
-const FLOWS: usize = 4_096;
-/// Flows in the warm-cache variant.
-const WARM_FLOWS: usize = 16;
-/// Services a gateway fronts in the `table-hot` variant, and its flows.
-const HOT_SERVICES: usize = 8;
-const HOT_FLOWS: usize = 1_024;
+const SEED: u64 = BENCH_SEED;
 const SIZES: [usize; 3] = [10, 1_000, 100_000];
 
 /// Stop the run with a message: a benchmark on a table that failed to build is
@@ -91,9 +85,12 @@ fn bench_decide(c: &mut Criterion) {
         let policy = policy(n, SEED);
         let table = compile(&policy);
         let live = live(&policy, SEED);
-        let specs: Vec<FlowSpec> = flows(&policy, FLOWS, SEED);
-        let sans: Vec<Vec<&str>> = specs.iter().map(FlowSpec::san_refs).collect();
-        let facts: Vec<FlowFacts<'_>> = specs
+        let names: Vec<&str> = table.service_names().collect();
+        let sets = bench_flows(&policy, &names);
+        let sans: Vec<Vec<&str>> = sets.spread.iter().map(FlowSpec::san_refs).collect();
+        let hot_sans: Vec<Vec<&str>> = sets.hot.iter().map(FlowSpec::san_refs).collect();
+        let facts: Vec<FlowFacts<'_>> = sets
+            .spread
             .iter()
             .zip(&sans)
             .map(|(spec, sans)| spec.facts(sans))
@@ -102,24 +99,16 @@ fn bench_decide(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("table", n), &n, |b, _| {
             per_decision(b, &facts, |f| table.decide(f, &live));
         });
-        // The same decisions with a working set that stays in L1/L2: 16 flows. The
-        // gap to the line above is what cache misses cost.
+        // The same decisions with a working set that stays in L1/L2: the first 16
+        // flows. The gap to the line above is what cache misses cost.
         let warm = facts.get(..WARM_FLOWS).unwrap_or(&facts);
         group.bench_with_input(BenchmarkId::new("table-warm", n), &n, |b, _| {
             per_decision(b, warm, |f| table.decide(f, &live));
         });
         // Many rules, flows only on the few services one gateway fronts (its
-        // listeners): the realistic cold case. Drawn from a larger flow set, keeping
-        // those whose service is one of the first `HOT_SERVICES` the table names.
-        let hot_names: Vec<&str> = table.service_names().take(HOT_SERVICES).collect();
-        let draw = (FLOWS * n / 25).clamp(FLOWS, 300_000);
-        let hot_specs: Vec<FlowSpec> = flows(&policy, draw, SEED ^ 0x407)
-            .into_iter()
-            .filter(|f| hot_names.contains(&f.service.as_str()))
-            .take(HOT_FLOWS)
-            .collect();
-        let hot_sans: Vec<Vec<&str>> = hot_specs.iter().map(FlowSpec::san_refs).collect();
-        let hot: Vec<FlowFacts<'_>> = hot_specs
+        // listeners): the realistic cold case.
+        let hot: Vec<FlowFacts<'_>> = sets
+            .hot
             .iter()
             .zip(&hot_sans)
             .map(|(spec, sans)| spec.facts(sans))

@@ -464,6 +464,45 @@ pub fn flows(policy: &Policy, count: usize, seed: u64) -> Vec<FlowSpec> {
         .collect()
 }
 
+/// The seed of every decide benchmark (and of `examples/decide_count.rs`).
+pub const BENCH_SEED: u64 = 0x2a6a_7e00;
+/// Flows in the `table` (spread) variant.
+pub const SPREAD_FLOWS: usize = 4_096;
+/// Flows in the warm-cache variant: the first of the spread ones.
+pub const WARM_FLOWS: usize = 16;
+/// Services a gateway fronts in the `table-hot` variant (the first the table names),
+/// and its flows.
+pub const HOT_SERVICES: usize = 8;
+/// Flows in the `table-hot` variant.
+pub const HOT_FLOWS: usize = 1_024;
+
+/// The three flow sets of the decide benchmarks.
+#[derive(Debug, Clone)]
+pub struct BenchFlows {
+    /// `SPREAD_FLOWS` flows over every service.
+    pub spread: Vec<FlowSpec>,
+    /// The first `WARM_FLOWS` of `spread`.
+    pub warm: Vec<FlowSpec>,
+    /// `HOT_FLOWS` flows on the first `HOT_SERVICES` of `service_names` only.
+    pub hot: Vec<FlowSpec>,
+}
+
+/// The decide benchmarks' flows for `policy`, whose table names its services in the
+/// order `service_names` (`DecisionTable::service_names`).
+pub fn bench_flows(policy: &Policy, service_names: &[&str]) -> BenchFlows {
+    let spread = flows(policy, SPREAD_FLOWS, BENCH_SEED);
+    let warm = spread.iter().take(WARM_FLOWS).cloned().collect();
+    let hot_names = service_names.get(..HOT_SERVICES).unwrap_or(service_names);
+    // Drawn from a larger flow set, keeping those on one of the hot services.
+    let draw = (SPREAD_FLOWS * policy.rules.len() / 25).clamp(SPREAD_FLOWS, 300_000);
+    let hot = flows(policy, draw, BENCH_SEED ^ 0x407)
+        .into_iter()
+        .filter(|f| hot_names.contains(&f.service.as_str()))
+        .take(HOT_FLOWS)
+        .collect();
+    BenchFlows { spread, warm, hot }
+}
+
 /// Live facts for generated flows: posture for every device (most healthy), risk for
 /// some workloads, a few revocations and grants.
 pub fn live(policy: &Policy, seed: u64) -> LiveFacts {

@@ -157,10 +157,11 @@ pub(crate) fn compile(policy: &Policy, version: u64) -> Result<DecisionTable, Co
         to_u32(tables.len() - 1, "tables")?
     };
 
-    let idx = Indexes::build(&service_names, &b.principal_keys, &b.sni_keys, &b.alpn_keys)
+    let mut idx = Indexes::build(&service_names, &b.principal_keys, &b.sni_keys, &b.alpn_keys)
         .map_err(|_| CompileError::TooLarge {
             what: "key index (duplicate key)",
         })?;
+    idx.small_rows = crate::small_rows(&b.rows, &b.pool);
     Ok(DecisionTable {
         version,
         policy_hash: policy.source_hash,

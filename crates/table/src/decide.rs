@@ -4,14 +4,16 @@
 //!
 //! Work per decision (see the crate doc for cache lines):
 //! 1. revocation probes (skipped when the sets are empty);
-//! 2. service name -> sub-table (a direct comparison for up to four services, else
-//!    one hash probe), plus the `*` sub-table if any;
-//! 3. the flow's identity -> global principal key ids (one hash probe for the SPIFFE
-//!    ID, whose entry lists the prefix keys it matches; prefix probes only for IDs no
-//!    rule names; one probe per other name it carries); SNI -> up to two key ids;
-//!    ALPN -> one (a direct comparison for up to four names);
-//! 4. per sub-table: with at most 128 rules, the candidates are one `u64` / `u128`
-//!    narrowed dimension by dimension (stopping as soon as it is empty); wider
+//! 2. service name -> sub-table (one probe of a flat string index, see
+//!    [`crate::index`]; a direct comparison for up to four services), plus the `*`
+//!    sub-table if any;
+//! 3. the flow's identity -> global principal key ids (one probe for the SPIFFE ID,
+//!    whose slot lists the prefix keys it matches; prefix probes only for IDs no rule
+//!    names, hashed in one pass; one probe per other name it carries); SNI -> up to
+//!    two key ids; ALPN -> one (a direct comparison for up to four names);
+//! 4. per sub-table, out of line: with at most 128 rules, the candidates are one
+//!    `u128` narrowed dimension by dimension (stopping as soon as it is empty; each
+//!    row one load from the derived `small_rows`); wider
 //!    sub-tables resolve the rows of the matched keys once, then per bitset word OR
 //!    the rows per dimension and AND the dimensions. Either way the surviving bits
 //!    are walked in index order, deny rules first, checking residual conditions only
@@ -21,6 +23,7 @@ use crate::facts::{
     Constraints, DecidedBy, Decision, FlowFacts, LiveFacts, PeerIdentity, Reason, UnixSeconds,
     Verdict,
 };
+use crate::index::PrefixHasher;
 use crate::tz::{Zone, CYCLE, CYCLE_START, LIST_END, MAX_INSTANT, MIN_INSTANT};
 use crate::{
     key_slot, DecisionTable, Row, RuleInfo, Span, SubTable, EMPTY_ROW as EMPTY, NONE,
@@ -71,55 +74,6 @@ struct Matched<'f> {
     overflow: Option<&'f PeerIdentity<'f>>,
 }
 
-/// A rule set of one (`u64`) or two (`u128`) bitset words, for small sub-tables.
-trait SmallSet:
-    Copy + PartialEq + std::ops::BitAnd<Output = Self> + std::ops::BitOr<Output = Self>
-{
-    const ZERO: Self;
-    const WORDS: usize;
-    /// The first `n` rules (`n` is at most the width; a sub-table is never empty).
-    fn first(n: usize) -> Self;
-    /// Row `id` of `table`, its words past the width ignored.
-    fn load(table: &DecisionTable, id: u32) -> Self;
-    /// Word `w` (`w < WORDS`).
-    fn word(self, w: usize) -> u64;
-}
-
-impl SmallSet for u64 {
-    const ZERO: u64 = 0;
-    const WORDS: usize = 1;
-    #[inline]
-    fn first(n: usize) -> u64 {
-        u64::MAX >> (64 - n.clamp(1, 64))
-    }
-    #[inline]
-    fn load(table: &DecisionTable, id: u32) -> u64 {
-        table.word(table.row(id), 0)
-    }
-    #[inline]
-    fn word(self, _: usize) -> u64 {
-        self
-    }
-}
-
-impl SmallSet for u128 {
-    const ZERO: u128 = 0;
-    const WORDS: usize = 2;
-    #[inline]
-    fn first(n: usize) -> u128 {
-        u128::MAX >> (128 - n.clamp(1, 128))
-    }
-    #[inline]
-    fn load(table: &DecisionTable, id: u32) -> u128 {
-        let r = table.row(id);
-        u128::from(table.word(r, 0)) | (u128::from(table.word(r, 1)) << 64)
-    }
-    #[inline]
-    fn word(self, w: usize) -> u64 {
-        (self >> (64 * (w as u32 & 1))) as u64
-    }
-}
-
 /// Lowest matching deny and allow seen so far, across sub-tables.
 #[derive(Default)]
 struct Best {
@@ -144,8 +98,7 @@ impl DecisionTable {
             }
         }
 
-        let service = small_find(&self.service_names, flow.service)
-            .unwrap_or_else(|| self.idx.services.get(flow.service).copied());
+        let service = self.idx.services.get(flow.service.as_bytes());
         let any = (self.any_table != NONE).then_some(self.any_table);
         let tables = match (service, any) {
             (None, None) => return Decision::default_deny(Reason::UnknownService),
@@ -158,16 +111,17 @@ impl DecisionTable {
         let sni = self.sni_ids(flow.sni);
         let alpn = flow
             .alpn
-            .and_then(|a| {
-                small_find(&self.alpn_keys, a).unwrap_or_else(|| self.idx.alpn.get(a).copied())
-            })
+            .and_then(|a| self.idx.alpn.get(a.as_bytes()))
             .unwrap_or(NONE);
 
         let mut best = Best::default();
-        for t in tables.into_iter().flatten() {
-            if let Some(table) = self.tables.get(t as usize) {
-                self.scan(table, flow, live, &matched, sni, alpn, &mut best);
-            }
+        // Usually one sub-table; the second is the `*` one when not merged.
+        let [first, second] = tables;
+        if let Some(table) = first.and_then(|t| self.tables.get(t as usize)) {
+            self.scan(table, flow, live, &matched, sni, alpn, &mut best);
+        }
+        if let Some(table) = second.and_then(|t| self.tables.get(t as usize)) {
+            self.scan(table, flow, live, &matched, sni, alpn, &mut best);
         }
 
         if let Some(rule) = best.deny {
@@ -194,7 +148,8 @@ impl DecisionTable {
         let idx = &self.idx;
         if let Some(s) = id.spiffe_id {
             if !idx.spiffe.is_empty() {
-                if let Some(&[exact, _, off, len]) = idx.spiffe.get(s) {
+                let bytes = s.as_bytes();
+                if let Some([exact, _, off, len]) = idx.spiffe.get(bytes) {
                     // A known text: its prefix keys were found at build time.
                     if exact != NONE {
                         f(exact);
@@ -209,8 +164,9 @@ impl DecisionTable {
                     // `spiffe://td/a/*` matches when the ID continues past
                     // `spiffe://td/a` with a `/`: probe the text before each `/`
                     // after the scheme. Only lengths some prefix key has are probed
-                    // (ascending, so stop at the first one the ID is not longer than).
-                    let bytes = s.as_bytes();
+                    // (ascending, so stop at the first one the ID is not longer than);
+                    // the prefix hashes share one pass over the ID's words.
+                    let mut prefix = PrefixHasher::new(bytes);
                     for &len in &idx.under_lens {
                         let len = len as usize;
                         match bytes.get(len) {
@@ -218,12 +174,13 @@ impl DecisionTable {
                             Some(b'/') => {}
                             Some(_) => continue,
                         }
-                        if let Some(&[_, under, _, _]) =
-                            s.get(..len).and_then(|p| idx.spiffe.get(p))
-                        {
-                            if under != NONE {
-                                f(under);
-                            }
+                        let under = prefix
+                            .hash(len)
+                            .and_then(|h| Some((h, bytes.get(..len)?)))
+                            .and_then(|(h, p)| idx.spiffe.get_hashed(p, h))
+                            .map_or(NONE, |e| e[1]);
+                        if under != NONE {
+                            f(under);
                         }
                     }
                 }
@@ -231,18 +188,18 @@ impl DecisionTable {
         }
         if !idx.dns.is_empty() {
             for name in id.dns_sans {
-                if let Some(&k) = idx.dns.get(*name) {
+                if let Some(k) = idx.dns.get(name.as_bytes()) {
                     f(k);
                 }
             }
         }
         if let Some(cn) = id.common_name {
-            if let Some(&k) = idx.cn.get(cn) {
+            if let Some(k) = idx.cn.get(cn.as_bytes()) {
                 f(k);
             }
         }
         if let Some(fp) = id.fingerprint {
-            if let Some(&k) = idx.fingerprint.get(fp) {
+            if let Some(k) = idx.fingerprint.get(fp) {
                 f(k);
             }
         }
@@ -282,10 +239,10 @@ impl DecisionTable {
         let Some(s) = sni else {
             return [NONE; 2];
         };
-        let exact = self.idx.sni_exact.get(s).copied().unwrap_or(NONE);
+        let exact = self.idx.sni_exact.get(s.as_bytes()).unwrap_or(NONE);
         let wildcard = match s.split_once('.') {
             Some((label, suffix)) if !label.is_empty() && !self.idx.sni_wildcard.is_empty() => {
-                self.idx.sni_wildcard.get(suffix).copied().unwrap_or(NONE)
+                self.idx.sni_wildcard.get(suffix.as_bytes()).unwrap_or(NONE)
             }
             _ => NONE,
         };
@@ -361,6 +318,7 @@ impl DecisionTable {
         clippy::too_many_arguments,
         reason = "hot path; the inputs are distinct"
     )]
+    #[inline]
     fn scan(
         &self,
         t: &SubTable,
@@ -371,15 +329,36 @@ impl DecisionTable {
         alpn: u32,
         best: &mut Best,
     ) {
-        let words = t.words as usize;
         let Some(locals) = self.local_rules.get(t.rules.range()) else {
             return;
         };
-        match words {
-            1 => return self.scan_small::<u64>(t, locals, flow, live, matched, sni, alpn, best),
-            2 => return self.scan_small::<u128>(t, locals, flow, live, matched, sni, alpn, best),
-            _ => {}
+        if t.words <= 2 {
+            self.scan_small(t, locals, flow, live, matched, sni, alpn, best);
+        } else {
+            self.scan_wide(t, locals, flow, live, matched, sni, alpn, best);
         }
+    }
+
+    /// [`Self::scan`] for a sub-table of more than 128 rules: resolve the rows of
+    /// the matched keys once, then per bitset word OR the rows per dimension and AND
+    /// the dimensions.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "hot path; the inputs are distinct"
+    )]
+    #[inline(never)]
+    fn scan_wide(
+        &self,
+        t: &SubTable,
+        locals: &[u32],
+        flow: &FlowFacts<'_>,
+        live: &LiveFacts,
+        matched: &Matched<'_>,
+        sni: [u32; 2],
+        alpn: u32,
+        best: &mut Best,
+    ) {
+        let words = t.words as usize;
         // Resolve every row this sub-table needs once; the word loop then only reads
         // the pool. A dimension no rule here constrains is skipped outright.
         let dims = t.unconstrained;
@@ -461,13 +440,14 @@ impl DecisionTable {
     }
 
     /// [`Self::scan`] for a sub-table of at most 128 rules (the common case): the
-    /// candidates are one `u64` or `u128` set, narrowed dimension by dimension and
-    /// given up as soon as it is empty, with no row lists.
+    /// candidates are one `u128`, narrowed dimension by dimension and given up as
+    /// soon as it is empty; each row is one load from `small_rows`.
     #[expect(
         clippy::too_many_arguments,
         reason = "hot path; the inputs are distinct"
     )]
-    fn scan_small<S: SmallSet>(
+    #[inline(never)]
+    fn scan_small(
         &self,
         t: &SubTable,
         locals: &[u32],
@@ -478,59 +458,78 @@ impl DecisionTable {
         alpn: u32,
         best: &mut Best,
     ) {
+        let rows = &self.idx.small_rows;
+        let load = |id: u32| rows.get(id as usize).copied().unwrap_or(0);
         let dims = t.unconstrained;
-        let mut c = S::first(locals.len());
+        let mut c = u128::MAX >> (128 - locals.len().clamp(1, 128));
         if dims & UNCONSTRAINED_PRINCIPAL == 0 {
-            let mut p = S::load(self, t.principal_any);
+            let mut p = load(t.principal_any);
             self.each_principal(matched, &mut |k| {
                 if let Some(r) = self.key_row(t.principals, k) {
-                    p = p | S::load(self, r);
+                    p |= load(r);
                 }
             });
-            c = c & p;
-            if c == S::ZERO {
+            c &= p;
+            if c == 0 {
                 return;
             }
         }
         if dims & UNCONSTRAINED_SOURCE == 0 {
             let at = self.source_row(t, flow.source).unwrap_or(EMPTY);
-            c = c & (S::load(self, t.source_any) | S::load(self, at));
-            if c == S::ZERO {
+            c &= load(t.source_any) | load(at);
+            if c == 0 {
                 return;
             }
         }
         if dims & UNCONSTRAINED_SNI == 0 {
             let exact = self.key_row(t.sni, sni[0]).unwrap_or(EMPTY);
             let wildcard = self.key_row(t.sni, sni[1]).unwrap_or(EMPTY);
-            c = c & (S::load(self, t.sni_any) | S::load(self, exact) | S::load(self, wildcard));
-            if c == S::ZERO {
+            c &= load(t.sni_any) | load(exact) | load(wildcard);
+            if c == 0 {
                 return;
             }
         }
         if dims & UNCONSTRAINED_ALPN == 0 {
             let at = self.key_row(t.alpn, alpn).unwrap_or(EMPTY);
-            c = c & (S::load(self, t.alpn_any) | S::load(self, at));
-            if c == S::ZERO {
+            c &= load(t.alpn_any) | load(at);
+            if c == 0 {
                 return;
             }
         }
-        let mut allow_found = false;
-        let (dn, ck) = (S::load(self, t.deny), S::load(self, t.check));
-        for w in 0..S::WORDS {
-            let cw = c.word(w);
-            if cw != 0
-                && self.walk(
-                    w,
-                    cw,
-                    dn.word(w),
-                    ck.word(w),
-                    locals,
-                    flow,
-                    live,
-                    best,
-                    &mut allow_found,
-                )
-            {
+        let (dn, ck) = (load(t.deny), load(t.check));
+        // The lowest deny whose residual conditions pass decides this sub-table.
+        let mut d = c & dn;
+        while d != 0 {
+            let bit = d.trailing_zeros();
+            d &= d - 1;
+            let Some(&global) = locals.get(bit as usize) else {
+                continue;
+            };
+            if ck & (1 << bit) == 0 || self.residual(global, flow, live).is_some() {
+                best.deny = Some(best.deny.map_or(global, |g| g.min(global)));
+                return;
+            }
+        }
+        // Otherwise the lowest allow whose residual conditions pass.
+        let mut a = c & !dn;
+        while a != 0 {
+            let bit = a.trailing_zeros();
+            a &= a - 1;
+            let Some(&global) = locals.get(bit as usize) else {
+                continue;
+            };
+            let constraints = if ck & (1 << bit) == 0 {
+                self.rules.info(global as usize).map(|r| Constraints {
+                    max_session_secs: r.max_session_secs,
+                    ..Constraints::default()
+                })
+            } else {
+                self.residual(global, flow, live)
+            };
+            if let Some(constraints) = constraints {
+                if best.allow.is_none_or(|(g, _)| global < g) {
+                    best.allow = Some((global, constraints));
+                }
                 return;
             }
         }
@@ -682,25 +681,6 @@ pub(crate) fn local_time(zone: &Zone, now: UnixSeconds) -> Option<(u8, i64)> {
     // 1970-01-01 was a Thursday (3 with Monday = 0).
     let day = u8::try_from((local.div_euclid(86_400) + 3).rem_euclid(7)).ok()?;
     Some((day, local.rem_euclid(86_400)))
-}
-
-/// Key lists this short are searched by comparing, which is cheaper than hashing
-/// the key (ALPN names are typically two or three; a gateway's own services few).
-const SMALL_KEYS: usize = 4;
-
-/// The position of `key` in a short `list` (`Some(None)` = not there), or `None` when
-/// the list is too long to search this way.
-#[inline]
-fn small_find(list: &[Box<str>], key: &str) -> Option<Option<u32>> {
-    if list.len() > SMALL_KEYS {
-        return None;
-    }
-    Some(
-        (0u32..)
-            .zip(list)
-            .find(|(_, k)| k.len() == key.len() && k.as_bytes() == key.as_bytes())
-            .map(|(i, _)| i),
-    )
 }
 
 fn revoked(by: DecidedBy) -> Decision {

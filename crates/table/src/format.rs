@@ -381,6 +381,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<DecisionTable, LoadError> {
         &t.alpn_keys,
     )
     .map_err(|d| corrupt(d.0))?;
+    t.idx.small_rows = crate::small_rows(&t.rows, &t.pool);
     Ok(t)
 }
 

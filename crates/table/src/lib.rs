@@ -28,8 +28,8 @@
 //! sub-table keeps, per matching dimension, rule sets as bitsets over its local indices:
 //!
 //! ```text
-//!   flow ──► service id (hash) ──► sub-table ─┬─ principal key slots ─► rows ┐
-//!        └─► global principal ids (hashes)    ├─ source ranges (bsearch) ─► row ├─ AND ─► candidates
+//!   flow ──► service id (index) ─► sub-table ─┬─ principal key slots ─► rows ┐
+//!        └─► global principal ids (indexes)   ├─ source ranges (bsearch) ─► row ├─ AND ─► candidates
 //!                                             ├─ SNI key slots ─────────► rows │        │
 //!                                             └─ ALPN key slot ─────────► row ─┘        ▼
 //!        lowest deny candidate whose residual checks (schedule, posture, risk,
@@ -55,23 +55,25 @@
 //!
 //! # Cost of a decision (common case)
 //!
-//! For a service with up to 128 rules (one or two bitset words: the candidates are a
-//! single `u64` / `u128`, narrowed one dimension at a time and given up as soon as
-//! they are empty), a decision reads: the service name (compared directly when the
-//! table has at most four services, else one hash probe); one hash probe for the
-//! SPIFFE ID, whose entry already lists the prefix keys the ID matches when the ID
-//! is itself a policy key (otherwise one probe per prefix length some policy prefix
-//! has that falls on a `/`); one probe per DNS SAN, common name and fingerprint the
-//! flow carries (empty maps skipped); the ALPN name (compared directly when the
+//! For a service with up to 128 rules (the candidates are a single `u128`, narrowed
+//! one dimension at a time and given up as soon as they are empty; each row is one
+//! 16-byte load), a decision reads: the service name (one probe of a flat string
+//! index: a 16-byte slot and the key's bytes; compared in order when the table has
+//! at most four services); one probe for the SPIFFE ID, whose slot already lists the
+//! prefix keys the ID matches when the ID is itself a policy key (otherwise one probe
+//! per prefix length some policy prefix has that falls on a `/`, hashed from the same
+//! pass over the ID's words); one probe per DNS SAN, common name and fingerprint the
+//! flow carries (empty indexes skipped); the ALPN name (compared in order when the
 //! table has at most four); the sub-table header (1 line); one key slot per matched
-//! key and dimension (1 each); the source range array (2-4, binary search); one pool
-//! line per row (4-6, often shared); the local-to-global rule map (1); and the
-//! winning rule's condition record (deduplicated, so usually cached) plus, with a
+//! key and dimension (1 each); the source range array (2-4, binary search); one
+//! 16-byte row per dimension (often shared); the local-to-global rule map (1); and
+//! the winning rule's condition record (deduplicated, so usually cached) plus, with a
 //! schedule, the zone's transition array (1-2). About 12-18 lines, none of which
 //! depend on the total rule count. Instruction counts (callgrind, the benchmark's
-//! flows): ~1,000 per decision at 10 rules, ~1,300 at 1,000 rules (see
-//! `docs/benchmarks.md`). `LiveFacts` maps are consulted only for rules with
-//! residual conditions and for non-empty revocation sets.
+//! flows, `benches/examples/decide_count.rs`): ~820 per decision at 10 rules, ~1,000
+//! at 1,000 and 100,000 rules (see `docs/benchmarks.md`). `LiveFacts` maps are
+//! consulted only for rules with residual conditions and for non-empty revocation
+//! sets.
 
 #![forbid(unsafe_code)]
 
@@ -81,10 +83,12 @@ pub mod reference;
 mod compile;
 mod decide;
 mod format;
+mod index;
 mod tz;
 
 pub use facts::*;
 
+use index::StrIndex;
 use rustc_hash::FxHashMap;
 use zgate_policy::model::PostureRequirement;
 
@@ -349,24 +353,49 @@ pub(crate) const UNCONSTRAINED_SOURCE: u8 = 1 << 1;
 pub(crate) const UNCONSTRAINED_SNI: u8 = 1 << 2;
 pub(crate) const UNCONSTRAINED_ALPN: u8 = 1 << 3;
 
-/// Hash indexes over the key lists, rebuilt from them after decode.
+/// Hash indexes over the key lists, rebuilt from them after decode (see [`index`]).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Indexes {
-    pub services: FxHashMap<Box<str>, u32>,
+    pub services: StrIndex,
     /// SPIFFE text -> [exact key id, prefix key id, offset, count] (ids `NONE` where
     /// absent). `spiffe_unders[offset..offset + count]` are the prefix keys the text
     /// itself matches as an ID, so a flow whose ID is a known key needs one probe.
-    pub spiffe: FxHashMap<Box<str>, [u32; 4]>,
+    pub spiffe: StrIndex<[u32; 4]>,
     pub spiffe_unders: Vec<u32>,
     /// The distinct lengths of the prefix keys, ascending: a flow's SPIFFE ID is
     /// probed only where one of these lengths falls on a `/`.
     pub under_lens: Vec<u32>,
-    pub dns: FxHashMap<Box<str>, u32>,
-    pub cn: FxHashMap<Box<str>, u32>,
-    pub fingerprint: FxHashMap<[u8; 32], u32>,
-    pub sni_exact: FxHashMap<Box<str>, u32>,
-    pub sni_wildcard: FxHashMap<Box<str>, u32>,
-    pub alpn: FxHashMap<Box<str>, u32>,
+    pub dns: StrIndex,
+    pub cn: StrIndex,
+    pub fingerprint: StrIndex,
+    pub sni_exact: StrIndex,
+    pub sni_wildcard: StrIndex,
+    pub alpn: StrIndex,
+    /// Per row id: its first two words as one `u128` (zero for a row that reaches
+    /// past word 1, which no sub-table of at most 128 rules names). Sub-tables that
+    /// narrow read this instead of the row descriptor and the pool: one load.
+    pub small_rows: Vec<u128>,
+}
+
+/// [`Indexes::small_rows`] for `rows` over `pool`.
+pub(crate) fn small_rows(rows: &[Row], pool: &[u64]) -> Vec<u128> {
+    rows.iter()
+        .map(|r| {
+            let word = |w: u32| -> u128 {
+                match w.checked_sub(r.first) {
+                    Some(i) if i < r.len => pool
+                        .get(r.off as usize + i as usize)
+                        .map_or(0, |&x| u128::from(x)),
+                    _ => 0,
+                }
+            };
+            if u64::from(r.first) + u64::from(r.len) > 2 {
+                0
+            } else {
+                word(0) | (word(1) << 64)
+            }
+        })
+        .collect()
 }
 
 /// A duplicate key found while building the indexes: the lists are corrupt.
@@ -374,34 +403,48 @@ pub(crate) struct Indexes {
 pub(crate) struct DuplicateKey(pub &'static str);
 
 impl Indexes {
-    /// Build every hash index from the key lists. Fails on a duplicate key.
+    /// Build every index from the key lists. Fails on a duplicate key.
     pub(crate) fn build(
         service_names: &[Box<str>],
         principal_keys: &[PrincipalKey],
         sni_keys: &[SniKey],
         alpn_keys: &[Box<str>],
     ) -> Result<Indexes, DuplicateKey> {
-        fn put<K: std::hash::Hash + Eq>(
-            map: &mut FxHashMap<K, u32>,
-            key: K,
-            id: u32,
-            what: &'static str,
-        ) -> Result<(), DuplicateKey> {
-            match map.insert(key, id) {
-                None => Ok(()),
-                Some(_) => Err(DuplicateKey(what)),
-            }
+        /// Index the keys of one kind: `(key, id)` pairs.
+        fn one(keys: Vec<(&[u8], u32)>, what: &'static str) -> Result<StrIndex, DuplicateKey> {
+            StrIndex::build(keys.into_iter()).map_err(|e| match e {
+                index::IndexError::Duplicate => DuplicateKey(what),
+                index::IndexError::TooLarge => DuplicateKey("too many keys"),
+            })
         }
-        let mut idx = Indexes::default();
-        for (id, name) in (0u32..).zip(service_names) {
-            put(&mut idx.services, name.clone(), id, "service name")?;
-        }
+        let ids = |n: usize| (0u32..).take(n);
+        let mut idx = Indexes {
+            services: one(
+                service_names
+                    .iter()
+                    .map(|s| s.as_bytes())
+                    .zip(ids(service_names.len()))
+                    .collect(),
+                "service name",
+            )?,
+            ..Indexes::default()
+        };
+
+        let (mut dns, mut cn, mut fingerprint) = (Vec::new(), Vec::new(), Vec::new());
+        let mut spiffe_entries: Vec<[u32; 4]> = Vec::new();
+        // SPIFFE texts in first-seen order, and where each is.
+        let mut spiffe_texts: Vec<&str> = Vec::new();
+        let mut spiffe_at: FxHashMap<&str, usize> = FxHashMap::default();
         for (id, key) in (0u32..).zip(principal_keys) {
             match key {
                 PrincipalKey::Exact(s) | PrincipalKey::Under(s) => {
-                    let slot = idx.spiffe.entry(s.clone()).or_insert([NONE, NONE, 0, 0]);
+                    let at = *spiffe_at.entry(s).or_insert_with(|| {
+                        spiffe_texts.push(s);
+                        spiffe_entries.push([NONE, NONE, 0, 0]);
+                        spiffe_entries.len() - 1
+                    });
                     let which = usize::from(matches!(key, PrincipalKey::Under(_)));
-                    match slot.get_mut(which) {
+                    match spiffe_entries.get_mut(at).and_then(|e| e.get_mut(which)) {
                         Some(v) if *v == NONE => *v = id,
                         _ => return Err(DuplicateKey("spiffe principal")),
                     }
@@ -410,18 +453,15 @@ impl Indexes {
                             .push(u32::try_from(s.len()).unwrap_or(u32::MAX));
                     }
                 }
-                PrincipalKey::Dns(s) => put(&mut idx.dns, s.clone(), id, "dns principal")?,
-                PrincipalKey::Cn(s) => put(&mut idx.cn, s.clone(), id, "cn principal")?,
-                PrincipalKey::Fingerprint(fp) => {
-                    put(&mut idx.fingerprint, *fp, id, "fingerprint principal")?;
-                }
+                PrincipalKey::Dns(s) => dns.push((s.as_bytes(), id)),
+                PrincipalKey::Cn(s) => cn.push((s.as_bytes(), id)),
+                PrincipalKey::Fingerprint(fp) => fingerprint.push((&fp[..], id)),
             }
         }
         idx.under_lens.sort_unstable();
         idx.under_lens.dedup();
         // Precompute, per known SPIFFE text, the prefix keys it matches.
-        let mut spans = Vec::with_capacity(idx.spiffe.len());
-        for text in idx.spiffe.keys() {
+        for (text, at) in spiffe_texts.iter().zip(0usize..) {
             let off = idx.spiffe_unders.len();
             let bytes = text.as_bytes();
             for &len in &idx.under_lens {
@@ -429,31 +469,67 @@ impl Indexes {
                 if bytes.get(len) != Some(&b'/') {
                     continue;
                 }
-                if let Some(&[_, under, _, _]) = text.get(..len).and_then(|p| idx.spiffe.get(p)) {
-                    if under != NONE {
-                        idx.spiffe_unders.push(under);
-                    }
+                let under = text
+                    .get(..len)
+                    .and_then(|p| spiffe_at.get(p))
+                    .and_then(|&p| spiffe_entries.get(p))
+                    .map_or(NONE, |e| e[1]);
+                if under != NONE {
+                    idx.spiffe_unders.push(under);
                 }
             }
-            let off32 = u32::try_from(off).map_err(|_| DuplicateKey("too many spiffe keys"))?;
-            let len32 = u32::try_from(idx.spiffe_unders.len() - off)
-                .map_err(|_| DuplicateKey("too many spiffe keys"))?;
-            spans.push((off32, len32));
-        }
-        for (v, (off, len)) in idx.spiffe.values_mut().zip(spans) {
-            v[2] = off;
-            v[3] = len;
-        }
-        for (id, key) in (0u32..).zip(sni_keys) {
-            match key {
-                SniKey::Exact(s) => put(&mut idx.sni_exact, s.clone(), id, "sni name")?,
-                SniKey::Wildcard(s) => put(&mut idx.sni_wildcard, s.clone(), id, "sni wildcard")?,
+            let too_many = || DuplicateKey("too many spiffe keys");
+            let off32 = u32::try_from(off).map_err(|_| too_many())?;
+            let len32 = u32::try_from(idx.spiffe_unders.len() - off).map_err(|_| too_many())?;
+            if let Some(e) = spiffe_entries.get_mut(at) {
+                e[2] = off32;
+                e[3] = len32;
             }
         }
-        for (id, name) in (0u32..).zip(alpn_keys) {
-            put(&mut idx.alpn, name.clone(), id, "alpn protocol")?;
+        let spiffe: Vec<(&[u8], [u32; 4])> = spiffe_texts
+            .iter()
+            .map(|s| s.as_bytes())
+            .zip(spiffe_entries)
+            .collect();
+        idx.spiffe = StrIndex::build(spiffe.into_iter()).map_err(|e| match e {
+            index::IndexError::Duplicate => DuplicateKey("spiffe principal"),
+            index::IndexError::TooLarge => DuplicateKey("too many keys"),
+        })?;
+        idx.dns = one(dns, "dns principal")?;
+        idx.cn = one(cn, "cn principal")?;
+        idx.fingerprint = one(fingerprint, "fingerprint principal")?;
+        let (mut exact, mut wildcard) = (Vec::new(), Vec::new());
+        for (id, key) in (0u32..).zip(sni_keys) {
+            match key {
+                SniKey::Exact(s) => exact.push((s.as_bytes(), id)),
+                SniKey::Wildcard(s) => wildcard.push((s.as_bytes(), id)),
+            }
         }
+        idx.sni_exact = one(exact, "sni name")?;
+        idx.sni_wildcard = one(wildcard, "sni wildcard")?;
+        idx.alpn = one(
+            alpn_keys
+                .iter()
+                .map(|s| s.as_bytes())
+                .zip(ids(alpn_keys.len()))
+                .collect(),
+            "alpn protocol",
+        )?;
         Ok(idx)
+    }
+
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.services.heap_bytes()
+            + self.spiffe.heap_bytes()
+            + std::mem::size_of_val(&*self.spiffe_unders)
+            + std::mem::size_of_val(&*self.under_lens)
+            + self.dns.heap_bytes()
+            + self.cn.heap_bytes()
+            + self.fingerprint.heap_bytes()
+            + self.sni_exact.heap_bytes()
+            + self.sni_wildcard.heap_bytes()
+            + self.alpn.heap_bytes()
+            + std::mem::size_of_val(&*self.small_rows)
     }
 }
 
@@ -604,9 +680,6 @@ impl DecisionTable {
         fn strs(v: &[Box<str>]) -> usize {
             vec(v) + v.iter().map(|s| s.len()).sum::<usize>()
         }
-        fn map<K, V>(m: &FxHashMap<K, V>, key_heap: usize) -> usize {
-            m.capacity() * (size_of::<K>() + size_of::<V>() + 1) + key_heap
-        }
         let key_text = |k: &PrincipalKey| match k {
             PrincipalKey::Exact(s)
             | PrincipalKey::Under(s)
@@ -619,8 +692,6 @@ impl DecisionTable {
         };
         let principal_text: usize = self.principal_keys.iter().map(key_text).sum();
         let sni_text: usize = self.sni_keys.iter().map(sni_text).sum();
-        let alpn_text: usize = self.alpn_keys.iter().map(|s| s.len()).sum();
-        let i = &self.idx;
         self.rules.heap_bytes()
             + self.zones.iter().map(tz::Zone::heap_bytes).sum::<usize>()
             + self
@@ -643,15 +714,7 @@ impl DecisionTable {
             + vec(&self.local_rules)
             + vec(&self.tables)
             + strs(&self.service_names)
-            + map(&i.services, strs(&self.service_names))
-            + map(&i.spiffe, principal_text)
-            + vec(&i.spiffe_unders)
-            + map(&i.dns, 0)
-            + map(&i.cn, 0)
-            + map(&i.fingerprint, 0)
-            + map(&i.sni_exact, sni_text)
-            + map(&i.sni_wildcard, 0)
-            + map(&i.alpn, alpn_text)
+            + self.idx.heap_bytes()
     }
 }
 

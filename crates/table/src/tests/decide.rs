@@ -91,6 +91,73 @@ fn unknown_service_versus_no_rule_matched() {
     assert_eq!(fx.table.service_names().collect::<Vec<_>>(), ["redis"]);
 }
 
+/// More services, ALPN names, DNS names and common names than the short-list search
+/// takes (four), so the hashed form of every key index is exercised: each flow must
+/// reach exactly its own service's rule, and near-miss names nothing.
+#[test]
+fn many_services_and_names_use_the_hashed_indexes() {
+    let live = LiveFacts::default();
+    let names: Vec<String> = (0..40).map(|i| format!("svc-{i}")).collect();
+    let rules: Vec<Rule> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut r = Rule::new(format!("r{i}"), Action::Allow, named(&[name.as_str()]));
+            r.alpn = Some(vec![format!("proto-{i}"), format!("p{}", i % 7)]);
+            r.principals = Some(vec![
+                Principal::DnsSan(format!("host{i}.corp.example")),
+                Principal::CommonName(format!("user-{}", i * 3)),
+            ]);
+            r
+        })
+        .collect();
+    let fx = Fixture::new(rules);
+    for (i, name) in names.iter().enumerate() {
+        let host = format!("host{i}.corp.example");
+        let sans = [host.as_str()];
+        let proto = format!("proto-{i}");
+        let f = FlowFacts {
+            alpn: Some(&proto),
+            ..ident(
+                FlowFacts::plain(name, v4(10, 1, 2, 3), 0),
+                PeerIdentity {
+                    dns_sans: &sans,
+                    ..PeerIdentity::default()
+                },
+            )
+        };
+        assert_eq!(fx.decide(&f, &live).decided_by, DecidedBy::Rule(i as u32));
+        let cn = format!("user-{}", i * 3);
+        let by_cn = FlowFacts {
+            alpn: Some(&proto),
+            ..ident(
+                FlowFacts::plain(name, v4(10, 1, 2, 3), 0),
+                PeerIdentity {
+                    common_name: Some(&cn),
+                    ..PeerIdentity::default()
+                },
+            )
+        };
+        assert_eq!(
+            fx.decide(&by_cn, &live).decided_by,
+            DecidedBy::Rule(i as u32)
+        );
+        // Near misses: another service's name, a longer name, another ALPN id.
+        let longer = format!("{name}0");
+        for (svc, alpn) in [(longer.as_str(), proto.as_str()), (name, "proto-x")] {
+            let miss = FlowFacts {
+                alpn: Some(alpn),
+                ..f
+            };
+            let miss = FlowFacts {
+                service: svc,
+                ..miss
+            };
+            assert!(!fx.decide(&miss, &live).is_allow(), "{svc} {alpn}");
+        }
+    }
+}
+
 #[test]
 fn multi_service_rules_apply_to_each_named_service() {
     let live = LiveFacts::default();
