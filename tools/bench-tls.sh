@@ -24,7 +24,10 @@
 # Knobs (environment): ROUNDS (3), HS_DURATION_S (6), HS_CONCURRENCY (8), DURATION_S (6),
 #   WARMUP_S (1), REQUESTS (2000000), BULK_BYTES (2147483648), BULK_DURATION_S (20),
 #   IDLE_CONNS (5000), IDLE_GATEWAYS ("zgate haproxy nginx"),
-#   GATEWAYS ("direct zgate haproxy nginx"; also zgate-busy, haproxy-busy),
+#   GATEWAYS ("direct zgate haproxy nginx"; also zgate-busy, haproxy-busy; any name
+#     with the suffix +noermsb, e.g. zgate+noermsb, runs that gateway with
+#     GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=4194304: glibc's memcpy without
+#     `rep movsb` below 4 MiB, which is slow on some AMD CPUs for misaligned copies),
 #   PARTS ("handshake pingpong bulk idle"), GW_CORE (1), CLIENT_CORE (0),
 #   BIN_DIR (target/release: zgate, zgate-control, zgate-loadgen, zgate-devpki),
 #   QUIET_PCT (10), QUIET_WAIT_S (5), NICE (-19 as root, else 0).
@@ -215,11 +218,12 @@ cat > "$work/nginx/nginx.conf" <<EOF
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes 1;
 worker_cpu_affinity $mask;
-worker_rlimit_nofile 19000;
+worker_rlimit_nofile $((IDLE_CONNS * 2 + 1024));
 daemon off;
 pid $work/nginx/nginx.pid;
 error_log $work/nginx/logs/error.log warn;
-events { worker_connections 9000; }
+# worker_connections counts both sides of a proxied flow: IDLE_CONNS x 2 plus spare.
+events { worker_connections $((IDLE_CONNS * 2 + 512)); }
 stream {
     server { listen 127.0.0.1:17130 ssl; $ngx_tls proxy_pass 127.0.0.1:$ECHO; proxy_timeout 1h; }
     server { listen 127.0.0.1:17131 ssl; $ngx_tls proxy_pass 127.0.0.1:$SINK; }
@@ -228,19 +232,21 @@ EOF
 
 gw_pid=""
 cpu_pids=()
+NOERMSB=glibc.cpu.x86_rep_movsb_threshold=4194304
 start_gateway() {
-  local gw=$1
+  local gw=${1%+noermsb} tun=""
+  [ "$gw" = "$1" ] || tun=$NOERMSB
   gw_pid=""; cpu_pids=()
   case $gw in
     direct) return 0 ;;
     zgate|zgate-busy)
-      nice -n "$NICE" taskset -c "$GW_CORE" "$BIN_DIR/zgate" run --config "$work/$gw.toml" 2>>"$work/$gw.log" &
+      GLIBC_TUNABLES=$tun nice -n "$NICE" taskset -c "$GW_CORE" "$BIN_DIR/zgate" run --config "$work/$gw.toml" 2>>"$work/$gw.log" &
       ;;
     haproxy|haproxy-busy)
-      nice -n "$NICE" taskset -c "$GW_CORE" haproxy -db -f "$work/$gw.cfg" >>"$work/$gw.log" 2>&1 &
+      GLIBC_TUNABLES=$tun nice -n "$NICE" taskset -c "$GW_CORE" haproxy -db -f "$work/$gw.cfg" >>"$work/$gw.log" 2>&1 &
       ;;
     nginx)
-      nice -n "$NICE" taskset -c "$GW_CORE" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/logs/error.log" 2>>"$work/$gw.log" &
+      GLIBC_TUNABLES=$tun nice -n "$NICE" taskset -c "$GW_CORE" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/logs/error.log" 2>>"$work/$gw.log" &
       ;;
     *) echo "bench-tls: unknown gateway $gw" >&2; return 1 ;;
   esac
@@ -314,7 +320,7 @@ run_window() {
 }
 
 measure() {  # measure GATEWAY ROUND
-  local gw=$1 round=$2 cpu_args=() p conns tls=() label="$1/r$2"
+  local gw=${1%+noermsb} round=$2 cpu_args=() p conns tls=() label="$1/r$2"
   for p in "${cpu_pids[@]}"; do cpu_args+=(--cpu-pid "$p"); done
   [ "$gw" = direct ] || tls=("${tls_args[@]}")
   if has_part handshake && [ "$gw" != direct ]; then
@@ -356,8 +362,8 @@ mem_kib() {  # mem_kib FIELD PID...: sum of VmRSS (status) or Pss (smaps_rollup)
 # Idle: a fresh gateway, 16 warm-up connections, then IDLE_CONNS established mTLS
 # connections (each proven with a one-byte echo), held; memory read after 1 s.
 measure_idle() {
-  local gw=$1 hold=$((IDLE_CONNS / 250 + 30)) idle_pid rss0 pss0 rss1 pss1 line=""
-  start_gateway "$gw"
+  local gw=${1%+noermsb} hold=$((IDLE_CONNS / 250 + 30)) idle_pid rss0 pss0 rss1 pss1 line=""
+  start_gateway "$1"
   "$loadgen" idle --target "127.0.0.1:${PP_PORT[$gw]}" --core "$CLIENT_CORE" --connections 16 \
     --hold-s 0.2 "${tls_args[@]}" --label "$gw/warmup" >/dev/null 2>>"$work/loadgen.log" || true
   sleep 1
@@ -380,7 +386,7 @@ measure_idle() {
     rss1=$(mem_kib VmRSS "${cpu_pids[@]}"); pss1=$(mem_kib Pss "${cpu_pids[@]}")
     echo "$line" | tee -a "$results"
     printf '{"mode":"idle-mem","label":"%s","connections":%d,"rss_before_kib":%d,"rss_after_kib":%d,"pss_before_kib":%d,"pss_after_kib":%d,"rss_bytes_per_conn":%d,"pss_bytes_per_conn":%d}\n' \
-      "$gw" "$IDLE_CONNS" "$rss0" "$rss1" "$pss0" "$pss1" $(( (rss1 - rss0) * 1024 / IDLE_CONNS )) $(( (pss1 - pss0) * 1024 / IDLE_CONNS )) \
+      "$1" "$IDLE_CONNS" "$rss0" "$rss1" "$pss0" "$pss1" $(( (rss1 - rss0) * 1024 / IDLE_CONNS )) $(( (pss1 - pss0) * 1024 / IDLE_CONNS )) \
       | tee -a "$results"
   fi
   stop_pid "$idle_pid"

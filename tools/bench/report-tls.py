@@ -16,8 +16,10 @@ import statistics
 import sys
 from collections import defaultdict
 
-ORDER = ["direct", "zgate", "zgate-busy", "haproxy", "haproxy-busy", "nginx"]
-PEERS = [("zgate", "haproxy"), ("zgate", "nginx"), ("zgate-busy", "haproxy-busy")]
+ORDER = ["direct", "zgate", "zgate-busy", "haproxy", "haproxy-busy", "nginx",
+         "zgate+noermsb", "haproxy+noermsb", "nginx+noermsb"]
+PEERS = [("zgate", "haproxy"), ("zgate", "nginx"), ("zgate-busy", "haproxy-busy"),
+         ("zgate+noermsb", "haproxy+noermsb"), ("zgate+noermsb", "haproxy")]
 
 
 def load(paths):
