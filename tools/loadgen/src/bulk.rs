@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::tls::{self, Client, Link, Negotiated};
 use crate::{cpu, ClientArgs, LoadError};
 
 /// What to run.
@@ -32,6 +33,9 @@ pub struct Report {
     mode: &'static str,
     label: String,
     target: String,
+    tls: bool,
+    /// What the TLS handshake negotiated (the cipher the bytes were encrypted with).
+    negotiated: Option<Negotiated>,
     connections: usize,
     bytes: u64,
     elapsed_s: f64,
@@ -40,8 +44,9 @@ pub struct Report {
     bytes_per_gateway_cpu_s: Option<f64>,
 }
 
-/// Connects every connection first, then sends from one thread per connection.
-pub fn run(client: &ClientArgs, opts: &Options) -> Result<Report, LoadError> {
+/// Connects every connection first (with TLS: handshake done), then sends from one
+/// thread per connection.
+pub fn run(client: &ClientArgs, tls: Option<&Client>, opts: &Options) -> Result<Report, LoadError> {
     if opts.connections == 0 || opts.chunk == 0 {
         return Err(LoadError::Arg {
             arg: "connections",
@@ -63,8 +68,15 @@ pub fn run(client: &ClientArgs, opts: &Options) -> Result<Report, LoadError> {
             .map_err(io_err("set_write_timeout"))?;
         s.set_read_timeout(Some(opts.stall))
             .map_err(io_err("set_read_timeout"))?;
-        streams.push(s);
+        let session = tls.map(|t| t.session(index)).transpose()?;
+        let mut link = Link::new(s, session);
+        tls::handshake_blocking(&mut link).map_err(|e| LoadError::Handshake {
+            index,
+            reason: e.to_string(),
+        })?;
+        streams.push(link);
     }
+    let negotiated = streams.first().and_then(Link::negotiated);
 
     let cpu_before = cpu::sample(&client.cpu_pids)?;
     let start = Instant::now();
@@ -97,6 +109,8 @@ pub fn run(client: &ClientArgs, opts: &Options) -> Result<Report, LoadError> {
         mode: "bulk",
         label: client.label.clone(),
         target: client.target.to_string(),
+        tls: tls.is_some(),
+        negotiated,
         connections: opts.connections,
         bytes: total,
         elapsed_s: elapsed,
@@ -106,10 +120,11 @@ pub fn run(client: &ClientArgs, opts: &Options) -> Result<Report, LoadError> {
     })
 }
 
-/// Sends up to `bytes` (stopping at `deadline`), half-closes, waits for the close.
+/// Sends up to `bytes` (stopping at `deadline`), half-closes (TLS: close_notify first),
+/// waits for the close.
 fn send(
     index: usize,
-    mut s: TcpStream,
+    mut s: Link<TcpStream>,
     bytes: u64,
     chunk: usize,
     deadline: Instant,
@@ -127,8 +142,20 @@ fn send(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io_err("write")(e)),
         }
+        // TLS on a blocking socket: records left queued mean the write timed out.
+        if s.wants_write() {
+            return Err(io_err("write")(io::Error::from(io::ErrorKind::TimedOut)));
+        }
     }
-    s.shutdown(Shutdown::Write).map_err(io_err("shutdown"))?;
+    s.close_notify();
+    if s.wants_write() {
+        return Err(io_err("write close_notify")(io::Error::from(
+            io::ErrorKind::TimedOut,
+        )));
+    }
+    s.socket()
+        .shutdown(Shutdown::Write)
+        .map_err(io_err("shutdown"))?;
     // The sink sends nothing; EOF means it has read everything and closed.
     let mut sink = [0u8; 4096];
     loop {

@@ -2,7 +2,7 @@
 //!
 //! What it is for: measuring a TCP gateway from the outside, the same way for zgate,
 //! HAProxy and nginx, so `tools/bench-proxy.sh` can put them side by side in one run.
-//! It has four modes:
+//! It has five modes:
 //!
 //! - `serve`: the upstream. Echoes every byte back (`--sink`: discards them), one
 //!   mio/epoll thread, optionally pinned to a core.
@@ -11,6 +11,12 @@
 //!   histogram; one JSON line reports p50/p99/p99.9/max and messages per second.
 //! - `bulk`: moves M bytes one way (client to upstream) and reports bytes per second.
 //! - `idle`: opens N connections, proves each one carries a byte, and holds them.
+//! - `handshake`: fresh TLS connections, `--concurrency` at a time, each with a full
+//!   (or `--resume`d) mTLS handshake and a one-byte echo; handshakes per second and
+//!   gateway CPU per handshake.
+//!
+//! Every client mode takes `--tls --ca --cert --key`: TLS 1.3 with a client certificate
+//! (rustls, ring), so the same load runs against a TLS-terminating gateway.
 //!
 //! With `--cpu-pid PID` (repeatable) the client reads the gateway's user+system CPU
 //! time from `/proc/PID/stat` at the start and end of the measured window, so CPU per
@@ -27,9 +33,11 @@
 
 mod bulk;
 mod cpu;
+mod handshake;
 mod idle;
 mod pingpong;
 mod serve;
+mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -66,6 +74,8 @@ struct ClientArgs {
     /// A connection with a request in flight and no progress for this long is an error.
     #[arg(long, default_value_t = 5.0)]
     stall_s: f64,
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +131,26 @@ enum Mode {
         /// Size of each write.
         #[arg(long, default_value_t = 64 * 1024)]
         chunk: usize,
+    },
+    /// Fresh TLS connections (needs --tls): handshake, one-byte echo, close; repeat.
+    Handshake {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Connections in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Stop after this many measured connections...
+        #[arg(long, default_value_t = 1_000_000)]
+        connections: u64,
+        /// ...or after this many measured seconds, whichever comes first.
+        #[arg(long, default_value_t = 10.0)]
+        duration_s: f64,
+        /// Unmeasured warm-up before the window opens.
+        #[arg(long, default_value_t = 1.0)]
+        warmup_s: f64,
+        /// Keep session tickets and resume with them (TLS 1.3 PSK with (EC)DHE).
+        #[arg(long)]
+        resume: bool,
     },
     /// Open N connections, check each carries a byte, hold them, then close.
     Idle {
@@ -213,6 +243,29 @@ pub enum LoadError {
         /// Why it is refused.
         reason: &'static str,
     },
+    /// The TLS client could not be set up (a file, a certificate, a key).
+    #[error("TLS client set-up: {reason}")]
+    Tls {
+        /// What failed, naming the file.
+        reason: String,
+    },
+    /// A TLS handshake failed or was refused.
+    #[error("connection {index}: TLS handshake failed: {reason}")]
+    Handshake {
+        /// Which connection (0-based).
+        index: usize,
+        /// rustls' or the socket's reason (an alert from the peer, a bad certificate).
+        reason: String,
+    },
+    /// The gateway closed a connection right after a successful handshake.
+    #[error(
+        "connection {index}: closed by the peer after the TLS handshake, before the echo \
+         (denied by policy, or no upstream?)"
+    )]
+    Refused {
+        /// Which connection (0-based).
+        index: usize,
+    },
     /// A worker thread of this tool died.
     #[error("a load thread panicked")]
     Thread,
@@ -278,7 +331,8 @@ fn run(cli: Cli) -> Result<(), LoadError> {
                 size,
                 stall: seconds("stall-s", client.stall_s)?,
             };
-            let report = pingpong::run(&client, &opts)?;
+            let tls = client.tls.client(false)?;
+            let report = pingpong::run(&client, tls.as_ref(), &opts)?;
             print_json(&report);
             Ok(())
         }
@@ -297,7 +351,39 @@ fn run(cli: Cli) -> Result<(), LoadError> {
                 chunk,
                 stall: seconds("stall-s", client.stall_s)?,
             };
-            let report = bulk::run(&client, &opts)?;
+            let tls = client.tls.client(false)?;
+            let report = bulk::run(&client, tls.as_ref(), &opts)?;
+            print_json(&report);
+            Ok(())
+        }
+        Mode::Handshake {
+            client,
+            concurrency,
+            connections,
+            duration_s,
+            warmup_s,
+            resume,
+        } => {
+            pin(client.core)?;
+            let Some(tls) = client.tls.client(resume)? else {
+                return Err(LoadError::Arg {
+                    arg: "tls",
+                    reason: "handshake measures TLS handshakes: give --tls --ca --cert --key",
+                });
+            };
+            let opts = handshake::Options {
+                concurrency,
+                connections,
+                duration: seconds("duration-s", duration_s)?,
+                warmup: std::time::Duration::try_from_secs_f64(warmup_s).map_err(|_| {
+                    LoadError::Arg {
+                        arg: "warmup-s",
+                        reason: "must be a number of seconds >= 0",
+                    }
+                })?,
+                stall: seconds("stall-s", client.stall_s)?,
+            };
+            let report = handshake::run(&client, &tls, resume, &opts)?;
             print_json(&report);
             Ok(())
         }
@@ -307,9 +393,11 @@ fn run(cli: Cli) -> Result<(), LoadError> {
             hold_s,
         } => {
             pin(client.core)?;
+            let tls = client.tls.client(false)?;
             // Prints its line itself, before holding, so the caller can measure then.
             idle::run(
                 &client,
+                tls.as_ref(),
                 connections,
                 seconds("hold-s", hold_s)?,
                 seconds("stall-s", client.stall_s)?,

@@ -11,6 +11,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde::Serialize;
 
+use crate::tls::{self, Client, Link};
 use crate::{cpu, ClientArgs, LoadError};
 
 /// What to run.
@@ -36,6 +37,7 @@ pub struct Report {
     mode: &'static str,
     label: String,
     target: String,
+    tls: bool,
     connections: usize,
     size: usize,
     requests: u64,
@@ -51,7 +53,7 @@ pub struct Report {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Link<TcpStream>,
     request: Vec<u8>,
     reply: Vec<u8>,
     /// Bytes of the current request written / of its echo received.
@@ -87,6 +89,8 @@ impl Conn {
         while self.written < self.request.len() {
             let rest = self.request.get(self.written..).unwrap_or_default();
             match self.stream.write(rest) {
+                // TLS: rustls' send buffer is full until the socket takes more.
+                Ok(0) if self.stream.wants_write() => return Ok(false),
                 Ok(0) => {
                     return Err(LoadError::Closed {
                         index,
@@ -105,7 +109,13 @@ impl Conn {
                 }
             }
         }
-        Ok(true)
+        // TLS: records rustls still holds because the socket was full.
+        self.stream.flush_tls().map_err(|source| LoadError::Io {
+            index,
+            op: "write",
+            source,
+        })?;
+        Ok(!self.stream.wants_write())
     }
 
     /// Reads what has arrived. `Ok(true)`: the whole echo is in and matches.
@@ -144,7 +154,7 @@ impl Conn {
 }
 
 /// Connects, warms up, measures, prints nothing (the caller prints the report).
-pub fn run(client: &ClientArgs, opts: &Options) -> Result<Report, LoadError> {
+pub fn run(client: &ClientArgs, tls: Option<&Client>, opts: &Options) -> Result<Report, LoadError> {
     if opts.connections == 0 {
         return Err(LoadError::Arg {
             arg: "connections",
@@ -158,7 +168,7 @@ pub fn run(client: &ClientArgs, opts: &Options) -> Result<Report, LoadError> {
         });
     }
     let mut poll = Poll::new().map_err(LoadError::Poll)?;
-    let mut conns = connect_all(client, opts, &poll)?;
+    let mut conns = connect_all(client, tls, opts, &poll)?;
 
     // At most 60 s of latency is recorded exactly (3 significant digits); more saturates.
     let mut hist =
@@ -212,7 +222,7 @@ pub fn run(client: &ClientArgs, opts: &Options) -> Result<Report, LoadError> {
             if !c.in_flight {
                 continue;
             }
-            if c.written < c.request.len() {
+            if c.written < c.request.len() || c.stream.wants_write() {
                 if !c.push(i)? {
                     continue;
                 }
@@ -258,6 +268,7 @@ pub fn run(client: &ClientArgs, opts: &Options) -> Result<Report, LoadError> {
         mode: "pingpong",
         label: client.label.clone(),
         target: client.target.to_string(),
+        tls: tls.is_some(),
         connections: opts.connections,
         size: opts.size,
         requests: count,
@@ -273,7 +284,13 @@ pub fn run(client: &ClientArgs, opts: &Options) -> Result<Report, LoadError> {
     })
 }
 
-fn connect_all(client: &ClientArgs, opts: &Options, poll: &Poll) -> Result<Vec<Conn>, LoadError> {
+/// Connects every connection (and, with TLS, completes its handshake) before any load.
+fn connect_all(
+    client: &ClientArgs,
+    tls: Option<&Client>,
+    opts: &Options,
+    poll: &Poll,
+) -> Result<Vec<Conn>, LoadError> {
     let mut conns = Vec::with_capacity(opts.connections);
     for index in 0..opts.connections {
         let addr = client.target;
@@ -289,12 +306,31 @@ fn connect_all(client: &ClientArgs, opts: &Options, poll: &Poll) -> Result<Vec<C
         std_stream
             .set_nodelay(true)
             .map_err(io_err("set_nodelay"))?;
+        // The handshake runs blocking (bounded by the stall time), then the socket
+        // turns non-blocking for the measured loop.
+        let (std_stream, session) = match tls {
+            None => (std_stream, None),
+            Some(t) => {
+                std_stream
+                    .set_read_timeout(Some(opts.stall))
+                    .map_err(io_err("set_read_timeout"))?;
+                std_stream
+                    .set_write_timeout(Some(opts.stall))
+                    .map_err(io_err("set_write_timeout"))?;
+                let mut link = Link::new(std_stream, Some(t.session(index)?));
+                tls::handshake_blocking(&mut link).map_err(|e| LoadError::Handshake {
+                    index,
+                    reason: e.to_string(),
+                })?;
+                link.into_parts()
+            }
+        };
         std_stream
             .set_nonblocking(true)
             .map_err(io_err("set_nonblocking"))?;
-        let mut stream = TcpStream::from_std(std_stream);
+        let mut stream = Link::new(TcpStream::from_std(std_stream), session);
         poll.registry()
-            .register(&mut stream, Token(index), Interest::READABLE)
+            .register(stream.socket(), Token(index), Interest::READABLE)
             .map_err(LoadError::Poll)?;
         conns.push(Conn {
             stream,
@@ -319,6 +355,6 @@ fn rearm(poll: &Poll, c: &mut Conn, index: usize, writable: bool) -> Result<(), 
         Interest::READABLE
     };
     poll.registry()
-        .reregister(&mut c.stream, Token(index), interest)
+        .reregister(c.stream.socket(), Token(index), interest)
         .map_err(LoadError::Poll)
 }
