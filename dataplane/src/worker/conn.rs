@@ -151,7 +151,13 @@ pub struct Ctx<'a> {
     pub index: u32,
     /// This flow's slot generation.
     pub gen: u32,
+    /// Spare 16 KiB output buffers of TLS flows (`worker::tls`), reused instead of
+    /// allocating and zeroing one per record batch; at most [`OUT_POOL_MAX`] kept.
+    pub out_pool: &'a mut Vec<Lent<[u8]>>,
 }
+
+/// Most spare TLS output buffers a worker keeps (1 MiB).
+pub const OUT_POOL_MAX: usize = 64;
 
 impl Ctx<'_> {
     /// This flow's `user_data` for `op`.

@@ -274,6 +274,8 @@ struct Worker {
     table_gen: u64,
     /// TLS material generation last loaded into `listeners[..].tls`.
     tls_gen: u64,
+    /// Spare TLS output buffers ([`Ctx::out_pool`]).
+    out_pool: Vec<Lent<[u8]>>,
     audit: Arc<AuditQueue>,
     live_facts: LiveFacts,
     control: Arc<Control>,
@@ -334,6 +336,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         table: None,
         table_gen: 0,
         tls_gen: 0,
+        out_pool: Vec::new(),
         audit: setup.audit,
         live_facts: LiveFacts::default(),
         control: setup.control,
@@ -752,9 +755,6 @@ impl Worker {
         }
         let now = self.now;
         for i in 0..self.slots.len() {
-            if let Some(Some(Flow::Tls(t))) = self.slots.get_mut(i).map(|s| s.conn.as_mut()) {
-                t.trim(now);
-            }
             let due = self
                 .slots
                 .get(i)
@@ -843,6 +843,7 @@ impl Worker {
             now: self.now,
             index: u32::try_from(i).unwrap_or(u32::MAX),
             gen,
+            out_pool: &mut self.out_pool,
         };
         f(conn, &mut ctx);
         let refused = match conn {
@@ -1001,6 +1002,7 @@ impl Worker {
             now: self.now,
             index,
             gen: slot.gen,
+            out_pool: &mut self.out_pool,
         };
         let postgres = self
             .listeners
@@ -1116,6 +1118,7 @@ impl Worker {
             now: self.now,
             index,
             gen: slot.gen,
+            out_pool: &mut self.out_pool,
         };
         match Conn::connect(admitted, client, upstream, cfg, &mut ctx) {
             Ok(conn) => {

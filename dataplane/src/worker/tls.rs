@@ -39,7 +39,7 @@ use zgate_tls::{ClientTls, RejectReason, ServerTls, TlsSession};
 use crate::config::{ListenerConfig, POSTGRES_ALPN};
 use crate::postgres::{Preamble, PreambleReader, Refusal};
 use crate::sys::{self, BufId, ConnMem, Lent, BUF_SIZE};
-use crate::worker::conn::{CloseKind, Ctx, State};
+use crate::worker::conn::{CloseKind, Ctx, State, OUT_POOL_MAX};
 use crate::worker::token::Op;
 
 /// Where a TLS flow is.
@@ -117,9 +117,6 @@ struct PgPreamble {
     /// The client started TLS directly (PostgreSQL 17): ALPN `postgresql` is required.
     direct: bool,
 }
-
-/// How long a quiet flow keeps its output buffers (see [`TlsConn::trim`]).
-const OUTPUT_KEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Client side (0) and upstream side (1).
 const CLIENT: usize = 0;
@@ -589,8 +586,11 @@ impl TlsConn {
         let Some(slot) = self.out.get_mut(to) else {
             return false;
         };
+        let spare = &mut *ctx.out_pool;
         let o = slot.get_or_insert_with(|| Out {
-            mem: Lent::new(vec![0u8; BUF_SIZE].into_boxed_slice()),
+            mem: spare
+                .pop()
+                .unwrap_or_else(|| Lent::new(vec![0u8; BUF_SIZE].into_boxed_slice())),
             start: 0,
             end: 0,
             sending: false,
@@ -723,6 +723,7 @@ impl TlsConn {
         }
         self.ends(ctx);
         self.arm(ctx);
+        self.release_idle_outputs(ctx);
     }
 
     /// Read the PostgreSQL request for TLS from the client input and answer it. Returns
@@ -909,22 +910,19 @@ impl TlsConn {
         }
     }
 
-    /// The worker's tick: a flow quiet for [`OUTPUT_KEEP`] drops its output buffers, so
-    /// an idle flow holds none while a busy one reuses them instead of allocating (and
-    /// zeroing) 16 KiB per record batch.
-    pub fn trim(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.last_active) >= OUTPUT_KEEP {
-            self.release_idle_outputs();
-        }
-    }
-
-    /// Drop output buffers that hold nothing and are not lent.
-    fn release_idle_outputs(&mut self) {
+    /// Give back output buffers that hold nothing and are not lent: an idle flow keeps
+    /// none, and the worker's spare list hands them to the next flow that sends, so a
+    /// busy flow does not allocate and zero 16 KiB per record batch.
+    fn release_idle_outputs(&mut self, ctx: &mut Ctx<'_>) {
         for o in &mut self.out {
             if o.as_ref()
                 .is_some_and(|x| !x.sending && x.start >= x.end && x.mem.lent() == 0)
             {
-                *o = None;
+                if let Some(out) = o.take() {
+                    if ctx.out_pool.len() < OUT_POOL_MAX {
+                        ctx.out_pool.push(out.mem);
+                    }
+                }
             }
         }
     }
