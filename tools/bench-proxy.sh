@@ -64,39 +64,15 @@ work=$(mktemp -d)
 results="$OUT_DIR/results.jsonl"
 : > "$results"
 
-# Every process this script starts is recorded here and killed by PID on exit.
-pids=()
-stop_pid() {
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do stop_pid "$pid"; done
-  # Keep the processes' own logs with the results: they explain a failed run.
-  mkdir -p "$OUT_DIR/logs"
-  cp "$work"/*.log "$work/nginx/logs/error.log" "$OUT_DIR/logs/" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+BENCH=bench-proxy
+# shellcheck source=tools/bench/lib.sh
+source tools/bench/lib.sh  # the scripts cd to the repository root first
 
 # Ports: the upstreams, then one pair (echo, sink) per gateway.
 ECHO=17000 SINK=17001 ADMIN=17009
 declare -A PP_PORT=([direct]=$ECHO [xcore]=17040 [zgate-interrupt]=17010 [zgate-busy]=17010 [zgate-interrupt-nodefer]=17010 [zgate-busy-nodefer]=17010 [haproxy]=17020 [haproxy-busy]=17020 [nginx]=17030)
 declare -A BULK_PORT=([direct]=$SINK [xcore]=17041 [zgate-interrupt]=17011 [zgate-busy]=17011 [zgate-interrupt-nodefer]=17011 [zgate-busy-nodefer]=17011 [haproxy]=17021 [haproxy-busy]=17021 [nginx]=17031)
 
-wait_port() {  # wait until something accepts on 127.0.0.1:$1 (bounded: 10 s)
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "bench-proxy: nothing listens on port $1 after 10 s" >&2
-  return 1
-}
 
 # The machine and the code, for the record.
 {
@@ -252,46 +228,6 @@ clk=$(getconf CLK_TCK)
 # moment before measuring, and the report uses the quiet measurements.
 QUIET_PCT=${QUIET_PCT:-10}
 QUIET_WAIT_S=${QUIET_WAIT_S:-10}
-all_busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
-pid_ticks() {  # utime+stime of the given pids (and 0 for any that are gone)
-  local t=0 p
-  for p in "$@"; do
-    [ -r "/proc/$p/stat" ] || continue
-    t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
-  done
-  echo "$t"
-}
-children_ticks() {  # CPU of this shell's finished children (the load generator runs)
-  # `times` must run in this shell, not in a $(...) subshell that has no children.
-  awk -v hz="$clk" 'NR == 2 {
-    split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d\n", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * hz }' "$work/times"
-}
-ours() { pid_ticks "${cpu_pids[@]}" "${upstream_pids[@]}"; }
-wait_quiet() {
-  local a0 o0 a1 o1 other
-  for _ in $(seq "$QUIET_WAIT_S"); do
-    a0=$(all_busy); o0=$(ours); sleep 1; a1=$(all_busy); o1=$(ours)
-    other=$(( (a1 - a0 - (o1 - o0)) * 100 / clk ))
-    [ "$other" -le "$QUIET_PCT" ] && return 0
-  done
-  echo "bench-proxy: machine not quiet (other work ${other}% of a core); measuring anyway" >&2
-}
-# run_window LABEL KIND CONNS -- command...: runs one load, appends its JSON line and a
-# "window" line with the other work seen meanwhile.
-run_window() {
-  local label=$1 kind=$2 conns=$3; shift 4
-  wait_quiet
-  local a0 o0 c0 t0 a1 o1 c1 t1
-  times > "$work/times"
-  a0=$(all_busy); o0=$(ours); c0=$(children_ticks); t0=$(date +%s.%N)
-  "$@" | tee -a "$results"
-  a1=$(all_busy); o1=$(ours); times > "$work/times"; c1=$(children_ticks); t1=$(date +%s.%N)
-  awk -v l="$label" -v k="$kind" -v n="$conns" -v t0="$t0" -v t1="$t1" -v hz="$clk" \
-      -v all=$((a1 - a0)) -v our=$((o1 - o0 + c1 - c0)) -v la="$(cut -d' ' -f1 /proc/loadavg)" 'BEGIN {
-    w = t1 - t0; o = (all - our) / hz; if (o < 0) o = 0
-    printf "{\"mode\":\"window\",\"label\":\"%s\",\"kind\":\"%s\",\"connections\":%d,\"wall_s\":%.3f,\"other_core_pct\":%.1f,\"loadavg1\":%s}\n",
-      l, k, n, w, (w > 0 ? 100 * o / w : 0), la }' | tee -a "$results"
-}
 measure() {  # measure GATEWAY ROUND
   local gw=$1 round=$2 cpu_args=() p conns
   for p in "${cpu_pids[@]}"; do cpu_args+=(--cpu-pid "$p"); done

@@ -1,0 +1,79 @@
+# Shell helpers shared by tools/bench-proxy.sh and tools/bench-tls.sh: process
+# bookkeeping (every process a script starts is killed by PID on exit), port waits, and
+# the measurement window (CPU of the gateway vs. everything else on the machine).
+# Sourced after the script sets: BENCH (its name, for messages), OUT_DIR, work, results,
+# clk (clock ticks per second), QUIET_PCT, QUIET_WAIT_S; `cpu_pids` and `upstream_pids`
+# are arrays the script fills as it starts processes.
+
+# Every process this script starts is recorded here and killed by PID on exit.
+pids=()
+stop_pid() {
+  local pid=$1
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do stop_pid "$pid"; done
+  mkdir -p "$OUT_DIR/logs"
+  cp "$work"/*.log "$work/nginx/logs/error.log" "$OUT_DIR/logs/" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() {  # wait until something accepts on 127.0.0.1:$1 (bounded: 10 s)
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$BENCH: nothing listens on port $1 after 10 s" >&2
+  return 1
+}
+
+all_busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+pid_ticks() {
+  local t=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
+  done
+  echo "$t"
+}
+children_ticks() {
+  awk -v hz="$clk" 'NR == 2 {
+    split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d\n", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * hz }' "$work/times"
+}
+ours() { pid_ticks "${cpu_pids[@]}" "${upstream_pids[@]}"; }
+wait_quiet() {
+  local a0 o0 a1 o1 other=0
+  for _ in $(seq "$QUIET_WAIT_S"); do
+    a0=$(all_busy); o0=$(ours); sleep 1; a1=$(all_busy); o1=$(ours)
+    other=$(( (a1 - a0 - (o1 - o0)) * 100 / clk ))
+    [ "$other" -le "$QUIET_PCT" ] && return 0
+  done
+  echo "$BENCH: machine not quiet (other work ${other}% of a core); measuring anyway" >&2
+}
+# run_window LABEL KIND CONNS -- command...: one measurement, its JSON line, and a
+# "window" line with the CPU that other processes used meanwhile.
+run_window() {
+  local label=$1 kind=$2 conns=$3; shift 4
+  wait_quiet
+  local a0 o0 c0 t0 a1 o1 c1 t1
+  times > "$work/times"
+  a0=$(all_busy); o0=$(ours); c0=$(children_ticks); t0=$(date +%s.%N)
+  if ! "$@" > "$work/line.json" 2>>"$work/loadgen.log"; then
+    echo "$BENCH: $label $kind failed: $(tail -1 "$work/loadgen.log")" >&2
+    printf '{"mode":"error","label":"%s","kind":"%s","connections":%d}\n' "$label" "$kind" "$conns" >> "$results"
+    return 0
+  fi
+  tee -a "$results" < "$work/line.json"
+  a1=$(all_busy); o1=$(ours); times > "$work/times"; c1=$(children_ticks); t1=$(date +%s.%N)
+  awk -v l="$label" -v k="$kind" -v n="$conns" -v t0="$t0" -v t1="$t1" -v hz="$clk" \
+      -v all=$((a1 - a0)) -v our=$((o1 - o0 + c1 - c0)) -v la="$(cut -d' ' -f1 /proc/loadavg)" 'BEGIN {
+    w = t1 - t0; o = (all - our) / hz; if (o < 0) o = 0
+    printf "{\"mode\":\"window\",\"label\":\"%s\",\"kind\":\"%s\",\"connections\":%d,\"wall_s\":%.3f,\"other_core_pct\":%.1f,\"loadavg1\":%s}\n",
+      l, k, n, w, (w > 0 ? 100 * o / w : 0), la }' | tee -a "$results"
+}
