@@ -808,6 +808,21 @@ impl Ring {
         }
     }
 
+    /// Busy polling: enter the kernel only when there is something to submit, deferred
+    /// task work to run (`IORING_SQ_TASKRUN`, set because the ring has `TASKRUN_FLAG`),
+    /// or overflowed completions to flush. Otherwise the caller just looks at the
+    /// completion queue again, without a syscall.
+    pub fn submit_if_needed(&mut self) -> io::Result<()> {
+        let idle = {
+            let sq = self.ring.submission();
+            sq.is_empty() && !sq.taskrun() && !sq.cq_overflow()
+        };
+        if idle {
+            return Ok(());
+        }
+        self.submit()
+    }
+
     /// Submit and sleep until one completion arrives or `timeout` passes.
     pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
         let ts = types::Timespec::from(timeout);

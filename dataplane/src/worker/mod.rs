@@ -476,7 +476,7 @@ impl Worker {
                 PollMode::Interrupt => self
                     .ring
                     .submit_and_wait(next_tick.saturating_duration_since(self.now)),
-                PollMode::Busy => self.ring.submit(),
+                PollMode::Busy => self.ring.submit_if_needed(),
             };
             waited.map_err(|source| WorkerError::Submit {
                 worker: self.id,
