@@ -44,251 +44,299 @@ impl AdminView {
     }
 }
 
+/// One unlabelled sample with its HELP and TYPE lines.
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+/// A labelled family: HELP and TYPE once, then one sample per `(label value, value)`.
+/// `head` is (name, type, help).
+fn family<'a, V: std::fmt::Display>(
+    out: &mut String,
+    (name, kind, help): (&str, &str, &str),
+    label: &str,
+    samples: impl IntoIterator<Item = (&'a str, V)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (value_of_label, value) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{value_of_label}\"}} {value}");
+    }
+}
+
 /// Prometheus text exposition of `v`.
 pub fn metrics_text(v: &AdminView) -> String {
     let s = &v.stats;
     let mut out = String::with_capacity(2048);
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
     metric(
+        &mut out,
         "zgate_connections_accepted_total",
         "counter",
         "Connections accepted, allowed or not.",
         s.accepted,
     );
     metric(
+        &mut out,
         "zgate_connections_denied_total",
         "counter",
         "Connections closed at once because the table denied them.",
         s.denied,
     );
     metric(
+        &mut out,
         "zgate_connections_over_limit_total",
         "counter",
         "Connections closed at once because the listener was full.",
         s.over_limit,
     );
     metric(
+        &mut out,
         "zgate_tls_handshakes_over_limit_total",
         "counter",
         "TLS connections closed at once because the listener had max_handshakes in progress.",
         s.handshakes_over_limit,
     );
     metric(
+        &mut out,
         "zgate_tls_handshakes_in_progress",
         "gauge",
         "TLS handshakes (and PostgreSQL preambles) in progress now.",
         s.handshakes_in_progress,
     );
     metric(
+        &mut out,
         "zgate_upstream_connect_failures_total",
         "counter",
         "Upstream connects that failed or timed out.",
         s.upstream_connect_failures,
     );
     metric(
+        &mut out,
         "zgate_upstream_connect_timeouts_total",
         "counter",
         "Upstream connects that timed out.",
         s.upstream_connect_timeouts,
     );
     metric(
+        &mut out,
         "zgate_connections_active",
         "gauge",
         "Flows open now.",
         s.active,
     );
     metric(
+        &mut out,
         "zgate_idle_timeouts_total",
         "counter",
         "Flows closed by the idle timeout.",
         s.idle_timeouts,
     );
     metric(
+        &mut out,
         "zgate_lifetime_expiries_total",
         "counter",
         "Flows closed by max_lifetime.",
         s.lifetime_expiries,
     );
     metric(
+        &mut out,
         "zgate_resets_total",
         "counter",
         "Flows ended by a reset or socket error, propagated as RST.",
         s.resets,
     );
     metric(
+        &mut out,
         "zgate_accept_errors_total",
         "counter",
         "Accept errors.",
         s.accept_errors,
     );
     metric(
+        &mut out,
         "zgate_flows_closed_by_policy_total",
         "counter",
         "Live flows closed because a re-decision (new table, expired constraints) denied them.",
         s.closed_by_policy,
     );
     metric(
+        &mut out,
         "zgate_recv_buffer_starved_total",
         "counter",
         "Receives that found the provided buffer pool empty and waited for a buffer.",
         s.recv_starved,
     );
     metric(
+        &mut out,
         "zgate_splice_pipes_opened_total",
         "counter",
         "Pipes opened for bulk directions to splice through (plain flows only).",
         s.pipes_opened,
     );
     metric(
+        &mut out,
         "zgate_buffers_in_use",
         "gauge",
         "Provided buffers held by flows now (data received, not yet fully sent).",
         s.buffers_in_use,
     );
     metric(
+        &mut out,
         "zgate_table_loaded",
         "gauge",
         "1 when a decision table is published, 0 when every flow is denied.",
         u64::from(v.table_version.is_some()),
     );
     metric(
+        &mut out,
         "zgate_table_version",
         "gauge",
         "Version of the published decision table (0 with none).",
         v.table_version.unwrap_or(0),
     );
     metric(
+        &mut out,
         "zgate_table_reloads_total",
         "counter",
         "Successful table reloads.",
         v.table_reloads,
     );
     metric(
+        &mut out,
         "zgate_table_reload_failures_total",
         "counter",
         "Table reloads refused (the old table stayed).",
         v.table_reload_failures,
     );
     metric(
+        &mut out,
         "zgate_worker_stalls_total",
         "counter",
         "Loop turns whose completion handling took 2 ms or more (every flow on that core waited).",
         s.stalls,
     );
     metric(
+        &mut out,
         "zgate_worker_longest_turn_microseconds",
         "gauge",
         "Longest completion handling of one loop turn since start, over all workers.",
         s.longest_turn_us,
     );
     metric(
+        &mut out,
         "zgate_audit_events_total",
         "counter",
         "Audit events written (or discarded with audit = off).",
         v.audit.events,
     );
     metric(
+        &mut out,
         "zgate_audit_events_dropped_total",
         "counter",
         "Audit events dropped because a worker's queue was full (the data path never waits).",
         v.audit_dropped,
     );
     metric(
+        &mut out,
         "zgate_audit_write_errors_total",
         "counter",
         "Audit events the sink failed to take.",
         v.audit.write_errors,
     );
     metric(
+        &mut out,
         "zgate_tls_reloads_total",
         "counter",
         "TLS material reloads published (file change or SIGHUP).",
         v.tls_reloads,
     );
     metric(
+        &mut out,
         "zgate_tls_reload_failures_total",
         "counter",
         "TLS material reloads refused (the old material stayed).",
         v.tls_reload_failures,
     );
     metric(
+        &mut out,
         "zgate_workers",
         "gauge",
         "Workers configured.",
         u64::try_from(v.workers).unwrap_or(0),
     );
-    let _ = writeln!(
-        out,
-        "# HELP zgate_bytes_total Bytes forwarded, by direction.\n# TYPE zgate_bytes_total counter\n\
-         zgate_bytes_total{{direction=\"client_to_upstream\"}} {}\n\
-         zgate_bytes_total{{direction=\"upstream_to_client\"}} {}",
-        s.bytes_client_to_upstream, s.bytes_upstream_to_client
+    family(
+        &mut out,
+        (
+            "zgate_bytes_total",
+            "counter",
+            "Bytes forwarded, by direction.",
+        ),
+        "direction",
+        [
+            ("client_to_upstream", s.bytes_client_to_upstream),
+            ("upstream_to_client", s.bytes_upstream_to_client),
+        ],
     );
-    let _ = writeln!(
-        out,
-        "# HELP zgate_tls_handshakes_total TLS handshakes completed (before the decision).\n\
-         # TYPE zgate_tls_handshakes_total counter\nzgate_tls_handshakes_total {}",
-        s.tls_handshakes
+    metric(
+        &mut out,
+        "zgate_tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed (before the decision).",
+        s.tls_handshakes,
     );
-    let _ = writeln!(
-        out,
-        "# HELP zgate_tls_certificate_not_after_seconds Earliest notAfter of the certificates a TLS listener serves.\n\
-         # TYPE zgate_tls_certificate_not_after_seconds gauge"
+    family(
+        &mut out,
+        (
+            "zgate_tls_certificate_not_after_seconds",
+            "gauge",
+            "Earliest notAfter of the certificates a TLS listener serves.",
+        ),
+        "listener",
+        v.tls_not_after.iter().map(|(name, t)| (name.as_str(), *t)),
     );
-    for (name, not_after) in &v.tls_not_after {
-        let _ = writeln!(
-            out,
-            "zgate_tls_certificate_not_after_seconds{{listener=\"{name}\"}} {not_after}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP zgate_tls_handshake_failures_total TLS flows refused before the decision, by reason.\n\
-         # TYPE zgate_tls_handshake_failures_total counter"
+    let reasons = zgate_tls::RejectReason::labels();
+    family(
+        &mut out,
+        (
+            "zgate_tls_handshake_failures_total",
+            "counter",
+            "TLS flows refused before the decision, by reason.",
+        ),
+        "reason",
+        reasons.iter().copied().zip(s.tls_failures),
     );
-    for (label, n) in zgate_tls::RejectReason::labels().iter().zip(s.tls_failures) {
-        let _ = writeln!(
-            out,
-            "zgate_tls_handshake_failures_total{{reason=\"{label}\"}} {n}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP zgate_upstream_tls_handshakes_total TLS handshakes with upstreams completed ([listener.upstream_tls]).\n\
-         # TYPE zgate_upstream_tls_handshakes_total counter\nzgate_upstream_tls_handshakes_total {}",
-        s.upstream_tls_handshakes
+    metric(
+        &mut out,
+        "zgate_upstream_tls_handshakes_total",
+        "counter",
+        "TLS handshakes with upstreams completed ([listener.upstream_tls]).",
+        s.upstream_tls_handshakes,
     );
-    let _ = writeln!(
-        out,
-        "# HELP zgate_upstream_tls_failures_total Upstream TLS sessions that failed, by reason.\n\
-         # TYPE zgate_upstream_tls_failures_total counter"
+    family(
+        &mut out,
+        (
+            "zgate_upstream_tls_failures_total",
+            "counter",
+            "Upstream TLS sessions that failed, by reason.",
+        ),
+        "reason",
+        reasons.iter().copied().zip(s.upstream_tls_failures),
     );
-    for (label, n) in zgate_tls::RejectReason::labels()
-        .iter()
-        .zip(s.upstream_tls_failures)
-    {
-        let _ = writeln!(
-            out,
-            "zgate_upstream_tls_failures_total{{reason=\"{label}\"}} {n}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP zgate_postgres_preamble_refused_total PostgreSQL clients refused before or at TLS, by reason.\n\
-         # TYPE zgate_postgres_preamble_refused_total counter"
+    family(
+        &mut out,
+        (
+            "zgate_postgres_preamble_refused_total",
+            "counter",
+            "PostgreSQL clients refused before or at TLS, by reason.",
+        ),
+        "reason",
+        crate::postgres::Refusal::ALL
+            .iter()
+            .map(|r| r.label())
+            .zip(s.postgres_refused),
     );
-    for (r, n) in crate::postgres::Refusal::ALL.iter().zip(s.postgres_refused) {
-        let _ = writeln!(
-            out,
-            "zgate_postgres_preamble_refused_total{{reason=\"{}\"}} {n}",
-            r.label()
-        );
-    }
     out
 }
 
