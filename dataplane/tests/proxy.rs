@@ -418,21 +418,7 @@ fn max_lifetime_closes_a_busy_flow() {
     let gw = Gateway::start(&setup);
     let mut s = gw.connect();
     // Keep it busy (never idle) until the gateway closes it; bounded.
-    let mut closed = false;
-    for _ in 0..3000 {
-        if s.write_all(b"ping").is_err() {
-            closed = true;
-            break;
-        }
-        let mut b = [0u8; 4];
-        match s.read(&mut b) {
-            Ok(0) | Err(_) => {
-                closed = true;
-                break;
-            }
-            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
-        }
-    }
+    let closed = ping_until_closed(&mut s);
     assert!(closed, "flow outlived max_lifetime");
     assert!(gw.wait_metric("zgate_lifetime_expiries_total", 1) >= 1);
 }
@@ -476,21 +462,7 @@ fn expired_decision_constraints_close_the_flow() {
     let mut s = gw.connect();
     assert_eq!(round_trip(&s, b"x"), b"x");
     // Keep the flow busy (never idle) until the gateway closes it; bounded.
-    let mut closed = false;
-    for _ in 0..3000 {
-        if s.write_all(b"ping").is_err() {
-            closed = true;
-            break;
-        }
-        let mut b = [0u8; 4];
-        match s.read(&mut b) {
-            Ok(0) | Err(_) => {
-                closed = true;
-                break;
-            }
-            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
-        }
-    }
+    let closed = ping_until_closed(&mut s);
     assert!(closed, "flow outlived its decision's max_session");
     assert!(gw.wait_metric("zgate_flows_closed_by_policy_total", 1) >= 1);
     // New flows are still admitted: the rule allows them, each for its own second.

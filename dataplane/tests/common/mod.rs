@@ -354,6 +354,22 @@ pub fn round_trip(s: &TcpStream, data: &[u8]) -> Vec<u8> {
     got
 }
 
+/// Ping-pong 4 bytes every 10 ms (so the flow is never idle) until the gateway closes
+/// the connection; false if it is still open after 3,000 rounds (about 30 s).
+pub fn ping_until_closed(s: &mut TcpStream) -> bool {
+    for _ in 0..3000 {
+        if s.write_all(b"ping").is_err() {
+            return true;
+        }
+        let mut b = [0u8; 4];
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    false
+}
+
 /// Resident set size of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
