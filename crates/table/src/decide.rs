@@ -518,14 +518,7 @@ impl DecisionTable {
             let Some(&global) = locals.get(bit as usize) else {
                 continue;
             };
-            let constraints = if ck & (1 << bit) == 0 {
-                self.rules.info(global as usize).map(|r| Constraints {
-                    max_session_secs: r.max_session_secs,
-                    ..Constraints::default()
-                })
-            } else {
-                self.residual(global, flow, live)
-            };
+            let constraints = self.matched(global, ck & (1 << bit) != 0, flow, live);
             if let Some(constraints) = constraints {
                 if best.allow.is_none_or(|(g, _)| global < g) {
                     best.allow = Some((global, constraints));
@@ -579,14 +572,7 @@ impl DecisionTable {
             let Some(&global) = locals.get(base + bit as usize) else {
                 continue;
             };
-            let constraints = if ck & (1 << bit) == 0 {
-                self.rules.info(global as usize).map(|r| Constraints {
-                    max_session_secs: r.max_session_secs,
-                    ..Constraints::default()
-                })
-            } else {
-                self.residual(global, flow, live)
-            };
+            let constraints = self.matched(global, ck & (1 << bit) != 0, flow, live);
             if let Some(constraints) = constraints {
                 *allow_found = true;
                 if best.allow.is_none_or(|(g, _)| global < g) {
@@ -596,6 +582,26 @@ impl DecisionTable {
             }
         }
         false
+    }
+
+    /// Whether a rule the bitsets matched holds, and its constraints if so: rules with no
+    /// residual condition (`has_residual` false) hold with only their max session.
+    #[inline(always)]
+    fn matched(
+        &self,
+        global: u32,
+        has_residual: bool,
+        flow: &FlowFacts<'_>,
+        live: &LiveFacts,
+    ) -> Option<Constraints> {
+        if has_residual {
+            self.residual(global, flow, live)
+        } else {
+            self.rules.info(global as usize).map(|r| Constraints {
+                max_session_secs: r.max_session_secs,
+                ..Constraints::default()
+            })
+        }
     }
 
     /// Check the rule's conditions that bitsets cannot express; on success, the
