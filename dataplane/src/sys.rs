@@ -430,6 +430,33 @@ impl BufPool {
         Ok(unsafe { std::slice::from_raw_parts(self.buf_addr(buf.0).cast_const(), len) })
     }
 
+    /// The first `len` bytes of `buf`, writable: TLS decrypts records in place where
+    /// they were received. The same states as [`BufPool::bytes`] are required.
+    pub fn bytes_mut(&mut self, buf: BufId, len: usize) -> Result<&mut [u8], BufError> {
+        match self.state.get(usize::from(buf.0)) {
+            Some(BufState::Held) if len <= BUF_SIZE => {}
+            Some(s) => {
+                return Err(BufError {
+                    bid: buf.0,
+                    op: "write",
+                    state: BufPool::state_name(*s),
+                })
+            }
+            None => {
+                return Err(BufError {
+                    bid: buf.0,
+                    op: "write",
+                    state: "out of range",
+                })
+            }
+        }
+        // SAFETY: as in `bytes`: `buf` is `Held`, so neither the kernel (the recv that
+        // filled it has completed) nor a send SQE touches it, and `len <= BUF_SIZE` keeps
+        // the slice inside this buffer of the `bufs` mapping. The exclusive borrow of
+        // `self` makes this the only reference to the buffer until it ends.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.buf_addr(buf.0), len) })
+    }
+
     /// Buffers held by flows or being sent.
     pub fn in_use(&self) -> usize {
         usize::from(self.size)

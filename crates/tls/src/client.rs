@@ -83,6 +83,8 @@ impl ClientTls {
         // Reconnects to the same upstream resume (an in-memory cache shared by the
         // workers; rustls locks it per lookup, once per upstream connect).
         config.resumption = Resumption::in_memory_sessions(256);
+        // The record layer after the handshake is ours (`record.rs`).
+        config.enable_secret_extraction = true;
         Ok(ClientTls {
             config: Arc::new(config),
             server_name,
@@ -97,10 +99,12 @@ impl ClientTls {
 
     /// A new client session for one upstream connection.
     pub fn connect(&self) -> Result<TlsSession, RejectReason> {
-        let conn =
-            rustls::ClientConnection::new(Arc::clone(&self.config), self.server_name.clone())
-                .map_err(|e| RejectReason::from_rustls(&e))?;
-        Ok(TlsSession::client(conn))
+        let conn = rustls::client::UnbufferedClientConnection::new(
+            Arc::clone(&self.config),
+            self.server_name.clone(),
+        )
+        .map_err(|e| RejectReason::from_rustls(&e))?;
+        TlsSession::client(conn)
     }
 }
 

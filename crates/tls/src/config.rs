@@ -101,8 +101,24 @@ struct SniResolver {
     by_name: HashMap<String, Arc<CertifiedKey>>,
 }
 
+thread_local! {
+    /// The SNI of the last ClientHello the resolver saw on this thread (outer `None`:
+    /// none seen since the last take). rustls' unbuffered server connection does not
+    /// expose the SNI, but it calls the resolver synchronously, on the calling thread,
+    /// inside `process_tls_records` for every ClientHello (resumed ones too), so the
+    /// session takes it right after each call (see `session.rs`).
+    static SNI_SEEN: std::cell::RefCell<Option<Option<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The SNI recorded since the last call, if a ClientHello was resolved.
+pub(crate) fn take_sni_seen() -> Option<Option<String>> {
+    SNI_SEEN.with(|s| s.borrow_mut().take())
+}
+
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let sni = hello.server_name().map(str::to_ascii_lowercase);
+        SNI_SEEN.with(|s| *s.borrow_mut() = Some(sni));
         let by_sni = hello
             .server_name()
             .and_then(|n| self.by_name.get(&n.to_ascii_lowercase()));
@@ -602,6 +618,9 @@ impl ServerTlsBuilder<Ready> {
         // setting; every current client sends EMS, so refuse the ones that do not. No
         // effect on TLS 1.3.
         config.require_ems = true;
+        // The record layer after the handshake is ours (`record.rs`): rustls hands over
+        // the traffic secrets.
+        config.enable_secret_extraction = true;
         if s.resumption {
             config.session_storage = Arc::new(NoServerSessionStorage {});
             config.ticketer =

@@ -64,6 +64,10 @@ pub enum TlsConfigError {
 pub enum Alert {
     /// 10
     UnexpectedMessage,
+    /// 20
+    BadRecordMac,
+    /// 22
+    RecordOverflow,
     /// 40
     HandshakeFailure,
     /// 42
@@ -86,6 +90,10 @@ pub enum Alert {
     DecryptError,
     /// 70
     ProtocolVersion,
+    /// 80
+    InternalError,
+    /// 100
+    NoRenegotiation,
     /// 116
     CertificateRequired,
     /// 120
@@ -99,6 +107,8 @@ impl Alert {
     pub fn code(self) -> Option<u8> {
         Some(match self {
             Alert::UnexpectedMessage => 10,
+            Alert::BadRecordMac => 20,
+            Alert::RecordOverflow => 22,
             Alert::HandshakeFailure => 40,
             Alert::BadCertificate => 42,
             Alert::UnsupportedCertificate => 43,
@@ -110,6 +120,8 @@ impl Alert {
             Alert::DecodeError => 50,
             Alert::DecryptError => 51,
             Alert::ProtocolVersion => 70,
+            Alert::InternalError => 80,
+            Alert::NoRenegotiation => 100,
             Alert::CertificateRequired => 116,
             Alert::NoApplicationProtocol => 120,
             Alert::None => return None,
@@ -235,13 +247,22 @@ pub enum RejectReason {
     /// The peer closed the connection before the handshake finished.
     #[error("peer closed during handshake")]
     PeerClosed,
+    /// A record after the handshake was refused (forged or corrupted, too long, of a
+    /// type or content not allowed there).
+    #[error("bad record: {what}")]
+    BadRecord {
+        /// The alert sent for it.
+        alert: Alert,
+        /// What was wrong.
+        what: &'static str,
+    },
     /// Any other TLS failure.
     #[error("tls error: {0}")]
     Other(String),
 }
 
 /// Number of distinct [`RejectReason::label`] values (for per-reason counters).
-pub const REJECT_LABELS: usize = 24;
+pub const REJECT_LABELS: usize = 25;
 
 impl RejectReason {
     /// A short, stable label for metrics and audit (`expired`, `bad-spiffe-id`, ...).
@@ -284,6 +305,7 @@ impl RejectReason {
             RejectReason::HandshakeTimeout => 19,
             RejectReason::PeerClosed => 20,
             RejectReason::Other(_) => 21,
+            RejectReason::BadRecord { .. } => 24,
         }
     }
 
@@ -307,6 +329,7 @@ impl RejectReason {
                 Alert::None
             }
             RejectReason::Other(_) => Alert::HandshakeFailure,
+            RejectReason::BadRecord { alert, .. } => *alert,
         }
     }
 
@@ -390,6 +413,7 @@ const REJECT_LABEL_NAMES: [&str; REJECT_LABELS] = [
     "other",
     "unknown-trust-domain",
     "bad-identity-field",
+    "bad-record",
 ];
 
 /// Wrap an [`SvidError`] so rustls carries it through the handshake.

@@ -33,6 +33,7 @@
 mod client;
 mod config;
 mod error;
+mod record;
 mod session;
 pub mod svid;
 
@@ -42,7 +43,8 @@ pub use config::{
     SpiffeVerifierSlot,
 };
 pub use error::{Alert, RejectReason, SvidError, TlsConfigError, REJECT_LABELS};
-pub use session::{TlsSession, FORWARD_BATCH, SEND_BUFFER_LIMIT};
+pub use record::{Opened, MAX_OVERHEAD, MAX_PLAINTEXT, MAX_RECORD};
+pub use session::{Sealed, TlsSession};
 pub use svid::{DnsRefs, PeerIdentityOwned};
 
 #[cfg(test)]

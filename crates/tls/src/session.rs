@@ -1,45 +1,84 @@
-//! The record driver: one TLS session (server side toward a client, or client side
+//! The session driver: one TLS session (server side toward a client, or client side
 //! toward an upstream), driven with byte slices.
 //!
-//! The caller owns the sockets and the buffers: it hands in ciphertext it received
-//! ([`TlsSession::feed`]), takes out plaintext ([`TlsSession::take_plaintext`]), hands in
-//! plaintext to send ([`TlsSession::encrypt`]) and takes out ciphertext to send
-//! ([`TlsSession::write_ciphertext`]). Nothing here blocks, reads a clock or does IO.
+//! The caller owns the sockets and the buffers. It hands in received ciphertext with a
+//! buffer for the plaintext ([`TlsSession::read`]; records are decrypted in place in
+//! the input, so it is `&mut`), and plaintext to send with a buffer for the ciphertext
+//! ([`TlsSession::write`], which first writes whatever the session queued itself:
+//! handshake flights, alerts, close_notify, a KeyUpdate). Nothing here blocks, reads a
+//! clock or does IO.
 //!
-//! Built on rustls' buffered `ServerConnection` (`read_tls` / `process_new_packets` /
-//! `write_tls`) over caller slices. Each direction costs one copy into or out of rustls'
-//! own buffers; the 0.23 unbuffered API would avoid the ciphertext copy (decrypt in
-//! place) and is the next step once measured (see `docs/tls.md`).
+//! Two engines, one after the other:
+//! - the handshake runs in rustls' unbuffered API ([`rustls::server::UnbufferedServerConnection`]);
+//!   its input collects in a small buffer that lives only as long as the handshake;
+//! - once it completes (and everything rustls wanted to send is out), rustls hands over
+//!   the traffic secrets and the session continues on zgate's own record layer
+//!   ([`crate::record`]): no copy into or out of rustls, no receive buffer kept while idle.
 
-use std::io::{Read, Write};
+use std::ops::DerefMut;
+use std::sync::Arc;
 
-use crate::config::ServerTls;
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, UnbufferedConnectionCommon, UnbufferedStatus,
+};
+
+use crate::config::{take_sni_seen, ServerTls};
 use crate::error::RejectReason;
+use crate::record::{Kernel, Opened, RecordLayer};
 use crate::svid::{identity_of, PeerIdentityOwned};
 
-/// Most ciphertext rustls may queue for sending before [`TlsSession::encrypt`] takes no
-/// more: bounds memory per flow and propagates backpressure to the upstream reader.
-pub const SEND_BUFFER_LIMIT: usize = 32 * 1024;
+/// Most handshake input a session collects before it refuses the peer (a ClientHello
+/// and a client certificate chain are a few KiB; this bounds a peer that sends junk
+/// that looks like a handshake in progress).
+const MAX_HANDSHAKE_INPUT: usize = 128 * 1024;
 
-/// Most plaintext [`TlsSession::forward_plaintext`] moves per call.
-pub const FORWARD_BATCH: usize = 16 * 1024;
+/// What [`TlsSession::write`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    /// Plaintext bytes taken.
+    pub taken: usize,
+    /// Ciphertext bytes written to the output.
+    pub written: usize,
+}
+
+enum Engine {
+    Server(Box<UnbufferedServerConnection>),
+    Client(Box<UnbufferedClientConnection>),
+    Records(Box<RecordLayer>),
+    /// Failed during the handshake; nothing more happens.
+    Gone,
+}
 
 /// One TLS session.
 pub struct TlsSession {
-    conn: rustls::Connection,
-    device_prefix: Option<std::sync::Arc<str>>,
+    engine: Engine,
+    device_prefix: Option<Arc<str>>,
     identity: Option<PeerIdentityOwned>,
-    sni: Option<String>,
-    established: bool,
-    plaintext_pending: usize,
-    peer_closed: bool,
+    sni: Option<Box<str>>,
+    alpn: Option<Box<str>>,
+    resumed: bool,
+    /// Ciphertext the session queued itself, sent before any record [`TlsSession::write`]
+    /// seals: handshake flights, alerts, close_notify, a KeyUpdate.
+    tx: Vec<u8>,
+    tx_sent: usize,
+    /// Handshake input rustls has not consumed; after the handshake, records that came
+    /// with its last flight, opened by the record layer before new input.
+    hs_in: Vec<u8>,
+    /// Application data rustls itself decrypted at the end of the handshake.
+    early: Vec<u8>,
+    early_sent: usize,
+    /// The peer sent close_notify before the handshake ended.
+    closed_early: bool,
+    close_notify_sent: bool,
     failed: Option<RejectReason>,
 }
 
 impl std::fmt::Debug for TlsSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsSession")
-            .field("established", &self.established)
+            .field("established", &self.is_established())
             .field("identity", &self.identity)
             .field("failed", &self.failed)
             .finish_non_exhaustive()
@@ -49,70 +88,183 @@ impl std::fmt::Debug for TlsSession {
 impl ServerTls {
     /// A new session for one accepted connection.
     pub fn accept(&self) -> Result<TlsSession, RejectReason> {
-        let mut conn = rustls::ServerConnection::new(std::sync::Arc::clone(&self.config))
+        let conn = UnbufferedServerConnection::new(Arc::clone(&self.config))
             .map_err(|e| RejectReason::from_rustls(&e))?;
-        conn.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
         Ok(TlsSession::new(
-            rustls::Connection::Server(conn),
+            Engine::Server(Box::new(conn)),
             self.device_prefix.clone(),
         ))
     }
 }
 
+/// One step of rustls' unbuffered state machine, for either side.
+trait Step: DerefMut<Target = UnbufferedConnectionCommon<Self::Data>> {
+    type Data;
+    fn step<'c, 'i>(&'c mut self, input: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+}
+
+impl Step for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn step<'c, 'i>(&'c mut self, input: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(input)
+    }
+}
+
+impl Step for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn step<'c, 'i>(&'c mut self, input: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(input)
+    }
+}
+
+/// Where the handshake stopped.
+enum Stop {
+    /// It needs more input.
+    NeedInput,
+    /// It is complete and nothing waits to be sent: the record layer can take over.
+    Done,
+}
+
+/// Drive rustls until it needs input or the handshake is complete. Output goes to
+/// `tx`, application data rustls decrypted itself to `early`. Once the handshake is
+/// complete no more input is shown to rustls, so what follows stays in `hs_in` for the
+/// record layer.
+fn drive<C: Step>(
+    conn: &mut C,
+    hs_in: &mut Vec<u8>,
+    tx: &mut Vec<u8>,
+    early: &mut Vec<u8>,
+    closed: &mut bool,
+) -> Result<Stop, rustls::Error> {
+    // Each turn either consumes input, produces output or changes state; a few dozen
+    // cover any handshake. The bound only guards against a state machine that spins.
+    for _ in 0..256 {
+        let handshaking = conn.is_handshaking();
+        let mut none: [u8; 0] = [];
+        let input: &mut [u8] = if handshaking { hs_in } else { &mut none };
+        let UnbufferedStatus { discard, state } = conn.step(input);
+        let turn = match state {
+            Err(e) => Err(e),
+            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                encode(tx, |out| enc.encode(out)).map(|()| None)
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                // Queued in `tx`, which the caller sends before anything else.
+                t.done();
+                Ok(None)
+            }
+            Ok(ConnectionState::BlockedHandshake) => Ok(Some(Stop::NeedInput)),
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                let mut res = Ok(None);
+                while let Some(rec) = r.next_record() {
+                    match rec {
+                        Ok(rec) => early.extend_from_slice(rec.payload),
+                        Err(e) => {
+                            res = Err(e);
+                            break;
+                        }
+                    }
+                }
+                res
+            }
+            Ok(ConnectionState::PeerClosed) => {
+                *closed = true;
+                Ok(None)
+            }
+            Ok(ConnectionState::WriteTraffic(_)) => Ok(Some(Stop::Done)),
+            Ok(ConnectionState::Closed) => Ok(Some(Stop::Done)),
+            // No 0-RTT is configured; anything else is a state this driver does not know.
+            Ok(_) => Err(rustls::Error::General("unexpected handshake state".into())),
+        };
+        if handshaking {
+            hs_in.drain(..discard.min(hs_in.len()));
+        }
+        match turn? {
+            Some(stop) => return Ok(stop),
+            None => continue,
+        }
+    }
+    Err(rustls::Error::General(
+        "handshake state machine did not settle".into(),
+    ))
+}
+
+/// After rustls failed: collect the alert it queued. While rustls has records queued,
+/// a step hands one out before it looks at any input, so the empty input is never
+/// read (rustls may still hold ranges into the old one, and reading it again would
+/// raise a second alert).
+fn collect_alert<C: Step>(conn: &mut C, tx: &mut Vec<u8>) {
+    for _ in 0..8 {
+        if !conn.wants_write() {
+            return;
+        }
+        let mut none: [u8; 0] = [];
+        let UnbufferedStatus { state, .. } = conn.step(&mut none);
+        match state {
+            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                if encode(tx, |out| enc.encode(out)).is_err() {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Append one encoded chunk to `tx`, growing it to the size rustls asks for.
+fn encode(
+    tx: &mut Vec<u8>,
+    mut enc: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<(), rustls::Error> {
+    let at = tx.len();
+    let mut room = 1024;
+    for _ in 0..2 {
+        tx.resize(at + room, 0);
+        match enc(tx.get_mut(at..).unwrap_or_default()) {
+            Ok(n) => {
+                tx.truncate(at + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(s)) => room = s.required_size,
+            Err(e) => {
+                tx.truncate(at);
+                return Err(rustls::Error::General(e.to_string()));
+            }
+        }
+    }
+    tx.truncate(at);
+    Err(rustls::Error::General(
+        "handshake record did not fit".into(),
+    ))
+}
+
 impl TlsSession {
-    fn new(conn: rustls::Connection, device_prefix: Option<std::sync::Arc<str>>) -> TlsSession {
+    fn new(engine: Engine, device_prefix: Option<Arc<str>>) -> TlsSession {
         TlsSession {
-            conn,
+            engine,
             device_prefix,
             identity: None,
             sni: None,
-            established: false,
-            plaintext_pending: 0,
-            peer_closed: false,
+            alpn: None,
+            resumed: false,
+            tx: Vec::new(),
+            tx_sent: 0,
+            hs_in: Vec::new(),
+            early: Vec::new(),
+            early_sent: 0,
+            closed_early: false,
+            close_notify_sent: false,
             failed: None,
         }
     }
 
     /// A client-side session (upstream TLS): the peer's certificate is verified by
     /// rustls against the CA and name; no SPIFFE identity is derived from it.
-    pub(crate) fn client(mut conn: rustls::ClientConnection) -> TlsSession {
-        conn.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
-        TlsSession::new(rustls::Connection::Client(conn), None)
-    }
-
-    /// Feed received ciphertext; returns how many bytes were consumed. It stops early
-    /// (consuming less) while decrypted plaintext waits to be taken, or once the peer
-    /// sent close_notify: take the plaintext and feed the rest again.
-    ///
-    /// Errors: the handshake or a record failed. The session then holds the alert to
-    /// send (flush it with [`TlsSession::write_ciphertext`]) and accepts nothing more.
-    pub fn feed(&mut self, input: &[u8]) -> Result<usize, RejectReason> {
-        if let Some(f) = &self.failed {
-            return Err(f.clone());
-        }
-        let mut used = 0;
-        while self.plaintext_pending == 0 && !self.peer_closed {
-            let Some(mut rest) = input.get(used..).filter(|r| !r.is_empty()) else {
-                break;
-            };
-            // An error here means rustls' input buffer is full: stop and let the caller
-            // drain plaintext first.
-            let n = match self.conn.read_tls(&mut rest) {
-                Ok(n) if n > 0 => n,
-                _ => break,
-            };
-            used += n;
-            let state = match self.conn.process_new_packets() {
-                Ok(s) => s,
-                Err(e) => return Err(self.fail(RejectReason::from_rustls(&e))),
-            };
-            self.plaintext_pending = state.plaintext_bytes_to_read();
-            self.peer_closed = state.peer_has_closed();
-            if !self.established && !self.conn.is_handshaking() {
-                self.on_established()?;
-            }
-        }
-        Ok(used)
+    pub(crate) fn client(conn: UnbufferedClientConnection) -> Result<TlsSession, RejectReason> {
+        let mut s = TlsSession::new(Engine::Client(Box::new(conn)), None);
+        // The client speaks first: the ClientHello is queued now.
+        s.handshake()?;
+        Ok(s)
     }
 
     fn fail(&mut self, r: RejectReason) -> RejectReason {
@@ -120,115 +272,274 @@ impl TlsSession {
         r
     }
 
-    fn on_established(&mut self) -> Result<(), RejectReason> {
-        self.established = true;
-        let rustls::Connection::Server(server) = &self.conn else {
-            // Client side: rustls verified the upstream by CA and name; nothing to derive.
-            return Ok(());
-        };
-        self.sni = server.server_name().map(str::to_ascii_lowercase);
-        // The verifier accepted this chain during this handshake (or during the one a
-        // resumed session came from); derive the identity from the same leaf.
-        let leaf = self.conn.peer_certificates().and_then(|c| c.first());
-        if let Some(leaf) = leaf {
-            match identity_of(leaf.as_ref(), self.device_prefix.as_deref()) {
-                Ok(id) => self.identity = Some(id),
-                Err(e) => {
-                    // The handshake is over, so no alert can carry the reason: end the
-                    // session cleanly rather than with a bare close (review L2).
-                    self.conn.send_close_notify();
-                    return Err(self.fail(RejectReason::Svid(e)));
+    /// Run the handshake as far as the input allows; at its end, take over the records.
+    fn handshake(&mut self) -> Result<(), RejectReason> {
+        let stop = match &mut self.engine {
+            Engine::Server(c) => {
+                let _stale = take_sni_seen();
+                let r = drive(
+                    &mut **c,
+                    &mut self.hs_in,
+                    &mut self.tx,
+                    &mut self.early,
+                    &mut self.closed_early,
+                );
+                // The SNI the certificate resolver saw while rustls read the ClientHello.
+                if let Some(sni) = take_sni_seen() {
+                    self.sni = sni.map(String::into_boxed_str);
                 }
+                if r.is_err() {
+                    collect_alert(&mut **c, &mut self.tx);
+                }
+                r
             }
+            Engine::Client(c) => {
+                let r = drive(
+                    &mut **c,
+                    &mut self.hs_in,
+                    &mut self.tx,
+                    &mut self.early,
+                    &mut self.closed_early,
+                );
+                if r.is_err() {
+                    collect_alert(&mut **c, &mut self.tx);
+                }
+                r
+            }
+            Engine::Records(_) | Engine::Gone => return Ok(()),
+        };
+        match stop {
+            Err(e) => {
+                self.engine = Engine::Gone;
+                Err(self.fail(RejectReason::from_rustls(&e)))
+            }
+            Ok(Stop::NeedInput) => Ok(()),
+            Ok(Stop::Done) => self.established(),
+        }
+    }
+
+    /// The handshake is complete: note what the decision needs, derive the identity,
+    /// hand the records over to [`RecordLayer`].
+    fn established(&mut self) -> Result<(), RejectReason> {
+        let engine = std::mem::replace(&mut self.engine, Engine::Gone);
+        let converted = match engine {
+            Engine::Server(c) => {
+                self.note(&c);
+                // The verifier accepted this chain during this handshake (or during the
+                // one a resumed session came from); derive the identity from the same leaf.
+                let leaf = c.peer_certificates().and_then(|certs| certs.first());
+                let id = leaf.map(|l| identity_of(l.as_ref(), self.device_prefix.as_deref()));
+                let converted = c
+                    .dangerous_into_kernel_connection()
+                    .map(|(s, k)| (s, Kernel::Server(k)));
+                if let Some(id) = id {
+                    match id {
+                        Ok(id) => self.identity = Some(id),
+                        Err(e) => {
+                            // The handshake is over, so no alert can carry the reason:
+                            // end the session cleanly rather than with a bare close
+                            // (review L2).
+                            if let Ok((s, k)) = converted {
+                                if let Ok(mut records) = RecordLayer::new(s, k) {
+                                    let _ = records.seal_alert(0, &mut self.tx);
+                                    self.close_notify_sent = true;
+                                }
+                            }
+                            return Err(self.fail(RejectReason::Svid(e)));
+                        }
+                    }
+                }
+                converted
+            }
+            Engine::Client(c) => {
+                self.note(&c);
+                c.dangerous_into_kernel_connection()
+                    .map(|(s, k)| (s, Kernel::Client(k)))
+            }
+            other => {
+                self.engine = other;
+                return Ok(());
+            }
+        };
+        let (secrets, kernel) = converted.map_err(|e| self.fail(RejectReason::from_rustls(&e)))?;
+        let records = RecordLayer::new(secrets, kernel).map_err(|e| self.fail(e))?;
+        self.engine = Engine::Records(Box::new(records));
+        if self.hs_in.is_empty() {
+            self.hs_in = Vec::new();
         }
         Ok(())
     }
 
+    fn note<D>(&mut self, c: &UnbufferedConnectionCommon<D>) {
+        self.alpn = c
+            .alpn_protocol()
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .map(Box::from);
+        self.resumed = matches!(c.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    }
+
+    /// Feed received ciphertext (decrypted in place, hence `&mut`); plaintext goes to
+    /// `plain`. Returns how much input was used and how much plaintext written. Input
+    /// is used up except when `plain` has no room for the next record (send some, call
+    /// again with the rest) or after a failure.
+    ///
+    /// Errors: the handshake or a record failed. The session then holds the alert to
+    /// send (flush it with [`TlsSession::write_ciphertext`]) and accepts nothing more.
+    pub fn read(&mut self, input: &mut [u8], plain: &mut [u8]) -> Result<Opened, RejectReason> {
+        if let Some(f) = &self.failed {
+            return Err(f.clone());
+        }
+        let mut done = Opened::default();
+        if !matches!(self.engine, Engine::Records(_)) {
+            if self.hs_in.len() + input.len() > MAX_HANDSHAKE_INPUT {
+                self.engine = Engine::Gone;
+                return Err(self.fail(RejectReason::Malformed));
+            }
+            self.hs_in.extend_from_slice(input);
+            done.consumed = input.len();
+            self.handshake()?;
+            if !matches!(self.engine, Engine::Records(_)) {
+                return Ok(done);
+            }
+        }
+        // Application data rustls decrypted at the end of the handshake.
+        if self.early_sent < self.early.len() {
+            let src = self.early.get(self.early_sent..).unwrap_or_default();
+            let n = src.len().min(plain.len());
+            if let (Some(d), Some(s)) = (plain.get_mut(..n), src.get(..n)) {
+                d.copy_from_slice(s);
+            }
+            self.early_sent += n;
+            done.produced += n;
+            if self.early_sent < self.early.len() {
+                return Ok(done);
+            }
+            self.early = Vec::new();
+            self.early_sent = 0;
+        }
+        let Engine::Records(rec) = &mut self.engine else {
+            return Ok(done);
+        };
+        // Records that arrived with the handshake's last flight, then the new input.
+        if !self.hs_in.is_empty() {
+            let out = plain.get_mut(done.produced..).unwrap_or_default();
+            let r = rec.open(&mut self.hs_in, out, &mut self.tx);
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => return Err(self.fail_records(e)),
+            };
+            done.produced += r.produced;
+            self.hs_in.drain(..r.consumed.min(self.hs_in.len()));
+            if !self.hs_in.is_empty() {
+                return Ok(done);
+            }
+            self.hs_in = Vec::new();
+        }
+        let Engine::Records(rec) = &mut self.engine else {
+            return Ok(done);
+        };
+        if done.consumed < input.len() {
+            let inp = input.get_mut(done.consumed..).unwrap_or_default();
+            let out = plain.get_mut(done.produced..).unwrap_or_default();
+            match rec.open(inp, out, &mut self.tx) {
+                Ok(r) => {
+                    done.consumed += r.consumed;
+                    done.produced += r.produced;
+                }
+                Err(e) => return Err(self.fail_records(e)),
+            }
+        }
+        Ok(done)
+    }
+
+    /// A record failed after the handshake: queue the alert (encrypted, as every record
+    /// is now), fail.
+    fn fail_records(&mut self, e: RejectReason) -> RejectReason {
+        if let (Engine::Records(rec), Some(code)) = (&mut self.engine, e.alert().code()) {
+            let _ = rec.seal_alert(code, &mut self.tx);
+        }
+        self.fail(e)
+    }
+
+    /// Write queued ciphertext, then seal `plaintext` into `out` (as much as fits).
+    /// Nothing is sealed before the handshake completes, after close_notify, or after a
+    /// failure; the queued ciphertext (an alert, close_notify) is still written.
+    pub fn write(&mut self, plaintext: &[u8], out: &mut [u8]) -> Sealed {
+        let mut done = Sealed::default();
+        let queued = self.tx.get(self.tx_sent..).unwrap_or_default();
+        let n = queued.len().min(out.len());
+        if let (Some(d), Some(s)) = (out.get_mut(..n), queued.get(..n)) {
+            d.copy_from_slice(s);
+        }
+        self.tx_sent += n;
+        done.written = n;
+        if self.tx_sent < self.tx.len() {
+            return done;
+        }
+        // All out: drop the queue's memory, it is rarely needed again.
+        self.tx = Vec::new();
+        self.tx_sent = 0;
+        if plaintext.is_empty() || self.failed.is_some() || self.close_notify_sent {
+            return done;
+        }
+        let Engine::Records(rec) = &mut self.engine else {
+            return done;
+        };
+        match rec.seal(plaintext, out.get_mut(done.written..).unwrap_or_default()) {
+            Ok((taken, written)) => {
+                done.taken = taken;
+                done.written += written;
+            }
+            Err(e) => {
+                let _ = self.fail_records(e);
+            }
+        }
+        done
+    }
+
+    /// Move up to `out.len()` bytes of queued ciphertext (handshake, alerts,
+    /// close_notify) into `out`; returns how many.
+    pub fn write_ciphertext(&mut self, out: &mut [u8]) -> usize {
+        self.write(&[], out).written
+    }
+
     /// Whether the handshake has completed (and the identity, if any, is known).
     pub fn is_established(&self) -> bool {
-        self.established
+        matches!(self.engine, Engine::Records(_)) && self.failed.is_none()
     }
 
-    /// Whether decrypted plaintext waits to be taken.
-    pub fn has_plaintext(&self) -> bool {
-        self.plaintext_pending > 0
+    /// Whether the session holds received input it has not delivered as plaintext yet
+    /// (it needed room in `plain`): call [`TlsSession::read`] again before reading more
+    /// from the socket.
+    pub fn holds_input(&self) -> bool {
+        self.is_established() && (self.early_sent < self.early.len() || !self.hs_in.is_empty())
     }
 
-    /// Move up to `out.len()` bytes of decrypted plaintext into `out`; returns how many.
-    pub fn take_plaintext(&mut self, out: &mut [u8]) -> usize {
-        if self.plaintext_pending == 0 || out.is_empty() {
-            return 0;
-        }
-        match self.conn.reader().read(out) {
-            Ok(n) => {
-                self.plaintext_pending = self.plaintext_pending.saturating_sub(n);
-                n
-            }
-            Err(_) => {
-                self.plaintext_pending = 0;
-                0
-            }
-        }
-    }
-
-    /// Whether the peer sent close_notify (and all plaintext before it was taken).
+    /// Whether the peer sent close_notify and everything before it was delivered.
     pub fn peer_closed(&self) -> bool {
-        self.peer_closed && self.plaintext_pending == 0
+        let closed = match &self.engine {
+            Engine::Records(r) => r.peer_closed() || self.closed_early,
+            _ => self.closed_early,
+        };
+        closed && !self.holds_input()
     }
 
-    /// Whether ciphertext (handshake messages, records, alerts) waits to be sent.
+    /// Whether ciphertext (handshake messages, alerts, close_notify) waits to be sent.
     pub fn wants_write(&self) -> bool {
-        self.conn.wants_write()
+        self.tx_sent < self.tx.len()
     }
 
-    /// Move up to `out.len()` bytes of ciphertext to send into `out`; returns how many.
-    pub fn write_ciphertext(&mut self, out: &mut [u8]) -> usize {
-        let mut w: &mut [u8] = out;
-        self.conn.write_tls(&mut w).unwrap_or(0)
-    }
-
-    /// Encrypt `plaintext` for the peer; returns how much was taken (less than all when
-    /// [`SEND_BUFFER_LIMIT`] of ciphertext is already queued: send some first).
-    /// Nothing is taken before the handshake completes or after a failure.
-    pub fn encrypt(&mut self, plaintext: &[u8]) -> usize {
-        if !self.established || self.failed.is_some() {
-            return 0;
+    /// Queue close_notify (flush it with [`TlsSession::write_ciphertext`]). Only an
+    /// established session sends it; nothing can be sealed after it.
+    pub fn close_notify(&mut self) {
+        if self.close_notify_sent {
+            return;
         }
-        self.conn.writer().write(plaintext).unwrap_or(0)
-    }
-
-    /// Move decrypted plaintext from this session into `to` for encryption: up to
-    /// [`FORWARD_BATCH`] bytes, and only when `to` has no ciphertext left to send
-    /// (backpressure: the caller flushes `to`, then calls again). Returns the bytes moved.
-    pub fn forward_plaintext(&mut self, to: &mut TlsSession) -> usize {
-        if to.conn.wants_write() || !to.established || to.failed.is_some() {
-            return 0;
-        }
-        let mut moved = 0;
-        let mut chunk = [0u8; 4096];
-        while self.plaintext_pending > 0 && moved < FORWARD_BATCH {
-            let n = self.take_plaintext(&mut chunk);
-            let Some(bytes) = chunk.get(..n).filter(|b| !b.is_empty()) else {
-                break;
-            };
-            // `to` started empty and takes at most FORWARD_BATCH (plus record overhead),
-            // below SEND_BUFFER_LIMIT: the write takes every byte.
-            let taken = to.conn.writer().write(bytes).unwrap_or(0);
-            moved += taken;
-            if taken < n {
-                // Cannot happen by the bound above; fail closed rather than drop bytes.
-                to.failed = Some(RejectReason::Other(
-                    "plaintext could not be forwarded".into(),
-                ));
-                break;
+        if let Engine::Records(rec) = &mut self.engine {
+            if rec.seal_alert(0, &mut self.tx).is_ok() {
+                self.close_notify_sent = true;
             }
         }
-        moved
-    }
-
-    /// Queue close_notify (flush it with [`TlsSession::write_ciphertext`]).
-    pub fn close_notify(&mut self) {
-        self.conn.send_close_notify();
     }
 
     /// The verified peer identity, once established (`None` without a client
@@ -244,21 +555,25 @@ impl TlsSession {
 
     /// The negotiated ALPN protocol, if any and if UTF-8.
     pub fn alpn(&self) -> Option<&str> {
-        self.conn
-            .alpn_protocol()
-            .and_then(|p| std::str::from_utf8(p).ok())
+        self.alpn.as_deref()
     }
 
     /// Whether the session was resumed (no certificate verification ran this time).
     pub fn is_resumed(&self) -> bool {
-        matches!(
-            self.conn.handshake_kind(),
-            Some(rustls::HandshakeKind::Resumed)
-        )
+        self.resumed
     }
 
     /// Why the session failed, if it did.
     pub fn failure(&self) -> Option<&RejectReason> {
         self.failed.as_ref()
+    }
+
+    /// Test hook: the record layer (after the handshake).
+    #[cfg(test)]
+    pub(crate) fn records_mut(&mut self) -> Option<&mut RecordLayer> {
+        match &mut self.engine {
+            Engine::Records(r) => Some(r),
+            _ => None,
+        }
     }
 }

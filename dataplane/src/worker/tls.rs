@@ -34,11 +34,11 @@ use std::time::Instant;
 
 use zgate_table::facts::UnixSeconds;
 use zgate_telemetry::{bounded, AuditKind};
-use zgate_tls::{ClientTls, RejectReason, ServerTls, TlsSession};
+use zgate_tls::{ClientTls, RejectReason, ServerTls, TlsSession, MAX_PLAINTEXT, MAX_RECORD};
 
 use crate::config::{ListenerConfig, POSTGRES_ALPN};
 use crate::postgres::{Preamble, PreambleReader, Refusal};
-use crate::sys::{self, BufId, ConnMem, Lent, BUF_SIZE};
+use crate::sys::{self, BufId, ConnMem, Lent};
 use crate::worker::conn::{CloseKind, Ctx, State, OUT_POOL_MAX};
 use crate::worker::token::Op;
 
@@ -118,6 +118,11 @@ struct PgPreamble {
     direct: bool,
 }
 
+/// Size of a TLS output buffer: two full records, so a record received whole always
+/// fits (decrypt direction, [`MAX_RECORD`]) and a ring buffer's worth of plaintext
+/// seals in one go (encrypt direction).
+pub const OUT_SIZE: usize = 32 * 1024 + 2 * zgate_tls::MAX_OVERHEAD;
+
 /// Client side (0) and upstream side (1).
 const CLIENT: usize = 0;
 const UPSTREAM: usize = 1;
@@ -155,6 +160,8 @@ pub struct TlsConn {
     /// it is sent on: 0 = upstream, 1 = client (matches `Op::Send(dir)`).
     out: [Option<Out>; 2],
     close_notify_sent: bool,
+    /// With upstream TLS: plaintext between the two sessions.
+    bridge: Option<Box<Bridge>>,
     /// `Some` on `protocol = "postgres"` listeners.
     pg: Option<Box<PgPreamble>>,
     /// Recv and send SQEs in flight.
@@ -206,6 +213,7 @@ impl TlsConn {
             input: [None, None],
             out: [None, None],
             close_notify_sent: false,
+            bridge: None,
             pg: postgres.then(Box::default),
             ops: 0,
             cancels: 0,
@@ -340,7 +348,13 @@ impl TlsConn {
     ) {
         if let Some(tls) = upstream_tls {
             match tls.connect() {
-                Ok(s) => self.up = Some(Box::new(s)),
+                Ok(s) => {
+                    self.up = Some(Box::new(s));
+                    self.bridge = Some(Box::new(Bridge {
+                        to_upstream: Plain::new(),
+                        to_client: Plain::new(),
+                    }));
+                }
                 Err(r) => {
                     self.upstream_fail(&r, ctx);
                     return;
@@ -580,31 +594,15 @@ impl TlsConn {
         ctx: &mut Ctx<'_>,
         fill: impl FnOnce(&mut TlsSession, Option<&mut TlsSession>, &mut [u8]) -> usize,
     ) -> bool {
-        if !self.out_free(to) {
-            return false;
-        }
-        let Some(slot) = self.out.get_mut(to) else {
-            return false;
-        };
-        let spare = &mut *ctx.out_pool;
-        let o = slot.get_or_insert_with(|| Out {
-            mem: spare
-                .pop()
-                .unwrap_or_else(|| Lent::new(vec![0u8; BUF_SIZE].into_boxed_slice())),
-            start: 0,
-            end: 0,
-            sending: false,
-        });
-        let Some(mem) = o.mem.get_mut() else {
+        let Some(mem) = free_out(&mut self.out, to, ctx.out_pool) else {
             return false;
         };
         let n = fill(&mut self.session, self.up.as_deref_mut(), mem);
-        o.start = 0;
-        o.end = u32::try_from(n).unwrap_or(0);
         if n == 0 {
             return false;
         }
-        self.send_out(to, ctx)
+        self.filled(to, n, ctx);
+        true
     }
 
     /// Move bytes as far as they can go, then re-arm what should be armed.
@@ -621,34 +619,13 @@ impl TlsConn {
                     return;
                 }
             }
-            // 1. client ciphertext → session (during the handshake and when open).
-            if matches!(
-                self.state,
-                TlsState::Handshaking | TlsState::Open | TlsState::Connecting
-            ) && !self.session.has_plaintext()
-            {
-                if let Some(i) = self.input.get(CLIENT).copied().flatten() {
-                    let fed = match ctx.ring.pool.bytes(i.buf, i.end as usize) {
-                        Ok(b) => self
-                            .session
-                            .feed(b.get(i.pos as usize..).unwrap_or_default()),
-                        Err(_) => Err(RejectReason::Other("buffer state".into())),
-                    };
-                    match fed {
-                        Ok(n) => {
-                            let pos = i.pos.saturating_add(u32::try_from(n).unwrap_or(0));
-                            progress |= n > 0;
-                            if pos >= i.end {
-                                give_back(i.buf, ctx);
-                                self.input[CLIENT] = None;
-                            } else {
-                                self.input[CLIENT] = Some(In { pos, ..i });
-                            }
-                        }
-                        Err(r) => {
-                            self.fail(&r, ctx);
-                            return;
-                        }
+            // 1. client ciphertext → session → plaintext toward the upstream.
+            if matches!(self.state, TlsState::Handshaking | TlsState::Open) {
+                match self.read_client(ctx) {
+                    Ok(moved) => progress |= moved,
+                    Err(r) => {
+                        self.fail(&r, ctx);
+                        return;
                     }
                 }
             }
@@ -662,58 +639,21 @@ impl TlsConn {
                     return;
                 }
             }
-            // 2. decrypted plaintext → upstream (re-encrypted first with upstream TLS).
-            if self.state == TlsState::Open && self.session.has_plaintext() {
-                match self.up.as_deref_mut() {
-                    Some(up) => progress |= self.session.forward_plaintext(up) > 0,
-                    None => progress |= self.produce(0, ctx, |s, _, b| s.take_plaintext(b)),
-                }
-            }
-            // 2b. upstream TLS: its ciphertext (handshake, records) → upstream.
-            if self.state == TlsState::Open && self.up.as_deref().is_some_and(|u| u.wants_write()) {
-                progress |=
-                    self.produce(0, ctx, |_, up, b| up.map_or(0, |u| u.write_ciphertext(b)));
-            }
-            // 3. upstream bytes → session (through the upstream TLS session if any).
             if self.state == TlsState::Open {
-                if let Some(i) = self.input.get(UPSTREAM).copied().flatten() {
-                    let bytes = match ctx.ring.pool.bytes(i.buf, i.end as usize) {
-                        Ok(b) => b.get(i.pos as usize..).unwrap_or_default(),
-                        Err(_) => &[],
-                    };
-                    let n = match self.up.as_deref_mut() {
-                        Some(up) => match up.feed(bytes) {
-                            Ok(n) => n,
-                            Err(r) => {
-                                give_back(i.buf, ctx);
-                                self.input[UPSTREAM] = None;
-                                self.upstream_fail(&r, ctx);
-                                return;
-                            }
-                        },
-                        None => self.session.encrypt(bytes),
-                    };
-                    let pos = i.pos.saturating_add(u32::try_from(n).unwrap_or(0));
-                    progress |= n > 0;
-                    if pos >= i.end {
-                        give_back(i.buf, ctx);
-                        self.input[UPSTREAM] = None;
-                    } else {
-                        self.input[UPSTREAM] = Some(In { pos, ..i });
+                // 2. upstream TLS: its handshake and the client's plaintext → upstream.
+                progress |= self.write_upstream_tls(ctx);
+                // 3. upstream bytes → (upstream TLS session →) plaintext for the client.
+                match self.read_upstream_tls(ctx) {
+                    Ok(moved) => progress |= moved,
+                    Err(r) => {
+                        self.upstream_fail(&r, ctx);
+                        return;
                     }
                 }
-                if let Some(up) = self.up.as_deref_mut() {
-                    if up.is_established() && !self.up_established_counted {
-                        self.up_established_counted = true;
-                        ctx.stats.upstream_tls_handshakes += 1;
-                    }
-                    progress |= up.forward_plaintext(&mut self.session) > 0;
-                }
             }
-            // 4. ciphertext → client (handshake, records, alerts, close_notify).
-            if self.session.wants_write() {
-                progress |= self.produce(1, ctx, |s, _, b| s.write_ciphertext(b));
-            }
+            // 4. ciphertext → client: what the session queued (handshake, alerts,
+            //    close_notify), then the upstream's plaintext sealed into records.
+            progress |= self.write_client(ctx);
             if self.state == TlsState::Closing {
                 return;
             }
@@ -724,6 +664,187 @@ impl TlsConn {
         self.ends(ctx);
         self.arm(ctx);
         self.release_idle_outputs(ctx);
+    }
+
+    /// Step 1: the client's ciphertext into the session. During the handshake it only
+    /// drives the handshake; once open, records are decrypted in place in the ring
+    /// buffer and their plaintext lands in the upstream output (or, with upstream TLS,
+    /// the bridge). Returns whether anything moved.
+    fn read_client(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, RejectReason> {
+        let input = self.input[CLIENT];
+        let open = self.state == TlsState::Open;
+        if input.is_none() && !(open && self.session.holds_input()) {
+            return Ok(false);
+        }
+        let mut none: [u8; 0] = [];
+        let bytes: &mut [u8] = match input {
+            Some(i) => ctx
+                .ring
+                .pool
+                .bytes_mut(i.buf, i.end as usize)
+                .map_err(|_| RejectReason::Other("buffer state".into()))?
+                .get_mut(i.pos as usize..)
+                .unwrap_or_default(),
+            None => &mut none,
+        };
+        let mut to_bridge = false;
+        let plain: &mut [u8] = if !open {
+            &mut []
+        } else if let Some(b) = self.bridge.as_deref_mut() {
+            to_bridge = true;
+            b.to_upstream.space()
+        } else {
+            match free_out(&mut self.out, 0, ctx.out_pool) {
+                Some(buf) => buf,
+                // The upstream has not taken the last batch yet.
+                None => return Ok(false),
+            }
+        };
+        let r = self.session.read(bytes, plain)?;
+        if let Some(i) = input {
+            self.consumed(CLIENT, i, r.consumed, ctx);
+        }
+        if r.produced > 0 {
+            if to_bridge {
+                if let Some(b) = self.bridge.as_deref_mut() {
+                    b.to_upstream.end += r.produced;
+                }
+            } else {
+                self.filled(0, r.produced, ctx);
+            }
+        }
+        Ok(r.consumed > 0 || r.produced > 0)
+    }
+
+    /// Step 2 (upstream TLS only): the upstream session's own records (handshake, a
+    /// KeyUpdate, close_notify), then the bridged client plaintext sealed for it.
+    fn write_upstream_tls(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let (Some(up), Some(b)) = (self.up.as_deref_mut(), self.bridge.as_deref_mut()) else {
+            return false;
+        };
+        if !up.wants_write() && (b.to_upstream.is_empty() || !up.is_established()) {
+            return false;
+        }
+        let Some(buf) = free_out(&mut self.out, 0, ctx.out_pool) else {
+            return false;
+        };
+        let w = up.write(b.to_upstream.data(), buf);
+        b.to_upstream.start += w.taken;
+        self.filled(0, w.written, ctx);
+        w.taken > 0 || w.written > 0
+    }
+
+    /// Step 3 (upstream TLS only): the upstream's ciphertext through its session into
+    /// the bridge.
+    fn read_upstream_tls(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, RejectReason> {
+        let (Some(up), Some(b)) = (self.up.as_deref_mut(), self.bridge.as_deref_mut()) else {
+            return Ok(false);
+        };
+        let input = self.input[UPSTREAM];
+        if input.is_none() && !up.holds_input() {
+            return Ok(false);
+        }
+        let mut none: [u8; 0] = [];
+        let bytes: &mut [u8] = match input {
+            Some(i) => ctx
+                .ring
+                .pool
+                .bytes_mut(i.buf, i.end as usize)
+                .map_err(|_| RejectReason::Other("buffer state".into()))?
+                .get_mut(i.pos as usize..)
+                .unwrap_or_default(),
+            None => &mut none,
+        };
+        let r = up.read(bytes, b.to_client.space());
+        let established = up.is_established();
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(i) = self.input[UPSTREAM].take() {
+                    give_back(i.buf, ctx);
+                }
+                return Err(e);
+            }
+        };
+        b.to_client.end += r.produced;
+        if let Some(i) = input {
+            self.consumed(UPSTREAM, i, r.consumed, ctx);
+        }
+        if established && !self.up_established_counted {
+            self.up_established_counted = true;
+            ctx.stats.upstream_tls_handshakes += 1;
+        }
+        Ok(r.consumed > 0 || r.produced > 0)
+    }
+
+    /// Step 4: the session's queued ciphertext, then plaintext from the upstream (the
+    /// ring buffer it arrived in, or the bridge) sealed straight into the client output.
+    fn write_client(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let open = self.state == TlsState::Open;
+        let plain_input = if open && self.bridge.is_none() {
+            self.input[UPSTREAM]
+        } else {
+            None
+        };
+        let bridged = open
+            && self
+                .bridge
+                .as_deref()
+                .is_some_and(|b| !b.to_client.is_empty());
+        if !self.session.wants_write() && plain_input.is_none() && !bridged {
+            return false;
+        }
+        let Some(buf) = free_out(&mut self.out, 1, ctx.out_pool) else {
+            return false;
+        };
+        let plaintext: &[u8] = if let Some(i) = plain_input {
+            match ctx.ring.pool.bytes(i.buf, i.end as usize) {
+                Ok(b) => b.get(i.pos as usize..).unwrap_or_default(),
+                Err(_) => &[],
+            }
+        } else if bridged {
+            self.bridge
+                .as_deref()
+                .map(|b| b.to_client.data())
+                .unwrap_or_default()
+        } else {
+            &[]
+        };
+        let w = self.session.write(plaintext, buf);
+        if let Some(i) = plain_input {
+            self.consumed(UPSTREAM, i, w.taken, ctx);
+        } else if let Some(b) = self.bridge.as_deref_mut() {
+            b.to_client.start += w.taken;
+        }
+        self.filled(1, w.written, ctx);
+        w.taken > 0 || w.written > 0
+    }
+
+    /// `n` bytes of input `side` were used: advance it, giving the buffer back once all
+    /// of it is.
+    fn consumed(&mut self, side: usize, i: In, n: usize, ctx: &mut Ctx<'_>) {
+        let pos = i.pos.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        let rest = if pos >= i.end {
+            give_back(i.buf, ctx);
+            None
+        } else {
+            Some(In { pos, ..i })
+        };
+        if let Some(slot) = self.input.get_mut(side) {
+            *slot = rest;
+        }
+    }
+
+    /// Output `to` was filled with `n` bytes from its start: send them.
+    fn filled(&mut self, to: usize, n: usize, ctx: &mut Ctx<'_>) {
+        if n == 0 {
+            return;
+        }
+        if let Some(o) = self.out.get_mut(to).and_then(Option::as_mut) {
+            o.start = 0;
+            o.end = u32::try_from(n).unwrap_or(0);
+        }
+        self.send_out(to, ctx);
     }
 
     /// Read the PostgreSQL request for TLS from the client input and answer it. Returns
@@ -827,7 +948,11 @@ impl TlsConn {
         let [c, u] = &self.sides;
         let client_done = (self.session.peer_closed() || c.eof)
             && self.input[CLIENT].is_none()
-            && !self.session.has_plaintext();
+            && !self.session.holds_input()
+            && self
+                .bridge
+                .as_deref()
+                .is_none_or(|b| b.to_upstream.is_empty());
         let shut_wr = u.shut_wr;
         if client_done && !shut_wr && self.out_free(0) {
             // With upstream TLS: close_notify to the upstream first, then the FIN.
@@ -851,7 +976,11 @@ impl TlsConn {
         let upstream_done = (self.sides[UPSTREAM].eof
             || self.up.as_deref().is_some_and(TlsSession::peer_closed))
             && self.input[UPSTREAM].is_none()
-            && self.up.as_deref().is_none_or(|u| !u.has_plaintext());
+            && self.up.as_deref().is_none_or(|u| !u.holds_input())
+            && self
+                .bridge
+                .as_deref()
+                .is_none_or(|b| b.to_client.is_empty());
         if upstream_done && !self.close_notify_sent {
             self.session.close_notify();
             self.close_notify_sent = true;
@@ -873,7 +1002,7 @@ impl TlsConn {
             self.state,
             TlsState::Preamble | TlsState::Handshaking | TlsState::Open
         ) && self.input[CLIENT].is_none()
-            && !self.session.has_plaintext()
+            && !self.session.holds_input()
             && !self.session.peer_closed()
             && !self.sides[CLIENT].eof;
         if client_ok {
@@ -885,7 +1014,7 @@ impl TlsConn {
             && self
                 .up
                 .as_ref()
-                .is_none_or(|u| !u.has_plaintext() && !u.peer_closed())
+                .is_none_or(|u| !u.holds_input() && !u.peer_closed())
             && !self.sides[UPSTREAM].eof;
         if upstream_ok {
             self.recv(UPSTREAM, ctx);
@@ -926,6 +1055,76 @@ impl TlsConn {
             }
         }
     }
+}
+
+/// Output `to`'s whole buffer when it has nothing left to send and is not lent to the
+/// kernel (taken from the worker's spare list, or made, when the direction had none);
+/// `None` while its last batch is still going out.
+fn free_out<'o>(
+    out: &'o mut [Option<Out>; 2],
+    to: usize,
+    spare: &mut Vec<Lent<[u8]>>,
+) -> Option<&'o mut [u8]> {
+    let slot = out.get_mut(to)?;
+    if slot.as_ref().is_some_and(|o| o.sending || o.start < o.end) {
+        return None;
+    }
+    let o = slot.get_or_insert_with(|| Out {
+        mem: spare
+            .pop()
+            .unwrap_or_else(|| Lent::new(vec![0u8; OUT_SIZE].into_boxed_slice())),
+        start: 0,
+        end: 0,
+        sending: false,
+    });
+    o.start = 0;
+    o.end = 0;
+    o.mem.get_mut()
+}
+
+/// Plaintext between the two TLS sessions of a flow with upstream TLS.
+struct Plain {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Plain {
+    fn new() -> Plain {
+        Plain {
+            buf: vec![0u8; MAX_RECORD + MAX_PLAINTEXT].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start >= self.end
+    }
+
+    fn data(&self) -> &[u8] {
+        self.buf.get(self.start..self.end).unwrap_or_default()
+    }
+
+    /// Room after the data; moves the data to the front first when less than a whole
+    /// record would fit (a session reads only whole records).
+    fn space(&mut self) -> &mut [u8] {
+        if self.start >= self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.buf.len() - self.end < MAX_RECORD {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        self.buf.get_mut(self.end..).unwrap_or_default()
+    }
+}
+
+/// The two directions of plaintext for a flow with upstream TLS.
+struct Bridge {
+    to_upstream: Plain,
+    to_client: Plain,
 }
 
 fn give_back(buf: BufId, ctx: &mut Ctx<'_>) {

@@ -1,0 +1,610 @@
+//! The record layer of an established session, ours rather than rustls' (the kTLS
+//! model, done in user space): rustls runs the handshake, then hands over the traffic
+//! secrets and a [`rustls::kernel::KernelConnection`] that derives new secrets on a key
+//! update; this module seals and opens records with ring's AEADs.
+//!
+//! Why: rustls 0.23's record path copies every received record into a fresh `Vec` and
+//! every sent one through its own queue. Here a complete record is decrypted in place
+//! where it was received (the dataplane's ring buffer) and its plaintext copied once into
+//! the output buffer; a record is sealed straight into the output buffer. A session
+//! keeps no receive buffer while idle.
+//!
+//! Scope (fail closed on anything else, with the alert the RFCs name):
+//! - TLS 1.3 (RFC 8446 §5): outer type application_data only; inner type recovered past
+//!   the zero padding; alerts (close_notify ends the input, user_canceled is ignored,
+//!   any other is fatal); KeyUpdate (answered when requested) and, client side,
+//!   NewSessionTicket. A handshake message split across records is refused (no stack
+//!   sends one for these two messages; `docs/tls.md`).
+//! - TLS 1.2 (RFC 5246, RFC 5288, RFC 7905): AES-GCM with its explicit nonce, and
+//!   ChaCha20-Poly1305; warning alerts other than close_notify are ignored;
+//!   renegotiation (any handshake record) is refused.
+//! - Sequence numbers never wrap; a TLS 1.3 sender updates its key before the suite's
+//!   confidentiality limit, a TLS 1.2 one closes with close_notify.
+
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use rustls::client::ClientConnectionData;
+use rustls::kernel::KernelConnection;
+use rustls::server::ServerConnectionData;
+use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion};
+
+use crate::error::{Alert, RejectReason};
+
+/// Largest plaintext in one record (RFC 8446 §5.1, RFC 5246 §6.2.1).
+pub const MAX_PLAINTEXT: usize = 1 << 14;
+/// Record header: type, legacy version, length.
+pub const HEADER: usize = 5;
+const TAG: usize = 16;
+/// Largest TLS 1.3 ciphertext body (RFC 8446 §5.2: 2^14 + 256).
+const MAX_BODY_TLS13: usize = MAX_PLAINTEXT + 256;
+/// Largest TLS 1.2 ciphertext body (RFC 5246 §6.2.3: 2^14 + 2048).
+const MAX_BODY_TLS12: usize = MAX_PLAINTEXT + 2048;
+/// The largest record this layer accepts, header included: a receive buffer of this
+/// size always holds one whole record.
+pub const MAX_RECORD: usize = HEADER + MAX_BODY_TLS12;
+/// Most bytes sealing one record adds to its plaintext (TLS 1.2 GCM: header, explicit
+/// nonce, tag; TLS 1.3: header, inner type, tag).
+pub const MAX_OVERHEAD: usize = HEADER + 8 + TAG;
+
+const CT_ALERT: u8 = 21;
+const CT_HANDSHAKE: u8 = 22;
+const CT_APPDATA: u8 = 23;
+const HS_NEW_SESSION_TICKET: u8 = 4;
+const HS_KEY_UPDATE: u8 = 24;
+
+/// The rustls half that outlives the handshake: it derives the next traffic secret.
+pub enum Kernel {
+    /// We are the server (a client connected to the gateway).
+    Server(KernelConnection<ServerConnectionData>),
+    /// We are the client (upstream TLS).
+    Client(KernelConnection<ClientConnectionData>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    Tls12,
+    Tls13,
+}
+
+/// One direction's key and sequence number.
+struct Keys {
+    key: LessSafeKey,
+    iv: [u8; aead::NONCE_LEN],
+    seq: u64,
+    /// TLS 1.2 AES-GCM: the nonce's last 8 bytes travel in the record.
+    explicit_nonce: bool,
+}
+
+impl Keys {
+    fn new(
+        seq: u64,
+        secrets: ConnectionTrafficSecrets,
+        version: Version,
+    ) -> Result<Keys, RejectReason> {
+        let (alg, key, iv, gcm) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv, true),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv, true),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (&aead::CHACHA20_POLY1305, key, iv, false)
+            }
+            _ => return Err(RejectReason::Other("unsupported cipher suite".into())),
+        };
+        let unbound = UnboundKey::new(alg, key.as_ref())
+            .map_err(|_| RejectReason::Other("traffic key rejected by ring".into()))?;
+        let iv: [u8; aead::NONCE_LEN] = iv
+            .as_ref()
+            .try_into()
+            .map_err(|_| RejectReason::Other("traffic IV is not 12 bytes".into()))?;
+        Ok(Keys {
+            key: LessSafeKey::new(unbound),
+            iv,
+            seq,
+            explicit_nonce: gcm && version == Version::Tls12,
+        })
+    }
+
+    /// The per-record nonce: the IV with the sequence number XORed into its last 8
+    /// bytes (RFC 8446 §5.3; RFC 7905 for TLS 1.2 ChaCha; our explicit nonce choice for
+    /// TLS 1.2 GCM, as RFC 5288 §3 allows).
+    fn nonce(&self) -> [u8; aead::NONCE_LEN] {
+        let mut n = self.iv;
+        for (b, s) in n.iter_mut().skip(4).zip(self.seq.to_be_bytes()) {
+            *b ^= s;
+        }
+        n
+    }
+
+    fn advance(&mut self) -> Result<(), RejectReason> {
+        self.seq = self
+            .seq
+            .checked_add(1)
+            .ok_or_else(|| bad(Alert::InternalError, "sequence number exhausted"))?;
+        Ok(())
+    }
+}
+
+fn bad(alert: Alert, what: &'static str) -> RejectReason {
+    RejectReason::BadRecord { alert, what }
+}
+
+/// What opening records did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    /// Input bytes used (a record cut short by the input's end is kept inside).
+    pub consumed: usize,
+    /// Plaintext bytes written to the output.
+    pub produced: usize,
+}
+
+/// An established session's record layer.
+pub struct RecordLayer {
+    version: Version,
+    tx: Keys,
+    rx: Keys,
+    kernel: Kernel,
+    /// Records sealed before this many are sent, the key is updated (TLS 1.3) or the
+    /// session closed (TLS 1.2).
+    tx_limit: u64,
+    /// A record cut by the end of an input, header included; empty (no capacity) when
+    /// none, so an idle session holds no receive buffer.
+    partial: Vec<u8>,
+    peer_closed: bool,
+}
+
+impl RecordLayer {
+    /// Take over from rustls, whose handshake is complete with nothing left to send.
+    pub fn new(secrets: ExtractedSecrets, kernel: Kernel) -> Result<RecordLayer, RejectReason> {
+        let (version, suite) = match &kernel {
+            Kernel::Server(k) => (k.protocol_version(), k.negotiated_cipher_suite()),
+            Kernel::Client(k) => (k.protocol_version(), k.negotiated_cipher_suite()),
+        };
+        let version = match version {
+            ProtocolVersion::TLSv1_3 => Version::Tls13,
+            ProtocolVersion::TLSv1_2 => Version::Tls12,
+            _ => return Err(RejectReason::Other("unsupported protocol version".into())),
+        };
+        let (tx_seq, tx) = secrets.tx;
+        let (rx_seq, rx) = secrets.rx;
+        // Stop well before the limit: a key update (or close) has to go out first.
+        let limit = match suite {
+            rustls::SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
+            rustls::SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
+        };
+        Ok(RecordLayer {
+            version,
+            tx: Keys::new(tx_seq, tx, version)?,
+            rx: Keys::new(rx_seq, rx, version)?,
+            kernel,
+            tx_limit: limit.saturating_sub(limit / 16).max(1),
+            partial: Vec::new(),
+            peer_closed: false,
+        })
+    }
+
+    /// Whether the peer sent close_notify (nothing after it is read).
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// Test hook: the confidentiality limit is `records` records from now.
+    #[cfg(test)]
+    pub(crate) fn set_tx_limit_in(&mut self, records: u64) {
+        self.tx_limit = self.tx.seq + records;
+    }
+
+    fn max_body(&self) -> usize {
+        match self.version {
+            Version::Tls13 => MAX_BODY_TLS13,
+            Version::Tls12 => MAX_BODY_TLS12,
+        }
+    }
+
+    /// Open the records in `input` (decrypted in place there) into `plain`. Stops before
+    /// a record whose plaintext might not fit, and after close_notify. Control messages
+    /// that need an answer (KeyUpdate) append sealed records to `reply`.
+    pub fn open(
+        &mut self,
+        input: &mut [u8],
+        plain: &mut [u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<Opened, RejectReason> {
+        let mut done = Opened::default();
+        // A record cut short last time: complete it from `input` first.
+        if !self.partial.is_empty() && !self.peer_closed {
+            let have = self.partial.len();
+            let want = if have < HEADER {
+                HEADER
+            } else {
+                self.record_len(&self.partial)?
+            };
+            let take = want.saturating_sub(have).min(input.len());
+            self.partial
+                .extend_from_slice(input.get(..take).unwrap_or_default());
+            done.consumed = take;
+            if self.partial.len() < HEADER {
+                return Ok(done);
+            }
+            let total = self.record_len(&self.partial)?;
+            if self.partial.len() < total {
+                // Header complete now: take the body too.
+                let more = (total - self.partial.len()).min(input.len() - take);
+                self.partial
+                    .extend_from_slice(input.get(take..take + more).unwrap_or_default());
+                done.consumed += more;
+                if self.partial.len() < total {
+                    return Ok(done);
+                }
+            }
+            if plain.len() < total {
+                return Ok(done);
+            }
+            let mut rec = std::mem::take(&mut self.partial);
+            let n = self.open_one(&mut rec, plain, reply)?;
+            done.produced += n;
+        }
+        // Whole records in place.
+        while !self.peer_closed {
+            let rest = input.get_mut(done.consumed..).unwrap_or_default();
+            if rest.is_empty() {
+                break;
+            }
+            if rest.len() < HEADER {
+                self.keep_partial(rest);
+                done.consumed += rest.len();
+                break;
+            }
+            let total = self.record_len(rest)?;
+            if rest.len() < total {
+                self.keep_partial(rest);
+                done.consumed += rest.len();
+                break;
+            }
+            let out = plain.get_mut(done.produced..).unwrap_or_default();
+            if out.len() < total {
+                break;
+            }
+            let rec = rest.get_mut(..total).unwrap_or_default();
+            done.produced += self.open_one(rec, out, reply)?;
+            done.consumed += total;
+        }
+        if self.peer_closed {
+            // Nothing after close_notify counts (RFC 8446 §6.1): swallow it.
+            done.consumed = input.len();
+            self.partial = Vec::new();
+        }
+        Ok(done)
+    }
+
+    fn keep_partial(&mut self, bytes: &[u8]) {
+        let mut v = Vec::with_capacity(MAX_RECORD);
+        v.extend_from_slice(bytes);
+        self.partial = v;
+    }
+
+    /// The whole record's length from its header (at least [`HEADER`] bytes given),
+    /// after the checks that need no key.
+    fn record_len(&self, rec: &[u8]) -> Result<usize, RejectReason> {
+        let (Some(&typ), Some(&major), Some(&hi), Some(&lo)) =
+            (rec.first(), rec.get(1), rec.get(3), rec.get(4))
+        else {
+            return Err(bad(Alert::DecodeError, "short record header"));
+        };
+        if major != 3 {
+            return Err(bad(Alert::DecodeError, "record version is not TLS"));
+        }
+        let body = usize::from(u16::from_be_bytes([hi, lo]));
+        if body > self.max_body() {
+            return Err(bad(
+                Alert::RecordOverflow,
+                "record longer than the protocol allows",
+            ));
+        }
+        let ok_type = match self.version {
+            Version::Tls13 => typ == CT_APPDATA,
+            Version::Tls12 => matches!(typ, CT_APPDATA | CT_ALERT | CT_HANDSHAKE),
+        };
+        if !ok_type {
+            return Err(bad(
+                Alert::UnexpectedMessage,
+                "unexpected record type after the handshake",
+            ));
+        }
+        Ok(HEADER + body)
+    }
+
+    /// Decrypt one whole record in place; application data is copied to `plain` (which
+    /// holds at least the record's length). Returns the plaintext bytes written.
+    fn open_one(
+        &mut self,
+        rec: &mut [u8],
+        plain: &mut [u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<usize, RejectReason> {
+        let (header, body) = rec.split_at_mut(HEADER);
+        let header: [u8; HEADER] = header
+            .try_into()
+            .map_err(|_| bad(Alert::DecodeError, "short record header"))?;
+        let (typ, content) = match self.version {
+            Version::Tls13 => {
+                if body.len() < TAG + 1 {
+                    return Err(bad(Alert::DecodeError, "record too short"));
+                }
+                let nonce = Nonce::assume_unique_for_key(self.rx.nonce());
+                let opened = self
+                    .rx
+                    .key
+                    .open_in_place(nonce, Aad::from(header), body)
+                    .map_err(|_| bad(Alert::BadRecordMac, "record failed authentication"))?;
+                // Inner plaintext: content, content type, zero padding.
+                let Some(end) = opened.iter().rposition(|b| *b != 0) else {
+                    return Err(bad(
+                        Alert::UnexpectedMessage,
+                        "record without a content type",
+                    ));
+                };
+                let (content, typ) = opened.split_at(end);
+                let typ = typ.first().copied().unwrap_or(0);
+                (typ, content)
+            }
+            Version::Tls12 => {
+                let explicit = if self.rx.explicit_nonce { 8 } else { 0 };
+                if body.len() < explicit + TAG {
+                    return Err(bad(Alert::DecodeError, "record too short"));
+                }
+                let mut nonce = self.rx.nonce();
+                if explicit > 0 {
+                    // RFC 5288 §3: the salt from the key block, then the record's own 8 bytes.
+                    for (n, b) in nonce.iter_mut().skip(4).zip(body.iter()) {
+                        *n = *b;
+                    }
+                }
+                let plain_len = body.len() - explicit - TAG;
+                let mut aad = [0u8; 13];
+                aad[..8].copy_from_slice(&self.rx.seq.to_be_bytes());
+                aad[8..11].copy_from_slice(&header[..3]);
+                aad[11..]
+                    .copy_from_slice(&u16::try_from(plain_len).unwrap_or(u16::MAX).to_be_bytes());
+                let sealed = body.get_mut(explicit..).unwrap_or_default();
+                let opened = self
+                    .rx
+                    .key
+                    .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), sealed)
+                    .map_err(|_| bad(Alert::BadRecordMac, "record failed authentication"))?;
+                (header[0], &*opened)
+            }
+        };
+        self.rx.advance()?;
+        if content.len() > MAX_PLAINTEXT {
+            return Err(bad(Alert::RecordOverflow, "plaintext longer than 2^14"));
+        }
+        match typ {
+            CT_APPDATA => {
+                let dst = plain
+                    .get_mut(..content.len())
+                    .ok_or_else(|| bad(Alert::InternalError, "plaintext buffer too small"))?;
+                dst.copy_from_slice(content);
+                Ok(content.len())
+            }
+            CT_ALERT => {
+                let &[level, desc] = content else {
+                    return Err(bad(Alert::DecodeError, "malformed alert"));
+                };
+                match (desc, self.version) {
+                    (0, _) => {
+                        self.peer_closed = true;
+                        Ok(0)
+                    }
+                    // user_canceled (RFC 8446 §6.1) and TLS 1.2 warnings: no effect.
+                    (90, _) => Ok(0),
+                    (_, Version::Tls12) if level == 1 => Ok(0),
+                    _ => Err(RejectReason::PeerAlert),
+                }
+            }
+            CT_HANDSHAKE if self.version == Version::Tls13 => {
+                let content = content.to_vec();
+                self.handshake_messages(&content, reply)?;
+                Ok(0)
+            }
+            CT_HANDSHAKE => Err(bad(
+                Alert::NoRenegotiation,
+                "renegotiation is not supported",
+            )),
+            _ => Err(bad(Alert::UnexpectedMessage, "unexpected content type")),
+        }
+    }
+
+    /// Post-handshake messages (TLS 1.3): KeyUpdate, and NewSessionTicket toward a
+    /// server we connected to.
+    fn handshake_messages(
+        &mut self,
+        mut msgs: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<(), RejectReason> {
+        if msgs.is_empty() {
+            return Err(bad(Alert::UnexpectedMessage, "empty handshake record"));
+        }
+        while !msgs.is_empty() {
+            let &[typ, a, b, c, ref rest @ ..] = msgs else {
+                return Err(bad(
+                    Alert::UnexpectedMessage,
+                    "handshake message split across records",
+                ));
+            };
+            let len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+            if rest.len() < len {
+                return Err(bad(
+                    Alert::UnexpectedMessage,
+                    "handshake message split across records",
+                ));
+            }
+            let (body, next) = rest.split_at(len);
+            msgs = next;
+            match (typ, &mut self.kernel) {
+                (HS_KEY_UPDATE, _) => {
+                    let requested = match body {
+                        [0] => false,
+                        [1] => true,
+                        _ => return Err(bad(Alert::DecodeError, "malformed KeyUpdate")),
+                    };
+                    // RFC 8446 §5.1: the key changes at a record boundary.
+                    if !msgs.is_empty() {
+                        return Err(bad(
+                            Alert::UnexpectedMessage,
+                            "data after KeyUpdate in its record",
+                        ));
+                    }
+                    let (seq, secrets) = match &mut self.kernel {
+                        Kernel::Server(k) => k.update_rx_secret(),
+                        Kernel::Client(k) => k.update_rx_secret(),
+                    }
+                    .map_err(|e| RejectReason::from_rustls(&e))?;
+                    self.rx = Keys::new(seq, secrets, self.version)?;
+                    if requested {
+                        self.update_tx_key(reply)?;
+                    }
+                }
+                (HS_NEW_SESSION_TICKET, Kernel::Client(k)) => {
+                    k.handle_new_session_ticket(body)
+                        .map_err(|e| RejectReason::from_rustls(&e))?;
+                }
+                _ => {
+                    return Err(bad(
+                        Alert::UnexpectedMessage,
+                        "unexpected handshake message after the handshake",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Send KeyUpdate(update_not_requested) under the current key, then switch to the
+    /// next one (RFC 8446 §4.6.3).
+    fn update_tx_key(&mut self, out: &mut Vec<u8>) -> Result<(), RejectReason> {
+        self.seal_into_vec(CT_HANDSHAKE, &[HS_KEY_UPDATE, 0, 0, 1, 0], out)?;
+        let (seq, secrets) = match &mut self.kernel {
+            Kernel::Server(k) => k.update_tx_secret(),
+            Kernel::Client(k) => k.update_tx_secret(),
+        }
+        .map_err(|e| RejectReason::from_rustls(&e))?;
+        self.tx = Keys::new(seq, secrets, self.version)?;
+        Ok(())
+    }
+
+    /// Seal an alert (close_notify: `desc` 0) onto `out`.
+    pub fn seal_alert(&mut self, desc: u8, out: &mut Vec<u8>) -> Result<(), RejectReason> {
+        let level = if desc == 0 { 1 } else { 2 };
+        self.seal_into_vec(CT_ALERT, &[level, desc], out)
+    }
+
+    fn seal_into_vec(
+        &mut self,
+        typ: u8,
+        content: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), RejectReason> {
+        let at = out.len();
+        out.resize(at + content.len() + MAX_OVERHEAD, 0);
+        let n = self.seal_record(typ, content, out.get_mut(at..).unwrap_or_default())?;
+        out.truncate(at + n);
+        Ok(())
+    }
+
+    /// Seal application data from `plaintext` into `out`, as many records as fit (each
+    /// at most [`MAX_PLAINTEXT`]). Returns (plaintext taken, bytes written). Records a
+    /// key update needs (TLS 1.3, at the confidentiality limit) go into `out` in order.
+    pub fn seal(
+        &mut self,
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<(usize, usize), RejectReason> {
+        let (mut taken, mut written) = (0, 0);
+        while taken < plaintext.len() {
+            if self.tx.seq >= self.tx_limit {
+                if self.version == Version::Tls12 {
+                    return Err(RejectReason::Other(
+                        "TLS 1.2 confidentiality limit reached".into(),
+                    ));
+                }
+                let mut ku = Vec::new();
+                self.update_tx_key(&mut ku)?;
+                let dst = out
+                    .get_mut(written..written + ku.len())
+                    .ok_or_else(|| bad(Alert::InternalError, "no room for a key update"))?;
+                dst.copy_from_slice(&ku);
+                written += ku.len();
+            }
+            let room = out.len().saturating_sub(written);
+            if room <= MAX_OVERHEAD {
+                break;
+            }
+            let n = (plaintext.len() - taken)
+                .min(MAX_PLAINTEXT)
+                .min(room - MAX_OVERHEAD);
+            let chunk = plaintext.get(taken..taken + n).unwrap_or_default();
+            written += self.seal_record(
+                CT_APPDATA,
+                chunk,
+                out.get_mut(written..).unwrap_or_default(),
+            )?;
+            taken += n;
+        }
+        Ok((taken, written))
+    }
+
+    /// Seal one record of type `typ` into the front of `out` (room for the content plus
+    /// [`MAX_OVERHEAD`]). Returns its length.
+    fn seal_record(
+        &mut self,
+        typ: u8,
+        content: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, RejectReason> {
+        let n = content.len();
+        let (outer, explicit, inner) = match self.version {
+            Version::Tls13 => (CT_APPDATA, 0, 1),
+            Version::Tls12 => (typ, if self.tx.explicit_nonce { 8 } else { 0 }, 0),
+        };
+        let body = explicit + n + inner + TAG;
+        let total = HEADER + body;
+        let rec = out
+            .get_mut(..total)
+            .ok_or_else(|| bad(Alert::InternalError, "no room for a record"))?;
+        let len = u16::try_from(body).map_err(|_| bad(Alert::InternalError, "record too long"))?;
+        let [hi, lo] = len.to_be_bytes();
+        let header = [outer, 3, 3, hi, lo];
+        let nonce = self.tx.nonce();
+        let (head, rest) = rec.split_at_mut(HEADER);
+        head.copy_from_slice(&header);
+        let (expl, rest) = rest.split_at_mut(explicit);
+        expl.copy_from_slice(nonce.get(4..4 + explicit).unwrap_or_default());
+        let (data, tag_out) = rest.split_at_mut(n + inner);
+        let (text, inner_type) = data.split_at_mut(n);
+        text.copy_from_slice(content);
+        if let Some(t) = inner_type.first_mut() {
+            *t = typ;
+        }
+        let tag = match self.version {
+            Version::Tls13 => self.tx.key.seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(header),
+                data,
+            ),
+            Version::Tls12 => {
+                let mut aad = [0u8; 13];
+                aad[..8].copy_from_slice(&self.tx.seq.to_be_bytes());
+                aad[8] = typ;
+                aad[9..11].copy_from_slice(&[3, 3]);
+                aad[11..].copy_from_slice(&u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes());
+                self.tx.key.seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(aad),
+                    data,
+                )
+            }
+        }
+        .map_err(|_| bad(Alert::InternalError, "sealing failed"))?;
+        tag_out.copy_from_slice(tag.as_ref());
+        self.tx.advance()?;
+        Ok(total)
+    }
+}
