@@ -18,15 +18,19 @@
 //! ```
 //!
 //! Buffers: received bytes (either side) arrive in a pool buffer from the worker's
-//! provided buffer ring, are fed to the session (a copy into rustls) and the buffer goes
-//! back at once unless the session cannot take it all yet (then it is held until it
-//! can). Outgoing bytes are written into a per-direction output buffer (16 KiB, heap,
-//! lent to the kernel during its send, freed when the direction goes quiet), so an idle
-//! flow holds no data buffer.
+//! provided buffer ring. Client records are decrypted in place there and their
+//! plaintext copied once into the upstream output; upstream plaintext is sealed from the
+//! pool buffer straight into the client output (`zgate_tls::TlsSession::read` /
+//! `write`). The pool buffer goes back as soon as it is used up; a record cut by the end
+//! of a receive is kept by the session until the rest arrives. Outputs are per
+//! direction ([`OUT_SIZE`], heap, lent to the kernel during its send, back to the
+//! worker's spare list when the direction goes quiet), so an idle flow holds no data
+//! buffer. With upstream TLS, plaintext crosses between the two sessions through a
+//! per-flow bridge.
 //!
 //! Backpressure: at most one send per socket is in flight; a side is not read again
-//! while its bytes wait (plaintext not yet taken, or ciphertext queued in rustls up to
-//! `zgate_tls::SEND_BUFFER_LIMIT`), so a slow reader stalls its writer through TCP.
+//! while its received bytes wait (the output toward the other side is still sending),
+//! so a slow reader stalls its writer through TCP.
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
