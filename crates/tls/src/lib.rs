@@ -33,6 +33,9 @@
 mod client;
 mod config;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod record;
 mod session;
 pub mod svid;

@@ -375,3 +375,26 @@ fn upstream_sessions_carry_data_take_tickets_and_resume() {
         assert_eq!(&got, b"PING\r\n");
     }
 }
+
+#[test]
+fn the_fuzz_properties_hold_for_every_flag_combination_and_the_corpus() {
+    let payload: Vec<u8> = pattern(40_000);
+    for flags in 0u8..16 {
+        for seed in [0u8, 1, 77, 255] {
+            let mut input = vec![flags, seed];
+            input.extend_from_slice(&payload[..(usize::from(seed) * 150).min(payload.len())]);
+            crate::fuzzing::fuzz_records(&input)
+                .unwrap_or_else(|e| panic!("flags {flags} seed {seed}: {e}"));
+        }
+    }
+    // What `cargo fuzz run records` found interesting (dataplane/fuzz/corpus/records).
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../dataplane/fuzz/corpus/records");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let data = std::fs::read(e.unwrap().path()).unwrap();
+        crate::fuzzing::fuzz_records(&data).unwrap();
+        n += 1;
+    }
+    assert!(n > 0, "empty corpus in {}", dir.display());
+}
