@@ -172,8 +172,11 @@ pub fn fuzz_records(data: &[u8]) -> Result<(), String> {
                 .write_all(chunk)
                 .map_err(|e| e.to_string())?;
         }
+        // write_tls moves at most 64 records a call.
         let mut wire = Vec::new();
-        client.write_tls(&mut wire).map_err(|e| e.to_string())?;
+        while client.wants_write() {
+            client.write_tls(&mut wire).map_err(|e| e.to_string())?;
+        }
         if flags & 1 != 0 && !wire.is_empty() {
             let at = next(wire.len()) - 1;
             if let Some(b) = wire.get_mut(at) {

@@ -185,6 +185,16 @@ impl RecordLayer {
         self.peer_closed
     }
 
+    /// Whether a whole record waits inside (it was completed when the plaintext buffer
+    /// had no room for it): the next [`RecordLayer::open`] delivers it, even with no
+    /// new input.
+    pub fn holds_record(&self) -> bool {
+        self.partial.len() >= HEADER
+            && self
+                .record_len(&self.partial)
+                .is_ok_and(|total| self.partial.len() >= total)
+    }
+
     /// Test hook: the confidentiality limit is `records` records from now.
     #[cfg(test)]
     pub(crate) fn set_tx_limit_in(&mut self, records: u64) {

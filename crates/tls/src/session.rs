@@ -512,7 +512,11 @@ impl TlsSession {
     /// (it needed room in `plain`): call [`TlsSession::read`] again before reading more
     /// from the socket.
     pub fn holds_input(&self) -> bool {
-        self.is_established() && (self.early_sent < self.early.len() || !self.hs_in.is_empty())
+        let Engine::Records(rec) = &self.engine else {
+            return false;
+        };
+        self.failed.is_none()
+            && (self.early_sent < self.early.len() || !self.hs_in.is_empty() || rec.holds_record())
     }
 
     /// Whether the peer sent close_notify and everything before it was delivered.
