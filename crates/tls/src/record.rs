@@ -50,6 +50,12 @@ const CT_HANDSHAKE: u8 = 22;
 const CT_APPDATA: u8 = 23;
 const HS_NEW_SESSION_TICKET: u8 = 4;
 const HS_KEY_UPDATE: u8 = 24;
+/// A sealed TLS 1.3 KeyUpdate: header, the 5-byte message, inner type, tag.
+const KEY_UPDATE_RECORD: usize = HEADER + 5 + 1 + TAG;
+/// KeyUpdates accepted in a row without application data in between: each costs a key
+/// derivation (and, when requested, a reply), so a peer may not send them forever
+/// (rustls allows 32 too).
+const MAX_KEY_UPDATES_IN_A_ROW: u8 = 32;
 
 /// The rustls half that outlives the handshake: it derives the next traffic secret.
 pub enum Kernel {
@@ -148,6 +154,8 @@ pub struct RecordLayer {
     /// none, so an idle session holds no receive buffer.
     partial: Vec<u8>,
     peer_closed: bool,
+    /// KeyUpdates received since the last application data.
+    key_updates_in_a_row: u8,
 }
 
 impl RecordLayer {
@@ -177,6 +185,7 @@ impl RecordLayer {
             tx_limit: limit.saturating_sub(limit / 16).max(1),
             partial: Vec::new(),
             peer_closed: false,
+            key_updates_in_a_row: 0,
         })
     }
 
@@ -388,6 +397,7 @@ impl RecordLayer {
         }
         match typ {
             CT_APPDATA => {
+                self.key_updates_in_a_row = 0;
                 let dst = plain
                     .get_mut(..content.len())
                     .ok_or_else(|| bad(Alert::InternalError, "plaintext buffer too small"))?;
@@ -455,6 +465,13 @@ impl RecordLayer {
                         [1] => true,
                         _ => return Err(bad(Alert::DecodeError, "malformed KeyUpdate")),
                     };
+                    self.key_updates_in_a_row = self.key_updates_in_a_row.saturating_add(1);
+                    if self.key_updates_in_a_row > MAX_KEY_UPDATES_IN_A_ROW {
+                        return Err(bad(
+                            Alert::UnexpectedMessage,
+                            "too many KeyUpdates in a row",
+                        ));
+                    }
                     // RFC 8446 §5.1: the key changes at a record boundary.
                     if !msgs.is_empty() {
                         return Err(bad(
@@ -534,6 +551,11 @@ impl RecordLayer {
                     return Err(RejectReason::Other(
                         "TLS 1.2 confidentiality limit reached".into(),
                     ));
+                }
+                // Room for the KeyUpdate record and one byte of data after it, or wait
+                // for the next call (an output with more room).
+                if out.len().saturating_sub(written) < KEY_UPDATE_RECORD + MAX_OVERHEAD + 1 {
+                    break;
                 }
                 let mut ku = Vec::new();
                 self.update_tx_key(&mut ku)?;

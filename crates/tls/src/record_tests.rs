@@ -194,6 +194,50 @@ fn a_key_update_from_the_client_is_followed_and_answered() {
 }
 
 #[test]
+fn a_peer_may_not_send_key_updates_forever() {
+    let (mut client, mut s) = established(cipher_suite::TLS13_AES_256_GCM_SHA384);
+    let mut plain = vec![0u8; MAX_RECORD];
+    let mut out = vec![0u8; 4096];
+    for n in 1..=40 {
+        client.refresh_traffic_keys().unwrap();
+        let mut wire = Vec::new();
+        client.write_tls(&mut wire).unwrap();
+        let r = s.read(&mut wire, &mut plain);
+        // Keep the client in step with our answers.
+        let w = s.write_ciphertext(&mut out);
+        client.read_tls(&mut &out[..w]).unwrap();
+        let _ = client.process_new_packets();
+        if n <= 32 {
+            r.unwrap();
+        } else {
+            assert_eq!(r.unwrap_err().alert(), Alert::UnexpectedMessage);
+            return;
+        }
+    }
+    panic!("33 KeyUpdates in a row were accepted");
+}
+
+#[test]
+fn a_key_update_waits_for_an_output_with_room_for_it() {
+    let (mut client, mut s) = established(cipher_suite::TLS13_AES_128_GCM_SHA256);
+    s.records_mut().unwrap().set_tx_limit_in(0);
+    // Room for one small record but not for a KeyUpdate before it: nothing is taken,
+    // the session stays healthy, and a bigger output gets both.
+    let mut small = vec![0u8; MAX_OVERHEAD + 8];
+    let w = s.write(b"12345678", &mut small);
+    assert_eq!(w, Sealed::default());
+    assert!(s.failure().is_none());
+    let mut out = vec![0u8; 4096];
+    let w = s.write(b"12345678", &mut out);
+    assert_eq!(w.taken, 8);
+    client.read_tls(&mut &out[..w.written]).unwrap();
+    client.process_new_packets().unwrap();
+    let mut got = [0u8; 8];
+    client.reader().read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"12345678");
+}
+
+#[test]
 fn the_gateway_updates_its_key_before_the_confidentiality_limit() {
     let (mut client, mut s) = established(cipher_suite::TLS13_AES_128_GCM_SHA256);
     s.records_mut().unwrap().set_tx_limit_in(3);
