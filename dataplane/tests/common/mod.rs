@@ -25,8 +25,21 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A port that was free a moment ago (bind :0, read, release).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    // The kernel may hand the same ephemeral port to two binds in a row once the first
+    // listener is gone: never give a port out twice in this process (one config asking
+    // for two ports got the same one for its listener and its admin endpoint).
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// An upstream on a std thread. Each connection is handed to `serve` on its own thread.
