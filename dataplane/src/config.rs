@@ -156,7 +156,7 @@ pub struct WorkersConfig {
     pub placement: Placement,
     /// How they wait.
     pub poll: PollMode,
-    /// Provided buffers (16 KiB each) in each worker's pool: a power of two, 2..=32768.
+    /// Provided buffers (64 KiB each) in each worker's pool: a power of two, 2..=32768.
     pub buffers: u16,
     /// Splice bulk directions of plain flows through a pipe (`splice = true`, default)
     /// instead of receiving every byte into pool buffers.

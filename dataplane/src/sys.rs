@@ -29,8 +29,14 @@ use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-/// Bytes per provided buffer (the most one recv moves).
-pub const BUF_SIZE: usize = 16 * 1024;
+/// Bytes per provided buffer (the most one recv moves). 64 KiB: a TLS flow then takes
+/// up to four full records per receive and sends their plaintext in one go, which
+/// quarters the per-operation kernel cost that bounds TLS bulk (`docs/benchmarks.md`).
+/// A buffer is resident only once touched, and a flow holds one only while its data
+/// is in flight.
+pub const BUF_SIZE: usize = 64 * 1024;
+/// A receive at least this large marks a plain direction as bulk (it then splices).
+pub const BULK_RECV: usize = 16 * 1024;
 /// How many buffers the ring normally offers the kernel. The kernel takes ring buffers
 /// in FIFO order, so every published buffer gets touched in turn: publishing a small
 /// hot set (and keeping the rest as LIFO spares) keeps resident memory near

@@ -54,7 +54,7 @@ use std::time::Instant;
 use zgate_table::facts::UnixSeconds;
 
 use crate::shared::StatsSnapshot;
-use crate::sys::{self, BufId, ConnMem, Lent, Pipe, Ring, BUF_SIZE, PIPE_SIZE};
+use crate::sys::{self, BufId, ConnMem, Lent, Pipe, Ring, BULK_RECV, PIPE_SIZE};
 use crate::worker::token::{encode, Op};
 
 /// One direction's progress.
@@ -151,13 +151,13 @@ pub struct Ctx<'a> {
     pub index: u32,
     /// This flow's slot generation.
     pub gen: u32,
-    /// Spare 16 KiB output buffers of TLS flows (`worker::tls`), reused instead of
+    /// Spare output buffers of TLS flows (`worker::tls::OUT_SIZE`), reused instead of
     /// allocating and zeroing one per record batch; at most [`OUT_POOL_MAX`] kept.
     pub out_pool: &'a mut Vec<Lent<[u8]>>,
 }
 
-/// Most spare TLS output buffers a worker keeps (1 MiB).
-pub const OUT_POOL_MAX: usize = 64;
+/// Most spare TLS output buffers a worker keeps (about 2 MiB).
+pub const OUT_POOL_MAX: usize = 32;
 
 impl Ctx<'_> {
     /// This flow's `user_data` for `op`.
@@ -432,8 +432,8 @@ impl Conn {
                     self.send(dir, buf, start, end, ctx);
                 } else {
                     self.give_back(buf, ctx);
-                    if ctx.splice && end as usize >= BUF_SIZE {
-                        // A full buffer: the source has more than a receive takes.
+                    if ctx.splice && end as usize >= BULK_RECV {
+                        // A large receive: the source is sending in bulk.
                         self.splice_in(dir, ctx);
                     } else {
                         self.recv(dir, ctx);
@@ -556,7 +556,7 @@ impl Conn {
                 let left = left.saturating_sub(n);
                 if left > 0 {
                     self.splice_out(dir, left, batch, ctx);
-                } else if (batch as usize) < BUF_SIZE {
+                } else if (batch as usize) < BULK_RECV {
                     // Caught up: the pipe is empty and nothing of ours names it.
                     self.drop_pipe(dir);
                     self.recv(dir, ctx);

@@ -122,10 +122,11 @@ struct PgPreamble {
     direct: bool,
 }
 
-/// Size of a TLS output buffer: two full records, so a record received whole always
-/// fits (decrypt direction, [`MAX_RECORD`]) and a ring buffer's worth of plaintext
-/// seals in one go (encrypt direction).
-pub const OUT_SIZE: usize = 32 * 1024 + 2 * zgate_tls::MAX_OVERHEAD;
+/// Size of a TLS output buffer: a ring buffer's worth of plaintext seals in one go
+/// (encrypt direction: four full records and their overhead), and a ring buffer's
+/// worth of records opens in one go (decrypt direction; a whole record, [`MAX_RECORD`],
+/// always fits).
+pub const OUT_SIZE: usize = crate::sys::BUF_SIZE + 8 * zgate_tls::MAX_OVERHEAD;
 
 /// Client side (0) and upstream side (1).
 const CLIENT: usize = 0;
@@ -590,7 +591,7 @@ impl TlsConn {
             .is_none_or(|o| o.as_ref().is_none_or(|o| !o.sending && o.start >= o.end))
     }
 
-    /// Fill output `to` with `fill` (which writes into a 16 KiB buffer and returns how
+    /// Fill output `to` with `fill` (which writes into an `OUT_SIZE` buffer and returns how
     /// many bytes it wrote) and send it.
     fn produce(
         &mut self,
@@ -1045,7 +1046,7 @@ impl TlsConn {
 
     /// Give back output buffers that hold nothing and are not lent: an idle flow keeps
     /// none, and the worker's spare list hands them to the next flow that sends, so a
-    /// busy flow does not allocate and zero 16 KiB per record batch.
+    /// busy flow does not allocate and zero a buffer per record batch.
     fn release_idle_outputs(&mut self, ctx: &mut Ctx<'_>) {
         for o in &mut self.out {
             if o.as_ref()
