@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,15 +28,12 @@ pub fn free_port() -> u16 {
     // The kernel may hand the same ephemeral port to two binds in a row once the first
     // listener is gone: never give a port out twice in this process (one config asking
     // for two ports got the same one for its listener and its admin endpoint).
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    static GIVEN: [AtomicU64; 1024] = [const { AtomicU64::new(0) }; 1024];
     loop {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        if !given.contains(&port) {
-            given.push(port);
+        let (word, bit) = (usize::from(port / 64), 1u64 << (port % 64));
+        if GIVEN[word].fetch_or(bit, Ordering::SeqCst) & bit == 0 {
             return port;
         }
     }
