@@ -119,6 +119,13 @@ pub fn parse_policy(files: &[SourceFile]) -> Result<Checked, PolicyErrors> {
     })
 }
 
+/// The rule analyses [`parse_policy`] runs (shadowed, duplicate, broad on a sensitive
+/// service), over a policy that is already a model: for tools and for the property
+/// test that checks every such warning against the reference evaluator.
+pub fn analyze(policy: &model::Policy) -> Vec<Warning> {
+    analyze::analyze(&policy.rules, &policy.services)
+}
+
 /// SHA-256 over the files sorted by name, each as (u64 LE name length, name, u64 LE
 /// text length, text).
 fn source_hash(sorted: &[&SourceFile]) -> [u8; 32] {

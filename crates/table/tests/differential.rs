@@ -683,6 +683,49 @@ fn compiled_table_agrees_with_reference() {
     }
 }
 
+/// The analysis only warns when it is certain (`crates/policy/src/analyze.rs`): an allow
+/// rule shadowed by a deny, or a rule duplicating an earlier one, must never be the rule
+/// a decision names, whatever the flow and the live facts.
+#[test]
+fn shadow_and_duplicate_warnings_are_never_contradicted_by_the_reference() {
+    let mut runner = TestRunner::new(config());
+    let strategy = (policy(), prop::collection::vec(flow(), 12));
+    let warned = std::cell::Cell::new(0usize);
+    let named = std::cell::Cell::new(0usize);
+    let result = runner.run(&strategy, |(policy, flows)| {
+        let never: Vec<String> = zgate_policy::analyze(&policy)
+            .into_iter()
+            .filter_map(|w| match w.kind {
+                zgate_policy::WarningKind::ShadowedByDeny { rule, .. }
+                | zgate_policy::WarningKind::Duplicate { rule, .. } => Some(rule),
+                _ => None,
+            })
+            .collect();
+        warned.set(warned.get() + never.len());
+        for case in &flows {
+            let d = reference::evaluate(&policy, &case.facts(), &case.live);
+            if let DecidedBy::Rule(i) = d.decided_by {
+                let id = policy.rules.get(i as usize).map(|r| r.id.clone());
+                named.set(named.get() + 1);
+                prop_assert!(
+                    id.as_ref().is_none_or(|id| !never.contains(id)),
+                    "rule {:?} was warned never to take effect, yet decided {:?} for {:?}",
+                    id,
+                    d,
+                    case
+                );
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    // The generators must produce such warnings often, or this test proves nothing.
+    assert!(warned.get() > 100, "only {} warnings", warned.get());
+    assert!(named.get() > 1_000, "only {} rule decisions", named.get());
+}
+
 #[test]
 fn compiled_table_agrees_with_reference_on_large_policies() {
     let mut runner = TestRunner::new(Config {
