@@ -100,6 +100,13 @@ pub fn metrics_text(v: &AdminView) -> String {
     );
     metric(
         &mut out,
+        "zgate_tls_handshakes_over_source_limit_total",
+        "counter",
+        "TLS connections closed at once because their source had max_handshakes_per_source in progress.",
+        s.handshakes_over_source_limit,
+    );
+    metric(
+        &mut out,
         "zgate_tls_handshakes_in_progress",
         "gauge",
         "TLS handshakes (and PostgreSQL preambles) in progress now.",

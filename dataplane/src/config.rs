@@ -144,6 +144,10 @@ pub struct TlsSettings {
     /// (`max_handshakes`; default a tenth of `max_connections`, at least 16): a flood
     /// of connections that never finish a handshake cannot take every slot.
     pub max_handshakes: Option<u32>,
+    /// Most handshakes in progress at once from one source (an IPv4 address, an IPv6
+    /// /64), over all workers (`max_handshakes_per_source`; default: no limit beyond
+    /// `max_handshakes`): one source cannot take every handshake slot.
+    pub max_handshakes_per_source: Option<u32>,
     /// How often the supervisor looks at the TLS files for changes (`None`: only on
     /// SIGHUP, `reload_interval = "off"`).
     pub reload_interval: Option<Duration>,
@@ -380,6 +384,7 @@ struct RawTls {
     device_id_uri_prefix: Option<String>,
     handshake_timeout: Option<String>,
     max_handshakes: Option<i64>,
+    max_handshakes_per_source: Option<i64>,
     reload_interval: Option<String>,
 }
 
@@ -638,6 +643,21 @@ impl Errors {
                 }
             },
         };
+        let max_handshakes_per_source = match t.max_handshakes_per_source {
+            None => None,
+            Some(n) => match u32::try_from(n) {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    self.value(
+                        k("max_handshakes_per_source"),
+                        &n.to_string(),
+                        "expected 1..=4294967295",
+                    );
+                    ok = false;
+                    None
+                }
+            },
+        };
         // The prefix must end where a URI part does, so `urn:device` cannot turn
         // `urn:devicex:foo` into device id `x:foo` (review L1).
         if let Some(p) = t.device_id_uri_prefix.as_deref() {
@@ -669,6 +689,7 @@ impl Errors {
             device_id_uri_prefix: t.device_id_uri_prefix.filter(|p| !p.is_empty()),
             handshake_timeout,
             max_handshakes,
+            max_handshakes_per_source,
             reload_interval,
         })
     }
@@ -1363,6 +1384,23 @@ typo = 1
         ))
         .unwrap_err();
         assert!(e.to_string().contains("listener[0].tls.client_auth"), "{e}");
+        for bad in ["0", "-3", "5000000000"] {
+            let e = Config::parse(&format!(
+                "{TLS_BASE}client_ca='ca.pem'\nmax_handshakes_per_source={bad}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("listener[0].tls.max_handshakes_per_source"),
+                "{e}"
+            );
+        }
+        let c = Config::parse(&format!(
+            "{TLS_BASE}client_ca='ca.pem'\nmax_handshakes_per_source=8\n"
+        ))
+        .unwrap();
+        let t = c.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(t.max_handshakes_per_source, Some(8));
     }
 
     #[test]

@@ -124,6 +124,9 @@ pub struct WorkerStats {
     /// TLS connections closed at once because the listener had `max_handshakes` in
     /// progress.
     pub handshakes_over_limit: AtomicU64,
+    /// TLS connections closed at once because their source had
+    /// `max_handshakes_per_source` in progress.
+    pub handshakes_over_source_limit: AtomicU64,
     /// TLS handshakes (and PostgreSQL preambles) in progress now.
     pub handshakes_in_progress: AtomicU64,
     /// Loop turns whose completion handling took at least the stall threshold.
@@ -184,6 +187,8 @@ pub struct StatsSnapshot {
     pub over_limit: u64,
     /// See [`WorkerStats::handshakes_over_limit`].
     pub handshakes_over_limit: u64,
+    /// See [`WorkerStats::handshakes_over_source_limit`].
+    pub handshakes_over_source_limit: u64,
     /// See [`WorkerStats::handshakes_in_progress`].
     pub handshakes_in_progress: u64,
     /// See [`WorkerStats::stalls`].
@@ -236,6 +241,8 @@ impl WorkerStats {
         self.denied.store(s.denied, r);
         self.over_limit.store(s.over_limit, r);
         self.handshakes_over_limit.store(s.handshakes_over_limit, r);
+        self.handshakes_over_source_limit
+            .store(s.handshakes_over_source_limit, r);
         self.handshakes_in_progress
             .store(s.handshakes_in_progress, r);
         self.stalls.store(s.stalls, r);
@@ -283,6 +290,7 @@ impl WorkerStats {
             denied: self.denied.load(r),
             over_limit: self.over_limit.load(r),
             handshakes_over_limit: self.handshakes_over_limit.load(r),
+            handshakes_over_source_limit: self.handshakes_over_source_limit.load(r),
             handshakes_in_progress: self.handshakes_in_progress.load(r),
             stalls: self.stalls.load(r),
             longest_turn_us: self.longest_turn_us.load(r),
@@ -323,6 +331,9 @@ impl StatsSnapshot {
         self.handshakes_over_limit = self
             .handshakes_over_limit
             .saturating_add(o.handshakes_over_limit);
+        self.handshakes_over_source_limit = self
+            .handshakes_over_source_limit
+            .saturating_add(o.handshakes_over_source_limit);
         self.handshakes_in_progress = self
             .handshakes_in_progress
             .saturating_add(o.handshakes_in_progress);

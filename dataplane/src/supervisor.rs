@@ -205,6 +205,11 @@ pub fn run(
                 fd,
                 limit: l.max_connections.div_ceil(n),
                 handshake_limit: l.handshake_limit().map_or(u32::MAX, |h| h.div_ceil(n)),
+                source_handshake_limit: l
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.max_handshakes_per_source)
+                    .map_or(u32::MAX, |h| h.div_ceil(n)),
             });
         }
         per_worker.push(ls);

@@ -550,6 +550,54 @@ mod tls {
         assert_eq!(gw.metric("zgate_tls_handshakes_in_progress"), 0);
     }
 
+    /// One source may not take every handshake slot: its third stalled handshake is
+    /// closed at accept, while another source still gets through, and the source is
+    /// admitted again once its stalled handshakes are gone.
+    #[test]
+    fn stalled_handshakes_from_one_source_are_capped_by_max_handshakes_per_source() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let mut setup = Setup::new(up.addr);
+        setup.table = Some(trading_only());
+        setup.listener_extra = pki
+            .listener_tls("max_handshakes_per_source = 2")
+            .replace("handshake_timeout = \"1s\"", "handshake_timeout = \"60s\"");
+        let gw = Gateway::start(&setup);
+        let from = |ip: [u8; 4]| {
+            let s = zgate_dataplane::connect_from(std::net::SocketAddr::from((ip, 0)), gw.listen)
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        };
+        let stalled: Vec<TcpStream> = (0..2).map(|_| from([127, 0, 0, 1])).collect();
+        assert_eq!(gw.wait_metric("zgate_tls_handshakes_in_progress", 2), 2);
+        let mut third = from([127, 0, 0, 1]);
+        assert!(ends_without_data(&mut third));
+        assert_eq!(
+            gw.wait_metric("zgate_tls_handshakes_over_source_limit_total", 1),
+            1
+        );
+        // Another source is not held back by the first one's stalled handshakes.
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let cfg = client_config(&pki, Some(&leaf));
+        let conn = rustls::ClientConnection::new(
+            Arc::clone(&cfg),
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let mut other = rustls::StreamOwned::new(conn, from([127, 0, 0, 2]));
+        echo_through(&mut other, b"another source");
+        drop(stalled);
+        assert_eq!(
+            gw.wait_metric_at_most("zgate_tls_handshakes_in_progress", 0),
+            0
+        );
+        let mut again = connect_tls(&gw, cfg);
+        echo_through(&mut again, b"the first source again");
+        assert_eq!(gw.metric("zgate_tls_handshakes_over_source_limit_total"), 1);
+        assert_eq!(gw.metric("zgate_tls_handshakes_over_limit_total"), 0);
+    }
+
     /// Replace `path` the way deployment tools do: write a temp file, rename it over.
     fn replace_file(path: &Path, bytes: &[u8]) {
         let tmp = path.with_extension("tmp");

@@ -22,6 +22,7 @@ pub mod conn;
 pub mod tls;
 pub mod token;
 
+use std::collections::HashMap;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -98,6 +99,8 @@ pub struct WorkerListener {
     pub limit: u32,
     /// Most of those that may be in a TLS handshake (or PostgreSQL preamble) at once.
     pub handshake_limit: u32,
+    /// Most of those from one source (`u32::MAX`: no per-source limit).
+    pub source_handshake_limit: u32,
 }
 
 /// Everything a worker starts with.
@@ -135,7 +138,60 @@ struct Listener {
     handshake_limit: u32,
     /// Flows in a handshake now (they hold a handshake slot).
     handshaking: u32,
+    source_handshake_limit: u32,
+    /// Handshakes in progress by source (only with a per-source limit).
+    handshaking_by_source: HashMap<SourceKey, u32>,
     tls: Option<ListenerTls>,
+}
+
+/// Which source a per-source handshake limit counts against: an IPv4 address, or the
+/// /64 of an IPv6 one (a host usually holds a whole /64).
+type SourceKey = u128;
+
+fn source_key(ip: std::net::IpAddr) -> SourceKey {
+    match ip {
+        std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => u128::from(u32::from(v4)),
+            None => u128::from(v6) >> 64 << 64,
+        },
+    }
+}
+
+impl Listener {
+    /// A TLS flow from `source` starts its handshake.
+    fn handshake_started(&mut self, source: std::net::IpAddr) {
+        self.handshaking += 1;
+        if self.source_handshake_limit != u32::MAX {
+            *self
+                .handshaking_by_source
+                .entry(source_key(source))
+                .or_insert(0) += 1;
+        }
+    }
+
+    /// A TLS flow from `source` finished its handshake (or closed during it).
+    fn handshake_ended(&mut self, source: std::net::IpAddr) {
+        self.handshaking = self.handshaking.saturating_sub(1);
+        if self.source_handshake_limit != u32::MAX {
+            let key = source_key(source);
+            if let Some(n) = self.handshaking_by_source.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.handshaking_by_source.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Whether `source` already has as many handshakes in progress as it may.
+    fn source_at_limit(&self, source: std::net::IpAddr) -> bool {
+        self.source_handshake_limit != u32::MAX
+            && self
+                .handshaking_by_source
+                .get(&source_key(source))
+                .is_some_and(|n| *n >= self.source_handshake_limit)
+    }
 }
 
 struct Slot {
@@ -327,6 +383,8 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
                 active: 0,
                 handshake_limit: l.handshake_limit,
                 handshaking: 0,
+                source_handshake_limit: l.source_handshake_limit,
+                handshaking_by_source: HashMap::new(),
                 tls: None,
             })
             .collect(),
@@ -854,7 +912,7 @@ impl Worker {
             if t.holds_handshake_slot && !t.is_handshaking() {
                 t.holds_handshake_slot = false;
                 if let Some(l) = self.listeners.get_mut(t.listener) {
-                    l.handshaking = l.handshaking.saturating_sub(1);
+                    l.handshake_ended(t.source.ip());
                 }
             }
         }
@@ -945,6 +1003,10 @@ impl Worker {
             self.stats.handshakes_over_limit += 1;
             return Ok(());
         }
+        if l.tls.is_some() && l.source_at_limit(peer.ip()) {
+            self.stats.handshakes_over_source_limit += 1;
+            return Ok(());
+        }
         if let Some(tls) = l.tls.clone() {
             // TLS: decided once the handshake has produced the identity.
             self.start_tls_flow(index, client, peer, &tls.server);
@@ -1013,7 +1075,9 @@ impl Worker {
                 conn.holds_handshake_slot = conn.is_handshaking();
                 if let Some(l) = self.listeners.get_mut(listener) {
                     l.active += 1;
-                    l.handshaking += u32::from(conn.holds_handshake_slot);
+                    if conn.holds_handshake_slot {
+                        l.handshake_started(source.ip());
+                    }
                 }
                 slot.conn = Some(Flow::Tls(Box::new(conn)));
                 self.live += 1;
