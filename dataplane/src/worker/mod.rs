@@ -5,8 +5,9 @@
 //! 1. one relaxed load of the table generation; reload the `Arc` only if it moved, and
 //!    then re-decide every live flow with the new table (closing those it denies);
 //! 2. one load of the phase (running, draining, stop);
-//! 3. every `TICK`: idle and lifetime timers, expired decision constraints
-//!    (re-decide), re-arming a listener after an accept error;
+//! 3. every `TICK`: the flows whose timer-wheel entry came due (idle and lifetime
+//!    timers, handshake timeouts, expired decision constraints: re-decide; see
+//!    `timers.rs`), re-arming a listener after an accept error;
 //! 4. submit queued SQEs and wait (interrupt mode: sleep in `io_uring_enter` until a
 //!    completion or the next tick; busy mode: do not sleep);
 //! 5. handle every completion; top the buffer ring up and re-arm receives that found
@@ -19,6 +20,7 @@
 //! nothing at all is in flight on its ring.
 
 pub mod conn;
+mod timers;
 pub mod tls;
 pub mod token;
 
@@ -39,6 +41,7 @@ use crate::config::{ListenerConfig, PollMode, Protocol};
 use crate::shared::{Control, Phase, StatsSnapshot, WorkerStats};
 use crate::sys::{self, Completion, Lent, Ring};
 use conn::{Admitted, CloseKind, Conn, Ctx, State};
+use timers::Wheel;
 use tls::{Refused, TlsConn, TlsState};
 use token::{decode, encode, next_gen, Op};
 
@@ -197,6 +200,8 @@ impl Listener {
 struct Slot {
     gen: u32,
     conn: Option<Flow>,
+    /// The tick of this flow's live timer entry (`timers::NOT_SCHEDULED`: none).
+    check_tick: u64,
 }
 
 /// A flow in a slot: plain TCP, or TLS-terminated.
@@ -350,6 +355,10 @@ struct Worker {
     starved: Vec<(u32, u32, usize)>,
     /// Whether plain flows splice their bulk directions.
     splice: bool,
+    /// When each flow is next checked for its deadlines.
+    wheel: Wheel,
+    /// Scratch for the wheel's due entries.
+    due: Vec<timers::Entry>,
 }
 
 /// Run a worker until the supervisor says stop and every flow is gone.
@@ -410,6 +419,8 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         unix_now: 0,
         starved: Vec::new(),
         splice: setup.splice,
+        wheel: Wheel::new(now, TICK),
+        due: Vec::new(),
     };
     w.clock();
     let result = w.run_loop();
@@ -636,13 +647,22 @@ impl Worker {
     /// (allow) or send close_notify and close (deny). Nothing reaches an upstream
     /// before this point.
     fn settle_tls(&mut self, i: usize) {
+        let deciding = matches!(
+            self.slots.get(i).and_then(|s| s.conn.as_ref()),
+            Some(Flow::Tls(t)) if t.state == TlsState::Deciding
+        );
+        if deciding {
+            self.decide_tls(i);
+            // The decision's expiry and an upstream handshake bring deadlines forward.
+            self.schedule(i);
+        }
+    }
+
+    fn decide_tls(&mut self, i: usize) {
         let Some(Some(flow)) = self.slots.get(i).map(|s| s.conn.as_ref()) else {
             return;
         };
         let Flow::Tls(t) = flow else { return };
-        if t.state != TlsState::Deciding {
-            return;
-        }
         let listener = t.listener;
         if let Err(reason) = flow.cert_valid_at(self.unix_now) {
             self.with_conn(i, |f, ctx| {
@@ -703,6 +723,12 @@ impl Worker {
     /// cut, not finished) when it is no longer allowed, or when its new decision has
     /// already expired; otherwise records when the new decision expires.
     fn redecide(&mut self, i: usize) {
+        self.decide_again(i);
+        // A new decision may expire sooner than the flow's next check.
+        self.schedule(i);
+    }
+
+    fn decide_again(&mut self, i: usize) {
         let Some(Some(conn)) = self.slots.get(i).map(|s| s.conn.as_ref()) else {
             return;
         };
@@ -811,77 +837,141 @@ impl Worker {
                 let _ = self.arm_accept(i);
             }
         }
-        let now = self.now;
-        for i in 0..self.slots.len() {
-            let due = self
-                .slots
-                .get(i)
-                .and_then(|s| s.conn.as_ref())
-                .is_some_and(|c| {
-                    c.state() != State::Closing
-                        && c.expires_at().is_some_and(|e| self.unix_now >= e)
-                });
-            if due {
-                // The decision's constraints ran out: decide again (it may still allow,
-                // e.g. under a newer grant).
-                self.redecide(i);
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.take_due(self.now, &mut due);
+        for (index, gen, t) in due.drain(..) {
+            let i = usize::try_from(index).unwrap_or(usize::MAX);
+            let Some(slot) = self.slots.get_mut(i) else {
+                continue;
+            };
+            // Live only while the slot holds the same flow and this is its entry.
+            if slot.gen != gen || slot.check_tick != t {
+                continue;
             }
-            let mut expired = None;
-            let mut handshake_timed_out = false;
-            let mut upstream_handshake_timed_out = false;
-            if let Some(Some(conn)) = self.slots.get(i).map(|s| s.conn.as_ref()) {
-                if let Some(l) = self.listeners.get(conn.listener()) {
-                    let cfg = &l.config;
-                    if let (Flow::Tls(t), Some(tc)) = (conn, cfg.tls.as_ref()) {
-                        handshake_timed_out = t.is_handshaking()
-                            && now.saturating_duration_since(t.started) >= tc.handshake_timeout;
-                        // The upstream handshake may take as long, counted from the
-                        // last byte that moved.
-                        upstream_handshake_timed_out = t.is_upstream_handshaking()
-                            && now.saturating_duration_since(t.last_active) >= tc.handshake_timeout;
-                    }
-                    if handshake_timed_out || upstream_handshake_timed_out {
-                    } else if conn.state() == State::Open
-                        && now.saturating_duration_since(conn.last_active()) >= cfg.idle_timeout
-                    {
-                        expired = Some(true);
-                    } else if conn.state() != State::Closing
-                        && cfg
-                            .max_lifetime
-                            .is_some_and(|m| now.saturating_duration_since(conn.started()) >= m)
-                    {
-                        expired = Some(false);
-                    }
-                }
+            slot.check_tick = timers::NOT_SCHEDULED;
+            self.check_deadlines(i);
+            if self.slots.get(i).is_some_and(|s| s.gen == gen) {
+                self.schedule(i);
             }
-            match expired {
-                Some(true) => self.stats.idle_timeouts += 1,
-                Some(false) => self.stats.lifetime_expiries += 1,
-                None if handshake_timed_out || upstream_handshake_timed_out => {
-                    let r = RejectReason::HandshakeTimeout;
-                    let (counters, kind) = if handshake_timed_out {
-                        (&mut self.stats.tls_failures, AuditKind::TlsRefused)
-                    } else {
-                        (
-                            &mut self.stats.upstream_tls_failures,
-                            AuditKind::UpstreamTlsFailed,
-                        )
-                    };
-                    if let Some(n) = counters.get_mut(r.index()) {
-                        *n += 1;
-                    }
-                    self.with_conn(i, |conn, ctx| {
-                        if let Flow::Tls(t) = conn {
-                            t.refused = Some(Refused::tls(kind, &r));
-                        }
-                        conn.close(CloseKind::Normal, ctx);
-                    });
-                    continue;
-                }
-                None => continue,
-            }
-            self.with_conn(i, |conn, ctx| conn.close(CloseKind::Normal, ctx));
         }
+        self.due = due;
+    }
+
+    /// Schedule the check of the flow in slot `i` for its earliest deadline, unless an
+    /// entry at or before that tick is already live. Cheap: called after anything that
+    /// may bring a deadline forward.
+    fn schedule(&mut self, i: usize) {
+        let Some(slot) = self.slots.get(i) else {
+            return;
+        };
+        let Some(conn) = slot.conn.as_ref() else {
+            return;
+        };
+        if conn.state() == State::Closing {
+            return;
+        }
+        let Some(l) = self.listeners.get(conn.listener()) else {
+            return;
+        };
+        let cfg = &l.config;
+        let mut at = conn.last_active() + cfg.idle_timeout;
+        if let Some(m) = cfg.max_lifetime {
+            at = at.min(conn.started() + m);
+        }
+        if let Some(e) = conn.expires_at() {
+            let left = u64::try_from(e.saturating_sub(self.unix_now)).unwrap_or(0);
+            at = at.min(self.now + Duration::from_secs(left));
+        }
+        if let (Flow::Tls(t), Some(tc)) = (conn, cfg.tls.as_ref()) {
+            if t.awaits_handshake() {
+                at = at
+                    .min(t.started + tc.handshake_timeout)
+                    .min(t.last_active + tc.handshake_timeout);
+            }
+        }
+        let t = self.wheel.tick_for(at);
+        if slot.check_tick <= t {
+            return;
+        }
+        let gen = slot.gen;
+        if let Some(slot) = self.slots.get_mut(i) {
+            slot.check_tick = t;
+        }
+        self.wheel
+            .insert(u32::try_from(i).unwrap_or(u32::MAX), gen, t);
+    }
+
+    /// The deadline checks of one flow (idle, lifetime, handshake, decision expiry):
+    /// what every tick used to do for every flow.
+    fn check_deadlines(&mut self, i: usize) {
+        let now = self.now;
+        let due = self
+            .slots
+            .get(i)
+            .and_then(|s| s.conn.as_ref())
+            .is_some_and(|c| {
+                c.state() != State::Closing && c.expires_at().is_some_and(|e| self.unix_now >= e)
+            });
+        if due {
+            // The decision's constraints ran out: decide again (it may still allow,
+            // e.g. under a newer grant).
+            self.redecide(i);
+        }
+        let mut expired = None;
+        let mut handshake_timed_out = false;
+        let mut upstream_handshake_timed_out = false;
+        if let Some(Some(conn)) = self.slots.get(i).map(|s| s.conn.as_ref()) {
+            if let Some(l) = self.listeners.get(conn.listener()) {
+                let cfg = &l.config;
+                if let (Flow::Tls(t), Some(tc)) = (conn, cfg.tls.as_ref()) {
+                    handshake_timed_out = t.is_handshaking()
+                        && now.saturating_duration_since(t.started) >= tc.handshake_timeout;
+                    // The upstream handshake may take as long, counted from the
+                    // last byte that moved.
+                    upstream_handshake_timed_out = t.is_upstream_handshaking()
+                        && now.saturating_duration_since(t.last_active) >= tc.handshake_timeout;
+                }
+                if handshake_timed_out || upstream_handshake_timed_out {
+                } else if conn.state() == State::Open
+                    && now.saturating_duration_since(conn.last_active()) >= cfg.idle_timeout
+                {
+                    expired = Some(true);
+                } else if conn.state() != State::Closing
+                    && cfg
+                        .max_lifetime
+                        .is_some_and(|m| now.saturating_duration_since(conn.started()) >= m)
+                {
+                    expired = Some(false);
+                }
+            }
+        }
+        match expired {
+            Some(true) => self.stats.idle_timeouts += 1,
+            Some(false) => self.stats.lifetime_expiries += 1,
+            None if handshake_timed_out || upstream_handshake_timed_out => {
+                let r = RejectReason::HandshakeTimeout;
+                let (counters, kind) = if handshake_timed_out {
+                    (&mut self.stats.tls_failures, AuditKind::TlsRefused)
+                } else {
+                    (
+                        &mut self.stats.upstream_tls_failures,
+                        AuditKind::UpstreamTlsFailed,
+                    )
+                };
+                if let Some(n) = counters.get_mut(r.index()) {
+                    *n += 1;
+                }
+                self.with_conn(i, |conn, ctx| {
+                    if let Flow::Tls(t) = conn {
+                        t.refused = Some(Refused::tls(kind, &r));
+                    }
+                    conn.close(CloseKind::Normal, ctx);
+                });
+                return;
+            }
+            None => return,
+        }
+        self.with_conn(i, |conn, ctx| conn.close(CloseKind::Normal, ctx));
     }
 
     /// Run `f` on the flow in slot `i` (if any), then free the slot if it is finished.
@@ -1037,7 +1127,11 @@ impl Worker {
             return Some(i);
         }
         let i = u32::try_from(self.slots.len()).ok()?;
-        self.slots.push(Slot { gen: 0, conn: None });
+        self.slots.push(Slot {
+            gen: 0,
+            conn: None,
+            check_tick: timers::NOT_SCHEDULED,
+        });
         Some(i)
     }
 
@@ -1080,7 +1174,9 @@ impl Worker {
                     }
                 }
                 slot.conn = Some(Flow::Tls(Box::new(conn)));
+                slot.check_tick = timers::NOT_SCHEDULED;
                 self.live += 1;
+                self.schedule(i);
             }
             Ok(mut conn) => {
                 self.free.push(index);
@@ -1187,10 +1283,12 @@ impl Worker {
         match Conn::connect(admitted, client, upstream, cfg, &mut ctx) {
             Ok(conn) => {
                 slot.conn = Some(Flow::Plain(conn));
+                slot.check_tick = timers::NOT_SCHEDULED;
                 self.live += 1;
                 if let Some(l) = self.listeners.get_mut(listener) {
                     l.active += 1;
                 }
+                self.schedule(i);
             }
             Err(_) => {
                 // Nothing was queued; the sockets close here.

@@ -240,6 +240,13 @@ impl TlsConn {
         matches!(self.state, TlsState::Preamble | TlsState::Handshaking)
     }
 
+    /// Whether a handshake timeout may still apply: the client's handshake (or the
+    /// PostgreSQL preamble) or the upstream's is not done yet. Conservative: the timer
+    /// wheel checks such a flow at its handshake deadlines.
+    pub fn awaits_handshake(&self) -> bool {
+        self.state != TlsState::Open || self.up.as_deref().is_some_and(|u| !u.is_established())
+    }
+
     /// Whether the upstream TLS handshake is still running (the handshake timeout
     /// applies to it too).
     pub fn is_upstream_handshaking(&self) -> bool {
