@@ -127,6 +127,17 @@ impl<T: ?Sized> Lent<T> {
         self.lent
     }
 
+    /// The memory, read-only, while no SQE points into it (`None` while lent).
+    pub fn get(&self) -> Option<&T> {
+        if self.lent > 0 {
+            return None;
+        }
+        // SAFETY: as in `get_mut`: allocated until this `Lent` drops, and with
+        // `lent == 0` the kernel does not touch it; the shared borrow of `self` keeps
+        // `get_mut` (and so any loan to the kernel) out while this reference lives.
+        Some(unsafe { &*self.ptr.as_ptr() })
+    }
+
     /// The memory, while no SQE points into it (`None` while lent).
     pub fn get_mut(&mut self) -> Option<&mut T> {
         if self.lent > 0 {

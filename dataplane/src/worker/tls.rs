@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use zgate_table::facts::UnixSeconds;
 use zgate_telemetry::{bounded, AuditKind};
-use zgate_tls::{ClientTls, RejectReason, ServerTls, TlsSession, MAX_PLAINTEXT, MAX_RECORD};
+use zgate_tls::{ClientTls, RejectReason, ServerTls, TlsSession, MAX_RECORD};
 
 use crate::config::{ListenerConfig, POSTGRES_ALPN};
 use crate::postgres::{Preamble, PreambleReader, Refusal};
@@ -704,7 +704,7 @@ impl TlsConn {
             &mut []
         } else if let Some(b) = self.bridge.as_deref_mut() {
             to_bridge = true;
-            b.to_upstream.space()
+            b.to_upstream.space(ctx.out_pool)
         } else {
             match free_out(&mut self.out, 0, ctx.out_pool) {
                 Some(buf) => buf,
@@ -767,7 +767,7 @@ impl TlsConn {
                 .unwrap_or_default(),
             None => &mut none,
         };
-        let r = up.read(bytes, b.to_client.space());
+        let r = up.read(bytes, b.to_client.space(ctx.out_pool));
         let established = up.is_established();
         let r = match r {
             Ok(r) => r,
@@ -1055,6 +1055,10 @@ impl TlsConn {
     /// none, and the worker's spare list hands them to the next flow that sends, so a
     /// busy flow does not allocate and zero a buffer per record batch.
     fn release_idle_outputs(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(b) = self.bridge.as_deref_mut() {
+            b.to_upstream.release(ctx.out_pool);
+            b.to_client.release(ctx.out_pool);
+        }
         for o in &mut self.out {
             if o.as_ref()
                 .is_some_and(|x| !x.sending && x.start >= x.end && x.mem.lent() == 0)
@@ -1094,9 +1098,11 @@ fn free_out<'o>(
     o.mem.get_mut()
 }
 
-/// Plaintext between the two TLS sessions of a flow with upstream TLS.
+/// Plaintext between the two TLS sessions of a flow with upstream TLS. Its buffer is an
+/// output buffer from the worker's spare list, held only while it has data (an idle
+/// flow holds none).
 struct Plain {
-    buf: Box<[u8]>,
+    mem: Option<Lent<[u8]>>,
     start: usize,
     end: usize,
 }
@@ -1104,7 +1110,7 @@ struct Plain {
 impl Plain {
     fn new() -> Plain {
         Plain {
-            buf: vec![0u8; MAX_RECORD + MAX_PLAINTEXT].into_boxed_slice(),
+            mem: None,
             start: 0,
             end: 0,
         }
@@ -1115,21 +1121,46 @@ impl Plain {
     }
 
     fn data(&self) -> &[u8] {
-        self.buf.get(self.start..self.end).unwrap_or_default()
+        self.mem
+            .as_ref()
+            .and_then(|m| m.get())
+            .and_then(|b| b.get(self.start..self.end))
+            .unwrap_or_default()
     }
 
-    /// Room after the data; moves the data to the front first when less than a whole
-    /// record would fit (a session reads only whole records).
-    fn space(&mut self) -> &mut [u8] {
+    /// Room after the data (taking a buffer when it has none); moves the data to the
+    /// front first when less than a whole record would fit (a session reads only whole
+    /// records).
+    fn space(&mut self, spare: &mut Vec<Lent<[u8]>>) -> &mut [u8] {
         if self.start >= self.end {
             self.start = 0;
             self.end = 0;
-        } else if self.buf.len() - self.end < MAX_RECORD {
-            self.buf.copy_within(self.start..self.end, 0);
+        }
+        let mem = self.mem.get_or_insert_with(|| {
+            spare
+                .pop()
+                .unwrap_or_else(|| Lent::new(vec![0u8; OUT_SIZE].into_boxed_slice()))
+        });
+        let Some(buf) = mem.get_mut() else {
+            return &mut [];
+        };
+        if buf.len().saturating_sub(self.end) < MAX_RECORD && self.start > 0 {
+            buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        self.buf.get_mut(self.end..).unwrap_or_default()
+        buf.get_mut(self.end..).unwrap_or_default()
+    }
+
+    /// Give the buffer back to the spare list once it holds nothing.
+    fn release(&mut self, spare: &mut Vec<Lent<[u8]>>) {
+        if self.is_empty() {
+            if let Some(m) = self.mem.take() {
+                if spare.len() < OUT_POOL_MAX {
+                    spare.push(m);
+                }
+            }
+        }
     }
 }
 
