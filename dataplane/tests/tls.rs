@@ -432,6 +432,87 @@ mod tls {
         assert_eq!(gw.metric("zgate_tls_handshakes_total"), 1);
     }
 
+    /// OpenSSL updates its keys mid-flow and asks the gateway to update too (s_client's
+    /// interactive `K` command): zgate's record layer follows the client's new key,
+    /// answers with its own KeyUpdate, and the echo keeps flowing both ways.
+    #[test]
+    fn openssl_key_updates_both_ways_keep_the_flow_going() {
+        require("openssl", "version");
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "");
+        let (cert, key) = pki.write_leaf("client", &pki.client(&ClientSpec::spiffe(TRADING)));
+        // Not -quiet: only an interactive s_client reads `K` as a command.
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-connect", &gw.listen.to_string()])
+            .args([
+                "-servername",
+                "localhost",
+                "-verify_return_error",
+                "-tls1_3",
+            ])
+            .arg("-CAfile")
+            .arg(pki.path("ca.pem"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // Both streams, as lines: the echo comes on stdout, s_client's `KEYUPDATE` on
+        // stderr.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
+        let err: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
+        for stream in [out, err] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let wait_for = |want: &str| {
+            let deadline = Instant::now() + WAIT;
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok(l) if l.trim_end() == want => return true,
+                    Ok(_) => continue,
+                    Err(_) => return false,
+                }
+            }
+            false
+        };
+        stdin.write_all(b"before the update\n").unwrap();
+        stdin.flush().unwrap();
+        assert!(wait_for("before the update"), "no echo before the update");
+        for round in 0..3 {
+            // s_client drops whatever else its stdin read returned with a command:
+            // send the next line only once the update went out.
+            stdin.write_all(b"K\n").unwrap();
+            stdin.flush().unwrap();
+            assert!(wait_for("KEYUPDATE"), "s_client sent no KeyUpdate");
+            let line = format!("after update {round}");
+            stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+            stdin.flush().unwrap();
+            assert!(wait_for(&line), "no echo after key update {round}");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(gw.metric("zgate_tls_handshakes_total"), 1);
+        assert_eq!(
+            gw.metric("zgate_tls_handshake_failures_total{reason=\"bad-record\"}"),
+            0
+        );
+    }
+
     /// A `redis-server` on a loopback port (plain TCP). Killed on drop.
     struct Redis(std::process::Child, SocketAddr);
 
