@@ -7,9 +7,11 @@
 //! allocation and compares through `memcmp`; about 100 instructions and three cache
 //! lines for a 40-byte SPIFFE ID. Here a probe is one hash (a multiply per 8 bytes),
 //! one slot (hash tag, key length and offset, and the value itself) and the key's
-//! bytes in the arena: about 40 instructions and two lines. The hash also gives the hash of
-//! any prefix of a SPIFFE ID from the same words ([`PrefixHasher`]), so probing the
-//! `spiffe://td/a/*` keys an ID may fall under does not re-read it.
+//! bytes in the arena: about 40 instructions and two lines. A key of at most 8 bytes
+//! (most service names, ALPN names) sits whole in its slot, so its probe reads no
+//! arena. The hash also gives the hash of any prefix of a SPIFFE ID from the same
+//! words ([`PrefixHasher`]), so probing the `spiffe://td/a/*` keys an ID may fall
+//! under does not re-read it.
 //!
 //! The hash is not keyed: the keys come from the (trusted) policy, and a lookup with a
 //! hostile key costs at most the longest probe run, which the policy's keys alone
@@ -139,36 +141,40 @@ impl<'a> PrefixHasher<'a> {
     }
 }
 
-/// Byte equality, a word at a time, inlined (the keys are short; a `memcmp` call costs
-/// more than the comparison).
+/// Equality of two keys of the same length `n > 8`, a word at a time, inlined (the
+/// keys are short; a `memcmp` call costs more than the comparison).
 #[inline(always)]
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
+fn same_long(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() || n < 8 {
         return false;
     }
-    let n = a.len();
-    if n < 8 {
-        return short_word(a) == short_word(b);
-    }
-    let mut at = 0;
-    while at + 8 < n {
-        if word_at(a, at) != word_at(b, at) {
+    // Whole words, then the last 8 bytes (overlapping the words before them).
+    let body = (n - 1) / 8 * 8;
+    let (Some(a_body), Some(b_body)) = (a.get(..body), b.get(..body)) else {
+        return false;
+    };
+    for (x, y) in a_body.chunks_exact(8).zip(b_body.chunks_exact(8)) {
+        if x != y {
             return false;
         }
-        at += 8;
     }
     word_at(a, n - 8) == word_at(b, n - 8)
 }
 
-/// One slot: the high half of the key's hash, where its bytes are in the arena, and
-/// its value. An empty slot has length [`EMPTY_LEN`].
+/// One slot. A key of at most 8 bytes is held whole in `key` (its [`short_word`]),
+/// so a lookup reads no arena bytes; a longer key's `key` holds the high half of its
+/// hash (low 32 bits) and its offset in the arena (high 32 bits). An empty slot has
+/// length [`EMPTY_LEN`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot<V> {
-    tag: u32,
+    key: u64,
     len: u32,
-    off: u32,
     value: V,
 }
+
+/// Longest key held whole in its slot.
+const INLINE_KEY: usize = 8;
 
 /// The `len` of an empty slot (keys are shorter: the arena is under 4 GiB).
 const EMPTY_LEN: u32 = u32::MAX;
@@ -179,11 +185,13 @@ const EMPTY_LEN: u32 = u32::MAX;
 const SMALL_KEYS: usize = 4;
 
 /// A map from byte strings to small `Copy` values, built once. The value sits in the
-/// slot, so a hit reads the slot and the key's bytes: two cache lines.
+/// slot, so a hit reads the slot and, for keys over 8 bytes, the key's bytes: one or
+/// two cache lines.
 #[derive(Debug, Clone)]
 pub(crate) struct StrIndex<V = u32> {
     /// Power-of-two length (or empty), at most about two thirds full; linear probing.
     slots: Box<[Slot<V>]>,
+    /// The bytes of the keys over 8 bytes, back to back.
     text: Box<[u8]>,
 }
 
@@ -203,6 +211,34 @@ pub(crate) enum IndexError {
     Duplicate,
     /// Over 2^32 - 1 bytes of keys or 2^30 keys.
     TooLarge,
+}
+
+/// What a slot holding `key` (whose [`hash`] is `h`) has in its `key` field, less the
+/// arena offset: the whole key if short, else the hash tag.
+#[inline(always)]
+fn slot_word(key: &[u8], h: u64) -> u64 {
+    if key.len() <= INLINE_KEY {
+        short_word(key)
+    } else {
+        h >> 32
+    }
+}
+
+/// Whether slot `s` holds `key`; `word` is [`slot_word`] of `key`.
+#[inline(always)]
+fn holds<V>(s: &Slot<V>, text: &[u8], key: &[u8], word: u64) -> bool {
+    if s.len as usize != key.len() {
+        return false;
+    }
+    if key.len() <= INLINE_KEY {
+        return s.key == word;
+    }
+    if s.key as u32 != word as u32 {
+        return false;
+    }
+    let off = (s.key >> 32) as usize;
+    text.get(off..off.wrapping_add(key.len()))
+        .is_some_and(|stored| same_long(stored, key))
 }
 
 impl<V: Copy + Default> StrIndex<V> {
@@ -226,9 +262,8 @@ impl<V: Copy + Default> StrIndex<V> {
         };
         let mask = cap - 1;
         let empty = Slot {
-            tag: 0,
+            key: 0,
             len: EMPTY_LEN,
-            off: 0,
             value: V::default(),
         };
         let mut slots = vec![empty; cap];
@@ -236,15 +271,11 @@ impl<V: Copy + Default> StrIndex<V> {
         if u32::try_from(text_len).map_or(true, |t| t == EMPTY_LEN) {
             return Err(IndexError::TooLarge);
         }
-        let mut text = Vec::with_capacity(text_len);
+        let mut text = Vec::new();
         for (at, (key, value)) in entries.enumerate() {
             let h = hash(key);
-            if small
-                && slots
-                    .iter()
-                    .take(at)
-                    .any(|s| text.get(s.off as usize..s.off as usize + s.len as usize) == Some(key))
-            {
+            let word = slot_word(key, h);
+            if small && slots.iter().take(at).any(|s| holds(s, &text, key, word)) {
                 return Err(IndexError::Duplicate);
             }
             // A short list keeps the keys in order; its slots are all filled.
@@ -256,20 +287,24 @@ impl<V: Copy + Default> StrIndex<V> {
                 if s.len == EMPTY_LEN {
                     break s;
                 }
-                if s.tag == (h >> 32) as u32
-                    && text.get(s.off as usize..s.off as usize + s.len as usize) == Some(key)
-                {
+                if holds(s, &text, key, word) {
                     return Err(IndexError::Duplicate);
                 }
                 i = (i + 1) & mask;
             };
+            let len = u32::try_from(key.len()).map_err(|_| IndexError::TooLarge)?;
+            let key_word = if key.len() <= INLINE_KEY {
+                word
+            } else {
+                let off = u32::try_from(text.len()).map_err(|_| IndexError::TooLarge)?;
+                text.extend_from_slice(key);
+                word | (u64::from(off) << 32)
+            };
             *slot = Slot {
-                tag: (h >> 32) as u32,
-                len: u32::try_from(key.len()).map_err(|_| IndexError::TooLarge)?,
-                off: u32::try_from(text.len()).map_err(|_| IndexError::TooLarge)?,
+                key: key_word,
+                len,
                 value,
             };
-            text.extend_from_slice(key);
         }
         Ok(StrIndex {
             slots: slots.into_boxed_slice(),
@@ -295,16 +330,26 @@ impl<V: Copy + Default> StrIndex<V> {
     /// The value of `key`, comparing it with every stored key.
     #[inline(always)]
     fn scan_all(&self, key: &[u8]) -> Option<V> {
+        // The tag is not needed to compare a long key: the arena is.
+        let word = if key.len() <= INLINE_KEY {
+            short_word(key)
+        } else {
+            0
+        };
         for s in self.slots.iter() {
-            if s.len as usize == key.len() {
-                let off = s.off as usize;
-                if self
-                    .text
-                    .get(off..off + key.len())
-                    .is_some_and(|stored| same(stored, key))
-                {
-                    return Some(s.value);
-                }
+            if s.len as usize != key.len() {
+                continue;
+            }
+            let hit = if key.len() <= INLINE_KEY {
+                s.key == word
+            } else {
+                let off = (s.key >> 32) as usize;
+                self.text
+                    .get(off..off.wrapping_add(key.len()))
+                    .is_some_and(|stored| same_long(stored, key))
+            };
+            if hit {
+                return Some(s.value);
             }
         }
         None
@@ -317,7 +362,7 @@ impl<V: Copy + Default> StrIndex<V> {
             return self.scan_all(key);
         }
         let mask = self.slots.len().wrapping_sub(1);
-        let tag = (h >> 32) as u32;
+        let word = slot_word(key, h);
         let mut i = (h as usize) & mask;
         // At most 2/3 full, so a run ends long before this bound.
         for _ in 0..self.slots.len() {
@@ -325,12 +370,8 @@ impl<V: Copy + Default> StrIndex<V> {
             if s.len == EMPTY_LEN {
                 return None;
             }
-            if s.tag == tag && s.len as usize == key.len() {
-                let off = s.off as usize;
-                let stored = self.text.get(off..off + key.len())?;
-                if same(stored, key) {
-                    return Some(s.value);
-                }
+            if holds(s, &self.text, key, word) {
+                return Some(s.value);
             }
             i = (i + 1) & mask;
         }
