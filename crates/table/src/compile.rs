@@ -162,6 +162,7 @@ pub(crate) fn compile(policy: &Policy, version: u64) -> Result<DecisionTable, Co
             what: "key index (duplicate key)",
         })?;
     idx.small_rows = crate::small_rows(&b.rows, &b.pool);
+    idx.small_tables = crate::small_tables(&tables, &idx.small_rows);
     Ok(DecisionTable {
         version,
         policy_hash: policy.source_hash,

@@ -12,8 +12,9 @@
 //!    names, hashed in one pass; one probe per other name it carries); SNI -> up to
 //!    two key ids; ALPN -> one (a direct comparison for up to four names);
 //! 4. per sub-table, out of line: with at most 128 rules, the candidates are one
-//!    `u128` narrowed dimension by dimension (stopping as soon as it is empty; each
-//!    row one load from the derived `small_rows`); wider
+//!    `u128` narrowed dimension by dimension (stopping as soon as it is empty); the
+//!    sub-table's fixed rows sit inline in its derived [`SmallTable`] and each keyed
+//!    row is one load from the derived `small_rows`; wider
 //!    sub-tables resolve the rows of the matched keys once, then per bitset word OR
 //!    the rows per dimension and AND the dimensions. Either way the surviving bits
 //!    are walked in index order, deny rules first, checking residual conditions only
@@ -26,7 +27,7 @@ use crate::facts::{
 use crate::index::PrefixHasher;
 use crate::tz::{Zone, CYCLE, CYCLE_START, LIST_END, MAX_INSTANT, MIN_INSTANT};
 use crate::{
-    key_slot, DecisionTable, Row, RuleInfo, Span, SubTable, EMPTY_ROW as EMPTY, NONE,
+    key_slot, DecisionTable, Row, RuleInfo, SmallTable, Span, SubTable, EMPTY_ROW as EMPTY, NONE,
     UNCONSTRAINED_ALPN, UNCONSTRAINED_PRINCIPAL, UNCONSTRAINED_SNI, UNCONSTRAINED_SOURCE,
 };
 
@@ -74,11 +75,72 @@ struct Matched<'f> {
     overflow: Option<&'f PeerIdentity<'f>>,
 }
 
-/// Lowest matching deny and allow seen so far, across sub-tables.
-#[derive(Default)]
+/// What one decision looks up in each sub-table.
+struct Query<'q, 'f> {
+    flow: &'q FlowFacts<'f>,
+    live: &'q LiveFacts,
+    matched: &'q Matched<'f>,
+    /// SNI key ids (exact, wildcard suffix), `NONE` where absent.
+    sni: [u32; 2],
+    /// ALPN key id or `NONE`.
+    alpn: u32,
+}
+
+/// The row for `key` in one sub-table's key slots (a power-of-two hash table, linear
+/// probing, `NONE` = empty), or the empty row. `key` must not be `NONE`.
+#[inline(always)]
+fn probe(slots: &[[u32; 2]], key: u32) -> u32 {
+    let mask = slots.len().wrapping_sub(1);
+    let mut i = key_slot(key, mask);
+    // Bounded even if a (validated) table were full.
+    for _ in 0..slots.len() {
+        let Some(&[k, row]) = slots.get(i) else {
+            break;
+        };
+        if k == key {
+            return row;
+        }
+        if k == NONE {
+            break;
+        }
+        i = (i + 1) & mask;
+    }
+    EMPTY
+}
+
+/// Lowest matching deny and allow seen so far, across sub-tables (`NONE` = none yet).
+/// Plain fields rather than `Option`s of tuples, so recording an allow is one store
+/// of its constraints, not a copy through a temporary.
 struct Best {
-    deny: Option<u32>,
-    allow: Option<(u32, Constraints)>,
+    deny: u32,
+    allow: u32,
+    /// The constraints of `allow`.
+    constraints: Constraints,
+}
+
+impl Best {
+    fn new() -> Best {
+        Best {
+            deny: NONE,
+            allow: NONE,
+            constraints: Constraints::default(),
+        }
+    }
+
+    /// Record a matching deny rule.
+    #[inline(always)]
+    fn deny(&mut self, global: u32) {
+        self.deny = self.deny.min(global);
+    }
+
+    /// Record a matching allow rule and its constraints.
+    #[inline(always)]
+    fn allow(&mut self, global: u32, constraints: Constraints) {
+        if global < self.allow {
+            self.allow = global;
+            self.constraints = constraints;
+        }
+    }
 }
 
 impl DecisionTable {
@@ -114,29 +176,36 @@ impl DecisionTable {
             .and_then(|a| self.idx.alpn.get(a.as_bytes()))
             .unwrap_or(NONE);
 
-        let mut best = Best::default();
+        let mut best = Best::new();
+        let q = Query {
+            flow,
+            live,
+            matched: &matched,
+            sni,
+            alpn,
+        };
         // Usually one sub-table; the second is the `*` one when not merged.
         let [first, second] = tables;
-        if let Some(table) = first.and_then(|t| self.tables.get(t as usize)) {
-            self.scan(table, flow, live, &matched, sni, alpn, &mut best);
+        if let Some(t) = first {
+            self.scan(t as usize, &q, &mut best);
         }
-        if let Some(table) = second.and_then(|t| self.tables.get(t as usize)) {
-            self.scan(table, flow, live, &matched, sni, alpn, &mut best);
+        if let Some(t) = second {
+            self.scan(t as usize, &q, &mut best);
         }
 
-        if let Some(rule) = best.deny {
+        if best.deny != NONE {
             Decision {
                 verdict: Verdict::Deny,
-                decided_by: DecidedBy::Rule(rule),
+                decided_by: DecidedBy::Rule(best.deny),
                 reason: Reason::DeniedByRule,
                 constraints: Constraints::default(),
             }
-        } else if let Some((rule, constraints)) = best.allow {
+        } else if best.allow != NONE {
             Decision {
                 verdict: Verdict::Allow,
-                decided_by: DecidedBy::Rule(rule),
+                decided_by: DecidedBy::Rule(best.allow),
                 reason: Reason::AllowedByRule,
-                constraints,
+                constraints: best.constraints,
             }
         } else {
             Decision::default_deny(Reason::NoRuleMatched)
@@ -314,28 +383,19 @@ impl DecisionTable {
         rows.iter().fold(0, |acc, &r| acc | self.word(r, w))
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "hot path; the inputs are distinct"
-    )]
+    /// Narrow sub-table `ti` to the flow's candidates and record its lowest matching
+    /// deny or allow in `best`.
     #[inline]
-    fn scan(
-        &self,
-        t: &SubTable,
-        flow: &FlowFacts<'_>,
-        live: &LiveFacts,
-        matched: &Matched<'_>,
-        sni: [u32; 2],
-        alpn: u32,
-        best: &mut Best,
-    ) {
-        let Some(locals) = self.local_rules.get(t.rules.range()) else {
+    fn scan(&self, ti: usize, q: &Query<'_, '_>, best: &mut Best) {
+        let Some(t) = self.tables.get(ti) else {
             return;
         };
         if t.words <= 2 {
-            self.scan_small(t, locals, flow, live, matched, sni, alpn, best);
-        } else {
-            self.scan_wide(t, locals, flow, live, matched, sni, alpn, best);
+            if let Some(s) = self.idx.small_tables.get(ti) {
+                self.scan_small(s, q, best);
+            }
+        } else if let Some(locals) = self.local_rules.get(t.rules.range()) {
+            self.scan_wide(t, locals, q.flow, q.live, q.matched, q.sni, q.alpn, best);
         }
     }
 
@@ -441,88 +501,122 @@ impl DecisionTable {
 
     /// [`Self::scan`] for a sub-table of at most 128 rules (the common case): the
     /// candidates are one `u128`, narrowed dimension by dimension and given up as
-    /// soon as it is empty; each row is one load from `small_rows`.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "hot path; the inputs are distinct"
-    )]
+    /// soon as it is empty. The fixed rows are inline in the [`SmallTable`]; each keyed
+    /// row is one load from `small_rows`.
     #[inline(never)]
-    fn scan_small(
-        &self,
-        t: &SubTable,
-        locals: &[u32],
-        flow: &FlowFacts<'_>,
-        live: &LiveFacts,
-        matched: &Matched<'_>,
-        sni: [u32; 2],
-        alpn: u32,
-        best: &mut Best,
-    ) {
-        let rows = &self.idx.small_rows;
+    fn scan_small(&self, s: &SmallTable, q: &Query<'_, '_>, best: &mut Best) {
+        let rows = &*self.idx.small_rows;
         let load = |id: u32| rows.get(id as usize).copied().unwrap_or(0);
-        let dims = t.unconstrained;
-        let mut c = u128::MAX >> (128 - locals.len().clamp(1, 128));
+        let dims = s.unconstrained;
+        let mut c = s.all;
         if dims & UNCONSTRAINED_PRINCIPAL == 0 {
-            let mut p = load(t.principal_any);
-            self.each_principal(matched, &mut |k| {
-                if let Some(r) = self.key_row(t.principals, k) {
-                    p |= load(r);
+            let mut p = s.principal_any;
+            let slots = self.slots.get(s.principals.range()).unwrap_or(&[]);
+            if !slots.is_empty() {
+                match q.matched.overflow {
+                    None => {
+                        for &k in q.matched.ids.get(..q.matched.len).unwrap_or(&[]) {
+                            p |= load(probe(slots, k));
+                        }
+                    }
+                    Some(id) => self.visit_principals(id, &mut |k| p |= load(probe(slots, k))),
                 }
-            });
+            }
             c &= p;
             if c == 0 {
                 return;
             }
         }
         if dims & UNCONSTRAINED_SOURCE == 0 {
-            let at = self.source_row(t, flow.source).unwrap_or(EMPTY);
-            c &= load(t.source_any) | load(at);
+            let at = match q.flow.source {
+                std::net::IpAddr::V4(a) => {
+                    let a = u32::from(a);
+                    let starts = self.v4_starts.get(s.v4.range()).unwrap_or(&[]);
+                    // Validated: a non-empty list starts at 0, so `pos >= 1`.
+                    let pos = starts.partition_point(|&x| x <= a);
+                    (s.v4.off as usize + pos)
+                        .checked_sub(1)
+                        .filter(|_| pos > 0)
+                        .and_then(|i| self.v4_rows.get(i))
+                }
+                std::net::IpAddr::V6(a) => {
+                    let a = u128::from(a);
+                    let starts = self.v6_starts.get(s.v6.range()).unwrap_or(&[]);
+                    let pos = starts.partition_point(|&x| x <= a);
+                    (s.v6.off as usize + pos)
+                        .checked_sub(1)
+                        .filter(|_| pos > 0)
+                        .and_then(|i| self.v6_rows.get(i))
+                }
+            };
+            c &= s.source_any | at.map_or(0, |&r| load(r));
             if c == 0 {
                 return;
             }
         }
         if dims & UNCONSTRAINED_SNI == 0 {
-            let exact = self.key_row(t.sni, sni[0]).unwrap_or(EMPTY);
-            let wildcard = self.key_row(t.sni, sni[1]).unwrap_or(EMPTY);
-            c &= load(t.sni_any) | load(exact) | load(wildcard);
+            let mut m = s.sni_any;
+            let [exact, wildcard] = q.sni;
+            if exact & wildcard != NONE {
+                let slots = self.slots.get(s.sni.range()).unwrap_or(&[]);
+                if !slots.is_empty() {
+                    if exact != NONE {
+                        m |= load(probe(slots, exact));
+                    }
+                    if wildcard != NONE {
+                        m |= load(probe(slots, wildcard));
+                    }
+                }
+            }
+            c &= m;
             if c == 0 {
                 return;
             }
         }
         if dims & UNCONSTRAINED_ALPN == 0 {
-            let at = self.key_row(t.alpn, alpn).unwrap_or(EMPTY);
-            c &= load(t.alpn_any) | load(at);
+            let mut m = s.alpn_any;
+            if q.alpn != NONE {
+                let slots = self.slots.get(s.alpn.range()).unwrap_or(&[]);
+                if !slots.is_empty() {
+                    m |= load(probe(slots, q.alpn));
+                }
+            }
+            c &= m;
             if c == 0 {
                 return;
             }
         }
-        let (dn, ck) = (load(t.deny), load(t.check));
+        let Some(locals) = self.local_rules.get(s.rules.range()) else {
+            return;
+        };
+        let (flow, live) = (q.flow, q.live);
+        let (dn, ck) = (s.deny, s.check);
         // The lowest deny whose residual conditions pass decides this sub-table.
         let mut d = c & dn;
         while d != 0 {
+            let low = d & d.wrapping_neg();
             let bit = d.trailing_zeros();
-            d &= d - 1;
+            d ^= low;
             let Some(&global) = locals.get(bit as usize) else {
                 continue;
             };
-            if ck & (1 << bit) == 0 || self.residual(global, flow, live).is_some() {
-                best.deny = Some(best.deny.map_or(global, |g| g.min(global)));
+            if ck & low == 0 || self.residual(global, flow, live).is_some() {
+                best.deny(global);
                 return;
             }
         }
         // Otherwise the lowest allow whose residual conditions pass.
         let mut a = c & !dn;
         while a != 0 {
+            let low = a & a.wrapping_neg();
             let bit = a.trailing_zeros();
-            a &= a - 1;
+            a ^= low;
             let Some(&global) = locals.get(bit as usize) else {
                 continue;
             };
-            let constraints = self.matched(global, ck & (1 << bit) != 0, flow, live);
+            let constraints = self.matched(global, ck & low != 0, flow, live);
             if let Some(constraints) = constraints {
-                if best.allow.is_none_or(|(g, _)| global < g) {
-                    best.allow = Some((global, constraints));
-                }
+                best.allow(global, constraints);
                 return;
             }
         }
@@ -558,7 +652,7 @@ impl DecisionTable {
             };
             if ck & (1 << bit) == 0 || self.residual(global, flow, live).is_some() {
                 // The lowest deny in this sub-table: nothing later matters here.
-                best.deny = Some(best.deny.map_or(global, |g| g.min(global)));
+                best.deny(global);
                 return true;
             }
         }
@@ -575,9 +669,7 @@ impl DecisionTable {
             let constraints = self.matched(global, ck & (1 << bit) != 0, flow, live);
             if let Some(constraints) = constraints {
                 *allow_found = true;
-                if best.allow.is_none_or(|(g, _)| global < g) {
-                    best.allow = Some((global, constraints));
-                }
+                best.allow(global, constraints);
                 break;
             }
         }

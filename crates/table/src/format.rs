@@ -382,6 +382,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<DecisionTable, LoadError> {
     )
     .map_err(|d| corrupt(d.0))?;
     t.idx.small_rows = crate::small_rows(&t.rows, &t.pool);
+    t.idx.small_tables = crate::small_tables(&t.tables, &t.idx.small_rows);
     Ok(t)
 }
 

@@ -375,6 +375,72 @@ pub(crate) struct Indexes {
     /// past word 1, which no sub-table of at most 128 rules names). Sub-tables that
     /// narrow read this instead of the row descriptor and the pool: one load.
     pub small_rows: Vec<u128>,
+    /// Per sub-table (same order as `tables`): its header with the fixed rows
+    /// resolved to `u128`s, for sub-tables of at most 128 rules (default for wider
+    /// ones, which `decide` does not read here).
+    pub small_tables: Vec<SmallTable>,
+}
+
+/// A sub-table of at most 128 rules as `decide` reads it: the fixed rows inline (one
+/// or two cache lines instead of the header plus six row loads), and the spans of its
+/// key slots, ranges and rules. Derived from [`SubTable`] and `small_rows` after
+/// compile and decode; not part of the format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct SmallTable {
+    /// One bit per rule of the sub-table.
+    pub all: u128,
+    pub deny: u128,
+    pub check: u128,
+    pub principal_any: u128,
+    pub source_any: u128,
+    pub sni_any: u128,
+    pub alpn_any: u128,
+    pub rules: Span,
+    pub principals: Span,
+    pub sni: Span,
+    pub alpn: Span,
+    pub v4: Span,
+    pub v6: Span,
+    /// As [`SubTable::unconstrained`].
+    pub unconstrained: u8,
+}
+
+impl SmallTable {
+    /// The small form of `t`, reading rows from `small_rows`.
+    fn of(t: &SubTable, small_rows: &[u128]) -> SmallTable {
+        let row = |id: u32| small_rows.get(id as usize).copied().unwrap_or(0);
+        let n = (t.rules.len as usize).min(128);
+        SmallTable {
+            all: u128::MAX.checked_shr(128 - n as u32).unwrap_or(0),
+            deny: row(t.deny),
+            check: row(t.check),
+            principal_any: row(t.principal_any),
+            source_any: row(t.source_any),
+            sni_any: row(t.sni_any),
+            alpn_any: row(t.alpn_any),
+            rules: t.rules,
+            principals: t.principals,
+            sni: t.sni,
+            alpn: t.alpn,
+            v4: t.v4,
+            v6: t.v6,
+            unconstrained: t.unconstrained,
+        }
+    }
+}
+
+/// Per sub-table, its [`SmallTable`] (default for sub-tables wider than 128 rules).
+pub(crate) fn small_tables(tables: &[SubTable], small_rows: &[u128]) -> Vec<SmallTable> {
+    tables
+        .iter()
+        .map(|t| {
+            if t.words <= 2 {
+                SmallTable::of(t, small_rows)
+            } else {
+                SmallTable::default()
+            }
+        })
+        .collect()
 }
 
 /// [`Indexes::small_rows`] for `rows` over `pool`.
@@ -530,6 +596,7 @@ impl Indexes {
             + self.sni_wildcard.heap_bytes()
             + self.alpn.heap_bytes()
             + std::mem::size_of_val(&*self.small_rows)
+            + std::mem::size_of_val(&*self.small_tables)
     }
 }
 
