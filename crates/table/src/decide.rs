@@ -169,7 +169,12 @@ impl DecisionTable {
             (None, a) => [a, None],
         };
 
-        let matched = self.match_principals(flow.identity.as_ref());
+        let mut matched = Matched {
+            ids: [NONE; MAX_MATCHED],
+            len: 0,
+            overflow: None,
+        };
+        self.match_principals(flow.identity.as_ref(), &mut matched);
         let sni = self.sni_ids(flow.sni);
         let alpn = flow
             .alpn
@@ -274,12 +279,9 @@ impl DecisionTable {
         }
     }
 
-    fn match_principals<'f>(&self, identity: Option<&'f PeerIdentity<'f>>) -> Matched<'f> {
-        let mut m = Matched {
-            ids: [NONE; MAX_MATCHED],
-            len: 0,
-            overflow: None,
-        };
+    /// Fill `m` (empty) with the key ids `identity` matches. In place rather than
+    /// returned: a returned `Matched` was copied into the caller's frame.
+    fn match_principals<'f>(&self, identity: Option<&'f PeerIdentity<'f>>, m: &mut Matched<'f>) {
         if let Some(id) = identity {
             let mut full = false;
             self.visit_principals(id, &mut |k| match m.ids.get_mut(m.len) {
@@ -293,7 +295,6 @@ impl DecisionTable {
                 m.overflow = Some(id);
             }
         }
-        m
     }
 
     fn each_principal(&self, m: &Matched<'_>, f: &mut impl FnMut(u32)) {
@@ -507,9 +508,11 @@ impl DecisionTable {
     fn scan_small(&self, s: &SmallTable, q: &Query<'_, '_>, best: &mut Best) {
         let rows = &*self.idx.small_rows;
         let load = |id: u32| rows.get(id as usize).copied().unwrap_or(0);
-        let dims = s.unconstrained;
+        // A dimension is looked up only while some candidate constrains it: once
+        // every candidate left is in the dimension's `*_any` row, it cannot narrow
+        // them (this also skips the dimensions no rule here constrains).
         let mut c = s.all;
-        if dims & UNCONSTRAINED_PRINCIPAL == 0 {
+        if c & !s.principal_any != 0 {
             let mut p = s.principal_any;
             let slots = self.slots.get(s.principals.range()).unwrap_or(&[]);
             if !slots.is_empty() {
@@ -527,7 +530,7 @@ impl DecisionTable {
                 return;
             }
         }
-        if dims & UNCONSTRAINED_SOURCE == 0 {
+        if c & !s.source_any != 0 {
             let at = match q.flow.source {
                 std::net::IpAddr::V4(a) => {
                     let a = u32::from(a);
@@ -554,7 +557,7 @@ impl DecisionTable {
                 return;
             }
         }
-        if dims & UNCONSTRAINED_SNI == 0 {
+        if c & !s.sni_any != 0 {
             let mut m = s.sni_any;
             let [exact, wildcard] = q.sni;
             if exact & wildcard != NONE {
@@ -573,7 +576,7 @@ impl DecisionTable {
                 return;
             }
         }
-        if dims & UNCONSTRAINED_ALPN == 0 {
+        if c & !s.alpn_any != 0 {
             let mut m = s.alpn_any;
             if q.alpn != NONE {
                 let slots = self.slots.get(s.alpn.range()).unwrap_or(&[]);

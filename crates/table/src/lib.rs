@@ -401,8 +401,6 @@ pub(crate) struct SmallTable {
     pub alpn: Span,
     pub v4: Span,
     pub v6: Span,
-    /// As [`SubTable::unconstrained`].
-    pub unconstrained: u8,
 }
 
 impl SmallTable {
@@ -424,7 +422,6 @@ impl SmallTable {
             alpn: t.alpn,
             v4: t.v4,
             v6: t.v6,
-            unconstrained: t.unconstrained,
         }
     }
 }
