@@ -9,12 +9,14 @@
 //!    sub-table if any;
 //! 3. the flow's identity -> global principal key ids (one probe for the SPIFFE ID,
 //!    whose slot lists the prefix keys it matches; prefix probes only for IDs no rule
-//!    names, hashed in one pass; one probe per other name it carries); SNI -> up to
-//!    two key ids; ALPN -> one (a direct comparison for up to four names);
+//!    names, hashed in one pass; one probe per other name it carries);
 //! 4. per sub-table, out of line: with at most 128 rules, the candidates are one
-//!    `u128` narrowed dimension by dimension (stopping as soon as it is empty); the
+//!    `u128` narrowed dimension by dimension (stopping as soon as it is empty, and
+//!    skipping a dimension once every candidate left accepts any value in it); the
 //!    sub-table's fixed rows sit inline in its derived [`SmallTable`] and each keyed
-//!    row is one load from the derived `small_rows`; wider
+//!    row is one load from the derived `small_rows`. SNI -> up to two key ids and
+//!    ALPN -> one (a direct comparison for up to four names) are looked up only
+//!    when a sub-table reaches those dimensions; wider
 //!    sub-tables resolve the rows of the matched keys once, then per bitset word OR
 //!    the rows per dimension and AND the dimensions. Either way the surviving bits
 //!    are walked in index order, deny rules first, checking residual conditions only
@@ -80,10 +82,6 @@ struct Query<'q, 'f> {
     flow: &'q FlowFacts<'f>,
     live: &'q LiveFacts,
     matched: &'q Matched<'f>,
-    /// SNI key ids (exact, wildcard suffix), `NONE` where absent.
-    sni: [u32; 2],
-    /// ALPN key id or `NONE`.
-    alpn: u32,
 }
 
 /// The row for `key` in one sub-table's key slots (a power-of-two hash table, linear
@@ -175,19 +173,12 @@ impl DecisionTable {
             overflow: None,
         };
         self.match_principals(flow.identity.as_ref(), &mut matched);
-        let sni = self.sni_ids(flow.sni);
-        let alpn = flow
-            .alpn
-            .and_then(|a| self.idx.alpn.get(a.as_bytes()))
-            .unwrap_or(NONE);
 
         let mut best = Best::new();
         let q = Query {
             flow,
             live,
             matched: &matched,
-            sni,
-            alpn,
         };
         // Usually one sub-table; the second is the `*` one when not merged.
         let [first, second] = tables;
@@ -304,6 +295,13 @@ impl DecisionTable {
         }
     }
 
+    /// Key id for the ALPN protocol, or `NONE`.
+    #[inline]
+    fn alpn_id(&self, alpn: Option<&str>) -> u32 {
+        alpn.and_then(|a| self.idx.alpn.get(a.as_bytes()))
+            .unwrap_or(NONE)
+    }
+
     /// Key ids for the SNI: exact name, and the suffix after a non-empty first label.
     fn sni_ids(&self, sni: Option<&str>) -> [u32; 2] {
         let Some(s) = sni else {
@@ -396,7 +394,8 @@ impl DecisionTable {
                 self.scan_small(s, q, best);
             }
         } else if let Some(locals) = self.local_rules.get(t.rules.range()) {
-            self.scan_wide(t, locals, q.flow, q.live, q.matched, q.sni, q.alpn, best);
+            let (sni, alpn) = (self.sni_ids(q.flow.sni), self.alpn_id(q.flow.alpn));
+            self.scan_wide(t, locals, q.flow, q.live, q.matched, sni, alpn, best);
         }
     }
 
@@ -559,7 +558,9 @@ impl DecisionTable {
         }
         if c & !s.sni_any != 0 {
             let mut m = s.sni_any;
-            let [exact, wildcard] = q.sni;
+            // Looked up here, not per decision: most rules name no SNI, so most
+            // decisions never get this far.
+            let [exact, wildcard] = self.sni_ids(q.flow.sni);
             if exact & wildcard != NONE {
                 let slots = self.slots.get(s.sni.range()).unwrap_or(&[]);
                 if !slots.is_empty() {
@@ -578,10 +579,11 @@ impl DecisionTable {
         }
         if c & !s.alpn_any != 0 {
             let mut m = s.alpn_any;
-            if q.alpn != NONE {
+            let alpn = self.alpn_id(q.flow.alpn);
+            if alpn != NONE {
                 let slots = self.slots.get(s.alpn.range()).unwrap_or(&[]);
                 if !slots.is_empty() {
-                    m |= load(probe(slots, q.alpn));
+                    m |= load(probe(slots, alpn));
                 }
             }
             c &= m;
