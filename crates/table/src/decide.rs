@@ -10,7 +10,7 @@
 //! 3. the flow's identity -> global principal key ids (one probe for the SPIFFE ID,
 //!    whose slot lists the prefix keys it matches; prefix probes only for IDs no rule
 //!    names, hashed in one pass; one probe per other name it carries);
-//! 4. per sub-table, out of line: with at most 128 rules, the candidates are one
+//! 4. per sub-table (the wide case out of line): with at most 128 rules, the candidates are one
 //!    `u128` narrowed dimension by dimension (stopping as soon as it is empty, and
 //!    skipping a dimension once every candidate left accepts any value in it); the
 //!    sub-table's fixed rows sit inline in its derived [`SmallTable`] and each keyed
@@ -181,11 +181,8 @@ impl DecisionTable {
             matched: &matched,
         };
         // Usually one sub-table; the second is the `*` one when not merged.
-        let [first, second] = tables;
-        if let Some(t) = first {
-            self.scan(t as usize, &q, &mut best);
-        }
-        if let Some(t) = second {
+        // One call site, so the inlined scan exists once.
+        for t in tables.into_iter().flatten() {
             self.scan(t as usize, &q, &mut best);
         }
 
@@ -386,16 +383,20 @@ impl DecisionTable {
     /// deny or allow in `best`.
     #[inline]
     fn scan(&self, ti: usize, q: &Query<'_, '_>, best: &mut Best) {
-        let Some(t) = self.tables.get(ti) else {
-            return;
-        };
-        if t.words <= 2 {
-            if let Some(s) = self.idx.small_tables.get(ti) {
-                self.scan_small(s, q, best);
+        // A small sub-table (the common case) reads only its `SmallTable`, whose
+        // `all` is non-zero; wide ones (and empty ones, which hold no rule) are
+        // told by the sub-table header.
+        match self.idx.small_tables.get(ti) {
+            Some(s) if s.all != 0 => self.scan_small(s, q, best),
+            _ => {
+                let Some(t) = self.tables.get(ti).filter(|t| t.words > 2) else {
+                    return;
+                };
+                if let Some(locals) = self.local_rules.get(t.rules.range()) {
+                    let (sni, alpn) = (self.sni_ids(q.flow.sni), self.alpn_id(q.flow.alpn));
+                    self.scan_wide(t, locals, q.flow, q.live, q.matched, sni, alpn, best);
+                }
             }
-        } else if let Some(locals) = self.local_rules.get(t.rules.range()) {
-            let (sni, alpn) = (self.sni_ids(q.flow.sni), self.alpn_id(q.flow.alpn));
-            self.scan_wide(t, locals, q.flow, q.live, q.matched, sni, alpn, best);
         }
     }
 
@@ -502,8 +503,10 @@ impl DecisionTable {
     /// [`Self::scan`] for a sub-table of at most 128 rules (the common case): the
     /// candidates are one `u128`, narrowed dimension by dimension and given up as
     /// soon as it is empty. The fixed rows are inline in the [`SmallTable`]; each keyed
-    /// row is one load from `small_rows`.
-    #[inline(never)]
+    /// row is one load from `small_rows`. Inlined (into the one call site in
+    /// `decide`): out of line, its arguments and spills cost more than its body saves
+    /// in code size.
+    #[inline(always)]
     fn scan_small(&self, s: &SmallTable, q: &Query<'_, '_>, best: &mut Best) {
         let rows = &*self.idx.small_rows;
         let load = |id: u32| rows.get(id as usize).copied().unwrap_or(0);
