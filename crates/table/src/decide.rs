@@ -106,6 +106,23 @@ fn probe(slots: &[[u32; 2]], key: u32) -> u32 {
     EMPTY
 }
 
+/// The row of the IPv4 range holding `a`, from one sub-table's ranges laid out by
+/// [`crate::eytzinger_v4`] (`None` without ranges).
+///
+/// Eytzinger search: the bounds check ends the loop, with no size or midpoint to
+/// track. `k` ends as the path to the first start above `a`; dropping its trailing
+/// ones and one more bit gives that start's node (0: none above), whose row entry is
+/// the range before it, the one holding `a`.
+#[inline(always)]
+pub(crate) fn v4_row<'t>(starts: &[u32], rows: &'t [u32], a: u32) -> Option<&'t u32> {
+    let mut k = 1usize;
+    while let Some(&x) = starts.get(k) {
+        k = 2 * k + usize::from(x <= a);
+    }
+    let node = k.checked_shr(k.trailing_ones() + 1).unwrap_or(0);
+    rows.get(node).filter(|_| starts.len() > 1)
+}
+
 /// Lowest matching deny and allow seen so far, across sub-tables (`NONE` = none yet).
 /// Plain fields rather than `Option`s of tuples, so recording an allow is one store
 /// of its constraints, not a copy through a temporary.
@@ -535,14 +552,12 @@ impl DecisionTable {
         if c & !s.source_any != 0 {
             let at = match q.flow.source {
                 std::net::IpAddr::V4(a) => {
-                    let a = u32::from(a);
-                    let starts = self.v4_starts.get(s.v4.range()).unwrap_or(&[]);
-                    // Validated: a non-empty list starts at 0, so `pos >= 1`.
-                    let pos = starts.partition_point(|&x| x <= a);
-                    (s.v4.off as usize + pos)
-                        .checked_sub(1)
-                        .filter(|_| pos > 0)
-                        .and_then(|i| self.v4_rows.get(i))
+                    let idx = &self.idx;
+                    v4_row(
+                        idx.v4_eyt_starts.get(s.v4_eyt.range()).unwrap_or(&[]),
+                        idx.v4_eyt_rows.get(s.v4_eyt.range()).unwrap_or(&[]),
+                        u32::from(a),
+                    )
                 }
                 std::net::IpAddr::V6(a) => {
                     let a = u128::from(a);

@@ -379,6 +379,13 @@ pub(crate) struct Indexes {
     /// resolved to `u128`s, for sub-tables of at most 128 rules (default for wider
     /// ones, which `decide` does not read here).
     pub small_tables: Vec<SmallTable>,
+    /// Per small sub-table ([`SmallTable::v4_eyt`]), its IPv4 range starts in
+    /// Eytzinger (breadth-first) order, 1-based: entry 0 is unused.
+    pub v4_eyt_starts: Vec<u32>,
+    /// Beside `v4_eyt_starts`: at each start, the row of the range *before* it
+    /// (entry 0: the last range's row). The search finds the first start above the
+    /// address, whose predecessor range holds it.
+    pub v4_eyt_rows: Vec<u32>,
 }
 
 /// A sub-table of at most 128 rules as `decide` reads it: the fixed rows inline (one
@@ -401,6 +408,9 @@ pub(crate) struct SmallTable {
     pub alpn: Span,
     pub v4: Span,
     pub v6: Span,
+    /// Into `v4_eyt_starts` / `v4_eyt_rows`: `v4.len + 1` entries (none without
+    /// IPv4 ranges).
+    pub v4_eyt: Span,
 }
 
 impl SmallTable {
@@ -422,22 +432,83 @@ impl SmallTable {
             alpn: t.alpn,
             v4: t.v4,
             v6: t.v6,
+            v4_eyt: Span::default(),
         }
     }
 }
 
-/// Per sub-table, its [`SmallTable`] (default for sub-tables wider than 128 rules).
-pub(crate) fn small_tables(tables: &[SubTable], small_rows: &[u128]) -> Vec<SmallTable> {
-    tables
-        .iter()
-        .map(|t| {
-            if t.words <= 2 {
-                SmallTable::of(t, small_rows)
-            } else {
-                SmallTable::default()
-            }
-        })
-        .collect()
+/// Lay one sub-table's sorted IPv4 range `starts` (with their `rows`) out in
+/// Eytzinger order after `eyt_starts` / `eyt_rows`; returns their span.
+pub(crate) fn eytzinger_v4(
+    starts: &[u32],
+    rows: &[u32],
+    eyt_starts: &mut Vec<u32>,
+    eyt_rows: &mut Vec<u32>,
+) -> Option<Span> {
+    let n = starts.len();
+    if n == 0 || rows.len() != n {
+        return Some(Span::default());
+    }
+    let off = eyt_starts.len();
+    let len = n + 1;
+    eyt_starts.resize(off + len, u32::MAX);
+    eyt_rows.resize(off + len, EMPTY_ROW);
+    let (es, er) = (eyt_starts.get_mut(off..)?, eyt_rows.get_mut(off..)?);
+    // In-order walk of the implicit tree (node k has children 2k and 2k + 1) hands
+    // out the sorted starts in order.
+    let mut next = 0usize;
+    let mut stack: Vec<(usize, bool)> = vec![(1, false)];
+    while let Some((k, visited)) = stack.pop() {
+        if k > n {
+            continue;
+        }
+        if visited {
+            *es.get_mut(k)? = *starts.get(next)?;
+            *er.get_mut(k)? = match next.checked_sub(1) {
+                Some(prev) => *rows.get(prev)?,
+                None => EMPTY_ROW,
+            };
+            next += 1;
+        } else {
+            stack.push((2 * k + 1, false));
+            stack.push((k, true));
+            stack.push((2 * k, false));
+        }
+    }
+    *er.first_mut()? = *rows.last()?;
+    Some(Span {
+        off: u32::try_from(off).ok()?,
+        len: u32::try_from(len).ok()?,
+    })
+}
+
+/// Fill `idx.small_tables` and the Eytzinger IPv4 arrays: per sub-table its
+/// [`SmallTable`] (default for sub-tables wider than 128 rules). `None` when an
+/// array outgrows `u32` offsets or a span is out of range (a validated or compiled
+/// table never is).
+pub(crate) fn derive_small(
+    idx: &mut Indexes,
+    tables: &[SubTable],
+    v4_starts: &[u32],
+    v4_rows: &[u32],
+) -> Option<()> {
+    let mut small = Vec::with_capacity(tables.len());
+    for t in tables {
+        if t.words > 2 {
+            small.push(SmallTable::default());
+            continue;
+        }
+        let mut s = SmallTable::of(t, &idx.small_rows);
+        s.v4_eyt = eytzinger_v4(
+            v4_starts.get(t.v4.range())?,
+            v4_rows.get(t.v4.range())?,
+            &mut idx.v4_eyt_starts,
+            &mut idx.v4_eyt_rows,
+        )?;
+        small.push(s);
+    }
+    idx.small_tables = small;
+    Some(())
 }
 
 /// [`Indexes::small_rows`] for `rows` over `pool`.
@@ -594,6 +665,8 @@ impl Indexes {
             + self.alpn.heap_bytes()
             + std::mem::size_of_val(&*self.small_rows)
             + std::mem::size_of_val(&*self.small_tables)
+            + std::mem::size_of_val(&*self.v4_eyt_starts)
+            + std::mem::size_of_val(&*self.v4_eyt_rows)
     }
 }
 
