@@ -321,11 +321,17 @@ impl DecisionTable {
         let Some(s) = sni else {
             return [NONE; 2];
         };
-        let exact = self.idx.sni_exact.get(s.as_bytes()).unwrap_or(NONE);
-        let wildcard = match s.split_once('.') {
-            Some((label, suffix)) if !label.is_empty() && !self.idx.sni_wildcard.is_empty() => {
-                self.idx.sni_wildcard.get(suffix.as_bytes()).unwrap_or(NONE)
-            }
+        let bytes = s.as_bytes();
+        let exact = self.idx.sni_exact.get(bytes).unwrap_or(NONE);
+        if self.idx.sni_wildcard.is_empty() {
+            return [exact, NONE];
+        }
+        // The first label is short: a plain loop beats `split_once`'s `memchr`.
+        let wildcard = match bytes.iter().position(|&b| b == b'.') {
+            Some(dot) if dot > 0 => bytes
+                .get(dot + 1..)
+                .and_then(|suffix| self.idx.sni_wildcard.get(suffix))
+                .unwrap_or(NONE),
             _ => NONE,
         };
         [exact, wildcard]
