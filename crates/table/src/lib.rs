@@ -56,22 +56,25 @@
 //! # Cost of a decision (common case)
 //!
 //! For a service with up to 128 rules (the candidates are a single `u128`, narrowed
-//! one dimension at a time and given up as soon as they are empty; each row is one
+//! one dimension at a time, given up as soon as they are empty, and a dimension
+//! skipped once every candidate left accepts any value in it; each row is one
 //! 16-byte load), a decision reads: the service name (one probe of a flat string
-//! index: a 16-byte slot and the key's bytes; compared in order when the table has
-//! at most four services); one probe for the SPIFFE ID, whose slot already lists the
-//! prefix keys the ID matches when the ID is itself a policy key (otherwise one probe
-//! per prefix length some policy prefix has that falls on a `/`, hashed from the same
-//! pass over the ID's words); one probe per DNS SAN, common name and fingerprint the
-//! flow carries (empty indexes skipped); the ALPN name (compared in order when the
-//! table has at most four); the sub-table header (1 line); one key slot per matched
-//! key and dimension (1 each); the source range array (2-4, binary search); one
-//! 16-byte row per dimension (often shared); the local-to-global rule map (1); and
-//! the winning rule's condition record (deduplicated, so usually cached) plus, with a
-//! schedule, the zone's transition array (1-2). About 12-18 lines, none of which
-//! depend on the total rule count. Instruction counts (callgrind, the benchmark's
-//! flows, `benches/examples/decide_count.rs`): ~820 per decision at 10 rules, ~1,000
-//! at 1,000 and 100,000 rules (see `docs/benchmarks.md`). `LiveFacts` maps are
+//! index: a 16-byte slot, which holds a key of up to 8 bytes whole, else the key's
+//! bytes too; compared in order when the table has at most four services); one
+//! probe for the SPIFFE ID, whose slot already lists the prefix keys the ID matches
+//! when the ID is itself a policy key (otherwise one probe per prefix length some
+//! policy prefix has that falls on a `/`, hashed from the same pass over the ID's
+//! words); one probe per DNS SAN, common name and fingerprint the flow carries (empty
+//! indexes skipped); the sub-table's derived header with its fixed rows inline (2-3
+//! lines); one key slot per matched key and dimension (1 each); the source ranges
+//! (IPv4 in Eytzinger order: the top levels share lines, 2-4); one 16-byte row per
+//! keyed dimension (often shared); the SNI and ALPN names only when a candidate left
+//! constrains them; the local-to-global rule map (1); and the winning rule's
+//! condition record (deduplicated, so usually cached) plus, with a schedule, the
+//! zone's transition array (1-2). About 12-18 lines, none of which depend on the
+//! total rule count. Instruction counts (callgrind, the benchmark's flows,
+//! `benches/examples/decide_count.rs`): ~690 per decision at 10 rules, ~810-860 at
+//! 1,000 and ~830-870 at 100,000 rules (see `docs/benchmarks.md`). `LiveFacts` maps are
 //! consulted only for rules with residual conditions and for non-empty revocation
 //! sets.
 
