@@ -162,6 +162,11 @@ pub(crate) fn compile(policy: &Policy, version: u64) -> Result<DecisionTable, Co
             what: "key index (duplicate key)",
         })?;
     idx.small_rows = crate::small_rows(&b.rows, &b.pool);
+    crate::derive_small(&mut idx, &tables, &b.v4_starts, &b.v4_rows).ok_or(
+        CompileError::TooLarge {
+            what: "ipv4 search arrays",
+        },
+    )?;
     Ok(DecisionTable {
         version,
         policy_hash: policy.source_hash,

@@ -9,11 +9,14 @@
 //!    sub-table if any;
 //! 3. the flow's identity -> global principal key ids (one probe for the SPIFFE ID,
 //!    whose slot lists the prefix keys it matches; prefix probes only for IDs no rule
-//!    names, hashed in one pass; one probe per other name it carries); SNI -> up to
-//!    two key ids; ALPN -> one (a direct comparison for up to four names);
-//! 4. per sub-table, out of line: with at most 128 rules, the candidates are one
-//!    `u128` narrowed dimension by dimension (stopping as soon as it is empty; each
-//!    row one load from the derived `small_rows`); wider
+//!    names, hashed in one pass; one probe per other name it carries);
+//! 4. per sub-table (the wide case out of line): with at most 128 rules, the candidates are one
+//!    `u128` narrowed dimension by dimension (stopping as soon as it is empty, and
+//!    skipping a dimension once every candidate left accepts any value in it); the
+//!    sub-table's fixed rows sit inline in its derived [`SmallTable`] and each keyed
+//!    row is one load from the derived `small_rows`. SNI -> up to two key ids and
+//!    ALPN -> one (a direct comparison for up to four names) are looked up only
+//!    when a sub-table reaches those dimensions; wider
 //!    sub-tables resolve the rows of the matched keys once, then per bitset word OR
 //!    the rows per dimension and AND the dimensions. Either way the surviving bits
 //!    are walked in index order, deny rules first, checking residual conditions only
@@ -26,7 +29,7 @@ use crate::facts::{
 use crate::index::PrefixHasher;
 use crate::tz::{Zone, CYCLE, CYCLE_START, LIST_END, MAX_INSTANT, MIN_INSTANT};
 use crate::{
-    key_slot, DecisionTable, Row, RuleInfo, Span, SubTable, EMPTY_ROW as EMPTY, NONE,
+    key_slot, DecisionTable, Row, RuleInfo, SmallTable, Span, SubTable, EMPTY_ROW as EMPTY, NONE,
     UNCONSTRAINED_ALPN, UNCONSTRAINED_PRINCIPAL, UNCONSTRAINED_SNI, UNCONSTRAINED_SOURCE,
 };
 
@@ -74,11 +77,85 @@ struct Matched<'f> {
     overflow: Option<&'f PeerIdentity<'f>>,
 }
 
-/// Lowest matching deny and allow seen so far, across sub-tables.
-#[derive(Default)]
+/// What one decision looks up in each sub-table.
+struct Query<'q, 'f> {
+    flow: &'q FlowFacts<'f>,
+    live: &'q LiveFacts,
+    matched: &'q Matched<'f>,
+}
+
+/// The row for `key` in one sub-table's key slots (a power-of-two hash table, linear
+/// probing, `NONE` = empty), or the empty row. `key` must not be `NONE`.
+#[inline(always)]
+fn probe(slots: &[[u32; 2]], key: u32) -> u32 {
+    let mask = slots.len().wrapping_sub(1);
+    let mut i = key_slot(key, mask);
+    // Bounded even if a (validated) table were full.
+    for _ in 0..slots.len() {
+        let Some(&[k, row]) = slots.get(i) else {
+            break;
+        };
+        if k == key {
+            return row;
+        }
+        if k == NONE {
+            break;
+        }
+        i = (i + 1) & mask;
+    }
+    EMPTY
+}
+
+/// The row of the IPv4 range holding `a`, from one sub-table's ranges laid out by
+/// [`crate::eytzinger_v4`] (`None` without ranges).
+///
+/// Eytzinger search: the bounds check ends the loop, with no size or midpoint to
+/// track. `k` ends as the path to the first start above `a`; dropping its trailing
+/// ones and one more bit gives that start's node (0: none above), whose row entry is
+/// the range before it, the one holding `a`.
+#[inline(always)]
+pub(crate) fn v4_row<'t>(starts: &[u32], rows: &'t [u32], a: u32) -> Option<&'t u32> {
+    let mut k = 1usize;
+    while let Some(&x) = starts.get(k) {
+        k = 2 * k + usize::from(x <= a);
+    }
+    let node = k.checked_shr(k.trailing_ones() + 1).unwrap_or(0);
+    rows.get(node).filter(|_| starts.len() > 1)
+}
+
+/// Lowest matching deny and allow seen so far, across sub-tables (`NONE` = none yet).
+/// Plain fields rather than `Option`s of tuples, so recording an allow is one store
+/// of its constraints, not a copy through a temporary.
 struct Best {
-    deny: Option<u32>,
-    allow: Option<(u32, Constraints)>,
+    deny: u32,
+    allow: u32,
+    /// The constraints of `allow`.
+    constraints: Constraints,
+}
+
+impl Best {
+    fn new() -> Best {
+        Best {
+            deny: NONE,
+            allow: NONE,
+            constraints: Constraints::default(),
+        }
+    }
+
+    /// Record a matching deny rule.
+    #[inline(always)]
+    fn deny(&mut self, global: u32) {
+        self.deny = self.deny.min(global);
+    }
+
+    /// Record a matching allow rule and its constraints.
+    #[inline(always)]
+    fn allow(&mut self, global: u32, constraints: Constraints) {
+        if global < self.allow {
+            self.allow = global;
+            self.constraints = constraints;
+        }
+    }
 }
 
 impl DecisionTable {
@@ -107,36 +184,38 @@ impl DecisionTable {
             (None, a) => [a, None],
         };
 
-        let matched = self.match_principals(flow.identity.as_ref());
-        let sni = self.sni_ids(flow.sni);
-        let alpn = flow
-            .alpn
-            .and_then(|a| self.idx.alpn.get(a.as_bytes()))
-            .unwrap_or(NONE);
+        let mut matched = Matched {
+            ids: [NONE; MAX_MATCHED],
+            len: 0,
+            overflow: None,
+        };
+        self.match_principals(flow.identity.as_ref(), &mut matched);
 
-        let mut best = Best::default();
+        let mut best = Best::new();
+        let q = Query {
+            flow,
+            live,
+            matched: &matched,
+        };
         // Usually one sub-table; the second is the `*` one when not merged.
-        let [first, second] = tables;
-        if let Some(table) = first.and_then(|t| self.tables.get(t as usize)) {
-            self.scan(table, flow, live, &matched, sni, alpn, &mut best);
-        }
-        if let Some(table) = second.and_then(|t| self.tables.get(t as usize)) {
-            self.scan(table, flow, live, &matched, sni, alpn, &mut best);
+        // One call site, so the inlined scan exists once.
+        for t in tables.into_iter().flatten() {
+            self.scan(t as usize, &q, &mut best);
         }
 
-        if let Some(rule) = best.deny {
+        if best.deny != NONE {
             Decision {
                 verdict: Verdict::Deny,
-                decided_by: DecidedBy::Rule(rule),
+                decided_by: DecidedBy::Rule(best.deny),
                 reason: Reason::DeniedByRule,
                 constraints: Constraints::default(),
             }
-        } else if let Some((rule, constraints)) = best.allow {
+        } else if best.allow != NONE {
             Decision {
                 verdict: Verdict::Allow,
-                decided_by: DecidedBy::Rule(rule),
+                decided_by: DecidedBy::Rule(best.allow),
                 reason: Reason::AllowedByRule,
-                constraints,
+                constraints: best.constraints,
             }
         } else {
             Decision::default_deny(Reason::NoRuleMatched)
@@ -205,12 +284,9 @@ impl DecisionTable {
         }
     }
 
-    fn match_principals<'f>(&self, identity: Option<&'f PeerIdentity<'f>>) -> Matched<'f> {
-        let mut m = Matched {
-            ids: [NONE; MAX_MATCHED],
-            len: 0,
-            overflow: None,
-        };
+    /// Fill `m` (empty) with the key ids `identity` matches. In place rather than
+    /// returned: a returned `Matched` was copied into the caller's frame.
+    fn match_principals<'f>(&self, identity: Option<&'f PeerIdentity<'f>>, m: &mut Matched<'f>) {
         if let Some(id) = identity {
             let mut full = false;
             self.visit_principals(id, &mut |k| match m.ids.get_mut(m.len) {
@@ -224,7 +300,6 @@ impl DecisionTable {
                 m.overflow = Some(id);
             }
         }
-        m
     }
 
     fn each_principal(&self, m: &Matched<'_>, f: &mut impl FnMut(u32)) {
@@ -234,16 +309,29 @@ impl DecisionTable {
         }
     }
 
+    /// Key id for the ALPN protocol, or `NONE`.
+    #[inline]
+    fn alpn_id(&self, alpn: Option<&str>) -> u32 {
+        alpn.and_then(|a| self.idx.alpn.get(a.as_bytes()))
+            .unwrap_or(NONE)
+    }
+
     /// Key ids for the SNI: exact name, and the suffix after a non-empty first label.
     fn sni_ids(&self, sni: Option<&str>) -> [u32; 2] {
         let Some(s) = sni else {
             return [NONE; 2];
         };
-        let exact = self.idx.sni_exact.get(s.as_bytes()).unwrap_or(NONE);
-        let wildcard = match s.split_once('.') {
-            Some((label, suffix)) if !label.is_empty() && !self.idx.sni_wildcard.is_empty() => {
-                self.idx.sni_wildcard.get(suffix.as_bytes()).unwrap_or(NONE)
-            }
+        let bytes = s.as_bytes();
+        let exact = self.idx.sni_exact.get(bytes).unwrap_or(NONE);
+        if self.idx.sni_wildcard.is_empty() {
+            return [exact, NONE];
+        }
+        // The first label is short: a plain loop beats `split_once`'s `memchr`.
+        let wildcard = match bytes.iter().position(|&b| b == b'.') {
+            Some(dot) if dot > 0 => bytes
+                .get(dot + 1..)
+                .and_then(|suffix| self.idx.sni_wildcard.get(suffix))
+                .unwrap_or(NONE),
             _ => NONE,
         };
         [exact, wildcard]
@@ -314,28 +402,24 @@ impl DecisionTable {
         rows.iter().fold(0, |acc, &r| acc | self.word(r, w))
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "hot path; the inputs are distinct"
-    )]
+    /// Narrow sub-table `ti` to the flow's candidates and record its lowest matching
+    /// deny or allow in `best`.
     #[inline]
-    fn scan(
-        &self,
-        t: &SubTable,
-        flow: &FlowFacts<'_>,
-        live: &LiveFacts,
-        matched: &Matched<'_>,
-        sni: [u32; 2],
-        alpn: u32,
-        best: &mut Best,
-    ) {
-        let Some(locals) = self.local_rules.get(t.rules.range()) else {
-            return;
-        };
-        if t.words <= 2 {
-            self.scan_small(t, locals, flow, live, matched, sni, alpn, best);
-        } else {
-            self.scan_wide(t, locals, flow, live, matched, sni, alpn, best);
+    fn scan(&self, ti: usize, q: &Query<'_, '_>, best: &mut Best) {
+        // A small sub-table (the common case) reads only its `SmallTable`, whose
+        // `all` is non-zero; wide ones (and empty ones, which hold no rule) are
+        // told by the sub-table header.
+        match self.idx.small_tables.get(ti) {
+            Some(s) if s.all != 0 => self.scan_small(s, q, best),
+            _ => {
+                let Some(t) = self.tables.get(ti).filter(|t| t.words > 2) else {
+                    return;
+                };
+                if let Some(locals) = self.local_rules.get(t.rules.range()) {
+                    let (sni, alpn) = (self.sni_ids(q.flow.sni), self.alpn_id(q.flow.alpn));
+                    self.scan_wide(t, locals, q.flow, q.live, q.matched, sni, alpn, best);
+                }
+            }
         }
     }
 
@@ -441,88 +525,127 @@ impl DecisionTable {
 
     /// [`Self::scan`] for a sub-table of at most 128 rules (the common case): the
     /// candidates are one `u128`, narrowed dimension by dimension and given up as
-    /// soon as it is empty; each row is one load from `small_rows`.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "hot path; the inputs are distinct"
-    )]
-    #[inline(never)]
-    fn scan_small(
-        &self,
-        t: &SubTable,
-        locals: &[u32],
-        flow: &FlowFacts<'_>,
-        live: &LiveFacts,
-        matched: &Matched<'_>,
-        sni: [u32; 2],
-        alpn: u32,
-        best: &mut Best,
-    ) {
-        let rows = &self.idx.small_rows;
+    /// soon as it is empty. The fixed rows are inline in the [`SmallTable`]; each keyed
+    /// row is one load from `small_rows`. Inlined (into the one call site in
+    /// `decide`): out of line, its arguments and spills cost more than its body saves
+    /// in code size.
+    #[inline(always)]
+    fn scan_small(&self, s: &SmallTable, q: &Query<'_, '_>, best: &mut Best) {
+        let rows = &*self.idx.small_rows;
         let load = |id: u32| rows.get(id as usize).copied().unwrap_or(0);
-        let dims = t.unconstrained;
-        let mut c = u128::MAX >> (128 - locals.len().clamp(1, 128));
-        if dims & UNCONSTRAINED_PRINCIPAL == 0 {
-            let mut p = load(t.principal_any);
-            self.each_principal(matched, &mut |k| {
-                if let Some(r) = self.key_row(t.principals, k) {
-                    p |= load(r);
+        // A dimension is looked up only while some candidate constrains it: once
+        // every candidate left is in the dimension's `*_any` row, it cannot narrow
+        // them (this also skips the dimensions no rule here constrains).
+        let mut c = s.all;
+        if c & !s.principal_any != 0 {
+            let mut p = s.principal_any;
+            let slots = self.slots.get(s.principals.range()).unwrap_or(&[]);
+            if !slots.is_empty() {
+                match q.matched.overflow {
+                    None => {
+                        for &k in q.matched.ids.get(..q.matched.len).unwrap_or(&[]) {
+                            p |= load(probe(slots, k));
+                        }
+                    }
+                    Some(id) => self.visit_principals(id, &mut |k| p |= load(probe(slots, k))),
                 }
-            });
+            }
             c &= p;
             if c == 0 {
                 return;
             }
         }
-        if dims & UNCONSTRAINED_SOURCE == 0 {
-            let at = self.source_row(t, flow.source).unwrap_or(EMPTY);
-            c &= load(t.source_any) | load(at);
+        if c & !s.source_any != 0 {
+            let at = match q.flow.source {
+                std::net::IpAddr::V4(a) => {
+                    let idx = &self.idx;
+                    v4_row(
+                        idx.v4_eyt_starts.get(s.v4_eyt.range()).unwrap_or(&[]),
+                        idx.v4_eyt_rows.get(s.v4_eyt.range()).unwrap_or(&[]),
+                        u32::from(a),
+                    )
+                }
+                std::net::IpAddr::V6(a) => {
+                    let a = u128::from(a);
+                    let starts = self.v6_starts.get(s.v6.range()).unwrap_or(&[]);
+                    let pos = starts.partition_point(|&x| x <= a);
+                    (s.v6.off as usize + pos)
+                        .checked_sub(1)
+                        .filter(|_| pos > 0)
+                        .and_then(|i| self.v6_rows.get(i))
+                }
+            };
+            c &= s.source_any | at.map_or(0, |&r| load(r));
             if c == 0 {
                 return;
             }
         }
-        if dims & UNCONSTRAINED_SNI == 0 {
-            let exact = self.key_row(t.sni, sni[0]).unwrap_or(EMPTY);
-            let wildcard = self.key_row(t.sni, sni[1]).unwrap_or(EMPTY);
-            c &= load(t.sni_any) | load(exact) | load(wildcard);
+        if c & !s.sni_any != 0 {
+            let mut m = s.sni_any;
+            // Looked up here, not per decision: most rules name no SNI, so most
+            // decisions never get this far.
+            let [exact, wildcard] = self.sni_ids(q.flow.sni);
+            if exact & wildcard != NONE {
+                let slots = self.slots.get(s.sni.range()).unwrap_or(&[]);
+                if !slots.is_empty() {
+                    if exact != NONE {
+                        m |= load(probe(slots, exact));
+                    }
+                    if wildcard != NONE {
+                        m |= load(probe(slots, wildcard));
+                    }
+                }
+            }
+            c &= m;
             if c == 0 {
                 return;
             }
         }
-        if dims & UNCONSTRAINED_ALPN == 0 {
-            let at = self.key_row(t.alpn, alpn).unwrap_or(EMPTY);
-            c &= load(t.alpn_any) | load(at);
+        if c & !s.alpn_any != 0 {
+            let mut m = s.alpn_any;
+            let alpn = self.alpn_id(q.flow.alpn);
+            if alpn != NONE {
+                let slots = self.slots.get(s.alpn.range()).unwrap_or(&[]);
+                if !slots.is_empty() {
+                    m |= load(probe(slots, alpn));
+                }
+            }
+            c &= m;
             if c == 0 {
                 return;
             }
         }
-        let (dn, ck) = (load(t.deny), load(t.check));
+        let Some(locals) = self.local_rules.get(s.rules.range()) else {
+            return;
+        };
+        let (flow, live) = (q.flow, q.live);
+        let (dn, ck) = (s.deny, s.check);
         // The lowest deny whose residual conditions pass decides this sub-table.
         let mut d = c & dn;
         while d != 0 {
+            let low = d & d.wrapping_neg();
             let bit = d.trailing_zeros();
-            d &= d - 1;
+            d ^= low;
             let Some(&global) = locals.get(bit as usize) else {
                 continue;
             };
-            if ck & (1 << bit) == 0 || self.residual(global, flow, live).is_some() {
-                best.deny = Some(best.deny.map_or(global, |g| g.min(global)));
+            if ck & low == 0 || self.residual(global, flow, live).is_some() {
+                best.deny(global);
                 return;
             }
         }
         // Otherwise the lowest allow whose residual conditions pass.
         let mut a = c & !dn;
         while a != 0 {
+            let low = a & a.wrapping_neg();
             let bit = a.trailing_zeros();
-            a &= a - 1;
+            a ^= low;
             let Some(&global) = locals.get(bit as usize) else {
                 continue;
             };
-            let constraints = self.matched(global, ck & (1 << bit) != 0, flow, live);
+            let constraints = self.matched(global, ck & low != 0, flow, live);
             if let Some(constraints) = constraints {
-                if best.allow.is_none_or(|(g, _)| global < g) {
-                    best.allow = Some((global, constraints));
-                }
+                best.allow(global, constraints);
                 return;
             }
         }
@@ -558,7 +681,7 @@ impl DecisionTable {
             };
             if ck & (1 << bit) == 0 || self.residual(global, flow, live).is_some() {
                 // The lowest deny in this sub-table: nothing later matters here.
-                best.deny = Some(best.deny.map_or(global, |g| g.min(global)));
+                best.deny(global);
                 return true;
             }
         }
@@ -575,9 +698,7 @@ impl DecisionTable {
             let constraints = self.matched(global, ck & (1 << bit) != 0, flow, live);
             if let Some(constraints) = constraints {
                 *allow_found = true;
-                if best.allow.is_none_or(|(g, _)| global < g) {
-                    best.allow = Some((global, constraints));
-                }
+                best.allow(global, constraints);
                 break;
             }
         }

@@ -382,6 +382,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<DecisionTable, LoadError> {
     )
     .map_err(|d| corrupt(d.0))?;
     t.idx.small_rows = crate::small_rows(&t.rows, &t.pool);
+    crate::derive_small(&mut t.idx, &t.tables, &t.v4_starts, &t.v4_rows)
+        .ok_or(corrupt("ipv4 ranges do not fit the search arrays"))?;
     Ok(t)
 }
 

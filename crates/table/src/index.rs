@@ -5,11 +5,13 @@
 //! Why not `HashMap<Box<str>, u32>`: a probe there hashes through the `Hasher` trait
 //! (byte writes plus a terminator), follows a pointer per candidate to the key's own
 //! allocation and compares through `memcmp`; about 100 instructions and three cache
-//! lines for a 40-byte SPIFFE ID. Here a probe is one hash (a multiply per 8 bytes),
+//! lines for a 40-byte SPIFFE ID. Here a probe is one hash (a multiply per 16 bytes),
 //! one slot (hash tag, key length and offset, and the value itself) and the key's
-//! bytes in the arena: about 40 instructions and two lines. The hash also gives the hash of
-//! any prefix of a SPIFFE ID from the same words ([`PrefixHasher`]), so probing the
-//! `spiffe://td/a/*` keys an ID may fall under does not re-read it.
+//! bytes in the arena: about 40 instructions and two lines. A key of at most 8 bytes
+//! (most service names, ALPN names) sits whole in its slot, so its probe reads no
+//! arena. The hash also gives the hash of any prefix of a SPIFFE ID from the same
+//! words ([`PrefixHasher`]), so probing the `spiffe://td/a/*` keys an ID may fall
+//! under does not re-read it.
 //!
 //! The hash is not keyed: the keys come from the (trusted) policy, and a lookup with a
 //! hostile key costs at most the longest probe run, which the policy's keys alone
@@ -28,14 +30,20 @@ fn fold_mul(a: u64, b: u64) -> u64 {
     (p as u64) ^ ((p >> 64) as u64)
 }
 
+/// Second multiplier, XORed into the odd word of each 16-byte chunk (foldhash's and
+/// `rustc-hash`'s two-word step).
+const K2: u64 = 0x1319_8a2e_0370_7344;
+
+/// Fold 16 bytes (two words) into the state: one multiply.
 #[inline(always)]
-fn step(state: u64, word: u64) -> u64 {
-    fold_mul(state ^ word, K)
+fn step2(state: u64, a: u64, b: u64) -> u64 {
+    fold_mul(state ^ a, K2 ^ b)
 }
 
+/// Mix in the length, last.
 #[inline(always)]
-fn finish(state: u64, tail: u64, len: usize) -> u64 {
-    fold_mul(step(state, tail) ^ (len as u64), K)
+fn finish(state: u64, len: usize) -> u64 {
+    fold_mul(state ^ (len as u64), K)
 }
 
 /// Little-endian word at `at` (8 bytes must be there; 0 otherwise, which a caller that
@@ -79,35 +87,42 @@ fn short_word(b: &[u8]) -> u64 {
     }
 }
 
-/// Words folded before the last (tail) word of a key of `len` bytes: the tail is the
-/// last 8 bytes (overlapping the folded ones) for keys over 8 bytes.
+/// 16-byte chunks folded before the last (tail) 16 bytes of a key of `len > 16`
+/// bytes: the tail is the last 16 bytes, overlapping the chunks before it.
 #[inline(always)]
-fn body_words(len: usize) -> usize {
-    len.saturating_sub(1) / 8
+fn body_chunks(len: usize) -> usize {
+    len.saturating_sub(1) / 16
 }
 
-/// The hash of `key`.
+/// The hash of `key`: at most 8 bytes as one word, at most 16 as two (overlapping),
+/// longer ones a 16-byte chunk per multiply and then their last 16 bytes; the length
+/// last.
 #[inline(always)]
 pub(crate) fn hash(key: &[u8]) -> u64 {
     let n = key.len();
     if n <= 8 {
-        return finish(SEED, short_word(key), n);
+        return finish(step2(SEED, short_word(key), 0), n);
+    }
+    if n <= 16 {
+        return finish(step2(SEED, word_at(key, 0), word_at(key, n - 8)), n);
     }
     let mut state = SEED;
-    let body = key.get(..body_words(n) * 8).unwrap_or(&[]);
-    for w in body.chunks_exact(8) {
-        if let Ok(a) = <[u8; 8]>::try_from(w) {
-            state = step(state, u64::from_le_bytes(a));
+    let body = key.get(..body_chunks(n) * 16).unwrap_or(&[]);
+    for c in body.chunks_exact(16) {
+        if let Ok(a) = <[u8; 16]>::try_from(c) {
+            let w = u128::from_le_bytes(a);
+            state = step2(state, w as u64, (w >> 64) as u64);
         }
     }
-    finish(state, word_at(key, n - 8), n)
+    finish(step2(state, word_at(key, n - 16), word_at(key, n - 8)), n)
 }
 
-/// Hashes of the prefixes of one string, in ascending length, folding each word once.
+/// Hashes of the prefixes of one string, in ascending length, folding each 16-byte
+/// chunk once.
 pub(crate) struct PrefixHasher<'a> {
     key: &'a [u8],
     state: u64,
-    words: usize,
+    chunks: usize,
 }
 
 impl<'a> PrefixHasher<'a> {
@@ -115,7 +130,7 @@ impl<'a> PrefixHasher<'a> {
         PrefixHasher {
             key,
             state: SEED,
-            words: 0,
+            chunks: 0,
         }
     }
 
@@ -124,51 +139,63 @@ impl<'a> PrefixHasher<'a> {
     #[inline]
     pub(crate) fn hash(&mut self, len: usize) -> Option<u64> {
         let prefix = self.key.get(..len)?;
-        if len <= 8 {
-            return Some(finish(SEED, short_word(prefix), len));
+        if len <= 16 {
+            return Some(hash(prefix));
         }
-        let want = body_words(len);
-        if want < self.words {
+        let want = body_chunks(len);
+        if want < self.chunks {
             return None;
         }
-        while self.words < want {
-            self.state = step(self.state, word_at(prefix, self.words * 8));
-            self.words += 1;
+        while self.chunks < want {
+            let at = self.chunks * 16;
+            self.state = step2(self.state, word_at(prefix, at), word_at(prefix, at + 8));
+            self.chunks += 1;
         }
-        Some(finish(self.state, word_at(prefix, len - 8), len))
+        Some(finish(
+            step2(
+                self.state,
+                word_at(prefix, len - 16),
+                word_at(prefix, len - 8),
+            ),
+            len,
+        ))
     }
 }
 
-/// Byte equality, a word at a time, inlined (the keys are short; a `memcmp` call costs
-/// more than the comparison).
+/// Equality of two keys of the same length `n > 8`, a word at a time, inlined (the
+/// keys are short; a `memcmp` call costs more than the comparison).
 #[inline(always)]
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
+fn same_long(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() || n < 8 {
         return false;
     }
-    let n = a.len();
-    if n < 8 {
-        return short_word(a) == short_word(b);
-    }
-    let mut at = 0;
-    while at + 8 < n {
-        if word_at(a, at) != word_at(b, at) {
+    // Whole words, then the last 8 bytes (overlapping the words before them).
+    let body = (n - 1) / 8 * 8;
+    let (Some(a_body), Some(b_body)) = (a.get(..body), b.get(..body)) else {
+        return false;
+    };
+    for (x, y) in a_body.chunks_exact(8).zip(b_body.chunks_exact(8)) {
+        if x != y {
             return false;
         }
-        at += 8;
     }
     word_at(a, n - 8) == word_at(b, n - 8)
 }
 
-/// One slot: the high half of the key's hash, where its bytes are in the arena, and
-/// its value. An empty slot has length [`EMPTY_LEN`].
+/// One slot. A key of at most 8 bytes is held whole in `key` (its [`short_word`]),
+/// so a lookup reads no arena bytes; a longer key's `key` holds the high half of its
+/// hash (low 32 bits) and its offset in the arena (high 32 bits). An empty slot has
+/// length [`EMPTY_LEN`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot<V> {
-    tag: u32,
+    key: u64,
     len: u32,
-    off: u32,
     value: V,
 }
+
+/// Longest key held whole in its slot.
+const INLINE_KEY: usize = 8;
 
 /// The `len` of an empty slot (keys are shorter: the arena is under 4 GiB).
 const EMPTY_LEN: u32 = u32::MAX;
@@ -179,11 +206,13 @@ const EMPTY_LEN: u32 = u32::MAX;
 const SMALL_KEYS: usize = 4;
 
 /// A map from byte strings to small `Copy` values, built once. The value sits in the
-/// slot, so a hit reads the slot and the key's bytes: two cache lines.
+/// slot, so a hit reads the slot and, for keys over 8 bytes, the key's bytes: one or
+/// two cache lines.
 #[derive(Debug, Clone)]
 pub(crate) struct StrIndex<V = u32> {
     /// Power-of-two length (or empty), at most about two thirds full; linear probing.
     slots: Box<[Slot<V>]>,
+    /// The bytes of the keys over 8 bytes, back to back.
     text: Box<[u8]>,
 }
 
@@ -203,6 +232,34 @@ pub(crate) enum IndexError {
     Duplicate,
     /// Over 2^32 - 1 bytes of keys or 2^30 keys.
     TooLarge,
+}
+
+/// What a slot holding `key` (whose [`hash`] is `h`) has in its `key` field, less the
+/// arena offset: the whole key if short, else the hash tag.
+#[inline(always)]
+fn slot_word(key: &[u8], h: u64) -> u64 {
+    if key.len() <= INLINE_KEY {
+        short_word(key)
+    } else {
+        h >> 32
+    }
+}
+
+/// Whether slot `s` holds `key`; `word` is [`slot_word`] of `key`.
+#[inline(always)]
+fn holds<V>(s: &Slot<V>, text: &[u8], key: &[u8], word: u64) -> bool {
+    if s.len as usize != key.len() {
+        return false;
+    }
+    if key.len() <= INLINE_KEY {
+        return s.key == word;
+    }
+    if s.key as u32 != word as u32 {
+        return false;
+    }
+    let off = (s.key >> 32) as usize;
+    text.get(off..off.wrapping_add(key.len()))
+        .is_some_and(|stored| same_long(stored, key))
 }
 
 impl<V: Copy + Default> StrIndex<V> {
@@ -226,9 +283,8 @@ impl<V: Copy + Default> StrIndex<V> {
         };
         let mask = cap - 1;
         let empty = Slot {
-            tag: 0,
+            key: 0,
             len: EMPTY_LEN,
-            off: 0,
             value: V::default(),
         };
         let mut slots = vec![empty; cap];
@@ -236,15 +292,11 @@ impl<V: Copy + Default> StrIndex<V> {
         if u32::try_from(text_len).map_or(true, |t| t == EMPTY_LEN) {
             return Err(IndexError::TooLarge);
         }
-        let mut text = Vec::with_capacity(text_len);
+        let mut text = Vec::new();
         for (at, (key, value)) in entries.enumerate() {
             let h = hash(key);
-            if small
-                && slots
-                    .iter()
-                    .take(at)
-                    .any(|s| text.get(s.off as usize..s.off as usize + s.len as usize) == Some(key))
-            {
+            let word = slot_word(key, h);
+            if small && slots.iter().take(at).any(|s| holds(s, &text, key, word)) {
                 return Err(IndexError::Duplicate);
             }
             // A short list keeps the keys in order; its slots are all filled.
@@ -256,20 +308,24 @@ impl<V: Copy + Default> StrIndex<V> {
                 if s.len == EMPTY_LEN {
                     break s;
                 }
-                if s.tag == (h >> 32) as u32
-                    && text.get(s.off as usize..s.off as usize + s.len as usize) == Some(key)
-                {
+                if holds(s, &text, key, word) {
                     return Err(IndexError::Duplicate);
                 }
                 i = (i + 1) & mask;
             };
+            let len = u32::try_from(key.len()).map_err(|_| IndexError::TooLarge)?;
+            let key_word = if key.len() <= INLINE_KEY {
+                word
+            } else {
+                let off = u32::try_from(text.len()).map_err(|_| IndexError::TooLarge)?;
+                text.extend_from_slice(key);
+                word | (u64::from(off) << 32)
+            };
             *slot = Slot {
-                tag: (h >> 32) as u32,
-                len: u32::try_from(key.len()).map_err(|_| IndexError::TooLarge)?,
-                off: u32::try_from(text.len()).map_err(|_| IndexError::TooLarge)?,
+                key: key_word,
+                len,
                 value,
             };
-            text.extend_from_slice(key);
         }
         Ok(StrIndex {
             slots: slots.into_boxed_slice(),
@@ -295,16 +351,26 @@ impl<V: Copy + Default> StrIndex<V> {
     /// The value of `key`, comparing it with every stored key.
     #[inline(always)]
     fn scan_all(&self, key: &[u8]) -> Option<V> {
+        // The tag is not needed to compare a long key: the arena is.
+        let word = if key.len() <= INLINE_KEY {
+            short_word(key)
+        } else {
+            0
+        };
         for s in self.slots.iter() {
-            if s.len as usize == key.len() {
-                let off = s.off as usize;
-                if self
-                    .text
-                    .get(off..off + key.len())
-                    .is_some_and(|stored| same(stored, key))
-                {
-                    return Some(s.value);
-                }
+            if s.len as usize != key.len() {
+                continue;
+            }
+            let hit = if key.len() <= INLINE_KEY {
+                s.key == word
+            } else {
+                let off = (s.key >> 32) as usize;
+                self.text
+                    .get(off..off.wrapping_add(key.len()))
+                    .is_some_and(|stored| same_long(stored, key))
+            };
+            if hit {
+                return Some(s.value);
             }
         }
         None
@@ -317,7 +383,7 @@ impl<V: Copy + Default> StrIndex<V> {
             return self.scan_all(key);
         }
         let mask = self.slots.len().wrapping_sub(1);
-        let tag = (h >> 32) as u32;
+        let word = slot_word(key, h);
         let mut i = (h as usize) & mask;
         // At most 2/3 full, so a run ends long before this bound.
         for _ in 0..self.slots.len() {
@@ -325,12 +391,8 @@ impl<V: Copy + Default> StrIndex<V> {
             if s.len == EMPTY_LEN {
                 return None;
             }
-            if s.tag == tag && s.len as usize == key.len() {
-                let off = s.off as usize;
-                let stored = self.text.get(off..off + key.len())?;
-                if same(stored, key) {
-                    return Some(s.value);
-                }
+            if holds(s, &self.text, key, word) {
+                return Some(s.value);
             }
             i = (i + 1) & mask;
         }

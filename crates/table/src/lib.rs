@@ -56,22 +56,25 @@
 //! # Cost of a decision (common case)
 //!
 //! For a service with up to 128 rules (the candidates are a single `u128`, narrowed
-//! one dimension at a time and given up as soon as they are empty; each row is one
+//! one dimension at a time, given up as soon as they are empty, and a dimension
+//! skipped once every candidate left accepts any value in it; each row is one
 //! 16-byte load), a decision reads: the service name (one probe of a flat string
-//! index: a 16-byte slot and the key's bytes; compared in order when the table has
-//! at most four services); one probe for the SPIFFE ID, whose slot already lists the
-//! prefix keys the ID matches when the ID is itself a policy key (otherwise one probe
-//! per prefix length some policy prefix has that falls on a `/`, hashed from the same
-//! pass over the ID's words); one probe per DNS SAN, common name and fingerprint the
-//! flow carries (empty indexes skipped); the ALPN name (compared in order when the
-//! table has at most four); the sub-table header (1 line); one key slot per matched
-//! key and dimension (1 each); the source range array (2-4, binary search); one
-//! 16-byte row per dimension (often shared); the local-to-global rule map (1); and
-//! the winning rule's condition record (deduplicated, so usually cached) plus, with a
-//! schedule, the zone's transition array (1-2). About 12-18 lines, none of which
-//! depend on the total rule count. Instruction counts (callgrind, the benchmark's
-//! flows, `benches/examples/decide_count.rs`): ~820 per decision at 10 rules, ~1,000
-//! at 1,000 and 100,000 rules (see `docs/benchmarks.md`). `LiveFacts` maps are
+//! index: a 16-byte slot, which holds a key of up to 8 bytes whole, else the key's
+//! bytes too; compared in order when the table has at most four services); one
+//! probe for the SPIFFE ID, whose slot already lists the prefix keys the ID matches
+//! when the ID is itself a policy key (otherwise one probe per prefix length some
+//! policy prefix has that falls on a `/`, hashed from the same pass over the ID's
+//! words); one probe per DNS SAN, common name and fingerprint the flow carries (empty
+//! indexes skipped); the sub-table's derived header with its fixed rows inline (2-3
+//! lines); one key slot per matched key and dimension (1 each); the source ranges
+//! (IPv4 in Eytzinger order: the top levels share lines, 2-4); one 16-byte row per
+//! keyed dimension (often shared); the SNI and ALPN names only when a candidate left
+//! constrains them; the local-to-global rule map (1); and the winning rule's
+//! condition record (deduplicated, so usually cached) plus, with a schedule, the
+//! zone's transition array (1-2). About 12-18 lines, none of which depend on the
+//! total rule count. Instruction counts (callgrind, the benchmark's flows,
+//! `benches/examples/decide_count.rs`): ~690 per decision at 10 rules, ~810-860 at
+//! 1,000 and ~830-870 at 100,000 rules (see `docs/benchmarks.md`). `LiveFacts` maps are
 //! consulted only for rules with residual conditions and for non-empty revocation
 //! sets.
 
@@ -375,6 +378,140 @@ pub(crate) struct Indexes {
     /// past word 1, which no sub-table of at most 128 rules names). Sub-tables that
     /// narrow read this instead of the row descriptor and the pool: one load.
     pub small_rows: Vec<u128>,
+    /// Per sub-table (same order as `tables`): its header with the fixed rows
+    /// resolved to `u128`s, for sub-tables of at most 128 rules (default for wider
+    /// ones, which `decide` does not read here).
+    pub small_tables: Vec<SmallTable>,
+    /// Per small sub-table ([`SmallTable::v4_eyt`]), its IPv4 range starts in
+    /// Eytzinger (breadth-first) order, 1-based: entry 0 is unused.
+    pub v4_eyt_starts: Vec<u32>,
+    /// Beside `v4_eyt_starts`: at each start, the row of the range *before* it
+    /// (entry 0: the last range's row). The search finds the first start above the
+    /// address, whose predecessor range holds it.
+    pub v4_eyt_rows: Vec<u32>,
+}
+
+/// A sub-table of at most 128 rules as `decide` reads it: the fixed rows inline (one
+/// or two cache lines instead of the header plus six row loads), and the spans of its
+/// key slots, ranges and rules. Derived from [`SubTable`] and `small_rows` after
+/// compile and decode; not part of the format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct SmallTable {
+    /// One bit per rule of the sub-table.
+    pub all: u128,
+    pub deny: u128,
+    pub check: u128,
+    pub principal_any: u128,
+    pub source_any: u128,
+    pub sni_any: u128,
+    pub alpn_any: u128,
+    pub rules: Span,
+    pub principals: Span,
+    pub sni: Span,
+    pub alpn: Span,
+    pub v4: Span,
+    pub v6: Span,
+    /// Into `v4_eyt_starts` / `v4_eyt_rows`: `v4.len + 1` entries (none without
+    /// IPv4 ranges).
+    pub v4_eyt: Span,
+}
+
+impl SmallTable {
+    /// The small form of `t`, reading rows from `small_rows`.
+    fn of(t: &SubTable, small_rows: &[u128]) -> SmallTable {
+        let row = |id: u32| small_rows.get(id as usize).copied().unwrap_or(0);
+        let n = (t.rules.len as usize).min(128);
+        SmallTable {
+            all: u128::MAX.checked_shr(128 - n as u32).unwrap_or(0),
+            deny: row(t.deny),
+            check: row(t.check),
+            principal_any: row(t.principal_any),
+            source_any: row(t.source_any),
+            sni_any: row(t.sni_any),
+            alpn_any: row(t.alpn_any),
+            rules: t.rules,
+            principals: t.principals,
+            sni: t.sni,
+            alpn: t.alpn,
+            v4: t.v4,
+            v6: t.v6,
+            v4_eyt: Span::default(),
+        }
+    }
+}
+
+/// Lay one sub-table's sorted IPv4 range `starts` (with their `rows`) out in
+/// Eytzinger order after `eyt_starts` / `eyt_rows`; returns their span.
+pub(crate) fn eytzinger_v4(
+    starts: &[u32],
+    rows: &[u32],
+    eyt_starts: &mut Vec<u32>,
+    eyt_rows: &mut Vec<u32>,
+) -> Option<Span> {
+    let n = starts.len();
+    if n == 0 || rows.len() != n {
+        return Some(Span::default());
+    }
+    let off = eyt_starts.len();
+    let len = n + 1;
+    eyt_starts.resize(off + len, u32::MAX);
+    eyt_rows.resize(off + len, EMPTY_ROW);
+    let (es, er) = (eyt_starts.get_mut(off..)?, eyt_rows.get_mut(off..)?);
+    // In-order walk of the implicit tree (node k has children 2k and 2k + 1) hands
+    // out the sorted starts in order.
+    let mut next = 0usize;
+    let mut stack: Vec<(usize, bool)> = vec![(1, false)];
+    while let Some((k, visited)) = stack.pop() {
+        if k > n {
+            continue;
+        }
+        if visited {
+            *es.get_mut(k)? = *starts.get(next)?;
+            *er.get_mut(k)? = match next.checked_sub(1) {
+                Some(prev) => *rows.get(prev)?,
+                None => EMPTY_ROW,
+            };
+            next += 1;
+        } else {
+            stack.push((2 * k + 1, false));
+            stack.push((k, true));
+            stack.push((2 * k, false));
+        }
+    }
+    *er.first_mut()? = *rows.last()?;
+    Some(Span {
+        off: u32::try_from(off).ok()?,
+        len: u32::try_from(len).ok()?,
+    })
+}
+
+/// Fill `idx.small_tables` and the Eytzinger IPv4 arrays: per sub-table its
+/// [`SmallTable`] (default for sub-tables wider than 128 rules). `None` when an
+/// array outgrows `u32` offsets or a span is out of range (a validated or compiled
+/// table never is).
+pub(crate) fn derive_small(
+    idx: &mut Indexes,
+    tables: &[SubTable],
+    v4_starts: &[u32],
+    v4_rows: &[u32],
+) -> Option<()> {
+    let mut small = Vec::with_capacity(tables.len());
+    for t in tables {
+        if t.words > 2 {
+            small.push(SmallTable::default());
+            continue;
+        }
+        let mut s = SmallTable::of(t, &idx.small_rows);
+        s.v4_eyt = eytzinger_v4(
+            v4_starts.get(t.v4.range())?,
+            v4_rows.get(t.v4.range())?,
+            &mut idx.v4_eyt_starts,
+            &mut idx.v4_eyt_rows,
+        )?;
+        small.push(s);
+    }
+    idx.small_tables = small;
+    Some(())
 }
 
 /// [`Indexes::small_rows`] for `rows` over `pool`.
@@ -530,6 +667,9 @@ impl Indexes {
             + self.sni_wildcard.heap_bytes()
             + self.alpn.heap_bytes()
             + std::mem::size_of_val(&*self.small_rows)
+            + std::mem::size_of_val(&*self.small_tables)
+            + std::mem::size_of_val(&*self.v4_eyt_starts)
+            + std::mem::size_of_val(&*self.v4_eyt_rows)
     }
 }
 

@@ -794,3 +794,31 @@ fn sub_tables_around_the_word_edges_decide_like_the_reference() {
         }
     }
 }
+
+#[test]
+fn eytzinger_ipv4_search_matches_a_sorted_search() {
+    for n in 0..70u32 {
+        // Ascending starts from 0, uneven gaps; rows distinct.
+        let starts: Vec<u32> = (0..n).map(|i| i * 1000 + (i % 7) * 13).collect();
+        let rows: Vec<u32> = (0..n).map(|i| 100 + i).collect();
+        // Something before the span, so offsets are exercised.
+        let (mut es, mut er) = (vec![9, 9], vec![9, 9]);
+        let span = crate::eytzinger_v4(&starts, &rows, &mut es, &mut er).unwrap();
+        let (es, er) = (&es[span.range()], &er[span.range()]);
+        let probes = starts
+            .iter()
+            .flat_map(|&s| [s, s.wrapping_sub(1), s + 1])
+            .chain([0, 1, u32::MAX, 123_456]);
+        for a in probes {
+            let want = starts
+                .partition_point(|&s| s <= a)
+                .checked_sub(1)
+                .map(|i| rows[i]);
+            assert_eq!(
+                crate::decide::v4_row(es, er, a).copied(),
+                want,
+                "{n} ranges, address {a}"
+            );
+        }
+    }
+}
