@@ -394,16 +394,14 @@ mod tls {
         );
     }
 
-    #[test]
-    fn openssl_s_client_with_a_client_certificate_echoes() {
-        require("openssl", "version");
-        let pki = Pki::new(&[]);
-        let up = Upstream::echo();
-        let gw = tls_gateway(&pki, up.addr, trading_only(), "");
+    /// `openssl s_client` to `gw` with an allowed client certificate, stdin and stdout
+    /// piped, plus `extra` arguments.
+    fn s_client(pki: &Pki, gw: &Gateway, extra: &[&str]) -> Command {
         let (cert, key) = pki.write_leaf("client", &pki.client(&ClientSpec::spiffe(TRADING)));
-        let mut child = Command::new("openssl")
-            .args(["s_client", "-quiet", "-connect", &gw.listen.to_string()])
+        let mut c = Command::new("openssl");
+        c.args(["s_client", "-connect", &gw.listen.to_string()])
             .args(["-servername", "localhost", "-verify_return_error"])
+            .args(extra)
             .arg("-CAfile")
             .arg(pki.path("ca.pem"))
             .arg("-cert")
@@ -411,7 +409,17 @@ mod tls {
             .arg("-key")
             .arg(&key)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::piped());
+        c
+    }
+
+    #[test]
+    fn openssl_s_client_with_a_client_certificate_echoes() {
+        require("openssl", "version");
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "");
+        let mut child = s_client(&pki, &gw, &["-quiet"])
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
@@ -441,24 +449,8 @@ mod tls {
         let pki = Pki::new(&[]);
         let up = Upstream::echo();
         let gw = tls_gateway(&pki, up.addr, trading_only(), "");
-        let (cert, key) = pki.write_leaf("client", &pki.client(&ClientSpec::spiffe(TRADING)));
         // Not -quiet: only an interactive s_client reads `K` as a command.
-        let mut child = Command::new("openssl")
-            .args(["s_client", "-connect", &gw.listen.to_string()])
-            .args([
-                "-servername",
-                "localhost",
-                "-verify_return_error",
-                "-tls1_3",
-            ])
-            .arg("-CAfile")
-            .arg(pki.path("ca.pem"))
-            .arg("-cert")
-            .arg(&cert)
-            .arg("-key")
-            .arg(&key)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+        let mut child = s_client(&pki, &gw, &["-tls1_3"])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

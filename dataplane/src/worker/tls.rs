@@ -42,7 +42,7 @@ use zgate_tls::{ClientTls, RejectReason, ServerTls, TlsSession, MAX_RECORD};
 
 use crate::config::{ListenerConfig, POSTGRES_ALPN};
 use crate::postgres::{Preamble, PreambleReader, Refusal};
-use crate::sys::{self, BufId, ConnMem, Lent};
+use crate::sys::{self, BufId, BufPool, ConnMem, Lent};
 use crate::worker::conn::{CloseKind, Ctx, State, OUT_POOL_MAX};
 use crate::worker::token::Op;
 
@@ -688,17 +688,7 @@ impl TlsConn {
         if input.is_none() && !(open && self.session.holds_input()) {
             return Ok(false);
         }
-        let mut none: [u8; 0] = [];
-        let bytes: &mut [u8] = match input {
-            Some(i) => ctx
-                .ring
-                .pool
-                .bytes_mut(i.buf, i.end as usize)
-                .map_err(|_| RejectReason::Other("buffer state".into()))?
-                .get_mut(i.pos as usize..)
-                .unwrap_or_default(),
-            None => &mut none,
-        };
+        let bytes = unread(&mut ctx.ring.pool, input)?;
         let mut to_bridge = false;
         let plain: &mut [u8] = if !open {
             &mut []
@@ -756,17 +746,7 @@ impl TlsConn {
         if input.is_none() && !up.holds_input() {
             return Ok(false);
         }
-        let mut none: [u8; 0] = [];
-        let bytes: &mut [u8] = match input {
-            Some(i) => ctx
-                .ring
-                .pool
-                .bytes_mut(i.buf, i.end as usize)
-                .map_err(|_| RejectReason::Other("buffer state".into()))?
-                .get_mut(i.pos as usize..)
-                .unwrap_or_default(),
-            None => &mut none,
-        };
+        let bytes = unread(&mut ctx.ring.pool, input)?;
         let r = up.read(bytes, b.to_client.space(ctx.out_pool));
         let established = up.is_established();
         let r = match r {
@@ -1168,6 +1148,19 @@ impl Plain {
 struct Bridge {
     to_upstream: Plain,
     to_client: Plain,
+}
+
+/// The bytes of `input` not yet used, writable (records are decrypted in place); empty
+/// when there is no input.
+fn unread(pool: &mut BufPool, input: Option<In>) -> Result<&mut [u8], RejectReason> {
+    let Some(i) = input else {
+        return Ok(Default::default());
+    };
+    Ok(pool
+        .bytes_mut(i.buf, i.end as usize)
+        .map_err(|_| RejectReason::Other("buffer state".into()))?
+        .get_mut(i.pos as usize..)
+        .unwrap_or_default())
 }
 
 fn give_back(buf: BufId, ctx: &mut Ctx<'_>) {
