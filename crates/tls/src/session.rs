@@ -189,6 +189,21 @@ fn drive<C: Step>(
     ))
 }
 
+/// [`drive`], and on failure [`collect_alert`]: one handshake step for either side.
+fn advance<C: Step>(
+    conn: &mut C,
+    hs_in: &mut Vec<u8>,
+    tx: &mut Vec<u8>,
+    early: &mut Vec<u8>,
+    closed: &mut bool,
+) -> Result<Stop, rustls::Error> {
+    let r = drive(conn, hs_in, tx, early, closed);
+    if r.is_err() {
+        collect_alert(conn, tx);
+    }
+    r
+}
+
 /// After rustls failed: collect the alert it queued. While rustls has records queued,
 /// a step hands one out before it looks at any input, so the empty input is never
 /// read (rustls may still hold ranges into the old one, and reading it again would
@@ -277,7 +292,7 @@ impl TlsSession {
         let stop = match &mut self.engine {
             Engine::Server(c) => {
                 let _stale = take_sni_seen();
-                let r = drive(
+                let r = advance(
                     &mut **c,
                     &mut self.hs_in,
                     &mut self.tx,
@@ -288,24 +303,15 @@ impl TlsSession {
                 if let Some(sni) = take_sni_seen() {
                     self.sni = sni.map(String::into_boxed_str);
                 }
-                if r.is_err() {
-                    collect_alert(&mut **c, &mut self.tx);
-                }
                 r
             }
-            Engine::Client(c) => {
-                let r = drive(
-                    &mut **c,
-                    &mut self.hs_in,
-                    &mut self.tx,
-                    &mut self.early,
-                    &mut self.closed_early,
-                );
-                if r.is_err() {
-                    collect_alert(&mut **c, &mut self.tx);
-                }
-                r
-            }
+            Engine::Client(c) => advance(
+                &mut **c,
+                &mut self.hs_in,
+                &mut self.tx,
+                &mut self.early,
+                &mut self.closed_early,
+            ),
             Engine::Records(_) | Engine::Gone => return Ok(()),
         };
         match stop {
