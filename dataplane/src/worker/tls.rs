@@ -1044,9 +1044,7 @@ impl TlsConn {
                 .is_some_and(|x| !x.sending && x.start >= x.end && x.mem.lent() == 0)
             {
                 if let Some(out) = o.take() {
-                    if ctx.out_pool.len() < OUT_POOL_MAX {
-                        ctx.out_pool.push(out.mem);
-                    }
+                    put_spare(ctx.out_pool, out.mem);
                 }
             }
         }
@@ -1066,9 +1064,7 @@ fn free_out<'o>(
         return None;
     }
     let o = slot.get_or_insert_with(|| Out {
-        mem: spare
-            .pop()
-            .unwrap_or_else(|| Lent::new(vec![0u8; OUT_SIZE].into_boxed_slice())),
+        mem: take_spare(spare),
         start: 0,
         end: 0,
         sending: false,
@@ -1076,6 +1072,20 @@ fn free_out<'o>(
     o.start = 0;
     o.end = 0;
     o.mem.get_mut()
+}
+
+/// An `OUT_SIZE` buffer from the worker's spare list, or a new one.
+fn take_spare(spare: &mut Vec<Lent<[u8]>>) -> Lent<[u8]> {
+    spare
+        .pop()
+        .unwrap_or_else(|| Lent::new(vec![0u8; OUT_SIZE].into_boxed_slice()))
+}
+
+/// Back to the spare list (freed when the list already holds [`OUT_POOL_MAX`]).
+fn put_spare(spare: &mut Vec<Lent<[u8]>>, mem: Lent<[u8]>) {
+    if spare.len() < OUT_POOL_MAX {
+        spare.push(mem);
+    }
 }
 
 /// Plaintext between the two TLS sessions of a flow with upstream TLS. Its buffer is an
@@ -1116,11 +1126,7 @@ impl Plain {
             self.start = 0;
             self.end = 0;
         }
-        let mem = self.mem.get_or_insert_with(|| {
-            spare
-                .pop()
-                .unwrap_or_else(|| Lent::new(vec![0u8; OUT_SIZE].into_boxed_slice()))
-        });
+        let mem = self.mem.get_or_insert_with(|| take_spare(spare));
         let Some(buf) = mem.get_mut() else {
             return &mut [];
         };
@@ -1136,9 +1142,7 @@ impl Plain {
     fn release(&mut self, spare: &mut Vec<Lent<[u8]>>) {
         if self.is_empty() {
             if let Some(m) = self.mem.take() {
-                if spare.len() < OUT_POOL_MAX {
-                    spare.push(m);
-                }
+                put_spare(spare, m);
             }
         }
     }
