@@ -26,7 +26,7 @@ use crate::facts::{
     Constraints, DecidedBy, Decision, FlowFacts, LiveFacts, PeerIdentity, Reason, UnixSeconds,
     Verdict,
 };
-use crate::index::PrefixHasher;
+use crate::index::{self, PrefixHasher};
 use crate::tz::{Zone, CYCLE, CYCLE_START, LIST_END, MAX_INSTANT, MIN_INSTANT};
 use crate::{
     key_slot, DecisionTable, Row, RuleInfo, SmallTable, Span, SubTable, EMPTY_ROW as EMPTY, NONE,
@@ -162,9 +162,17 @@ impl DecisionTable {
     /// Decide one flow. Pure: the same table, flow and facts always give the same
     /// decision. Does not allocate, lock, or read a clock (`flow.now` is the time).
     pub fn decide(&self, flow: &FlowFacts<'_>, live: &LiveFacts) -> Decision {
+        // The SPIFFE ID is hashed once, for the revocation set and the table's index.
+        // (Not when neither needs it: no revocations, and an index of a few IDs is
+        // searched by comparing them.)
+        let spiffe_hash = flow
+            .identity
+            .and_then(|id| id.spiffe_id)
+            .filter(|_| !live.revoked_ids.is_empty() || self.idx.spiffe.is_hashed())
+            .map(|s| index::hash(s.as_bytes()));
         if let Some(id) = &flow.identity {
-            if let Some(s) = id.spiffe_id {
-                if !live.revoked_ids.is_empty() && live.revoked_ids.contains(s) {
+            if let (Some(s), Some(h)) = (id.spiffe_id, spiffe_hash) {
+                if !live.revoked_ids.is_empty() && live.revoked_ids.contains_hashed(s, h) {
                     return revoked(DecidedBy::RevokedIdentity);
                 }
             }
@@ -175,13 +183,22 @@ impl DecisionTable {
             }
         }
 
+        // The flow's own sub-table (which holds the `*` rules too when they were
+        // merged into it), else the `*` sub-table; a second scan, of the `*`
+        // sub-table, only when the service has a table of its own and they were not
+        // merged.
         let service = self.idx.services.get(flow.service.as_bytes());
-        let any = (self.any_table != NONE).then_some(self.any_table);
-        let tables = match (service, any) {
-            (None, None) => return Decision::default_deny(Reason::UnknownService),
-            (Some(s), Some(a)) if !self.any_merged => [Some(s), Some(a)],
-            (Some(s), _) => [Some(s), None],
-            (None, a) => [a, None],
+        let (first, second) = match service {
+            Some(s) => (
+                s,
+                if self.any_merged {
+                    NONE
+                } else {
+                    self.any_table
+                },
+            ),
+            None if self.any_table != NONE => (self.any_table, NONE),
+            None => return Decision::default_deny(Reason::UnknownService),
         };
 
         let mut matched = Matched {
@@ -189,7 +206,7 @@ impl DecisionTable {
             len: 0,
             overflow: None,
         };
-        self.match_principals(flow.identity.as_ref(), &mut matched);
+        self.match_principals(flow.identity.as_ref(), spiffe_hash, &mut matched);
 
         let mut best = Best::new();
         let q = Query {
@@ -197,10 +214,10 @@ impl DecisionTable {
             live,
             matched: &matched,
         };
-        // Usually one sub-table; the second is the `*` one when not merged.
-        // One call site, so the inlined scan exists once.
-        for t in tables.into_iter().flatten() {
-            self.scan(t as usize, &q, &mut best);
+        // The scan is inlined here only: the second sub-table (rare) goes out of line.
+        self.scan(first as usize, &q, &mut best);
+        if second != NONE {
+            self.scan_out_of_line(second as usize, &q, &mut best);
         }
 
         if best.deny != NONE {
@@ -222,13 +239,23 @@ impl DecisionTable {
         }
     }
 
-    /// Call `f` with every global principal key id the identity matches.
-    fn visit_principals(&self, id: &PeerIdentity<'_>, f: &mut impl FnMut(u32)) {
+    /// Call `f` with every global principal key id the identity matches;
+    /// `spiffe_hash` is the [`index::hash`] of its SPIFFE ID when the caller has it.
+    fn visit_principals(
+        &self,
+        id: &PeerIdentity<'_>,
+        spiffe_hash: Option<u64>,
+        f: &mut impl FnMut(u32),
+    ) {
         let idx = &self.idx;
         if let Some(s) = id.spiffe_id {
             if !idx.spiffe.is_empty() {
                 let bytes = s.as_bytes();
-                if let Some([exact, _, off, len]) = idx.spiffe.get(bytes) {
+                let entry = match spiffe_hash {
+                    Some(h) => idx.spiffe.get_hashed(bytes, h),
+                    None => idx.spiffe.get(bytes),
+                };
+                if let Some([exact, _, off, len]) = entry {
                     // A known text: its prefix keys were found at build time.
                     if exact != NONE {
                         f(exact);
@@ -286,10 +313,15 @@ impl DecisionTable {
 
     /// Fill `m` (empty) with the key ids `identity` matches. In place rather than
     /// returned: a returned `Matched` was copied into the caller's frame.
-    fn match_principals<'f>(&self, identity: Option<&'f PeerIdentity<'f>>, m: &mut Matched<'f>) {
+    fn match_principals<'f>(
+        &self,
+        identity: Option<&'f PeerIdentity<'f>>,
+        spiffe_hash: Option<u64>,
+        m: &mut Matched<'f>,
+    ) {
         if let Some(id) = identity {
             let mut full = false;
-            self.visit_principals(id, &mut |k| match m.ids.get_mut(m.len) {
+            self.visit_principals(id, spiffe_hash, &mut |k| match m.ids.get_mut(m.len) {
                 Some(slot) => {
                     *slot = k;
                     m.len += 1;
@@ -304,7 +336,7 @@ impl DecisionTable {
 
     fn each_principal(&self, m: &Matched<'_>, f: &mut impl FnMut(u32)) {
         match m.overflow {
-            Some(id) => self.visit_principals(id, f),
+            Some(id) => self.visit_principals(id, None, f),
             None => m.ids.iter().take(m.len).for_each(|&k| f(k)),
         }
     }
@@ -402,9 +434,16 @@ impl DecisionTable {
         rows.iter().fold(0, |acc, &r| acc | self.word(r, w))
     }
 
+    /// [`Self::scan`], not inlined: for the `*` sub-table when it is scanned after the
+    /// flow's own.
+    #[inline(never)]
+    fn scan_out_of_line(&self, ti: usize, q: &Query<'_, '_>, best: &mut Best) {
+        self.scan(ti, q, best);
+    }
+
     /// Narrow sub-table `ti` to the flow's candidates and record its lowest matching
     /// deny or allow in `best`.
-    #[inline]
+    #[inline(always)]
     fn scan(&self, ti: usize, q: &Query<'_, '_>, best: &mut Best) {
         // A small sub-table (the common case) reads only its `SmallTable`, whose
         // `all` is non-zero; wide ones (and empty ones, which hold no rule) are
@@ -547,7 +586,9 @@ impl DecisionTable {
                             p |= load(probe(slots, k));
                         }
                     }
-                    Some(id) => self.visit_principals(id, &mut |k| p |= load(probe(slots, k))),
+                    Some(id) => {
+                        self.visit_principals(id, None, &mut |k| p |= load(probe(slots, k)))
+                    }
                 }
             }
             c &= p;

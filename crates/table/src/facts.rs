@@ -9,6 +9,8 @@ use std::net::IpAddr;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+pub use crate::idset::IdSet;
+
 /// Seconds since the Unix epoch, UTC. Time is an input: nothing in this crate reads a clock.
 pub type UnixSeconds = i64;
 
@@ -87,8 +89,9 @@ pub struct DevicePosture {
 pub struct LiveFacts {
     /// Monotonic version of this fact set.
     pub version: u64,
-    /// Revoked SPIFFE IDs: any flow presenting one is denied.
-    pub revoked_ids: FxHashSet<String>,
+    /// Revoked SPIFFE IDs: any flow presenting one is denied. An [`IdSet`], so that
+    /// `decide` hashes the flow's ID once for this set and the table's index.
+    pub revoked_ids: IdSet,
     /// Revoked certificate fingerprints.
     pub revoked_fingerprints: FxHashSet<[u8; 32]>,
     /// Posture per device id.

@@ -15,7 +15,7 @@
 //!
 //! The hash is not keyed: the keys come from the (trusted) policy, and a lookup with a
 //! hostile key costs at most the longest probe run, which the policy's keys alone
-//! determine (load at most two thirds, so runs are short). Every loop is bounded by the
+//! determine (load at most one half, so runs are short). Every loop is bounded by the
 //! slot count.
 
 /// Multiplier (from `rustc-hash` 2 and `foldhash`: odd, bits well spread).
@@ -71,13 +71,14 @@ fn u32_at(b: &[u8], at: usize) -> u64 {
 }
 
 /// All of a key of at most 8 bytes in one word (overlapping reads; with the length
-/// mixed in by `finish`, distinct keys of one length give distinct words).
+/// mixed in by `finish`, distinct keys of one length give distinct words). Keys of 4
+/// to 8 bytes take one path (at 8 bytes the two halves are the whole word), so names
+/// of 7 and 8 bytes do not make the branch unpredictable.
 #[inline(always)]
 fn short_word(b: &[u8]) -> u64 {
     let n = b.len();
-    if n >= 8 {
-        word_at(b, 0)
-    } else if n >= 4 {
+    debug_assert!(n <= INLINE_KEY);
+    if n >= 4 {
         u32_at(b, 0) | (u32_at(b, n - 4) << 32)
     } else if n > 0 {
         let at = |i: usize| u64::from(b.get(i).copied().unwrap_or(0));
@@ -210,7 +211,7 @@ const SMALL_KEYS: usize = 4;
 /// two cache lines.
 #[derive(Debug, Clone)]
 pub(crate) struct StrIndex<V = u32> {
-    /// Power-of-two length (or empty), at most about two thirds full; linear probing.
+    /// Power-of-two length (or empty), at most half full; linear probing.
     slots: Box<[Slot<V>]>,
     /// The bytes of the keys over 8 bytes, back to back.
     text: Box<[u8]>,
@@ -274,12 +275,13 @@ impl<V: Copy + Default> StrIndex<V> {
         if n > 1 << 30 {
             return Err(IndexError::TooLarge);
         }
-        // Load at most 2/3 (short probe runs, hits and misses alike).
+        // Load at most 1/2: a lookup usually ends at its first slot, so the probe
+        // loop's exit is predictable whether the key is there or not.
         let small = n <= SMALL_KEYS;
         let cap = if small {
             n
         } else {
-            (n + n / 2 + 1).next_power_of_two().max(2 * SMALL_KEYS)
+            (2 * n).next_power_of_two().max(2 * SMALL_KEYS)
         };
         let mask = cap - 1;
         let empty = Slot {
@@ -335,6 +337,12 @@ impl<V: Copy + Default> StrIndex<V> {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+
+    /// Whether a lookup hashes the key (more than [`SMALL_KEYS`] keys), rather than
+    /// comparing it with every key.
+    pub(crate) fn is_hashed(&self) -> bool {
+        self.slots.len() > SMALL_KEYS
     }
 
     /// The value of `key`.

@@ -86,6 +86,7 @@ pub mod reference;
 mod compile;
 mod decide;
 mod format;
+mod idset;
 mod index;
 mod tz;
 
