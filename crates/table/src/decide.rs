@@ -201,6 +201,16 @@ impl DecisionTable {
             None => return Decision::default_deny(Reason::UnknownService),
         };
 
+        // The source search of the flow's own (small) sub-table goes first: its
+        // chain of dependent loads then overlaps the identity lookups' chain, which it
+        // does not depend on, instead of following it.
+        let early_source = self
+            .idx
+            .small_tables
+            .get(first as usize)
+            .filter(|s| s.all & !s.source_any != 0)
+            .map(|s| self.small_source(s, flow.source));
+
         let mut matched = Matched {
             ids: [NONE; MAX_MATCHED],
             len: 0,
@@ -215,7 +225,7 @@ impl DecisionTable {
             matched: &matched,
         };
         // The scan is inlined here only: the second sub-table (rare) goes out of line.
-        self.scan(first as usize, &q, &mut best);
+        self.scan(first as usize, &q, &mut best, early_source);
         if second != NONE {
             self.scan_out_of_line(second as usize, &q, &mut best);
         }
@@ -438,18 +448,18 @@ impl DecisionTable {
     /// flow's own.
     #[inline(never)]
     fn scan_out_of_line(&self, ti: usize, q: &Query<'_, '_>, best: &mut Best) {
-        self.scan(ti, q, best);
+        self.scan(ti, q, best, None);
     }
 
     /// Narrow sub-table `ti` to the flow's candidates and record its lowest matching
     /// deny or allow in `best`.
     #[inline(always)]
-    fn scan(&self, ti: usize, q: &Query<'_, '_>, best: &mut Best) {
+    fn scan(&self, ti: usize, q: &Query<'_, '_>, best: &mut Best, early_source: Option<u128>) {
         // A small sub-table (the common case) reads only its `SmallTable`, whose
         // `all` is non-zero; wide ones (and empty ones, which hold no rule) are
         // told by the sub-table header.
         match self.idx.small_tables.get(ti) {
-            Some(s) if s.all != 0 => self.scan_small(s, q, best),
+            Some(s) if s.all != 0 => self.scan_small(s, q, best, early_source),
             _ => {
                 let Some(t) = self.tables.get(ti).filter(|t| t.words > 2) else {
                     return;
@@ -562,6 +572,34 @@ impl DecisionTable {
         }
     }
 
+    /// The rules of small sub-table `s` whose sources contain `ip` (its `source_any`
+    /// rules not included).
+    #[inline(always)]
+    fn small_source(&self, s: &SmallTable, ip: std::net::IpAddr) -> u128 {
+        let at = match ip {
+            std::net::IpAddr::V4(a) => {
+                let idx = &self.idx;
+                v4_row(
+                    idx.v4_eyt_starts.get(s.v4_eyt.range()).unwrap_or(&[]),
+                    idx.v4_eyt_rows.get(s.v4_eyt.range()).unwrap_or(&[]),
+                    u32::from(a),
+                )
+            }
+            std::net::IpAddr::V6(a) => {
+                let a = u128::from(a);
+                let starts = self.v6_starts.get(s.v6.range()).unwrap_or(&[]);
+                let pos = starts.partition_point(|&x| x <= a);
+                (s.v6.off as usize + pos)
+                    .checked_sub(1)
+                    .filter(|_| pos > 0)
+                    .and_then(|i| self.v6_rows.get(i))
+            }
+        };
+        at.and_then(|&r| self.idx.small_rows.get(r as usize))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// [`Self::scan`] for a sub-table of at most 128 rules (the common case): the
     /// candidates are one `u128`, narrowed dimension by dimension and given up as
     /// soon as it is empty. The fixed rows are inline in the [`SmallTable`]; each keyed
@@ -569,7 +607,13 @@ impl DecisionTable {
     /// `decide`): out of line, its arguments and spills cost more than its body saves
     /// in code size.
     #[inline(always)]
-    fn scan_small(&self, s: &SmallTable, q: &Query<'_, '_>, best: &mut Best) {
+    fn scan_small(
+        &self,
+        s: &SmallTable,
+        q: &Query<'_, '_>,
+        best: &mut Best,
+        early_source: Option<u128>,
+    ) {
         let rows = &*self.idx.small_rows;
         let load = |id: u32| rows.get(id as usize).copied().unwrap_or(0);
         // A dimension is looked up only while some candidate constrains it: once
@@ -597,26 +641,7 @@ impl DecisionTable {
             }
         }
         if c & !s.source_any != 0 {
-            let at = match q.flow.source {
-                std::net::IpAddr::V4(a) => {
-                    let idx = &self.idx;
-                    v4_row(
-                        idx.v4_eyt_starts.get(s.v4_eyt.range()).unwrap_or(&[]),
-                        idx.v4_eyt_rows.get(s.v4_eyt.range()).unwrap_or(&[]),
-                        u32::from(a),
-                    )
-                }
-                std::net::IpAddr::V6(a) => {
-                    let a = u128::from(a);
-                    let starts = self.v6_starts.get(s.v6.range()).unwrap_or(&[]);
-                    let pos = starts.partition_point(|&x| x <= a);
-                    (s.v6.off as usize + pos)
-                        .checked_sub(1)
-                        .filter(|_| pos > 0)
-                        .and_then(|i| self.v6_rows.get(i))
-                }
-            };
-            c &= s.source_any | at.map_or(0, |&r| load(r));
+            c &= s.source_any | early_source.unwrap_or_else(|| self.small_source(s, q.flow.source));
             if c == 0 {
                 return;
             }
