@@ -129,6 +129,30 @@ impl<S: Into<String>> FromIterator<S> for IdSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    proptest! {
+        /// Any sequence of inserts (short, long and repeated strings, growth across
+        /// several sizes) leaves the set agreeing with a `HashSet` on every probe.
+        #[test]
+        fn agrees_with_a_hash_set(
+            inserts in prop::collection::vec("[a-z/:.]{0,40}", 0..200),
+            probes in prop::collection::vec("[a-z/:.]{0,40}", 0..50),
+        ) {
+            let mut set = IdSet::new();
+            let mut reference = HashSet::new();
+            for s in &inserts {
+                prop_assert_eq!(set.insert(s.clone()), reference.insert(s.clone()));
+            }
+            prop_assert_eq!(set.len(), reference.len());
+            for s in inserts.iter().chain(&probes) {
+                prop_assert_eq!(set.contains(s), reference.contains(s));
+            }
+            let listed: HashSet<String> = set.iter().map(str::to_owned).collect();
+            prop_assert_eq!(listed, reference);
+        }
+    }
 
     #[test]
     fn holds_what_was_inserted_and_nothing_else() {
