@@ -385,6 +385,14 @@ fn aimed_at(rng: &mut XorShift, rule: &Rule, shape: Shape) -> FlowSpec {
             }
             Principal::DnsSan(name) => flow.dns_sans = vec![name.clone()],
             Principal::CommonName(cn) => flow.common_name = Some(cn.clone()),
+            Principal::DnsSanIn { trust_domain, name } => {
+                flow.spiffe_id = Some(format!("spiffe://{trust_domain}/sa/svc"));
+                flow.dns_sans = vec![name.clone()];
+            }
+            Principal::CommonNameIn { trust_domain, name } => {
+                flow.spiffe_id = Some(format!("spiffe://{trust_domain}/sa/svc"));
+                flow.common_name = Some(name.clone());
+            }
             Principal::Fingerprint(fp) => flow.fingerprint = *fp,
             Principal::Any => {}
         }

@@ -281,6 +281,75 @@ mod tls {
         assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
+    /// Review M4: on a listener that trusts two trust domains, `dns@td:` and `cn@td:`
+    /// principals match only names on certificates of that trust domain, while plain
+    /// `dns:` matches the partner's certificate too.
+    #[test]
+    fn scoped_dns_and_cn_principals_ignore_names_from_another_trust_domain() {
+        let pki = Pki::new(&[]);
+        let partner = Ca::new("partner.example root", now()).unwrap();
+        std::fs::write(pki.path("partner-ca.pem"), partner.cert_pem()).unwrap();
+        let up = Upstream::echo();
+        let start = |principals: Vec<Principal>| {
+            let mut setup = Setup::new(up.addr);
+            setup.table = Some(rule_for_principals(Some(principals)));
+            setup.listener_extra = format!(
+                "[listener.tls]\ncert = {:?}\nkey = {:?}\nhandshake_timeout = \"1s\"\n\
+                 trust_domains = {{ \"corp.example\" = {:?}, \"partner.example\" = {:?} }}\n",
+                pki.path("server.pem"),
+                pki.path("server.key"),
+                pki.path("ca.pem"),
+                pki.path("partner-ca.pem"),
+            );
+            Gateway::start(&setup)
+        };
+        let named = |id: &str| ClientSpec {
+            dns: vec!["db.corp.example".into()],
+            common_name: Some("alice".into()),
+            ..ClientSpec::spiffe(id)
+        };
+        let corp = pki.client(&named("spiffe://corp.example/ns/db/sa/client"));
+        let partners = partner
+            .client(&named("spiffe://partner.example/ns/db/sa/client"), now())
+            .unwrap();
+        let gets_through = |gw: &Gateway, leaf: &Leaf| {
+            let mut s = connect_tls(gw, client_config(&pki, Some(leaf)));
+            let mut buf = [0u8; 1];
+            let _ = s.write_all(b"x");
+            matches!(s.read(&mut buf), Ok(1))
+        };
+
+        let scoped = [
+            vec![Principal::DnsSanIn {
+                trust_domain: "corp.example".into(),
+                name: "db.corp.example".into(),
+            }],
+            vec![Principal::CommonNameIn {
+                trust_domain: "corp.example".into(),
+                name: "alice".into(),
+            }],
+        ];
+        for principals in scoped {
+            let gw = start(principals.clone());
+            assert!(gets_through(&gw, &corp), "{principals:?}: corp refused");
+            assert!(
+                !gets_through(&gw, &partners),
+                "{principals:?}: partner let in"
+            );
+            // The partner's flow is denied by the table, not by the handshake.
+            let denied = gw.wait_audit(|e| e["event"] == "decision" && e["verdict"] == "deny");
+            assert_eq!(denied["reason"], "no-rule-matched", "{principals:?}");
+            assert_eq!(
+                denied["spiffe_id"],
+                "spiffe://partner.example/ns/db/sa/client"
+            );
+        }
+        // The unscoped form names the partner's certificate as well.
+        let gw = start(vec![Principal::DnsSan("db.corp.example".into())]);
+        assert!(gets_through(&gw, &corp));
+        assert!(gets_through(&gw, &partners));
+    }
+
     /// `client_ca` bound to one trust domain: its CA cannot vouch for another one.
     #[test]
     fn client_ca_with_a_trust_domain_refuses_other_trust_domains() {

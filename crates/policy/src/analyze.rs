@@ -145,6 +145,9 @@ pub(crate) fn principal_covers(d: &Principal, a: &Principal) -> bool {
         (Principal::SpiffeUnder(x), Principal::SpiffeUnder(y)) => {
             x.trust_domain == y.trust_domain && y.segments.starts_with(&x.segments)
         }
+        // A name in any trust domain covers the same name in one.
+        (Principal::DnsSan(x), Principal::DnsSanIn { name: y, .. })
+        | (Principal::CommonName(x), Principal::CommonNameIn { name: y, .. }) => x == y,
         _ => d == a,
     }
 }

@@ -48,8 +48,8 @@ use sha2::{Digest, Sha256};
 pub use error::{ErrorKind, PolicyError, PolicyErrors, Warning, WarningKind};
 pub use values::{
     parse_cidr, parse_dns_name, parse_duration, parse_fingerprint, parse_principal,
-    parse_spiffe_id, CidrError, DurationError, FingerprintError, NameError, PrincipalError,
-    ScheduleError, SpiffeIdError, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN,
+    parse_spiffe_id, spiffe_trust_domain, CidrError, DurationError, FingerprintError, NameError,
+    PrincipalError, ScheduleError, SpiffeIdError, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN,
 };
 
 /// One policy file.

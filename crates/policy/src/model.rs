@@ -117,6 +117,23 @@ pub enum Principal {
     DnsSan(String),
     /// `cn:alice`: the subject common name, compared exactly.
     CommonName(String),
+    /// `dns@td:host.example.org`: a DNS SAN as [`Principal::DnsSan`], on a certificate
+    /// whose SPIFFE ID is in trust domain `td`. On a listener that trusts several trust
+    /// domains, any of their CAs can issue a name; this form names only one's.
+    DnsSanIn {
+        /// The trust domain the certificate's SPIFFE ID must be in.
+        trust_domain: String,
+        /// The DNS SAN, lowercase.
+        name: String,
+    },
+    /// `cn@td:alice`: a subject common name as [`Principal::CommonName`], on a
+    /// certificate whose SPIFFE ID is in trust domain `td`.
+    CommonNameIn {
+        /// The trust domain the certificate's SPIFFE ID must be in.
+        trust_domain: String,
+        /// The common name, compared exactly.
+        name: String,
+    },
     /// `sha256:<64 hex>`: the SHA-256 fingerprint of the DER end-entity certificate.
     Fingerprint([u8; 32]),
 }
@@ -129,6 +146,10 @@ impl fmt::Display for Principal {
             Principal::SpiffeUnder(id) => write!(f, "{id}/*"),
             Principal::DnsSan(n) => write!(f, "dns:{n}"),
             Principal::CommonName(n) => write!(f, "cn:{n}"),
+            Principal::DnsSanIn { trust_domain, name } => write!(f, "dns@{trust_domain}:{name}"),
+            Principal::CommonNameIn { trust_domain, name } => {
+                write!(f, "cn@{trust_domain}:{name}")
+            }
             Principal::Fingerprint(fp) => {
                 write!(f, "sha256:")?;
                 for b in fp {

@@ -152,6 +152,37 @@ pub fn parse_spiffe_id(s: &str) -> Result<SpiffeId, SpiffeIdError> {
     })
 }
 
+/// The DNS name of a `dns:` principal, lowercased.
+fn dns_principal(name: &str) -> Result<String, PrincipalError> {
+    let name = name.to_ascii_lowercase();
+    check_dns_name(&name, false).map_err(|reason| PrincipalError::BadDnsName { reason })?;
+    Ok(name)
+}
+
+/// The common name of a `cn:` principal.
+fn cn_principal(name: &str) -> Result<String, PrincipalError> {
+    if name.is_empty() || name.chars().any(char::is_control) {
+        return Err(PrincipalError::BadCommonName);
+    }
+    Ok(name.to_owned())
+}
+
+/// `TD:NAME` after `dns@` or `cn@`: the checked trust domain, and the name unchecked.
+fn scope<'s>(rest: &'s str, form: &'static str) -> Result<(String, &'s str), PrincipalError> {
+    let (td, name) = rest
+        .split_once(':')
+        .ok_or(PrincipalError::ScopeWithoutName { form })?;
+    check_trust_domain(td).map_err(|reason| PrincipalError::BadScope { form, reason })?;
+    Ok((td.to_owned(), name))
+}
+
+/// The trust domain of a SPIFFE ID already parsed by [`parse_spiffe_id`] (or by the
+/// TLS layer, which uses it): the text between `spiffe://` and the next `/`.
+pub fn spiffe_trust_domain(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix("spiffe://")?;
+    Some(rest.split_once('/').map_or(rest, |(td, _)| td))
+}
+
 fn check_trust_domain(td: &str) -> Result<(), SpiffeIdError> {
     if td.is_empty() {
         return Err(SpiffeIdError::EmptyTrustDomain);
@@ -190,7 +221,7 @@ pub enum PrincipalError {
     #[error("a principal cannot be empty")]
     Empty,
     /// No known prefix.
-    #[error("unknown principal form; expected `*`, `spiffe://…`, `dns:NAME`, `cn:NAME`, `sha256:HEX` or `group:NAME`")]
+    #[error("unknown principal form; expected `*`, `spiffe://…`, `dns:NAME`, `cn:NAME`, `dns@TRUST-DOMAIN:NAME`, `cn@TRUST-DOMAIN:NAME`, `sha256:HEX` or `group:NAME`")]
     UnknownPrefix,
     /// A `spiffe://` principal that is not a valid SPIFFE ID.
     #[error(transparent)]
@@ -207,6 +238,20 @@ pub enum PrincipalError {
     /// `cn:` followed by nothing, or by control characters.
     #[error("`cn:` needs a non-empty common name without control characters")]
     BadCommonName,
+    /// `dns@TD:NAME` or `cn@TD:NAME` without the `:` before the name.
+    #[error("`{form}@TRUST-DOMAIN:NAME` needs a `:` between the trust domain and the name")]
+    ScopeWithoutName {
+        /// `dns` or `cn`.
+        form: &'static str,
+    },
+    /// `dns@TD:NAME` or `cn@TD:NAME` whose trust domain is not valid.
+    #[error("`{form}@TRUST-DOMAIN:NAME` needs a valid trust domain: {reason}")]
+    BadScope {
+        /// `dns` or `cn`.
+        form: &'static str,
+        /// What is wrong with the trust domain.
+        reason: SpiffeIdError,
+    },
     /// A `sha256:` principal whose fingerprint is malformed.
     #[error(transparent)]
     Fingerprint(#[from] FingerprintError),
@@ -226,7 +271,8 @@ pub(crate) enum Member {
 }
 
 /// Parses a principal: `*`, `spiffe://td/path`, `spiffe://td/path/*`, `dns:NAME`,
-/// `cn:NAME` or `sha256:HEX`. `group:NAME` is refused here: groups need a policy.
+/// `cn:NAME`, `dns@TD:NAME`, `cn@TD:NAME` or `sha256:HEX`. `group:NAME` is refused
+/// here: groups need a policy.
 ///
 /// DNS names are lowercased (they are compared lowercase).
 ///
@@ -251,15 +297,28 @@ pub(crate) fn parse_member(s: &str) -> Result<Member, PrincipalError> {
         return Ok(Member::Group(name.to_owned()));
     }
     if let Some(name) = s.strip_prefix("dns:") {
-        let name = name.to_ascii_lowercase();
-        check_dns_name(&name, false).map_err(|reason| PrincipalError::BadDnsName { reason })?;
-        return Ok(Member::Principal(Principal::DnsSan(name)));
+        return Ok(Member::Principal(Principal::DnsSan(dns_principal(name)?)));
     }
     if let Some(name) = s.strip_prefix("cn:") {
-        if name.is_empty() || name.chars().any(char::is_control) {
-            return Err(PrincipalError::BadCommonName);
-        }
-        return Ok(Member::Principal(Principal::CommonName(name.to_owned())));
+        return Ok(Member::Principal(Principal::CommonName(cn_principal(
+            name,
+        )?)));
+    }
+    // `dns@TD:NAME`, `cn@TD:NAME`: the name scoped to one trust domain. The trust
+    // domain comes first because a common name may itself contain `@`.
+    if let Some(rest) = s.strip_prefix("dns@") {
+        let (trust_domain, name) = scope(rest, "dns")?;
+        return Ok(Member::Principal(Principal::DnsSanIn {
+            trust_domain,
+            name: dns_principal(name)?,
+        }));
+    }
+    if let Some(rest) = s.strip_prefix("cn@") {
+        let (trust_domain, name) = scope(rest, "cn")?;
+        return Ok(Member::Principal(Principal::CommonNameIn {
+            trust_domain,
+            name: cn_principal(name)?,
+        }));
     }
     if let Some(hex) = s.strip_prefix("sha256:") {
         return Ok(Member::Principal(Principal::Fingerprint(

@@ -206,7 +206,7 @@ fn malformed_spiffe_id() {
 fn malformed_principal_prefix() {
     assert_eq!(
         errors(&rule("principals = [\"user:alice\"]\n")),
-        vec!["p.toml:5:15: malformed principal `user:alice`: unknown principal form; expected `*`, `spiffe://…`, `dns:NAME`, `cn:NAME`, `sha256:HEX` or `group:NAME`"]
+        vec!["p.toml:5:15: malformed principal `user:alice`: unknown principal form; expected `*`, `spiffe://…`, `dns:NAME`, `cn:NAME`, `dns@TRUST-DOMAIN:NAME`, `cn@TRUST-DOMAIN:NAME`, `sha256:HEX` or `group:NAME`"]
     );
     assert_eq!(
         errors(&rule("principals = [\"spiffe://example.org/ns/trad*\"]\n")),
@@ -219,6 +219,32 @@ fn malformed_principal_prefix() {
     assert_eq!(
         errors(&rule("principals = [\"dns:a b\"]\n")),
         vec!["p.toml:5:15: malformed principal `dns:a b`: `dns:` needs a dns name: names may only contain `a-z`, `0-9`, `-`, `_` and `.`, found ` `"]
+    );
+}
+
+#[test]
+fn malformed_scoped_principal() {
+    assert_eq!(
+        errors(&rule("principals = [\"dns@corp.example\", \"cn@Corp.example:alice\"]\n")),
+        vec![
+            "p.toml:5:15: malformed principal `dns@corp.example`: `dns@TRUST-DOMAIN:NAME` needs a `:` between the trust domain and the name",
+            "p.toml:5:35: malformed principal `cn@Corp.example:alice`: `cn@TRUST-DOMAIN:NAME` needs a valid trust domain: the trust domain must be lowercase",
+        ]
+    );
+    assert_eq!(
+        errors(&rule("principals = [\"dns@corp.example:a b\", \"cn@corp.example:\"]\n")),
+        vec![
+            "p.toml:5:15: malformed principal `dns@corp.example:a b`: `dns:` needs a dns name: names may only contain `a-z`, `0-9`, `-`, `_` and `.`, found ` `",
+            "p.toml:5:39: malformed principal `cn@corp.example:`: `cn:` needs a non-empty common name without control characters",
+        ]
+    );
+    // A common name may hold `@` and `:`: only the first `:` ends the trust domain.
+    assert_eq!(
+        zgate_policy::parse_principal("cn@corp.example:alice@corp:x"),
+        Ok(zgate_policy::model::Principal::CommonNameIn {
+            trust_domain: "corp.example".into(),
+            name: "alice@corp:x".into(),
+        })
     );
 }
 
@@ -496,7 +522,7 @@ fn control_characters_are_escaped_in_messages() {
     assert_eq!(
         lines,
         vec![
-            "p.toml:5:15: malformed principal `user:\\u{1b}[31mred`: unknown principal form; expected `*`, `spiffe://…`, `dns:NAME`, `cn:NAME`, `sha256:HEX` or `group:NAME`",
+            "p.toml:5:15: malformed principal `user:\\u{1b}[31mred`: unknown principal form; expected `*`, `spiffe://…`, `dns:NAME`, `cn:NAME`, `dns@TRUST-DOMAIN:NAME`, `cn@TRUST-DOMAIN:NAME`, `sha256:HEX` or `group:NAME`",
             "p.toml:6:12: malformed cidr `10.0.0.0/8\\t`: the prefix length `8\\t` is not a number",
         ]
     );

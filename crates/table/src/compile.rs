@@ -280,6 +280,14 @@ impl Builder {
                         Principal::SpiffeUnder(id) => PrincipalKey::Under(id.to_string().into()),
                         Principal::DnsSan(n) => PrincipalKey::Dns(n.as_str().into()),
                         Principal::CommonName(n) => PrincipalKey::Cn(n.as_str().into()),
+                        Principal::DnsSanIn { trust_domain, name } => PrincipalKey::DnsIn {
+                            td: trust_domain.as_str().into(),
+                            name: name.as_str().into(),
+                        },
+                        Principal::CommonNameIn { trust_domain, name } => PrincipalKey::CnIn {
+                            td: trust_domain.as_str().into(),
+                            name: name.as_str().into(),
+                        },
                         Principal::Fingerprint(fp) => PrincipalKey::Fingerprint(*fp),
                     };
                     let id = intern(

@@ -319,6 +319,41 @@ impl DecisionTable {
                 f(k);
             }
         }
+        if !idx.scope_tds.is_empty() {
+            self.visit_scoped(id, f);
+        }
+    }
+
+    /// The scoped keys (`dns@td:…`, `cn@td:…`) the identity matches: its names whose
+    /// scope is the trust domain of its SPIFFE ID. Out of line: few policies have them.
+    #[inline(never)]
+    fn visit_scoped(&self, id: &PeerIdentity<'_>, f: &mut impl FnMut(u32)) {
+        let idx = &self.idx;
+        let Some(td) = id
+            .spiffe_id
+            .and_then(zgate_policy::spiffe_trust_domain)
+            .and_then(|td| idx.scope_tds.get(td.as_bytes()))
+        else {
+            return;
+        };
+        let mut visit = |entry: Option<[u32; 2]>| {
+            let Some([off, len]) = entry else { return };
+            let (off, len) = (off as usize, len as usize);
+            let pairs = idx.scoped.get(off..off.saturating_add(len)).unwrap_or(&[]);
+            for &[scope, key] in pairs {
+                if scope == td {
+                    f(key);
+                }
+            }
+        };
+        if !idx.dns_in.is_empty() {
+            for name in id.dns_sans {
+                visit(idx.dns_in.get(name.as_bytes()));
+            }
+        }
+        if let Some(cn) = id.common_name {
+            visit(idx.cn_in.get(cn.as_bytes()));
+        }
     }
 
     /// Fill `m` (empty) with the key ids `identity` matches. In place rather than

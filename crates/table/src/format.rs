@@ -41,6 +41,8 @@ const K_UNDER: u8 = 1;
 const K_DNS: u8 = 2;
 const K_CN: u8 = 3;
 const K_FINGERPRINT: u8 = 4;
+const K_DNS_IN: u8 = 5;
+const K_CN_IN: u8 = 6;
 
 // ---------------------------------------------------------------- encode
 
@@ -183,6 +185,16 @@ fn encode_body(t: &DecisionTable, w: &mut W) {
             PrincipalKey::Fingerprint(fp) => {
                 w.u8(K_FINGERPRINT);
                 w.0.extend_from_slice(fp);
+            }
+            PrincipalKey::DnsIn { td, name } => {
+                w.u8(K_DNS_IN);
+                w.str(td);
+                w.str(name);
+            }
+            PrincipalKey::CnIn { td, name } => {
+                w.u8(K_CN_IN);
+                w.str(td);
+                w.str(name);
             }
         }
     }
@@ -489,6 +501,14 @@ fn decode_body(
             K_DNS => PrincipalKey::Dns(r.str()?),
             K_CN => PrincipalKey::Cn(r.str()?),
             K_FINGERPRINT => PrincipalKey::Fingerprint(r.array()?),
+            K_DNS_IN => PrincipalKey::DnsIn {
+                td: r.str()?,
+                name: r.str()?,
+            },
+            K_CN_IN => PrincipalKey::CnIn {
+                td: r.str()?,
+                name: r.str()?,
+            },
             _ => return Err(corrupt("unknown principal key kind")),
         });
     }

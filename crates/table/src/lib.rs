@@ -166,6 +166,16 @@ pub(crate) enum PrincipalKey {
     Dns(Box<str>),
     Cn(Box<str>),
     Fingerprint([u8; 32]),
+    /// A DNS SAN on a certificate whose SPIFFE ID is in trust domain `td`.
+    DnsIn {
+        td: Box<str>,
+        name: Box<str>,
+    },
+    /// A common name on a certificate whose SPIFFE ID is in trust domain `td`.
+    CnIn {
+        td: Box<str>,
+        name: Box<str>,
+    },
 }
 
 /// A global SNI key.
@@ -372,6 +382,14 @@ pub(crate) struct Indexes {
     pub dns: StrIndex,
     pub cn: StrIndex,
     pub fingerprint: StrIndex,
+    /// Trust domains named by scoped keys (`dns@td:…`, `cn@td:…`) -> a small id.
+    pub scope_tds: StrIndex,
+    /// Scoped DNS and CN keys by name -> `[offset, count]` into `scoped`, whose
+    /// entries are `[trust domain id, key id]`: a flow's name is probed once, then
+    /// the few trust domains that scope it are compared with the flow's.
+    pub dns_in: StrIndex<[u32; 2]>,
+    pub cn_in: StrIndex<[u32; 2]>,
+    pub scoped: Vec<[u32; 2]>,
     pub sni_exact: StrIndex,
     pub sni_wildcard: StrIndex,
     pub alpn: StrIndex,
@@ -540,6 +558,65 @@ pub(crate) fn small_rows(rows: &[Row], pool: &[u64]) -> Vec<u128> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DuplicateKey(pub &'static str);
 
+/// Fill `scope_tds`, `dns_in`, `cn_in` and `scoped` from the scoped keys
+/// `(is CN, name, trust domain, key id)`.
+fn scoped_indexes(
+    idx: &mut Indexes,
+    mut keys: Vec<(bool, &str, &str, u32)>,
+) -> Result<(), DuplicateKey> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let too_many = || DuplicateKey("too many scoped keys");
+    let mut tds: Vec<&str> = keys.iter().map(|k| k.2).collect();
+    tds.sort_unstable();
+    tds.dedup();
+    let td_id = |td: &str| {
+        tds.binary_search(&td)
+            .ok()
+            .and_then(|i| u32::try_from(i).ok())
+    };
+    keys.sort_unstable();
+    // Per (kind, name): its run of (trust domain id, key id) in `scoped`.
+    let mut dns: Vec<(&[u8], [u32; 2])> = Vec::new();
+    let mut cn: Vec<(&[u8], [u32; 2])> = Vec::new();
+    let mut i = 0;
+    while let Some(&(is_cn, name, _, _)) = keys.get(i) {
+        let off = u32::try_from(idx.scoped.len()).map_err(|_| too_many())?;
+        let mut seen_td = None;
+        while let Some(&(c, n, td, id)) = keys.get(i) {
+            if c != is_cn || n != name {
+                break;
+            }
+            if seen_td == Some(td) {
+                return Err(DuplicateKey("scoped principal"));
+            }
+            seen_td = Some(td);
+            idx.scoped.push([td_id(td).ok_or_else(too_many)?, id]);
+            i += 1;
+        }
+        let len = u32::try_from(idx.scoped.len()).map_err(|_| too_many())? - off;
+        let entry = (name.as_bytes(), [off, len]);
+        if is_cn {
+            cn.push(entry);
+        } else {
+            dns.push(entry);
+        }
+    }
+    let build = |v: Vec<(&[u8], [u32; 2])>| {
+        StrIndex::build(v.into_iter()).map_err(|e| match e {
+            index::IndexError::Duplicate => DuplicateKey("scoped principal"),
+            index::IndexError::TooLarge => too_many(),
+        })
+    };
+    idx.dns_in = build(dns)?;
+    idx.cn_in = build(cn)?;
+    let n = u32::try_from(tds.len()).map_err(|_| too_many())?;
+    idx.scope_tds = StrIndex::build(tds.iter().map(|t| t.as_bytes()).zip(0..n))
+        .map_err(|_| DuplicateKey("scope trust domain"))?;
+    Ok(())
+}
+
 impl Indexes {
     /// Build every index from the key lists. Fails on a duplicate key.
     pub(crate) fn build(
@@ -569,6 +646,8 @@ impl Indexes {
         };
 
         let (mut dns, mut cn, mut fingerprint) = (Vec::new(), Vec::new(), Vec::new());
+        // (is CN, name, trust domain, key id)
+        let mut scoped: Vec<(bool, &str, &str, u32)> = Vec::new();
         let mut spiffe_entries: Vec<[u32; 4]> = Vec::new();
         // SPIFFE texts in first-seen order, and where each is.
         let mut spiffe_texts: Vec<&str> = Vec::new();
@@ -594,8 +673,11 @@ impl Indexes {
                 PrincipalKey::Dns(s) => dns.push((s.as_bytes(), id)),
                 PrincipalKey::Cn(s) => cn.push((s.as_bytes(), id)),
                 PrincipalKey::Fingerprint(fp) => fingerprint.push((&fp[..], id)),
+                PrincipalKey::DnsIn { td, name } => scoped.push((false, &**name, &**td, id)),
+                PrincipalKey::CnIn { td, name } => scoped.push((true, &**name, &**td, id)),
             }
         }
+        scoped_indexes(&mut idx, scoped)?;
         idx.under_lens.sort_unstable();
         idx.under_lens.dedup();
         // Precompute, per known SPIFFE text, the prefix keys it matches.
@@ -826,6 +908,9 @@ impl DecisionTable {
             | PrincipalKey::Under(s)
             | PrincipalKey::Dns(s)
             | PrincipalKey::Cn(s) => s.len(),
+            PrincipalKey::DnsIn { td, name } | PrincipalKey::CnIn { td, name } => {
+                td.len() + name.len()
+            }
             PrincipalKey::Fingerprint(_) => 0,
         };
         let sni_text = |k: &SniKey| match k {

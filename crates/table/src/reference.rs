@@ -432,8 +432,22 @@ fn principal_matches(principal: &Principal, identity: &PeerIdentity<'_>) -> bool
         }),
         Principal::DnsSan(name) => identity.dns_sans.iter().any(|s| s == name),
         Principal::CommonName(cn) => identity.common_name == Some(cn.as_str()),
+        Principal::DnsSanIn { trust_domain, name } => {
+            in_trust_domain(identity, trust_domain) && identity.dns_sans.iter().any(|s| s == name)
+        }
+        Principal::CommonNameIn { trust_domain, name } => {
+            in_trust_domain(identity, trust_domain) && identity.common_name == Some(name.as_str())
+        }
         Principal::Fingerprint(fp) => identity.fingerprint == Some(fp),
     }
+}
+
+/// Whether the identity's SPIFFE ID is in trust domain `td` (no SPIFFE ID: no).
+fn in_trust_domain(identity: &PeerIdentity<'_>, td: &str) -> bool {
+    identity
+        .spiffe_id
+        .and_then(split_spiffe)
+        .is_some_and(|(presented, _)| presented == td)
 }
 
 /// `spiffe://td/a/b` → (`td`, [`a`, `b`]); `spiffe://td` → (`td`, []).

@@ -46,6 +46,7 @@ const FLOW_IDS: &[&str] = &[
     "spiffe://corp.example",
     "spiffe://partner.example/ns/trading/sa/desk1",
     "spiffe://partner.example/web",
+    "spiffe://corp.examplex/ns/trading",
 ];
 const TRUST_DOMAINS: &[&str] = &["corp.example", "partner.example", "corp.examplex"];
 const SEGMENTS: &[&str] = &["ns", "trading", "risk", "sa", "desk1", "web", "tradingx"];
@@ -148,6 +149,16 @@ fn principal() -> impl Strategy<Value = Principal> {
         4 => rule_spiffe().prop_map(Principal::SpiffeUnder),
         2 => select(DNS_NAMES).prop_map(|n| Principal::DnsSan(n.to_owned())),
         2 => select(COMMON_NAMES).prop_map(|n| Principal::CommonName(n.to_owned())),
+        2 => (select(TRUST_DOMAINS), select(DNS_NAMES)).prop_map(|(td, n)| Principal::DnsSanIn {
+            trust_domain: td.to_owned(),
+            name: n.to_owned(),
+        }),
+        2 => (select(TRUST_DOMAINS), select(COMMON_NAMES)).prop_map(|(td, n)| {
+            Principal::CommonNameIn {
+                trust_domain: td.to_owned(),
+                name: n.to_owned(),
+            }
+        }),
         2 => select(FINGERPRINTS).prop_map(Principal::Fingerprint),
     ]
 }
@@ -509,7 +520,7 @@ fn live(
     let own = prop::option::weighted(0.7, end())
         .prop_map(move |e| e.zip(id).map(|(e, id)| (service, id, e)));
     (
-        prop::option::weighted(0.15, select(FLOW_IDS)),
+        prop::option::weighted(0.18, select(FLOW_IDS)),
         prop::option::weighted(0.15, select(FINGERPRINTS)),
         prop::collection::vec((select(DEVICES), device_posture()), 0..4),
         prop::collection::vec((select(FLOW_IDS), select(RISKS)), 0..4),

@@ -246,6 +246,66 @@ fn spiffe_exact_and_prefix() {
 }
 
 #[test]
+fn dns_and_cn_scoped_to_a_trust_domain() {
+    let live = LiveFacts::default();
+    let mut dns = allow("dns-in-corp");
+    dns.principals = Some(vec![Principal::DnsSanIn {
+        trust_domain: "corp.example".into(),
+        name: "db.corp".into(),
+    }]);
+    let mut cn = allow("alice-in-partner");
+    cn.principals = Some(vec![
+        Principal::CommonNameIn {
+            trust_domain: "partner.example".into(),
+            name: "alice".into(),
+        },
+        // The same name scoped to a second trust domain: both scopes are kept.
+        Principal::CommonNameIn {
+            trust_domain: "corp.example".into(),
+            name: "alice".into(),
+        },
+    ]);
+    let fx = Fixture::new(vec![dns, cn]);
+    let sans = ["db.corp"];
+    let with = |spiffe_id: Option<&'static str>, cn: Option<&'static str>| PeerIdentity {
+        spiffe_id,
+        dns_sans: &sans,
+        common_name: cn,
+        ..PeerIdentity::default()
+    };
+    let decided = |id| fx.decide(&ident(flow(0), id), &live).decided_by;
+    assert_eq!(
+        decided(with(Some("spiffe://corp.example/db"), None)),
+        DecidedBy::Rule(0)
+    );
+    assert_eq!(
+        decided(with(Some("spiffe://partner.example/db"), Some("alice"))),
+        DecidedBy::Rule(1)
+    );
+    assert_eq!(
+        decided(with(Some("spiffe://corp.example"), Some("alice"))),
+        DecidedBy::Rule(0)
+    );
+    // Another trust domain, one that merely starts like it, and no SPIFFE ID at all.
+    for id in [
+        Some("spiffe://partner.example/db"),
+        Some("spiffe://corp.examplex/db"),
+        None,
+    ] {
+        assert!(!fx.decide(&ident(flow(0), with(id, None)), &live).is_allow());
+    }
+    assert!(!fx
+        .decide(
+            &ident(
+                flow(0),
+                with(Some("spiffe://other.example/x"), Some("alice"))
+            ),
+            &live
+        )
+        .is_allow());
+}
+
+#[test]
 fn dns_cn_fingerprint_and_anyone() {
     let live = LiveFacts::default();
     let fp = [3u8; 32];
