@@ -88,3 +88,20 @@ fn docs_complete_example_is_the_corpus_file() {
         "docs/policy.md's complete example drifted from complete.toml"
     );
 }
+
+#[test]
+fn scoped_principals_example_is_valid() {
+    use zgate_policy::model::Principal;
+    let c = one(include_str!("../fuzz/corpus/parse_policy/scoped.toml"));
+    assert_eq!(c.warnings, vec![]);
+    let principals = c.policy.rules[0].principals.clone().unwrap_or_default();
+    assert!(principals.contains(&Principal::DnsSanIn {
+        trust_domain: "corp.example".into(),
+        name: "db.corp.example".into(),
+    }));
+    assert!(principals.contains(&Principal::CommonNameIn {
+        trust_domain: "corp.example".into(),
+        name: "alice@corp:x".into(),
+    }));
+    assert_eq!(principals.len(), 3);
+}
