@@ -46,6 +46,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Principal::SpiffeUnder(td(&["ns"])),
         Principal::DnsSan("db.corp".into()),
         Principal::CommonName("alice".into()),
+        Principal::DnsSanIn {
+            trust_domain: "td".into(),
+            name: "db.corp".into(),
+        },
+        Principal::CommonNameIn {
+            trust_domain: "other.td".into(),
+            name: "alice".into(),
+        },
         Principal::Fingerprint([5; 32]),
     ]);
     a.sources = [cidr("10.0.0.0", 8), cidr("2001:db8::", 32)]
