@@ -174,6 +174,7 @@ pub fn run(
                 path.display(),
                 t.version()
             ));
+            warn_unscoped_names(config, &t);
             Some(t)
         }
         None => {
@@ -447,6 +448,26 @@ fn sum(workers: &[Running]) -> StatsSnapshot {
 }
 
 /// SIGHUP: verify the table file, then publish it. On failure nothing changes.
+/// Review M4: `dns:NAME` and `cn:NAME` match names any trusted CA can issue. Say so for
+/// each listener whose CAs vouch for more than one trust domain (several bundles, or
+/// one bundle not bound to a trust domain).
+fn warn_unscoped_names(config: &Config, table: &DecisionTable) {
+    if !table.names_without_trust_domain() {
+        return;
+    }
+    for l in &config.listeners {
+        let Some(s) = &l.tls else { continue };
+        let several =
+            s.trust_domains.len() > 1 || (s.client_ca.is_some() && s.trust_domain.is_none());
+        if several {
+            log(format_args!(
+                "listener `{}`: warning: the table has `dns:`/`cn:` principals without a trust domain; any CA this listener trusts can issue those names (write `dns@TRUST-DOMAIN:NAME` / `cn@TRUST-DOMAIN:NAME`)",
+                l.name
+            ));
+        }
+    }
+}
+
 fn reload(config: &Config, control: &Control) -> Result<(), ()> {
     let Some(path) = &config.table else {
         log(format_args!(
@@ -461,6 +482,7 @@ fn reload(config: &Config, control: &Control) -> Result<(), ()> {
                 path.display(),
                 t.version()
             ));
+            warn_unscoped_names(config, &t);
             control.publish(t);
             Ok(())
         }

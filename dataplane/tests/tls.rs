@@ -331,6 +331,7 @@ mod tls {
         ];
         for principals in scoped {
             let gw = start(principals.clone());
+            assert!(!gw.log().contains("without a trust domain"), "{}", gw.log());
             assert!(gets_through(&gw, &corp), "{principals:?}: corp refused");
             assert!(
                 !gets_through(&gw, &partners),
@@ -348,6 +349,14 @@ mod tls {
         let gw = start(vec![Principal::DnsSan("db.corp.example".into())]);
         assert!(gets_through(&gw, &corp));
         assert!(gets_through(&gw, &partners));
+        // ... and the operator is told at startup.
+        assert!(
+            gw.log().contains(
+                "listener `echo`: warning: the table has `dns:`/`cn:` principals without a trust domain"
+            ),
+            "{}",
+            gw.log()
+        );
     }
 
     /// `client_ca` bound to one trust domain: its CA cannot vouch for another one.

@@ -874,6 +874,15 @@ impl DecisionTable {
         }
     }
 
+    /// Whether some rule names a DNS SAN or a common name without a trust domain
+    /// (`dns:NAME`, `cn:NAME`): on a listener that trusts several trust domains, any of
+    /// their CAs can issue such a name (the dataplane warns about it).
+    pub fn names_without_trust_domain(&self) -> bool {
+        self.principal_keys
+            .iter()
+            .any(|k| matches!(k, PrincipalKey::Dns(_) | PrincipalKey::Cn(_)))
+    }
+
     /// The policy version given to [`DecisionTable::compile`].
     pub fn version(&self) -> u64 {
         self.version
