@@ -3,13 +3,16 @@
 //! (a decoded table is validated, but a wrong index must still not panic).
 //!
 //! Work per decision (see the crate doc for cache lines):
-//! 1. revocation probes (skipped when the sets are empty);
+//! 1. revocation probes (skipped when the sets are empty; the SPIFFE ID is hashed
+//!    once, for the revocation set and step 3);
 //! 2. service name -> sub-table (one probe of a flat string index, see
 //!    [`crate::index`]; a direct comparison for up to four services), plus the `*`
-//!    sub-table if any;
+//!    sub-table if any; the source ranges of the flow's own sub-table are searched
+//!    here, so that their dependent loads overlap step 3's;
 //! 3. the flow's identity -> global principal key ids (one probe for the SPIFFE ID,
 //!    whose slot lists the prefix keys it matches; prefix probes only for IDs no rule
-//!    names, hashed in one pass; one probe per other name it carries);
+//!    names, hashed in one pass; one probe per other name it carries; names scoped
+//!    to a trust domain, `dns@td:`/`cn@td:`, only when the policy has any);
 //! 4. per sub-table (the wide case out of line): with at most 128 rules, the candidates are one
 //!    `u128` narrowed dimension by dimension (stopping as soon as it is empty, and
 //!    skipping a dimension once every candidate left accepts any value in it); the
