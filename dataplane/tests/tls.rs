@@ -51,6 +51,22 @@ mod tls {
         ))
     }
 
+    /// A partner CA beside `pki`'s, and the `[listener.tls]` section of a listener that
+    /// trusts `corp.example` by `pki`'s CA and `partner.example` by the partner's.
+    fn corp_and_partner(pki: &Pki) -> (Ca, String) {
+        let partner = Ca::new("partner.example root", now()).unwrap();
+        std::fs::write(pki.path("partner-ca.pem"), partner.cert_pem()).unwrap();
+        let tls = format!(
+            "[listener.tls]\ncert = {:?}\nkey = {:?}\nhandshake_timeout = \"1s\"\n\
+             trust_domains = {{ \"corp.example\" = {:?}, \"partner.example\" = {:?} }}\n",
+            pki.path("server.pem"),
+            pki.path("server.key"),
+            pki.path("ca.pem"),
+            pki.path("partner-ca.pem"),
+        );
+        (partner, tls)
+    }
+
     #[test]
     fn valid_svid_reaches_the_echo_upstream_byte_exact() {
         let pki = Pki::new(&[]);
@@ -234,19 +250,11 @@ mod tls {
     #[test]
     fn a_partner_ca_cannot_issue_a_corp_spiffe_id_with_per_trust_domain_bundles() {
         let pki = Pki::new(&[]);
-        let partner = Ca::new("partner.example root", now()).unwrap();
-        std::fs::write(pki.path("partner-ca.pem"), partner.cert_pem()).unwrap();
+        let (partner, tls) = corp_and_partner(&pki);
         let up = Upstream::echo();
         let mut setup = Setup::new(up.addr);
         setup.table = Some(rule_for_principals(None));
-        setup.listener_extra = format!(
-            "[listener.tls]\ncert = {:?}\nkey = {:?}\nhandshake_timeout = \"1s\"\n\
-             trust_domains = {{ \"corp.example\" = {:?}, \"partner.example\" = {:?} }}\n",
-            pki.path("server.pem"),
-            pki.path("server.key"),
-            pki.path("ca.pem"),
-            pki.path("partner-ca.pem"),
-        );
+        setup.listener_extra = tls;
         let gw = Gateway::start(&setup);
         let expect_refused = |leaf: &Leaf, reason: &str| {
             let before = failures(&gw, reason);
@@ -287,20 +295,12 @@ mod tls {
     #[test]
     fn scoped_dns_and_cn_principals_ignore_names_from_another_trust_domain() {
         let pki = Pki::new(&[]);
-        let partner = Ca::new("partner.example root", now()).unwrap();
-        std::fs::write(pki.path("partner-ca.pem"), partner.cert_pem()).unwrap();
+        let (partner, tls) = corp_and_partner(&pki);
         let up = Upstream::echo();
         let start = |principals: Vec<Principal>| {
             let mut setup = Setup::new(up.addr);
             setup.table = Some(rule_for_principals(Some(principals)));
-            setup.listener_extra = format!(
-                "[listener.tls]\ncert = {:?}\nkey = {:?}\nhandshake_timeout = \"1s\"\n\
-                 trust_domains = {{ \"corp.example\" = {:?}, \"partner.example\" = {:?} }}\n",
-                pki.path("server.pem"),
-                pki.path("server.key"),
-                pki.path("ca.pem"),
-                pki.path("partner-ca.pem"),
-            );
+            setup.listener_extra = tls.clone();
             Gateway::start(&setup)
         };
         let named = |id: &str| ClientSpec {
