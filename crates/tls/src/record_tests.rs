@@ -185,11 +185,10 @@ fn a_key_update_from_the_client_is_followed_and_answered() {
         assert!(s.wants_write());
         let mut out = vec![0u8; 4096];
         let w = s.write(b"after the update", &mut out);
-        client.read_tls(&mut &out[..w.written]).unwrap();
-        client.process_new_packets().unwrap();
-        let mut got = [0u8; 16];
-        client.reader().read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"after the update");
+        assert_eq!(
+            client_reads(&mut client, &out[..w.written], 16),
+            b"after the update"
+        );
     }
 }
 
@@ -230,11 +229,7 @@ fn a_key_update_waits_for_an_output_with_room_for_it() {
     let mut out = vec![0u8; 4096];
     let w = s.write(b"12345678", &mut out);
     assert_eq!(w.taken, 8);
-    client.read_tls(&mut &out[..w.written]).unwrap();
-    client.process_new_packets().unwrap();
-    let mut got = [0u8; 8];
-    client.reader().read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"12345678");
+    assert_eq!(client_reads(&mut client, &out[..w.written], 8), b"12345678");
 }
 
 #[test]
@@ -248,11 +243,7 @@ fn the_gateway_updates_its_key_before_the_confidentiality_limit() {
         // 1,000 bytes a record: many records, a key update every 3.
         let w = s.write(chunk, &mut out);
         assert_eq!(w.taken, chunk.len());
-        client.read_tls(&mut &out[..w.written]).unwrap();
-        client.process_new_packets().unwrap();
-        let mut got = vec![0u8; chunk.len()];
-        client.reader().read_exact(&mut got).unwrap();
-        back.extend_from_slice(&got);
+        back.extend(client_reads(&mut client, &out[..w.written], chunk.len()));
     }
     assert!(back == data);
 }

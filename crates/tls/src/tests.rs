@@ -126,6 +126,16 @@ fn handshake(
     (client, Err(RejectReason::Other("no progress".into())))
 }
 
+/// Hand `wire` (records the session sealed) to the rustls client and read `n` bytes of
+/// plaintext back from it.
+fn client_reads(client: &mut ClientConnection, wire: &[u8], n: usize) -> Vec<u8> {
+    client.read_tls(&mut &wire[..]).unwrap();
+    client.process_new_packets().unwrap();
+    let mut got = vec![0u8; n];
+    client.reader().read_exact(&mut got).unwrap();
+    got
+}
+
 /// Feed all of `wire` to `s`; the plaintext it produced.
 fn read_all(s: &mut TlsSession, wire: &mut [u8]) -> Vec<u8> {
     let mut plain = vec![0u8; 64 * 1024];
@@ -187,11 +197,10 @@ fn good_svid_gets_identity_and_data_flows_both_ways() {
     let mut buf = vec![0u8; 4096];
     let w = s.write(b"+PONG\r\n", &mut buf);
     assert_eq!(w.taken, 7);
-    client.read_tls(&mut &buf[..w.written]).unwrap();
-    client.process_new_packets().unwrap();
-    let mut got = [0u8; 7];
-    client.reader().read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"+PONG\r\n");
+    assert_eq!(
+        client_reads(&mut client, &buf[..w.written], 7),
+        b"+PONG\r\n"
+    );
     // close_notify from the client is seen.
     client.send_close_notify();
     let mut wire = Vec::new();
