@@ -153,6 +153,20 @@ pub struct TlsSettings {
     pub reload_interval: Option<Duration>,
 }
 
+impl TlsSettings {
+    /// `client_ca` without `trust_domain`: every CA in the bundle may issue any SPIFFE
+    /// ID (`docs/tls.md`, "Trust domains").
+    pub fn client_ca_unbound(&self) -> bool {
+        self.client_ca.is_some() && self.trust_domain.is_none()
+    }
+
+    /// Whether this listener's CAs vouch for more than one trust domain: several
+    /// `trust_domains`, or an unbound `client_ca`.
+    pub fn trusts_several_trust_domains(&self) -> bool {
+        self.trust_domains.len() > 1 || self.client_ca_unbound()
+    }
+}
+
 /// Worker settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkersConfig {

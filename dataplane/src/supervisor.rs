@@ -155,7 +155,7 @@ pub fn run(
         // A single bundle not bound to a trust domain lets any CA in it vouch for any
         // SPIFFE ID (docs/tls.md, "Trust domains"): allowed, but said out loud.
         if let Some(s) = &l.tls {
-            if s.client_ca.is_some() && s.trust_domain.is_none() {
+            if s.client_ca_unbound() {
                 log(format_args!(
                     "listener `{}`: warning: `client_ca` is not bound to a trust domain; every CA in it may issue any SPIFFE ID (set `trust_domain` or use `trust_domains`)",
                     l.name
@@ -457,9 +457,7 @@ fn warn_unscoped_names(config: &Config, table: &DecisionTable) {
     }
     for l in &config.listeners {
         let Some(s) = &l.tls else { continue };
-        let several =
-            s.trust_domains.len() > 1 || (s.client_ca.is_some() && s.trust_domain.is_none());
-        if several {
+        if s.trusts_several_trust_domains() {
             log(format_args!(
                 "listener `{}`: warning: the table has `dns:`/`cn:` principals without a trust domain; any CA this listener trusts can issue those names (write `dns@TRUST-DOMAIN:NAME` / `cn@TRUST-DOMAIN:NAME`)",
                 l.name
