@@ -122,7 +122,7 @@ upstream_pids=("${pids[@]}")
 wait_port "$ECHO"; wait_port "$SINK"
 
 # zgate: one worker on GW_CORE; mTLS listeners bound to the dev trust domain; default
-# session_resumption (true: stateless TLS 1.3 tickets); no CRL (a CRL turns resumption off).
+# session_resumption (true: stateless TLS 1.3 tickets); no CRL.
 "$BIN_DIR/zgate-control" compile tools/bench/policy-tls -o "$work/bench-tls.zgt" >/dev/null
 for poll in interrupt busy; do
   name=zgate; [ "$poll" = busy ] && name=zgate-busy

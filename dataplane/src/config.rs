@@ -136,6 +136,10 @@ pub struct TlsSettings {
     pub allow_tls12: bool,
     /// Session resumption (stateless tickets); default on.
     pub session_resumption: bool,
+    /// How long after a full handshake its chain verification may be reused by
+    /// resumption (default 1 h); tickets issued on resumed handshakes do not extend it,
+    /// and no ticket is accepted once a CRL is past its nextUpdate.
+    pub session_resumption_max_age: Duration,
     /// URI SAN prefix that carries the device id (e.g. `urn:device:`).
     pub device_id_uri_prefix: Option<String>,
     /// Longest a handshake may take.
@@ -395,6 +399,7 @@ struct RawTls {
     alpn: Option<Vec<String>>,
     min_version: Option<String>,
     session_resumption: Option<bool>,
+    session_resumption_max_age: Option<String>,
     device_id_uri_prefix: Option<String>,
     handshake_timeout: Option<String>,
     max_handshakes: Option<i64>,
@@ -413,6 +418,7 @@ struct RawSniCert {
 pub const POSTGRES_ALPN: &str = "postgresql";
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_RESUMPTION_MAX_AGE: Duration = Duration::from_secs(12 * 3600);
 
 impl Errors {
     /// `alpn = [...]`: every protocol id 1 to 255 bytes. Whether all were.
@@ -622,21 +628,22 @@ impl Errors {
         let allow_tls12 = self.allow_tls12(k("min_version"), t.min_version.as_deref());
         ok &= allow_tls12.is_some();
         let allow_tls12 = allow_tls12.unwrap_or(false);
-        // Resumed sessions are not re-checked against the CRL (review finding M1), so
-        // with a CRL resumption is off by default and may not be turned on.
-        let session_resumption = match (t.session_resumption, crl.is_empty()) {
-            (Some(true), false) => {
-                self.value(
-                    k("session_resumption"),
-                    "true",
-                    "resumed sessions are not re-checked against the CRL: leave it out or set it to false when `crl` is set",
-                );
-                ok = false;
-                false
-            }
-            (Some(on), _) => on,
-            (None, no_crl) => no_crl,
-        };
+        let session_resumption = t.session_resumption.unwrap_or(true);
+        // Bounds how long one full handshake's chain verification is reused (review
+        // M1); the ticket key itself rotates every 6 h, so longer would mean nothing.
+        let session_resumption_max_age = self.duration(
+            k("session_resumption_max_age"),
+            t.session_resumption_max_age.as_deref(),
+            zgate_tls::DEFAULT_RESUMPTION_MAX_AGE,
+        );
+        if session_resumption_max_age > MAX_RESUMPTION_MAX_AGE {
+            self.value(
+                k("session_resumption_max_age"),
+                t.session_resumption_max_age.as_deref().unwrap_or_default(),
+                "at most `12h`: tickets do not outlive two 6-hour ticket keys",
+            );
+            ok = false;
+        }
         let handshake_timeout = self.duration(
             k("handshake_timeout"),
             t.handshake_timeout.as_deref(),
@@ -700,6 +707,7 @@ impl Errors {
             alpn,
             allow_tls12,
             session_resumption,
+            session_resumption_max_age,
             device_id_uri_prefix: t.device_id_uri_prefix.filter(|p| !p.is_empty()),
             handshake_timeout,
             max_handshakes,
@@ -1360,15 +1368,40 @@ typo = 1
     }
 
     #[test]
-    fn a_crl_turns_session_resumption_off_and_refuses_it_on() {
+    fn session_resumption_works_with_a_crl_and_its_max_age_is_bounded() {
         let with_crl = format!("{TLS_BASE}client_ca='ca.pem'\ncrl=['a.crl']\n");
-        let c = Config::parse(&with_crl).unwrap();
-        assert!(!c.listeners[0].tls.as_ref().unwrap().session_resumption);
-        let e = Config::parse(&format!("{with_crl}session_resumption=true\n")).unwrap_err();
+        let t = Config::parse(&with_crl)
+            .unwrap()
+            .listeners
+            .remove(0)
+            .tls
+            .unwrap();
+        assert!(t.session_resumption);
         assert_eq!(
-            e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            vec!["listener[0].tls.session_resumption: resumed sessions are not re-checked against the CRL: leave it out or set it to false when `crl` is set (got `true`)".to_string()]
+            t.session_resumption_max_age,
+            zgate_tls::DEFAULT_RESUMPTION_MAX_AGE
         );
+        let c = Config::parse(&format!(
+            "{with_crl}session_resumption=true\nsession_resumption_max_age='10m'\n"
+        ))
+        .unwrap();
+        let t = c.listeners[0].tls.as_ref().unwrap();
+        assert!(t.session_resumption);
+        assert_eq!(t.session_resumption_max_age, Duration::from_secs(600));
+        for (bad, why) in [
+            (
+                "'13h'",
+                "at most `12h`: tickets do not outlive two 6-hour ticket keys (got `13h`)",
+            ),
+            ("'0s'", "must be greater than zero (got `0s`)"),
+        ] {
+            let e = Config::parse(&format!("{with_crl}session_resumption_max_age={bad}\n"))
+                .unwrap_err();
+            assert_eq!(
+                e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                vec![format!("listener[0].tls.session_resumption_max_age: {why}")]
+            );
+        }
     }
 
     #[test]

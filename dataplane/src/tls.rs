@@ -284,6 +284,7 @@ fn build(i: usize, t: &TlsSettings, base: &Path) -> Result<ServerTls, Vec<Config
             MinVersion::Tls13
         })
         .session_resumption(t.session_resumption)
+        .session_resumption_max_age(t.session_resumption_max_age)
         .device_id_uri_prefix(t.device_id_uri_prefix.clone())
         .build()
         .map_err(|e| fail(e, &cert_path))

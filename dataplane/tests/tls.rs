@@ -549,11 +549,14 @@ mod tls {
                 }
             });
         }
+        // A line *ending* in `want`: s_client prints the session tickets the gateway
+        // sends after the handshake in pieces, so the echo may land at the end of one
+        // of their lines.
         let wait_for = |want: &str| {
             let deadline = Instant::now() + WAIT;
             while let Some(left) = deadline.checked_duration_since(Instant::now()) {
                 match rx.recv_timeout(left) {
-                    Ok(l) if l.trim_end() == want => return true,
+                    Ok(l) if l.trim_end().ends_with(want) => return true,
                     Ok(_) => continue,
                     Err(_) => return false,
                 }
@@ -904,6 +907,50 @@ mod tls {
         assert!(refused(connect_tls(&gw, client_config(&pki, Some(&other)))));
         // Live connections are not re-authenticated by a material change.
         echo_through(&mut live, b"still ok");
+    }
+
+    /// Resumption beside a CRL: a client's second connection resumes; once a reloaded
+    /// CRL revokes its certificate, its ticket no longer gets it in (the reload made a
+    /// new ticket key, so it must make a full handshake, which the new CRL refuses).
+    #[test]
+    fn sessions_resume_beside_a_crl_until_a_reload_revokes_the_certificate() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "reload_interval = \"100ms\"");
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        // One client configuration, so one ticket cache, for every connection.
+        let cfg = client_config(&pki, Some(&leaf));
+        let mut first = connect_tls(&gw, Arc::clone(&cfg));
+        // Reading the echo also takes in the tickets sent after the handshake.
+        echo_through(&mut first, b"full");
+        assert_eq!(
+            first.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Full)
+        );
+        drop(first);
+        let mut second = connect_tls(&gw, Arc::clone(&cfg));
+        echo_through(&mut second, b"resumed");
+        assert_eq!(
+            second.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "{}",
+            gw.log()
+        );
+
+        pki.write_crl(&[&leaf]);
+        assert_eq!(
+            gw.wait_metric("zgate_tls_reloads_total", 1),
+            1,
+            "{}",
+            gw.log()
+        );
+        assert!(refused(connect_tls(&gw, Arc::clone(&cfg))));
+        assert_eq!(
+            gw.wait_metric("zgate_tls_handshake_failures_total{reason=\"revoked\"}", 1),
+            1
+        );
+        // The live resumed connection is not re-authenticated by the material change.
+        echo_through(&mut second, b"still open");
     }
 
     #[test]

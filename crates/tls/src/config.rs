@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
@@ -18,9 +19,16 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureS
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::error::{svid_to_rustls, SvidError, TlsConfigError};
 use crate::svid;
+use crate::tickets::AgedTickets;
+
+/// How long a full handshake's verification may be reused by session resumption, by
+/// default: an hour. Short enough that a client's chain is re-verified hourly; long
+/// enough that a client reconnecting every few seconds resumes nearly every time.
+pub const DEFAULT_RESUMPTION_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// Whether clients must present a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,6 +310,7 @@ pub struct Ready {
     alpn: Vec<Vec<u8>>,
     min_version: MinVersion,
     resumption: bool,
+    resumption_max_age: Duration,
     device_prefix: Option<String>,
 }
 
@@ -310,6 +319,8 @@ pub struct SpiffeVerifierSlot {
     anchors: Arc<Anchors>,
     any: Arc<dyn ClientCertVerifier>,
     hints: Arc<[DistinguishedName]>,
+    /// Earliest nextUpdate among the CRLs (Unix seconds): no session resumes from then.
+    crl_next_update: Option<i64>,
 }
 
 impl fmt::Debug for Ready {
@@ -373,12 +384,14 @@ impl ServerTlsBuilder<NeedClientAuth> {
         crl_pems: &[&[u8]],
     ) -> Result<ServerTlsBuilder<Ready>, TlsConfigError> {
         let crls = parse_crls(crl_pems)?;
+        let crl_next_update = earliest_next_update(&crls)?;
         let v = webpki_verifier(mode, roots("client_ca", ca_pem)?, crls)?;
         let hints = Arc::from(v.root_hint_subjects());
         let slot = SpiffeVerifierSlot {
             anchors: Arc::new(Anchors::AnyDomain(Arc::clone(&v))),
             any: v,
             hints,
+            crl_next_update,
         };
         Ok(self.ready(slot, mode))
     }
@@ -399,6 +412,7 @@ impl ServerTlsBuilder<NeedClientAuth> {
         crl_pems: &[&[u8]],
     ) -> Result<ServerTlsBuilder<Ready>, TlsConfigError> {
         let crls = parse_crls(crl_pems)?;
+        let crl_next_update = earliest_next_update(&crls)?;
         let mut by_domain: HashMap<String, Arc<dyn ClientCertVerifier>> = HashMap::new();
         let mut hints = Vec::new();
         let mut any = None;
@@ -424,6 +438,7 @@ impl ServerTlsBuilder<NeedClientAuth> {
             anchors: Arc::new(Anchors::ByDomain(by_domain)),
             any,
             hints: Arc::from(hints),
+            crl_next_update,
         };
         Ok(self.ready(slot, mode))
     }
@@ -499,6 +514,25 @@ fn parse_crls(
     Ok(crls)
 }
 
+/// The earliest nextUpdate among `crls` (Unix seconds; `None` when none has one).
+fn earliest_next_update(
+    crls: &[CertificateRevocationListDer<'static>],
+) -> Result<Option<i64>, TlsConfigError> {
+    let mut earliest: Option<i64> = None;
+    for crl in crls {
+        let (_, parsed) =
+            CertificateRevocationList::from_der(crl.as_ref()).map_err(|e| TlsConfigError::Pem {
+                what: "crl",
+                reason: format!("not a readable CRL: {e}"),
+            })?;
+        if let Some(next) = parsed.next_update() {
+            let t = next.timestamp();
+            earliest = Some(earliest.map_or(t, |e| e.min(t)));
+        }
+    }
+    Ok(earliest)
+}
+
 /// rustls' webpki verifier over `roots`; with CRLs, revocation status must be known and
 /// the CRLs unexpired (fail closed).
 fn webpki_verifier(
@@ -532,6 +566,7 @@ impl Ready {
             alpn: Vec::new(),
             min_version: MinVersion::Tls13,
             resumption: true,
+            resumption_max_age: DEFAULT_RESUMPTION_MAX_AGE,
             device_prefix: None,
         }
     }
@@ -571,9 +606,20 @@ impl ServerTlsBuilder<Ready> {
 
     /// Session resumption (stateless TLS 1.3 tickets, no shared session cache) on or
     /// off (default on). Resumed sessions keep the original client certificate; the
-    /// dataplane re-checks its validity window at decision time.
+    /// dataplane re-checks its validity window at decision time. A ticket is accepted
+    /// only within [`Self::session_resumption_max_age`] of the full handshake that
+    /// verified the chain, and not once a CRL is past its nextUpdate (see
+    /// `tickets.rs`).
     pub fn session_resumption(mut self, on: bool) -> Self {
         self.state.resumption = on;
+        self
+    }
+
+    /// How long after a full handshake its chain may be reused by resumption (default
+    /// [`DEFAULT_RESUMPTION_MAX_AGE`]); resumed handshakes do not extend it. Zero is
+    /// taken as one millisecond.
+    pub fn session_resumption_max_age(mut self, max_age: Duration) -> Self {
+        self.state.resumption_max_age = max_age.max(Duration::from_millis(1));
         self
     }
 
@@ -623,10 +669,17 @@ impl ServerTlsBuilder<Ready> {
         config.enable_secret_extraction = true;
         if s.resumption {
             config.session_storage = Arc::new(NoServerSessionStorage {});
-            config.ticketer =
+            let rotating =
                 rustls::crypto::ring::Ticketer::new().map_err(|e| TlsConfigError::Settings {
                     reason: e.to_string(),
                 })?;
+            // A new key with every build: a reloaded CA bundle, CRL or certificate
+            // ends the tickets issued under the old material.
+            config.ticketer = Arc::new(AgedTickets::new(
+                rotating,
+                s.resumption_max_age,
+                s.verifier.as_ref().and_then(|v| v.crl_next_update),
+            ));
         } else {
             config.session_storage = Arc::new(NoServerSessionStorage {});
             config.send_tls13_tickets = 0;

@@ -5,7 +5,8 @@
 //!   ([`ServerTls::builder`]): server certificates selected by SNI, client auth
 //!   required / optional / none against a CA bundle, or one bundle per SPIFFE trust
 //!   domain, with optional CRLs, ALPN, minimum version (TLS 1.3 by default; TLS 1.2
-//!   only with Extended Master Secret), session resumption on or off;
+//!   only with Extended Master Secret), session resumption on or off, each ticket
+//!   bounded by the age of the verification it resumes and by the CRLs' nextUpdate;
 //! - verifies client certificates with webpki and then enforces the SPIFFE X.509-SVID
 //!   rules webpki leaves out ([`svid`]; `docs/tls.md` lists each gap);
 //! - drives one server session with byte slices ([`TlsSession`]): the dataplane's
@@ -17,8 +18,9 @@
 //! - originates TLS to upstreams ([`ClientTls`]): verifies the upstream by CA and name,
 //!   optionally presents the gateway's own certificate; the same [`TlsSession`] drives it.
 //!
-//! What it does not do: read files, sockets or clocks (sans-IO: PEM bytes in, the caller
-//! passes time where it matters), watch files for reload.
+//! What it does not do: read files or sockets (sans-IO: PEM bytes in), watch files for
+//! reload. The caller passes time where it matters; the one clock read here is the
+//! wall clock rustls' verifier reads too, for session tickets' age (`tickets.rs`).
 //!
 //! Invariants:
 //! - A [`PeerIdentityOwned`] is made only from a certificate this crate's verifier
@@ -39,11 +41,12 @@ pub mod fuzzing;
 mod record;
 mod session;
 pub mod svid;
+mod tickets;
 
 pub use client::{ClientTls, ClientTlsSpec};
 pub use config::{
     ClientAuth, MinVersion, NeedCert, NeedClientAuth, Ready, ServerTls, ServerTlsBuilder,
-    SpiffeVerifierSlot,
+    SpiffeVerifierSlot, DEFAULT_RESUMPTION_MAX_AGE,
 };
 pub use error::{Alert, RejectReason, SvidError, TlsConfigError, REJECT_LABELS};
 pub use record::{Opened, MAX_OVERHEAD, MAX_PLAINTEXT, MAX_RECORD};

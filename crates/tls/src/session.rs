@@ -28,6 +28,7 @@ use crate::config::{take_sni_seen, ServerTls};
 use crate::error::RejectReason;
 use crate::record::{Kernel, Opened, RecordLayer};
 use crate::svid::{identity_of, PeerIdentityOwned};
+use crate::tickets;
 
 /// Most handshake input a session collects before it refuses the peer (a ClientHello
 /// and a client certificate chain are a few KiB; this bounds a peer that sends junk
@@ -59,6 +60,10 @@ pub struct TlsSession {
     sni: Option<Box<str>>,
     alpn: Option<Box<str>>,
     resumed: bool,
+    /// While a resumption is being negotiated: Unix ms of the full handshake that
+    /// verified the chain (from the client's ticket), lent to the ticketer for each
+    /// handshake step so that new tickets keep it (`tickets.rs`).
+    resumed_from: Option<i64>,
     /// Ciphertext the session queued itself, sent before any record [`TlsSession::write`]
     /// seals: handshake flights, alerts, close_notify, a KeyUpdate.
     tx: Vec<u8>,
@@ -262,6 +267,7 @@ impl TlsSession {
             sni: None,
             alpn: None,
             resumed: false,
+            resumed_from: None,
             tx: Vec::new(),
             tx_sent: 0,
             hs_in: Vec::new(),
@@ -292,6 +298,7 @@ impl TlsSession {
         let stop = match &mut self.engine {
             Engine::Server(c) => {
                 let _stale = take_sni_seen();
+                tickets::enter(self.resumed_from);
                 let r = advance(
                     &mut **c,
                     &mut self.hs_in,
@@ -299,6 +306,7 @@ impl TlsSession {
                     &mut self.early,
                     &mut self.closed_early,
                 );
+                self.resumed_from = tickets::leave();
                 // The SNI the certificate resolver saw while rustls read the ClientHello.
                 if let Some(sni) = take_sni_seen() {
                     self.sni = sni.map(String::into_boxed_str);

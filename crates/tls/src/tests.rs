@@ -456,6 +456,101 @@ fn resumption_off_sends_no_tickets_and_on_resumes_with_identity() {
     }
 }
 
+/// Hand the tickets the server sent after the handshake to the client.
+fn deliver_tickets(s: &mut TlsSession, c: &mut ClientConnection) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while s.wants_write() {
+        let n = s.write_ciphertext(&mut buf);
+        c.read_tls(&mut &buf[..n]).unwrap();
+    }
+    c.process_new_packets().unwrap();
+}
+
+fn resuming_server(p: &Pki, crls: &[&[u8]], max_age: std::time::Duration) -> ServerTls {
+    ServerTls::builder()
+        .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
+        .unwrap()
+        .with_client_auth(ClientAuth::Required, p.ca.cert_pem().as_bytes(), crls)
+        .unwrap()
+        .session_resumption(true)
+        .session_resumption_max_age(max_age)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn resumption_reuses_a_verification_only_until_max_age_even_through_new_tickets() {
+    let p = pki();
+    let leaf = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    // The client's ticket cache is shared by its connections: the newest ticket first.
+    let cfg = client_config(p.ca.cert_pem(), Some(&leaf), false);
+    let server = resuming_server(&p, &[], std::time::Duration::from_millis(1_500));
+    let full_at = std::time::Instant::now();
+    let (mut c1, s1) = handshake(&server, Arc::clone(&cfg), "gw.example");
+    let mut s1 = s1.unwrap();
+    assert!(!s1.is_resumed());
+    deliver_tickets(&mut s1, &mut c1);
+
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let (mut c2, s2) = handshake(&server, Arc::clone(&cfg), "gw.example");
+    let mut s2 = s2.unwrap();
+    assert!(s2.is_resumed(), "within max_age the ticket resumes");
+    assert_eq!(s2.identity().unwrap().spiffe_id, ID);
+    // New tickets, issued 0.6 s after the full handshake.
+    deliver_tickets(&mut s2, &mut c2);
+
+    // 1.6 s after the full handshake, 1 s after the newest ticket: that ticket still
+    // dates from the full handshake, so the client verifies its chain again.
+    std::thread::sleep(std::time::Duration::from_millis(1_600).saturating_sub(full_at.elapsed()));
+    let (_, s3) = handshake(&server, Arc::clone(&cfg), "gw.example");
+    let s3 = s3.unwrap();
+    assert!(!s3.is_resumed(), "past max_age: a full handshake");
+    assert_eq!(s3.identity().unwrap().spiffe_id, ID);
+}
+
+#[test]
+fn resumption_with_a_crl_stops_when_the_crl_is_past_its_next_update() {
+    let p = pki();
+    let leaf = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    // `crl()` sets nextUpdate a day after the instant it is given: 2 s from now.
+    let next_update = now() + 2;
+    let crl = p.ca.crl(&[], next_update - 86_400).unwrap();
+    let server = resuming_server(&p, &[crl.as_bytes()], crate::DEFAULT_RESUMPTION_MAX_AGE);
+    let cfg = client_config(p.ca.cert_pem(), Some(&leaf), false);
+    let (mut c1, s1) = handshake(&server, Arc::clone(&cfg), "gw.example");
+    let mut s1 = s1.unwrap();
+    deliver_tickets(&mut s1, &mut c1);
+    let (mut c2, s2) = handshake(&server, Arc::clone(&cfg), "gw.example");
+    let mut s2 = s2.unwrap();
+    assert!(s2.is_resumed(), "a current CRL does not stop resumption");
+    deliver_tickets(&mut s2, &mut c2);
+
+    while now() <= next_update {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The CRL no longer says whether the chain is revoked: a fresh client is refused
+    // (fail closed), and so is the holder of a ticket, which no longer resumes.
+    let fresh = client_config(p.ca.cert_pem(), Some(&leaf), false);
+    let (_, s) = handshake(&server, fresh, "gw.example");
+    assert_eq!(s.err(), Some(RejectReason::RevocationUnknown));
+    let (_, s) = handshake(&server, cfg, "gw.example");
+    assert_eq!(s.err(), Some(RejectReason::RevocationUnknown));
+}
+
+#[test]
+fn a_rebuilt_configuration_does_not_resume_tickets_of_the_old_one() {
+    // Every reload of certificate, CA bundle or CRL builds a new `ServerTls`.
+    let p = pki();
+    let leaf = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    let cfg = client_config(p.ca.cert_pem(), Some(&leaf), false);
+    let old = resuming_server(&p, &[], crate::DEFAULT_RESUMPTION_MAX_AGE);
+    let (mut c1, s1) = handshake(&old, Arc::clone(&cfg), "gw.example");
+    deliver_tickets(&mut s1.unwrap(), &mut c1);
+    let new = resuming_server(&p, &[], crate::DEFAULT_RESUMPTION_MAX_AGE);
+    let (_, s2) = handshake(&new, Arc::clone(&cfg), "gw.example");
+    assert!(!s2.unwrap().is_resumed());
+}
+
 /// `corp.example` trusts only the corp root, `partner.example` only the partner root.
 fn per_domain_server(corp: &Pki, partner: &Ca) -> ServerTls {
     ServerTls::builder()
