@@ -909,6 +909,47 @@ mod tls {
         echo_through(&mut live, b"still ok");
     }
 
+    /// A live flow ends when a certificate of its chain expires: here an intermediate CA
+    /// that expires before the client's own certificate does.
+    #[test]
+    fn a_live_flow_closes_when_an_intermediate_of_its_chain_expires() {
+        let pki = Pki::new(&[]);
+        // `intermediate` makes a CA valid for ten years from the instant it is given.
+        let int = pki
+            .ca
+            .intermediate("short-lived int", now() + 3 - 10 * 365 * 86_400, true)
+            .unwrap();
+        let leaf = int.client(&ClientSpec::spiffe(TRADING), now()).unwrap();
+        // With CRLs configured, the intermediate needs one of its own.
+        let crls = format!(
+            "{}{}",
+            pki.ca.crl(&[], now()).unwrap(),
+            int.crl(&[], now()).unwrap()
+        );
+        std::fs::write(pki.path("crl.pem"), crls).unwrap();
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "");
+        let mut s = connect_tls(&gw, client_config(&pki, Some(&leaf)));
+        echo_through(&mut s, b"valid chain");
+        // Keep the flow busy (never idle) until the gateway closes it; bounded.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut closed = false;
+        while Instant::now() < deadline {
+            let mut b = [0u8; 4];
+            if s.write_all(b"ping").and_then(|()| s.flush()).is_err()
+                || matches!(s.read(&mut b), Ok(0) | Err(_))
+            {
+                closed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(closed, "flow outlived its intermediate CA: {}", gw.log());
+        assert!(gw.wait_metric("zgate_flows_closed_by_policy_total", 1) >= 1);
+        // New handshakes with that chain are refused now.
+        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&leaf)))));
+    }
+
     /// Resumption beside a CRL: a client's second connection resumes; once a reloaded
     /// CRL revokes its certificate, its ticket no longer gets it in (the reload made a
     /// new ticket key, so it must make a full handshake, which the new CRL refuses).

@@ -341,8 +341,14 @@ impl TlsSession {
                 self.note(&c);
                 // The verifier accepted this chain during this handshake (or during the
                 // one a resumed session came from); derive the identity from the same leaf.
-                let leaf = c.peer_certificates().and_then(|certs| certs.first());
-                let id = leaf.map(|l| identity_of(l.as_ref(), self.device_prefix.as_deref()));
+                let id = c.peer_certificates().and_then(|certs| {
+                    let (leaf, intermediates) = certs.split_first()?;
+                    Some(identity_of(
+                        leaf.as_ref(),
+                        intermediates.iter().map(AsRef::as_ref),
+                        self.device_prefix.as_deref(),
+                    ))
+                });
                 let converted = c
                     .dangerous_into_kernel_connection()
                     .map(|(s, k)| (s, Kernel::Server(k)));

@@ -44,6 +44,11 @@ pub struct PeerIdentityOwned {
     pub not_before: UnixSeconds,
     /// notAfter, Unix seconds.
     pub not_after: UnixSeconds,
+    /// The earliest notAfter of the chain the client presented (the leaf and its
+    /// intermediates; trust anchors carry no validity webpki checks), Unix seconds:
+    /// when the chain stops being valid, which can be before the leaf does. A live
+    /// flow, or a resumed session, is checked against this.
+    pub chain_not_after: UnixSeconds,
     /// Device id: the rest of the URI SAN that starts with the listener's configured
     /// prefix, when one is configured and present.
     pub device_id: Option<String>,
@@ -251,21 +256,29 @@ fn identity_fields(
 /// Longest device id accepted.
 pub const MAX_DEVICE_ID_LEN: usize = 128;
 
-/// The identity of a certificate that [`check_client_chain`] (and webpki) accepted.
-pub(crate) fn identity_of(
+/// The identity of a certificate that [`check_client_chain`] (and webpki) accepted;
+/// `intermediates` are the other certificates of the chain the client presented.
+pub(crate) fn identity_of<'c>(
     leaf_der: &[u8],
+    intermediates: impl IntoIterator<Item = &'c [u8]>,
     device_prefix: Option<&str>,
 ) -> Result<PeerIdentityOwned, SvidError> {
     let leaf = parse(leaf_der)?;
     let (id, devices) = leaf_spiffe_id(&leaf, device_prefix)?;
     let (dns_sans, common_name, device_id) = identity_fields(&leaf, &devices, device_prefix)?;
+    let not_after = leaf.validity().not_after.timestamp();
+    let mut chain_not_after = not_after;
+    for der in intermediates {
+        chain_not_after = chain_not_after.min(parse(der)?.validity().not_after.timestamp());
+    }
     Ok(PeerIdentityOwned {
         spiffe_id: id.to_string(),
         dns_sans,
         common_name,
         fingerprint: Sha256::digest(leaf_der).into(),
         not_before: leaf.validity().not_before.timestamp(),
-        not_after: leaf.validity().not_after.timestamp(),
+        not_after,
+        chain_not_after,
         device_id,
     })
 }
@@ -302,7 +315,7 @@ mod tests {
         let leaf = ca.client(&spec, NOW).unwrap();
         let d = der(&leaf.cert_pem);
         check_client_chain(&d, &[], Some("urn:device:")).unwrap();
-        let id = identity_of(&d, Some("urn:device:")).unwrap();
+        let id = identity_of(&d, [], Some("urn:device:")).unwrap();
         assert_eq!(id.spiffe_id, ID);
         assert_eq!(id.dns_sans, vec!["pricer.corp.example".to_string()]);
         assert_eq!(id.common_name.as_deref(), Some("pricer"));
@@ -414,7 +427,10 @@ mod tests {
         for bad in [Bad::SpiffeIdInCnOnly, Bad::SpiffeIdInDnsSanOnly] {
             let ca = ca();
             let leaf = ca.client(&bad.spec(ID), NOW).unwrap();
-            assert!(identity_of(&der(&leaf.cert_pem), None).is_err(), "{bad:?}");
+            assert!(
+                identity_of(&der(&leaf.cert_pem), [], None).is_err(),
+                "{bad:?}"
+            );
         }
     }
 

@@ -551,6 +551,37 @@ fn a_rebuilt_configuration_does_not_resume_tickets_of_the_old_one() {
     assert!(!s2.unwrap().is_resumed());
 }
 
+#[test]
+fn the_identity_knows_when_its_chain_expires_through_an_intermediate() {
+    let p = pki();
+    // `intermediate` makes a CA valid for ten years from the instant it is given.
+    let int_expires = now() + 100;
+    let int =
+        p.ca.intermediate("short-lived int", int_expires - 10 * 365 * 86_400, true)
+            .unwrap();
+    let leaf = int.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    let server = server_tls(&p, Some(ClientAuth::Required), &[]);
+    let (_, s) = handshake(
+        &server,
+        client_config(p.ca.cert_pem(), Some(&leaf), false),
+        "gw.example",
+    );
+    let s = s.unwrap();
+    let id = s.identity().unwrap();
+    assert_eq!(id.chain_not_after, int_expires);
+    assert!(id.not_after > int_expires, "the leaf itself lasts a day");
+    // Without an intermediate, the chain ends with the leaf.
+    let direct = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    let (_, s) = handshake(
+        &server,
+        client_config(p.ca.cert_pem(), Some(&direct), false),
+        "gw.example",
+    );
+    let s = s.unwrap();
+    let id = s.identity().unwrap();
+    assert_eq!(id.chain_not_after, id.not_after);
+}
+
 /// `corp.example` trusts only the corp root, `partner.example` only the partner root.
 fn per_domain_server(corp: &Pki, partner: &Ca) -> ServerTls {
     ServerTls::builder()

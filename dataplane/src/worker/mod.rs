@@ -311,12 +311,13 @@ impl Flow {
         }
     }
 
-    /// For TLS flows: whether the certificate's validity window holds at `now` (a
-    /// resumed session skips verification, and a live flow may outlive its certificate).
+    /// For TLS flows: whether the certificate chain's validity window holds at `now` (a
+    /// resumed session skips verification, and a live flow may outlive its certificate
+    /// or an intermediate above it).
     fn cert_valid_at(&self, now: i64) -> Result<(), RejectReason> {
         let Flow::Tls(t) = self else { return Ok(()) };
         match t.session().identity() {
-            Some(id) if now >= id.not_after => Err(RejectReason::Expired),
+            Some(id) if now >= id.chain_not_after => Err(RejectReason::Expired),
             Some(id) if now < id.not_before => Err(RejectReason::NotYetValid),
             _ => Ok(()),
         }
@@ -673,8 +674,8 @@ impl Worker {
             return;
         }
         let decision = self.decide_flow(flow);
-        let not_after = t.session().identity().map(|id| id.not_after);
-        // Re-decide when the decision's constraints or the certificate run out.
+        let not_after = t.session().identity().map(|id| id.chain_not_after);
+        // Re-decide when the decision's constraints or the certificate chain run out.
         let expires = match (decision.constraints.expires_at(self.unix_now), not_after) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -746,7 +747,7 @@ impl Worker {
         let decision = self.decide_flow(conn);
         let mut expires = decision.constraints.expires_at(conn.started_unix());
         if let Flow::Tls(t) = conn {
-            if let Some(na) = t.session().identity().map(|id| id.not_after) {
+            if let Some(na) = t.session().identity().map(|id| id.chain_not_after) {
                 expires = Some(expires.map_or(na, |e| e.min(na)));
             }
         }
