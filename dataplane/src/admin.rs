@@ -293,6 +293,13 @@ pub fn metrics_text(v: &AdminView) -> String {
         "TLS handshakes completed (before the decision).",
         s.tls_handshakes,
     );
+    metric(
+        &mut out,
+        "zgate_tls_resumed_handshakes_total",
+        "counter",
+        "Of the TLS handshakes completed, those that resumed a session from a ticket (no certificate verification ran; see session_resumption_max_age).",
+        s.tls_resumed,
+    );
     family(
         &mut out,
         (

@@ -125,6 +125,7 @@ mod tests {
             reason: "no-rule-matched",
             spiffe_id: None,
             sni: None,
+            resumed: false,
             detail: None,
         }
     }

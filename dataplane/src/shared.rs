@@ -162,6 +162,8 @@ pub struct WorkerStats {
     pub buffers_in_use: AtomicU64,
     /// TLS handshakes completed (before the decision).
     pub tls_handshakes: AtomicU64,
+    /// Of those, the ones that resumed a session (no certificate verification ran).
+    pub tls_resumed: AtomicU64,
     /// TLS flows refused before the decision, per [`zgate_tls::RejectReason::index`].
     pub tls_failures: [AtomicU64; REJECT_LABELS],
     /// PostgreSQL clients refused before TLS, per [`crate::postgres::Refusal::index`].
@@ -223,6 +225,8 @@ pub struct StatsSnapshot {
     pub buffers_in_use: u64,
     /// See [`WorkerStats::tls_handshakes`].
     pub tls_handshakes: u64,
+    /// See [`WorkerStats::tls_resumed`].
+    pub tls_resumed: u64,
     /// See [`WorkerStats::tls_failures`].
     pub tls_failures: [u64; REJECT_LABELS],
     /// See [`WorkerStats::postgres_refused`].
@@ -265,6 +269,7 @@ impl WorkerStats {
         self.pipes_opened.store(s.pipes_opened, r);
         self.buffers_in_use.store(s.buffers_in_use, r);
         self.tls_handshakes.store(s.tls_handshakes, r);
+        self.tls_resumed.store(s.tls_resumed, r);
         for (a, v) in self.tls_failures.iter().zip(s.tls_failures) {
             a.store(v, r);
         }
@@ -308,6 +313,7 @@ impl WorkerStats {
             pipes_opened: self.pipes_opened.load(r),
             buffers_in_use: self.buffers_in_use.load(r),
             tls_handshakes: self.tls_handshakes.load(r),
+            tls_resumed: self.tls_resumed.load(r),
             tls_failures: std::array::from_fn(|i| {
                 self.tls_failures.get(i).map_or(0, |a| a.load(r))
             }),
@@ -361,6 +367,7 @@ impl StatsSnapshot {
         self.pipes_opened = self.pipes_opened.saturating_add(o.pipes_opened);
         self.buffers_in_use = self.buffers_in_use.saturating_add(o.buffers_in_use);
         self.tls_handshakes = self.tls_handshakes.saturating_add(o.tls_handshakes);
+        self.tls_resumed = self.tls_resumed.saturating_add(o.tls_resumed);
         for (a, b) in self.tls_failures.iter_mut().zip(o.tls_failures) {
             *a = a.saturating_add(b);
         }

@@ -977,6 +977,17 @@ mod tls {
             "{}",
             gw.log()
         );
+        assert_eq!(gw.wait_metric("zgate_tls_handshakes_total", 2), 2);
+        assert_eq!(gw.metric("zgate_tls_resumed_handshakes_total"), 1);
+        // The decision's audit record says which flow skipped verification.
+        let decisions: Vec<_> = gw
+            .audit()
+            .into_iter()
+            .filter(|e| e["event"] == "decision")
+            .collect();
+        assert_eq!(decisions.len(), 2, "{decisions:?}");
+        assert_eq!(decisions[0].get("resumed"), None);
+        assert_eq!(decisions[1]["resumed"], true);
 
         pki.write_crl(&[&leaf]);
         assert_eq!(

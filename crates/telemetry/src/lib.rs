@@ -68,6 +68,10 @@ pub struct AuditEvent {
     /// The SNI the client sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// The TLS session was resumed from a ticket: its chain was verified in an earlier
+    /// full handshake (at most `session_resumption_max_age` ago). Absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
     /// More about a refusal (the TLS library's words), bounded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -142,6 +146,7 @@ mod tests {
             reason: "allowed-by-rule",
             spiffe_id: Some("spiffe://corp.example/ns/trading/sa/pricer".into()),
             sni: None,
+            resumed: false,
             detail: None,
         }
     }
@@ -156,6 +161,13 @@ mod tests {
              \"source\":\"10.0.0.1:5000\",\"verdict\":\"allow\",\"rule\":\"allow-trading\",\
              \"reason\":\"allowed-by-rule\",\"spiffe_id\":\"spiffe://corp.example/ns/trading/sa/pricer\"}\n"
         );
+        let mut resumed = event();
+        resumed.resumed = true;
+        let mut out = Vec::new();
+        resumed.write_json_line(&mut out).unwrap();
+        assert!(String::from_utf8(out).unwrap().ends_with(
+            "\"spiffe_id\":\"spiffe://corp.example/ns/trading/sa/pricer\",\"resumed\":true}\n"
+        ));
     }
 
     /// A hostile value cannot end the line early or inject another record.

@@ -1217,6 +1217,7 @@ impl Worker {
             reason,
             spiffe_id: None,
             sni: None,
+            resumed: false,
             detail: None,
         }
     }
@@ -1247,6 +1248,7 @@ impl Worker {
         if let Some(s) = tls {
             e.spiffe_id = s.identity().map(|i| i.spiffe_id.clone());
             e.sni = s.sni().map(bounded);
+            e.resumed = s.is_resumed();
         }
         self.audit.push(e);
     }

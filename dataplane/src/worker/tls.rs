@@ -644,6 +644,7 @@ impl TlsConn {
             if self.state == TlsState::Handshaking && self.session.is_established() {
                 self.state = TlsState::Deciding;
                 ctx.stats.tls_handshakes += 1;
+                ctx.stats.tls_resumed += u64::from(self.session.is_resumed());
                 let direct = self.pg.as_ref().is_some_and(|p| p.direct);
                 if direct && self.session.alpn() != Some(POSTGRES_ALPN) {
                     // PostgreSQL 17 direct TLS must negotiate ALPN `postgresql`.
