@@ -140,6 +140,10 @@ pub struct TlsSettings {
     /// resumption (default 1 h); tickets issued on resumed handshakes do not extend it,
     /// and no ticket is accepted once a CRL is past its nextUpdate.
     pub session_resumption_max_age: Duration,
+    /// Name the client CAs in the CertificateRequest (default true); false keeps the
+    /// list of trusted CAs, partners' included, from clients that have not
+    /// authenticated (review I2).
+    pub advertise_client_ca_names: bool,
     /// URI SAN prefix that carries the device id (e.g. `urn:device:`).
     pub device_id_uri_prefix: Option<String>,
     /// Longest a handshake may take.
@@ -400,6 +404,7 @@ struct RawTls {
     min_version: Option<String>,
     session_resumption: Option<bool>,
     session_resumption_max_age: Option<String>,
+    advertise_client_ca_names: Option<bool>,
     device_id_uri_prefix: Option<String>,
     handshake_timeout: Option<String>,
     max_handshakes: Option<i64>,
@@ -708,6 +713,7 @@ impl Errors {
             allow_tls12,
             session_resumption,
             session_resumption_max_age,
+            advertise_client_ca_names: t.advertise_client_ca_names.unwrap_or(true),
             device_id_uri_prefix: t.device_id_uri_prefix.filter(|p| !p.is_empty()),
             handshake_timeout,
             max_handshakes,
@@ -1327,11 +1333,13 @@ typo = 1
         assert_eq!(t.client_ca, Some(PathBuf::from("ca.pem")));
         assert!(!t.allow_tls12);
         assert!(t.session_resumption);
+        assert!(t.advertise_client_ca_names);
         assert_eq!(t.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
         assert_eq!(t.reload_interval, Some(DEFAULT_TLS_RELOAD_INTERVAL));
         let c = Config::parse(&format!(
             "{TLS_BASE}client_auth='optional'\nclient_ca='ca.pem'\ncrl=['a.crl']\nalpn=['redis']\n\
              min_version='1.2'\nsession_resumption=false\ndevice_id_uri_prefix='urn:device:'\n\
+             advertise_client_ca_names=false\n\
              handshake_timeout='2s'\nsni=[{{cert='b.pem', key='b.key'}}]\nreload_interval='off'\n"
         ))
         .unwrap();
@@ -1341,6 +1349,7 @@ typo = 1
         assert_eq!(t.alpn, vec!["redis".to_string()]);
         assert!(t.allow_tls12);
         assert!(!t.session_resumption);
+        assert!(!t.advertise_client_ca_names);
         assert_eq!(t.device_id_uri_prefix.as_deref(), Some("urn:device:"));
         assert_eq!(t.handshake_timeout, Duration::from_secs(2));
         assert_eq!(t.sni.len(), 1);

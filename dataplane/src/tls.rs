@@ -285,6 +285,7 @@ fn build(i: usize, t: &TlsSettings, base: &Path) -> Result<ServerTls, Vec<Config
         })
         .session_resumption(t.session_resumption)
         .session_resumption_max_age(t.session_resumption_max_age)
+        .advertise_client_ca_names(t.advertise_client_ca_names)
         .device_id_uri_prefix(t.device_id_uri_prefix.clone())
         .build()
         .map_err(|e| fail(e, &cert_path))

@@ -518,6 +518,49 @@ mod tls {
         assert_eq!(gw.metric("zgate_tls_handshakes_total"), 1);
     }
 
+    /// `advertise_client_ca_names = false` keeps the client CA names out of the
+    /// CertificateRequest, as OpenSSL's s_client reports it; the client still gets in.
+    #[test]
+    fn client_ca_names_can_be_kept_from_clients() {
+        require("openssl", "version");
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        for (extra, want) in [
+            (
+                "",
+                "Acceptable client certificate CA names\nCN = zgate test CA\n",
+            ),
+            (
+                "advertise_client_ca_names = false",
+                "No client certificate CA names sent\n",
+            ),
+        ] {
+            let gw = tls_gateway(&pki, up.addr, trading_only(), extra);
+            let mut child = s_client(&pki, &gw, &["-tls1_3"])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            let mut stdout = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut out = String::new();
+                let _ = stdout.read_to_string(&mut out);
+                let _ = tx.send(out);
+            });
+            // Through the policy and back, then end of input: s_client closes.
+            stdin.write_all(b"ca names\n").unwrap();
+            stdin.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            drop(stdin);
+            let out = rx.recv_timeout(WAIT).unwrap_or_default();
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(out.contains(want), "{extra:?}: {out}");
+            assert!(out.contains("ca names\n"), "{extra:?}: no echo in {out}");
+        }
+    }
+
     /// OpenSSL updates its keys mid-flow and asks the gateway to update too (s_client's
     /// interactive `K` command): zgate's record layer follows the client's new key,
     /// answers with its own KeyUpdate, and the echo keeps flowing both ways.

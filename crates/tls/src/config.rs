@@ -311,6 +311,7 @@ pub struct Ready {
     min_version: MinVersion,
     resumption: bool,
     resumption_max_age: Duration,
+    advertise_ca_names: bool,
     device_prefix: Option<String>,
 }
 
@@ -567,6 +568,7 @@ impl Ready {
             min_version: MinVersion::Tls13,
             resumption: true,
             resumption_max_age: DEFAULT_RESUMPTION_MAX_AGE,
+            advertise_ca_names: true,
             device_prefix: None,
         }
     }
@@ -623,6 +625,17 @@ impl ServerTlsBuilder<Ready> {
         self
     }
 
+    /// Whether the CertificateRequest names the client CAs (default yes, as TLS
+    /// servers usually do). Those names go to every client that starts a handshake,
+    /// anonymous ones included: a listener trusting partners' CAs tells anyone who its
+    /// partners are. Off, the list is empty, which TLS 1.3 and 1.2 clients read as "any
+    /// CA": a client holding one SVID presents it all the same; one holding several
+    /// certificates may pick without the hint.
+    pub fn advertise_client_ca_names(mut self, on: bool) -> Self {
+        self.state.advertise_ca_names = on;
+        self
+    }
+
     /// URI SANs starting with `prefix` carry the device id (e.g. `urn:device:`).
     pub fn device_id_uri_prefix(mut self, prefix: Option<String>) -> Self {
         self.state.device_prefix = prefix.filter(|p| !p.is_empty());
@@ -645,7 +658,11 @@ impl ServerTlsBuilder<Ready> {
             Some(v) => builder.with_client_cert_verifier(Arc::new(SpiffeVerifier {
                 anchors: Arc::clone(&v.anchors),
                 any: Arc::clone(&v.any),
-                hints: Arc::clone(&v.hints),
+                hints: if s.advertise_ca_names {
+                    Arc::clone(&v.hints)
+                } else {
+                    Arc::from([])
+                },
                 device_prefix: s.device_prefix.clone(),
             })),
             None => builder.with_no_client_auth(),

@@ -582,6 +582,82 @@ fn the_identity_knows_when_its_chain_expires_through_an_intermediate() {
     assert_eq!(id.chain_not_after, id.not_after);
 }
 
+/// A client certificate resolver that presents `leaf` and records the CA names the
+/// server's CertificateRequest carried.
+#[derive(Debug)]
+struct HintRecorder {
+    key: Arc<rustls::sign::CertifiedKey>,
+    seen: std::sync::Mutex<Option<Vec<Vec<u8>>>>,
+}
+
+impl rustls::client::ResolvesClientCert for HintRecorder {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        *self.seen.lock().unwrap() = Some(root_hint_subjects.iter().map(|h| h.to_vec()).collect());
+        Some(Arc::clone(&self.key))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn client_ca_names_are_advertised_unless_turned_off() {
+    let p = pki();
+    let leaf = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(leaf.chain_pem.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key).unwrap();
+    for (advertise, tls12) in [(true, false), (false, false), (true, true), (false, true)] {
+        let server = ServerTls::builder()
+            .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
+            .unwrap()
+            .with_client_auth(ClientAuth::Required, p.ca.cert_pem().as_bytes(), &[])
+            .unwrap()
+            .min_version(MinVersion::Tls12)
+            .advertise_client_ca_names(advertise)
+            .build()
+            .unwrap();
+        let recorder = Arc::new(HintRecorder {
+            key: Arc::new(rustls::sign::CertifiedKey::new(
+                chain.clone(),
+                Arc::clone(&signer),
+            )),
+            seen: std::sync::Mutex::new(None),
+        });
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(p.ca.cert_pem().as_bytes()).unwrap())
+            .unwrap();
+        let version: &[&rustls::SupportedProtocolVersion] = if tls12 {
+            &[&rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13]
+        };
+        let cfg =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(version)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_cert_resolver(recorder.clone());
+        let (_, s) = handshake(&server, Arc::new(cfg), "gw.example");
+        // Either way the client presents its SVID and gets in.
+        assert_eq!(
+            s.unwrap().identity().unwrap().spiffe_id,
+            ID,
+            "tls12={tls12}"
+        );
+        let names = recorder.seen.lock().unwrap().clone().unwrap();
+        assert_eq!(names.len(), usize::from(advertise), "tls12={tls12}");
+    }
+}
+
 /// `corp.example` trusts only the corp root, `partner.example` only the partner root.
 fn per_domain_server(corp: &Pki, partner: &Ca) -> ServerTls {
     ServerTls::builder()
