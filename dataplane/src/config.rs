@@ -212,7 +212,21 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Where the audit trail goes.
     pub audit: AuditSink,
+    /// The control socket (`[control]`). `None`: none.
+    pub control: Option<ControlConfig>,
 }
+
+/// `[control]`: the Unix socket that answers `status`, `reload` and `drain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// Socket path (relative to the config file).
+    pub socket: PathBuf,
+    /// Uids admitted (peer credentials). `None`: the gateway's own uid.
+    pub users: Option<Vec<u32>>,
+}
+
+/// Longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
 
 /// `audit = ...`: where one JSON line per decision and refusal is written.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -348,8 +362,16 @@ struct RawTop {
     admin: Option<String>,
     drain_timeout: Option<String>,
     audit: Option<String>,
+    control: Option<toml::Value>,
     workers: Option<toml::Value>,
     listener: Option<Vec<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: String,
+    users: Option<Vec<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -765,6 +787,52 @@ impl Errors {
         });
     }
 
+    /// `[control]`: a socket path that fits `sun_path`, and uids if given.
+    fn control(&mut self, c: RawControl) -> Option<ControlConfig> {
+        let mut ok = true;
+        if c.socket.is_empty() || c.socket.len() > MAX_SOCKET_PATH {
+            self.value(
+                "control.socket".into(),
+                &c.socket,
+                "expected a path of 1 to 107 bytes (a Unix socket path)",
+            );
+            ok = false;
+        }
+        let users = match c.users {
+            None => None,
+            Some(list) if list.is_empty() => {
+                self.value(
+                    "control.users".into(),
+                    "[]",
+                    "expected at least one uid (leave it out to admit the gateway's own uid)",
+                );
+                ok = false;
+                None
+            }
+            Some(list) => {
+                let mut uids = Vec::with_capacity(list.len());
+                for (i, u) in list.into_iter().enumerate() {
+                    match u32::try_from(u) {
+                        Ok(u) => uids.push(u),
+                        Err(_) => {
+                            self.value(
+                                format!("control.users[{i}]"),
+                                &u.to_string(),
+                                "expected a uid, 0..=4294967295",
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+                Some(uids)
+            }
+        };
+        ok.then(|| ControlConfig {
+            socket: PathBuf::from(c.socket),
+            users,
+        })
+    }
+
     fn duration(&mut self, key: String, value: Option<&str>, default: Duration) -> Duration {
         match value.map(parse_duration) {
             None => default,
@@ -1058,6 +1126,14 @@ impl Config {
             }
             Some(path) => AuditSink::File(PathBuf::from(path)),
         };
+        let control = match top.control.map(RawControl::deserialize) {
+            None => None,
+            Some(Err(e)) => {
+                errs.0.push(shape("control", e));
+                None
+            }
+            Some(Ok(c)) => errs.control(c),
+        };
         let table = match top.table {
             Some(t) if t.is_empty() => {
                 errs.value("table".into(), &t, "expected a file path");
@@ -1103,6 +1179,7 @@ impl Config {
                 admin,
                 drain_timeout,
                 audit,
+                control,
             })
         } else {
             Err(ConfigErrors(errs.0))
@@ -1411,6 +1488,50 @@ typo = 1
                 vec![format!("listener[0].tls.session_resumption_max_age: {why}")]
             );
         }
+    }
+
+    #[test]
+    fn the_control_socket_is_checked_before_anything_binds() {
+        assert_eq!(Config::parse(GOOD).unwrap().control, None);
+        let c = Config::parse(&format!(
+            "{GOOD}\n[control]\nsocket = \"run/zgate.sock\"\nusers = [0, 1001]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.control,
+            Some(ControlConfig {
+                socket: PathBuf::from("run/zgate.sock"),
+                users: Some(vec![0, 1001]),
+            })
+        );
+        let long = "s".repeat(MAX_SOCKET_PATH + 1);
+        for (table, want) in [
+            (
+                "socket = \"\"".to_string(),
+                "control.socket: expected a path of 1 to 107 bytes (a Unix socket path) (got ``)".to_string(),
+            ),
+            (
+                format!("socket = \"{long}\""),
+                format!("control.socket: expected a path of 1 to 107 bytes (a Unix socket path) (got `{long}`)"),
+            ),
+            (
+                "socket = \"z.sock\"\nusers = []".to_string(),
+                "control.users: expected at least one uid (leave it out to admit the gateway's own uid) (got `[]`)".to_string(),
+            ),
+            (
+                "socket = \"z.sock\"\nusers = [0, -1]".to_string(),
+                "control.users[1]: expected a uid, 0..=4294967295 (got `-1`)".to_string(),
+            ),
+        ] {
+            let e = Config::parse(&format!("{GOOD}\n[control]\n{table}\n")).unwrap_err();
+            assert_eq!(
+                e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                vec![want]
+            );
+        }
+        // Unknown keys and a missing socket are refused too.
+        let e = Config::parse(&format!("{GOOD}\n[control]\nsockt = \"z.sock\"\n")).unwrap_err();
+        assert!(e.to_string().contains("control"), "{e}");
     }
 
     #[test]

@@ -31,6 +31,7 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod control;
 #[expect(
     clippy::disallowed_methods,
     reason = "the demo is a client of the gateway, not part of it: it times steps and waits"

@@ -77,6 +77,13 @@ fn load_config(path: &Path, host: &Host) -> Result<(Config, Vec<Option<ListenerT
                 }
             }
         }
+        if let Some(ctl) = c.control.as_mut() {
+            if ctl.socket.is_relative() {
+                if let Some(dir) = path.parent() {
+                    ctl.socket = dir.join(&ctl.socket);
+                }
+            }
+        }
         if let Some(t) = c.table.as_mut() {
             if t.is_relative() {
                 if let Some(dir) = path.parent() {

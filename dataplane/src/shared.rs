@@ -28,6 +28,17 @@ pub enum Phase {
     Stop = 2,
 }
 
+impl Phase {
+    /// Lowercase, for the control socket's `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Draining => "draining",
+            Phase::Stop => "stopping",
+        }
+    }
+}
+
 /// Written by the supervisor, read by every worker.
 pub struct Control {
     phase: AtomicU8,

@@ -1,11 +1,13 @@
 //! The supervisor: the process's main thread once workers run.
 //!
-//! It binds every worker's listeners before any worker starts (so a bind error stops the
-//! process before it serves anything), starts and pins the workers, then waits on a
-//! signalfd and the admin socket. SIGTERM/SIGINT: drain (workers stop accepting, live
-//! flows run on up to `drain_timeout`), then stop. SIGHUP: reload the table file; a
-//! table that does not verify is refused and the old one stays. It never touches a
-//! flow: it only writes the [`Control`] block, wakes workers, and reads counters.
+//! It binds every worker's listeners (and the control socket) before any worker starts
+//! (so a bind error stops the process before it serves anything), starts and pins the
+//! workers, then waits on a signalfd, the admin socket and the control socket.
+//! SIGTERM/SIGINT or `drain`: drain (workers stop accepting, live flows run on up to
+//! `drain_timeout`), then stop. SIGHUP or `reload`: reload the table file and the TLS
+//! files; a table that does not verify is refused and the old one stays. It never
+//! touches a flow: it only writes the [`Control`] block, wakes workers, and reads
+//! counters.
 
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -20,6 +22,7 @@ use zgate_table::DecisionTable;
 use crate::admin::{self, AdminView};
 use crate::audit::AuditWriter;
 use crate::config::{Config, Host};
+use crate::control::{json_string, Command, ControlError, ControlSocket};
 use crate::shared::{Control, Phase, StatsSnapshot, WorkerStats};
 use crate::sys;
 use crate::tls::{ListenerTls, ReloadEvent, TlsWatch};
@@ -87,6 +90,9 @@ pub enum RunError {
     /// A worker thread panicked.
     #[error("worker {0} panicked")]
     WorkerPanicked(usize),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 impl RunError {
@@ -95,7 +101,9 @@ impl RunError {
         match self {
             RunError::Table { .. } => 64, // EX_USAGE: the config names a bad table
             RunError::Worker(_) | RunError::WorkerPanicked(_) => 70, // EX_SOFTWARE
-            _ => 71,                      // EX_OSERR
+            // EX_USAGE: another gateway has the socket, or the path is not a socket.
+            RunError::Control(ControlError::InUse { .. } | ControlError::NotASocket { .. }) => 64,
+            _ => 71, // EX_OSERR
         }
     }
 }
@@ -225,13 +233,33 @@ pub fn run(
         None => None,
     };
 
+    let control_socket = match &config.control {
+        Some(c) => {
+            let users = c
+                .users
+                .clone()
+                .unwrap_or_else(|| vec![sys::effective_uid()]);
+            let s = ControlSocket::bind(&c.socket, users)?;
+            log(format_args!(
+                "control socket `{}`: status, reload, drain",
+                s.path().display()
+            ));
+            Some(s)
+        }
+        None => None,
+    };
+
     let mut audit = AuditWriter::new(&config.audit).map_err(|source| RunError::Setup {
         what: "audit file",
         source,
     })?;
     let control = Arc::new(Control::new(table, tls.to_vec()));
-    let mut tls_watch = TlsWatch::new(config, base, Instant::now());
-    let mut tls_counts = TlsReloads::default();
+    let mut reloading = Reloading {
+        tables: 0,
+        table_failures: 0,
+        tls_watch: TlsWatch::new(config, base, Instant::now()),
+        tls: TlsReloads::default(),
+    };
     let mut workers: Vec<Running> = Vec::with_capacity(nworkers);
     for (id, listeners) in per_worker.into_iter().enumerate() {
         let setup_err = |source| RunError::Setup {
@@ -274,8 +302,6 @@ pub fn run(
         config.workers.poll
     ));
 
-    let mut reloads = 0u64;
-    let mut reload_failures = 0u64;
     let mut drain_deadline: Option<Instant> = None;
     let mut first_error: Option<RunError> = None;
     let wake_all = |workers: &[Running]| {
@@ -284,39 +310,85 @@ pub fn run(
         }
     };
     let admin_fd = admin.as_ref().map_or(-1, |a| a.as_raw_fd());
+    let control_fd = control_socket.as_ref().map_or(-1, ControlSocket::fd);
+    // SIGTERM/SIGINT, and `drain`: the first starts the drain, a second closes every
+    // flow at once.
+    let drain = |why: &str, drain_deadline: &mut Option<Instant>, workers: &[Running]| {
+        if drain_deadline.is_none() {
+            log(format_args!(
+                "{why}: draining for up to {:?}",
+                config.drain_timeout
+            ));
+            control.advance(Phase::Draining);
+            *drain_deadline = Some(Instant::now() + config.drain_timeout);
+        } else {
+            log(format_args!("{why} again: closing every flow now"));
+            control.advance(Phase::Stop);
+        }
+        wake_all(workers);
+    };
     loop {
-        let [sig_ready, admin_ready] =
-            sys::poll_readable([sigfd.as_raw_fd(), admin_fd], Duration::from_millis(100));
+        let [sig_ready, admin_ready, control_ready] = sys::poll_readable(
+            [sigfd.as_raw_fd(), admin_fd, control_fd],
+            Duration::from_millis(100),
+        );
         if sig_ready {
             while let Some(sig) = sys::read_signal(sigfd.as_raw_fd()) {
                 match sig {
                     libc::SIGHUP => {
-                        match reload(config, &control) {
-                            Ok(()) => reloads += 1,
-                            Err(()) => reload_failures += 1,
-                        }
-                        if let Err(e) = audit.reopen() {
-                            log(format_args!("SIGHUP: cannot reopen the audit file, still writing to the old one: {e}"));
-                        }
-                        let events = tls_watch.reload_all(config, unix_now());
-                        tls_counts.apply(config, &control, events);
+                        reloading.everything("SIGHUP", config, &control, &mut audit);
                         wake_all(&workers);
                     }
-                    _ if drain_deadline.is_none() => {
-                        log(format_args!(
-                            "signal {sig}: draining for up to {:?}",
-                            config.drain_timeout
-                        ));
-                        control.advance(Phase::Draining);
-                        drain_deadline = Some(Instant::now() + config.drain_timeout);
-                        wake_all(&workers);
-                    }
-                    _ => {
-                        log(format_args!("signal {sig} again: closing every flow now"));
-                        control.advance(Phase::Stop);
-                        wake_all(&workers);
-                    }
+                    _ => drain(&format!("signal {sig}"), &mut drain_deadline, &workers),
                 }
+            }
+        }
+        if control_ready {
+            for req in control_socket.iter().flat_map(ControlSocket::requests) {
+                let answer = match req.command {
+                    Command::Reload => {
+                        let loaded =
+                            reloading.everything("control `reload`", config, &control, &mut audit);
+                        wake_all(&workers);
+                        let version = control.table().map(|t| t.version());
+                        format!(
+                            "{{\"ok\":{loaded},\"table_version\":{}{}}}",
+                            version.map_or("null".to_string(), |v| v.to_string()),
+                            if loaded {
+                                String::new()
+                            } else {
+                                format!(
+                                    ",\"error\":{}",
+                                    json_string("the table was refused (the gateway log says why); the current one stays")
+                                )
+                            }
+                        )
+                    }
+                    Command::Drain => {
+                        drain("control `drain`", &mut drain_deadline, &workers);
+                        "{\"ok\":true}".to_string()
+                    }
+                    Command::Status => {
+                        let s = sum(&workers);
+                        format!(
+                            "{{\"ok\":true,\"phase\":{},\"table_version\":{},\"workers\":{},\"workers_ready\":{},\"connections_active\":{},\"accepted\":{},\"denied\":{},\"closed_by_policy\":{}}}",
+                            json_string(control.phase().name()),
+                            control
+                                .table()
+                                .map_or("null".to_string(), |t| t.version().to_string()),
+                            workers.len(),
+                            workers
+                                .iter()
+                                .filter(|w| w.stats.ready.load(Ordering::Acquire))
+                                .count(),
+                            s.active,
+                            s.accepted,
+                            s.denied,
+                            s.closed_by_policy,
+                        )
+                    }
+                };
+                req.answer(&answer);
             }
         }
         audit.drain(workers.iter().map(|w| &*w.audit), AUDIT_BUDGET);
@@ -334,12 +406,12 @@ pub fn run(
                             .count(),
                         accepting: control.phase() == Phase::Running,
                         table_version: control.table().map(|t| t.version()),
-                        table_reloads: reloads,
-                        table_reload_failures: reload_failures,
+                        table_reloads: reloading.tables,
+                        table_reload_failures: reloading.table_failures,
                         audit: audit.counts(),
                         audit_dropped: workers.iter().map(|w| w.audit.dropped()).sum(),
-                        tls_reloads: tls_counts.reloads,
-                        tls_reload_failures: tls_counts.failures,
+                        tls_reloads: reloading.tls.reloads,
+                        tls_reload_failures: reloading.tls.failures,
                         tls_not_after: config
                             .listeners
                             .iter()
@@ -354,9 +426,9 @@ pub fn run(
                 }
             }
         }
-        let events = tls_watch.poll(config, Instant::now(), unix_now());
+        let events = reloading.tls_watch.poll(config, Instant::now(), unix_now());
         if !events.is_empty() {
-            tls_counts.apply(config, &control, events);
+            reloading.tls.apply(config, &control, events);
             // Workers pick new material up at their next loop turn; wake them so an idle
             // worker does not wait for its tick.
             wake_all(&workers);
@@ -397,6 +469,41 @@ pub fn run(
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// What reloads: the table file and the TLS files, with their counters for `/metrics`.
+struct Reloading {
+    tables: u64,
+    table_failures: u64,
+    tls_watch: TlsWatch,
+    tls: TlsReloads,
+}
+
+impl Reloading {
+    /// SIGHUP, and `reload` on the control socket: the table, the TLS files, the audit
+    /// file. Whether the table loaded. The caller wakes the workers.
+    fn everything(
+        &mut self,
+        why: &str,
+        config: &Config,
+        control: &Control,
+        audit: &mut AuditWriter,
+    ) -> bool {
+        let loaded = reload(why, config, control).is_ok();
+        if loaded {
+            self.tables += 1;
+        } else {
+            self.table_failures += 1;
+        }
+        if let Err(e) = audit.reopen() {
+            log(format_args!(
+                "{why}: cannot reopen the audit file, still writing to the old one: {e}"
+            ));
+        }
+        let events = self.tls_watch.reload_all(config, unix_now());
+        self.tls.apply(config, control, events);
+        loaded
     }
 }
 
@@ -466,17 +573,17 @@ fn warn_unscoped_names(config: &Config, table: &DecisionTable) {
     }
 }
 
-fn reload(config: &Config, control: &Control) -> Result<(), ()> {
+fn reload(why: &str, config: &Config, control: &Control) -> Result<(), ()> {
     let Some(path) = &config.table else {
         log(format_args!(
-            "SIGHUP: no table configured; still denying every flow"
+            "{why}: no table configured; still denying every flow"
         ));
         return Err(());
     };
     match load_table(path) {
         Ok(t) => {
             log(format_args!(
-                "SIGHUP: table `{}` version {} published",
+                "{why}: table `{}` version {} published",
                 path.display(),
                 t.version()
             ));
@@ -486,7 +593,7 @@ fn reload(config: &Config, control: &Control) -> Result<(), ()> {
         }
         Err(e) => {
             log(format_args!(
-                "SIGHUP: table `{}` refused, keeping the current one: {e}",
+                "{why}: table `{}` refused, keeping the current one: {e}",
                 path.display()
             ));
             Err(())

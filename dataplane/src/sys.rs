@@ -1095,6 +1095,36 @@ pub fn poll_readable<const N: usize>(fds: [RawFd; N], timeout: Duration) -> [boo
     pfds.map(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
 }
 
+/// The process's effective uid.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid(2) takes nothing and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The uid of the process at the other end of the Unix socket `fd`, as the kernel
+/// recorded it at connect time (`SO_PEERCRED`): not something the peer can claim.
+pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>())
+        .map_err(|_| io::Error::other("ucred size"))?;
+    // SAFETY: `cred` is a local ucred and `len` its size, both outliving the call; the
+    // kernel writes at most `len` bytes into it.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred.uid)
+}
+
 /// Sends `signal` to process `pid` (kill(2)).
 pub fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid)

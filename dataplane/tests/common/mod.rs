@@ -126,6 +126,8 @@ pub struct Setup {
     pub poll: &'static str,
     pub listener_extra: String,
     pub workers_extra: String,
+    /// Appended after the listener: more top-level tables (`[control]`).
+    pub tables_extra: String,
     pub drain_timeout: &'static str,
 }
 
@@ -140,6 +142,7 @@ impl Setup {
             poll: "interrupt",
             listener_extra: String::new(),
             workers_extra: String::new(),
+            tables_extra: String::new(),
             drain_timeout: "30s",
         }
     }
@@ -150,8 +153,8 @@ impl Setup {
             .unwrap_or_default();
         format!(
             "{table}admin = \"{}\"\ndrain_timeout = \"{}\"\n\n[workers]\ncount = {}\npoll = \"{}\"\n{}\n\n\
-             [[listener]]\nname = \"echo\"\nlisten = \"{}\"\nupstream = \"{}\"\nconnect_timeout = \"5s\"\n{}\n",
-            self.admin, self.drain_timeout, self.workers, self.poll, self.workers_extra, self.listen, self.upstream, self.listener_extra
+             [[listener]]\nname = \"echo\"\nlisten = \"{}\"\nupstream = \"{}\"\nconnect_timeout = \"5s\"\n{}\n{}\n",
+            self.admin, self.drain_timeout, self.workers, self.poll, self.workers_extra, self.listen, self.upstream, self.listener_extra, self.tables_extra
         )
     }
 }
