@@ -1490,6 +1490,32 @@ typo = 1
         }
     }
 
+    /// The `config` fuzz target's corpus (`dataplane/fuzz/corpus/config/`), replayed on
+    /// every test run: the seeds (the reference in docs/operations.md, the benchmark
+    /// configs) and what fuzzing kept. None may panic; the benchmark configs parse.
+    #[test]
+    fn the_config_fuzz_corpus_parses_or_explains() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                continue;
+            };
+            match Config::parse(text) {
+                Ok(c) => assert!(!c.listeners.is_empty()),
+                Err(e) => assert!(!e.0.is_empty(), "{}", path.display()),
+            }
+            seen += 1;
+        }
+        assert!(seen >= 3, "corpus missing in {}", dir.display());
+        for seed in ["plain-busy.toml", "tls-bench.toml"] {
+            let text = std::fs::read_to_string(dir.join(seed)).unwrap();
+            assert!(Config::parse(&text).is_ok(), "{seed}");
+        }
+    }
+
     #[test]
     fn the_control_socket_is_checked_before_anything_binds() {
         assert_eq!(Config::parse(GOOD).unwrap().control, None);
