@@ -84,6 +84,21 @@ impl Request {
     pub fn answer(mut self, json: &str) {
         let _ = self.stream.write_all(json.as_bytes());
         let _ = self.stream.write_all(b"\n");
+        close_quietly(self.stream);
+    }
+}
+
+/// Close `stream` after discarding what the client sent and was not read (a little, and
+/// only what is already there): closing a Unix socket with unread input makes the
+/// client's next read fail with ECONNRESET, which can hide the answer from it.
+fn close_quietly(mut stream: UnixStream) {
+    let _ = stream.set_nonblocking(true);
+    let mut sink = [0u8; 1024];
+    for _ in 0..4 {
+        match stream.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
     }
 }
 
@@ -164,6 +179,7 @@ impl ControlSocket {
         let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
         let refuse = |mut s: UnixStream, why: &str| {
             let _ = writeln!(s, "{{\"ok\":false,\"error\":{}}}", json_string(why));
+            close_quietly(s);
         };
         match sys::peer_uid(stream.as_raw_fd()) {
             Ok(uid) if self.users.contains(&uid) => {}

@@ -18,13 +18,25 @@ mod control {
     use super::common::*;
 
     /// Send one command line, read the one JSON line back. A refused client may find
-    /// the socket closed before it writes: the answer is still there to read.
+    /// the socket closed before it writes, and its command unread: the answer is still
+    /// there to read, possibly followed by a reset instead of the end of the stream.
     fn ask(socket: &Path, command: &str) -> serde_json::Value {
         let mut s = UnixStream::connect(socket).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
         let _ = s.write_all(format!("{command}\n").as_bytes());
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !bytes.is_empty() => {
+                    break
+                }
+                Err(e) => panic!("reading the answer to {command:?}: {e}"),
+            }
+        }
+        let out = String::from_utf8(bytes).unwrap();
         assert!(out.ends_with('\n') && out.lines().count() == 1, "{out:?}");
         serde_json::from_str(out.trim_end()).unwrap_or_else(|e| panic!("{out:?}: {e}"))
     }
