@@ -8,15 +8,16 @@
 //! not by anything the client says: only the uids in `[control] users` (default: the
 //! gateway's own uid) get an answer other than a refusal.
 //!
-//! The supervisor never blocks on a client for long: each connection gets a one-second
-//! read and write timeout, and at most a few connections are served per loop turn.
+//! The supervisor never blocks on a client for long: each connection has one second in
+//! all to send its line (and a one-second write timeout for the answer), and at most a
+//! few connections are served per loop turn.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::sys;
 
@@ -119,14 +120,19 @@ impl ControlSocket {
                     path: path.to_path_buf(),
                 })
             }
-            Ok(_) => {
-                if UnixStream::connect(path).is_ok() {
+            Ok(_) => match UnixStream::connect(path) {
+                // Nobody listens: a gateway that did not exit cleanly left it.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path).map_err(io_err)?;
+                }
+                Ok(_) => {
                     return Err(ControlError::InUse {
                         path: path.to_path_buf(),
-                    });
+                    })
                 }
-                std::fs::remove_file(path).map_err(io_err)?;
-            }
+                // Not ours to judge (e.g. another user's socket): leave it alone.
+                Err(e) => return Err(io_err(e)),
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(e)),
         }
@@ -173,6 +179,10 @@ impl ControlSocket {
         out
     }
 
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the supervisor's thread: a deadline for one control client, off the data path"
+    )]
     fn read_request(&self, mut stream: UnixStream) -> Option<Request> {
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
@@ -192,9 +202,19 @@ impl ControlSocket {
                 return None;
             }
         }
+        // One deadline for the whole line, not per read: a client trickling bytes
+        // cannot hold the supervisor longer than this.
+        let deadline = Instant::now() + IO_TIMEOUT;
         let mut buf = [0u8; MAX_LINE];
         let mut len = 0;
         while len < buf.len() {
+            let Some(left) = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+            else {
+                break;
+            };
+            let _ = stream.set_read_timeout(Some(left));
             let rest = buf.get_mut(len..)?;
             match stream.read(rest) {
                 Ok(0) | Err(_) => break,
@@ -263,6 +283,40 @@ mod tests {
             json_string("a\"b\\c\nd\u{1b}"),
             "\"a\\\"b\\\\c\\nd\\u001b\""
         );
+    }
+
+    /// A client trickling its line a byte at a time gets one second in all, not one
+    /// per byte: the supervisor is back within a few seconds although the client would
+    /// go on for ten.
+    #[test]
+    #[expect(clippy::disallowed_methods, reason = "the bound under test is a time")]
+    fn a_trickling_client_cannot_hold_the_supervisor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zgate.sock");
+        let socket = ControlSocket::bind(&path, vec![sys::effective_uid()]).unwrap();
+        let client_path = path.clone();
+        let client = std::thread::spawn(move || {
+            let mut c = UnixStream::connect(&client_path).unwrap();
+            for b in b"status".iter().cycle().take(25) {
+                if c.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(400));
+            }
+            let mut answer = String::new();
+            let _ = c.read_to_string(&mut answer);
+            answer
+        });
+        // The client is connected (its first byte sent) before the supervisor looks.
+        std::thread::sleep(Duration::from_millis(200));
+        let start = Instant::now();
+        let served = socket.requests();
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(5), "held for {took:?}");
+        // What arrived in that second is not a whole command: refused, nothing served.
+        assert!(served.is_empty(), "{served:?}");
+        let answer = client.join().unwrap();
+        assert!(answer.contains("\"ok\":false"), "{answer}");
     }
 
     #[test]

@@ -83,6 +83,14 @@ fn load_config(path: &Path, host: &Host) -> Result<(Config, Vec<Option<ListenerT
                     ctl.socket = dir.join(&ctl.socket);
                 }
             }
+            // The limit holds for the path bind(2) gets, after the config's directory.
+            if ctl.socket.as_os_str().len() > zgate_dataplane::config::MAX_SOCKET_PATH {
+                errors.push(ConfigError::Value {
+                    key: "control.socket".into(),
+                    value: ctl.socket.display().to_string(),
+                    reason: "longer than 107 bytes once taken relative to the config file's directory (a Unix socket path limit): use a shorter or absolute path",
+                });
+            }
         }
         if let Some(t) = c.table.as_mut() {
             if t.is_relative() {

@@ -198,7 +198,24 @@ pub fn run(
     let cores = config.worker_cores(host);
     let nworkers = cores.len().max(1);
 
-    // Bind everything first: an error here stops us before anything is served.
+    // Bind everything first: an error here stops us before anything is served. The
+    // control socket first of all: a second gateway started by mistake stops there,
+    // before its listeners take connections into their queues.
+    let control_socket = match &config.control {
+        Some(c) => {
+            let users = c
+                .users
+                .clone()
+                .unwrap_or_else(|| vec![sys::effective_uid()]);
+            let s = ControlSocket::bind(&c.socket, users)?;
+            log(format_args!(
+                "control socket `{}`: status, reload, drain",
+                s.path().display()
+            ));
+            Some(s)
+        }
+        None => None,
+    };
     let mut per_worker: Vec<Vec<WorkerListener>> = Vec::with_capacity(nworkers);
     for _ in 0..nworkers {
         let mut ls = Vec::with_capacity(config.listeners.len());
@@ -229,22 +246,6 @@ pub fn run(
             l.set_nonblocking(true)
                 .map_err(|source| RunError::Admin { addr, source })?;
             Some(l)
-        }
-        None => None,
-    };
-
-    let control_socket = match &config.control {
-        Some(c) => {
-            let users = c
-                .users
-                .clone()
-                .unwrap_or_else(|| vec![sys::effective_uid()]);
-            let s = ControlSocket::bind(&c.socket, users)?;
-            log(format_args!(
-                "control socket `{}`: status, reload, drain",
-                s.path().display()
-            ));
-            Some(s)
         }
         None => None,
     };
@@ -336,7 +337,7 @@ pub fn run(
             while let Some(sig) = sys::read_signal(sigfd.as_raw_fd()) {
                 match sig {
                     libc::SIGHUP => {
-                        reloading.everything("SIGHUP", config, &control, &mut audit);
+                        let _ = reloading.everything("SIGHUP", config, &control, &mut audit);
                         wake_all(&workers);
                     }
                     _ => drain(&format!("signal {sig}"), &mut drain_deadline, &workers),
@@ -347,26 +348,45 @@ pub fn run(
             for req in control_socket.iter().flat_map(ControlSocket::requests) {
                 let answer = match req.command {
                     Command::Reload => {
-                        let loaded =
+                        let (loaded, tls_refused) =
                             reloading.everything("control `reload`", config, &control, &mut audit);
                         wake_all(&workers);
                         let version = control.table().map(|t| t.version());
+                        let mut problems = Vec::new();
+                        if !loaded {
+                            problems
+                                .push("the table was refused; the current one stays".to_string());
+                        }
+                        if tls_refused > 0 {
+                            problems.push(format!(
+                                "the TLS material of {tls_refused} listener(s) was refused; their current material stays"
+                            ));
+                        }
                         format!(
-                            "{{\"ok\":{loaded},\"table_version\":{}{}}}",
+                            "{{\"ok\":{},\"table_version\":{},\"tls_refused\":{tls_refused}{}}}",
+                            problems.is_empty(),
                             version.map_or("null".to_string(), |v| v.to_string()),
-                            if loaded {
+                            if problems.is_empty() {
                                 String::new()
                             } else {
                                 format!(
                                     ",\"error\":{}",
-                                    json_string("the table was refused (the gateway log says why); the current one stays")
+                                    json_string(&format!(
+                                        "{} (the gateway log says why)",
+                                        problems.join("; ")
+                                    ))
                                 )
                             }
                         )
                     }
+                    // Unlike a second SIGTERM, a repeated `drain` (a retrying script)
+                    // does not close every flow: it reports the drain under way.
+                    Command::Drain if drain_deadline.is_some() => {
+                        "{\"ok\":true,\"phase\":\"draining\",\"already\":true}".to_string()
+                    }
                     Command::Drain => {
                         drain("control `drain`", &mut drain_deadline, &workers);
-                        "{\"ok\":true}".to_string()
+                        "{\"ok\":true,\"phase\":\"draining\"}".to_string()
                     }
                     Command::Status => {
                         let s = sum(&workers);
@@ -482,14 +502,15 @@ struct Reloading {
 
 impl Reloading {
     /// SIGHUP, and `reload` on the control socket: the table, the TLS files, the audit
-    /// file. Whether the table loaded. The caller wakes the workers.
+    /// file. Whether the table loaded, and how many listeners' TLS material was
+    /// refused. The caller wakes the workers.
     fn everything(
         &mut self,
         why: &str,
         config: &Config,
         control: &Control,
         audit: &mut AuditWriter,
-    ) -> bool {
+    ) -> (bool, u64) {
         let loaded = reload(why, config, control).is_ok();
         if loaded {
             self.tables += 1;
@@ -502,8 +523,9 @@ impl Reloading {
             ));
         }
         let events = self.tls_watch.reload_all(config, unix_now());
+        let failures_before = self.tls.failures;
         self.tls.apply(config, control, events);
-        loaded
+        (loaded, self.tls.failures - failures_before)
     }
 }
 

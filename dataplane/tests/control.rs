@@ -72,6 +72,7 @@ mod control {
         let r = ask(&socket, "reload");
         assert_eq!(r["ok"], true, "{r}");
         assert_eq!(r["table_version"], 2);
+        assert_eq!(r["tls_refused"], 0);
         assert_eq!(gw.wait_metric("zgate_table_version", 2), 2);
         // A broken one is refused, and the answer says so; the current table stays.
         std::fs::write(&gw.table_path, b"not a table").unwrap();
@@ -94,6 +95,11 @@ mod control {
         assert_eq!(r["ok"], true);
         assert_eq!(ask(&socket, "status")["phase"], "draining");
         assert_eq!(round_trip(&s, b"during drain"), b"during drain");
+        // Asked again (a retrying script), it does not escalate as a second SIGTERM
+        // would: the flow still runs.
+        let r = ask(&socket, "drain");
+        assert_eq!(r["already"], true, "{r}");
+        assert_eq!(round_trip(&s, b"still draining"), b"still draining");
         drop(s);
         assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
         assert!(!socket.exists(), "the socket file is removed at exit");

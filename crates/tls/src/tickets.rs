@@ -126,7 +126,9 @@ impl ProducesTickets for AgedTickets {
         let (stamp, plain) = stamped.split_at_checked(STAMP)?;
         let verified_at = i64::from_be_bytes(stamp.try_into().ok()?);
         let now = (self.clock)();
-        // A stamp from the future (the clock stepped back) counts as verified now.
+        // A stamp from the future (the clock stepped back) counts as verified now, and
+        // is carried forward as now: a clock jump cannot lengthen a ticket's life.
+        let verified_at = verified_at.min(now);
         if now.saturating_sub(verified_at) >= self.max_age_ms {
             return None;
         }
