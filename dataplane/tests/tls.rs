@@ -906,15 +906,22 @@ mod tls {
         echo_through(&mut live, b"still here");
     }
 
+    /// A gateway that re-reads its TLS files every 100 ms, a trading workload's
+    /// certificate, and one client configuration for it (so one ticket cache).
+    fn reloading_gateway(pki: &Pki) -> (Upstream, Gateway, Leaf, Arc<rustls::ClientConfig>) {
+        let up = Upstream::echo();
+        let gw = tls_gateway(pki, up.addr, trading_only(), "reload_interval = \"100ms\"");
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let cfg = client_config(pki, Some(&leaf));
+        (up, gw, leaf, cfg)
+    }
+
     /// Hot reload of the client trust material: a new CRL revokes a certificate for new
     /// handshakes, and a new CA bundle admits clients of the new CA.
     #[test]
     fn crl_and_client_ca_changes_apply_to_new_handshakes() {
         let pki = Pki::new(&[]);
-        let up = Upstream::echo();
-        let gw = tls_gateway(&pki, up.addr, trading_only(), "reload_interval = \"100ms\"");
-        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
-        let cfg = client_config(&pki, Some(&leaf));
+        let (_up, gw, leaf, cfg) = reloading_gateway(&pki);
         let mut live = connect_tls(&gw, Arc::clone(&cfg));
         echo_through(&mut live, b"ok");
 
@@ -999,11 +1006,8 @@ mod tls {
     #[test]
     fn sessions_resume_beside_a_crl_until_a_reload_revokes_the_certificate() {
         let pki = Pki::new(&[]);
-        let up = Upstream::echo();
-        let gw = tls_gateway(&pki, up.addr, trading_only(), "reload_interval = \"100ms\"");
-        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
         // One client configuration, so one ticket cache, for every connection.
-        let cfg = client_config(&pki, Some(&leaf));
+        let (_up, gw, leaf, cfg) = reloading_gateway(&pki);
         let mut first = connect_tls(&gw, Arc::clone(&cfg));
         // Reading the echo also takes in the tickets sent after the handshake.
         echo_through(&mut first, b"full");

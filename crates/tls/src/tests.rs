@@ -561,24 +561,20 @@ fn the_identity_knows_when_its_chain_expires_through_an_intermediate() {
             .unwrap();
     let leaf = int.client(&ClientSpec::spiffe(ID), now()).unwrap();
     let server = server_tls(&p, Some(ClientAuth::Required), &[]);
-    let (_, s) = handshake(
-        &server,
-        client_config(p.ca.cert_pem(), Some(&leaf), false),
-        "gw.example",
-    );
-    let s = s.unwrap();
-    let id = s.identity().unwrap();
+    let identity = |l: &Leaf| {
+        let cfg = client_config(p.ca.cert_pem(), Some(l), false);
+        handshake(&server, cfg, "gw.example")
+            .1
+            .unwrap()
+            .identity()
+            .unwrap()
+            .clone()
+    };
+    let id = identity(&leaf);
     assert_eq!(id.chain_not_after, int_expires);
     assert!(id.not_after > int_expires, "the leaf itself lasts a day");
     // Without an intermediate, the chain ends with the leaf.
-    let direct = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
-    let (_, s) = handshake(
-        &server,
-        client_config(p.ca.cert_pem(), Some(&direct), false),
-        "gw.example",
-    );
-    let s = s.unwrap();
-    let id = s.identity().unwrap();
+    let id = identity(&p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap());
     assert_eq!(id.chain_not_after, id.not_after);
 }
 
