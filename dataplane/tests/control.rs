@@ -10,36 +10,9 @@ mod common;
 
 #[cfg(test)]
 mod control {
-    use std::io::{Read, Write};
     use std::os::unix::fs::MetadataExt;
-    use std::os::unix::net::UnixStream;
-    use std::path::Path;
 
     use super::common::*;
-
-    /// Send one command line, read the one JSON line back. A refused client may find
-    /// the socket closed before it writes, and its command unread: the answer is still
-    /// there to read, possibly followed by a reset instead of the end of the stream.
-    fn ask(socket: &Path, command: &str) -> serde_json::Value {
-        let mut s = UnixStream::connect(socket).unwrap();
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        let _ = s.write_all(format!("{command}\n").as_bytes());
-        let mut bytes = Vec::new();
-        let mut buf = [0u8; 512];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => bytes.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !bytes.is_empty() => {
-                    break
-                }
-                Err(e) => panic!("reading the answer to {command:?}: {e}"),
-            }
-        }
-        let out = String::from_utf8(bytes).unwrap();
-        assert!(out.ends_with('\n') && out.lines().count() == 1, "{out:?}");
-        serde_json::from_str(out.trim_end()).unwrap_or_else(|e| panic!("{out:?}: {e}"))
-    }
 
     fn with_control(users: &str) -> (Upstream, Gateway) {
         let up = Upstream::echo();
@@ -59,7 +32,7 @@ mod control {
 
         let s = gw.connect();
         assert_eq!(round_trip(&s, b"live"), b"live");
-        let st = ask(&socket, "status");
+        let st = control_ask(&socket, "status");
         assert_eq!(st["ok"], true);
         assert_eq!(st["phase"], "running");
         assert_eq!(st["table_version"], 1);
@@ -69,21 +42,21 @@ mod control {
 
         // A new table, published by `reload` with its version in the answer.
         std::fs::write(&gw.table_path, table_bytes(allow_all("echo"), 2)).unwrap();
-        let r = ask(&socket, "reload");
+        let r = control_ask(&socket, "reload");
         assert_eq!(r["ok"], true, "{r}");
         assert_eq!(r["table_version"], 2);
         assert_eq!(r["tls_refused"], 0);
         assert_eq!(gw.wait_metric("zgate_table_version", 2), 2);
         // A broken one is refused, and the answer says so; the current table stays.
         std::fs::write(&gw.table_path, b"not a table").unwrap();
-        let r = ask(&socket, "reload");
+        let r = control_ask(&socket, "reload");
         assert_eq!(r["ok"], false, "{r}");
         assert_eq!(r["table_version"], 2);
         assert!(r["error"].as_str().unwrap().contains("refused"), "{r}");
         assert_eq!(round_trip(&s, b"still"), b"still");
 
         // Not a command: refused with the list of commands, nothing else happens.
-        let r = ask(&socket, "reboot now");
+        let r = control_ask(&socket, "reboot now");
         assert_eq!(r["ok"], false);
         assert_eq!(
             r["error"],
@@ -91,13 +64,13 @@ mod control {
         );
 
         // `drain` does what SIGTERM does: the live flow finishes, then exit 0.
-        let r = ask(&socket, "drain");
+        let r = control_ask(&socket, "drain");
         assert_eq!(r["ok"], true);
-        assert_eq!(ask(&socket, "status")["phase"], "draining");
+        assert_eq!(control_ask(&socket, "status")["phase"], "draining");
         assert_eq!(round_trip(&s, b"during drain"), b"during drain");
         // Asked again (a retrying script), it does not escalate as a second SIGTERM
         // would: the flow still runs.
-        let r = ask(&socket, "drain");
+        let r = control_ask(&socket, "drain");
         assert_eq!(r["already"], true, "{r}");
         assert_eq!(round_trip(&s, b"still draining"), b"still draining");
         drop(s);
@@ -116,7 +89,7 @@ mod control {
         assert_eq!(mode, 0o666);
         std::fs::write(&gw.table_path, table_bytes(allow_all("echo"), 2)).unwrap();
         for command in ["status", "reload", "drain"] {
-            let r = ask(&socket, command);
+            let r = control_ask(&socket, command);
             assert_eq!(r["ok"], false);
             assert_eq!(
                 r["error"],
@@ -147,6 +120,6 @@ mod control {
         assert_eq!(out.status.code(), Some(64), "{err}");
         assert!(err.contains("another process is listening on it"), "{err}");
         // The first gateway still answers.
-        assert_eq!(ask(&socket, "status")["phase"], "running");
+        assert_eq!(control_ask(&socket, "status")["phase"], "running");
     }
 }

@@ -1000,6 +1000,40 @@ mod tls {
         assert!(refused(connect_tls(&gw, client_config(&pki, Some(&leaf)))));
     }
 
+    /// `reload` on the control socket says when a listener's new TLS material was
+    /// refused (here a server certificate file turned to garbage), and the listener
+    /// keeps serving with what it had.
+    #[test]
+    fn control_reload_reports_refused_tls_material() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let mut setup = Setup::new(up.addr);
+        setup.table = Some(trading_only());
+        // Reloads only when asked.
+        setup.listener_extra = pki.listener_tls("reload_interval = \"off\"");
+        setup.tables_extra = "[control]\nsocket = \"zgate.sock\"\n".into();
+        let gw = Gateway::start(&setup);
+        let socket = gw.dir.path().join("zgate.sock");
+        let cfg = client_config(&pki, Some(&pki.client(&ClientSpec::spiffe(TRADING))));
+        let r = control_ask(&socket, "reload");
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["tls_refused"], 0);
+
+        std::fs::write(pki.path("server.pem"), b"not a certificate").unwrap();
+        let r = control_ask(&socket, "reload");
+        assert_eq!(r["ok"], false, "{r}");
+        assert_eq!(r["tls_refused"], 1);
+        assert_eq!(r["table_version"], 1, "the table itself reloaded");
+        let error = r["error"].as_str().unwrap();
+        assert!(
+            error.contains("TLS material of 1 listener(s) was refused"),
+            "{error}"
+        );
+        assert_eq!(gw.metric("zgate_tls_reload_failures_total"), 1);
+        let mut s = connect_tls(&gw, cfg);
+        echo_through(&mut s, b"old material still serves");
+    }
+
     /// Resumption beside a CRL: a client's second connection resumes; once a reloaded
     /// CRL revokes its certificate, its ticket no longer gets it in (the reload made a
     /// new ticket key, so it must make a full handshake, which the new CRL refuses).

@@ -11,6 +11,7 @@ pub mod pki;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -391,4 +392,26 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// Send one command line, read the one JSON line back. A refused client may find
+/// the socket closed before it writes, and its command unread: the answer is still
+/// there to read, possibly followed by a reset instead of the end of the stream.
+pub fn control_ask(socket: &Path, command: &str) -> serde_json::Value {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = s.write_all(format!("{command}\n").as_bytes());
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !bytes.is_empty() => break,
+            Err(e) => panic!("reading the answer to {command:?}: {e}"),
+        }
+    }
+    let out = String::from_utf8(bytes).unwrap();
+    assert!(out.ends_with('\n') && out.lines().count() == 1, "{out:?}");
+    serde_json::from_str(out.trim_end()).unwrap_or_else(|e| panic!("{out:?}: {e}"))
 }
