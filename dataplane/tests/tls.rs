@@ -916,6 +916,23 @@ mod tls {
         (up, gw, leaf, cfg)
     }
 
+    /// Write a CRL revoking `leaf`, wait for the gateway's first reload, and check that
+    /// `cfg`'s next connection is refused as revoked.
+    fn revoke_by_crl_reload(pki: &Pki, gw: &Gateway, leaf: &Leaf, cfg: &Arc<rustls::ClientConfig>) {
+        pki.write_crl(&[leaf]);
+        assert_eq!(
+            gw.wait_metric("zgate_tls_reloads_total", 1),
+            1,
+            "{}",
+            gw.log()
+        );
+        assert!(refused(connect_tls(gw, Arc::clone(cfg))));
+        assert_eq!(
+            gw.wait_metric("zgate_tls_handshake_failures_total{reason=\"revoked\"}", 1),
+            1
+        );
+    }
+
     /// Hot reload of the client trust material: a new CRL revokes a certificate for new
     /// handshakes, and a new CA bundle admits clients of the new CA.
     #[test]
@@ -925,18 +942,7 @@ mod tls {
         let mut live = connect_tls(&gw, Arc::clone(&cfg));
         echo_through(&mut live, b"ok");
 
-        pki.write_crl(&[&leaf]);
-        assert_eq!(
-            gw.wait_metric("zgate_tls_reloads_total", 1),
-            1,
-            "{}",
-            gw.log()
-        );
-        assert!(refused(connect_tls(&gw, Arc::clone(&cfg))));
-        assert_eq!(
-            gw.wait_metric("zgate_tls_handshake_failures_total{reason=\"revoked\"}", 1),
-            1
-        );
+        revoke_by_crl_reload(&pki, &gw, &leaf, &cfg);
 
         // Move to a new client CA (both in the bundle during the change, then only the
         // new one): its clients get in, the old CA's do not.
@@ -1070,18 +1076,7 @@ mod tls {
         assert_eq!(decisions[0].get("resumed"), None);
         assert_eq!(decisions[1]["resumed"], true);
 
-        pki.write_crl(&[&leaf]);
-        assert_eq!(
-            gw.wait_metric("zgate_tls_reloads_total", 1),
-            1,
-            "{}",
-            gw.log()
-        );
-        assert!(refused(connect_tls(&gw, Arc::clone(&cfg))));
-        assert_eq!(
-            gw.wait_metric("zgate_tls_handshake_failures_total{reason=\"revoked\"}", 1),
-            1
-        );
+        revoke_by_crl_reload(&pki, &gw, &leaf, &cfg);
         // The live resumed connection is not re-authenticated by the material change.
         echo_through(&mut second, b"still open");
     }

@@ -54,6 +54,16 @@ fn server_tls(p: &Pki, mode: Option<ClientAuth>, crls: &[&[u8]]) -> ServerTls {
         .unwrap()
 }
 
+/// The server builder most tests start from: `p`'s server certificate, client
+/// certificates required against `p`'s CA, with `crls`.
+fn required_auth(p: &Pki, crls: &[&[u8]]) -> ServerTlsBuilder<Ready> {
+    ServerTls::builder()
+        .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
+        .unwrap()
+        .with_client_auth(ClientAuth::Required, p.ca.cert_pem().as_bytes(), crls)
+        .unwrap()
+}
+
 fn client_config(ca_pem: &str, leaf: Option<&Leaf>, tls12_only: bool) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -334,11 +344,7 @@ fn tls12_only_client_needs_min_version_12() {
         "gw.example",
     );
     assert_eq!(s.unwrap_err().label(), "no-common-parameters");
-    let server = ServerTls::builder()
-        .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
-        .unwrap()
-        .with_client_auth(ClientAuth::Required, p.ca.cert_pem().as_bytes(), &[])
-        .unwrap()
+    let server = required_auth(&p, &[])
         .min_version(MinVersion::Tls12)
         .build()
         .unwrap();
@@ -358,11 +364,7 @@ fn sni_selects_the_certificate() {
     let p = pki();
     let other = p.ca.server(&["db.example"], &[], now()).unwrap();
     let leaf = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
-    let server = ServerTls::builder()
-        .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
-        .unwrap()
-        .with_client_auth(ClientAuth::Required, p.ca.cert_pem().as_bytes(), &[])
-        .unwrap()
+    let server = required_auth(&p, &[])
         .add_sni_cert(other.chain_pem.as_bytes(), other.key_pem.as_bytes())
         .unwrap()
         .build()
@@ -432,11 +434,7 @@ fn resumption_off_sends_no_tickets_and_on_resumes_with_identity() {
     let leaf = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
     let cfg = client_config(p.ca.cert_pem(), Some(&leaf), false);
     for on in [false, true] {
-        let server = ServerTls::builder()
-            .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
-            .unwrap()
-            .with_client_auth(ClientAuth::Required, p.ca.cert_pem().as_bytes(), &[])
-            .unwrap()
+        let server = required_auth(&p, &[])
             .session_resumption(on)
             .build()
             .unwrap();
@@ -467,11 +465,7 @@ fn deliver_tickets(s: &mut TlsSession, c: &mut ClientConnection) {
 }
 
 fn resuming_server(p: &Pki, crls: &[&[u8]], max_age: std::time::Duration) -> ServerTls {
-    ServerTls::builder()
-        .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
-        .unwrap()
-        .with_client_auth(ClientAuth::Required, p.ca.cert_pem().as_bytes(), crls)
-        .unwrap()
+    required_auth(p, crls)
         .session_resumption(true)
         .session_resumption_max_age(max_age)
         .build()
@@ -611,11 +605,7 @@ fn client_ca_names_are_advertised_unless_turned_off() {
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
     let signer = rustls::crypto::ring::sign::any_supported_type(&key).unwrap();
     for (advertise, tls12) in [(true, false), (false, false), (true, true), (false, true)] {
-        let server = ServerTls::builder()
-            .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
-            .unwrap()
-            .with_client_auth(ClientAuth::Required, p.ca.cert_pem().as_bytes(), &[])
-            .unwrap()
+        let server = required_auth(&p, &[])
             .min_version(MinVersion::Tls12)
             .advertise_client_ca_names(advertise)
             .build()
