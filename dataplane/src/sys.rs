@@ -35,6 +35,14 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 /// A buffer is resident only once touched, and a flow holds one only while its data
 /// is in flight.
 pub const BUF_SIZE: usize = 64 * 1024;
+/// Writable bytes in front of each provided buffer, never handed to the kernel for a
+/// receive: a TLS record cut by the end of the last receive is moved there, in front of
+/// its rest, and opened in place like the others (`zgate_tls::TlsSession::read_in_place`).
+/// Touched only by such records, so it costs address space, not memory.
+pub const HEADROOM: usize = 20 * 1024;
+const _: () = assert!(HEADROOM >= zgate_tls::MAX_RECORD && HEADROOM % 4096 == 0);
+/// Distance between two buffers of the pool: headroom, then the buffer.
+const STRIDE: usize = HEADROOM + BUF_SIZE;
 /// A receive at least this large marks a plain direction as bulk (it then splices).
 pub const BULK_RECV: usize = 16 * 1024;
 /// How many buffers the ring normally offers the kernel. The kernel takes ring buffers
@@ -188,6 +196,23 @@ impl ConnMem {
     }
 }
 
+/// A `sendmsg` header and its pieces: [`Ring::send_runs`] points the kernel at it, so it
+/// lives in a [`Lent`] until the send's CQE.
+pub struct SendVec {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; zgate_tls::MAX_RUNS],
+}
+
+impl SendVec {
+    /// An empty header.
+    pub fn boxed() -> Lent<SendVec> {
+        // SAFETY: `msghdr` and `iovec` are plain C structs of integers and pointers, for
+        // which all zero bytes (null pointers, zero lengths) is a valid value.
+        let zero = unsafe { std::mem::zeroed::<SendVec>() };
+        Lent::new(Box::new(zero))
+    }
+}
+
 /// An anonymous private mapping, unmapped on drop. Pages become resident only when
 /// touched, which is what lets a large pool cost little while idle.
 struct Mmap {
@@ -292,7 +317,7 @@ pub struct BufPool {
 }
 
 impl BufPool {
-    /// A pool of `size` buffers (a power of two, 2..=32768): at most `size * BUF_SIZE`
+    /// A pool of `size` buffers (a power of two, 2..=32768): at most `size * STRIDE`
     /// bytes of address space, resident only once touched (see [`HOT_BUFFERS`]).
     fn new(size: u16) -> io::Result<BufPool> {
         if !size.is_power_of_two() || !(2..=32768).contains(&size) {
@@ -304,7 +329,7 @@ impl BufPool {
         let n = usize::from(size);
         // One page at least, page-aligned (mmap), as the kernel requires.
         let ring = Mmap::new((n * std::mem::size_of::<RingEntry>()).max(4096))?;
-        let bufs = Mmap::new(n * BUF_SIZE)?;
+        let bufs = Mmap::new(n * STRIDE)?;
         Ok(BufPool {
             size,
             ring,
@@ -352,13 +377,18 @@ impl BufPool {
         }
     }
 
-    fn buf_addr(&self, bid: u16) -> *mut u8 {
+    /// Where buffer `bid`'s headroom starts; the buffer itself is `HEADROOM` further.
+    fn headroom_addr(&self, bid: u16) -> *mut u8 {
         // bid < size (every caller checked it through `state`), so the address
         // stays inside the `bufs` mapping; nothing is dereferenced here.
         self.bufs
             .ptr
             .as_ptr()
-            .wrapping_add(usize::from(bid) * BUF_SIZE)
+            .wrapping_add(usize::from(bid) * STRIDE)
+    }
+
+    fn buf_addr(&self, bid: u16) -> *mut u8 {
+        self.headroom_addr(bid).wrapping_add(HEADROOM)
     }
 
     /// Publish spare buffers until `want` are published (or no spare is left). The new
@@ -472,6 +502,34 @@ impl BufPool {
         // the slice inside this buffer of the `bufs` mapping. The exclusive borrow of
         // `self` makes this the only reference to the buffer until it ends.
         Ok(unsafe { std::slice::from_raw_parts_mut(self.buf_addr(buf.0), len) })
+    }
+
+    /// `buf`'s headroom and its first `len` bytes ([`HEADROOM`] + `len` bytes), writable:
+    /// a TLS flow opens records in place there. The same states as
+    /// [`BufPool::bytes_mut`] are required.
+    pub fn region_mut(&mut self, buf: BufId, len: usize) -> Result<&mut [u8], BufError> {
+        match self.state.get(usize::from(buf.0)) {
+            Some(BufState::Held) if len <= BUF_SIZE => {}
+            Some(s) => {
+                return Err(BufError {
+                    bid: buf.0,
+                    op: "write",
+                    state: BufPool::state_name(*s),
+                })
+            }
+            None => {
+                return Err(BufError {
+                    bid: buf.0,
+                    op: "write",
+                    state: "out of range",
+                })
+            }
+        }
+        // SAFETY: as in `bytes_mut`: `buf` is `Held`, so neither a recv (which never sees
+        // the headroom anyway) nor a send SQE touches it; `HEADROOM + len <= STRIDE`
+        // keeps the slice inside this buffer's stride of the `bufs` mapping, and the
+        // exclusive borrow of `self` makes it the only reference until it ends.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.headroom_addr(buf.0), HEADROOM + len) })
     }
 
     /// Buffers held by flows or being sent.
@@ -732,6 +790,75 @@ impl Ring {
             return Err(err);
         }
         Ok(())
+    }
+
+    /// Send the pieces `runs` (offset, length) of held buffer `buf`'s region (offsets
+    /// count from the start of its headroom, as [`BufPool::region_mut`] does): one piece
+    /// with a plain `send`, several with one `sendmsg` described in `msg` (made when
+    /// `None`). The buffer is `Sending` until the CQE (report it with
+    /// [`Ring::send_done`]); returns whether `msg` is lent too (then also call
+    /// [`Lent::returned`] on it).
+    pub fn send_runs(
+        &mut self,
+        fd: RawFd,
+        buf: BufId,
+        runs: &[(u32, u32)],
+        msg: &mut Option<Lent<SendVec>>,
+        user_data: u64,
+    ) -> Result<bool, PushError> {
+        let outside = |&(at, n): &(u32, u32)| {
+            n == 0 || (at as usize).saturating_add(n as usize) > HEADROOM + BUF_SIZE
+        };
+        if let Some(&(at, n)) = runs.iter().find(|r| outside(r)) {
+            return Err(PushError::Range {
+                start: at as usize,
+                end: at as usize + n as usize,
+            });
+        }
+        if runs.is_empty() || runs.len() > zgate_tls::MAX_RUNS {
+            return Err(PushError::Range { start: 0, end: 0 });
+        }
+        // Every piece lies inside this buffer's stride (checked above); the buffer stays
+        // `Sending` (never refilled or given back) until the CQE, inside the pool, which
+        // outlives every SQE (the worker drops its ring only with nothing in flight).
+        let base = self.pool.headroom_addr(buf.0);
+        let (e, lends_msg) = match runs {
+            [(at, n)] => {
+                let e = opcode::Send::new(types::Fd(fd), base.wrapping_add(*at as usize), *n)
+                    .flags(libc::MSG_NOSIGNAL);
+                (e.build(), false)
+            }
+            _ => {
+                let m = msg.get_or_insert_with(SendVec::boxed);
+                let Some(v) = m.get_mut() else {
+                    return Err(PushError::Range { start: 0, end: 0 });
+                };
+                for (slot, &(at, n)) in v.iov.iter_mut().zip(runs) {
+                    slot.iov_base = base.wrapping_add(at as usize).cast();
+                    slot.iov_len = n as usize;
+                }
+                v.hdr.msg_iov = v.iov.as_mut_ptr();
+                v.hdr.msg_iovlen = runs.len();
+                // The header and the iovecs stay in `msg`, lent below until the CQE.
+                let hdr: *const libc::msghdr = &v.hdr;
+                let e = opcode::SendMsg::new(types::Fd(fd), hdr).flags(libc::MSG_NOSIGNAL as u32);
+                (e.build(), true)
+            }
+        };
+        self.pool
+            .transition(buf.0, BufState::Held, BufState::Sending, "send from")?;
+        if let Err(err) = self.push(&e.user_data(user_data)) {
+            let _ = self
+                .pool
+                .transition(buf.0, BufState::Sending, BufState::Held, "unsend");
+            return Err(err);
+        }
+        if lends_msg {
+            if let Some(m) = msg.as_mut() {
+                m.lent += 1;
+            }
+        }
+        Ok(lends_msg)
     }
 
     /// Send `start..end` of heap memory `mem` (a flow's own output buffer). `mem` is lent
@@ -1168,7 +1295,80 @@ pub fn connect_from(from: SocketAddr, to: SocketAddr) -> io::Result<TcpStream> {
 
 #[cfg(test)]
 mod tests {
-    use super::Ring;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    use super::{Completion, PushError, Ring, HEADROOM};
+
+    /// One completion, waiting up to a second for it.
+    fn next(ring: &mut Ring) -> Completion {
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+            ring.completions(&mut out);
+            if let Some(c) = out.first() {
+                assert_eq!(out.len(), 1, "{out:?}");
+                return *c;
+            }
+        }
+        panic!("no completion");
+    }
+
+    /// Pieces of a received buffer, its headroom included, go out in order: one piece
+    /// with a plain send, several with one sendmsg. A piece outside the buffer is
+    /// refused and leaves the buffer held.
+    #[test]
+    fn send_runs_sends_pieces_of_a_held_buffer_and_its_headroom_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut ring = Ring::new(8, 4, true).unwrap();
+        peer.write_all(b"0123456789").unwrap();
+        ring.recv(ours.as_raw_fd(), 1).unwrap();
+        let c = next(&mut ring);
+        assert_eq!(c.result, 10);
+        let buf = ring.pool.take(c.buffer.unwrap()).unwrap();
+        let region = ring.pool.region_mut(buf, 10).unwrap();
+        assert_eq!(&region[HEADROOM..], b"0123456789");
+        region[HEADROOM - 3..HEADROOM].copy_from_slice(b"abc");
+
+        let h = HEADROOM as u32;
+        let mut msg = None;
+        let too_far = [(h + 60_000, 20_000)];
+        assert!(matches!(
+            ring.send_runs(ours.as_raw_fd(), buf, &too_far, &mut msg, 2),
+            Err(PushError::Range { .. })
+        ));
+        // Still held: readable, and nothing was lent.
+        assert!(ring.pool.bytes(buf, 10).is_ok());
+        assert!(msg.is_none());
+
+        let runs = [(h - 3, 5), (h + 4, 2), (h + 8, 2)];
+        assert!(ring
+            .send_runs(ours.as_raw_fd(), buf, &runs, &mut msg, 3)
+            .unwrap());
+        assert!(ring.pool.bytes(buf, 10).is_err(), "sending: not readable");
+        let c = next(&mut ring);
+        assert_eq!((c.user_data, c.result), (3, 9));
+        msg.as_mut().unwrap().returned();
+        ring.send_done(buf).unwrap();
+        let mut got = [0u8; 9];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"abc014589");
+
+        assert!(!ring
+            .send_runs(ours.as_raw_fd(), buf, &[(h + 9, 1)], &mut msg, 4)
+            .unwrap());
+        let c = next(&mut ring);
+        assert_eq!((c.user_data, c.result), (4, 1));
+        ring.send_done(buf).unwrap();
+        peer.read_exact(&mut got[..1]).unwrap();
+        assert_eq!(got[0], b'9');
+        ring.pool.give_back(buf).unwrap();
+    }
 
     /// The kernels zgate targets (6.1+) accept `DEFER_TASKRUN`: the option must not
     /// fall back silently here, and off must mean off.

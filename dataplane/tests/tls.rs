@@ -144,6 +144,71 @@ mod tls {
         assert_eq!(n, TOTAL);
     }
 
+    /// The client's records are opened where they arrived and their plaintext is sent
+    /// to the upstream from there. Records of every size, cut anywhere by the
+    /// receives (a cut record is completed in the buffer's headroom), toward an
+    /// upstream that reads slowly (sends come back short): every byte arrives, in
+    /// order, and no buffer stays held.
+    #[test]
+    fn client_records_of_every_size_reach_a_slow_upstream_byte_exact() {
+        const TOTAL: usize = 12 << 20;
+        let (tx, rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+        let up = Upstream::start(move |mut s| {
+            let want = pattern(1 << 20, 33);
+            let mut buf = vec![0u8; 7 * 1024];
+            let mut n = 0usize;
+            let mut reads = 0u32;
+            let verdict = loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break Ok(n),
+                    Ok(k) => {
+                        if let Some(i) = (0..k).find(|&i| buf[i] != want[(n + i) % want.len()]) {
+                            break Err(format!("byte {} differs", n + i));
+                        }
+                        n += k;
+                        reads += 1;
+                        if reads % 256 == 0 {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    Err(e) => break Err(format!("read after {n} bytes: {e}")),
+                }
+            };
+            let _ = tx.send(verdict);
+        });
+        let pki = Pki::new(&[]);
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "");
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let mut s = connect_tls(&gw, client_config(&pki, Some(&leaf)));
+        let data = pattern(1 << 20, 33);
+        // Each write is one record or more: sizes from 1 byte to several records.
+        let sizes = [
+            1usize, 16_384, 700, 40_000, 5, 16_383, 3_000, 100_000, 1_025, 9,
+        ];
+        let mut sent = 0usize;
+        let mut k = 0usize;
+        while sent < TOTAL {
+            let n = sizes[k % sizes.len()].min(TOTAL - sent);
+            let at = sent % data.len();
+            let chunk: Vec<u8> = data.iter().cycle().skip(at).take(n).copied().collect();
+            s.write_all(&chunk).unwrap();
+            sent += n;
+            k += 1;
+        }
+        s.flush().unwrap();
+        s.conn.send_close_notify();
+        s.flush().unwrap();
+        let got = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(got, Ok(TOTAL));
+        // Both ways finished: the flow ends, and every buffer is back.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gw.metric("zgate_connections_active") > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(gw.metric("zgate_connections_active"), 0);
+        assert_eq!(gw.metric("zgate_buffers_in_use"), 0);
+    }
+
     #[test]
     fn policy_admits_the_trading_prefix_and_refuses_another_identity() {
         let pki = Pki::new(&[]);

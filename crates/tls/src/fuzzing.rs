@@ -3,8 +3,9 @@
 //! then drives the established session with what the input says.
 //!
 //! Input: byte 0 = flags (bit 0: flip one wire byte, bit 1: a plaintext buffer smaller
-//! than a record, bit 2: TLS 1.2, bit 3: raw mode), byte 1 = seed for the cut points,
-//! the rest = payload.
+//! than a record, bit 2: TLS 1.2, bit 3: raw mode, bit 4: open records in place with
+//! [`TlsSession::read_in_place`] whenever the session allows it, as the dataplane does),
+//! byte 1 = seed for the cut points, the rest = payload.
 //! - raw mode: the payload goes to the session as if it were records (garbage, mostly);
 //! - otherwise the client sends the payload as records, the wire is cut into reads at
 //!   seed-chosen places and, with bit 0, one byte is flipped. The session must deliver
@@ -13,7 +14,8 @@
 //!   into seed-sized outputs and the client must read it unchanged.
 //!
 //! Beyond "no panic": `read` never claims more input than given or more plaintext than
-//! the buffer holds, and a failed session stays failed.
+//! the buffer holds, `read_in_place` reports at most [`MAX_RUNS`] pieces, all inside
+//! the region, and a failed session stays failed.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 use crate::config::{MinVersion, ServerTls};
-use crate::record::{MAX_OVERHEAD, MAX_RECORD};
+use crate::record::{Runs, MAX_OVERHEAD, MAX_RECORD, MAX_RUNS};
 use crate::session::TlsSession;
 
 struct Setup {
@@ -196,6 +198,30 @@ pub fn fuzz_records(data: &[u8]) -> Result<(), String> {
         for _ in 0..100 {
             let input = piece.get_mut(used..).unwrap_or_default();
             let given = input.len();
+            if flags & 16 != 0 && s.can_read_in_place() {
+                // Headroom of garbage, then the input.
+                let mut region = vec![0x5a; MAX_RECORD];
+                region.extend_from_slice(input);
+                let mut runs = Runs::default();
+                match s.read_in_place(&mut region, MAX_RECORD, &mut runs) {
+                    Ok(()) => {
+                        if runs.as_slice().len() > MAX_RUNS {
+                            return Err("more runs than MAX_RUNS".into());
+                        }
+                        for &(at, n) in runs.as_slice() {
+                            let piece = region
+                                .get(at as usize..at as usize + n as usize)
+                                .ok_or_else(|| format!("run {at}+{n} outside the region"))?;
+                            got.extend_from_slice(piece);
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break 'outer;
+                    }
+                }
+            }
             match s.read(input, &mut plain) {
                 Ok(o) => {
                     if o.consumed > given || o.produced > plain.len() {

@@ -49,7 +49,7 @@ pub use config::{
     SpiffeVerifierSlot, DEFAULT_RESUMPTION_MAX_AGE,
 };
 pub use error::{Alert, RejectReason, SvidError, TlsConfigError, REJECT_LABELS};
-pub use record::{Opened, MAX_OVERHEAD, MAX_PLAINTEXT, MAX_RECORD};
+pub use record::{Opened, Runs, MAX_OVERHEAD, MAX_PLAINTEXT, MAX_RECORD, MAX_RUNS};
 pub use session::{Sealed, TlsSession};
 pub use svid::{DnsRefs, PeerIdentityOwned};
 

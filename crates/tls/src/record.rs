@@ -5,9 +5,13 @@
 //!
 //! Why: rustls 0.23's record path copies every received record into a fresh `Vec` and
 //! every sent one through its own queue. Here a complete record is decrypted in place
-//! where it was received (the dataplane's ring buffer) and its plaintext copied once into
-//! the output buffer; a record is sealed straight into the output buffer. A session
-//! keeps no receive buffer while idle.
+//! where it was received (the dataplane's ring buffer) and its plaintext is left there:
+//! [`RecordLayer::open_in_place`] reports where it lies ([`Runs`]) and the dataplane
+//! sends it from that buffer. A record cut by the end of a receive is kept and, with
+//! the next receive, moved into that buffer's headroom in front of its rest. A record
+//! is sealed straight into the output buffer. A session keeps no receive buffer while
+//! idle. ([`RecordLayer::open`], which copies the plaintext out, serves the first
+//! records after the handshake, upstream TLS and the tests.)
 //!
 //! Scope (fail closed on anything else, with the alert the RFCs name):
 //! - TLS 1.3 (RFC 8446 §5): outer type application_data only; inner type recovered past
@@ -141,6 +145,85 @@ pub struct Opened {
     pub produced: usize,
 }
 
+/// Most separate plaintext pieces one [`RecordLayer::open_in_place`] reports: an
+/// input of full records needs one per record (five for a 64 KiB receive).
+pub const MAX_RUNS: usize = 8;
+/// A record with less plaintext than this is moved up against the piece before it
+/// rather than sent as a piece of its own: a send of many tiny pieces costs more than
+/// the copy.
+const JOIN_BELOW: usize = 1024;
+
+/// Where opened plaintext lies in a receive buffer: up to [`MAX_RUNS`] pieces
+/// (offset, length), in order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Runs {
+    runs: [(u32, u32); MAX_RUNS],
+    len: usize,
+}
+
+impl Runs {
+    /// The pieces, in order.
+    pub fn as_slice(&self) -> &[(u32, u32)] {
+        self.runs.get(..self.len).unwrap_or_default()
+    }
+
+    /// Plaintext bytes in all pieces.
+    pub fn total(&self) -> usize {
+        self.as_slice().iter().map(|&(_, n)| n as usize).sum()
+    }
+
+    /// Forget every piece.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Drop the first `n` bytes (a send took them).
+    pub fn advance(&mut self, mut n: usize) {
+        let mut first = 0;
+        while let Some(r) = self.runs.get_mut(first).filter(|_| first < self.len) {
+            let len = r.1 as usize;
+            if n < len {
+                r.0 += n as u32;
+                r.1 -= n as u32;
+                break;
+            }
+            n -= len;
+            first += 1;
+        }
+        self.runs.copy_within(first.min(self.len)..self.len, 0);
+        self.len -= first.min(self.len);
+    }
+
+    /// Add `region[at..at + len]`, which lies after every piece so far: as a piece of
+    /// its own, or moved to the end of the last piece when it is small or the list is
+    /// full.
+    pub(crate) fn add(&mut self, region: &mut [u8], at: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let (Ok(at32), Ok(len32)) = (u32::try_from(at), u32::try_from(len)) else {
+            return;
+        };
+        if let Some(last) = self.len.checked_sub(1).and_then(|i| self.runs.get_mut(i)) {
+            let last_end = (last.0 + last.1) as usize;
+            if last_end == at {
+                last.1 += len32;
+                return;
+            }
+            if (len < JOIN_BELOW || self.len == MAX_RUNS) && at + len <= region.len() {
+                // `last_end < at` (pieces come in order): the move goes down.
+                region.copy_within(at..at + len, last_end);
+                last.1 += len32;
+                return;
+            }
+        }
+        if let Some(slot) = self.runs.get_mut(self.len) {
+            *slot = (at32, len32);
+            self.len += 1;
+        }
+    }
+}
+
 /// An established session's record layer.
 pub struct RecordLayer {
     version: Version,
@@ -257,8 +340,7 @@ impl RecordLayer {
                 return Ok(done);
             }
             let mut rec = std::mem::take(&mut self.partial);
-            let n = self.open_one(&mut rec, plain, reply)?;
-            done.produced += n;
+            done.produced += self.open_copy(&mut rec, plain, reply)?;
         }
         // Whole records in place.
         while !self.peer_closed {
@@ -282,7 +364,7 @@ impl RecordLayer {
                 break;
             }
             let rec = rest.get_mut(..total).unwrap_or_default();
-            done.produced += self.open_one(rec, out, reply)?;
+            done.produced += self.open_copy(rec, out, reply)?;
             done.consumed += total;
         }
         if self.peer_closed {
@@ -291,6 +373,83 @@ impl RecordLayer {
             self.partial = Vec::new();
         }
         Ok(done)
+    }
+
+    /// Open the records of `region[data_start..]` where they lie, without copying their
+    /// plaintext: each application data record's plaintext is added to `runs` (offsets
+    /// into `region`, small ones moved up against the run before them). The whole input
+    /// is used: a record cut by its end is kept inside, and a record kept from the last
+    /// input is first moved into `region[..data_start]` (the headroom, which must hold
+    /// [`MAX_RECORD`] bytes) to be completed in place. KeyUpdate answers go to `reply`.
+    ///
+    /// Not with a whole record inside ([`RecordLayer::holds_record`]): that one needs
+    /// [`RecordLayer::open`].
+    pub fn open_in_place(
+        &mut self,
+        region: &mut [u8],
+        data_start: usize,
+        runs: &mut Runs,
+        reply: &mut Vec<u8>,
+    ) -> Result<(), RejectReason> {
+        let end = region.len();
+        let mut pos = data_start.min(end);
+        let mut spare = Vec::new();
+        if !self.partial.is_empty() && !self.peer_closed {
+            let have = self.partial.len();
+            let Some(start) = pos.checked_sub(have) else {
+                return Err(bad(Alert::InternalError, "no headroom for a cut record"));
+            };
+            let head = region
+                .get_mut(start..pos)
+                .ok_or_else(|| bad(Alert::InternalError, "no headroom for a cut record"))?;
+            head.copy_from_slice(&self.partial);
+            spare = std::mem::take(&mut self.partial);
+            spare.clear();
+            pos = start;
+        }
+        while !self.peer_closed && pos < end {
+            let rest = region.get_mut(pos..).unwrap_or_default();
+            let total = if rest.len() < HEADER {
+                None
+            } else {
+                Some(self.record_len(rest)?).filter(|&t| t <= rest.len())
+            };
+            let Some(total) = total else {
+                // Cut by the input's end: keep it (reusing the last cut record's buffer).
+                if spare.capacity() < MAX_RECORD {
+                    spare = Vec::with_capacity(MAX_RECORD);
+                }
+                spare.extend_from_slice(rest);
+                self.partial = spare;
+                return Ok(());
+            };
+            let rec = rest.get_mut(..total).unwrap_or_default();
+            let (at, len) = self.open_one(rec, reply)?;
+            runs.add(region, pos + at, len);
+            pos += total;
+        }
+        if self.peer_closed {
+            // Nothing after close_notify counts (RFC 8446 §6.1).
+            self.partial = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Open one whole record and copy its application data into `plain` (which holds
+    /// at least the record's length). Returns the plaintext bytes written.
+    fn open_copy(
+        &mut self,
+        rec: &mut [u8],
+        plain: &mut [u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<usize, RejectReason> {
+        let (at, len) = self.open_one(rec, reply)?;
+        let src = rec.get(at..at + len).unwrap_or_default();
+        let dst = plain
+            .get_mut(..len)
+            .ok_or_else(|| bad(Alert::InternalError, "plaintext buffer too small"))?;
+        dst.copy_from_slice(src);
+        Ok(len)
     }
 
     fn keep_partial(&mut self, bytes: &[u8]) {
@@ -330,19 +489,18 @@ impl RecordLayer {
         Ok(HEADER + body)
     }
 
-    /// Decrypt one whole record in place; application data is copied to `plain` (which
-    /// holds at least the record's length). Returns the plaintext bytes written.
+    /// Decrypt one whole record in place. Returns where its application data now lies
+    /// inside `rec` (offset, length); `(0, 0)` for a control record.
     fn open_one(
         &mut self,
         rec: &mut [u8],
-        plain: &mut [u8],
         reply: &mut Vec<u8>,
-    ) -> Result<usize, RejectReason> {
+    ) -> Result<(usize, usize), RejectReason> {
         let (header, body) = rec.split_at_mut(HEADER);
         let header: [u8; HEADER] = header
             .try_into()
             .map_err(|_| bad(Alert::DecodeError, "short record header"))?;
-        let (typ, content) = match self.version {
+        let (typ, content_at, content) = match self.version {
             Version::Tls13 => {
                 if body.len() < TAG + 1 {
                     return Err(bad(Alert::DecodeError, "record too short"));
@@ -362,7 +520,7 @@ impl RecordLayer {
                 };
                 let (content, typ) = opened.split_at(end);
                 let typ = typ.first().copied().unwrap_or(0);
-                (typ, content)
+                (typ, HEADER, content)
             }
             Version::Tls12 => {
                 let explicit = if self.rx.explicit_nonce { 8 } else { 0 };
@@ -388,7 +546,7 @@ impl RecordLayer {
                     .key
                     .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), sealed)
                     .map_err(|_| bad(Alert::BadRecordMac, "record failed authentication"))?;
-                (header[0], &*opened)
+                (header[0], HEADER + explicit, &*opened)
             }
         };
         self.rx.advance()?;
@@ -398,11 +556,7 @@ impl RecordLayer {
         match typ {
             CT_APPDATA => {
                 self.key_updates_in_a_row = 0;
-                let dst = plain
-                    .get_mut(..content.len())
-                    .ok_or_else(|| bad(Alert::InternalError, "plaintext buffer too small"))?;
-                dst.copy_from_slice(content);
-                Ok(content.len())
+                Ok((content_at, content.len()))
             }
             CT_ALERT => {
                 let &[level, desc] = content else {
@@ -411,18 +565,18 @@ impl RecordLayer {
                 match (desc, self.version) {
                     (0, _) => {
                         self.peer_closed = true;
-                        Ok(0)
+                        Ok((0, 0))
                     }
                     // user_canceled (RFC 8446 §6.1) and TLS 1.2 warnings: no effect.
-                    (90, _) => Ok(0),
-                    (_, Version::Tls12) if level == 1 => Ok(0),
+                    (90, _) => Ok((0, 0)),
+                    (_, Version::Tls12) if level == 1 => Ok((0, 0)),
                     _ => Err(RejectReason::PeerAlert),
                 }
             }
             CT_HANDSHAKE if self.version == Version::Tls13 => {
                 let content = content.to_vec();
                 self.handshake_messages(&content, reply)?;
-                Ok(0)
+                Ok((0, 0))
             }
             CT_HANDSHAKE => Err(bad(
                 Alert::NoRenegotiation,

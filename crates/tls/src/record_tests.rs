@@ -414,7 +414,7 @@ fn upstream_sessions_carry_data_take_tickets_and_resume() {
 #[test]
 fn the_fuzz_properties_hold_for_every_flag_combination_and_the_corpus() {
     let payload: Vec<u8> = pattern(40_000);
-    for flags in 0u8..16 {
+    for flags in 0u8..32 {
         for seed in [0u8, 1, 77, 255] {
             let mut input = vec![flags, seed];
             input.extend_from_slice(&payload[..(usize::from(seed) * 150).min(payload.len())]);
@@ -432,4 +432,124 @@ fn the_fuzz_properties_hold_for_every_flag_combination_and_the_corpus() {
         n += 1;
     }
     assert!(n > 0, "empty corpus in {}", dir.display());
+}
+
+/// Feed `wire` to `s` in pieces cut by `seed`, each after `HEADROOM` bytes of headroom,
+/// opening the records in place; the plaintext the runs describe, and the most runs one
+/// piece gave.
+fn read_all_in_place(s: &mut TlsSession, wire: &[u8], seed: u64) -> (Vec<u8>, usize) {
+    const HEADROOM: usize = MAX_RECORD;
+    let mut got = Vec::new();
+    let mut most = 0;
+    let mut fed = 0;
+    let mut cut = cuts(seed);
+    let mut runs = Runs::default();
+    while fed < wire.len() {
+        assert!(s.can_read_in_place());
+        let end = (fed + cut.next().unwrap()).min(wire.len());
+        // Headroom holds garbage: nothing may read it before writing it.
+        let mut region = vec![0xa5u8; HEADROOM];
+        region.extend_from_slice(&wire[fed..end]);
+        runs.clear();
+        s.read_in_place(&mut region, HEADROOM, &mut runs).unwrap();
+        for &(at, n) in runs.as_slice() {
+            got.extend_from_slice(&region[at as usize..(at + n) as usize]);
+        }
+        most = most.max(runs.as_slice().len());
+        fed = end;
+    }
+    (got, most)
+}
+
+#[test]
+fn every_suite_opens_records_in_place_however_they_are_cut() {
+    for suite in SUITES {
+        let (mut client, mut s) = established(suite);
+        // Records of every size: large ones stay where they are, small ones join the
+        // piece before them, and a run list that fills up takes the rest by moving.
+        let data = pattern(600 * 1024);
+        let mut wire = Vec::new();
+        let mut sizes = cuts(u64::from(u16::from(suite.suite())) + 3);
+        let mut at = 0;
+        while at < data.len() {
+            let n = (sizes.next().unwrap() % 20_000).max(1).min(data.len() - at);
+            client.writer().write_all(&data[at..at + n]).unwrap();
+            client.write_tls(&mut wire).unwrap();
+            at += n;
+        }
+        let (got, most) = read_all_in_place(&mut s, &wire, 11);
+        assert!(got == data, "{suite:?}: bytes differ");
+        assert!((1..=MAX_RUNS).contains(&most), "{suite:?}: {most} runs");
+        // Then the copying path takes over where the in-place one left off.
+        client.writer().write_all(b"after").unwrap();
+        let mut wire = Vec::new();
+        client.write_tls(&mut wire).unwrap();
+        assert_eq!(read_all(&mut s, &mut wire), b"after");
+    }
+}
+
+#[test]
+fn full_records_in_one_receive_are_each_one_run_and_are_not_moved() {
+    let (mut client, mut s) = established(cipher_suite::TLS13_AES_256_GCM_SHA384);
+    let data = pattern(4 * MAX_PLAINTEXT);
+    client.writer().write_all(&data).unwrap();
+    let mut wire = Vec::new();
+    client.write_tls(&mut wire).unwrap();
+    let mut region = vec![0u8; MAX_RECORD];
+    region.extend_from_slice(&wire);
+    let mut runs = Runs::default();
+    s.read_in_place(&mut region, MAX_RECORD, &mut runs).unwrap();
+    // Four records: header, 2^14 bytes, content type, tag; each plaintext right after
+    // its header.
+    let step = (crate::record::HEADER + MAX_PLAINTEXT + 1 + 16) as u32;
+    let start = (MAX_RECORD + crate::record::HEADER) as u32;
+    let want: Vec<(u32, u32)> = (0..4)
+        .map(|i| (start + i * step, MAX_PLAINTEXT as u32))
+        .collect();
+    assert_eq!(runs.as_slice(), want);
+    assert_eq!(runs.total(), data.len());
+}
+
+#[test]
+fn runs_advance_past_what_a_send_took() {
+    let mut region = vec![0u8; 100_000];
+    let mut runs = Runs::default();
+    runs.add(&mut region, 10, 2000);
+    runs.add(&mut region, 3000, 5000);
+    runs.add(&mut region, 9000, 4000);
+    runs.advance(1500);
+    assert_eq!(runs.as_slice(), [(1510, 500), (3000, 5000), (9000, 4000)]);
+    runs.advance(500);
+    assert_eq!(runs.as_slice(), [(3000, 5000), (9000, 4000)]);
+    runs.advance(5001);
+    assert_eq!(runs.as_slice(), [(9001, 3999)]);
+    runs.advance(3999);
+    assert!(runs.as_slice().is_empty());
+    assert_eq!(runs.total(), 0);
+}
+
+#[test]
+fn in_place_a_changed_byte_is_refused_and_close_notify_ends_the_input() {
+    let (mut client, mut s) = established(cipher_suite::TLS13_AES_128_GCM_SHA256);
+    client.writer().write_all(&pattern(3000)).unwrap();
+    let mut wire = Vec::new();
+    client.write_tls(&mut wire).unwrap();
+    wire[100] ^= 1;
+    let mut region = vec![0u8; MAX_RECORD];
+    region.extend_from_slice(&wire);
+    let e = s
+        .read_in_place(&mut region, MAX_RECORD, &mut Runs::default())
+        .unwrap_err();
+    assert_eq!(e.alert(), Alert::BadRecordMac);
+    assert!(s.wants_write(), "the alert is queued");
+
+    let (mut client, mut s) = established(cipher_suite::TLS13_AES_256_GCM_SHA384);
+    client.writer().write_all(b"last words").unwrap();
+    client.send_close_notify();
+    let mut wire = Vec::new();
+    client.write_tls(&mut wire).unwrap();
+    wire.extend_from_slice(b"\x17\x03\x03\x00\x20 not looked at");
+    let (got, _) = read_all_in_place(&mut s, &wire, 5);
+    assert_eq!(got, b"last words");
+    assert!(s.peer_closed());
 }

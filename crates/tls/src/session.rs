@@ -26,7 +26,7 @@ use rustls::unbuffered::{
 
 use crate::config::{take_sni_seen, ServerTls};
 use crate::error::RejectReason;
-use crate::record::{Kernel, Opened, RecordLayer};
+use crate::record::{Kernel, Opened, RecordLayer, Runs};
 use crate::svid::{identity_of, PeerIdentityOwned};
 use crate::tickets;
 
@@ -470,6 +470,42 @@ impl TlsSession {
             }
         }
         Ok(done)
+    }
+
+    /// Whether [`TlsSession::read_in_place`] may be used for the next input: the
+    /// session is established and holds nothing from earlier inputs to deliver first.
+    pub fn can_read_in_place(&self) -> bool {
+        self.is_established() && !self.holds_input() && !self.closed_early
+    }
+
+    /// Open the records of `region[data_start..]` where they lie, their plaintext
+    /// described by `runs` (offsets into `region`); the whole input is used. The bytes
+    /// before `data_start` are headroom (at least [`crate::MAX_RECORD`]): a record cut
+    /// by the last input is completed there. Only when
+    /// [`TlsSession::can_read_in_place`]; otherwise [`TlsSession::read`].
+    pub fn read_in_place(
+        &mut self,
+        region: &mut [u8],
+        data_start: usize,
+        runs: &mut Runs,
+    ) -> Result<(), RejectReason> {
+        if let Some(f) = &self.failed {
+            return Err(f.clone());
+        }
+        if !self.can_read_in_place() {
+            return Err(RejectReason::Other(
+                "read in place while input is held".into(),
+            ));
+        }
+        let Engine::Records(rec) = &mut self.engine else {
+            return Err(RejectReason::Other(
+                "read in place before the handshake".into(),
+            ));
+        };
+        match rec.open_in_place(region, data_start, runs, &mut self.tx) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail_records(e)),
+        }
     }
 
     /// A record failed after the handshake: queue the alert (encrypted, as every record

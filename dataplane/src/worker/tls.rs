@@ -19,10 +19,13 @@
 //!
 //! Buffers: received bytes (either side) arrive in a pool buffer from the worker's
 //! provided buffer ring. Client records are decrypted in place there and their
-//! plaintext copied once into the upstream output; upstream plaintext is sealed from the
-//! pool buffer straight into the client output (`zgate_tls::TlsSession::read` /
-//! `write`). The pool buffer goes back as soon as it is used up; a record cut by the end
-//! of a receive is kept by the session until the rest arrives. Outputs are per
+//! plaintext is sent to the upstream from that buffer with one `sendmsg` of its pieces
+//! (`zgate_tls::TlsSession::read_in_place`, `sys::Ring::send_runs`); the buffer goes
+//! back when the send is done. A record cut by the end of a receive is kept by the
+//! session and, when the rest arrives, moved into the next buffer's headroom in front
+//! of it ([`sys::HEADROOM`]). Upstream plaintext is sealed from the pool buffer straight
+//! into the client output (`TlsSession::write`), and that pool buffer goes back as
+//! soon as it is used up. Outputs are per
 //! direction ([`OUT_SIZE`], heap, lent to the kernel during its send, back to the
 //! worker's spare list when the direction goes quiet), so an idle flow holds no data
 //! buffer. With upstream TLS, plaintext crosses between the two sessions through a
@@ -38,11 +41,11 @@ use std::time::Instant;
 
 use zgate_table::facts::UnixSeconds;
 use zgate_telemetry::{bounded, AuditKind};
-use zgate_tls::{ClientTls, RejectReason, ServerTls, TlsSession, MAX_RECORD};
+use zgate_tls::{ClientTls, RejectReason, Runs, ServerTls, TlsSession, MAX_RECORD};
 
 use crate::config::{ListenerConfig, POSTGRES_ALPN};
 use crate::postgres::{Preamble, PreambleReader, Refusal};
-use crate::sys::{self, BufId, BufPool, ConnMem, Lent};
+use crate::sys::{self, BufId, BufPool, ConnMem, Lent, SendVec, HEADROOM};
 use crate::worker::conn::{CloseKind, Ctx, State, OUT_POOL_MAX};
 use crate::worker::token::Op;
 
@@ -106,6 +109,17 @@ struct Out {
     sending: bool,
 }
 
+/// Client plaintext opened in place in the pool buffer it arrived in, on its way to
+/// the upstream (sent from there: no copy).
+struct InPlace {
+    buf: BufId,
+    /// What is left to send, as offsets into the buffer's region (headroom first).
+    runs: Runs,
+    sending: bool,
+    /// The send in flight points into the flow's `send_vec` too.
+    vec_lent: bool,
+}
+
 /// Bytes received into a pool buffer and not yet consumed.
 #[derive(Clone, Copy)]
 struct In {
@@ -164,6 +178,12 @@ pub struct TlsConn {
     /// Output toward [upstream (plaintext), client (ciphertext)], indexed by the socket
     /// it is sent on: 0 = upstream, 1 = client (matches `Op::Send(dir)`).
     out: [Option<Out>; 2],
+    /// Client plaintext toward the upstream, sent from its receive buffer (instead of
+    /// `out[0]`, which carries it when it had to be copied).
+    in_place: Option<InPlace>,
+    /// The `sendmsg` header `in_place` is sent with when it has several pieces, held
+    /// while the flow is busy.
+    send_vec: Option<Lent<SendVec>>,
     close_notify_sent: bool,
     /// With upstream TLS: plaintext between the two sessions.
     bridge: Option<Box<Bridge>>,
@@ -217,6 +237,8 @@ impl TlsConn {
             sides: [Side::default(), Side::default()],
             input: [None, None],
             out: [None, None],
+            in_place: None,
+            send_vec: None,
             close_notify_sent: false,
             bridge: None,
             pg: postgres.then(Box::default),
@@ -344,6 +366,7 @@ impl TlsConn {
                 give_back(i.buf, ctx);
             }
         }
+        self.drop_in_place(ctx);
         self.pump(ctx);
     }
 
@@ -406,6 +429,7 @@ impl TlsConn {
                 give_back(i.buf, ctx);
             }
         }
+        self.drop_in_place(ctx);
         let fds: Vec<i32> = [CLIENT, UPSTREAM]
             .iter()
             .filter_map(|s| self.fd(*s))
@@ -536,6 +560,10 @@ impl TlsConn {
     }
 
     fn on_send(&mut self, to: usize, result: i32, ctx: &mut Ctx<'_>) {
+        if to == 0 && self.in_place.as_ref().is_some_and(|p| p.sending) {
+            self.on_send_in_place(result, ctx);
+            return;
+        }
         let Some(o) = self.out.get_mut(to).and_then(Option::as_mut) else {
             return;
         };
@@ -562,6 +590,109 @@ impl TlsConn {
                 }
             }
         }
+    }
+
+    /// The CQE of `in_place`'s send.
+    fn on_send_in_place(&mut self, result: i32, ctx: &mut Ctx<'_>) {
+        let Some(p) = self.in_place.as_mut() else {
+            return;
+        };
+        p.sending = false;
+        if std::mem::take(&mut p.vec_lent) {
+            if let Some(m) = self.send_vec.as_mut() {
+                m.returned();
+            }
+        }
+        // Nothing points into the buffer any more.
+        let r = ctx.ring.send_done(p.buf);
+        debug_assert!(r.is_ok(), "{r:?}");
+        let sent = usize::try_from(result).ok().filter(|&n| n > 0);
+        match sent {
+            Some(n) if !matches!(self.state, TlsState::Closing | TlsState::Flushing) => {
+                self.last_active = ctx.now;
+                p.runs.advance(n);
+                if p.runs.total() == 0 {
+                    self.drop_in_place(ctx);
+                } else {
+                    // A short send: the rest now (nothing else would send it).
+                    self.send_in_place(ctx);
+                }
+                self.pump(ctx);
+            }
+            Some(_) => self.drop_in_place(ctx),
+            None => {
+                self.drop_in_place(ctx);
+                if self.state == TlsState::Flushing {
+                    self.close(CloseKind::Normal, ctx);
+                } else if self.state != TlsState::Closing {
+                    ctx.stats.resets += 1;
+                    self.close(CloseKind::Reset, ctx);
+                }
+            }
+        }
+    }
+
+    /// Send what is left of `in_place`, unless a send of it is in flight.
+    fn send_in_place(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(fd) = self.fd(UPSTREAM) else {
+            return;
+        };
+        let ud = ctx.ud(Op::Send(0));
+        let Some(p) = self.in_place.as_mut() else {
+            return;
+        };
+        if p.sending || p.runs.total() == 0 {
+            return;
+        }
+        let sent = ctx
+            .ring
+            .send_runs(fd, p.buf, p.runs.as_slice(), &mut self.send_vec, ud);
+        if let Ok(vec_lent) = sent {
+            p.sending = true;
+            p.vec_lent = vec_lent;
+            self.ops += 1;
+        } else {
+            // Not queued: nothing points into the buffer.
+            self.drop_in_place(ctx);
+            self.close(CloseKind::Reset, ctx);
+        }
+    }
+
+    /// Give back the in-place buffer unless a send from it is in flight (its CQE will).
+    fn drop_in_place(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(p) = self.in_place.take_if(|p| !p.sending) {
+            give_back(p.buf, ctx);
+        }
+    }
+
+    /// Step 1, once the session can open records where they arrived and the upstream
+    /// took the last batch: open the client input's records in place and send their
+    /// plaintext from that buffer. Returns whether anything moved.
+    fn open_in_place(&mut self, i: In, ctx: &mut Ctx<'_>) -> Result<bool, RejectReason> {
+        if !self.out_free(0) {
+            return Ok(false);
+        }
+        let region = ctx
+            .ring
+            .pool
+            .region_mut(i.buf, i.end as usize)
+            .map_err(|_| RejectReason::Other("buffer state".into()))?;
+        let mut runs = Runs::default();
+        self.session
+            .read_in_place(region, HEADROOM + i.pos as usize, &mut runs)?;
+        self.input[CLIENT] = None;
+        if runs.total() == 0 {
+            give_back(i.buf, ctx);
+        } else {
+            self.in_place = Some(InPlace {
+                buf: i.buf,
+                runs,
+                sending: false,
+                vec_lent: false,
+            });
+            self.send_in_place(ctx);
+        }
+        Ok(true)
     }
 
     /// Start a send of `out[to]`'s pending range, if any and none is in flight.
@@ -591,11 +722,14 @@ impl TlsConn {
         }
     }
 
-    /// Whether output `to` can take new bytes (no send in flight, all sent).
+    /// Whether output `to` can take new bytes (no send in flight, all sent; toward the
+    /// upstream, no in-place plaintext left either).
     fn out_free(&self, to: usize) -> bool {
-        self.out
-            .get(to)
-            .is_none_or(|o| o.as_ref().is_none_or(|o| !o.sending && o.start >= o.end))
+        (to != 0 || self.in_place.is_none())
+            && self
+                .out
+                .get(to)
+                .is_none_or(|o| o.as_ref().is_none_or(|o| !o.sending && o.start >= o.end))
     }
 
     /// Fill output `to` with `fill` (which writes into an `OUT_SIZE` buffer and returns how
@@ -681,13 +815,24 @@ impl TlsConn {
 
     /// Step 1: the client's ciphertext into the session. During the handshake it only
     /// drives the handshake; once open, records are decrypted in place in the ring
-    /// buffer and their plaintext lands in the upstream output (or, with upstream TLS,
-    /// the bridge). Returns whether anything moved.
+    /// buffer and their plaintext is sent to the upstream from there
+    /// ([`TlsConn::open_in_place`]). It is copied into the upstream output (or, with
+    /// upstream TLS, the bridge) only when upstream TLS re-encrypts it or the session
+    /// still holds records from the handshake's last flight. Returns whether anything
+    /// moved.
     fn read_client(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, RejectReason> {
         let input = self.input[CLIENT];
         let open = self.state == TlsState::Open;
         if input.is_none() && !(open && self.session.holds_input()) {
             return Ok(false);
+        }
+        if open && self.bridge.is_none() {
+            if let Some(i) = input.filter(|_| self.session.can_read_in_place()) {
+                return self.open_in_place(i, ctx);
+            }
+            if self.in_place.is_some() {
+                return Ok(false);
+            }
         }
         let bytes = unread(&mut ctx.ring.pool, input)?;
         let mut to_bridge = false;
@@ -1036,6 +1181,9 @@ impl TlsConn {
     /// none, and the worker's spare list hands them to the next flow that sends, so a
     /// busy flow does not allocate and zero a buffer per record batch.
     fn release_idle_outputs(&mut self, ctx: &mut Ctx<'_>) {
+        if self.in_place.is_none() {
+            self.send_vec = None;
+        }
         if let Some(b) = self.bridge.as_deref_mut() {
             b.to_upstream.release(ctx.out_pool);
             b.to_client.release(ctx.out_pool);
