@@ -522,7 +522,7 @@ impl Reloading {
                 "{why}: cannot reopen the audit file, still writing to the old one: {e}"
             ));
         }
-        let events = self.tls_watch.reload_all(config, unix_now());
+        let events = self.tls_watch.reload_changed(config, unix_now());
         let failures_before = self.tls.failures;
         self.tls.apply(config, control, events);
         (loaded, self.tls.failures - failures_before)

@@ -476,12 +476,19 @@ impl TlsWatch {
         events
     }
 
-    /// SIGHUP: rebuild every TLS listener's material now, changed or not.
-    pub fn reload_all(&mut self, config: &Config, unix_now: i64) -> Vec<ReloadEvent> {
+    /// SIGHUP (and the control socket's `reload`): rebuild now, without waiting for an
+    /// interval, the material of every TLS listener whose files differ from the ones
+    /// it was read from; a refused version is tried (and reported) again. Unchanged
+    /// material is kept: rebuilding it would change the listener's session ticket key
+    /// and send every client back to a full handshake for nothing (a table reload is
+    /// a SIGHUP too).
+    pub fn reload_changed(&mut self, config: &Config, unix_now: i64) -> Vec<ReloadEvent> {
         let mut events = Vec::new();
         for w in &mut self.watched {
             let seen = w.stamps();
-            events.extend(w.attempt(config, &self.base, seen, unix_now));
+            if seen != w.current {
+                events.extend(w.attempt(config, &self.base, seen, unix_now));
+            }
         }
         events
     }

@@ -1146,6 +1146,42 @@ mod tls {
         echo_through(&mut second, b"still open");
     }
 
+    /// A SIGHUP that changes no TLS file (a table reload) keeps the listener's
+    /// material, so its session tickets stay good; a SIGHUP after a TLS file changed
+    /// rebuilds it at once (no watch interval here), and the old tickets then lead to a
+    /// full handshake.
+    #[test]
+    fn sighup_rebuilds_only_changed_tls_material_and_keeps_tickets_otherwise() {
+        use rustls::HandshakeKind::{Full, Resumed};
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "reload_interval = \"off\"");
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let cfg = client_config(&pki, Some(&leaf));
+        let handshake = || {
+            let mut s = connect_tls(&gw, Arc::clone(&cfg));
+            // Reading the echo also takes in the tickets sent after the handshake.
+            echo_through(&mut s, b"x");
+            s.conn.handshake_kind()
+        };
+        assert_eq!(handshake(), Some(Full));
+        assert_eq!(handshake(), Some(Resumed));
+
+        gw.signal("HUP");
+        assert_eq!(gw.wait_metric("zgate_table_reloads_total", 1), 1);
+        assert_eq!(handshake(), Some(Resumed), "{}", gw.log());
+        assert_eq!(gw.metric("zgate_tls_reloads_total"), 0);
+
+        // The same certificate, written anew: a change all the same.
+        let cert = std::fs::read(pki.path("server.pem")).unwrap();
+        replace_file(&pki.path("server.pem"), &cert);
+        gw.signal("HUP");
+        assert_eq!(gw.wait_metric("zgate_table_reloads_total", 2), 2);
+        assert_eq!(gw.wait_metric("zgate_tls_reloads_total", 1), 1);
+        assert_eq!(handshake(), Some(Full), "{}", gw.log());
+        assert_eq!(handshake(), Some(Resumed));
+    }
+
     #[test]
     fn zgate_check_reports_tls_errors_with_their_key_and_exits_64() {
         let pki = Pki::new(&[]);
