@@ -209,6 +209,97 @@ mod tls {
         assert_eq!(gw.metric("zgate_buffers_in_use"), 0);
     }
 
+    /// Two pool buffers for four TLS flows whose upstreams do not read for a while: a
+    /// flow whose plaintext waits in its receive buffer (sent from there) and whose next
+    /// receive waits too holds both, so the other flows' receives find the pool empty
+    /// and must wait. Then the upstreams read: every byte arrives,
+    /// and every buffer comes back.
+    #[test]
+    fn tls_flows_wait_for_an_empty_buffer_pool_and_then_deliver_every_byte() {
+        const FLOWS: usize = 4;
+        const EACH: usize = 16 << 20;
+        let (tx, rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+        let up = Upstream::start(move |mut s| {
+            std::thread::sleep(Duration::from_millis(700));
+            let want = pattern(1 << 20, 9);
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut n = 0usize;
+            let verdict = loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break Ok(n),
+                    Ok(k) => {
+                        if (0..k).any(|i| buf[i] != want[(n + i) % want.len()]) {
+                            break Err(format!("payload corrupted near byte {n}"));
+                        }
+                        n += k;
+                    }
+                    Err(e) => break Err(format!("read after {n} bytes: {e}")),
+                }
+            };
+            let _ = tx.send(verdict);
+        });
+        let pki = Pki::new(&[]);
+        let mut setup = Setup::new(up.addr);
+        setup.table = Some(trading_only());
+        setup.listener_extra = pki.listener_tls("");
+        setup.workers_extra = "buffers = 2".into();
+        let gw = Gateway::start(&setup);
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let cfg = client_config(&pki, Some(&leaf));
+        // Handshakes first (a starved handshake would meet its timeout: the pool is
+        // sized for every flow in a real deployment).
+        let mut clients: Vec<Tls> = (0..FLOWS)
+            .map(|_| {
+                let mut s = connect_tls(&gw, Arc::clone(&cfg));
+                while s.conn.is_handshaking() {
+                    s.conn.complete_io(&mut s.sock).unwrap();
+                }
+                s
+            })
+            .collect();
+        assert_eq!(gw.wait_metric("zgate_tls_handshakes_total", 4), 4);
+        let writers: Vec<_> = (0..FLOWS)
+            .map(|_| {
+                let mut s = clients.pop().unwrap();
+                std::thread::spawn(move || {
+                    let chunk = pattern(1 << 20, 9);
+                    for _ in 0..EACH >> 20 {
+                        if let Err(e) = s.write_all(&chunk) {
+                            eprintln!("client write: {e}");
+                            break;
+                        }
+                    }
+                    s.conn.send_close_notify();
+                    let _ = s.flush();
+                    s
+                })
+            })
+            .collect();
+        assert!(
+            gw.wait_metric("zgate_recv_buffer_starved_total", 1) >= 1,
+            "no receive ever found the pool empty"
+        );
+        assert!(gw.metric("zgate_buffers_in_use") <= 2);
+        for _ in 0..FLOWS {
+            let got = rx.recv_timeout(Duration::from_secs(60));
+            assert_eq!(
+                got,
+                Ok(Ok(EACH)),
+                "{}\n{}",
+                gw.log(),
+                http_get(gw.admin, "/metrics").unwrap().1
+            );
+        }
+        let clients: Vec<Tls> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gw.metric("zgate_connections_active") > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(gw.metric("zgate_connections_active"), 0);
+        assert_eq!(gw.metric("zgate_buffers_in_use"), 0);
+        drop(clients);
+    }
+
     #[test]
     fn policy_admits_the_trading_prefix_and_refuses_another_identity() {
         let pki = Pki::new(&[]);
