@@ -725,6 +725,28 @@ impl Ring {
         self.push(&e)
     }
 
+    /// Receive into heap memory `mem` (a flow's own buffer), not from the pool: what a
+    /// TLS handshake reads, so that flows holding every pool buffer cannot starve the
+    /// handshakes of new ones. `mem` is lent until the CQE (the caller lowers it with
+    /// [`Lent::returned`]).
+    pub fn recv_into(
+        &mut self,
+        fd: RawFd,
+        mem: &mut Lent<[u8]>,
+        user_data: u64,
+    ) -> Result<(), PushError> {
+        let len = u32::try_from(mem.ptr.len()).unwrap_or(u32::MAX);
+        // The whole allocation, which stays put until its `lent` count (raised below, on
+        // success) is back to 0: nothing else reads or writes it meanwhile (`get` and
+        // `get_mut` refuse while lent).
+        let e = opcode::Recv::new(types::Fd(fd), mem.ptr.as_ptr().cast::<u8>(), len)
+            .build()
+            .user_data(user_data);
+        self.push(&e)?;
+        mem.lent += 1;
+        Ok(())
+    }
+
     /// Splice up to `len` bytes from `fd_in` to `fd_out` (one of them a pipe). No user
     /// memory is involved. io_uring runs splices on its async workers (see
     /// [`Ring::pin_async_workers`]); the caller keeps both fds open until the CQE.

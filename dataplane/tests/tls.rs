@@ -300,6 +300,58 @@ mod tls {
         drop(clients);
     }
 
+    /// Handshakes read into the flow's own buffer, not the pool: with every pool buffer
+    /// held by a flow stalled behind an upstream that does not read, a new client still
+    /// completes its handshake well inside the 1 s handshake timeout.
+    #[test]
+    fn a_handshake_completes_while_a_stalled_flow_holds_every_pool_buffer() {
+        let up = Upstream::start(|mut s| {
+            std::thread::sleep(Duration::from_secs(3));
+            let mut buf = vec![0u8; 64 * 1024];
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        });
+        let pki = Pki::new(&[]);
+        let mut setup = Setup::new(up.addr);
+        setup.table = Some(trading_only());
+        setup.listener_extra = pki.listener_tls("");
+        setup.workers_extra = "buffers = 2".into();
+        let gw = Gateway::start(&setup);
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let cfg = client_config(&pki, Some(&leaf));
+        let mut hog = connect_tls(&gw, Arc::clone(&cfg));
+        let writer = std::thread::spawn(move || {
+            let chunk = pattern(1 << 20, 3);
+            for _ in 0..32 {
+                if hog.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            hog
+        });
+        // The stalled flow holds both buffers (its plaintext being sent, its next
+        // receive waiting), and receives find the pool empty.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while gw.metric("zgate_buffers_in_use") < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(gw.metric("zgate_buffers_in_use"), 2);
+        let started = Instant::now();
+        let mut s = connect_tls(&gw, Arc::clone(&cfg));
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock).unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_millis(800));
+        assert_eq!(
+            gw.wait_metric("zgate_tls_handshakes_total", 2),
+            2,
+            "{}",
+            gw.log()
+        );
+        assert_eq!(failures(&gw, "handshake-timeout"), 0);
+        drop(s);
+        drop(writer.join().unwrap());
+    }
+
     #[test]
     fn policy_admits_the_trading_prefix_and_refuses_another_identity() {
         let pki = Pki::new(&[]);

@@ -4,7 +4,7 @@
 //!  accept ──► [Preamble] (protocol = "postgres": SSLRequest → `S`, GSSENCRequest → `N`,
 //!               │          direct TLS, or refused: see `crate::postgres`)
 //!               ▼
-//!             Handshaking ── recv client (pool buffer) → session.feed → flush ciphertext
+//!             Handshaking ── recv client (own buffer) → session.feed → flush ciphertext
 //!               │ failure: count reason, flush the alert ─► Flushing ─► Closing
 //!               │ timeout (tick) ─────────────────────────────────────► Closing
 //!               ▼ established
@@ -17,8 +17,10 @@
 //!                   upstream plaintext → session → ciphertext → client
 //! ```
 //!
-//! Buffers: received bytes (either side) arrive in a pool buffer from the worker's
-//! provided buffer ring. Client records are decrypted in place there and their
+//! Buffers: until the handshake is done, the client's bytes arrive in the flow's own
+//! small buffer (`HANDSHAKE_RECV`, dropped afterwards), so that flows holding every
+//! pool buffer cannot starve handshakes. After it, received bytes (either side) arrive
+//! in a pool buffer from the worker's provided buffer ring. Client records are decrypted in place there and their
 //! plaintext is sent to the upstream from that buffer with one `sendmsg` of its pieces
 //! (`zgate_tls::TlsSession::read_in_place`, `sys::Ring::send_runs`); the buffer goes
 //! back when the send is done. A record cut by the end of a receive is kept by the
@@ -120,13 +122,18 @@ struct InPlace {
     vec_lent: bool,
 }
 
-/// Bytes received into a pool buffer and not yet consumed.
+/// Bytes received and not yet consumed: in a pool buffer, or (`buf: None`) in the
+/// flow's own handshake buffer.
 #[derive(Clone, Copy)]
 struct In {
-    buf: BufId,
+    buf: Option<BufId>,
     pos: u32,
     end: u32,
 }
+
+/// Size of a flow's handshake receive buffer. Handshake messages collect in the
+/// session across receives, so this bounds one receive, not a message.
+const HANDSHAKE_RECV: usize = 4 * 1024;
 
 /// The PostgreSQL preamble read so far.
 #[derive(Default)]
@@ -149,6 +156,8 @@ const UPSTREAM: usize = 1;
 #[derive(Default)]
 struct Side {
     recv: bool,
+    /// The recv in flight reads into the flow's handshake buffer, not the pool.
+    recv_own: bool,
     starved: bool,
     eof: bool,
     shut_wr: bool,
@@ -189,6 +198,10 @@ pub struct TlsConn {
     bridge: Option<Box<Bridge>>,
     /// `Some` on `protocol = "postgres"` listeners.
     pg: Option<Box<PgPreamble>>,
+    /// Where the client's bytes are received until the handshake is done: the flow's
+    /// own, so that flows holding every pool buffer (stalled behind slow upstreams)
+    /// cannot starve new handshakes into their timeout. Dropped once it is done.
+    hs_buf: Option<Lent<[u8]>>,
     /// Recv and send SQEs in flight.
     ops: u8,
     cancels: u8,
@@ -242,6 +255,7 @@ impl TlsConn {
             close_notify_sent: false,
             bridge: None,
             pg: postgres.then(Box::default),
+            hs_buf: None,
             ops: 0,
             cancels: 0,
             holds_handshake_slot: false,
@@ -363,7 +377,7 @@ impl TlsConn {
         self.state = TlsState::Flushing;
         for side in [CLIENT, UPSTREAM] {
             if let Some(i) = self.input.get_mut(side).and_then(Option::take) {
-                give_back(i.buf, ctx);
+                release_input(i, ctx);
             }
         }
         self.drop_in_place(ctx);
@@ -426,7 +440,7 @@ impl TlsConn {
         self.state = TlsState::Closing;
         for side in [CLIENT, UPSTREAM] {
             if let Some(i) = self.input.get_mut(side).and_then(Option::take) {
-                give_back(i.buf, ctx);
+                release_input(i, ctx);
             }
         }
         self.drop_in_place(ctx);
@@ -498,17 +512,25 @@ impl TlsConn {
     }
 
     fn on_recv(&mut self, side: usize, result: i32, buffer: Option<u16>, ctx: &mut Ctx<'_>) {
+        let mut own = false;
         if let Some(s) = self.sides.get_mut(side) {
             s.recv = false;
+            own = std::mem::take(&mut s.recv_own);
+        }
+        if own {
+            if let Some(m) = self.hs_buf.as_mut() {
+                m.returned();
+            }
         }
         let buf = match buffer.map(|bid| ctx.ring.pool.take(bid)) {
-            Some(Ok(b)) => Some(b),
+            Some(Ok(b)) => Some(Some(b)),
             Some(Err(_)) => {
                 ctx.stats.resets += 1;
                 self.close(CloseKind::Reset, ctx);
                 return;
             }
-            None => None,
+            // The flow's own handshake buffer, or nothing (an error, ENOBUFS).
+            None => own.then_some(None),
         };
         let live = !matches!(self.state, TlsState::Closing | TlsState::Flushing);
         match (u32::try_from(result).ok(), buf) {
@@ -529,8 +551,8 @@ impl TlsConn {
                 self.pump(ctx);
                 return;
             }
-            (_, Some(buf)) => give_back(buf, ctx),
-            (_, None) => {}
+            (_, Some(Some(buf))) => give_back(buf, ctx),
+            (_, Some(None) | None) => {}
         }
         if !live {
             self.pump(ctx);
@@ -668,24 +690,29 @@ impl TlsConn {
     /// Step 1, once the session can open records where they arrived and the upstream
     /// took the last batch: open the client input's records in place and send their
     /// plaintext from that buffer. Returns whether anything moved.
-    fn open_in_place(&mut self, i: In, ctx: &mut Ctx<'_>) -> Result<bool, RejectReason> {
+    fn open_in_place(
+        &mut self,
+        i: In,
+        buf: BufId,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<bool, RejectReason> {
         if !self.out_free(0) {
             return Ok(false);
         }
         let region = ctx
             .ring
             .pool
-            .region_mut(i.buf, i.end as usize)
+            .region_mut(buf, i.end as usize)
             .map_err(|_| RejectReason::Other("buffer state".into()))?;
         let mut runs = Runs::default();
         self.session
             .read_in_place(region, HEADROOM + i.pos as usize, &mut runs)?;
         self.input[CLIENT] = None;
         if runs.total() == 0 {
-            give_back(i.buf, ctx);
+            give_back(buf, ctx);
         } else {
             self.in_place = Some(InPlace {
-                buf: i.buf,
+                buf,
                 runs,
                 sending: false,
                 vec_lent: false,
@@ -827,14 +854,15 @@ impl TlsConn {
             return Ok(false);
         }
         if open && self.bridge.is_none() {
-            if let Some(i) = input.filter(|_| self.session.can_read_in_place()) {
-                return self.open_in_place(i, ctx);
+            let pooled = input.and_then(|i| Some((i, i.buf?)));
+            if let Some((i, buf)) = pooled.filter(|_| self.session.can_read_in_place()) {
+                return self.open_in_place(i, buf, ctx);
             }
             if self.in_place.is_some() {
                 return Ok(false);
             }
         }
-        let bytes = unread(&mut ctx.ring.pool, input)?;
+        let bytes = unread(&mut ctx.ring.pool, &mut self.hs_buf, input)?;
         let mut to_bridge = false;
         let plain: &mut [u8] = if !open {
             &mut []
@@ -892,14 +920,14 @@ impl TlsConn {
         if input.is_none() && !up.holds_input() {
             return Ok(false);
         }
-        let bytes = unread(&mut ctx.ring.pool, input)?;
+        let bytes = unread(&mut ctx.ring.pool, &mut self.hs_buf, input)?;
         let r = up.read(bytes, b.to_client.space(ctx.out_pool));
         let established = up.is_established();
         let r = match r {
             Ok(r) => r,
             Err(e) => {
                 if let Some(i) = self.input[UPSTREAM].take() {
-                    give_back(i.buf, ctx);
+                    release_input(i, ctx);
                 }
                 return Err(e);
             }
@@ -936,10 +964,7 @@ impl TlsConn {
             return false;
         };
         let plaintext: &[u8] = if let Some(i) = plain_input {
-            match ctx.ring.pool.bytes(i.buf, i.end as usize) {
-                Ok(b) => b.get(i.pos as usize..).unwrap_or_default(),
-                Err(_) => &[],
-            }
+            input_bytes(&ctx.ring.pool, &self.hs_buf, i).unwrap_or_default()
         } else if bridged {
             self.bridge
                 .as_deref()
@@ -963,7 +988,7 @@ impl TlsConn {
     fn consumed(&mut self, side: usize, i: In, n: usize, ctx: &mut Ctx<'_>) {
         let pos = i.pos.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         let rest = if pos >= i.end {
-            give_back(i.buf, ctx);
+            release_input(i, ctx);
             None
         } else {
             Some(In { pos, ..i })
@@ -998,8 +1023,8 @@ impl TlsConn {
         let Some(pg) = self.pg.as_mut() else {
             return false;
         };
-        let step = match ctx.ring.pool.bytes(i.buf, i.end as usize) {
-            Ok(b) => pg.reader.push(b.get(i.pos as usize..).unwrap_or_default()),
+        let step = match input_bytes(&ctx.ring.pool, &self.hs_buf, i) {
+            Ok(b) => pg.reader.push(b),
             Err(_) => {
                 self.close(CloseKind::Reset, ctx);
                 return false;
@@ -1009,7 +1034,7 @@ impl TlsConn {
             .pos
             .saturating_add(u32::try_from(step.consumed).unwrap_or(u32::MAX));
         if pos >= i.end {
-            give_back(i.buf, ctx);
+            release_input(i, ctx);
             self.input[CLIENT] = None;
         } else {
             self.input[CLIENT] = Some(In { pos, ..i });
@@ -1167,10 +1192,21 @@ impl TlsConn {
             return;
         }
         let Some(fd) = self.fd(side) else { return };
-        if ctx.ring.recv(fd, ctx.ud(Op::Recv(side))).is_ok() {
+        let ud = ctx.ud(Op::Recv(side));
+        let own = side == CLIENT && self.is_handshaking();
+        let pushed = if own {
+            let mem = self
+                .hs_buf
+                .get_or_insert_with(|| Lent::new(vec![0u8; HANDSHAKE_RECV].into_boxed_slice()));
+            ctx.ring.recv_into(fd, mem, ud)
+        } else {
+            ctx.ring.recv(fd, ud)
+        };
+        if pushed.is_ok() {
             self.ops += 1;
             if let Some(s) = self.sides.get_mut(side) {
                 s.recv = true;
+                s.recv_own = own;
             }
         } else {
             self.close(CloseKind::Reset, ctx);
@@ -1181,6 +1217,13 @@ impl TlsConn {
     /// none, and the worker's spare list hands them to the next flow that sends, so a
     /// busy flow does not allocate and zero a buffer per record batch.
     fn release_idle_outputs(&mut self, ctx: &mut Ctx<'_>) {
+        // The handshake buffer, once the handshake is over and nothing is in it.
+        if !self.is_handshaking()
+            && self.hs_buf.as_ref().is_some_and(|m| m.lent() == 0)
+            && self.input[CLIENT].is_none_or(|i| i.buf.is_some())
+        {
+            self.hs_buf = None;
+        }
         if self.in_place.is_none() {
             self.send_vec = None;
         }
@@ -1303,17 +1346,55 @@ struct Bridge {
     to_client: Plain,
 }
 
-/// The bytes of `input` not yet used, writable (records are decrypted in place); empty
-/// when there is no input.
-fn unread(pool: &mut BufPool, input: Option<In>) -> Result<&mut [u8], RejectReason> {
+/// The bytes of `input` not yet used, writable (records are decrypted in place): in
+/// pool buffer `input.buf`, or in the flow's handshake buffer `own`; empty when there
+/// is no input.
+fn unread<'b>(
+    pool: &'b mut BufPool,
+    own: &'b mut Option<Lent<[u8]>>,
+    input: Option<In>,
+) -> Result<&'b mut [u8], RejectReason> {
     let Some(i) = input else {
         return Ok(Default::default());
     };
-    Ok(pool
-        .bytes_mut(i.buf, i.end as usize)
-        .map_err(|_| RejectReason::Other("buffer state".into()))?
+    let all = match i.buf {
+        Some(buf) => pool.bytes_mut(buf, i.end as usize).ok(),
+        None => own
+            .as_mut()
+            .and_then(Lent::get_mut)
+            .and_then(|b| b.get_mut(..i.end as usize)),
+    };
+    Ok(all
+        .ok_or_else(|| RejectReason::Other("buffer state".into()))?
         .get_mut(i.pos as usize..)
         .unwrap_or_default())
+}
+
+/// The bytes of `input` not yet used, read-only (see [`unread`]).
+fn input_bytes<'b>(
+    pool: &'b BufPool,
+    own: &'b Option<Lent<[u8]>>,
+    i: In,
+) -> Result<&'b [u8], RejectReason> {
+    let all = match i.buf {
+        Some(buf) => pool.bytes(buf, i.end as usize).ok(),
+        None => own
+            .as_ref()
+            .and_then(Lent::get)
+            .and_then(|b| b.get(..i.end as usize)),
+    };
+    Ok(all
+        .ok_or_else(|| RejectReason::Other("buffer state".into()))?
+        .get(i.pos as usize..)
+        .unwrap_or_default())
+}
+
+/// Input `i` is used up (or dropped): a pool buffer goes back; the handshake buffer
+/// stays with the flow for its next receive.
+fn release_input(i: In, ctx: &mut Ctx<'_>) {
+    if let Some(buf) = i.buf {
+        give_back(buf, ctx);
+    }
 }
 
 fn give_back(buf: BufId, ctx: &mut Ctx<'_>) {
