@@ -449,26 +449,26 @@ impl BufPool {
         Ok(())
     }
 
+    /// That the caller holds `buf` (a recv CQE named it and no send points into it) and
+    /// `len` is inside it; `op` names the access in the error.
+    fn check_held(&self, buf: BufId, len: usize, op: &'static str) -> Result<(), BufError> {
+        let state = match self.state.get(usize::from(buf.0)) {
+            Some(BufState::Held) if len <= BUF_SIZE => return Ok(()),
+            Some(BufState::Held) => "held, shorter than asked",
+            Some(s) => BufPool::state_name(*s),
+            None => "out of range",
+        };
+        Err(BufError {
+            bid: buf.0,
+            op,
+            state,
+        })
+    }
+
     /// The first `len` bytes of `buf`, which the caller holds (a recv CQE named it and no
     /// send points into it). Refused in any other state, or past the buffer's end.
     pub fn bytes(&self, buf: BufId, len: usize) -> Result<&[u8], BufError> {
-        match self.state.get(usize::from(buf.0)) {
-            Some(BufState::Held) if len <= BUF_SIZE => {}
-            Some(s) => {
-                return Err(BufError {
-                    bid: buf.0,
-                    op: "read",
-                    state: BufPool::state_name(*s),
-                })
-            }
-            None => {
-                return Err(BufError {
-                    bid: buf.0,
-                    op: "read",
-                    state: "out of range",
-                })
-            }
-        }
+        self.check_held(buf, len, "read")?;
         // SAFETY: `buf` is `Held`: the kernel took it from the ring and reported it in a
         // recv CQE, so it no longer writes into it, and no send SQE points into it (that
         // would be `Sending`). `len <= BUF_SIZE`, so the slice stays inside this buffer of
@@ -480,23 +480,7 @@ impl BufPool {
     /// The first `len` bytes of `buf`, writable: TLS decrypts records in place where
     /// they were received. The same states as [`BufPool::bytes`] are required.
     pub fn bytes_mut(&mut self, buf: BufId, len: usize) -> Result<&mut [u8], BufError> {
-        match self.state.get(usize::from(buf.0)) {
-            Some(BufState::Held) if len <= BUF_SIZE => {}
-            Some(s) => {
-                return Err(BufError {
-                    bid: buf.0,
-                    op: "write",
-                    state: BufPool::state_name(*s),
-                })
-            }
-            None => {
-                return Err(BufError {
-                    bid: buf.0,
-                    op: "write",
-                    state: "out of range",
-                })
-            }
-        }
+        self.check_held(buf, len, "write")?;
         // SAFETY: as in `bytes`: `buf` is `Held`, so neither the kernel (the recv that
         // filled it has completed) nor a send SQE touches it, and `len <= BUF_SIZE` keeps
         // the slice inside this buffer of the `bufs` mapping. The exclusive borrow of
@@ -508,23 +492,7 @@ impl BufPool {
     /// a TLS flow opens records in place there. The same states as
     /// [`BufPool::bytes_mut`] are required.
     pub fn region_mut(&mut self, buf: BufId, len: usize) -> Result<&mut [u8], BufError> {
-        match self.state.get(usize::from(buf.0)) {
-            Some(BufState::Held) if len <= BUF_SIZE => {}
-            Some(s) => {
-                return Err(BufError {
-                    bid: buf.0,
-                    op: "write",
-                    state: BufPool::state_name(*s),
-                })
-            }
-            None => {
-                return Err(BufError {
-                    bid: buf.0,
-                    op: "write",
-                    state: "out of range",
-                })
-            }
-        }
+        self.check_held(buf, len, "write")?;
         // SAFETY: as in `bytes_mut`: `buf` is `Held`, so neither a recv (which never sees
         // the headroom anyway) nor a send SQE touches it; `HEADROOM + len <= STRIDE`
         // keeps the slice inside this buffer's stride of the `bufs` mapping, and the

@@ -209,6 +209,18 @@ mod tls {
         assert_eq!(gw.metric("zgate_buffers_in_use"), 0);
     }
 
+    /// A TLS gateway in front of `upstream` whose worker has a pool of two buffers, and
+    /// a client configuration with an allowed identity.
+    fn two_buffer_gateway(pki: &Pki, upstream: SocketAddr) -> (Gateway, Arc<rustls::ClientConfig>) {
+        let mut setup = Setup::new(upstream);
+        setup.table = Some(trading_only());
+        setup.listener_extra = pki.listener_tls("");
+        setup.workers_extra = "buffers = 2".into();
+        let gw = Gateway::start(&setup);
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        (gw, client_config(pki, Some(&leaf)))
+    }
+
     /// Two pool buffers for four TLS flows whose upstreams do not read for a while: a
     /// flow whose plaintext waits in its receive buffer (sent from there) and whose next
     /// receive waits too holds both, so the other flows' receives find the pool empty
@@ -239,15 +251,8 @@ mod tls {
             let _ = tx.send(verdict);
         });
         let pki = Pki::new(&[]);
-        let mut setup = Setup::new(up.addr);
-        setup.table = Some(trading_only());
-        setup.listener_extra = pki.listener_tls("");
-        setup.workers_extra = "buffers = 2".into();
-        let gw = Gateway::start(&setup);
-        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
-        let cfg = client_config(&pki, Some(&leaf));
-        // Handshakes first (a starved handshake would meet its timeout: the pool is
-        // sized for every flow in a real deployment).
+        let (gw, cfg) = two_buffer_gateway(&pki, up.addr);
+        // Handshakes first, so that every flow is open before the pool runs dry.
         let mut clients: Vec<Tls> = (0..FLOWS)
             .map(|_| {
                 let mut s = connect_tls(&gw, Arc::clone(&cfg));
@@ -311,13 +316,7 @@ mod tls {
             while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
         });
         let pki = Pki::new(&[]);
-        let mut setup = Setup::new(up.addr);
-        setup.table = Some(trading_only());
-        setup.listener_extra = pki.listener_tls("");
-        setup.workers_extra = "buffers = 2".into();
-        let gw = Gateway::start(&setup);
-        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
-        let cfg = client_config(&pki, Some(&leaf));
+        let (gw, cfg) = two_buffer_gateway(&pki, up.addr);
         let mut hog = connect_tls(&gw, Arc::clone(&cfg));
         let writer = std::thread::spawn(move || {
             let chunk = pattern(1 << 20, 3);
