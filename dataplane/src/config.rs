@@ -194,7 +194,8 @@ pub struct WorkersConfig {
     pub defer_taskrun: bool,
 }
 
-/// Default `[workers] buffers`: 16 MiB of address space per worker.
+/// Default `[workers] buffers`: 84 MiB of address space per worker (64 KiB buffers
+/// with 20 KiB of headroom each), resident only once touched.
 pub const DEFAULT_BUFFERS: u16 = 1024;
 
 /// A validated configuration.

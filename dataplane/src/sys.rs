@@ -515,8 +515,11 @@ impl BufPool {
 
 /// Pipe capacity a bulk direction asks for (`F_SETPIPE_SZ`; the default
 /// `/proc/sys/fs/pipe-max-size` is 1 MiB). It bounds what one direction holds in flight,
-/// as `BUF_SIZE` does for receives: the kernel's pages, referenced, not copied.
-pub const PIPE_SIZE: u32 = 256 * 1024;
+/// as `BUF_SIZE` does for receives: the kernel's pages, referenced, not copied. Each
+/// splice round costs a hand-off to an io_uring async worker and a TCP push, so
+/// bigger rounds cost less per byte: 1 MiB moved 1.3-1.5x the bytes per gateway
+/// CPU-second of 256 KiB (`docs/benchmarks.md`, "Bulk with 1 MiB pipes").
+pub const PIPE_SIZE: u32 = 1024 * 1024;
 
 /// A pipe (read end, write end) that one direction of a plain flow splices through.
 /// Both ends are closed on drop; the owner drops it only when no splice SQE names it
@@ -529,7 +532,9 @@ pub struct Pipe {
 }
 
 impl Pipe {
-    /// A new pipe of up to `want` bytes (the kernel's default size if it refuses more).
+    /// A new pipe of up to `want` bytes: `want`, else a quarter of it, else the
+    /// kernel's default size (an unprivileged user past `pipe-user-pages-soft`, 64 MiB
+    /// of pipes by default, is refused more).
     pub fn new(want: u32) -> io::Result<Pipe> {
         let mut fds: [libc::c_int; 2] = [-1, -1];
         // SAFETY: `fds` is a local array of two ints that the kernel fills; it outlives
@@ -537,9 +542,15 @@ impl Pipe {
         cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
         // SAFETY: pipe2 succeeded, so both are new fds owned by nobody else.
         let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let want_c = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
-        // SAFETY: fcntl on an fd we own, with an int argument; no memory is passed.
-        let granted = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want_c) };
+        let set_size = |bytes: u32| {
+            let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+            // SAFETY: fcntl on an fd we own, with an int argument; no memory is passed.
+            unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) }
+        };
+        let mut granted = set_size(want);
+        if granted <= 0 {
+            granted = set_size(want / 4);
+        }
         let size = if granted > 0 {
             u32::try_from(granted).unwrap_or(want)
         } else {
