@@ -18,7 +18,8 @@
 #   BULK_BYTES (4294967296), BULK_DURATION_S (20), GW_CORE (1), CLIENT_CORE (0),
 #   BIN_DIR (target/release; must hold zgate, zgate-control, zgate-loadgen),
 #   GATEWAYS (default: "direct xcore zgate-interrupt zgate-busy haproxy haproxy-busy nginx";
-#   also zgate-interrupt-nodefer, zgate-busy-nodefer: rings without DEFER_TASKRUN),
+#   also zgate-interrupt-nodefer, zgate-busy-nodefer: rings without DEFER_TASKRUN;
+#   zgate-adaptive: poll = "adaptive" with spin = $SPIN, default 100us),
 #   QUIET_PCT (10), QUIET_WAIT_S (10): see "quiet" below,
 #   NICE (-19 as root, else 0): niceness of everything the script starts, the same for
 #   every gateway, so that other work on a shared machine disturbs the runs less.
@@ -70,8 +71,8 @@ source tools/bench/lib.sh  # the scripts cd to the repository root first
 
 # Ports: the upstreams, then one pair (echo, sink) per gateway.
 ECHO=17000 SINK=17001 ADMIN=17009
-declare -A PP_PORT=([direct]=$ECHO [xcore]=17040 [zgate-interrupt]=17010 [zgate-busy]=17010 [zgate-interrupt-nodefer]=17010 [zgate-busy-nodefer]=17010 [haproxy]=17020 [haproxy-busy]=17020 [nginx]=17030)
-declare -A BULK_PORT=([direct]=$SINK [xcore]=17041 [zgate-interrupt]=17011 [zgate-busy]=17011 [zgate-interrupt-nodefer]=17011 [zgate-busy-nodefer]=17011 [haproxy]=17021 [haproxy-busy]=17021 [nginx]=17031)
+declare -A PP_PORT=([direct]=$ECHO [xcore]=17040 [zgate-interrupt]=17010 [zgate-busy]=17010 [zgate-interrupt-nodefer]=17010 [zgate-busy-nodefer]=17010 [zgate-adaptive]=17010 [haproxy]=17020 [haproxy-busy]=17020 [nginx]=17030)
+declare -A BULK_PORT=([direct]=$SINK [xcore]=17041 [zgate-interrupt]=17011 [zgate-busy]=17011 [zgate-interrupt-nodefer]=17011 [zgate-busy-nodefer]=17011 [zgate-adaptive]=17011 [haproxy]=17021 [haproxy-busy]=17021 [nginx]=17031)
 
 
 # The machine and the code, for the record.
@@ -100,9 +101,10 @@ wait_port "$ECHO"; wait_port "$SINK"
 
 # zgate's table and configs.
 "$BIN_DIR/zgate-control" compile tools/bench/policy -o "$work/bench.zgt" >/dev/null
-for variant in interrupt busy interrupt-nodefer busy-nodefer; do
+for variant in interrupt busy interrupt-nodefer busy-nodefer adaptive; do
   poll=${variant%-nodefer}
   defer=true; [ "$variant" = "$poll" ] || defer=false
+  spin=""; [ "$poll" = adaptive ] && spin="spin = \"${SPIN:-100us}\""
   cat > "$work/zgate-$variant.toml" <<EOF
 table = "bench.zgt"
 admin = "127.0.0.1:$ADMIN"
@@ -111,6 +113,7 @@ drain_timeout = "1s"
 [workers]
 cores = [$GW_CORE]
 poll = "$poll"
+$spin
 defer_taskrun = $defer
 
 [[listener]]

@@ -24,7 +24,8 @@
 # Knobs (environment): ROUNDS (3), HS_DURATION_S (6), HS_CONCURRENCY (8), DURATION_S (6),
 #   WARMUP_S (1), REQUESTS (2000000), BULK_BYTES (2147483648), BULK_DURATION_S (20),
 #   IDLE_CONNS (5000), IDLE_GATEWAYS ("zgate haproxy nginx"),
-#   GATEWAYS ("direct zgate haproxy nginx"; also zgate-busy, haproxy-busy; any name
+#   GATEWAYS ("direct zgate haproxy nginx"; also zgate-busy, haproxy-busy and
+#     zgate-adaptive (poll = "adaptive", spin = $SPIN, default 100us); any name
 #     with the suffix +noermsb, e.g. zgate+noermsb, runs that gateway with
 #     GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=4194304: glibc's memcpy without
 #     `rep movsb` below 4 MiB, which is slow on some AMD CPUs for misaligned copies),
@@ -81,8 +82,8 @@ BENCH=bench-tls
 source tools/bench/lib.sh  # the scripts cd to the repository root first
 
 ECHO=17100 SINK=17101 ADMIN=17109
-declare -A PP_PORT=([direct]=$ECHO [zgate]=17110 [zgate-busy]=17110 [haproxy]=17120 [haproxy-busy]=17120 [nginx]=17130)
-declare -A BULK_PORT=([direct]=$SINK [zgate]=17111 [zgate-busy]=17111 [haproxy]=17121 [haproxy-busy]=17121 [nginx]=17131)
+declare -A PP_PORT=([direct]=$ECHO [zgate]=17110 [zgate-busy]=17110 [zgate-adaptive]=17110 [haproxy]=17120 [haproxy-busy]=17120 [nginx]=17130)
+declare -A BULK_PORT=([direct]=$SINK [zgate]=17111 [zgate-busy]=17111 [zgate-adaptive]=17111 [haproxy]=17121 [haproxy-busy]=17121 [nginx]=17131)
 
 
 # The PKI: CA, server certificate (localhost, 127.0.0.1), one SPIFFE client.
@@ -124,8 +125,9 @@ wait_port "$ECHO"; wait_port "$SINK"
 # zgate: one worker on GW_CORE; mTLS listeners bound to the dev trust domain; default
 # session_resumption (true: stateless TLS 1.3 tickets); no CRL.
 "$BIN_DIR/zgate-control" compile tools/bench/policy-tls -o "$work/bench-tls.zgt" >/dev/null
-for poll in interrupt busy; do
-  name=zgate; [ "$poll" = busy ] && name=zgate-busy
+for poll in interrupt busy adaptive; do
+  name=zgate; [ "$poll" = interrupt ] || name=zgate-$poll
+  spin=""; [ "$poll" = adaptive ] && spin="spin = \"${SPIN:-100us}\""
   tls_block="[listener.tls]
 cert = \"$pki/server.pem\"
 key = \"$pki/server.key\"
@@ -140,6 +142,7 @@ drain_timeout = "1s"
 [workers]
 cores = [$GW_CORE]
 poll = "$poll"
+$spin
 
 [[listener]]
 name = "tls"
@@ -216,7 +219,7 @@ start_gateway() {
   gw_pid=""; cpu_pids=()
   case $gw in
     direct) return 0 ;;
-    zgate|zgate-busy)
+    zgate|zgate-busy|zgate-adaptive)
       GLIBC_TUNABLES=$tun nice -n "$NICE" taskset -c "$GW_CORE" "$BIN_DIR/zgate" run --config "$work/$gw.toml" 2>>"$work/$gw.log" &
       ;;
     haproxy|haproxy-busy)

@@ -23,7 +23,19 @@ pub enum PollMode {
     Interrupt,
     /// Spin on the completion queue: lowest latency, one full core per worker.
     Busy,
+    /// Spin on the completion queue for `spin` after the last completion, then sleep as
+    /// `Interrupt` does: a flow that answers within `spin` finds the worker awake (no
+    /// wake-up on its path), and an idle worker costs nothing.
+    Adaptive {
+        /// How long to keep spinning after the last completion.
+        spin: Duration,
+    },
 }
+
+/// Default `[workers] spin` for `poll = "adaptive"`.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
+/// Longest `[workers] spin`: past this, `busy` is what is meant.
+pub const MAX_SPIN: Duration = Duration::from_millis(10);
 
 /// Which cores the workers run on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -381,6 +393,7 @@ struct RawWorkers {
     cores: Option<Vec<i64>>,
     count: Option<i64>,
     poll: Option<String>,
+    spin: Option<String>,
     buffers: Option<i64>,
     splice: Option<bool>,
     defer_taskrun: Option<bool>,
@@ -753,11 +766,12 @@ const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 
 /// Parse a duration such as `250ms`, `5s`, `10m`, `1h`. Zero is rejected.
 fn parse_duration(s: &str) -> Result<Duration, &'static str> {
-    const WHAT: &str = "expected a positive duration such as `500ms`, `5s`, `10m` or `1h`";
+    const WHAT: &str = "expected a positive duration such as `100us`, `500ms`, `5s`, `10m` or `1h`";
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(digits_end);
     let n: u64 = num.parse().map_err(|_| WHAT)?;
     let d = match unit {
+        "us" => Duration::from_micros(n),
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.checked_mul(60).ok_or(WHAT)?),
@@ -912,15 +926,38 @@ impl Config {
                 workers.poll = match w.poll.as_deref() {
                     None | Some("interrupt") => PollMode::Interrupt,
                     Some("busy") => PollMode::Busy,
+                    Some("adaptive") => {
+                        let spin =
+                            errs.duration("workers.spin".into(), w.spin.as_deref(), DEFAULT_SPIN);
+                        if spin > MAX_SPIN {
+                            errs.value(
+                                "workers.spin".into(),
+                                w.spin.as_deref().unwrap_or_default(),
+                                "at most `10ms`: to spin all the time, use `poll = \"busy\"`",
+                            );
+                        }
+                        PollMode::Adaptive {
+                            spin: spin.min(MAX_SPIN),
+                        }
+                    }
                     Some(other) => {
                         errs.value(
                             "workers.poll".into(),
                             other,
-                            "expected `interrupt` or `busy`",
+                            "expected `interrupt`, `busy` or `adaptive`",
                         );
                         PollMode::Interrupt
                     }
                 };
+                if let (Some(spin), false) =
+                    (&w.spin, matches!(workers.poll, PollMode::Adaptive { .. }))
+                {
+                    errs.value(
+                        "workers.spin".into(),
+                        spin,
+                        "only with `poll = \"adaptive\"`",
+                    );
+                }
                 workers.splice = w.splice.unwrap_or(true);
                 workers.defer_taskrun = w.defer_taskrun.unwrap_or(true);
                 if let Some(b) = w.buffers {
@@ -1259,6 +1296,53 @@ max_connections = 100
         assert!(Config::parse(&text("true")).unwrap().workers.splice);
         let e = Config::parse(&text("\"yes\"")).unwrap_err();
         assert!(e.to_string().contains("workers"), "{e}");
+    }
+
+    #[test]
+    fn adaptive_poll_takes_a_spin_and_only_it_does() {
+        let text = |workers: &str| {
+            format!("[workers]\ncount = 1\n{workers}\n[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nupstream='127.0.0.1:2'\n")
+        };
+        let poll = |w: &str| Config::parse(&text(w)).map(|c| c.workers.poll);
+        assert_eq!(
+            poll("poll = \"adaptive\"").unwrap(),
+            PollMode::Adaptive { spin: DEFAULT_SPIN }
+        );
+        assert_eq!(
+            poll("poll = \"adaptive\"\nspin = \"50us\"").unwrap(),
+            PollMode::Adaptive {
+                spin: Duration::from_micros(50)
+            }
+        );
+        assert_eq!(
+            poll("poll = \"adaptive\"\nspin = \"10ms\"").unwrap(),
+            PollMode::Adaptive { spin: MAX_SPIN }
+        );
+        for (w, want) in [
+            (
+                "poll = \"adaptive\"\nspin = \"11ms\"",
+                "workers.spin: at most `10ms`: to spin all the time, use `poll = \"busy\"` (got `11ms`)",
+            ),
+            (
+                "poll = \"adaptive\"\nspin = \"0us\"",
+                "workers.spin: must be greater than zero (got `0us`)",
+            ),
+            (
+                "poll = \"adaptive\"\nspin = \"fast\"",
+                "workers.spin: expected a positive duration such as `100us`",
+            ),
+            (
+                "spin = \"100us\"",
+                "workers.spin: only with `poll = \"adaptive\"` (got `100us`)",
+            ),
+            (
+                "poll = \"busy\"\nspin = \"100us\"",
+                "workers.spin: only with `poll = \"adaptive\"` (got `100us`)",
+            ),
+        ] {
+            let e = poll(w).unwrap_err().to_string();
+            assert!(e.contains(want), "{w:?}: {e}");
+        }
     }
 
     #[test]

@@ -301,6 +301,35 @@ fn busy_poll_mode_forwards() {
 }
 
 #[test]
+fn adaptive_poll_mode_forwards_then_sleeps_when_idle() {
+    let up = Upstream::echo();
+    let mut setup = Setup::new(up.addr);
+    setup.poll = "adaptive";
+    setup.workers_extra = "spin = \"200us\"".into();
+    let gw = Gateway::start(&setup);
+    let s = gw.connect();
+    let data = pattern(256 * 1024, 7);
+    assert!(round_trip(&s, &data) == data);
+    // Small messages too: each reply comes back while the worker still spins.
+    for i in 0..200u32 {
+        let msg = i.to_le_bytes().repeat(16);
+        assert!(round_trip(&s, &msg) == msg);
+    }
+    // Idle with a flow open: past the spin it sleeps like `interrupt`. A spinning
+    // worker would burn most of the second (a quarter of it even on a loaded
+    // machine); a sleeping one wakes only for its timer ticks.
+    std::thread::sleep(Duration::from_millis(100));
+    let before = cpu_time(gw.child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_time(gw.child.id()) - before;
+    assert!(
+        used < Duration::from_millis(100),
+        "idle gateway used {used:?} of CPU in 1 s"
+    );
+    assert!(round_trip(&s, b"still here") == b"still here");
+}
+
+#[test]
 fn bad_config_exits_64_listing_every_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("zgate.toml");

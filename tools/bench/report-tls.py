@@ -16,9 +16,10 @@ import statistics
 import sys
 from collections import defaultdict
 
-ORDER = ["direct", "zgate", "zgate-busy", "haproxy", "haproxy-busy", "nginx",
+ORDER = ["direct", "zgate", "zgate-busy", "zgate-adaptive", "haproxy", "haproxy-busy", "nginx",
          "zgate+noermsb", "haproxy+noermsb", "nginx+noermsb"]
 PEERS = [("zgate", "haproxy"), ("zgate", "nginx"), ("zgate-busy", "haproxy-busy"),
+         ("zgate-adaptive", "haproxy"), ("zgate-adaptive", "haproxy-busy"),
          ("zgate+noermsb", "haproxy+noermsb"), ("zgate+noermsb", "haproxy")]
 
 

@@ -30,10 +30,13 @@ PEERS = [
     # The ring set-up: DEFER_TASKRUN (default) against a plain ring.
     ("zgate-interrupt", "zgate-interrupt-nodefer"),
     ("zgate-busy", "zgate-busy-nodefer"),
+    # Adaptive polling spins after traffic: against both kinds of peer.
+    ("zgate-adaptive", "haproxy"),
+    ("zgate-adaptive", "haproxy-busy"),
 ]
 ORDER = [
     "direct", "xcore", "zgate-interrupt", "zgate-busy", "zgate-interrupt-nodefer",
-    "zgate-busy-nodefer", "haproxy", "haproxy-busy", "nginx",
+    "zgate-busy-nodefer", "zgate-adaptive", "haproxy", "haproxy-busy", "nginx",
 ]
 
 

@@ -9,7 +9,8 @@
 //!    timers, handshake timeouts, expired decision constraints: re-decide; see
 //!    `timers.rs`), re-arming a listener after an accept error;
 //! 4. submit queued SQEs and wait (interrupt mode: sleep in `io_uring_enter` until a
-//!    completion or the next tick; busy mode: do not sleep);
+//!    completion or the next tick; busy mode: do not sleep; adaptive mode: do not
+//!    sleep until `spin` has passed since the last completion, then as interrupt);
 //! 5. handle every completion; top the buffer ring up and re-arm receives that found
 //!    it empty; publish counters (plain relaxed stores).
 //!
@@ -511,6 +512,8 @@ impl Worker {
         // When the last batch of completions began to be handled: the next loop turn's
         // clock read times it (no extra clock read).
         let mut busy_since: Option<Instant> = None;
+        // When completions last arrived: adaptive polling spins for a while after.
+        let mut last_completion = self.now;
         loop {
             self.clock();
             if let Some(start) = busy_since.take() {
@@ -542,11 +545,18 @@ impl Worker {
                     }
                 }
             }
-            let waited = match self.poll {
-                PollMode::Interrupt => self
-                    .ring
-                    .submit_and_wait(next_tick.saturating_duration_since(self.now)),
-                PollMode::Busy => self.ring.submit_if_needed(),
+            let spinning = match self.poll {
+                PollMode::Interrupt => false,
+                PollMode::Busy => true,
+                PollMode::Adaptive { spin } => {
+                    self.now.saturating_duration_since(last_completion) < spin
+                }
+            };
+            let waited = if spinning {
+                self.ring.submit_if_needed()
+            } else {
+                self.ring
+                    .submit_and_wait(next_tick.saturating_duration_since(self.now))
             };
             waited.map_err(|source| WorkerError::Submit {
                 worker: self.id,
@@ -554,13 +564,14 @@ impl Worker {
             })?;
             self.ring.completions(&mut cqes);
             if cqes.is_empty() {
-                if self.poll == PollMode::Busy {
+                if spinning {
                     std::hint::spin_loop();
                 }
                 continue;
             }
             self.clock();
             busy_since = Some(self.now);
+            last_completion = self.now;
             for c in &cqes {
                 self.complete(*c)?;
             }
