@@ -620,6 +620,9 @@ pub struct Ring {
     ring: IoUring,
     /// The provided buffers. Public so flows can take and give back buffers.
     pub pool: BufPool,
+    /// Splice SQEs queued whose CQE has not been handed to [`Ring::splice_done`]: work
+    /// for the ring's async workers, which run on the worker's own core.
+    splices: u32,
 }
 
 impl Ring {
@@ -659,7 +662,11 @@ impl Ring {
             )?;
         }
         pool.refill(HOT_BUFFERS);
-        Ok(Ring { ring, pool })
+        Ok(Ring {
+            ring,
+            pool,
+            splices: 0,
+        })
     }
 
     /// Whether the ring was set up for one issuer with deferred task work (see
@@ -740,7 +747,20 @@ impl Ring {
             .flags(libc::SPLICE_F_MOVE)
             .build()
             .user_data(user_data);
-        self.push(&e)
+        self.push(&e)?;
+        self.splices += 1;
+        Ok(())
+    }
+
+    /// A splice's CQE arrived (the caller decodes its `user_data`).
+    pub fn splice_done(&mut self) {
+        self.splices = self.splices.saturating_sub(1);
+    }
+
+    /// Whether some splice is in flight: an async worker of this ring may need the
+    /// core, so a worker should not spin on it.
+    pub fn splicing(&self) -> bool {
+        self.splices > 0
     }
 
     /// Run this ring's async workers (which carry out splices) on `core` only, so a

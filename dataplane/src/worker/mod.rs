@@ -548,8 +548,11 @@ impl Worker {
             let spinning = match self.poll {
                 PollMode::Interrupt => false,
                 PollMode::Busy => true,
+                // Not while a splice is in flight: the async worker carrying it out
+                // runs on this core and would wait for the spinning thread.
                 PollMode::Adaptive { spin } => {
                     self.now.saturating_duration_since(last_completion) < spin
+                        && !self.ring.splicing()
                 }
             };
             let waited = if spinning {
@@ -1039,6 +1042,9 @@ impl Worker {
             return Ok(());
         };
         let i = usize::try_from(index).unwrap_or(usize::MAX);
+        if matches!(op, Op::SpliceIn(_) | Op::SpliceOut(_)) {
+            self.ring.splice_done();
+        }
         match op {
             Op::Accept => self.on_accept(i, c)?,
             Op::AcceptCancel => self.aux_inflight = self.aux_inflight.saturating_sub(1),
