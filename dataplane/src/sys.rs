@@ -1391,6 +1391,38 @@ mod tests {
         ring.pool.give_back(buf).unwrap();
     }
 
+    /// A splice counts as in flight from its push until its CQE is handed back, so an
+    /// adaptive worker does not spin over the async worker carrying it out; a 1 MiB
+    /// pipe is granted (root here, or within `pipe-max-size`).
+    #[test]
+    fn splices_count_as_in_flight_until_their_completion_is_handed_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        let mut ring = Ring::new(8, 4, true).unwrap();
+        let pipe = super::Pipe::new(super::PIPE_SIZE).unwrap();
+        assert!(
+            pipe.size >= 64 * 1024 && pipe.size <= super::PIPE_SIZE,
+            "{}",
+            pipe.size
+        );
+        assert!(!ring.splicing());
+        ring.splice(ours.as_raw_fd(), pipe.write_fd(), pipe.size, 7)
+            .unwrap();
+        assert!(ring.splicing());
+        peer.write_all(b"spliced").unwrap();
+        let c = next(&mut ring);
+        assert_eq!((c.user_data, c.result), (7, 7));
+        assert!(
+            ring.splicing(),
+            "until the caller hands the completion back"
+        );
+        ring.splice_done();
+        assert!(!ring.splicing());
+        ring.splice_done();
+        assert!(!ring.splicing(), "an extra hand-back does not wrap");
+    }
+
     /// The kernels zgate targets (6.1+) accept `DEFER_TASKRUN`: the option must not
     /// fall back silently here, and off must mean off.
     #[test]
