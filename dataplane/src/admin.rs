@@ -184,6 +184,20 @@ pub fn metrics_text(v: &AdminView) -> String {
     );
     metric(
         &mut out,
+        "zgate_splice_pipes_open",
+        "gauge",
+        "Pipes open now for bulk directions to splice through.",
+        s.pipes_open,
+    );
+    metric(
+        &mut out,
+        "zgate_splice_pipes_refused_total",
+        "counter",
+        "Bulk directions kept on buffer receives because their worker held `splice_pipes` pipes.",
+        s.pipes_refused,
+    );
+    metric(
+        &mut out,
         "zgate_buffers_in_use",
         "gauge",
         "Provided buffers held by flows now (data received, not yet fully sent).",

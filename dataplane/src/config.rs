@@ -199,12 +199,20 @@ pub struct WorkersConfig {
     /// Splice bulk directions of plain flows through a pipe (`splice = true`, default)
     /// instead of receiving every byte into pool buffers.
     pub splice: bool,
+    /// Most splice pipes one worker holds at once (`splice_pipes`, default
+    /// [`DEFAULT_SPLICE_PIPES`]); a bulk direction past it stays on buffer receives.
+    /// It bounds the kernel memory in pipes (up to 1 MiB each) and the async worker
+    /// threads that splices toward slow readers can hold.
+    pub splice_pipes: u32,
     /// Create each worker's ring with `IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN`
     /// (`defer_taskrun = true`, default): completion work runs when the worker asks for
     /// completions, not as interrupting task work. Falls back to a plain ring on kernels
     /// that refuse it.
     pub defer_taskrun: bool,
 }
+
+/// Default `[workers] splice_pipes`: up to 256 MiB of pipes per worker.
+pub const DEFAULT_SPLICE_PIPES: u32 = 256;
 
 /// Default `[workers] buffers`: 84 MiB of address space per worker (64 KiB buffers
 /// with 20 KiB of headroom each), resident only once touched.
@@ -396,6 +404,7 @@ struct RawWorkers {
     spin: Option<String>,
     buffers: Option<i64>,
     splice: Option<bool>,
+    splice_pipes: Option<i64>,
     defer_taskrun: Option<bool>,
 }
 
@@ -914,6 +923,7 @@ impl Config {
             poll: PollMode::Interrupt,
             buffers: DEFAULT_BUFFERS,
             splice: true,
+            splice_pipes: DEFAULT_SPLICE_PIPES,
             defer_taskrun: true,
         };
         match top.workers.map(RawWorkers::deserialize) {
@@ -959,6 +969,16 @@ impl Config {
                     );
                 }
                 workers.splice = w.splice.unwrap_or(true);
+                if let Some(n) = w.splice_pipes {
+                    match u32::try_from(n) {
+                        Ok(n) if (1..=65536).contains(&n) => workers.splice_pipes = n,
+                        _ => errs.value(
+                            "workers.splice_pipes".into(),
+                            &n.to_string(),
+                            "expected a whole number in 1..=65536",
+                        ),
+                    }
+                }
                 workers.defer_taskrun = w.defer_taskrun.unwrap_or(true);
                 if let Some(b) = w.buffers {
                     match u16::try_from(b) {
@@ -1343,6 +1363,30 @@ max_connections = 100
             let e = poll(w).unwrap_err().to_string();
             assert!(e.contains(want), "{w:?}: {e}");
         }
+    }
+
+    #[test]
+    fn splice_pipes_defaults_and_must_be_in_range() {
+        let text = |w: &str| {
+            format!("[workers]\ncount = 1\n{w}\n[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nupstream='127.0.0.1:2'\n")
+        };
+        let pipes = |w: &str| Config::parse(&text(w)).map(|c| c.workers.splice_pipes);
+        assert_eq!(pipes("").unwrap(), DEFAULT_SPLICE_PIPES);
+        assert_eq!(pipes("splice_pipes = 1").unwrap(), 1);
+        assert_eq!(pipes("splice_pipes = 65536").unwrap(), 65536);
+        for bad in ["0", "65537", "-1"] {
+            let e = pipes(&format!("splice_pipes = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!(
+                    "workers.splice_pipes: expected a whole number in 1..=65536 (got `{bad}`)"
+                )),
+                "{bad}: {e}"
+            );
+        }
+        let e = pipes("splice_pipes = \"many\"").unwrap_err().to_string();
+        assert!(e.contains("workers"), "{e}");
     }
 
     #[test]

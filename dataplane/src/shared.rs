@@ -169,6 +169,11 @@ pub struct WorkerStats {
     pub recv_starved: AtomicU64,
     /// Pipes opened for a bulk direction to splice through (one per busy spell).
     pub pipes_opened: AtomicU64,
+    /// Pipes open now.
+    pub pipes_open: AtomicU64,
+    /// Bulk directions that stayed on buffer receives because the worker held its
+    /// `[workers] splice_pipes` already.
+    pub pipes_refused: AtomicU64,
     /// Pool buffers held by flows now (data received and not yet fully sent).
     pub buffers_in_use: AtomicU64,
     /// TLS handshakes completed (before the decision).
@@ -232,6 +237,10 @@ pub struct StatsSnapshot {
     pub recv_starved: u64,
     /// See [`WorkerStats::pipes_opened`].
     pub pipes_opened: u64,
+    /// See [`WorkerStats::pipes_open`].
+    pub pipes_open: u64,
+    /// See [`WorkerStats::pipes_refused`].
+    pub pipes_refused: u64,
     /// See [`WorkerStats::buffers_in_use`].
     pub buffers_in_use: u64,
     /// See [`WorkerStats::tls_handshakes`].
@@ -278,6 +287,8 @@ impl WorkerStats {
         self.closed_by_policy.store(s.closed_by_policy, r);
         self.recv_starved.store(s.recv_starved, r);
         self.pipes_opened.store(s.pipes_opened, r);
+        self.pipes_open.store(s.pipes_open, r);
+        self.pipes_refused.store(s.pipes_refused, r);
         self.buffers_in_use.store(s.buffers_in_use, r);
         self.tls_handshakes.store(s.tls_handshakes, r);
         self.tls_resumed.store(s.tls_resumed, r);
@@ -322,6 +333,8 @@ impl WorkerStats {
             closed_by_policy: self.closed_by_policy.load(r),
             recv_starved: self.recv_starved.load(r),
             pipes_opened: self.pipes_opened.load(r),
+            pipes_open: self.pipes_open.load(r),
+            pipes_refused: self.pipes_refused.load(r),
             buffers_in_use: self.buffers_in_use.load(r),
             tls_handshakes: self.tls_handshakes.load(r),
             tls_resumed: self.tls_resumed.load(r),
@@ -376,6 +389,8 @@ impl StatsSnapshot {
         self.closed_by_policy = self.closed_by_policy.saturating_add(o.closed_by_policy);
         self.recv_starved = self.recv_starved.saturating_add(o.recv_starved);
         self.pipes_opened = self.pipes_opened.saturating_add(o.pipes_opened);
+        self.pipes_open = self.pipes_open.saturating_add(o.pipes_open);
+        self.pipes_refused = self.pipes_refused.saturating_add(o.pipes_refused);
         self.buffers_in_use = self.buffers_in_use.saturating_add(o.buffers_in_use);
         self.tls_handshakes = self.tls_handshakes.saturating_add(o.tls_handshakes);
         self.tls_resumed = self.tls_resumed.saturating_add(o.tls_resumed);

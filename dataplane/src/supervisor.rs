@@ -277,6 +277,7 @@ pub fn run(
             poll: config.workers.poll,
             buffers: config.workers.buffers,
             splice: config.workers.splice,
+            splice_pipes: config.workers.splice_pipes,
             defer_taskrun: config.workers.defer_taskrun,
             audit: Arc::clone(&audit_queue),
             listeners,

@@ -753,6 +753,16 @@ impl Ring {
         Ok(())
     }
 
+    /// Wait, without blocking any thread, until `fd` is readable (or has an error or
+    /// end of stream to report): a one-shot `IORING_OP_POLL_ADD` for `POLLIN`.
+    pub fn poll_readable(&mut self, fd: RawFd, user_data: u64) -> Result<(), PushError> {
+        let mask = u32::try_from(libc::POLLIN).unwrap_or(1);
+        let e = opcode::PollAdd::new(types::Fd(fd), mask)
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
     /// A splice's CQE arrived (the caller decodes its `user_data`).
     pub fn splice_done(&mut self) {
         self.splices = self.splices.saturating_sub(1);

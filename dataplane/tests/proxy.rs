@@ -625,6 +625,76 @@ fn bulk_directions_splice_byte_exact_and_pass_fin_each_way() {
 }
 
 #[test]
+fn bulk_flows_that_go_quiet_hold_no_kernel_thread() {
+    // Each flow has 1 MiB echoed (full receives: both directions splice), then goes
+    // quiet with its directions waiting for more. A splice-in issued on a quiet socket
+    // sleeps in an io_uring async worker thread (`iou-wrk`) until data comes: one
+    // thread per quiet direction. They must wait in a poll instead, which holds none.
+    const FLOWS: usize = 24;
+    let up = Upstream::echo();
+    let gw = Gateway::start(&Setup::new(up.addr));
+    let data = pattern(1 << 20, 9);
+    let flows: Vec<TcpStream> = (0..FLOWS)
+        .map(|_| {
+            let s = gw.connect();
+            assert!(round_trip(&s, &data) == data);
+            s
+        })
+        .collect();
+    assert!(gw.metric("zgate_splice_pipes_opened_total") >= FLOWS as u64);
+    std::thread::sleep(Duration::from_millis(300));
+    let threads = async_workers(gw.child.id());
+    assert!(
+        threads < 8,
+        "{threads} async worker threads for {FLOWS} quiet bulk flows"
+    );
+    // They still carry every byte.
+    for s in &flows {
+        assert!(round_trip(s, &data) == data);
+    }
+    assert_eq!(gw.metric("zgate_resets_total"), 0);
+}
+
+#[test]
+fn splice_pipes_bounds_the_pipes_a_worker_holds_and_the_rest_still_forward() {
+    // Six bulk flows (both directions want a pipe) against `splice_pipes = 2`: the
+    // directions past the limit stay on buffer receives and deliver the same bytes;
+    // closing the flows gives their pipes back.
+    const FLOWS: usize = 6;
+    let up = Upstream::echo();
+    let mut setup = Setup::new(up.addr);
+    setup.workers_extra = "splice_pipes = 2".into();
+    let gw = Gateway::start(&setup);
+    let data = pattern(1 << 20, 10);
+    let flows: Vec<TcpStream> = (0..FLOWS)
+        .map(|_| {
+            let s = gw.connect();
+            assert!(round_trip(&s, &data) == data);
+            s
+        })
+        .collect();
+    // Directions that caught up dropped their pipes; more rounds until some direction
+    // found the limit reached (almost always in the first).
+    for _ in 0..10 {
+        if gw.metric("zgate_splice_pipes_refused_total") >= 1 {
+            break;
+        }
+        for s in &flows {
+            assert!(round_trip(s, &data) == data);
+        }
+    }
+    assert!(gw.metric("zgate_splice_pipes_refused_total") >= 1);
+    assert!(gw.metric("zgate_splice_pipes_open") <= 2);
+    for s in &flows {
+        assert!(round_trip(s, &data) == data);
+    }
+    assert!(gw.metric("zgate_splice_pipes_open") <= 2);
+    drop(flows);
+    assert_eq!(gw.wait_metric_at_most("zgate_splice_pipes_open", 0), 0);
+    assert_eq!(gw.metric("zgate_resets_total"), 0);
+}
+
+#[test]
 fn client_reset_while_splicing_is_propagated_to_the_upstream() {
     // The upstream streams without end; the client reads a little (the direction is
     // splicing by then), then resets. The upstream's writes must fail with a reset

@@ -47,8 +47,10 @@
 //! time) and the instant its decision expires, so the worker can re-decide it when a
 //! new table is published or the decision's constraints run out.
 
+use std::cell::Cell;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::Instant;
 
 use zgate_table::facts::UnixSeconds;
@@ -73,6 +75,10 @@ pub enum Dir {
         /// End of received bytes.
         end: u32,
     },
+    /// Waiting for the source socket to be readable before the next splice-in (a
+    /// poll, which holds no thread: a blocking splice-in on a quiet source would hold
+    /// an async worker thread until data came).
+    SpliceWait,
     /// A splice from the source socket into this direction's pipe is in flight.
     SpliceIn,
     /// A splice of the pipe's `left` bytes to the destination is in flight; `batch` is
@@ -122,7 +128,7 @@ pub struct Conn {
     pub state: State,
     dirs: [Dir; 2],
     /// Each direction's pipe while it splices (`None` otherwise).
-    pipes: [Option<Pipe>; 2],
+    pipes: [Option<Spliced>; 2],
     /// When it was accepted (loop clock).
     pub started: Instant,
     /// When bytes last moved (or the connect completed).
@@ -151,9 +157,60 @@ pub struct Ctx<'a> {
     pub index: u32,
     /// This flow's slot generation.
     pub gen: u32,
+    /// The splice pipes this worker may still open.
+    pub pipes: &'a PipeBudget,
     /// Spare output buffers of TLS flows (`worker::tls::OUT_SIZE`), reused instead of
     /// allocating and zeroing one per record batch; at most [`OUT_POOL_MAX`] kept.
     pub out_pool: &'a mut Vec<Lent<[u8]>>,
+}
+
+/// The splice pipes one worker may hold at once (`[workers] splice_pipes`), shared by
+/// its flows. One thread uses it, hence `Rc`.
+#[derive(Debug)]
+pub struct PipeBudget {
+    open: Rc<Cell<u32>>,
+    max: u32,
+}
+
+impl PipeBudget {
+    /// A budget of `max` pipes, none taken.
+    pub fn new(max: u32) -> PipeBudget {
+        PipeBudget {
+            open: Rc::new(Cell::new(0)),
+            max,
+        }
+    }
+
+    /// Pipes open now.
+    pub fn open(&self) -> u32 {
+        self.open.get()
+    }
+
+    /// A place for one more pipe, if fewer than `max` are open.
+    fn take(&self) -> Option<PipeTicket> {
+        let n = self.open.get();
+        (n < self.max).then(|| {
+            self.open.set(n + 1);
+            PipeTicket(Rc::clone(&self.open))
+        })
+    }
+}
+
+/// One pipe's place in its worker's [`PipeBudget`], given back when dropped.
+#[derive(Debug)]
+struct PipeTicket(Rc<Cell<u32>>);
+
+impl Drop for PipeTicket {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// A direction's pipe and its place in the budget: both go when it is dropped (on
+/// catching up, at FIN, or with the flow).
+struct Spliced {
+    pipe: Pipe,
+    _ticket: PipeTicket,
 }
 
 /// Most spare TLS output buffers a worker keeps (about 2 MiB).
@@ -302,7 +359,7 @@ impl Conn {
         }
         let ud = ctx.ud(Op::Cancel);
         // A splice-in's SQE names the pipe, not the socket: cancel by the pipe too.
-        let pipe_fds = self.pipes.iter().flatten().map(Pipe::write_fd);
+        let pipe_fds = self.pipes.iter().flatten().map(|s| s.pipe.write_fd());
         for fd in [self.client.as_raw_fd(), self.upstream.as_raw_fd()]
             .into_iter()
             .chain(pipe_fds)
@@ -324,7 +381,7 @@ impl Conn {
         match op {
             Op::Cancel => self.cancels = self.cancels.saturating_sub(1),
             Op::Connect | Op::ConnectTimeout => self.mem.returned(),
-            Op::Recv(_) | Op::Send(_) | Op::SpliceIn(_) | Op::SpliceOut(_) => {
+            Op::Recv(_) | Op::Send(_) | Op::SpliceWait(_) | Op::SpliceIn(_) | Op::SpliceOut(_) => {
                 self.ops = self.ops.saturating_sub(1)
             }
             Op::Accept | Op::AcceptCancel | Op::Wake | Op::WakeCancel => {}
@@ -333,6 +390,7 @@ impl Conn {
             Op::Connect => self.on_connect(result, ctx),
             Op::Recv(dir) => self.on_recv(dir, result, buffer, ctx),
             Op::Send(dir) => self.on_send(dir, result, ctx),
+            Op::SpliceWait(dir) => self.on_splice_wait(dir, result, ctx),
             Op::SpliceIn(dir) => self.on_splice_in(dir, result, ctx),
             Op::SpliceOut(dir) => self.on_splice_out(dir, result, ctx),
             Op::ConnectTimeout => {}
@@ -451,8 +509,9 @@ impl Conn {
         }
     }
 
-    /// Splice what the source has (up to the pipe's size) into `dir`'s pipe, creating
-    /// the pipe first if needed; without a pipe the direction stays on receives.
+    /// Splice what the source has (up to the pipe's size) into `dir`'s pipe once it is
+    /// readable, creating the pipe first if needed; without a pipe the direction stays
+    /// on receives.
     fn splice_in(&mut self, dir: usize, ctx: &mut Ctx<'_>) {
         if self.state != State::Open {
             return;
@@ -461,9 +520,18 @@ impl Conn {
             return;
         };
         if slot.is_none() {
+            let Some(ticket) = ctx.pipes.take() else {
+                // The worker holds all the pipes it may: stay on receives.
+                ctx.stats.pipes_refused += 1;
+                self.recv(dir, ctx);
+                return;
+            };
             match Pipe::new(PIPE_SIZE) {
-                Ok(p) => {
-                    *slot = Some(p);
+                Ok(pipe) => {
+                    *slot = Some(Spliced {
+                        pipe,
+                        _ticket: ticket,
+                    });
                     ctx.stats.pipes_opened += 1;
                 }
                 Err(_) => {
@@ -472,7 +540,34 @@ impl Conn {
                 }
             }
         }
-        let Some((pipe_w, len)) = slot.as_ref().map(|p| (p.write_fd(), p.size)) else {
+        // io_uring hands every splice to an async worker thread, where a splice from a
+        // socket with no data blocks until data comes: poll first, splice once readable
+        // (it then takes what is there and returns).
+        let src = self.src_dst(dir).0.as_raw_fd();
+        let ud = ctx.ud(Op::SpliceWait(dir));
+        self.set_dir(dir, Dir::SpliceWait);
+        if ctx.ring.poll_readable(src, ud).is_ok() {
+            self.ops += 1;
+        } else {
+            self.close(CloseKind::Reset, ctx);
+        }
+    }
+
+    /// The source is readable (or has an end or an error to report): splice it in.
+    fn on_splice_wait(&mut self, dir: usize, result: i32, ctx: &mut Ctx<'_>) {
+        if self.state == State::Closing {
+            return;
+        }
+        let pipe = self
+            .pipes
+            .get(dir)
+            .and_then(Option::as_ref)
+            .map(|s| &s.pipe);
+        let (Some((pipe_w, len)), true) = (pipe.map(|p| (p.write_fd(), p.size)), result >= 0)
+        else {
+            // A failed poll (not a cancel: we are not closing) or no pipe: reset.
+            ctx.stats.resets += 1;
+            self.close(CloseKind::Reset, ctx);
             return;
         };
         let src = self.src_dst(dir).0.as_raw_fd();
@@ -490,7 +585,7 @@ impl Conn {
             .pipes
             .get(dir)
             .and_then(Option::as_ref)
-            .map(Pipe::read_fd)
+            .map(|s| s.pipe.read_fd())
         else {
             // Cannot happen (a splice-in filled it); the bytes in it are lost: reset.
             self.close(CloseKind::Reset, ctx);

@@ -41,7 +41,7 @@ use crate::tls::ListenerTls;
 use crate::config::{ListenerConfig, PollMode, Protocol};
 use crate::shared::{Control, Phase, StatsSnapshot, WorkerStats};
 use crate::sys::{self, Completion, Lent, Ring};
-use conn::{Admitted, CloseKind, Conn, Ctx, State};
+use conn::{Admitted, CloseKind, Conn, Ctx, PipeBudget, State};
 use timers::Wheel;
 use tls::{Refused, TlsConn, TlsState};
 use token::{decode, encode, next_gen, Op};
@@ -119,6 +119,8 @@ pub struct WorkerSetup {
     pub buffers: u16,
     /// Whether plain flows splice their bulk directions.
     pub splice: bool,
+    /// Most splice pipes this worker holds at once.
+    pub splice_pipes: u32,
     /// Whether to ask for `SINGLE_ISSUER | DEFER_TASKRUN`.
     pub defer_taskrun: bool,
     /// Where its audit events go (the supervisor drains it).
@@ -357,6 +359,8 @@ struct Worker {
     starved: Vec<(u32, u32, usize)>,
     /// Whether plain flows splice their bulk directions.
     splice: bool,
+    /// The splice pipes its flows may hold ([`Ctx::pipes`]).
+    pipes: PipeBudget,
     /// When each flow is next checked for its deadlines.
     wheel: Wheel,
     /// Scratch for the wheel's due entries.
@@ -421,6 +425,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         unix_now: 0,
         starved: Vec::new(),
         splice: setup.splice,
+        pipes: PipeBudget::new(setup.splice_pipes),
         wheel: Wheel::new(now, TICK),
         due: Vec::new(),
     };
@@ -586,6 +591,7 @@ impl Worker {
                 .map(|l| u64::from(l.handshaking))
                 .sum();
             self.stats.buffers_in_use = u64::try_from(self.ring.pool.in_use()).unwrap_or(0);
+            self.stats.pipes_open = u64::from(self.pipes.open());
             self.stats_out.publish(&self.stats);
         }
         self.stats.active = 0;
@@ -1003,6 +1009,7 @@ impl Worker {
             stats: &mut self.stats,
             starved: &mut self.starved,
             splice: self.splice,
+            pipes: &self.pipes,
             now: self.now,
             index: u32::try_from(i).unwrap_or(u32::MAX),
             gen,
@@ -1061,6 +1068,7 @@ impl Worker {
             | Op::ConnectTimeout
             | Op::Recv(_)
             | Op::Send(_)
+            | Op::SpliceWait(_)
             | Op::SpliceIn(_)
             | Op::SpliceOut(_)
             | Op::Cancel => {
@@ -1173,6 +1181,7 @@ impl Worker {
             stats: &mut self.stats,
             starved: &mut self.starved,
             splice: self.splice,
+            pipes: &self.pipes,
             now: self.now,
             index,
             gen: slot.gen,
@@ -1295,6 +1304,7 @@ impl Worker {
             stats: &mut self.stats,
             starved: &mut self.starved,
             splice: self.splice,
+            pipes: &self.pipes,
             now: self.now,
             index,
             gen: slot.gen,

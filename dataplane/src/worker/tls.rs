@@ -480,7 +480,7 @@ impl TlsConn {
             }
             Op::Recv(_) | Op::Send(_) => self.ops = self.ops.saturating_sub(1),
             // TLS flows never splice (the bytes must pass through rustls).
-            Op::SpliceIn(_) | Op::SpliceOut(_) => {}
+            Op::SpliceWait(_) | Op::SpliceIn(_) | Op::SpliceOut(_) => {}
             Op::Accept | Op::AcceptCancel | Op::Wake | Op::WakeCancel => {}
         }
         match op {

@@ -25,6 +25,9 @@ pub enum Op {
     Send(usize),
     /// Cancel of every op on one of a connection's sockets.
     Cancel,
+    /// Wait (a poll) until direction 0's (or 1's) source socket is readable, so that
+    /// its splice-in finds data and does not block an async worker.
+    SpliceWait(usize),
     /// Splice from direction 0's (or 1's) source socket into its pipe.
     SpliceIn(usize),
     /// Splice from direction 0's (or 1's) pipe to its destination socket.
@@ -49,6 +52,8 @@ impl Op {
             Op::SpliceIn(_) => 13,
             Op::SpliceOut(0) => 14,
             Op::SpliceOut(_) => 15,
+            Op::SpliceWait(0) => 16,
+            Op::SpliceWait(_) => 17,
         }
     }
 
@@ -69,6 +74,8 @@ impl Op {
             13 => Op::SpliceIn(1),
             14 => Op::SpliceOut(0),
             15 => Op::SpliceOut(1),
+            16 => Op::SpliceWait(0),
+            17 => Op::SpliceWait(1),
             _ => return None,
         })
     }
@@ -116,6 +123,8 @@ mod tests {
             Op::SpliceIn(1),
             Op::SpliceOut(0),
             Op::SpliceOut(1),
+            Op::SpliceWait(0),
+            Op::SpliceWait(1),
         ] {
             for (index, gen) in [(0, 0), (u32::MAX, GEN_MASK), (7, 12345)] {
                 assert_eq!(decode(encode(op, index, gen)), Some((op, index, gen)));

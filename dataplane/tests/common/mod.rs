@@ -405,6 +405,15 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis((f[0] + f[1]) * 1000 / ticks)
 }
 
+/// Threads of process `pid` that are io_uring async workers (`iou-wrk-*`).
+pub fn async_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with("iou-wrk"))
+        .count()
+}
+
 /// Resident set size of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
