@@ -10,7 +10,8 @@
 //!    `timers.rs`), re-arming a listener after an accept error;
 //! 4. submit queued SQEs and wait (interrupt mode: sleep in `io_uring_enter` until a
 //!    completion or the next tick; busy mode: do not sleep; adaptive mode: do not
-//!    sleep until `spin` has passed since the last completion, then as interrupt);
+//!    sleep until `spin` has passed since the last completion, then as interrupt;
+//!    busy and adaptive sleep too while a splice is in flight on the core);
 //! 5. handle every completion; top the buffer ring up and re-arm receives that found
 //!    it empty; publish counters (plain relaxed stores).
 //!
@@ -550,16 +551,16 @@ impl Worker {
                     }
                 }
             }
-            let spinning = match self.poll {
-                PollMode::Interrupt => false,
-                PollMode::Busy => true,
-                // Not while a splice is in flight: the async worker carrying it out
-                // runs on this core and would wait for the spinning thread.
-                PollMode::Adaptive { spin } => {
-                    self.now.saturating_duration_since(last_completion) < spin
-                        && !self.ring.splicing()
-                }
-            };
+            // Never while a splice is in flight: the async worker carrying it out runs
+            // on this core and would only wait for the spinning thread.
+            let spinning = !self.ring.splicing()
+                && match self.poll {
+                    PollMode::Interrupt => false,
+                    PollMode::Busy => true,
+                    PollMode::Adaptive { spin } => {
+                        self.now.saturating_duration_since(last_completion) < spin
+                    }
+                };
             let waited = if spinning {
                 self.ring.submit_if_needed()
             } else {
