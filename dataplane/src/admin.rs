@@ -193,7 +193,7 @@ pub fn metrics_text(v: &AdminView) -> String {
         &mut out,
         "zgate_splice_pipes_refused_total",
         "counter",
-        "Bulk directions kept on buffer receives because their worker held `splice_pipes` pipes.",
+        "Bulk rounds kept on buffer receives for want of a pipe (splice_pipes reached, or the kernel refused one).",
         s.pipes_refused,
     );
     metric(

@@ -775,12 +775,11 @@ const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 
 /// Parse a duration such as `250ms`, `5s`, `10m`, `1h`. Zero is rejected.
 fn parse_duration(s: &str) -> Result<Duration, &'static str> {
-    const WHAT: &str = "expected a positive duration such as `100us`, `500ms`, `5s`, `10m` or `1h`";
+    const WHAT: &str = "expected a positive duration such as `500ms`, `5s`, `10m` or `1h`";
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(digits_end);
     let n: u64 = num.parse().map_err(|_| WHAT)?;
     let d = match unit {
-        "us" => Duration::from_micros(n),
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.checked_mul(60).ok_or(WHAT)?),
@@ -791,6 +790,24 @@ fn parse_duration(s: &str) -> Result<Duration, &'static str> {
         return Err("must be greater than zero");
     }
     Ok(d)
+}
+
+/// `[workers] spin`: microseconds (`50us`) or any [`parse_duration`] form.
+fn parse_spin(s: &str) -> Result<Duration, &'static str> {
+    const WHAT: &str = "expected a duration such as `50us` or `1ms`";
+    match s.strip_suffix("us") {
+        Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            let us: u64 = n.parse().map_err(|_| WHAT)?;
+            if us == 0 {
+                return Err("must be greater than zero");
+            }
+            Ok(Duration::from_micros(us))
+        }
+        _ => parse_duration(s).map_err(|e| match e {
+            "must be greater than zero" => e,
+            _ => WHAT,
+        }),
+    }
 }
 
 fn valid_name(s: &str) -> bool {
@@ -937,8 +954,18 @@ impl Config {
                     None | Some("interrupt") => PollMode::Interrupt,
                     Some("busy") => PollMode::Busy,
                     Some("adaptive") => {
-                        let spin =
-                            errs.duration("workers.spin".into(), w.spin.as_deref(), DEFAULT_SPIN);
+                        let spin = match w.spin.as_deref().map(parse_spin) {
+                            None => DEFAULT_SPIN,
+                            Some(Ok(d)) => d,
+                            Some(Err(reason)) => {
+                                errs.value(
+                                    "workers.spin".into(),
+                                    w.spin.as_deref().unwrap_or_default(),
+                                    reason,
+                                );
+                                DEFAULT_SPIN
+                            }
+                        };
                         if spin > MAX_SPIN {
                             errs.value(
                                 "workers.spin".into(),
@@ -969,6 +996,13 @@ impl Config {
                     );
                 }
                 workers.splice = w.splice.unwrap_or(true);
+                if let (Some(n), false) = (w.splice_pipes, workers.splice) {
+                    errs.value(
+                        "workers.splice_pipes".into(),
+                        &n.to_string(),
+                        "only with `splice = true`",
+                    );
+                }
                 if let Some(n) = w.splice_pipes {
                     match u32::try_from(n) {
                         Ok(n) if (1..=65536).contains(&n) => workers.splice_pipes = n,
@@ -1349,7 +1383,11 @@ max_connections = 100
             ),
             (
                 "poll = \"adaptive\"\nspin = \"fast\"",
-                "workers.spin: expected a positive duration such as `100us`",
+                "workers.spin: expected a duration such as `50us` or `1ms` (got `fast`)",
+            ),
+            (
+                "poll = \"adaptive\"\nspin = \"us\"",
+                "workers.spin: expected a duration such as `50us` or `1ms` (got `us`)",
             ),
             (
                 "spin = \"100us\"",
@@ -1387,6 +1425,13 @@ max_connections = 100
         }
         let e = pipes("splice_pipes = \"many\"").unwrap_err().to_string();
         assert!(e.contains("workers"), "{e}");
+        let e = pipes("splice = false\nsplice_pipes = 4")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("workers.splice_pipes: only with `splice = true` (got `4`)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -171,8 +171,8 @@ pub struct WorkerStats {
     pub pipes_opened: AtomicU64,
     /// Pipes open now.
     pub pipes_open: AtomicU64,
-    /// Bulk directions that stayed on buffer receives because the worker held its
-    /// `[workers] splice_pipes` already.
+    /// Bulk rounds that stayed on buffer receives for want of a pipe: the worker held
+    /// its `[workers] splice_pipes` already, or the kernel refused one.
     pub pipes_refused: AtomicU64,
     /// Pool buffers held by flows now (data received and not yet fully sent).
     pub buffers_in_use: AtomicU64,

@@ -522,6 +522,9 @@ impl BufPool {
 /// "Bulk with 1 MiB pipes").
 pub const PIPE_SIZE: u32 = 1024 * 1024;
 
+/// The smallest pipe worth splicing through: the kernel's default size.
+pub const MIN_PIPE: u32 = 64 * 1024;
+
 /// A pipe (read end, write end) that one direction of a plain flow splices through.
 /// Both ends are closed on drop; the owner drops it only when no splice SQE names it
 /// (an fd number closed under an SQE not yet issued could name another file by then).
@@ -534,8 +537,9 @@ pub struct Pipe {
 
 impl Pipe {
     /// A new pipe of up to `want` bytes: `want`, else a quarter of it, else the
-    /// kernel's default size (an unprivileged user past `pipe-user-pages-soft`, 64 MiB
-    /// of pipes by default, is refused more).
+    /// kernel's default size, if that is at least [`MIN_PIPE`]. An unprivileged user
+    /// past `pipe-user-pages-soft` (64 MiB of pipes by default, shared by the whole
+    /// process) gets only a page or two and no more: an error here.
     pub fn new(want: u32) -> io::Result<Pipe> {
         let mut fds: [libc::c_int; 2] = [-1, -1];
         // SAFETY: `fds` is a local array of two ints that the kernel fills; it outlives
@@ -560,8 +564,13 @@ impl Pipe {
             let cur = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
             u32::try_from(cur).unwrap_or(0)
         };
-        if size == 0 {
-            return Err(io::Error::other("pipe: no capacity"));
+        // Past the user's pipe allowance the kernel makes new pipes of a page or two
+        // and refuses to grow them: too small to be worth a splice round (the flow
+        // would drop it as caught up after every round, and make another).
+        if size < MIN_PIPE {
+            return Err(io::Error::other(format!(
+                "pipe: the kernel granted {size} bytes (the user's pipe allowance is spent)"
+            )));
         }
         Ok(Pipe {
             r,

@@ -170,6 +170,10 @@ pub struct Ctx<'a> {
 pub struct PipeBudget {
     open: Rc<Cell<u32>>,
     max: u32,
+    /// At most `max`; lowered to the pipes open when the kernel refused one (the
+    /// user's pipe allowance is spent), so that flows do not ask again on every round
+    /// until [`PipeBudget::retry`].
+    cap: Cell<u32>,
 }
 
 impl PipeBudget {
@@ -178,6 +182,7 @@ impl PipeBudget {
         PipeBudget {
             open: Rc::new(Cell::new(0)),
             max,
+            cap: Cell::new(max),
         }
     }
 
@@ -186,13 +191,24 @@ impl PipeBudget {
         self.open.get()
     }
 
-    /// A place for one more pipe, if fewer than `max` are open.
+    /// A place for one more pipe, if fewer than the cap are open.
     fn take(&self) -> Option<PipeTicket> {
         let n = self.open.get();
-        (n < self.max).then(|| {
+        (n < self.cap.get()).then(|| {
             self.open.set(n + 1);
             PipeTicket(Rc::clone(&self.open))
         })
+    }
+
+    /// The kernel refused a pipe: ask for no more than are open now until `retry`.
+    fn spent(&self) {
+        self.cap.set(self.open.get().min(self.max));
+    }
+
+    /// Ask the kernel again (the worker calls this once a tick: pipes elsewhere in the
+    /// process or under the same user may have closed).
+    pub fn retry(&self) {
+        self.cap.set(self.max);
     }
 }
 
@@ -535,6 +551,9 @@ impl Conn {
                     ctx.stats.pipes_opened += 1;
                 }
                 Err(_) => {
+                    drop(ticket);
+                    ctx.pipes.spent();
+                    ctx.stats.pipes_refused += 1;
                     self.recv(dir, ctx);
                     return;
                 }
@@ -665,5 +684,32 @@ impl Conn {
                 self.close(CloseKind::Reset, ctx);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PipeBudget;
+
+    /// Tickets count the pipes open; a refusal by the kernel caps the budget at what is
+    /// open until `retry`; a dropped ticket gives its place back.
+    #[test]
+    fn pipe_budget_counts_tickets_and_learns_the_kernel_refusal_until_retry() {
+        let b = PipeBudget::new(3);
+        let t1 = b.take().unwrap();
+        let t2 = b.take().unwrap();
+        assert_eq!(b.open(), 2);
+        b.spent();
+        assert!(b.take().is_none(), "capped at the two open");
+        drop(t1);
+        assert_eq!(b.open(), 1);
+        let t3 = b.take().unwrap();
+        assert!(b.take().is_none());
+        b.retry();
+        let t4 = b.take().unwrap();
+        assert_eq!(b.open(), 3);
+        assert!(b.take().is_none(), "max is 3");
+        drop((t2, t3, t4));
+        assert_eq!(b.open(), 0);
     }
 }

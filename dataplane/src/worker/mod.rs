@@ -53,6 +53,10 @@ const TICK: Duration = Duration::from_millis(100);
 /// core waited that long (STYLE I.22). Full TLS handshakes take ~1 ms of CPU each, so a
 /// batch of several of them counts.
 const STALL: Duration = Duration::from_millis(2);
+/// A splice in flight with none completed for this long is sleeping in its async
+/// worker (toward a destination that does not read), not running: spinning resumes.
+/// A running bulk transfer completes a splice round every few hundred microseconds.
+const SPLICE_STALLED: Duration = Duration::from_millis(1);
 /// Submission queue entries per ring.
 const RING_ENTRIES: u32 = 1024;
 
@@ -362,6 +366,8 @@ struct Worker {
     splice: bool,
     /// The splice pipes its flows may hold ([`Ctx::pipes`]).
     pipes: PipeBudget,
+    /// When a splice last completed (loop clock).
+    last_splice_done: Instant,
     /// When each flow is next checked for its deadlines.
     wheel: Wheel,
     /// Scratch for the wheel's due entries.
@@ -427,6 +433,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         starved: Vec::new(),
         splice: setup.splice,
         pipes: PipeBudget::new(setup.splice_pipes),
+        last_splice_done: now,
         wheel: Wheel::new(now, TICK),
         due: Vec::new(),
     };
@@ -523,6 +530,9 @@ impl Worker {
         loop {
             self.clock();
             if let Some(start) = busy_since.take() {
+                // Spinning counts from the end of the handling, not its start: a batch
+                // that took longer than `spin` must not put the worker to sleep.
+                last_completion = self.now;
                 let took = self.now.saturating_duration_since(start);
                 let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
                 self.stats.longest_turn_us = self.stats.longest_turn_us.max(us);
@@ -551,9 +561,14 @@ impl Worker {
                     }
                 }
             }
-            // Never while a splice is in flight: the async worker carrying it out runs
-            // on this core and would only wait for the spinning thread.
-            let spinning = !self.ring.splicing()
+            // Not while splices are running: the async worker carrying one out runs on
+            // this core and would only wait for the spinning thread. One that has not
+            // completed for `SPLICE_STALLED` is not running but sleeping (toward a
+            // reader that does not read), and must not stop the spinning for every
+            // other flow of the worker.
+            let splices_running = self.ring.splicing()
+                && self.now.saturating_duration_since(self.last_splice_done) < SPLICE_STALLED;
+            let spinning = !splices_running
                 && match self.poll {
                     PollMode::Interrupt => false,
                     PollMode::Busy => true,
@@ -580,7 +595,6 @@ impl Worker {
             }
             self.clock();
             busy_since = Some(self.now);
-            last_completion = self.now;
             for c in &cqes {
                 self.complete(*c)?;
             }
@@ -853,6 +867,7 @@ impl Worker {
     }
 
     fn tick(&mut self) {
+        self.pipes.retry();
         if self.phase == Phase::Running {
             for i in 0..self.listeners.len() {
                 // A failed re-arm is retried next tick.
@@ -1052,6 +1067,7 @@ impl Worker {
         let i = usize::try_from(index).unwrap_or(usize::MAX);
         if matches!(op, Op::SpliceIn(_) | Op::SpliceOut(_)) {
             self.ring.splice_done();
+            self.last_splice_done = self.now;
         }
         match op {
             Op::Accept => self.on_accept(i, c)?,
