@@ -624,6 +624,17 @@ fn bulk_directions_splice_byte_exact_and_pass_fin_each_way() {
     assert_eq!(gw.metric("zgate_resets_total"), 0);
 }
 
+/// `n` flows through `gw`, each of which had `data` echoed once.
+fn echoed_flows(gw: &Gateway, n: usize, data: &[u8]) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let s = gw.connect();
+            assert!(round_trip(&s, data) == data);
+            s
+        })
+        .collect()
+}
+
 #[test]
 fn bulk_flows_that_go_quiet_hold_no_kernel_thread() {
     // Each flow has 1 MiB echoed (full receives: both directions splice), then goes
@@ -634,13 +645,7 @@ fn bulk_flows_that_go_quiet_hold_no_kernel_thread() {
     let up = Upstream::echo();
     let gw = Gateway::start(&Setup::new(up.addr));
     let data = pattern(1 << 20, 9);
-    let flows: Vec<TcpStream> = (0..FLOWS)
-        .map(|_| {
-            let s = gw.connect();
-            assert!(round_trip(&s, &data) == data);
-            s
-        })
-        .collect();
+    let flows = echoed_flows(&gw, FLOWS, &data);
     assert!(gw.metric("zgate_splice_pipes_opened_total") >= FLOWS as u64);
     std::thread::sleep(Duration::from_millis(300));
     let threads = async_workers(gw.child.id());
@@ -666,13 +671,7 @@ fn splice_pipes_bounds_the_pipes_a_worker_holds_and_the_rest_still_forward() {
     setup.workers_extra = "splice_pipes = 2".into();
     let gw = Gateway::start(&setup);
     let data = pattern(1 << 20, 10);
-    let flows: Vec<TcpStream> = (0..FLOWS)
-        .map(|_| {
-            let s = gw.connect();
-            assert!(round_trip(&s, &data) == data);
-            s
-        })
-        .collect();
+    let flows = echoed_flows(&gw, FLOWS, &data);
     // Directions that caught up dropped their pipes; more rounds until some direction
     // found the limit reached (almost always in the first).
     for _ in 0..10 {

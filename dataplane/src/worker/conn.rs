@@ -56,7 +56,7 @@ use std::time::Instant;
 use zgate_table::facts::UnixSeconds;
 
 use crate::shared::StatsSnapshot;
-use crate::sys::{self, BufId, ConnMem, Lent, Pipe, Ring, BULK_RECV, PIPE_SIZE};
+use crate::sys::{self, BufId, ConnMem, Lent, Pipe, PushError, Ring, BULK_RECV, PIPE_SIZE};
 use crate::worker::token::{encode, Op};
 
 /// One direction's progress.
@@ -321,6 +321,16 @@ impl Conn {
         }
     }
 
+    /// Count an SQE the flow queued (its CQE is now owed); one that could not be queued
+    /// resets the flow.
+    fn track(&mut self, pushed: Result<(), PushError>, ctx: &mut Ctx<'_>) {
+        if pushed.is_ok() {
+            self.ops += 1;
+        } else {
+            self.close(CloseKind::Reset, ctx);
+        }
+    }
+
     /// Arm a recv on `dir`'s source socket (also used by the worker for a starved one).
     pub fn recv(&mut self, dir: usize, ctx: &mut Ctx<'_>) {
         if self.state != State::Open {
@@ -329,11 +339,8 @@ impl Conn {
         let fd = self.src_dst(dir).0.as_raw_fd();
         let ud = ctx.ud(Op::Recv(dir));
         self.set_dir(dir, Dir::Reading);
-        if ctx.ring.recv(fd, ud).is_ok() {
-            self.ops += 1;
-        } else {
-            self.close(CloseKind::Reset, ctx);
-        }
+        let pushed = ctx.ring.recv(fd, ud);
+        self.track(pushed, ctx);
     }
 
     fn send(&mut self, dir: usize, buf: BufId, start: u32, end: u32, ctx: &mut Ctx<'_>) {
@@ -565,11 +572,8 @@ impl Conn {
         let src = self.src_dst(dir).0.as_raw_fd();
         let ud = ctx.ud(Op::SpliceWait(dir));
         self.set_dir(dir, Dir::SpliceWait);
-        if ctx.ring.poll_readable(src, ud).is_ok() {
-            self.ops += 1;
-        } else {
-            self.close(CloseKind::Reset, ctx);
-        }
+        let pushed = ctx.ring.poll_readable(src, ud);
+        self.track(pushed, ctx);
     }
 
     /// The source is readable (or has an end or an error to report): splice it in.
@@ -592,11 +596,8 @@ impl Conn {
         let src = self.src_dst(dir).0.as_raw_fd();
         let ud = ctx.ud(Op::SpliceIn(dir));
         self.set_dir(dir, Dir::SpliceIn);
-        if ctx.ring.splice(src, pipe_w, len, ud).is_ok() {
-            self.ops += 1;
-        } else {
-            self.close(CloseKind::Reset, ctx);
-        }
+        let pushed = ctx.ring.splice(src, pipe_w, len, ud);
+        self.track(pushed, ctx);
     }
 
     fn splice_out(&mut self, dir: usize, left: u32, batch: u32, ctx: &mut Ctx<'_>) {
@@ -613,11 +614,8 @@ impl Conn {
         let dst = self.src_dst(dir).1.as_raw_fd();
         let ud = ctx.ud(Op::SpliceOut(dir));
         self.set_dir(dir, Dir::SpliceOut { left, batch });
-        if ctx.ring.splice(pipe_r, dst, left, ud).is_ok() {
-            self.ops += 1;
-        } else {
-            self.close(CloseKind::Reset, ctx);
-        }
+        let pushed = ctx.ring.splice(pipe_r, dst, left, ud);
+        self.track(pushed, ctx);
     }
 
     /// Close `dir`'s pipe. Only called with no splice of `dir` in flight.
