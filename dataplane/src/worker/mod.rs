@@ -11,7 +11,7 @@
 //! 4. submit queued SQEs and wait (interrupt mode: sleep in `io_uring_enter` until a
 //!    completion or the next tick; busy mode: do not sleep; adaptive mode: do not
 //!    sleep until `spin` has passed since the last completion, then as interrupt;
-//!    busy and adaptive sleep too while a splice is in flight on the core);
+//!    busy and adaptive sleep too while a splice is running on the core);
 //! 5. handle every completion; top the buffer ring up and re-arm receives that found
 //!    it empty; publish counters (plain relaxed stores).
 //!
@@ -525,7 +525,8 @@ impl Worker {
         // When the last batch of completions began to be handled: the next loop turn's
         // clock read times it (no extra clock read).
         let mut busy_since: Option<Instant> = None;
-        // When completions last arrived: adaptive polling spins for a while after.
+        // When the last batch of completions was handled: adaptive polling spins for
+        // `spin` after it.
         let mut last_completion = self.now;
         loop {
             self.clock();
