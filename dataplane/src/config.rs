@@ -875,7 +875,19 @@ impl Errors {
     }
 
     fn duration(&mut self, key: String, value: Option<&str>, default: Duration) -> Duration {
-        match value.map(parse_duration) {
+        self.parsed(key, value, default, parse_duration)
+    }
+
+    /// `value` read by `parse`; `default` when absent, or (with the error recorded)
+    /// when `parse` refuses it.
+    fn parsed(
+        &mut self,
+        key: String,
+        value: Option<&str>,
+        default: Duration,
+        parse: fn(&str) -> Result<Duration, &'static str>,
+    ) -> Duration {
+        match value.map(parse) {
             None => default,
             Some(Ok(d)) => d,
             Some(Err(reason)) => {
@@ -954,18 +966,12 @@ impl Config {
                     None | Some("interrupt") => PollMode::Interrupt,
                     Some("busy") => PollMode::Busy,
                     Some("adaptive") => {
-                        let spin = match w.spin.as_deref().map(parse_spin) {
-                            None => DEFAULT_SPIN,
-                            Some(Ok(d)) => d,
-                            Some(Err(reason)) => {
-                                errs.value(
-                                    "workers.spin".into(),
-                                    w.spin.as_deref().unwrap_or_default(),
-                                    reason,
-                                );
-                                DEFAULT_SPIN
-                            }
-                        };
+                        let spin = errs.parsed(
+                            "workers.spin".into(),
+                            w.spin.as_deref(),
+                            DEFAULT_SPIN,
+                            parse_spin,
+                        );
                         if spin > MAX_SPIN {
                             errs.value(
                                 "workers.spin".into(),

@@ -202,7 +202,7 @@ impl PipeBudget {
 
     /// The kernel refused a pipe: ask for no more than are open now until `retry`.
     fn spent(&self) {
-        self.cap.set(self.open.get().min(self.max));
+        self.cap.set(self.open.get());
     }
 
     /// Ask the kernel again (the worker calls this once a tick: pipes elsewhere in the
