@@ -82,6 +82,8 @@ pub enum Alert {
     CertificateUnknown,
     /// 48
     UnknownCa,
+    /// 47
+    IllegalParameter,
     /// 49
     AccessDenied,
     /// 50
@@ -115,6 +117,7 @@ impl Alert {
             Alert::CertificateRevoked => 44,
             Alert::CertificateExpired => 45,
             Alert::CertificateUnknown => 46,
+            Alert::IllegalParameter => 47,
             Alert::UnknownCa => 48,
             Alert::AccessDenied => 49,
             Alert::DecodeError => 50,
@@ -256,13 +259,18 @@ pub enum RejectReason {
         /// What was wrong.
         what: &'static str,
     },
-    /// Any other TLS failure.
+    /// The gateway's own failure, not the peer's (a buffer in an unexpected state,
+    /// traffic keys the record layer cannot take over): the flow ends with
+    /// `internal_error`, and the metric and audit say it was ours.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    /// Any other TLS failure rustls reported.
     #[error("tls error: {0}")]
     Other(String),
 }
 
 /// Number of distinct [`RejectReason::label`] values (for per-reason counters).
-pub const REJECT_LABELS: usize = 25;
+pub const REJECT_LABELS: usize = 26;
 
 impl RejectReason {
     /// A short, stable label for metrics and audit (`expired`, `bad-spiffe-id`, ...).
@@ -306,6 +314,7 @@ impl RejectReason {
             RejectReason::PeerClosed => 20,
             RejectReason::Other(_) => 21,
             RejectReason::BadRecord { .. } => 24,
+            RejectReason::Internal(_) => 25,
         }
     }
 
@@ -329,6 +338,7 @@ impl RejectReason {
                 Alert::None
             }
             RejectReason::Other(_) => Alert::HandshakeFailure,
+            RejectReason::Internal(_) => Alert::InternalError,
             RejectReason::BadRecord { alert, .. } => *alert,
         }
     }
@@ -414,6 +424,7 @@ const REJECT_LABEL_NAMES: [&str; REJECT_LABELS] = [
     "unknown-trust-domain",
     "bad-identity-field",
     "bad-record",
+    "internal",
 ];
 
 /// Wrap an [`SvidError`] so rustls carries it through the handshake.

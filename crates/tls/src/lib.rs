@@ -30,7 +30,9 @@
 //!   leaf's SPIFFE trust domain: a CA never vouches for another trust domain's IDs.
 //! - rustls types do not appear in the public API, so a rustls upgrade touches only
 //!   this crate.
-#![forbid(unsafe_code)]
+//! - Traffic keys are zeroed when they are dropped (`wipe.rs`, the crate's one `unsafe`
+//!   block: ring does not zero its key schedules).
+#![deny(unsafe_code)]
 
 mod client;
 mod config;
@@ -42,6 +44,11 @@ mod record;
 mod session;
 pub mod svid;
 mod tickets;
+#[expect(
+    unsafe_code,
+    reason = "zeroes ring's traffic keys on drop: one block, its SAFETY note says why"
+)]
+mod wipe;
 
 pub use client::{ClientTls, ClientTlsSpec};
 pub use config::{

@@ -14,16 +14,22 @@
 //! records after the handshake, upstream TLS and the tests.)
 //!
 //! Scope (fail closed on anything else, with the alert the RFCs name):
-//! - TLS 1.3 (RFC 8446 §5): outer type application_data only; inner type recovered past
-//!   the zero padding; alerts (close_notify ends the input, user_canceled is ignored,
-//!   any other is fatal); KeyUpdate (answered when requested) and, client side,
-//!   NewSessionTicket. A handshake message split across records is refused (no stack
-//!   sends one for these two messages; `docs/tls.md`).
+//! - TLS 1.3 (RFC 8446 §5): outer type application_data only; inner plaintext at most
+//!   2^14 + 1 bytes, padding included, its type recovered past the zero padding;
+//!   alerts (close_notify ends the input, a warning-level user_canceled is ignored, any
+//!   other is fatal whatever its level); KeyUpdate (followed at once; when requested,
+//!   one update is owed however many requests come before it goes out) and, client
+//!   side, NewSessionTicket. Handshake messages may span records (reassembled up to
+//!   2^16 - 1 bytes of body), but nothing may come between their records.
 //! - TLS 1.2 (RFC 5246, RFC 5288, RFC 7905): AES-GCM with its explicit nonce, and
-//!   ChaCha20-Poly1305; warning alerts other than close_notify are ignored;
-//!   renegotiation (any handshake record) is refused.
+//!   ChaCha20-Poly1305; fatal alerts end the session, warnings other than
+//!   close_notify are ignored; a renegotiation request (ClientHello toward a server,
+//!   HelloRequest toward a client) gets the `no_renegotiation` warning once.
+//! - Ignored warnings are bounded (4), as are KeyUpdates without data between them (32).
 //! - Sequence numbers never wrap; a TLS 1.3 sender updates its key before the suite's
-//!   confidentiality limit, a TLS 1.2 one closes with close_notify.
+//!   confidentiality limit, a TLS 1.2 one stops sealing there and the session ends
+//!   with close_notify after what was sealed.
+//! - Old traffic keys are zeroed when a key update replaces them.
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::client::ClientConnectionData;
@@ -31,7 +37,10 @@ use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion};
 
+use zeroize::Zeroizing;
+
 use crate::error::{Alert, RejectReason};
+use crate::wipe::WipedKey;
 
 /// Largest plaintext in one record (RFC 8446 §5.1, RFC 5246 §6.2.1).
 pub const MAX_PLAINTEXT: usize = 1 << 14;
@@ -52,14 +61,31 @@ pub const MAX_OVERHEAD: usize = HEADER + 8 + TAG;
 const CT_ALERT: u8 = 21;
 const CT_HANDSHAKE: u8 = 22;
 const CT_APPDATA: u8 = 23;
+const HS_HELLO_REQUEST: u8 = 0;
+const HS_CLIENT_HELLO: u8 = 1;
 const HS_NEW_SESSION_TICKET: u8 = 4;
 const HS_KEY_UPDATE: u8 = 24;
+const ALERT_CLOSE_NOTIFY: u8 = 0;
+const ALERT_USER_CANCELED: u8 = 90;
+const ALERT_NO_RENEGOTIATION: u8 = 100;
+const LEVEL_WARNING: u8 = 1;
+const LEVEL_FATAL: u8 = 2;
 /// A sealed TLS 1.3 KeyUpdate: header, the 5-byte message, inner type, tag.
 const KEY_UPDATE_RECORD: usize = HEADER + 5 + 1 + TAG;
 /// KeyUpdates accepted in a row without application data in between: each costs a key
-/// derivation (and, when requested, a reply), so a peer may not send them forever
-/// (rustls allows 32 too).
+/// derivation, so a peer may not send them forever (rustls and BoringSSL allow 32).
 const MAX_KEY_UPDATES_IN_A_ROW: u8 = 32;
+/// Warning alerts a peer may send over a session's life (TLS 1.2 warnings, TLS 1.3
+/// user_canceled): they cost nothing to send and nothing useful to receive, so a peer
+/// may not send them forever (rustls and BoringSSL allow 4).
+const MAX_WARNING_ALERTS: u8 = 4;
+/// Renegotiation requests a TLS 1.2 peer gets a `no_renegotiation` warning for; the
+/// next one is fatal (as rustls does).
+const MAX_RENEGOTIATION_REQUESTS: u8 = 1;
+/// Largest post-handshake handshake message reassembled across records: a message
+/// header and 2^16 - 1 bytes of body (rustls' own bound; a NewSessionTicket with a
+/// large ticket is well inside it).
+const MAX_HANDSHAKE_MESSAGE: usize = 4 + 0xffff;
 
 /// The rustls half that outlives the handshake: it derives the next traffic secret.
 pub enum Kernel {
@@ -75,10 +101,11 @@ enum Version {
     Tls13,
 }
 
-/// One direction's key and sequence number.
+/// One direction's key and sequence number. Its key material is zeroed when it is
+/// dropped (a key update drops the old key at once).
 struct Keys {
-    key: LessSafeKey,
-    iv: [u8; aead::NONCE_LEN],
+    key: WipedKey,
+    iv: Zeroizing<[u8; aead::NONCE_LEN]>,
     seq: u64,
     /// TLS 1.2 AES-GCM: the nonce's last 8 bytes travel in the record.
     explicit_nonce: bool,
@@ -96,17 +123,17 @@ impl Keys {
             ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
                 (&aead::CHACHA20_POLY1305, key, iv, false)
             }
-            _ => return Err(RejectReason::Other("unsupported cipher suite".into())),
+            _ => return Err(RejectReason::Internal("unsupported cipher suite")),
         };
         let unbound = UnboundKey::new(alg, key.as_ref())
-            .map_err(|_| RejectReason::Other("traffic key rejected by ring".into()))?;
+            .map_err(|_| RejectReason::Internal("traffic key rejected by ring"))?;
         let iv: [u8; aead::NONCE_LEN] = iv
             .as_ref()
             .try_into()
-            .map_err(|_| RejectReason::Other("traffic IV is not 12 bytes".into()))?;
+            .map_err(|_| RejectReason::Internal("traffic IV is not 12 bytes"))?;
         Ok(Keys {
-            key: LessSafeKey::new(unbound),
-            iv,
+            key: WipedKey::new(LessSafeKey::new(unbound)),
+            iv: Zeroizing::new(iv),
             seq,
             explicit_nonce: gcm && version == Version::Tls12,
         })
@@ -116,7 +143,7 @@ impl Keys {
     /// bytes (RFC 8446 §5.3; RFC 7905 for TLS 1.2 ChaCha; our explicit nonce choice for
     /// TLS 1.2 GCM, as RFC 5288 §3 allows).
     fn nonce(&self) -> [u8; aead::NONCE_LEN] {
-        let mut n = self.iv;
+        let mut n = *self.iv;
         for (b, s) in n.iter_mut().skip(4).zip(self.seq.to_be_bytes()) {
             *b ^= s;
         }
@@ -237,8 +264,22 @@ pub struct RecordLayer {
     /// none, so an idle session holds no receive buffer.
     partial: Vec<u8>,
     peer_closed: bool,
-    /// KeyUpdates received since the last application data.
+    /// KeyUpdates received since the last record with application data in it.
     key_updates_in_a_row: u8,
+    /// The peer asked for a KeyUpdate and ours is not sealed yet. However many it asks
+    /// for meanwhile, it gets one (RFC 8446 §4.6.3), sealed when the session next
+    /// writes: a peer that sends requests and never reads makes nothing pile up.
+    update_owed: bool,
+    /// The start of a post-handshake handshake message cut across records (RFC 8446
+    /// §5.1 allows it); empty when none.
+    hs_frag: Vec<u8>,
+    /// Warning alerts the peer may still send.
+    warnings_left: u8,
+    /// TLS 1.2 renegotiation requests the peer may still send.
+    renegotiations_left: u8,
+    /// TLS 1.2: the confidentiality limit is reached; nothing more is sealed but the
+    /// close_notify the session ends with.
+    tx_exhausted: bool,
 }
 
 impl RecordLayer {
@@ -251,7 +292,7 @@ impl RecordLayer {
         let version = match version {
             ProtocolVersion::TLSv1_3 => Version::Tls13,
             ProtocolVersion::TLSv1_2 => Version::Tls12,
-            _ => return Err(RejectReason::Other("unsupported protocol version".into())),
+            _ => return Err(RejectReason::Internal("unsupported protocol version")),
         };
         let (tx_seq, tx) = secrets.tx;
         let (rx_seq, rx) = secrets.rx;
@@ -269,7 +310,23 @@ impl RecordLayer {
             partial: Vec::new(),
             peer_closed: false,
             key_updates_in_a_row: 0,
+            update_owed: false,
+            hs_frag: Vec::new(),
+            warnings_left: MAX_WARNING_ALERTS,
+            renegotiations_left: MAX_RENEGOTIATION_REQUESTS,
+            tx_exhausted: false,
         })
+    }
+
+    /// Whether a KeyUpdate is owed to the peer (the next write seals it).
+    pub fn owes_update(&self) -> bool {
+        self.update_owed
+    }
+
+    /// Whether the TLS 1.2 confidentiality limit stopped sealing: the session must end
+    /// with close_notify.
+    pub fn tx_exhausted(&self) -> bool {
+        self.tx_exhausted
     }
 
     /// Whether the peer sent close_notify (nothing after it is read).
@@ -291,6 +348,52 @@ impl RecordLayer {
     #[cfg(test)]
     pub(crate) fn set_tx_limit_in(&mut self, records: u64) {
         self.tx_limit = self.tx.seq + records;
+    }
+
+    /// Test hook: seal a KeyUpdate whose `request_update` byte is `request` (any value,
+    /// for the tests of bad ones), then switch to the next key as a sender must.
+    #[cfg(test)]
+    pub(crate) fn send_key_update_for_test(&mut self, request: u8, out: &mut Vec<u8>) {
+        self.seal_into_vec(CT_HANDSHAKE, &[HS_KEY_UPDATE, 0, 0, 1, request], out)
+            .unwrap();
+        let (seq, secrets) = match &mut self.kernel {
+            Kernel::Server(k) => k.update_tx_secret(),
+            Kernel::Client(k) => k.update_tx_secret(),
+        }
+        .unwrap();
+        self.tx = Keys::new(seq, secrets, self.version).unwrap();
+    }
+
+    /// Test hook: switch to the next sending key without sending anything (a test
+    /// that split its KeyUpdate across records itself).
+    #[cfg(test)]
+    pub(crate) fn rotate_tx_for_test(&mut self) {
+        let (seq, secrets) = match &mut self.kernel {
+            Kernel::Server(k) => k.update_tx_secret(),
+            Kernel::Client(k) => k.update_tx_secret(),
+        }
+        .unwrap();
+        self.tx = Keys::new(seq, secrets, self.version).unwrap();
+    }
+
+    /// Test hook (TLS 1.3): seal `inner` as a record's whole TLSInnerPlaintext (content,
+    /// type and padding as the test wrote them).
+    #[cfg(test)]
+    pub(crate) fn seal_inner_for_test(&mut self, inner: &[u8], out: &mut Vec<u8>) {
+        assert_eq!(self.version, Version::Tls13);
+        let body = u16::try_from(inner.len() + TAG).unwrap().to_be_bytes();
+        let header = [CT_APPDATA, 3, 3, body[0], body[1]];
+        let mut data = inner.to_vec();
+        let nonce = Nonce::assume_unique_for_key(self.tx.nonce());
+        let tag = self
+            .tx
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::from(header), &mut data)
+            .unwrap();
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&data);
+        out.extend_from_slice(tag.as_ref());
+        self.tx.advance().unwrap();
     }
 
     fn max_body(&self) -> usize {
@@ -511,6 +614,14 @@ impl RecordLayer {
                     .key
                     .open_in_place(nonce, Aad::from(header), body)
                     .map_err(|_| bad(Alert::BadRecordMac, "record failed authentication"))?;
+                // RFC 8446 §5.4: the whole TLSInnerPlaintext, padding included, is at
+                // most 2^14 + 1 bytes.
+                if opened.len() > MAX_PLAINTEXT + 1 {
+                    return Err(bad(
+                        Alert::RecordOverflow,
+                        "inner plaintext longer than 2^14 + 1",
+                    ));
+                }
                 // Inner plaintext: content, content type, zero padding.
                 let Some(end) = opened.iter().rposition(|b| *b != 0) else {
                     return Err(bad(
@@ -553,131 +664,202 @@ impl RecordLayer {
         if content.len() > MAX_PLAINTEXT {
             return Err(bad(Alert::RecordOverflow, "plaintext longer than 2^14"));
         }
+        if !self.hs_frag.is_empty() && typ != CT_HANDSHAKE {
+            // RFC 8446 §5.1: nothing between the records of one handshake message.
+            return Err(bad(
+                Alert::UnexpectedMessage,
+                "record interleaved with a handshake message",
+            ));
+        }
         match typ {
             CT_APPDATA => {
-                self.key_updates_in_a_row = 0;
+                // An empty record does not count as data: it would let a peer reset
+                // the KeyUpdate bound for free.
+                if !content.is_empty() {
+                    self.key_updates_in_a_row = 0;
+                }
                 Ok((content_at, content.len()))
             }
             CT_ALERT => {
                 let &[level, desc] = content else {
                     return Err(bad(Alert::DecodeError, "malformed alert"));
                 };
-                match (desc, self.version) {
-                    (0, _) => {
-                        self.peer_closed = true;
-                        Ok((0, 0))
-                    }
-                    // user_canceled (RFC 8446 §6.1) and TLS 1.2 warnings: no effect.
-                    (90, _) => Ok((0, 0)),
-                    (_, Version::Tls12) if level == 1 => Ok((0, 0)),
-                    _ => Err(RejectReason::PeerAlert),
-                }
-            }
-            CT_HANDSHAKE if self.version == Version::Tls13 => {
-                let content = content.to_vec();
-                self.handshake_messages(&content, reply)?;
+                self.alert(level, desc)?;
                 Ok((0, 0))
             }
-            CT_HANDSHAKE => Err(bad(
-                Alert::NoRenegotiation,
-                "renegotiation is not supported",
-            )),
+            CT_HANDSHAKE => {
+                let content = content.to_vec();
+                self.handshake_record(&content, reply)?;
+                Ok((0, 0))
+            }
             _ => Err(bad(Alert::UnexpectedMessage, "unexpected content type")),
         }
     }
 
-    /// Post-handshake messages (TLS 1.3): KeyUpdate, and NewSessionTicket toward a
-    /// server we connected to.
-    fn handshake_messages(
+    /// An alert from the peer. close_notify ends its input (either level); in TLS 1.3
+    /// every other alert but a warning-level user_canceled is fatal, whatever its level
+    /// (RFC 8446 §6); in TLS 1.2 the level decides (RFC 5246 §7.2). The warnings that
+    /// are ignored are bounded ([`MAX_WARNING_ALERTS`]).
+    fn alert(&mut self, level: u8, desc: u8) -> Result<(), RejectReason> {
+        if !matches!(level, LEVEL_WARNING | LEVEL_FATAL) {
+            return Err(bad(Alert::IllegalParameter, "unknown alert level"));
+        }
+        if desc == ALERT_CLOSE_NOTIFY {
+            self.peer_closed = true;
+            return Ok(());
+        }
+        let ignorable = level == LEVEL_WARNING
+            && (self.version == Version::Tls12 || desc == ALERT_USER_CANCELED);
+        if !ignorable {
+            return Err(RejectReason::PeerAlert);
+        }
+        self.warnings_left = self
+            .warnings_left
+            .checked_sub(1)
+            .ok_or_else(|| bad(Alert::UnexpectedMessage, "too many warning alerts"))?;
+        Ok(())
+    }
+
+    /// The content of a handshake record after the handshake: joined to the start of a
+    /// message an earlier record left, split into messages, each handled; the start of
+    /// a message cut by the record's end is kept (at most [`MAX_HANDSHAKE_MESSAGE`]).
+    fn handshake_record(
         &mut self,
-        mut msgs: &[u8],
+        content: &[u8],
         reply: &mut Vec<u8>,
     ) -> Result<(), RejectReason> {
-        if msgs.is_empty() {
+        if content.is_empty() {
             return Err(bad(Alert::UnexpectedMessage, "empty handshake record"));
         }
-        while !msgs.is_empty() {
-            let &[typ, a, b, c, ref rest @ ..] = msgs else {
-                return Err(bad(
-                    Alert::UnexpectedMessage,
-                    "handshake message split across records",
-                ));
-            };
+        let mut msgs = std::mem::take(&mut self.hs_frag);
+        msgs.extend_from_slice(content);
+        let mut pos = 0;
+        while let Some(&[typ, a, b, c]) = msgs.get(pos..pos + 4) {
             let len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
-            if rest.len() < len {
-                return Err(bad(
-                    Alert::UnexpectedMessage,
-                    "handshake message split across records",
-                ));
+            if 4 + len > MAX_HANDSHAKE_MESSAGE {
+                return Err(bad(Alert::DecodeError, "handshake message too long"));
             }
-            let (body, next) = rest.split_at(len);
-            msgs = next;
-            match (typ, &mut self.kernel) {
-                (HS_KEY_UPDATE, _) => {
-                    let requested = match body {
-                        [0] => false,
-                        [1] => true,
-                        _ => return Err(bad(Alert::DecodeError, "malformed KeyUpdate")),
-                    };
-                    self.key_updates_in_a_row = self.key_updates_in_a_row.saturating_add(1);
-                    if self.key_updates_in_a_row > MAX_KEY_UPDATES_IN_A_ROW {
-                        return Err(bad(
-                            Alert::UnexpectedMessage,
-                            "too many KeyUpdates in a row",
-                        ));
-                    }
-                    // RFC 8446 §5.1: the key changes at a record boundary.
-                    if !msgs.is_empty() {
-                        return Err(bad(
-                            Alert::UnexpectedMessage,
-                            "data after KeyUpdate in its record",
-                        ));
-                    }
-                    let (seq, secrets) = match &mut self.kernel {
-                        Kernel::Server(k) => k.update_rx_secret(),
-                        Kernel::Client(k) => k.update_rx_secret(),
-                    }
-                    .map_err(|e| RejectReason::from_rustls(&e))?;
-                    self.rx = Keys::new(seq, secrets, self.version)?;
-                    if requested {
-                        self.update_tx_key(reply)?;
-                    }
-                }
-                (HS_NEW_SESSION_TICKET, Kernel::Client(k)) => {
-                    k.handle_new_session_ticket(body)
-                        .map_err(|e| RejectReason::from_rustls(&e))?;
-                }
-                _ => {
-                    return Err(bad(
-                        Alert::UnexpectedMessage,
-                        "unexpected handshake message after the handshake",
-                    ))
-                }
-            }
+            let Some(body) = msgs.get(pos + 4..pos + 4 + len) else {
+                break;
+            };
+            pos += 4 + len;
+            let ends_record = pos == msgs.len();
+            self.handshake_message(typ, body, ends_record, reply)?;
+        }
+        let rest = msgs.get(pos..).unwrap_or_default();
+        if rest.len() > MAX_HANDSHAKE_MESSAGE {
+            return Err(bad(Alert::DecodeError, "handshake message too long"));
+        }
+        if !rest.is_empty() {
+            self.hs_frag = rest.to_vec();
         }
         Ok(())
     }
 
-    /// Send KeyUpdate(update_not_requested) under the current key, then switch to the
-    /// next one (RFC 8446 §4.6.3).
-    fn update_tx_key(&mut self, out: &mut Vec<u8>) -> Result<(), RejectReason> {
-        self.seal_into_vec(CT_HANDSHAKE, &[HS_KEY_UPDATE, 0, 0, 1, 0], out)?;
+    /// One post-handshake handshake message. TLS 1.3: KeyUpdate, and a NewSessionTicket
+    /// from a server we connected to. TLS 1.2: a renegotiation request (a ClientHello
+    /// toward us as server, a HelloRequest toward us as client) gets the
+    /// `no_renegotiation` warning and the session carries on, once
+    /// ([`MAX_RENEGOTIATION_REQUESTS`]). Anything else is refused.
+    fn handshake_message(
+        &mut self,
+        typ: u8,
+        body: &[u8],
+        ends_record: bool,
+        reply: &mut Vec<u8>,
+    ) -> Result<(), RejectReason> {
+        match (self.version, typ, &mut self.kernel) {
+            (Version::Tls13, HS_KEY_UPDATE, _) => {
+                let requested = match body {
+                    [0] => false,
+                    [1] => true,
+                    [_] => {
+                        return Err(bad(
+                            Alert::IllegalParameter,
+                            "KeyUpdate request_update is neither 0 nor 1",
+                        ))
+                    }
+                    _ => return Err(bad(Alert::DecodeError, "malformed KeyUpdate")),
+                };
+                self.key_updates_in_a_row = self.key_updates_in_a_row.saturating_add(1);
+                if self.key_updates_in_a_row > MAX_KEY_UPDATES_IN_A_ROW {
+                    return Err(bad(
+                        Alert::UnexpectedMessage,
+                        "too many KeyUpdates in a row",
+                    ));
+                }
+                // RFC 8446 §5.1: the key changes at a record boundary.
+                if !ends_record {
+                    return Err(bad(
+                        Alert::UnexpectedMessage,
+                        "data after KeyUpdate in its record",
+                    ));
+                }
+                let (seq, secrets) = match &mut self.kernel {
+                    Kernel::Server(k) => k.update_rx_secret(),
+                    Kernel::Client(k) => k.update_rx_secret(),
+                }
+                .map_err(|e| RejectReason::from_rustls(&e))?;
+                self.rx = Keys::new(seq, secrets, self.version)?;
+                self.update_owed |= requested;
+                Ok(())
+            }
+            (Version::Tls13, HS_NEW_SESSION_TICKET, Kernel::Client(k)) => k
+                .handle_new_session_ticket(body)
+                .map_err(|e| RejectReason::from_rustls(&e)),
+            (Version::Tls12, HS_CLIENT_HELLO, Kernel::Server(_))
+            | (Version::Tls12, HS_HELLO_REQUEST, Kernel::Client(_)) => {
+                if typ == HS_HELLO_REQUEST && !body.is_empty() {
+                    return Err(bad(Alert::DecodeError, "malformed HelloRequest"));
+                }
+                self.renegotiations_left =
+                    self.renegotiations_left.checked_sub(1).ok_or_else(|| {
+                        bad(Alert::UnexpectedMessage, "too many renegotiation requests")
+                    })?;
+                self.seal_alert(ALERT_NO_RENEGOTIATION, reply)
+            }
+            _ => Err(bad(
+                Alert::UnexpectedMessage,
+                "unexpected handshake message after the handshake",
+            )),
+        }
+    }
+
+    /// Seal KeyUpdate(update_not_requested) under the current key into the front of
+    /// `out` (room for [`KEY_UPDATE_RECORD`]), then switch to the next key (RFC 8446
+    /// §4.6.3). Returns its length.
+    fn seal_key_update(&mut self, out: &mut [u8]) -> Result<usize, RejectReason> {
+        let n = self.seal_record(CT_HANDSHAKE, &[HS_KEY_UPDATE, 0, 0, 1, 0], out)?;
         let (seq, secrets) = match &mut self.kernel {
             Kernel::Server(k) => k.update_tx_secret(),
             Kernel::Client(k) => k.update_tx_secret(),
         }
         .map_err(|e| RejectReason::from_rustls(&e))?;
         self.tx = Keys::new(seq, secrets, self.version)?;
-        Ok(())
+        self.update_owed = false;
+        Ok(n)
     }
 
-    /// Seal an alert (close_notify: `desc` 0) onto `out`.
+    /// Seal the KeyUpdate owed to the peer, if any, into the front of `out`. Returns
+    /// its length: 0 when none is owed or `out` has no room for it (it stays owed).
+    pub fn seal_owed_update(&mut self, out: &mut [u8]) -> Result<usize, RejectReason> {
+        if !self.update_owed || out.len() < KEY_UPDATE_RECORD {
+            return Ok(0);
+        }
+        self.seal_key_update(out)
+    }
+
+    /// Seal an alert (close_notify: `desc` 0) onto `out`: at warning level for the
+    /// closure alerts and `no_renegotiation`, which are warnings; fatal otherwise.
     pub fn seal_alert(&mut self, desc: u8, out: &mut Vec<u8>) -> Result<(), RejectReason> {
-        let level = if desc == 0 { 1 } else { 2 };
+        let level = match desc {
+            ALERT_CLOSE_NOTIFY | ALERT_USER_CANCELED | ALERT_NO_RENEGOTIATION => LEVEL_WARNING,
+            _ => LEVEL_FATAL,
+        };
         self.seal_into_vec(CT_ALERT, &[level, desc], out)
     }
 
-    fn seal_into_vec(
+    pub(crate) fn seal_into_vec(
         &mut self,
         typ: u8,
         content: &[u8],
@@ -691,33 +873,28 @@ impl RecordLayer {
     }
 
     /// Seal application data from `plaintext` into `out`, as many records as fit (each
-    /// at most [`MAX_PLAINTEXT`]). Returns (plaintext taken, bytes written). Records a
-    /// key update needs (TLS 1.3, at the confidentiality limit) go into `out` in order.
+    /// at most [`MAX_PLAINTEXT`]). Returns (plaintext taken, bytes written). A KeyUpdate
+    /// owed to the peer, or one our own confidentiality limit needs (TLS 1.3), goes into
+    /// `out` first. At the TLS 1.2 limit sealing stops: what was sealed is returned and
+    /// [`RecordLayer::tx_exhausted`] says so (the session then ends with close_notify).
     pub fn seal(
         &mut self,
         plaintext: &[u8],
         out: &mut [u8],
     ) -> Result<(usize, usize), RejectReason> {
         let (mut taken, mut written) = (0, 0);
-        while taken < plaintext.len() {
-            if self.tx.seq >= self.tx_limit {
-                if self.version == Version::Tls12 {
-                    return Err(RejectReason::Other(
-                        "TLS 1.2 confidentiality limit reached".into(),
-                    ));
-                }
+        while taken < plaintext.len() && !self.tx_exhausted {
+            if self.tx.seq >= self.tx_limit && self.version == Version::Tls12 {
+                self.tx_exhausted = true;
+                break;
+            }
+            if self.update_owed || self.tx.seq >= self.tx_limit {
                 // Room for the KeyUpdate record and one byte of data after it, or wait
                 // for the next call (an output with more room).
                 if out.len().saturating_sub(written) < KEY_UPDATE_RECORD + MAX_OVERHEAD + 1 {
                     break;
                 }
-                let mut ku = Vec::new();
-                self.update_tx_key(&mut ku)?;
-                let dst = out
-                    .get_mut(written..written + ku.len())
-                    .ok_or_else(|| bad(Alert::InternalError, "no room for a key update"))?;
-                dst.copy_from_slice(&ku);
-                written += ku.len();
+                written += self.seal_key_update(out.get_mut(written..).unwrap_or_default())?;
             }
             let room = out.len().saturating_sub(written);
             if room <= MAX_OVERHEAD {

@@ -249,15 +249,42 @@ fn the_gateway_updates_its_key_before_the_confidentiality_limit() {
 }
 
 #[test]
-fn a_tls12_session_at_its_limit_stops_sealing() {
-    let (_client, mut s) = established(cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256);
-    s.records_mut().unwrap().set_tx_limit_in(1);
+fn a_tls12_session_at_its_limit_sends_what_it_sealed_then_close_notify() {
+    // Review 16.3: the records sealed before the limit went missing, an alert was sent
+    // at a sequence number the client never reached (it saw bad_record_mac), and the
+    // flow hung. Now: everything sealed goes out, then close_notify.
+    let (mut client, mut s) = established(cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256);
+    s.records_mut().unwrap().set_tx_limit_in(3);
+    let data = pattern(5 * 1000);
     let mut out = vec![0u8; 4096];
-    let w = s.write(b"one", &mut out);
-    assert_eq!(w.taken, 3);
-    let w = s.write(b"two", &mut out);
-    assert_eq!(w.taken, 0);
-    assert!(s.failure().is_some());
+    let mut wire = Vec::new();
+    let mut taken = 0;
+    // 1,000-byte writes: three records fit under the limit, the fourth does not.
+    for chunk in data.chunks(1000) {
+        let w = s.write(chunk, &mut out);
+        wire.extend_from_slice(&out[..w.written]);
+        taken += w.taken;
+        if w.taken < chunk.len() {
+            break;
+        }
+    }
+    assert_eq!(taken, 3000);
+    assert!(s.sent_close_notify());
+    assert!(s.failure().is_none());
+    while s.wants_write() {
+        let n = s.write_ciphertext(&mut out);
+        wire.extend_from_slice(&out[..n]);
+    }
+    client.read_tls(&mut &wire[..]).unwrap();
+    client.process_new_packets().unwrap();
+    let mut got = Vec::new();
+    client.reader().read_to_end(&mut got).unwrap();
+    assert!(
+        got == data[..3000],
+        "the client reads what was sealed, then a clean end"
+    );
+    // Nothing more is sealed.
+    assert_eq!(s.write(b"more", &mut out), Sealed::default());
 }
 
 /// Client app data whose bytes are changed on the wire by `tamper`.
@@ -552,4 +579,382 @@ fn in_place_a_changed_byte_is_refused_and_close_notify_ends_the_input() {
     let (got, _) = read_all_in_place(&mut s, &wire, 5);
     assert_eq!(got, b"last words");
     assert!(s.peer_closed());
+}
+
+/// A zgate client session (upstream TLS) and a zgate server session, handshaken in
+/// memory: the client's record layer can then seal whatever a test needs, as a
+/// misbehaving peer would.
+fn zgate_pair(tls12: bool) -> (TlsSession, TlsSession) {
+    let p = pki();
+    let (mut client, mut server) = zgate_handshake(&p, &tls12_server(&p), tls12);
+    let mut buf = vec![0u8; 64 * 1024];
+    while client.wants_write() {
+        let n = client.write_ciphertext(&mut buf);
+        assert_eq!(feed(&mut server, &mut buf[..n]).unwrap(), b"");
+    }
+    assert!(server.is_established());
+    (client, server)
+}
+
+/// A TLS 1.3 [`zgate_pair`] up to the client's last flight (its Finished), which the
+/// client holds unsent.
+fn zgate_until_finished(p: &Pki, server: &ServerTls) -> (TlsSession, TlsSession) {
+    let (client, server) = zgate_handshake(p, server, false);
+    assert!(client.wants_write() && !server.is_established());
+    (client, server)
+}
+
+/// Exchange flights until the client is established.
+fn zgate_handshake(p: &Pki, server: &ServerTls, tls12: bool) -> (TlsSession, TlsSession) {
+    let leaf = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
+    let suite = if tls12 {
+        cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+    } else {
+        cipher_suite::TLS13_AES_256_GCM_SHA384
+    };
+    let mut cfg = (*suite_client(p, &leaf, suite)).clone();
+    cfg.enable_secret_extraction = true;
+    let conn = rustls::client::UnbufferedClientConnection::new(
+        Arc::new(cfg),
+        rustls::pki_types::ServerName::try_from("gw.example").unwrap(),
+    )
+    .unwrap();
+    let mut client = TlsSession::client(conn).unwrap();
+    let mut server = server.accept().unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..20 {
+        while client.wants_write() {
+            let n = client.write_ciphertext(&mut buf);
+            assert_eq!(feed(&mut server, &mut buf[..n]).unwrap(), b"");
+        }
+        while server.wants_write() {
+            let n = server.write_ciphertext(&mut buf);
+            assert_eq!(feed(&mut client, &mut buf[..n]).unwrap(), b"");
+        }
+        if client.is_established() {
+            return (client, server);
+        }
+    }
+    panic!("zgate pair did not finish its handshake");
+}
+
+/// Seal one record of type `typ` from `from`'s record layer.
+fn raw(from: &mut TlsSession, typ: u8, content: &[u8]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    from.records_mut()
+        .unwrap()
+        .seal_into_vec(typ, content, &mut wire)
+        .unwrap();
+    wire
+}
+
+/// Feed `wire` to `s` whole; the first error, if any.
+fn feed(s: &mut TlsSession, wire: &mut [u8]) -> Result<Vec<u8>, RejectReason> {
+    let mut plain = vec![0u8; 64 * 1024];
+    let mut got = Vec::new();
+    let mut fed = 0;
+    while fed < wire.len() || s.holds_input() {
+        let o = s.read(&mut wire[fed..], &mut plain)?;
+        got.extend_from_slice(&plain[..o.produced]);
+        fed += o.consumed;
+    }
+    Ok(got)
+}
+
+/// The alert `s` queued after a failure, as (level, description), read by `peer`.
+fn alert_seen_by(peer: &mut TlsSession, s: &mut TlsSession) -> RejectReason {
+    let mut out = vec![0u8; 4096];
+    let n = s.write_ciphertext(&mut out);
+    assert!(n > 0, "no alert was queued");
+    feed(peer, &mut out[..n]).unwrap_err()
+}
+
+#[test]
+fn key_update_requests_from_a_peer_that_never_reads_are_owed_once() {
+    // Review 16.1: each request sealed a reply into the session's queue whether or not
+    // the last one was sent, so a client that asks and never reads made the gateway
+    // hold about as much as it sent. 10,000 requests, each followed by 1 byte (which
+    // resets the in-a-row bound): one update is owed, nothing is queued.
+    let (mut client, mut s) = established(cipher_suite::TLS13_AES_256_GCM_SHA384);
+    let mut got = Vec::new();
+    let mut plain = vec![0u8; MAX_RECORD];
+    for i in 0..10_000u32 {
+        client.refresh_traffic_keys().unwrap();
+        client.writer().write_all(&[i as u8]).unwrap();
+        let mut wire = Vec::new();
+        client.write_tls(&mut wire).unwrap();
+        let o = s.read(&mut wire, &mut plain).unwrap();
+        assert_eq!(o.consumed, wire.len());
+        got.extend_from_slice(&plain[..o.produced]);
+        assert!(s.owes_update());
+    }
+    assert_eq!(got.len(), 10_000);
+    // The one reply, sealed when the session next writes, and nothing else.
+    let mut out = vec![0u8; 4096];
+    let n = s.write_ciphertext(&mut out);
+    assert_eq!(n, KEY_UPDATE_RECORD_LEN);
+    assert!(!s.wants_write());
+    // The client follows it, and data sealed under the new key.
+    client.read_tls(&mut &out[..n]).unwrap();
+    client.process_new_packets().unwrap();
+    let w = s.write(b"still in step", &mut out);
+    assert_eq!(
+        client_reads(&mut client, &out[..w.written], 13),
+        b"still in step"
+    );
+}
+
+/// A sealed TLS 1.3 KeyUpdate with AES-GCM: header, message, inner type, tag.
+const KEY_UPDATE_RECORD_LEN: usize = 5 + 5 + 1 + 16;
+
+fn no_tickets_server(p: &Pki) -> ServerTls {
+    ServerTls::builder()
+        .with_cert(p.server.chain_pem.as_bytes(), p.server.key_pem.as_bytes())
+        .unwrap()
+        .with_client_auth(ClientAuth::Required, p.ca.cert_pem().as_bytes(), &[])
+        .unwrap()
+        .min_version(MinVersion::Tls12)
+        .session_resumption(false)
+        .build()
+        .unwrap()
+}
+
+/// The client's Finished and what follows it in the same write (review 16.4).
+fn finished_then(client: &mut TlsSession, data: &[u8], more: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = vec![0u8; 64 * 1024];
+    let w = client.write(data, &mut out);
+    assert_eq!(w.taken, data.len());
+    let mut wire = out[..w.written].to_vec();
+    for m in more {
+        wire.extend_from_slice(m);
+    }
+    wire
+}
+
+#[test]
+fn a_key_update_in_the_same_write_as_the_finished_is_answered() {
+    // Review 16.4: with no tickets to send, rustls read on past the client's Finished
+    // and took the KeyUpdate itself: its key changed, its reply was never sent, and the
+    // connection broke at the next record.
+    let p = pki();
+    let (mut c, mut s) = zgate_until_finished(&p, &no_tickets_server(&p));
+    let mut update = Vec::new();
+    c.records_mut()
+        .unwrap()
+        .send_key_update_for_test(1, &mut update);
+    let after = raw(&mut c, 23, b"after the update");
+    let mut wire = finished_then(&mut c, b"", &[update, after]);
+    assert_eq!(feed(&mut s, &mut wire).unwrap(), b"after the update");
+    assert!(s.is_established() && s.owes_update());
+    // The answer and data under the new key reach the client.
+    let mut out = vec![0u8; 4096];
+    let w = s.write(b"answered", &mut out);
+    assert_eq!(feed(&mut c, &mut out[..w.written]).unwrap(), b"answered");
+}
+
+#[test]
+fn a_close_notify_in_the_same_write_as_the_finished_ends_the_input() {
+    // Review 16.4: rustls took the close_notify, the record layer never learned of it
+    // and delivered the records after it.
+    // (TLS 1.3 only: a TLS 1.2 client sends nothing after its Finished before the
+    // server's.)
+    let p = pki();
+    let (mut c, mut s) = zgate_until_finished(&p, &no_tickets_server(&p));
+    let mut wire = finished_then(&mut c, b"last words", &[]);
+    wire.extend(raw(&mut c, 21, &[1, 0]));
+    wire.extend(raw(&mut c, 23, b"after the end"));
+    assert_eq!(feed(&mut s, &mut wire).unwrap(), b"last words");
+    assert!(s.peer_closed());
+}
+
+#[test]
+fn an_inner_plaintext_padded_past_2_to_the_14_plus_1_is_a_record_overflow() {
+    // Review 16.5: RFC 8446 §5.4 bounds TLSInnerPlaintext, padding included.
+    let (mut c, mut s) = zgate_pair(false);
+    let mut inner = vec![b'x'; 10];
+    inner.push(23);
+    inner.resize(MAX_PLAINTEXT + 2, 0);
+    let mut wire = Vec::new();
+    c.records_mut()
+        .unwrap()
+        .seal_inner_for_test(&inner, &mut wire);
+    let r = feed(&mut s, &mut wire).unwrap_err();
+    assert_eq!(r.alert(), Alert::RecordOverflow);
+    // One byte less is fine.
+    let (mut c, mut s) = zgate_pair(false);
+    inner.truncate(MAX_PLAINTEXT + 1);
+    let mut wire = Vec::new();
+    c.records_mut()
+        .unwrap()
+        .seal_inner_for_test(&inner, &mut wire);
+    assert_eq!(feed(&mut s, &mut wire).unwrap(), b"xxxxxxxxxx");
+}
+
+#[test]
+fn a_key_update_with_a_bad_request_value_is_an_illegal_parameter() {
+    let (mut c, mut s) = zgate_pair(false);
+    let mut wire = Vec::new();
+    c.records_mut()
+        .unwrap()
+        .send_key_update_for_test(2, &mut wire);
+    let r = feed(&mut s, &mut wire).unwrap_err();
+    assert_eq!(r.alert(), Alert::IllegalParameter);
+    assert_eq!(
+        alert_seen_by(&mut c, &mut s),
+        RejectReason::PeerAlert,
+        "the client is told"
+    );
+}
+
+#[test]
+fn handshake_messages_split_across_records_are_reassembled() {
+    // Review 16.7: RFC 8446 §5.1 lets a message span records.
+    let (mut c, mut s) = zgate_pair(false);
+    // A KeyUpdate(update_requested) in three records: 2 bytes, 2 bytes, 1 byte; the
+    // client's key changes after the last.
+    let msg = [24u8, 0, 0, 1, 1];
+    let mut wire = Vec::new();
+    for part in [&msg[..2], &msg[2..4], &msg[4..]] {
+        wire.extend(raw(&mut c, 22, part));
+    }
+    c.records_mut().unwrap().rotate_tx_for_test();
+    wire.extend(raw(&mut c, 23, b"under the new key"));
+    assert_eq!(feed(&mut s, &mut wire).unwrap(), b"under the new key");
+    // The answer, then data under the server's new key.
+    assert!(s.owes_update());
+    let mut out = vec![0u8; 4096];
+    let w = s.write(b"and back", &mut out);
+    assert_eq!(feed(&mut c, &mut out[..w.written]).unwrap(), b"and back");
+}
+
+#[test]
+fn an_upstream_sending_tickets_in_small_fragments_is_followed() {
+    // Review 16.7: an upstream whose records are small splits its NewSessionTickets;
+    // they were refused and upstream TLS broke.
+    let p = pki();
+    let tls = ClientTls::new(&ClientTlsSpec {
+        ca_pem: p.ca.cert_pem().as_bytes(),
+        server_name: "gw.example",
+        ..ClientTlsSpec::default()
+    })
+    .unwrap();
+    let mut cfg = (*upstream_server(&p)).clone();
+    cfg.max_fragment_size = Some(64);
+    let cfg = Arc::new(cfg);
+    for round in 0..2 {
+        let mut server = ServerConnection::new(Arc::clone(&cfg)).unwrap();
+        let mut up = tls.connect().unwrap();
+        upstream_handshake(&mut up, &mut server);
+        assert_eq!(up.is_resumed(), round == 1, "the tickets were taken");
+        server.writer().write_all(b"+OK ready\r\n").unwrap();
+        let mut wire = Vec::new();
+        server.write_tls(&mut wire).unwrap();
+        assert_eq!(read_all(&mut up, &mut wire), b"+OK ready\r\n");
+    }
+}
+
+#[test]
+fn a_handshake_message_interleaved_with_data_is_an_unexpected_message() {
+    let (mut c, mut s) = zgate_pair(false);
+    let mut wire = raw(&mut c, 22, &[24, 0, 0]);
+    wire.extend(raw(&mut c, 23, b"data in between"));
+    wire.extend(raw(&mut c, 22, &[1, 1]));
+    let r = feed(&mut s, &mut wire).unwrap_err();
+    assert_eq!(r.alert(), Alert::UnexpectedMessage);
+    assert_eq!(alert_seen_by(&mut c, &mut s), RejectReason::PeerAlert);
+}
+
+#[test]
+fn a_handshake_message_longer_than_the_bound_is_refused() {
+    let (mut c, mut s) = zgate_pair(false);
+    // A NewSessionTicket header claiming 16 MiB.
+    let mut wire = raw(&mut c, 22, &[4, 0xff, 0xff, 0xff]);
+    let r = feed(&mut s, &mut wire).unwrap_err();
+    assert_eq!(r.alert(), Alert::DecodeError);
+}
+
+#[test]
+fn tls13_alerts_other_than_closure_are_fatal_whatever_their_level() {
+    // A warning-level user_canceled is ignored, four times; the fifth is too many.
+    let (mut c, mut s) = zgate_pair(false);
+    for _ in 0..4 {
+        let mut wire = raw(&mut c, 21, &[1, 90]);
+        feed(&mut s, &mut wire).unwrap();
+    }
+    let mut wire = raw(&mut c, 21, &[1, 90]);
+    assert_eq!(
+        feed(&mut s, &mut wire).unwrap_err().alert(),
+        Alert::UnexpectedMessage
+    );
+    // A fatal-level user_canceled, and a warning-level anything else, end the session.
+    for alert in [[2u8, 90], [1, 40]] {
+        let (mut c, mut s) = zgate_pair(false);
+        let mut wire = raw(&mut c, 21, &alert);
+        assert_eq!(
+            feed(&mut s, &mut wire).unwrap_err(),
+            RejectReason::PeerAlert,
+            "{alert:?}"
+        );
+    }
+    // An unknown level.
+    let (mut c, mut s) = zgate_pair(false);
+    let mut wire = raw(&mut c, 21, &[3, 90]);
+    assert_eq!(
+        feed(&mut s, &mut wire).unwrap_err().alert(),
+        Alert::IllegalParameter
+    );
+}
+
+#[test]
+fn tls12_fatal_alerts_end_the_session_and_warnings_are_bounded() {
+    // Review 16.6: a fatal-level user_canceled was ignored; warnings were unlimited.
+    let (mut c, mut s) = zgate_pair(true);
+    let mut wire = raw(&mut c, 21, &[2, 90]);
+    assert_eq!(
+        feed(&mut s, &mut wire).unwrap_err(),
+        RejectReason::PeerAlert
+    );
+    let (mut c, mut s) = zgate_pair(true);
+    for _ in 0..4 {
+        let mut wire = raw(&mut c, 21, &[1, 90]);
+        wire.extend(raw(&mut c, 23, b"on"));
+        assert_eq!(feed(&mut s, &mut wire).unwrap(), b"on");
+    }
+    let mut wire = raw(&mut c, 21, &[1, 45]);
+    assert_eq!(
+        feed(&mut s, &mut wire).unwrap_err().alert(),
+        Alert::UnexpectedMessage
+    );
+}
+
+#[test]
+fn tls12_renegotiation_gets_a_no_renegotiation_warning_once_then_is_fatal() {
+    // Review 16.6: no_renegotiation went out at fatal level, and an upstream's
+    // HelloRequest killed the flow. Now the warning, and the session carries on.
+    let (mut c, mut s) = zgate_pair(true);
+    // The upstream side (our client session) gets a HelloRequest from the server.
+    let mut wire = raw(&mut s, 22, &[0, 0, 0, 0]);
+    wire.extend(raw(&mut s, 23, b"carry on"));
+    assert_eq!(feed(&mut c, &mut wire).unwrap(), b"carry on");
+    assert!(c.wants_write());
+    let mut out = vec![0u8; 4096];
+    let n = c.write_ciphertext(&mut out);
+    // The server side reads the warning and carries on too.
+    let mut back = out[..n].to_vec();
+    back.extend(raw(&mut c, 23, b"still here"));
+    assert_eq!(feed(&mut s, &mut back).unwrap(), b"still here");
+    // A second request is too many.
+    let mut wire = raw(&mut s, 22, &[0, 0, 0, 0]);
+    assert_eq!(
+        feed(&mut c, &mut wire).unwrap_err().alert(),
+        Alert::UnexpectedMessage
+    );
+    // Toward the gateway as server: a ClientHello after the handshake.
+    let (mut c, mut s) = zgate_pair(true);
+    let mut wire = raw(&mut c, 22, &[1, 0, 0, 2, 3, 3]);
+    feed(&mut s, &mut wire).unwrap();
+    let n = s.write_ciphertext(&mut out);
+    let mut warning = out[..n].to_vec();
+    assert_eq!(feed(&mut c, &mut warning).unwrap(), b"");
+    assert!(c.failure().is_none());
 }

@@ -130,10 +130,29 @@ enum Stop {
     Done,
 }
 
+/// Where the record that starts at `hs_in[from..]` ends: its header's length, or all of
+/// `hs_in` when that record is not complete yet (rustls cannot go past a record it
+/// does not have whole, so showing it the incomplete one is harmless).
+fn next_record_end(hs_in: &[u8], from: usize) -> usize {
+    match hs_in.get(from..from + crate::record::HEADER) {
+        Some(&[_, _, _, hi, lo]) => {
+            let end = from + crate::record::HEADER + usize::from(u16::from_be_bytes([hi, lo]));
+            end.min(hs_in.len())
+        }
+        _ => hs_in.len(),
+    }
+}
+
 /// Drive rustls until it needs input or the handshake is complete. Output goes to
-/// `tx`, application data rustls decrypted itself to `early`. Once the handshake is
-/// complete no more input is shown to rustls, so what follows stays in `hs_in` for the
-/// record layer.
+/// `tx`, application data rustls decrypted itself to `early`.
+///
+/// rustls is shown the input one record more at a time, only when it has used what
+/// it was shown and asks for more: it never sees a record past the one that completes
+/// the handshake (the peer's Finished ends its record, RFC 8446 §5.1). Otherwise, with
+/// no ticket to send, rustls would go on and consume what follows the Finished in the
+/// same input itself (a KeyUpdate it would answer into a queue nobody sends, a
+/// close_notify whose effect the record layer would never learn). What follows stays
+/// in `hs_in` for the record layer.
 fn drive<C: Step>(
     conn: &mut C,
     hs_in: &mut Vec<u8>,
@@ -141,13 +160,22 @@ fn drive<C: Step>(
     early: &mut Vec<u8>,
     closed: &mut bool,
 ) -> Result<Stop, rustls::Error> {
-    // Each turn either consumes input, produces output or changes state; a few dozen
-    // cover any handshake. The bound only guards against a state machine that spins.
-    for _ in 0..256 {
+    let mut shown = next_record_end(hs_in, 0);
+    // Each turn either consumes input, shows one more record, produces output or
+    // changes state: a few dozen cover any handshake, plus one per record shown. The
+    // bound only guards against a state machine that spins.
+    let turns = 256 + hs_in.len() / crate::record::HEADER;
+    for _ in 0..turns {
         let handshaking = conn.is_handshaking();
+        let unshown = shown < hs_in.len();
         let mut none: [u8; 0] = [];
-        let input: &mut [u8] = if handshaking { hs_in } else { &mut none };
+        let input: &mut [u8] = if handshaking {
+            hs_in.get_mut(..shown).unwrap_or_default()
+        } else {
+            &mut none
+        };
         let UnbufferedStatus { discard, state } = conn.step(input);
+        let mut show_more = false;
         let turn = match state {
             Err(e) => Err(e),
             Ok(ConnectionState::EncodeTlsData(mut enc)) => {
@@ -156,6 +184,10 @@ fn drive<C: Step>(
             Ok(ConnectionState::TransmitTlsData(t)) => {
                 // Queued in `tx`, which the caller sends before anything else.
                 t.done();
+                Ok(None)
+            }
+            Ok(ConnectionState::BlockedHandshake) if unshown => {
+                show_more = true;
                 Ok(None)
             }
             Ok(ConnectionState::BlockedHandshake) => Ok(Some(Stop::NeedInput)),
@@ -182,7 +214,12 @@ fn drive<C: Step>(
             Ok(_) => Err(rustls::Error::General("unexpected handshake state".into())),
         };
         if handshaking {
-            hs_in.drain(..discard.min(hs_in.len()));
+            let used = discard.min(shown);
+            hs_in.drain(..used);
+            shown -= used;
+        }
+        if show_more {
+            shown = next_record_end(hs_in, shown);
         }
         match turn? {
             Some(stop) => return Ok(stop),
@@ -493,14 +530,10 @@ impl TlsSession {
             return Err(f.clone());
         }
         if !self.can_read_in_place() {
-            return Err(RejectReason::Other(
-                "read in place while input is held".into(),
-            ));
+            return Err(RejectReason::Internal("read in place while input is held"));
         }
         let Engine::Records(rec) = &mut self.engine else {
-            return Err(RejectReason::Other(
-                "read in place before the handshake".into(),
-            ));
+            return Err(RejectReason::Internal("read in place before the handshake"));
         };
         match rec.open_in_place(region, data_start, runs, &mut self.tx) {
             Ok(()) => Ok(()),
@@ -535,16 +568,32 @@ impl TlsSession {
         // All out: drop the queue's memory, it is rarely needed again.
         self.tx = Vec::new();
         self.tx_sent = 0;
-        if plaintext.is_empty() || self.failed.is_some() || self.close_notify_sent {
+        if self.failed.is_some() || self.close_notify_sent {
             return done;
         }
         let Engine::Records(rec) = &mut self.engine else {
             return done;
         };
-        match rec.seal(plaintext, out.get_mut(done.written..).unwrap_or_default()) {
+        // A KeyUpdate the peer asked for goes out now, data or not (once, however many
+        // it asked for).
+        let sealed = rec
+            .seal_owed_update(out.get_mut(done.written..).unwrap_or_default())
+            .and_then(|n| {
+                done.written += n;
+                if plaintext.is_empty() {
+                    return Ok((0, 0));
+                }
+                rec.seal(plaintext, out.get_mut(done.written..).unwrap_or_default())
+            });
+        match sealed {
             Ok((taken, written)) => {
                 done.taken = taken;
                 done.written += written;
+                if rec.tx_exhausted() {
+                    // TLS 1.2 at its confidentiality limit: what was sealed goes out,
+                    // then close_notify; the session seals nothing more.
+                    self.close_notify();
+                }
             }
             Err(e) => {
                 let _ = self.fail_records(e);
@@ -584,9 +633,26 @@ impl TlsSession {
         closed && !self.holds_input()
     }
 
-    /// Whether ciphertext (handshake messages, alerts, close_notify) waits to be sent.
+    /// Whether ciphertext (handshake messages, alerts, close_notify, a KeyUpdate owed
+    /// to the peer) waits to be sent.
     pub fn wants_write(&self) -> bool {
-        self.tx_sent < self.tx.len()
+        self.tx_sent < self.tx.len() || self.owes_update()
+    }
+
+    /// Whether a KeyUpdate the peer asked for is not sent yet: the dataplane stops
+    /// reading a peer while this holds and its output cannot take the update, so a
+    /// peer that asks and never reads gets nothing more out of the gateway.
+    pub fn owes_update(&self) -> bool {
+        matches!(&self.engine, Engine::Records(r) if r.owes_update())
+            && self.failed.is_none()
+            && !self.close_notify_sent
+    }
+
+    /// Whether close_notify is queued or sent: nothing more is sealed. True after
+    /// [`TlsSession::close_notify`], and when the session ended itself (TLS 1.2 at its
+    /// confidentiality limit).
+    pub fn sent_close_notify(&self) -> bool {
+        self.close_notify_sent
     }
 
     /// Queue close_notify (flush it with [`TlsSession::write_ciphertext`]). Only an

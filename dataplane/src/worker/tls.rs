@@ -703,7 +703,7 @@ impl TlsConn {
             .ring
             .pool
             .region_mut(buf, i.end as usize)
-            .map_err(|_| RejectReason::Other("buffer state".into()))?;
+            .map_err(|_| RejectReason::Internal("receive buffer not held by the flow"))?;
         let mut runs = Runs::default();
         self.session
             .read_in_place(region, HEADROOM + i.pos as usize, &mut runs)?;
@@ -1365,7 +1365,7 @@ fn unread<'b>(
             .and_then(|b| b.get_mut(..i.end as usize)),
     };
     Ok(all
-        .ok_or_else(|| RejectReason::Other("buffer state".into()))?
+        .ok_or_else(|| RejectReason::Internal("receive buffer not held by the flow"))?
         .get_mut(i.pos as usize..)
         .unwrap_or_default())
 }
@@ -1384,7 +1384,7 @@ fn input_bytes<'b>(
             .and_then(|b| b.get(..i.end as usize)),
     };
     Ok(all
-        .ok_or_else(|| RejectReason::Other("buffer state".into()))?
+        .ok_or_else(|| RejectReason::Internal("receive buffer not held by the flow"))?
         .get(i.pos as usize..)
         .unwrap_or_default())
 }
