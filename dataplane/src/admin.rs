@@ -314,6 +314,13 @@ pub fn metrics_text(v: &AdminView) -> String {
         "Of the TLS handshakes completed, those that resumed a session from a ticket (no certificate verification ran; see session_resumption_max_age).",
         s.tls_resumed,
     );
+    metric(
+        &mut out,
+        "zgate_tls_truncations_total",
+        "counter",
+        "TLS flows aborted (RST both ways) because a side ended its stream without close_notify.",
+        s.tls_truncations,
+    );
     family(
         &mut out,
         (

@@ -739,6 +739,16 @@ impl Errors {
                     "expected a prefix ending in `:` or `/`, such as `urn:device:`",
                 );
                 ok = false;
+            } else if p.to_ascii_lowercase().starts_with("spiffe:") {
+                // A device-id URI is left out of the identity-URI count, so a `spiffe:`
+                // prefix would let a certificate carry two SPIFFE IDs and pass the
+                // one-URI-SAN rule with either (review 16.8).
+                self.value(
+                    k("device_id_uri_prefix"),
+                    p,
+                    "a device-id prefix may not be a SPIFFE URI: a certificate could then carry two SPIFFE IDs",
+                );
+                ok = false;
             }
         }
         let reload_interval = match t.reload_interval.as_deref() {
@@ -1619,6 +1629,17 @@ typo = 1
             e.0[0].to_string(),
             "listener[0].tls.device_id_uri_prefix: expected a prefix ending in `:` or `/`, such as `urn:device:` (got `urn:device`)"
         );
+        // Review 16.8: a SPIFFE prefix, in any case.
+        for prefix in ["spiffe://corp.example/device/", "SPIFFE://corp.example/"] {
+            let e = Config::parse(&format!(
+                "{TLS_BASE}client_ca='ca.pem'\ndevice_id_uri_prefix='{prefix}'\n"
+            ))
+            .unwrap_err();
+            assert_eq!(
+                e.0[0].to_string(),
+                format!("listener[0].tls.device_id_uri_prefix: a device-id prefix may not be a SPIFFE URI: a certificate could then carry two SPIFFE IDs (got `{prefix}`)")
+            );
+        }
         let e = Config::parse(&format!(
             "{TLS_BASE}client_ca='ca.pem'\nreload_interval='soon'\n"
         ))

@@ -180,6 +180,9 @@ pub struct WorkerStats {
     pub tls_handshakes: AtomicU64,
     /// Of those, the ones that resumed a session (no certificate verification ran).
     pub tls_resumed: AtomicU64,
+    /// TLS flows aborted because a side ended its stream without close_notify (a bare
+    /// FIN, possibly in the middle of a record): cut, never passed on as a clean end.
+    pub tls_truncations: AtomicU64,
     /// TLS flows refused before the decision, per [`zgate_tls::RejectReason::index`].
     pub tls_failures: [AtomicU64; REJECT_LABELS],
     /// PostgreSQL clients refused before TLS, per [`crate::postgres::Refusal::index`].
@@ -247,6 +250,8 @@ pub struct StatsSnapshot {
     pub tls_handshakes: u64,
     /// See [`WorkerStats::tls_resumed`].
     pub tls_resumed: u64,
+    /// See [`WorkerStats::tls_truncations`].
+    pub tls_truncations: u64,
     /// See [`WorkerStats::tls_failures`].
     pub tls_failures: [u64; REJECT_LABELS],
     /// See [`WorkerStats::postgres_refused`].
@@ -292,6 +297,7 @@ impl WorkerStats {
         self.buffers_in_use.store(s.buffers_in_use, r);
         self.tls_handshakes.store(s.tls_handshakes, r);
         self.tls_resumed.store(s.tls_resumed, r);
+        self.tls_truncations.store(s.tls_truncations, r);
         for (a, v) in self.tls_failures.iter().zip(s.tls_failures) {
             a.store(v, r);
         }
@@ -338,6 +344,7 @@ impl WorkerStats {
             buffers_in_use: self.buffers_in_use.load(r),
             tls_handshakes: self.tls_handshakes.load(r),
             tls_resumed: self.tls_resumed.load(r),
+            tls_truncations: self.tls_truncations.load(r),
             tls_failures: std::array::from_fn(|i| {
                 self.tls_failures.get(i).map_or(0, |a| a.load(r))
             }),
@@ -394,6 +401,7 @@ impl StatsSnapshot {
         self.buffers_in_use = self.buffers_in_use.saturating_add(o.buffers_in_use);
         self.tls_handshakes = self.tls_handshakes.saturating_add(o.tls_handshakes);
         self.tls_resumed = self.tls_resumed.saturating_add(o.tls_resumed);
+        self.tls_truncations = self.tls_truncations.saturating_add(o.tls_truncations);
         for (a, b) in self.tls_failures.iter_mut().zip(o.tls_failures) {
             *a = a.saturating_add(b);
         }

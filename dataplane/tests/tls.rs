@@ -367,6 +367,235 @@ mod tls {
         assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
+    /// Review 16.15: a denied client learned nothing useful (the TCP connection just
+    /// closed). Now it reads the `access_denied` alert; the reason stays in the audit.
+    #[test]
+    fn a_denied_client_is_told_access_denied() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "");
+        let other = pki.client(&ClientSpec::spiffe(OTHER));
+        let mut s = connect_tls(&gw, client_config(&pki, Some(&other)));
+        let mut buf = [0u8; 16];
+        let e = s.read(&mut buf).unwrap_err();
+        assert!(e.to_string().contains("AccessDenied"), "{e}");
+        let audit = gw.wait_audit(|e| e["event"] == "decision");
+        assert_eq!(audit["verdict"], "deny");
+        assert_eq!(audit["reason"], "no-rule-matched");
+        // OpenSSL says so too.
+        require("openssl", "version");
+        let mut child = s_client_as(&pki, &gw, OTHER, &[])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // stdin stays open: s_client quits at its EOF, before the alert could arrive.
+        // It exits on the alert (or on the gateway's close, if no alert came).
+        let _ = stdin.write_all(b"hello\n");
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("alert access denied"), "{text}");
+    }
+
+    /// What an [`ending_upstream`] read, and how its client's stream ended.
+    type Ending = (Vec<u8>, Result<(), std::io::ErrorKind>);
+
+    /// An upstream that reads its client's stream to the end and reports what it read
+    /// and how the stream ended: `Ok(())` for a FIN, the error kind otherwise. After
+    /// the first `ack_after` bytes it writes one byte back, so a test knows they
+    /// arrived before it cuts.
+    fn ending_upstream(ack_after: usize) -> (Upstream, std::sync::mpsc::Receiver<Ending>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let up = Upstream::start(move |mut s| {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let mut acked = false;
+            let end = loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => break Err(e.kind()),
+                }
+                if !acked && got.len() >= ack_after {
+                    acked = true;
+                    let _ = s.write_all(b"k");
+                }
+            };
+            let _ = tx.send((got, end));
+        });
+        (up, rx)
+    }
+
+    /// Review 16.2: a TCP FIN from the client without close_notify, even in the middle
+    /// of a record, became a FIN to the upstream: an on-path attacker could cut the
+    /// stream and have the gateway pass the cut on as a clean end. Now the upstream's
+    /// connection is reset.
+    #[test]
+    fn a_client_fin_without_close_notify_resets_the_upstream() {
+        let pki = Pki::new(&[]);
+        let (up, ends) = ending_upstream(12);
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "");
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        for cut_in_a_record in [false, true] {
+            let mut s = connect_tls(&gw, client_config(&pki, Some(&leaf)));
+            s.write_all(b"whole record").unwrap();
+            s.flush().unwrap();
+            let mut ack = [0u8; 1];
+            s.read_exact(&mut ack).unwrap();
+            if cut_in_a_record {
+                // The first 10 bytes of a record, and no more.
+                s.conn.writer().write_all(b"never whole").unwrap();
+                let mut rec = Vec::new();
+                s.conn.write_tls(&mut rec).unwrap();
+                s.sock.write_all(&rec[..10]).unwrap();
+            }
+            s.sock.shutdown(std::net::Shutdown::Write).unwrap();
+            let (got, end) = ends.recv_timeout(WAIT).unwrap();
+            assert_eq!(got, b"whole record");
+            assert_eq!(
+                end,
+                Err(std::io::ErrorKind::ConnectionReset),
+                "cut in a record: {cut_in_a_record}"
+            );
+        }
+        assert_eq!(gw.wait_metric("zgate_tls_truncations_total", 2), 2);
+    }
+
+    /// Review 16.2: after a record failure (here a forged byte: `bad_record_mac`) the
+    /// upstream saw a FIN. Now it is reset, and the client reads the alert.
+    #[test]
+    fn a_forged_record_resets_the_upstream_and_the_client_reads_bad_record_mac() {
+        let pki = Pki::new(&[]);
+        let (up, ends) = ending_upstream(6);
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "");
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let mut s = connect_tls(&gw, client_config(&pki, Some(&leaf)));
+        s.write_all(b"honest").unwrap();
+        s.flush().unwrap();
+        let mut ack = [0u8; 1];
+        s.read_exact(&mut ack).unwrap();
+        s.conn.writer().write_all(b"forged on the way").unwrap();
+        let mut rec = Vec::new();
+        s.conn.write_tls(&mut rec).unwrap();
+        let last = rec.len() - 1;
+        rec[last] ^= 0x55;
+        s.sock.write_all(&rec).unwrap();
+        let (got, end) = ends.recv_timeout(WAIT).unwrap();
+        assert_eq!(got, b"honest");
+        assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset));
+        let mut buf = [0u8; 16];
+        let e = s.read(&mut buf).unwrap_err();
+        assert!(e.to_string().contains("BadRecordMac"), "{e}");
+    }
+
+    /// Review 16.1: each KeyUpdate(update_requested) sealed a reply whether or not the
+    /// last was sent, and the socket was read again regardless: a client that asks and
+    /// never reads made the gateway hold about as much as it sent. Now one update is
+    /// owed however many are asked for, and a client whose update cannot be sent (its
+    /// window is full) is not read until it reads: its sends stall, the gateway's
+    /// memory stays flat, and every byte still arrives once it reads.
+    #[test]
+    fn a_client_asking_for_key_updates_and_never_reading_is_stalled_not_buffered() {
+        const MOST: usize = 100_000;
+        const FLOOD: usize = 8 << 20;
+        let pki = Pki::new(&[]);
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&received);
+        // The upstream floods the client (who does not read, so its window fills and
+        // the gateway's sends toward it stop) and counts what the client sends.
+        let up = Upstream::start(move |mut s| {
+            let mut w = s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let _ = w.write_all(&vec![b'u'; FLOOD]);
+            });
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                count.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let gw = tls_gateway(&pki, up.addr, trading_only(), "");
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let mut s = connect_tls(&gw, client_config(&pki, Some(&leaf)));
+        s.write_all(b"x").unwrap();
+        s.flush().unwrap();
+        // The flood fills the client's window: the gateway holds an upstream buffer it
+        // cannot send on yet.
+        gw.wait_metric("zgate_buffers_in_use", 1);
+        let rss_before = rss_kib(gw.child.id());
+        s.sock.set_nonblocking(true).unwrap();
+        let mut asked = 0;
+        let mut last_progress = Instant::now();
+        while asked < MOST && last_progress.elapsed() < Duration::from_secs(2) {
+            if s.conn.wants_write() {
+                match s.conn.write_tls(&mut s.sock) {
+                    Ok(_) => last_progress = Instant::now(),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+                continue;
+            }
+            s.conn.refresh_traffic_keys().unwrap();
+            s.conn.writer().write_all(b"k").unwrap();
+            asked += 1;
+        }
+        assert!(
+            asked < MOST,
+            "the gateway read all {MOST} KeyUpdate requests of a client whose window is full"
+        );
+        let grew = rss_kib(gw.child.id()).saturating_sub(rss_before);
+        assert!(grew < 2048, "gateway RSS grew by {grew} KiB");
+        // The client reads now: the flood and the owed update arrive, the gateway reads
+        // again, and every byte the client sent reaches the upstream. (Non-blocking IO
+        // by hand: a blocking write of the client's last requests would wait for a
+        // gateway that waits for the client to read.)
+        let mut flood = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        let deadline = Instant::now() + WAIT;
+        while flood < FLOOD || received.load(std::sync::atomic::Ordering::SeqCst) < asked + 1 {
+            assert!(
+                Instant::now() < deadline,
+                "bytes lost: {flood} of the flood"
+            );
+            let mut moved = false;
+            match s.conn.read_tls(&mut s.sock) {
+                Ok(0) => panic!("the gateway ended the flow"),
+                Ok(_) => {
+                    moved = true;
+                    s.conn.process_new_packets().unwrap();
+                    while let Ok(n) = s.conn.reader().read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        flood += n;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            if s.conn.wants_write() {
+                moved |= s.conn.write_tls(&mut s.sock).is_ok();
+            }
+            if !moved {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        assert_eq!(flood, FLOOD);
+        assert_eq!(
+            received.load(std::sync::atomic::Ordering::SeqCst),
+            asked + 1
+        );
+    }
+
     #[test]
     fn every_bad_certificate_is_refused_with_its_reason_in_metrics() {
         // The CA must exist before the leaf it revokes: make the PKI, then the CRL.
@@ -682,7 +911,12 @@ mod tls {
     /// `openssl s_client` to `gw` with an allowed client certificate, stdin and stdout
     /// piped, plus `extra` arguments.
     fn s_client(pki: &Pki, gw: &Gateway, extra: &[&str]) -> Command {
-        let (cert, key) = pki.write_leaf("client", &pki.client(&ClientSpec::spiffe(TRADING)));
+        s_client_as(pki, gw, TRADING, extra)
+    }
+
+    /// [`s_client`] with a certificate for `id`.
+    fn s_client_as(pki: &Pki, gw: &Gateway, id: &str, extra: &[&str]) -> Command {
+        let (cert, key) = pki.write_leaf("client", &pki.client(&ClientSpec::spiffe(id)));
         let mut c = Command::new("openssl");
         c.args(["s_client", "-connect", &gw.listen.to_string()])
             .args(["-servername", "localhost", "-verify_return_error"])

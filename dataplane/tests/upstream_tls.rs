@@ -49,10 +49,21 @@ mod upstream_tls {
         addr: SocketAddr,
         handshakes: Arc<AtomicUsize>,
         peers: Receiver<Vec<u8>>,
+        /// How each connection's input ended: `close_notify`, or the read error's kind.
+        ends: Receiver<String>,
+    }
+
+    /// What the echo does after its first echo.
+    #[derive(Clone, Copy, PartialEq)]
+    enum After {
+        /// Echo on until the peer's close_notify, then send its own.
+        EchoOn,
+        /// End its TCP stream at once, without close_notify (a cut).
+        Fin,
     }
 
     impl TlsEcho {
-        fn start(cert: &Leaf, client_ca: &Ca) -> TlsEcho {
+        fn start_with(cert: &Leaf, client_ca: &Ca, after: After) -> TlsEcho {
             let mut roots = RootCertStore::empty();
             roots
                 .add(CertificateDer::from_pem_slice(client_ca.cert_pem().as_bytes()).unwrap())
@@ -75,21 +86,31 @@ mod upstream_tls {
             let addr = listener.local_addr().unwrap();
             let handshakes = Arc::new(AtomicUsize::new(0));
             let (tx, peers) = channel();
+            let (end_tx, ends) = channel();
             let h = Arc::clone(&handshakes);
             std::thread::spawn(move || {
                 for tcp in listener.incoming().take(64) {
                     let Ok(tcp) = tcp else { break };
                     let (config, h, p) = (Arc::clone(&config), Arc::clone(&h), tx.clone());
+                    let end_tx = end_tx.clone();
                     std::thread::spawn(move || {
                         tcp.set_read_timeout(Some(WAIT)).unwrap();
                         let conn = ServerConnection::new(config).unwrap();
                         let mut s = StreamOwned::new(conn, tcp);
                         let mut buf = vec![0u8; 32 * 1024];
                         let mut first = true;
-                        while let Ok(n) = s.read(&mut buf) {
-                            if n == 0 {
-                                break;
-                            }
+                        loop {
+                            let n = match s.read(&mut buf) {
+                                Ok(0) => {
+                                    let _ = end_tx.send("close_notify".to_string());
+                                    break;
+                                }
+                                Ok(n) => n,
+                                Err(e) => {
+                                    let _ = end_tx.send(format!("{:?}", e.kind()));
+                                    break;
+                                }
+                            };
                             if first {
                                 // Data arrived: the handshake (with client auth) is done.
                                 first = false;
@@ -101,6 +122,10 @@ mod upstream_tls {
                             if s.write_all(&buf[..n]).and_then(|()| s.flush()).is_err() {
                                 break;
                             }
+                            if after == After::Fin {
+                                // Dropping the stream closes the socket: a bare FIN.
+                                return;
+                            }
                         }
                         s.conn.send_close_notify();
                         let _ = s.flush();
@@ -111,6 +136,7 @@ mod upstream_tls {
                 addr,
                 handshakes,
                 peers,
+                ends,
             }
         }
     }
@@ -125,13 +151,22 @@ mod upstream_tls {
     }
 
     fn upstream_side(pki: &Pki, server_name_in_cert: &str, trusted: bool) -> Upstream {
+        upstream_side_with(pki, server_name_in_cert, trusted, After::EchoOn)
+    }
+
+    fn upstream_side_with(
+        pki: &Pki,
+        server_name_in_cert: &str,
+        trusted: bool,
+        after: After,
+    ) -> Upstream {
         let dir = tempfile::tempdir().unwrap();
         let upstream_ca = Ca::new("upstream CA", now()).unwrap();
         let server = upstream_ca
             .server(&[server_name_in_cert], &[], now())
             .unwrap();
         let gateway_leaf = pki.ca.client(&ClientSpec::spiffe(GATEWAY), now()).unwrap();
-        let echo = TlsEcho::start(&server, &pki.ca);
+        let echo = TlsEcho::start_with(&server, &pki.ca, after);
         let ca_for_gateway = if trusted {
             upstream_ca.cert_pem().to_string()
         } else {
@@ -193,6 +228,39 @@ mod upstream_tls {
         assert!(rest.is_empty());
         assert_eq!(gw.wait_metric_at_most("zgate_connections_active", 0), 0);
         assert!(up.echo.handshakes.load(Ordering::SeqCst) >= 1);
+    }
+
+    /// Review 16.2: a bare FIN from a TLS upstream became close_notify to the client:
+    /// an on-path attacker could cut the upstream's stream and have the gateway vouch
+    /// for the cut. Now the client's connection is reset, with no close_notify.
+    #[test]
+    fn an_upstream_fin_without_close_notify_resets_the_client() {
+        let pki = Pki::new(&[]);
+        let up = upstream_side_with(&pki, "db.internal", true, After::Fin);
+        let gw = gateway(&pki, &up);
+        let mut s = connect(&gw, &pki);
+        echo_through(&mut s, b"the one echo");
+        let mut rest = Vec::new();
+        let e = s.read_to_end(&mut rest).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+        assert!(rest.is_empty());
+        assert_eq!(gw.wait_metric("zgate_tls_truncations_total", 1), 1);
+    }
+
+    /// The other way: a client that cuts its stream (FIN, no close_notify) does not
+    /// make the gateway send the upstream an authenticated close_notify: the upstream's
+    /// connection is reset.
+    #[test]
+    fn a_client_fin_without_close_notify_resets_the_tls_upstream() {
+        let pki = Pki::new(&[]);
+        let up = upstream_side(&pki, "db.internal", true);
+        let gw = gateway(&pki, &up);
+        let mut s = connect(&gw, &pki);
+        echo_through(&mut s, b"before the cut");
+        s.sock.shutdown(std::net::Shutdown::Write).unwrap();
+        let end = up.echo.ends.recv_timeout(WAIT).unwrap();
+        assert_eq!(end, "ConnectionReset");
+        assert_eq!(gw.wait_metric("zgate_tls_truncations_total", 1), 1);
     }
 
     fn upstream_failures(gw: &Gateway, reason: &str) -> u64 {

@@ -655,6 +655,27 @@ impl TlsSession {
         self.close_notify_sent
     }
 
+    /// Whether the peer's close_notify has been read, whether or not everything before
+    /// it has been delivered yet ([`TlsSession::peer_closed`] waits for that).
+    pub fn close_notify_received(&self) -> bool {
+        self.closed_early || matches!(&self.engine, Engine::Records(r) if r.peer_closed())
+    }
+
+    /// End the session with the fatal alert `alert` (flush it with
+    /// [`TlsSession::write_ciphertext`]): the peer learns why in its own error (a
+    /// denied client sees `access_denied`), and nothing more is sealed. Only an
+    /// established session sends it; it is a no-op after close_notify or a failure.
+    pub fn abort_with(&mut self, alert: crate::Alert) {
+        if self.close_notify_sent || self.failed.is_some() {
+            return;
+        }
+        if let (Engine::Records(rec), Some(code)) = (&mut self.engine, alert.code()) {
+            if rec.seal_alert(code, &mut self.tx).is_ok() {
+                self.close_notify_sent = true;
+            }
+        }
+    }
+
     /// Queue close_notify (flush it with [`TlsSession::write_ciphertext`]). Only an
     /// established session sends it; nothing can be sealed after it.
     pub fn close_notify(&mut self) {

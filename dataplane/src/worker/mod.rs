@@ -731,7 +731,7 @@ impl Worker {
             self.stats.denied += 1;
             self.with_conn(i, |f, ctx| {
                 if let Flow::Tls(t) = f {
-                    t.deny(ctx);
+                    t.deny(zgate_tls::Alert::AccessDenied, ctx);
                 }
             });
             return;

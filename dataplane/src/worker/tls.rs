@@ -9,7 +9,7 @@
 //!               │ timeout (tick) ─────────────────────────────────────► Closing
 //!               ▼ established
 //!             Deciding: the worker builds FlowFacts (identity, SNI, ALPN, cert age)
-//!               │ deny: close_notify ─► Flushing ─► Closing
+//!               │ deny: access_denied alert ─► Flushing ─► Closing
 //!               ▼ allow: push Connect ─link─ LinkTimeout
 //!             Connecting ── error/timeout ──────────────────────────► Closing
 //!               ▼ ok
@@ -43,7 +43,7 @@ use std::time::Instant;
 
 use zgate_table::facts::UnixSeconds;
 use zgate_telemetry::{bounded, AuditKind};
-use zgate_tls::{ClientTls, RejectReason, Runs, ServerTls, TlsSession, MAX_RECORD};
+use zgate_tls::{Alert, ClientTls, RejectReason, Runs, ServerTls, TlsSession, MAX_RECORD};
 
 use crate::config::{ListenerConfig, POSTGRES_ALPN};
 use crate::postgres::{Preamble, PreambleReader, Refusal};
@@ -339,33 +339,42 @@ impl TlsConn {
         }
     }
 
-    /// The upstream TLS session failed (or could not start): count `reason`, tell the
-    /// client with close_notify, close.
+    /// The upstream TLS session failed (or could not start): count `reason`, abort the
+    /// client (RST, no close_notify): the gateway never vouches for a stream its
+    /// upstream did not end cleanly (`docs/tls.md`, "Truncation and aborts").
     pub fn upstream_fail(&mut self, reason: &RejectReason, ctx: &mut Ctx<'_>) {
         if let Some(n) = ctx.stats.upstream_tls_failures.get_mut(reason.index()) {
             *n += 1;
         }
         self.refused = Some(Refused::tls(AuditKind::UpstreamTlsFailed, reason));
-        if !self.close_notify_sent {
-            self.session.close_notify();
-            self.close_notify_sent = true;
-        }
-        self.flush_then_close(ctx);
+        self.close(CloseKind::Reset, ctx);
     }
 
-    /// Refuse the flow before any byte reached an upstream: count `reason`, send what
-    /// the session queued (its alert), then close.
+    /// The client's side failed (its handshake, or a record after it): count `reason`,
+    /// abort the upstream if there is one (RST: what reached it may be cut short, and
+    /// a FIN would pass the cut on as a clean end), send the client the session's
+    /// alert, then close.
     pub fn fail(&mut self, reason: &RejectReason, ctx: &mut Ctx<'_>) {
         if let Some(n) = ctx.stats.tls_failures.get_mut(reason.index()) {
             *n += 1;
         }
         self.refused = Some(Refused::tls(AuditKind::TlsRefused, reason));
+        self.abort_upstream();
         self.flush_then_close(ctx);
     }
 
-    /// Denied by policy after the handshake: close_notify, flush, close.
-    pub fn deny(&mut self, ctx: &mut Ctx<'_>) {
-        self.session.close_notify();
+    /// Make the upstream socket's close a reset (nothing more is sent to it).
+    fn abort_upstream(&self) {
+        if let Some(u) = &self.upstream {
+            let _ = sys::set_linger_zero(u.as_raw_fd());
+        }
+    }
+
+    /// Refused after the handshake (denied by policy: `access_denied`): the fatal
+    /// `alert`, so the client's own error says what happened; flush, close. The
+    /// reason itself stays in the audit trail.
+    pub fn deny(&mut self, alert: Alert, ctx: &mut Ctx<'_>) {
+        self.session.abort_with(alert);
         self.close_notify_sent = true;
         self.flush_then_close(ctx);
     }
@@ -906,7 +915,16 @@ impl TlsConn {
         };
         let w = up.write(b.to_upstream.data(), buf);
         b.to_upstream.start += w.taken;
+        let ended = up.sent_close_notify() && !self.up_close_notify_sent;
         self.filled(0, w.written, ctx);
+        if ended {
+            // The upstream session ended itself (TLS 1.2 at its confidentiality
+            // limit): the client's bytes can go nowhere; cut both sides.
+            self.up_close_notify_sent = true;
+            ctx.stats.resets += 1;
+            self.close(CloseKind::Reset, ctx);
+            return true;
+        }
         w.taken > 0 || w.written > 0
     }
 
@@ -980,6 +998,15 @@ impl TlsConn {
             b.to_client.start += w.taken;
         }
         self.filled(1, w.written, ctx);
+        if self.session.sent_close_notify() && !self.close_notify_sent {
+            // The session ended itself (TLS 1.2 at its confidentiality limit): what it
+            // sealed goes out, then its close_notify; the upstream is cut (what it
+            // sends next cannot reach the client) and the flow closes.
+            self.close_notify_sent = true;
+            self.abort_upstream();
+            self.flush_then_close(ctx);
+            return true;
+        }
         w.taken > 0 || w.written > 0
     }
 
@@ -1068,7 +1095,9 @@ impl TlsConn {
     }
 
     /// Refuse a PostgreSQL client before (or instead of) TLS: count `r`, send its reply
-    /// if it has one (plaintext), or close_notify once TLS is up, then close.
+    /// if it has one (plaintext), or once TLS is up the `no_application_protocol` alert
+    /// (the one refusal made after the handshake: direct TLS without ALPN
+    /// `postgresql`), then close.
     fn refuse_preamble(&mut self, r: Refusal, ctx: &mut Ctx<'_>) {
         if let Some(n) = ctx.stats.postgres_refused.get_mut(r.index()) {
             *n += 1;
@@ -1079,7 +1108,7 @@ impl TlsConn {
             detail: None,
         });
         if self.session.is_established() {
-            self.deny(ctx);
+            self.deny(Alert::NoApplicationProtocol, ctx);
             return;
         }
         if let Some(reply) = r.reply() {
@@ -1106,10 +1135,33 @@ impl TlsConn {
         if self.state != TlsState::Open {
             return;
         }
-        // Client finished sending (close_notify, or FIN) and everything reached the
-        // upstream: pass the FIN on.
-        let [c, u] = &self.sides;
-        let client_done = (self.session.peer_closed() || c.eof)
+        // Truncation (`docs/tls.md`): a TLS side that ended its TCP stream without
+        // close_notify, everything it sent before read, was cut (possibly in the
+        // middle of a record), not finished. Abort both ways; never pass its end on as
+        // a clean one (a FIN, or close_notify that the gateway would vouch for).
+        let client_cut = self.sides[CLIENT].eof
+            && self.input[CLIENT].is_none()
+            && !self.session.holds_input()
+            && !self.session.close_notify_received();
+        let upstream_cut = self.sides[UPSTREAM].eof
+            && self.input[UPSTREAM].is_none()
+            && self
+                .up
+                .as_deref()
+                .is_some_and(|u| !u.holds_input() && !u.close_notify_received());
+        if upstream_cut && self.up.as_deref().is_some_and(|u| !u.is_established()) {
+            self.upstream_fail(&RejectReason::PeerClosed, ctx);
+            return;
+        }
+        if client_cut || upstream_cut {
+            ctx.stats.tls_truncations += 1;
+            self.close(CloseKind::Reset, ctx);
+            return;
+        }
+        // Client finished sending (close_notify) and everything reached the upstream:
+        // pass the FIN on.
+        let u = &self.sides[UPSTREAM];
+        let client_done = self.session.peer_closed()
             && self.input[CLIENT].is_none()
             && !self.session.holds_input()
             && self
@@ -1167,7 +1219,10 @@ impl TlsConn {
         ) && self.input[CLIENT].is_none()
             && !self.session.holds_input()
             && !self.session.peer_closed()
-            && !self.sides[CLIENT].eof;
+            && !self.sides[CLIENT].eof
+            // A KeyUpdate owed to the client and not yet sent (its output is busy):
+            // read no more from it until the update is out (review 16.1).
+            && !self.session.owes_update();
         if client_ok {
             self.recv(CLIENT, ctx);
         }
@@ -1177,7 +1232,7 @@ impl TlsConn {
             && self
                 .up
                 .as_ref()
-                .is_none_or(|u| !u.holds_input() && !u.peer_closed())
+                .is_none_or(|u| !u.holds_input() && !u.peer_closed() && !u.owes_update())
             && !self.sides[UPSTREAM].eof;
         if upstream_ok {
             self.recv(UPSTREAM, ctx);
@@ -1365,7 +1420,9 @@ fn unread<'b>(
             .and_then(|b| b.get_mut(..i.end as usize)),
     };
     Ok(all
-        .ok_or_else(|| RejectReason::Internal("receive buffer not held by the flow"))?
+        .ok_or(RejectReason::Internal(
+            "receive buffer not held by the flow",
+        ))?
         .get_mut(i.pos as usize..)
         .unwrap_or_default())
 }
@@ -1384,7 +1441,9 @@ fn input_bytes<'b>(
             .and_then(|b| b.get(..i.end as usize)),
     };
     Ok(all
-        .ok_or_else(|| RejectReason::Internal("receive buffer not held by the flow"))?
+        .ok_or(RejectReason::Internal(
+            "receive buffer not held by the flow",
+        ))?
         .get(i.pos as usize..)
         .unwrap_or_default())
 }
