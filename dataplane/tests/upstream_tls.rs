@@ -263,6 +263,94 @@ mod upstream_tls {
         assert_eq!(gw.wait_metric("zgate_tls_truncations_total", 1), 1);
     }
 
+    /// `openssl s_server -rev` with `-max_send_frag 512`, asking for the gateway's
+    /// certificate: its session tickets carry that certificate, so each is longer than
+    /// one 512-byte record. Killed on drop.
+    struct OpensslUpstream(std::process::Child, u16);
+
+    impl Drop for OpensslUpstream {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Review 16.7: a handshake message split over records after the handshake (here an
+    /// upstream's NewSessionTicket) was refused and upstream TLS broke. Now it is
+    /// reassembled: the flow works and the next connection resumes with the ticket.
+    #[test]
+    fn an_openssl_upstream_with_small_records_splits_its_tickets_and_is_followed() {
+        let ok = std::process::Command::new("openssl")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok,
+            "openssl is missing: install the `openssl` package (tools/test does)"
+        );
+        let pki = Pki::new(&[]);
+        let up = upstream_side(&pki, "db.internal", true);
+        let dir = tempfile::tempdir().unwrap();
+        let upstream_ca = Ca::new("openssl upstream CA", now()).unwrap();
+        let server = upstream_ca.server(&["db.internal"], &[], now()).unwrap();
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("server.pem"), &server.chain_pem).unwrap();
+        std::fs::write(p("server.key"), &server.key_pem).unwrap();
+        std::fs::write(p("upstream-ca.pem"), upstream_ca.cert_pem()).unwrap();
+        std::fs::write(p("corp-ca.pem"), pki.ca.cert_pem()).unwrap();
+        let port = free_port();
+        let child = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-rev", "-accept", &port.to_string()])
+            .args(["-max_send_frag", "512", "-Verify", "1"])
+            .arg("-cert")
+            .arg(p("server.pem"))
+            .arg("-key")
+            .arg(p("server.key"))
+            .arg("-CAfile")
+            .arg(p("corp-ca.pem"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let openssl = OpensslUpstream(child, port);
+        let addr: SocketAddr = format!("127.0.0.1:{}", openssl.1).parse().unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s_server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let table = up.table.replace(
+            &up._dir.path().join("upstream-ca.pem").display().to_string(),
+            &p("upstream-ca.pem").display().to_string(),
+        );
+        let mut setup = Setup::new(addr);
+        setup.table = Some(trading_only());
+        setup.listener_extra = format!("{}{}", pki.listener_tls(""), table);
+        let gw = Gateway::start(&setup);
+        for round in 0..2u64 {
+            let mut s = connect(&gw, &pki);
+            s.write_all(b"fragmented tickets\n").unwrap();
+            s.flush().unwrap();
+            let mut got = [0u8; 19];
+            s.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"stekcit detnemgarf\n", "round {round}");
+            assert_eq!(
+                gw.wait_metric("zgate_upstream_tls_handshakes_total", round + 1),
+                round + 1
+            );
+        }
+        assert_eq!(
+            gw.metric("zgate_upstream_tls_failures_total{reason=\"bad-record\"}"),
+            0,
+            "{}",
+            gw.log()
+        );
+    }
+
     fn upstream_failures(gw: &Gateway, reason: &str) -> u64 {
         gw.metric(&format!(
             "zgate_upstream_tls_failures_total{{reason=\"{reason}\"}}"
