@@ -163,6 +163,13 @@ pub fn metrics_text(v: &AdminView) -> String {
     );
     metric(
         &mut out,
+        "zgate_worker_rearm_failures_total",
+        "counter",
+        "Re-arms of an accept or a worker's wake-up read that could not be queued (submission queue full, ring busy), retried on a later loop turn.",
+        s.rearm_failures,
+    );
+    metric(
+        &mut out,
         "zgate_flows_closed_by_policy_total",
         "counter",
         "Live flows closed because a re-decision (new table, expired constraints) denied them.",

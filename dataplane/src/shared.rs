@@ -162,6 +162,9 @@ pub struct WorkerStats {
     pub resets: AtomicU64,
     /// Accept errors (e.g. out of file descriptors).
     pub accept_errors: AtomicU64,
+    /// Re-arms of the accept or the wake-up read that could not be queued (a full
+    /// submission queue, a busy ring) and were retried later.
+    pub rearm_failures: AtomicU64,
     /// Live flows closed because a re-decision (new table, or expired constraints)
     /// no longer allows them.
     pub closed_by_policy: AtomicU64,
@@ -234,6 +237,8 @@ pub struct StatsSnapshot {
     pub resets: u64,
     /// See [`WorkerStats::accept_errors`].
     pub accept_errors: u64,
+    /// See [`WorkerStats::rearm_failures`].
+    pub rearm_failures: u64,
     /// See [`WorkerStats::closed_by_policy`].
     pub closed_by_policy: u64,
     /// See [`WorkerStats::recv_starved`].
@@ -289,6 +294,7 @@ impl WorkerStats {
         self.lifetime_expiries.store(s.lifetime_expiries, r);
         self.resets.store(s.resets, r);
         self.accept_errors.store(s.accept_errors, r);
+        self.rearm_failures.store(s.rearm_failures, r);
         self.closed_by_policy.store(s.closed_by_policy, r);
         self.recv_starved.store(s.recv_starved, r);
         self.pipes_opened.store(s.pipes_opened, r);
@@ -336,6 +342,7 @@ impl WorkerStats {
             lifetime_expiries: self.lifetime_expiries.load(r),
             resets: self.resets.load(r),
             accept_errors: self.accept_errors.load(r),
+            rearm_failures: self.rearm_failures.load(r),
             closed_by_policy: self.closed_by_policy.load(r),
             recv_starved: self.recv_starved.load(r),
             pipes_opened: self.pipes_opened.load(r),
@@ -393,6 +400,7 @@ impl StatsSnapshot {
         self.lifetime_expiries = self.lifetime_expiries.saturating_add(o.lifetime_expiries);
         self.resets = self.resets.saturating_add(o.resets);
         self.accept_errors = self.accept_errors.saturating_add(o.accept_errors);
+        self.rearm_failures = self.rearm_failures.saturating_add(o.rearm_failures);
         self.closed_by_policy = self.closed_by_policy.saturating_add(o.closed_by_policy);
         self.recv_starved = self.recv_starved.saturating_add(o.recv_starved);
         self.pipes_opened = self.pipes_opened.saturating_add(o.pipes_opened);

@@ -46,6 +46,30 @@ pub fn load_table(path: &Path) -> Result<DecisionTable, TableError> {
     DecisionTable::decode(&bytes).map_err(TableError::Decode)
 }
 
+/// Why a reload (SIGHUP, `reload`) published no new table: the current one stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The config names no table file: every flow is still denied.
+    #[error("no table is configured; every flow is still denied")]
+    NoTable,
+    /// The table file cannot be used.
+    #[error("table `{path}` refused, the current one stays: {source}")]
+    Table {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: TableError,
+    },
+}
+
+/// What one reload did, for the log and for whoever asked (the operator socket).
+struct Reloaded {
+    /// The table published, or why none was.
+    table: Result<u64, ReloadError>,
+    /// Per listener whose TLS material was refused: its name and every error.
+    tls_refused: Vec<(String, Vec<String>)>,
+}
+
 /// Why `zgate run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -338,7 +362,7 @@ pub fn run(
             while let Some(sig) = sys::read_signal(sigfd.as_raw_fd()) {
                 match sig {
                     libc::SIGHUP => {
-                        let _ = reloading.everything("SIGHUP", config, &control, &mut audit);
+                        reloading.everything("SIGHUP", config, &control, &mut audit);
                         wake_all(&workers);
                     }
                     _ => drain(&format!("signal {sig}"), &mut drain_deadline, &workers),
@@ -349,36 +373,10 @@ pub fn run(
             for req in control_socket.iter().flat_map(ControlSocket::requests) {
                 let answer = match req.command {
                     Command::Reload => {
-                        let (loaded, tls_refused) =
+                        let r =
                             reloading.everything("control `reload`", config, &control, &mut audit);
                         wake_all(&workers);
-                        let version = control.table().map(|t| t.version());
-                        let mut problems = Vec::new();
-                        if !loaded {
-                            problems
-                                .push("the table was refused; the current one stays".to_string());
-                        }
-                        if tls_refused > 0 {
-                            problems.push(format!(
-                                "the TLS material of {tls_refused} listener(s) was refused; their current material stays"
-                            ));
-                        }
-                        format!(
-                            "{{\"ok\":{},\"table_version\":{},\"tls_refused\":{tls_refused}{}}}",
-                            problems.is_empty(),
-                            version.map_or("null".to_string(), |v| v.to_string()),
-                            if problems.is_empty() {
-                                String::new()
-                            } else {
-                                format!(
-                                    ",\"error\":{}",
-                                    json_string(&format!(
-                                        "{} (the gateway log says why)",
-                                        problems.join("; ")
-                                    ))
-                                )
-                            }
-                        )
+                        reload_answer(&r, control.table().map(|t| t.version()))
                     }
                     // Unlike a second SIGTERM, a repeated `drain` (a retrying script)
                     // does not close every flow: it reports the drain under way.
@@ -449,7 +447,7 @@ pub fn run(
         }
         let events = reloading.tls_watch.poll(config, Instant::now(), unix_now());
         if !events.is_empty() {
-            reloading.tls.apply(config, &control, events);
+            let _refused_and_logged = reloading.tls.apply(config, &control, events);
             // Workers pick new material up at their next loop turn; wake them so an idle
             // worker does not wait for its tick.
             wake_all(&workers);
@@ -503,17 +501,17 @@ struct Reloading {
 
 impl Reloading {
     /// SIGHUP, and `reload` on the control socket: the table, the TLS files, the audit
-    /// file. Whether the table loaded, and how many listeners' TLS material was
-    /// refused. The caller wakes the workers.
+    /// file. What was published and what was refused, with the reasons (also logged).
+    /// The caller wakes the workers.
     fn everything(
         &mut self,
         why: &str,
         config: &Config,
         control: &Control,
         audit: &mut AuditWriter,
-    ) -> (bool, u64) {
-        let loaded = reload(why, config, control).is_ok();
-        if loaded {
+    ) -> Reloaded {
+        let table = reload(why, config, control);
+        if table.is_ok() {
             self.tables += 1;
         } else {
             self.table_failures += 1;
@@ -524,9 +522,8 @@ impl Reloading {
             ));
         }
         let events = self.tls_watch.reload_changed(config, unix_now());
-        let failures_before = self.tls.failures;
-        self.tls.apply(config, control, events);
-        (loaded, self.tls.failures - failures_before)
+        let tls_refused = self.tls.apply(config, control, events);
+        Reloaded { table, tls_refused }
     }
 }
 
@@ -538,8 +535,15 @@ struct TlsReloads {
 }
 
 impl TlsReloads {
-    /// Publish the material that loaded, log every outcome.
-    fn apply(&mut self, config: &Config, control: &Control, events: Vec<ReloadEvent>) {
+    /// Publish the material that loaded, log every outcome. Returns each refused
+    /// listener's name with its errors.
+    fn apply(
+        &mut self,
+        config: &Config,
+        control: &Control,
+        events: Vec<ReloadEvent>,
+    ) -> Vec<(String, Vec<String>)> {
+        let mut refused = Vec::new();
         for e in events {
             let name = config
                 .listeners
@@ -560,12 +564,17 @@ impl TlsReloads {
                         "listener `{name}`: TLS reload refused, keeping the current material: {} error(s)",
                         errs.len()
                     ));
-                    for err in errs {
+                    for err in &errs {
                         log(format_args!("  {err}"));
                     }
+                    refused.push((
+                        name.to_string(),
+                        errs.iter().map(ToString::to_string).collect(),
+                    ));
                 }
             }
         }
+        refused
     }
 }
 
@@ -596,30 +605,58 @@ fn warn_unscoped_names(config: &Config, table: &DecisionTable) {
     }
 }
 
-fn reload(why: &str, config: &Config, control: &Control) -> Result<(), ()> {
+/// Load and publish the configured table; on failure nothing changes. Logged either
+/// way; the version published, or why none was.
+fn reload(why: &str, config: &Config, control: &Control) -> Result<u64, ReloadError> {
     let Some(path) = &config.table else {
-        log(format_args!(
-            "{why}: no table configured; still denying every flow"
-        ));
-        return Err(());
+        let e = ReloadError::NoTable;
+        log(format_args!("{why}: {e}"));
+        return Err(e);
     };
     match load_table(path) {
         Ok(t) => {
+            let version = t.version();
             log(format_args!(
-                "{why}: table `{}` version {} published",
+                "{why}: table `{}` version {version} published",
                 path.display(),
-                t.version()
             ));
             warn_unscoped_names(config, &t);
             control.publish(t);
-            Ok(())
+            Ok(version)
         }
-        Err(e) => {
-            log(format_args!(
-                "{why}: table `{}` refused, keeping the current one: {e}",
-                path.display()
-            ));
-            Err(())
+        Err(source) => {
+            let e = ReloadError::Table {
+                path: path.clone(),
+                source,
+            };
+            log(format_args!("{why}: {e}"));
+            Err(e)
         }
     }
+}
+
+/// The operator socket's answer to `reload`: `ok` only when nothing was refused, the
+/// table version now enforced, and every refusal with its reason (not "see the log").
+fn reload_answer(r: &Reloaded, enforced: Option<u64>) -> String {
+    let mut problems = Vec::new();
+    if let Err(e) = &r.table {
+        problems.push(e.to_string());
+    }
+    for (listener, errs) in &r.tls_refused {
+        problems.push(format!(
+            "listener `{listener}`: TLS material refused, the current material stays: {}",
+            errs.join("; ")
+        ));
+    }
+    let error = if problems.is_empty() {
+        String::new()
+    } else {
+        format!(",\"error\":{}", json_string(&problems.join("; ")))
+    };
+    format!(
+        "{{\"ok\":{},\"table_version\":{},\"tls_refused\":{}{error}}}",
+        problems.is_empty(),
+        enforced.map_or("null".to_string(), |v| v.to_string()),
+        r.tls_refused.len(),
+    )
 }

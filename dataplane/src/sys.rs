@@ -609,6 +609,35 @@ pub enum PushError {
     Buf(#[from] BufError),
 }
 
+/// Test hook: make the next pushes of the rings on this thread fail as a full
+/// submission queue would, so the worker's handling of that can be tested.
+#[cfg(test)]
+pub mod push_faults {
+    use std::cell::RefCell;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    thread_local! {
+        static FAULTS: RefCell<Option<Arc<AtomicU32>>> = const { RefCell::new(None) };
+    }
+
+    /// From now on, pushes on this thread fail while `count` is above zero (each
+    /// failure takes one off).
+    pub fn install(count: Arc<AtomicU32>) {
+        FAULTS.with(|f| *f.borrow_mut() = Some(count));
+    }
+
+    /// Whether this push should fail.
+    pub(super) fn take() -> bool {
+        FAULTS.with(|f| {
+            f.borrow().as_ref().is_some_and(|c| {
+                c.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            })
+        })
+    }
+}
+
 /// One completion, copied out of the CQ.
 #[derive(Debug, Clone, Copy)]
 pub struct Completion {
@@ -686,6 +715,10 @@ impl Ring {
     }
 
     fn push(&mut self, entry: &squeue::Entry) -> Result<(), PushError> {
+        #[cfg(test)]
+        if push_faults::take() {
+            return Err(PushError::Full(io::Error::from(io::ErrorKind::WouldBlock)));
+        }
         for _ in 0..2 {
             // SAFETY: every pointer in `entry` points into a `Lent` whose count the
             // caller of this private fn raised before or right after this push (only

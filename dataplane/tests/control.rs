@@ -52,7 +52,11 @@ mod control {
         let r = control_ask(&socket, "reload");
         assert_eq!(r["ok"], false, "{r}");
         assert_eq!(r["table_version"], 2);
-        assert!(r["error"].as_str().unwrap().contains("refused"), "{r}");
+        let error = r["error"].as_str().unwrap();
+        assert!(
+            error.contains("refused, the current one stays: does not verify"),
+            "{r}"
+        );
         assert_eq!(round_trip(&s, b"still"), b"still");
 
         // Not a command: refused with the list of commands, nothing else happens.

@@ -105,6 +105,13 @@ fn upstream_refusing_connections_closes_the_client_promptly() {
     assert!(ends_without_data(&mut s), "client was not closed");
     assert!(gw.wait_metric("zgate_upstream_connect_failures_total", 1) >= 1);
     assert_eq!(gw.wait_metric_at_most("zgate_connections_active", 0), 0);
+    // Review 16.13: the failure is in the audit trail, after the allow that led to it.
+    let me = s.local_addr().unwrap().to_string();
+    let e =
+        gw.wait_audit(|e| e["source"] == me.as_str() && e["event"] == "upstream_connect_failed");
+    assert_eq!(e["reason"], "connect-refused");
+    assert_eq!(e["listener"], "echo");
+    assert!(e["detail"].as_str().unwrap().contains("refused"), "{e}");
 }
 
 #[test]

@@ -1471,9 +1471,10 @@ mod tls {
         assert_eq!(r["ok"], false, "{r}");
         assert_eq!(r["tls_refused"], 1);
         assert_eq!(r["table_version"], 1, "the table itself reloaded");
+        // The answer says why, not "see the log" (review 16.13).
         let error = r["error"].as_str().unwrap();
         assert!(
-            error.contains("TLS material of 1 listener(s) was refused"),
+            error.contains("listener `echo`: TLS material refused, the current material stays: listener[0].tls.cert"),
             "{error}"
         );
         assert_eq!(gw.metric("zgate_tls_reload_failures_total"), 1);

@@ -38,6 +38,9 @@ pub enum AuditKind {
     PreambleRefused,
     /// The TLS session toward the upstream failed.
     UpstreamTlsFailed,
+    /// The upstream could not be connected (refused, unreachable, timed out): the
+    /// allowed flow was closed before its first byte.
+    UpstreamConnectFailed,
 }
 
 /// One audit record. Built on a worker, rendered on the supervisor.

@@ -162,6 +162,57 @@ pub struct Ctx<'a> {
     /// Spare output buffers of TLS flows (`worker::tls::OUT_SIZE`), reused instead of
     /// allocating and zeroing one per record batch; at most [`OUT_POOL_MAX`] kept.
     pub out_pool: &'a mut Vec<Lent<[u8]>>,
+    /// Set by the flow when its upstream connect failed: the worker audits it.
+    pub connect_failed: Option<ConnectFailure>,
+}
+
+/// Why an upstream connect failed, for the flow's audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The socket could not be made (out of descriptors, ...): its errno.
+    Socket(Option<i32>),
+    /// The connect SQE could not be queued.
+    Queue,
+    /// The connect failed: its errno.
+    Connect(i32),
+    /// `connect_timeout` passed.
+    Timeout,
+}
+
+impl ConnectFailure {
+    /// From a connect CQE's (negative) result.
+    pub fn from_result(result: i32) -> ConnectFailure {
+        if result == -libc::ECANCELED {
+            ConnectFailure::Timeout
+        } else {
+            ConnectFailure::Connect(result.saturating_neg())
+        }
+    }
+
+    /// The audit record's `reason`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectFailure::Timeout => "connect-timeout",
+            ConnectFailure::Connect(libc::ECONNREFUSED) => "connect-refused",
+            ConnectFailure::Connect(libc::ENETUNREACH | libc::EHOSTUNREACH) => {
+                "connect-unreachable"
+            }
+            ConnectFailure::Connect(_) => "connect-error",
+            ConnectFailure::Socket(_) => "upstream-socket",
+            ConnectFailure::Queue => "connect-not-queued",
+        }
+    }
+
+    /// The kernel's words, when there are some (rendered on the supervisor's side of
+    /// the queue would be better; this path is rare and already failing).
+    pub fn detail(self) -> Option<String> {
+        match self {
+            ConnectFailure::Connect(e) | ConnectFailure::Socket(Some(e)) => {
+                Some(std::io::Error::from_raw_os_error(e).to_string())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The splice pipes one worker may hold at once (`[workers] splice_pipes`), shared by
@@ -248,8 +299,8 @@ pub struct Admitted {
     pub source: SocketAddr,
     /// Wall-clock second of the accept.
     pub started_unix: UnixSeconds,
-    /// When the decision stops holding.
-    pub expires_at: Option<UnixSeconds>,
+    /// What allowed it.
+    pub permit: crate::worker::Permit,
 }
 
 impl Conn {
@@ -286,7 +337,7 @@ impl Conn {
             last_active: ctx.now,
             source: admitted.source,
             started_unix: admitted.started_unix,
-            expires_at: admitted.expires_at,
+            expires_at: admitted.permit.expires_at(),
         })
     }
 
@@ -437,6 +488,7 @@ impl Conn {
             if result == -libc::ECANCELED {
                 ctx.stats.upstream_connect_timeouts += 1;
             }
+            ctx.connect_failed = Some(ConnectFailure::from_result(result));
             self.close(CloseKind::Normal, ctx);
         }
     }

@@ -22,6 +22,8 @@
 //! nothing at all is in flight on its ring.
 
 pub mod conn;
+mod decide;
+mod flow;
 mod timers;
 pub mod tls;
 pub mod token;
@@ -32,9 +34,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use zgate_table::facts::{Decision, FlowFacts, LiveFacts, Reason};
+use zgate_table::facts::LiveFacts;
 use zgate_table::DecisionTable;
-use zgate_telemetry::{bounded, AuditEvent, AuditKind, AuditQueue};
+use zgate_telemetry::{AuditKind, AuditQueue};
 use zgate_tls::{RejectReason, ServerTls};
 
 use crate::tls::ListenerTls;
@@ -43,8 +45,10 @@ use crate::config::{ListenerConfig, PollMode, Protocol};
 use crate::shared::{Control, Phase, StatsSnapshot, WorkerStats};
 use crate::sys::{self, Completion, Lent, Ring};
 use conn::{Admitted, CloseKind, Conn, Ctx, PipeBudget, State};
+pub use decide::{permit, Permit, Refusal};
+use flow::Flow;
 use timers::Wheel;
-use tls::{Refused, TlsConn, TlsState};
+use tls::{Refused, TlsConn};
 use token::{decode, encode, next_gen, Op};
 
 /// How often timers are checked (and the longest an interrupt-mode worker sleeps).
@@ -212,126 +216,6 @@ struct Slot {
     check_tick: u64,
 }
 
-/// A flow in a slot: plain TCP, or TLS-terminated.
-pub enum Flow {
-    /// Plain TCP ([`conn`]).
-    Plain(Conn),
-    /// TLS on the client side ([`tls`]).
-    Tls(Box<TlsConn>),
-}
-
-impl Flow {
-    fn state(&self) -> State {
-        match self {
-            Flow::Plain(c) => c.state,
-            Flow::Tls(t) => t.coarse_state(),
-        }
-    }
-
-    fn listener(&self) -> usize {
-        match self {
-            Flow::Plain(c) => c.listener,
-            Flow::Tls(t) => t.listener,
-        }
-    }
-
-    fn source(&self) -> std::net::SocketAddr {
-        match self {
-            Flow::Plain(c) => c.source,
-            Flow::Tls(t) => t.source,
-        }
-    }
-
-    fn tls_session(&self) -> Option<&zgate_tls::TlsSession> {
-        match self {
-            Flow::Plain(_) => None,
-            Flow::Tls(t) => Some(t.session()),
-        }
-    }
-
-    fn started(&self) -> Instant {
-        match self {
-            Flow::Plain(c) => c.started,
-            Flow::Tls(t) => t.started,
-        }
-    }
-
-    fn last_active(&self) -> Instant {
-        match self {
-            Flow::Plain(c) => c.last_active,
-            Flow::Tls(t) => t.last_active,
-        }
-    }
-
-    fn started_unix(&self) -> i64 {
-        match self {
-            Flow::Plain(c) => c.started_unix,
-            Flow::Tls(t) => t.started_unix,
-        }
-    }
-
-    fn expires_at(&self) -> Option<i64> {
-        match self {
-            Flow::Plain(c) => c.expires_at,
-            Flow::Tls(t) => t.expires_at,
-        }
-    }
-
-    fn set_expires_at(&mut self, e: Option<i64>) {
-        match self {
-            Flow::Plain(c) => c.expires_at = e,
-            Flow::Tls(t) => t.expires_at = e,
-        }
-    }
-
-    fn finished(&self) -> bool {
-        match self {
-            Flow::Plain(c) => c.finished(),
-            Flow::Tls(t) => t.finished(),
-        }
-    }
-
-    fn is_starved(&self, dir: usize) -> bool {
-        match self {
-            Flow::Plain(c) => c.is_starved(dir),
-            Flow::Tls(t) => t.is_starved(dir),
-        }
-    }
-
-    fn recv(&mut self, dir: usize, ctx: &mut Ctx<'_>) {
-        match self {
-            Flow::Plain(c) => c.recv(dir, ctx),
-            Flow::Tls(t) => t.rearm(dir, ctx),
-        }
-    }
-
-    fn close(&mut self, kind: CloseKind, ctx: &mut Ctx<'_>) {
-        match self {
-            Flow::Plain(c) => c.close(kind, ctx),
-            Flow::Tls(t) => t.close(kind, ctx),
-        }
-    }
-
-    fn complete(&mut self, op: Op, result: i32, buffer: Option<u16>, ctx: &mut Ctx<'_>) {
-        match self {
-            Flow::Plain(c) => c.complete(op, result, buffer, ctx),
-            Flow::Tls(t) => t.complete(op, result, buffer, ctx),
-        }
-    }
-
-    /// For TLS flows: whether the certificate chain's validity window holds at `now` (a
-    /// resumed session skips verification, and a live flow may outlive its certificate
-    /// or an intermediate above it).
-    fn cert_valid_at(&self, now: i64) -> Result<(), RejectReason> {
-        let Flow::Tls(t) = self else { return Ok(()) };
-        match t.session().identity() {
-            Some(id) if now >= id.chain_not_after => Err(RejectReason::Expired),
-            Some(id) if now < id.not_before => Err(RejectReason::NotYetValid),
-            _ => Ok(()),
-        }
-    }
-}
-
 struct Worker {
     id: usize,
     poll: PollMode,
@@ -484,6 +368,15 @@ impl Worker {
         Ok(())
     }
 
+    /// Re-arm the wake-up read if it is not armed (and not being cancelled). A push that
+    /// fails (the submission queue full, the ring busy) is counted and retried on the
+    /// next loop turn: a transient error must not stop the worker (review 16.10).
+    fn rearm_wake(&mut self) {
+        if !self.wake_armed && !self.wake_cancelled && self.arm_wake().is_err() {
+            self.stats.rearm_failures += 1;
+        }
+    }
+
     fn arm_accept(&mut self, index: usize) -> Result<(), WorkerError> {
         let Some(l) = self.listeners.get_mut(index) else {
             return Ok(());
@@ -541,6 +434,7 @@ impl Worker {
                     self.stats.stalls += 1;
                 }
             }
+            self.rearm_wake();
             self.refresh_table();
             let phase = self.control.phase();
             if phase != self.phase {
@@ -597,7 +491,7 @@ impl Worker {
             self.clock();
             busy_since = Some(self.now);
             for c in &cqes {
-                self.complete(*c)?;
+                self.complete(*c);
             }
             self.feed_starved();
             self.stats.active = u64::try_from(self.live).unwrap_or(u64::MAX);
@@ -637,174 +531,6 @@ impl Worker {
                 .table_version
                 .store(v, std::sync::atomic::Ordering::Relaxed);
         }
-    }
-
-    /// Decide a flow by the current table.
-    fn decide(&self, listener: usize, source: std::net::IpAddr) -> Decision {
-        let (Some(t), Some(l)) = (&self.table, self.listeners.get(listener)) else {
-            return Decision::default_deny(Reason::NoRuleMatched);
-        };
-        t.decide(
-            &FlowFacts::plain(&l.config.name, source, self.unix_now),
-            &self.live_facts,
-        )
-    }
-
-    /// Decide a live flow by the current table, with every fact it was admitted with
-    /// (for TLS flows: identity, device id, SNI, ALPN, certificate age).
-    fn decide_flow(&self, flow: &Flow) -> Decision {
-        let tls = match flow {
-            Flow::Plain(c) => return self.decide(c.listener, c.source.ip()),
-            Flow::Tls(t) => t,
-        };
-        let (Some(table), Some(l)) = (&self.table, self.listeners.get(tls.listener)) else {
-            return Decision::default_deny(Reason::NoRuleMatched);
-        };
-        let s = tls.session();
-        let id = s.identity();
-        let refs = id.map(|i| i.dns_refs());
-        let identity = match (id, refs.as_ref()) {
-            (Some(i), Some(r)) => Some(i.lend(r)),
-            _ => None,
-        };
-        let facts = FlowFacts {
-            service: &l.config.name,
-            source: tls.source.ip(),
-            sni: s.sni(),
-            alpn: s.alpn(),
-            identity,
-            device_id: id.and_then(|i| i.device_id.as_deref()),
-            cert_age_secs: id.map(|i| i.age_secs(self.unix_now)),
-            now: self.unix_now,
-        };
-        table.decide(&facts, &self.live_facts)
-    }
-
-    /// A TLS flow whose handshake just completed: decide it, then connect the upstream
-    /// (allow) or send close_notify and close (deny). Nothing reaches an upstream
-    /// before this point.
-    fn settle_tls(&mut self, i: usize) {
-        let deciding = matches!(
-            self.slots.get(i).and_then(|s| s.conn.as_ref()),
-            Some(Flow::Tls(t)) if t.state == TlsState::Deciding
-        );
-        if deciding {
-            self.decide_tls(i);
-            // The decision's expiry and an upstream handshake bring deadlines forward.
-            self.schedule(i);
-        }
-    }
-
-    fn decide_tls(&mut self, i: usize) {
-        let Some(Some(flow)) = self.slots.get(i).map(|s| s.conn.as_ref()) else {
-            return;
-        };
-        let Flow::Tls(t) = flow else { return };
-        let listener = t.listener;
-        if let Err(reason) = flow.cert_valid_at(self.unix_now) {
-            self.with_conn(i, |f, ctx| {
-                if let Flow::Tls(t) = f {
-                    t.fail(&reason, ctx);
-                }
-            });
-            return;
-        }
-        let decision = self.decide_flow(flow);
-        let not_after = t.session().identity().map(|id| id.chain_not_after);
-        // Re-decide when the decision's constraints or the certificate chain run out.
-        let expires = match (decision.constraints.expires_at(self.unix_now), not_after) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let allowed = decision.is_allow() && expires.is_none_or(|e| self.unix_now < e);
-        self.audit_decision(
-            AuditKind::Decision,
-            (listener, t.source),
-            &decision,
-            allowed,
-            Some(t.session()),
-        );
-        let Some(cfg) = self.listeners.get(listener).map(|l| Arc::clone(&l.config)) else {
-            return;
-        };
-        if !allowed {
-            self.stats.denied += 1;
-            self.with_conn(i, |f, ctx| {
-                if let Flow::Tls(t) = f {
-                    t.deny(zgate_tls::Alert::AccessDenied, ctx);
-                }
-            });
-            return;
-        }
-        let upstream = sys::upstream_socket(&cfg.upstream);
-        let upstream_tls = self
-            .listeners
-            .get(listener)
-            .and_then(|l| l.tls.as_ref())
-            .and_then(|t| t.upstream.clone());
-        let now = self.unix_now;
-        self.with_conn(i, |f, ctx| {
-            let Flow::Tls(t) = f else { return };
-            match upstream {
-                Ok(u) => t.connect(u, &cfg, upstream_tls.as_ref(), expires, now, ctx),
-                Err(_) => {
-                    ctx.stats.upstream_connect_failures += 1;
-                    t.close(CloseKind::Normal, ctx);
-                }
-            }
-        });
-    }
-
-    /// Re-decide the flow in slot `i` (if any, and not already closing) with the facts
-    /// it was admitted with, at the current time. Closes it (RST both ways: the flow is
-    /// cut, not finished) when it is no longer allowed, or when its new decision has
-    /// already expired; otherwise records when the new decision expires.
-    fn redecide(&mut self, i: usize) {
-        self.decide_again(i);
-        // A new decision may expire sooner than the flow's next check.
-        self.schedule(i);
-    }
-
-    fn decide_again(&mut self, i: usize) {
-        let Some(Some(conn)) = self.slots.get(i).map(|s| s.conn.as_ref()) else {
-            return;
-        };
-        // Closing flows and TLS flows not yet decided are left alone. A TLS flow whose
-        // upstream connect is in flight was decided with the table of its `settle_tls`,
-        // which may be older than this one: it is re-decided like a plain one (review
-        // M2), so a denying table closes it before `on_connect` could open it.
-        let live = match conn {
-            Flow::Plain(_) => matches!(conn.state(), State::Open | State::Connecting),
-            Flow::Tls(t) => t.state.is_decided_and_live(),
-        };
-        if !live {
-            return;
-        }
-        let decision = self.decide_flow(conn);
-        let mut expires = decision.constraints.expires_at(conn.started_unix());
-        if let Flow::Tls(t) = conn {
-            if let Some(na) = t.session().identity().map(|id| id.chain_not_after) {
-                expires = Some(expires.map_or(na, |e| e.min(na)));
-            }
-        }
-        let allowed = decision.is_allow()
-            && conn.cert_valid_at(self.unix_now).is_ok()
-            && expires.is_none_or(|e| self.unix_now < e);
-        if allowed {
-            if let Some(Some(conn)) = self.slots.get_mut(i).map(|s| s.conn.as_mut()) {
-                conn.set_expires_at(expires);
-            }
-            return;
-        }
-        self.stats.closed_by_policy += 1;
-        self.audit_decision(
-            AuditKind::ClosedByPolicy,
-            (conn.listener(), conn.source()),
-            &decision,
-            false,
-            conn.tls_session(),
-        );
-        self.with_conn(i, |conn, ctx| conn.close(CloseKind::Reset, ctx));
     }
 
     /// Publish spare buffers (more while receives are starved) and re-arm starved
@@ -1031,8 +757,12 @@ impl Worker {
             index: u32::try_from(i).unwrap_or(u32::MAX),
             gen,
             out_pool: &mut self.out_pool,
+            connect_failed: None,
         };
         f(conn, &mut ctx);
+        let connect_failed = ctx
+            .connect_failed
+            .map(|why| (conn.listener(), conn.source(), Refused::connect(why)));
         let refused = match conn {
             Flow::Tls(t) => t.refused.take().map(|r| (t.listener, t.source, r)),
             Flow::Plain(_) => None,
@@ -1056,14 +786,14 @@ impl Worker {
                 l.active = l.active.saturating_sub(1);
             }
         }
-        if let Some((listener, source, r)) = refused {
+        for (listener, source, r) in refused.into_iter().chain(connect_failed) {
             self.audit_refusal(listener, source, r);
         }
     }
 
-    fn complete(&mut self, c: Completion) -> Result<(), WorkerError> {
+    fn complete(&mut self, c: Completion) {
         let Some((op, index, gen)) = decode(c.user_data) else {
-            return Ok(());
+            return;
         };
         let i = usize::try_from(index).unwrap_or(usize::MAX);
         if matches!(op, Op::SpliceIn(_) | Op::SpliceOut(_)) {
@@ -1071,16 +801,14 @@ impl Worker {
             self.last_splice_done = self.now;
         }
         match op {
-            Op::Accept => self.on_accept(i, c)?,
+            Op::Accept => self.on_accept(i, c),
             Op::AcceptCancel => self.aux_inflight = self.aux_inflight.saturating_sub(1),
             Op::WakeCancel => self.aux_inflight = self.aux_inflight.saturating_sub(1),
             Op::Wake => {
                 self.wake_buf.returned();
                 self.wake_armed = false;
                 self.aux_inflight = self.aux_inflight.saturating_sub(1);
-                if !self.wake_cancelled {
-                    self.arm_wake()?;
-                }
+                self.rearm_wake();
             }
             Op::Connect
             | Op::ConnectTimeout
@@ -1096,19 +824,22 @@ impl Worker {
                 }
             }
         }
-        Ok(())
     }
 
-    fn on_accept(&mut self, index: usize, c: Completion) -> Result<(), WorkerError> {
+    fn on_accept(&mut self, index: usize, c: Completion) {
         if !c.more {
             if let Some(l) = self.listeners.get_mut(index) {
                 l.armed = false;
                 self.aux_inflight = self.aux_inflight.saturating_sub(1);
                 if self.phase >= Phase::Draining {
                     l.fd = None;
-                } else if c.result != -libc::EMFILE && c.result != -libc::ENFILE {
-                    // Out of fds: wait for the next tick rather than spin.
-                    self.arm_accept(index)?;
+                } else if c.result != -libc::EMFILE
+                    && c.result != -libc::ENFILE
+                    && self.arm_accept(index).is_err()
+                {
+                    // Out of fds: wait for the next tick rather than spin. A re-arm
+                    // that could not be queued is retried on the tick too.
+                    self.stats.rearm_failures += 1;
                 }
             }
         }
@@ -1116,53 +847,57 @@ impl Worker {
             if c.result != -libc::ECANCELED {
                 self.stats.accept_errors += 1;
             }
-            return Ok(());
+            return;
         }
         let client = sys::adopt_accepted(c.result);
         self.stats.accepted += 1;
         if self.phase != Phase::Running {
-            return Ok(()); // dropping `client` closes it
+            return; // dropping `client` closes it
         }
         let Some(l) = self.listeners.get(index) else {
-            return Ok(());
+            return;
         };
         if l.active >= l.limit {
             self.stats.over_limit += 1;
-            return Ok(());
+            return;
         }
         let Ok(peer) = client.peer_addr() else {
-            return Ok(()); // already gone
+            return; // already gone
         };
         if l.tls.is_some() && l.handshaking >= l.handshake_limit {
             self.stats.handshakes_over_limit += 1;
-            return Ok(());
+            return;
         }
         if l.tls.is_some() && l.source_at_limit(peer.ip()) {
             self.stats.handshakes_over_source_limit += 1;
-            return Ok(());
+            return;
         }
         if let Some(tls) = l.tls.clone() {
             // TLS: decided once the handshake has produced the identity.
             self.start_tls_flow(index, client, peer, &tls.server);
-            return Ok(());
+            return;
         }
         let decision = self.decide(index, peer.ip());
-        let expires_at = decision.constraints.expires_at(self.unix_now);
-        let allowed = decision.is_allow() && expires_at.is_none_or(|e| self.unix_now < e);
-        self.audit_decision(AuditKind::Decision, (index, peer), &decision, allowed, None);
-        if !allowed {
+        let verdict = permit(decision, self.unix_now, self.unix_now, None);
+        self.audit_decision(
+            AuditKind::Decision,
+            (index, peer),
+            &decision,
+            verdict.map(|_| ()),
+            None,
+        );
+        let Ok(permit) = verdict else {
             self.stats.denied += 1;
-            return Ok(());
-        }
+            return;
+        };
         let config = Arc::clone(&l.config);
         let admitted = Admitted {
             listener: index,
             source: peer,
             started_unix: self.unix_now,
-            expires_at,
+            permit,
         };
         self.start_flow(admitted, client, &config);
-        Ok(())
     }
 
     /// A free slot index (a new slot when none is free).
@@ -1204,6 +939,7 @@ impl Worker {
             index,
             gen: slot.gen,
             out_pool: &mut self.out_pool,
+            connect_failed: None,
         };
         let postgres = self
             .listeners
@@ -1239,75 +975,16 @@ impl Worker {
         }
     }
 
-    /// A new audit event about a flow of listener `listener` from `source`.
-    fn audit_event(
-        &self,
-        event: AuditKind,
-        listener: usize,
-        source: std::net::SocketAddr,
-        reason: &'static str,
-    ) -> AuditEvent {
-        AuditEvent {
-            ts: self.unix_now,
-            event,
-            worker: u16::try_from(self.id).unwrap_or(u16::MAX),
-            listener: self
-                .listeners
-                .get(listener)
-                .map_or_else(String::new, |l| l.config.name.clone()),
-            source,
-            verdict: None,
-            rule: None,
-            reason,
-            spiffe_id: None,
-            sni: None,
-            resumed: false,
-            detail: None,
-        }
-    }
-
-    /// Audit decision `d` for a flow. `applied`: whether the flow goes on (an allow
-    /// whose constraints have already run out is applied as a deny, and says so).
-    fn audit_decision(
-        &self,
-        event: AuditKind,
-        flow: (usize, std::net::SocketAddr),
-        d: &Decision,
-        applied: bool,
-        tls: Option<&zgate_tls::TlsSession>,
-    ) {
-        let reason = if applied == d.is_allow() {
-            d.reason.as_str()
-        } else {
-            "constraints-expired"
-        };
-        let mut e = self.audit_event(event, flow.0, flow.1, reason);
-        e.verdict = Some(if applied { "allow" } else { "deny" });
-        e.rule = Some(
-            self.table
-                .as_ref()
-                .map_or("default-deny", |t| t.decided_by_name(d.decided_by))
-                .to_string(),
-        );
-        if let Some(s) = tls {
-            e.spiffe_id = s.identity().map(|i| i.spiffe_id.clone());
-            e.sni = s.sni().map(bounded);
-            e.resumed = s.is_resumed();
-        }
-        self.audit.push(e);
-    }
-
-    fn audit_refusal(&self, listener: usize, source: std::net::SocketAddr, r: Refused) {
-        let mut e = self.audit_event(r.kind, listener, source, r.reason);
-        e.detail = r.detail;
-        self.audit.push(e);
-    }
-
     fn start_flow(&mut self, admitted: Admitted, client: TcpStream, cfg: &ListenerConfig) {
-        let listener = admitted.listener;
-        let Ok(upstream) = sys::upstream_socket(&cfg.upstream) else {
-            self.stats.upstream_connect_failures += 1;
-            return;
+        let (listener, source) = (admitted.listener, admitted.source);
+        let upstream = match sys::upstream_socket(&cfg.upstream) {
+            Ok(u) => u,
+            Err(e) => {
+                self.stats.upstream_connect_failures += 1;
+                let why = conn::ConnectFailure::Socket(e.raw_os_error());
+                self.audit_refusal(listener, source, Refused::connect(why));
+                return;
+            }
         };
         let _ = client.set_nodelay(true);
         let Some(index) = self.alloc_slot() else {
@@ -1327,6 +1004,7 @@ impl Worker {
             index,
             gen: slot.gen,
             out_pool: &mut self.out_pool,
+            connect_failed: None,
         };
         match Conn::connect(admitted, client, upstream, cfg, &mut ctx) {
             Ok(conn) => {
@@ -1342,7 +1020,73 @@ impl Worker {
                 // Nothing was queued; the sockets close here.
                 self.stats.upstream_connect_failures += 1;
                 self.free.push(index);
+                let why = conn::ConnectFailure::Queue;
+                self.audit_refusal(listener, source, Refused::connect(why));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Review 16.10: a wake-up read that could not be re-armed (a full submission
+    /// queue) went up the stack as an error, the worker exited, and the supervisor
+    /// stopped every worker. Now it is counted and retried on the next turn: the
+    /// worker still answers the supervisor (here: drain) and exits cleanly.
+    #[test]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a test's deadline for a worker thread it waits on"
+    )]
+    fn a_wake_up_read_that_cannot_be_re_armed_is_retried_not_fatal() {
+        let control = Arc::new(Control::new(None, vec![]));
+        let stats = Arc::new(WorkerStats::default());
+        let wake = sys::eventfd().unwrap();
+        let setup = WorkerSetup {
+            id: 0,
+            core: None,
+            poll: PollMode::Interrupt,
+            buffers: 64,
+            splice: false,
+            splice_pipes: 0,
+            defer_taskrun: true,
+            audit: Arc::new(AuditQueue::new(16)),
+            listeners: vec![],
+            control: Arc::clone(&control),
+            stats: Arc::clone(&stats),
+            wake: wake.try_clone().unwrap(),
+        };
+        let faults = Arc::new(AtomicU32::new(0));
+        let f = Arc::clone(&faults);
+        let worker = std::thread::spawn(move || {
+            sys::push_faults::install(f);
+            run(setup)
+        });
+        let wait = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !done() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::yield_now();
+            }
+        };
+        wait("the worker to start", &|| {
+            stats.ready.load(Ordering::Acquire)
+        });
+        // The wake-up read completes; its re-arm fails once.
+        faults.store(1, Ordering::SeqCst);
+        sys::eventfd_wake(wake.as_raw_fd());
+        wait("the failed re-arm", &|| {
+            stats.rearm_failures.load(Ordering::Relaxed) == 1
+        });
+        // The worker retried: it still hears the supervisor.
+        control.advance(Phase::Draining);
+        sys::eventfd_wake(wake.as_raw_fd());
+        assert!(worker.join().unwrap().is_ok());
+        assert_eq!(faults.load(Ordering::SeqCst), 0);
     }
 }

@@ -48,8 +48,9 @@ use zgate_tls::{Alert, ClientTls, RejectReason, Runs, ServerTls, TlsSession, MAX
 use crate::config::{ListenerConfig, POSTGRES_ALPN};
 use crate::postgres::{Preamble, PreambleReader, Refusal};
 use crate::sys::{self, BufId, BufPool, ConnMem, Lent, SendVec, HEADROOM};
-use crate::worker::conn::{CloseKind, Ctx, State, OUT_POOL_MAX};
+use crate::worker::conn::{CloseKind, ConnectFailure, Ctx, State, OUT_POOL_MAX};
 use crate::worker::token::Op;
+use crate::worker::Permit;
 
 /// Where a TLS flow is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +94,15 @@ pub struct Refused {
 }
 
 impl Refused {
+    /// An upstream connect that failed (`upstream_connect_failed`).
+    pub fn connect(why: ConnectFailure) -> Refused {
+        Refused {
+            kind: AuditKind::UpstreamConnectFailed,
+            reason: why.label(),
+            detail: why.detail(),
+        }
+    }
+
     /// A TLS refusal of kind `kind` for `r`.
     pub fn tls(kind: AuditKind, r: &RejectReason) -> Refused {
         Refused {
@@ -400,7 +410,7 @@ impl TlsConn {
         upstream: TcpStream,
         cfg: &ListenerConfig,
         upstream_tls: Option<&ClientTls>,
-        expires_at: Option<UnixSeconds>,
+        permit: Permit,
         started_unix: UnixSeconds,
         ctx: &mut Ctx<'_>,
     ) {
@@ -419,7 +429,7 @@ impl TlsConn {
                 }
             }
         }
-        self.expires_at = expires_at;
+        self.expires_at = permit.expires_at();
         self.started_unix = started_unix;
         let mut mem = ConnMem::boxed();
         let (c, t) = (ctx.ud(Op::Connect), ctx.ud(Op::ConnectTimeout));
@@ -437,6 +447,7 @@ impl TlsConn {
             self.state = TlsState::Connecting;
         } else {
             ctx.stats.upstream_connect_failures += 1;
+            ctx.connect_failed = Some(ConnectFailure::Queue);
             self.close(CloseKind::Normal, ctx);
         }
     }
@@ -516,6 +527,7 @@ impl TlsConn {
             if result == -libc::ECANCELED {
                 ctx.stats.upstream_connect_timeouts += 1;
             }
+            ctx.connect_failed = Some(ConnectFailure::from_result(result));
             self.close(CloseKind::Normal, ctx);
         }
     }

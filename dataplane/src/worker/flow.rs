@@ -1,0 +1,127 @@
+//! A flow in a worker slot, plain or TLS, and what the worker asks of either kind
+//! without caring which.
+
+use std::time::Instant;
+
+use super::conn::{CloseKind, Conn, Ctx, State};
+use super::tls::TlsConn;
+use super::token::Op;
+
+/// A flow in a slot: plain TCP, or TLS-terminated.
+pub enum Flow {
+    /// Plain TCP ([`super::conn`]).
+    Plain(Conn),
+    /// TLS on the client side ([`super::tls`]).
+    Tls(Box<TlsConn>),
+}
+
+impl Flow {
+    pub(super) fn state(&self) -> State {
+        match self {
+            Flow::Plain(c) => c.state,
+            Flow::Tls(t) => t.coarse_state(),
+        }
+    }
+
+    pub(super) fn listener(&self) -> usize {
+        match self {
+            Flow::Plain(c) => c.listener,
+            Flow::Tls(t) => t.listener,
+        }
+    }
+
+    pub(super) fn source(&self) -> std::net::SocketAddr {
+        match self {
+            Flow::Plain(c) => c.source,
+            Flow::Tls(t) => t.source,
+        }
+    }
+
+    pub(super) fn tls_session(&self) -> Option<&zgate_tls::TlsSession> {
+        match self {
+            Flow::Plain(_) => None,
+            Flow::Tls(t) => Some(t.session()),
+        }
+    }
+
+    pub(super) fn started(&self) -> Instant {
+        match self {
+            Flow::Plain(c) => c.started,
+            Flow::Tls(t) => t.started,
+        }
+    }
+
+    pub(super) fn last_active(&self) -> Instant {
+        match self {
+            Flow::Plain(c) => c.last_active,
+            Flow::Tls(t) => t.last_active,
+        }
+    }
+
+    pub(super) fn started_unix(&self) -> i64 {
+        match self {
+            Flow::Plain(c) => c.started_unix,
+            Flow::Tls(t) => t.started_unix,
+        }
+    }
+
+    pub(super) fn expires_at(&self) -> Option<i64> {
+        match self {
+            Flow::Plain(c) => c.expires_at,
+            Flow::Tls(t) => t.expires_at,
+        }
+    }
+
+    pub(super) fn set_expires_at(&mut self, e: Option<i64>) {
+        match self {
+            Flow::Plain(c) => c.expires_at = e,
+            Flow::Tls(t) => t.expires_at = e,
+        }
+    }
+
+    pub(super) fn finished(&self) -> bool {
+        match self {
+            Flow::Plain(c) => c.finished(),
+            Flow::Tls(t) => t.finished(),
+        }
+    }
+
+    pub(super) fn is_starved(&self, dir: usize) -> bool {
+        match self {
+            Flow::Plain(c) => c.is_starved(dir),
+            Flow::Tls(t) => t.is_starved(dir),
+        }
+    }
+
+    pub(super) fn recv(&mut self, dir: usize, ctx: &mut Ctx<'_>) {
+        match self {
+            Flow::Plain(c) => c.recv(dir, ctx),
+            Flow::Tls(t) => t.rearm(dir, ctx),
+        }
+    }
+
+    pub(super) fn close(&mut self, kind: CloseKind, ctx: &mut Ctx<'_>) {
+        match self {
+            Flow::Plain(c) => c.close(kind, ctx),
+            Flow::Tls(t) => t.close(kind, ctx),
+        }
+    }
+
+    pub(super) fn complete(&mut self, op: Op, result: i32, buffer: Option<u16>, ctx: &mut Ctx<'_>) {
+        match self {
+            Flow::Plain(c) => c.complete(op, result, buffer, ctx),
+            Flow::Tls(t) => t.complete(op, result, buffer, ctx),
+        }
+    }
+
+    /// For TLS flows with a client certificate: the validity window of its chain
+    /// (the leaf's notBefore, the earliest notAfter of the chain). A resumed session
+    /// skips verification, and a live flow may outlive its certificate or an
+    /// intermediate above it, so every decision checks it.
+    pub(super) fn chain_window(&self) -> Option<(i64, i64)> {
+        let Flow::Tls(t) = self else { return None };
+        t.session()
+            .identity()
+            .map(|id| (id.not_before, id.chain_not_after))
+    }
+}
