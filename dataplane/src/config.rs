@@ -233,13 +233,13 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Where the audit trail goes.
     pub audit: AuditSink,
-    /// The control socket (`[control]`). `None`: none.
-    pub control: Option<ControlConfig>,
+    /// The operator socket (`[operator]`). `None`: none.
+    pub operator: Option<OperatorConfig>,
 }
 
-/// `[control]`: the Unix socket that answers `status`, `reload` and `drain`.
+/// `[operator]`: the Unix socket that answers `status`, `reload` and `drain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControlConfig {
+pub struct OperatorConfig {
     /// Socket path (relative to the config file).
     pub socket: PathBuf,
     /// Uids admitted (peer credentials). `None`: the gateway's own uid.
@@ -383,14 +383,14 @@ struct RawTop {
     admin: Option<String>,
     drain_timeout: Option<String>,
     audit: Option<String>,
-    control: Option<toml::Value>,
+    operator: Option<toml::Value>,
     workers: Option<toml::Value>,
     listener: Option<Vec<toml::Value>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawControl {
+struct RawOperator {
     socket: String,
     users: Option<Vec<i64>>,
 }
@@ -838,12 +838,12 @@ impl Errors {
         });
     }
 
-    /// `[control]`: a socket path that fits `sun_path`, and uids if given.
-    fn control(&mut self, c: RawControl) -> Option<ControlConfig> {
+    /// `[operator]`: a socket path that fits `sun_path`, and uids if given.
+    fn operator(&mut self, c: RawOperator) -> Option<OperatorConfig> {
         let mut ok = true;
         if c.socket.is_empty() || c.socket.len() > MAX_SOCKET_PATH {
             self.value(
-                "control.socket".into(),
+                "operator.socket".into(),
                 &c.socket,
                 "expected a path of 1 to 107 bytes (a Unix socket path)",
             );
@@ -853,7 +853,7 @@ impl Errors {
             None => None,
             Some(list) if list.is_empty() => {
                 self.value(
-                    "control.users".into(),
+                    "operator.users".into(),
                     "[]",
                     "expected at least one uid (leave it out to admit the gateway's own uid)",
                 );
@@ -867,7 +867,7 @@ impl Errors {
                         Ok(u) => uids.push(u),
                         Err(_) => {
                             self.value(
-                                format!("control.users[{i}]"),
+                                format!("operator.users[{i}]"),
                                 &u.to_string(),
                                 "expected a uid, 0..=4294967295",
                             );
@@ -878,7 +878,7 @@ impl Errors {
                 Some(uids)
             }
         };
-        ok.then(|| ControlConfig {
+        ok.then(|| OperatorConfig {
             socket: PathBuf::from(c.socket),
             users,
         })
@@ -1234,13 +1234,13 @@ impl Config {
             }
             Some(path) => AuditSink::File(PathBuf::from(path)),
         };
-        let control = match top.control.map(RawControl::deserialize) {
+        let operator = match top.operator.map(RawOperator::deserialize) {
             None => None,
             Some(Err(e)) => {
-                errs.0.push(shape("control", e));
+                errs.0.push(shape("operator", e));
                 None
             }
-            Some(Ok(c)) => errs.control(c),
+            Some(Ok(c)) => errs.operator(c),
         };
         let table = match top.table {
             Some(t) if t.is_empty() => {
@@ -1287,7 +1287,7 @@ impl Config {
                 admin,
                 drain_timeout,
                 audit,
-                control,
+                operator,
             })
         } else {
             Err(ConfigErrors(errs.0))
@@ -1718,15 +1718,15 @@ typo = 1
     }
 
     #[test]
-    fn the_control_socket_is_checked_before_anything_binds() {
-        assert_eq!(Config::parse(GOOD).unwrap().control, None);
+    fn the_operator_socket_is_checked_before_anything_binds() {
+        assert_eq!(Config::parse(GOOD).unwrap().operator, None);
         let c = Config::parse(&format!(
-            "{GOOD}\n[control]\nsocket = \"run/zgate.sock\"\nusers = [0, 1001]\n"
+            "{GOOD}\n[operator]\nsocket = \"run/zgate.sock\"\nusers = [0, 1001]\n"
         ))
         .unwrap();
         assert_eq!(
-            c.control,
-            Some(ControlConfig {
+            c.operator,
+            Some(OperatorConfig {
                 socket: PathBuf::from("run/zgate.sock"),
                 users: Some(vec![0, 1001]),
             })
@@ -1735,30 +1735,30 @@ typo = 1
         for (table, want) in [
             (
                 "socket = \"\"".to_string(),
-                "control.socket: expected a path of 1 to 107 bytes (a Unix socket path) (got ``)".to_string(),
+                "operator.socket: expected a path of 1 to 107 bytes (a Unix socket path) (got ``)".to_string(),
             ),
             (
                 format!("socket = \"{long}\""),
-                format!("control.socket: expected a path of 1 to 107 bytes (a Unix socket path) (got `{long}`)"),
+                format!("operator.socket: expected a path of 1 to 107 bytes (a Unix socket path) (got `{long}`)"),
             ),
             (
                 "socket = \"z.sock\"\nusers = []".to_string(),
-                "control.users: expected at least one uid (leave it out to admit the gateway's own uid) (got `[]`)".to_string(),
+                "operator.users: expected at least one uid (leave it out to admit the gateway's own uid) (got `[]`)".to_string(),
             ),
             (
                 "socket = \"z.sock\"\nusers = [0, -1]".to_string(),
-                "control.users[1]: expected a uid, 0..=4294967295 (got `-1`)".to_string(),
+                "operator.users[1]: expected a uid, 0..=4294967295 (got `-1`)".to_string(),
             ),
         ] {
-            let e = Config::parse(&format!("{GOOD}\n[control]\n{table}\n")).unwrap_err();
+            let e = Config::parse(&format!("{GOOD}\n[operator]\n{table}\n")).unwrap_err();
             assert_eq!(
                 e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 vec![want]
             );
         }
         // Unknown keys and a missing socket are refused too.
-        let e = Config::parse(&format!("{GOOD}\n[control]\nsockt = \"z.sock\"\n")).unwrap_err();
-        assert!(e.to_string().contains("control"), "{e}");
+        let e = Config::parse(&format!("{GOOD}\n[operator]\nsockt = \"z.sock\"\n")).unwrap_err();
+        assert!(e.to_string().contains("operator"), "{e}");
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! decided after the handshake, with the verified client identity, before anything
 //! reaches the upstream.
 //!
-//! What it does not do (yet): TLS reload and upstream TLS, the control socket, live
+//! What it does not do (yet): TLS reload and upstream TLS, the operator socket, live
 //! facts (revocations, posture, grants) from a control process. See
 //! `docs/architecture.md`, "Next".
 //!
@@ -24,19 +24,19 @@
 //! - `unsafe` lives only in the private `sys` module; every block says who owns the
 //!   memory and until when.
 //! - A connection's memory is freed only after every SQE pushed for it has completed.
-//! - Workers share nothing mutable: they read the control block and write only their
+//! - Workers share nothing mutable: they read the published block and write only their
 //!   own counters.
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod audit;
 pub mod config;
-pub mod control;
 #[expect(
     clippy::disallowed_methods,
     reason = "the demo is a client of the gateway, not part of it: it times steps and waits"
 )]
 pub mod demo;
+pub mod operator;
 pub mod postgres;
 pub mod shared;
 pub mod supervisor;

@@ -77,7 +77,7 @@ fn load_config(path: &Path, host: &Host) -> Result<(Config, Vec<Option<ListenerT
                 }
             }
         }
-        if let Some(ctl) = c.control.as_mut() {
+        if let Some(ctl) = c.operator.as_mut() {
             if ctl.socket.is_relative() {
                 if let Some(dir) = path.parent() {
                     ctl.socket = dir.join(&ctl.socket);
@@ -86,7 +86,7 @@ fn load_config(path: &Path, host: &Host) -> Result<(Config, Vec<Option<ListenerT
             // The limit holds for the path bind(2) gets, after the config's directory.
             if ctl.socket.as_os_str().len() > zgate_dataplane::config::MAX_SOCKET_PATH {
                 errors.push(ConfigError::Value {
-                    key: "control.socket".into(),
+                    key: "operator.socket".into(),
                     value: ctl.socket.display().to_string(),
                     reason: "longer than 107 bytes once taken relative to the config file's directory (a Unix socket path limit): use a shorter or absolute path",
                 });

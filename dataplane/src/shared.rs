@@ -1,10 +1,10 @@
 //! What the supervisor and the workers share: the published table, the run phase, and
 //! per-worker counters.
 //!
-//! Workers only read [`Control`] (one relaxed load of `generation` per loop turn; the
+//! Workers only read [`Published`] (one relaxed load of `generation` per loop turn; the
 //! table itself only when the generation moved) and only write their own
 //! [`WorkerStats`], which sits on its own cache lines. The supervisor is the only writer
-//! of [`Control`].
+//! of [`Published`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -29,7 +29,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// Lowercase, for the control socket's `status`.
+    /// Lowercase, for the operator socket's `status`.
     pub fn name(self) -> &'static str {
         match self {
             Phase::Running => "running",
@@ -40,7 +40,7 @@ impl Phase {
 }
 
 /// Written by the supervisor, read by every worker.
-pub struct Control {
+pub struct Published {
     phase: AtomicU8,
     generation: AtomicU64,
     table: ArcSwapOption<DecisionTable>,
@@ -49,11 +49,11 @@ pub struct Control {
     tls: Vec<ArcSwapOption<ListenerTls>>,
 }
 
-impl Control {
-    /// A control block with `table` published (`None`: deny every flow) and each
+impl Published {
+    /// A published block with `table` published (`None`: deny every flow) and each
     /// listener's TLS material (`None`: plain listener).
-    pub fn new(table: Option<DecisionTable>, tls: Vec<Option<ListenerTls>>) -> Control {
-        Control {
+    pub fn new(table: Option<DecisionTable>, tls: Vec<Option<ListenerTls>>) -> Published {
+        Published {
             phase: AtomicU8::new(Phase::Running as u8),
             generation: AtomicU64::new(1),
             table: ArcSwapOption::new(table.map(Arc::new)),

@@ -1,12 +1,12 @@
 //! The supervisor: the process's main thread once workers run.
 //!
-//! It binds every worker's listeners (and the control socket) before any worker starts
+//! It binds every worker's listeners (and the operator socket) before any worker starts
 //! (so a bind error stops the process before it serves anything), starts and pins the
-//! workers, then waits on a signalfd, the admin socket and the control socket.
+//! workers, then waits on a signalfd, the admin socket and the operator socket.
 //! SIGTERM/SIGINT or `drain`: drain (workers stop accepting, live flows run on up to
 //! `drain_timeout`), then stop. SIGHUP or `reload`: reload the table file and the TLS
 //! files; a table that does not verify is refused and the old one stays. It never
-//! touches a flow: it only writes the [`Control`] block, wakes workers, and reads
+//! touches a flow: it only writes the [`Published`] block, wakes workers, and reads
 //! counters.
 
 use std::net::TcpListener;
@@ -22,8 +22,8 @@ use zgate_table::DecisionTable;
 use crate::admin::{self, AdminView};
 use crate::audit::AuditWriter;
 use crate::config::{Config, Host};
-use crate::control::{json_string, Command, ControlError, ControlSocket};
-use crate::shared::{Control, Phase, StatsSnapshot, WorkerStats};
+use crate::operator::{json_string, Command, OperatorError, OperatorSocket};
+use crate::shared::{Phase, Published, StatsSnapshot, WorkerStats};
 use crate::sys;
 use crate::tls::{ListenerTls, ReloadEvent, TlsWatch};
 use crate::worker::{self, WorkerError, WorkerListener, WorkerSetup};
@@ -114,9 +114,9 @@ pub enum RunError {
     /// A worker thread panicked.
     #[error("worker {0} panicked")]
     WorkerPanicked(usize),
-    /// The control socket could not be set up.
+    /// The operator socket could not be set up.
     #[error(transparent)]
-    Control(#[from] ControlError),
+    Operator(#[from] OperatorError),
 }
 
 impl RunError {
@@ -126,7 +126,9 @@ impl RunError {
             RunError::Table { .. } => 64, // EX_USAGE: the config names a bad table
             RunError::Worker(_) | RunError::WorkerPanicked(_) => 70, // EX_SOFTWARE
             // EX_USAGE: another gateway has the socket, or the path is not a socket.
-            RunError::Control(ControlError::InUse { .. } | ControlError::NotASocket { .. }) => 64,
+            RunError::Operator(OperatorError::InUse { .. } | OperatorError::NotASocket { .. }) => {
+                64
+            }
             _ => 71, // EX_OSERR
         }
     }
@@ -223,17 +225,17 @@ pub fn run(
     let nworkers = cores.len().max(1);
 
     // Bind everything first: an error here stops us before anything is served. The
-    // control socket first of all: a second gateway started by mistake stops there,
+    // operator socket first of all: a second gateway started by mistake stops there,
     // before its listeners take connections into their queues.
-    let control_socket = match &config.control {
+    let operator_socket = match &config.operator {
         Some(c) => {
             let users = c
                 .users
                 .clone()
                 .unwrap_or_else(|| vec![sys::effective_uid()]);
-            let s = ControlSocket::bind(&c.socket, users)?;
+            let s = OperatorSocket::bind(&c.socket, users)?;
             log(format_args!(
-                "control socket `{}`: status, reload, drain",
+                "operator socket `{}`: status, reload, drain",
                 s.path().display()
             ));
             Some(s)
@@ -278,7 +280,7 @@ pub fn run(
         what: "audit file",
         source,
     })?;
-    let control = Arc::new(Control::new(table, tls.to_vec()));
+    let published = Arc::new(Published::new(table, tls.to_vec()));
     let mut reloading = Reloading {
         tables: 0,
         table_failures: 0,
@@ -305,7 +307,7 @@ pub fn run(
             defer_taskrun: config.workers.defer_taskrun,
             audit: Arc::clone(&audit_queue),
             listeners,
-            control: Arc::clone(&control),
+            published: Arc::clone(&published),
             stats: Arc::clone(&stats),
             wake: worker_wake,
         };
@@ -336,7 +338,7 @@ pub fn run(
         }
     };
     let admin_fd = admin.as_ref().map_or(-1, |a| a.as_raw_fd());
-    let control_fd = control_socket.as_ref().map_or(-1, ControlSocket::fd);
+    let operator_fd = operator_socket.as_ref().map_or(-1, OperatorSocket::fd);
     // SIGTERM/SIGINT, and `drain`: the first starts the drain, a second closes every
     // flow at once.
     let drain = |why: &str, drain_deadline: &mut Option<Instant>, workers: &[Running]| {
@@ -345,38 +347,42 @@ pub fn run(
                 "{why}: draining for up to {:?}",
                 config.drain_timeout
             ));
-            control.advance(Phase::Draining);
+            published.advance(Phase::Draining);
             *drain_deadline = Some(Instant::now() + config.drain_timeout);
         } else {
             log(format_args!("{why} again: closing every flow now"));
-            control.advance(Phase::Stop);
+            published.advance(Phase::Stop);
         }
         wake_all(workers);
     };
     loop {
-        let [sig_ready, admin_ready, control_ready] = sys::poll_readable(
-            [sigfd.as_raw_fd(), admin_fd, control_fd],
+        let [sig_ready, admin_ready, operator_ready] = sys::poll_readable(
+            [sigfd.as_raw_fd(), admin_fd, operator_fd],
             Duration::from_millis(100),
         );
         if sig_ready {
             while let Some(sig) = sys::read_signal(sigfd.as_raw_fd()) {
                 match sig {
                     libc::SIGHUP => {
-                        reloading.everything("SIGHUP", config, &control, &mut audit);
+                        reloading.everything("SIGHUP", config, &published, &mut audit);
                         wake_all(&workers);
                     }
                     _ => drain(&format!("signal {sig}"), &mut drain_deadline, &workers),
                 }
             }
         }
-        if control_ready {
-            for req in control_socket.iter().flat_map(ControlSocket::requests) {
+        if operator_ready {
+            for req in operator_socket.iter().flat_map(OperatorSocket::requests) {
                 let answer = match req.command {
                     Command::Reload => {
-                        let r =
-                            reloading.everything("control `reload`", config, &control, &mut audit);
+                        let r = reloading.everything(
+                            "operator `reload`",
+                            config,
+                            &published,
+                            &mut audit,
+                        );
                         wake_all(&workers);
-                        reload_answer(&r, control.table().map(|t| t.version()))
+                        reload_answer(&r, published.table().map(|t| t.version()))
                     }
                     // Unlike a second SIGTERM, a repeated `drain` (a retrying script)
                     // does not close every flow: it reports the drain under way.
@@ -384,15 +390,15 @@ pub fn run(
                         "{\"ok\":true,\"phase\":\"draining\",\"already\":true}".to_string()
                     }
                     Command::Drain => {
-                        drain("control `drain`", &mut drain_deadline, &workers);
+                        drain("operator `drain`", &mut drain_deadline, &workers);
                         "{\"ok\":true,\"phase\":\"draining\"}".to_string()
                     }
                     Command::Status => {
                         let s = sum(&workers);
                         format!(
                             "{{\"ok\":true,\"phase\":{},\"table_version\":{},\"workers\":{},\"workers_ready\":{},\"connections_active\":{},\"accepted\":{},\"denied\":{},\"closed_by_policy\":{}}}",
-                            json_string(control.phase().name()),
-                            control
+                            json_string(published.phase().name()),
+                            published
                                 .table()
                                 .map_or("null".to_string(), |t| t.version().to_string()),
                             workers.len(),
@@ -423,8 +429,8 @@ pub fn run(
                             .iter()
                             .filter(|w| w.stats.ready.load(Ordering::Acquire))
                             .count(),
-                        accepting: control.phase() == Phase::Running,
-                        table_version: control.table().map(|t| t.version()),
+                        accepting: published.phase() == Phase::Running,
+                        table_version: published.table().map(|t| t.version()),
                         table_reloads: reloading.tables,
                         table_reload_failures: reloading.table_failures,
                         audit: audit.counts(),
@@ -436,7 +442,7 @@ pub fn run(
                             .iter()
                             .enumerate()
                             .filter_map(|(i, l)| {
-                                let t = control.listener_tls(i)?;
+                                let t = published.listener_tls(i)?;
                                 Some((l.name.clone(), t.server.validity().1))
                             })
                             .collect(),
@@ -447,14 +453,14 @@ pub fn run(
         }
         let events = reloading.tls_watch.poll(config, Instant::now(), unix_now());
         if !events.is_empty() {
-            let _refused_and_logged = reloading.tls.apply(config, &control, events);
+            let _refused_and_logged = reloading.tls.apply(config, &published, events);
             // Workers pick new material up at their next loop turn; wake them so an idle
             // worker does not wait for its tick.
             wake_all(&workers);
         }
-        if drain_deadline.is_some_and(|d| Instant::now() >= d) && control.phase() < Phase::Stop {
+        if drain_deadline.is_some_and(|d| Instant::now() >= d) && published.phase() < Phase::Stop {
             log(format_args!("drain timeout: closing the flows still open"));
-            control.advance(Phase::Stop);
+            published.advance(Phase::Stop);
             wake_all(&workers);
         }
         for (id, w) in workers.iter_mut().enumerate() {
@@ -467,7 +473,7 @@ pub fn run(
                 if let Err(e) = result {
                     log(format_args!("{e}; stopping"));
                     first_error.get_or_insert(e);
-                    control.advance(Phase::Stop);
+                    published.advance(Phase::Stop);
                     drain_deadline.get_or_insert_with(Instant::now);
                     wake_all(&workers);
                     break;
@@ -500,17 +506,17 @@ struct Reloading {
 }
 
 impl Reloading {
-    /// SIGHUP, and `reload` on the control socket: the table, the TLS files, the audit
+    /// SIGHUP, and `reload` on the operator socket: the table, the TLS files, the audit
     /// file. What was published and what was refused, with the reasons (also logged).
     /// The caller wakes the workers.
     fn everything(
         &mut self,
         why: &str,
         config: &Config,
-        control: &Control,
+        published: &Published,
         audit: &mut AuditWriter,
     ) -> Reloaded {
-        let table = reload(why, config, control);
+        let table = reload(why, config, published);
         if table.is_ok() {
             self.tables += 1;
         } else {
@@ -522,7 +528,7 @@ impl Reloading {
             ));
         }
         let events = self.tls_watch.reload_changed(config, unix_now());
-        let tls_refused = self.tls.apply(config, control, events);
+        let tls_refused = self.tls.apply(config, published, events);
         Reloaded { table, tls_refused }
     }
 }
@@ -540,7 +546,7 @@ impl TlsReloads {
     fn apply(
         &mut self,
         config: &Config,
-        control: &Control,
+        published: &Published,
         events: Vec<ReloadEvent>,
     ) -> Vec<(String, Vec<String>)> {
         let mut refused = Vec::new();
@@ -552,7 +558,7 @@ impl TlsReloads {
             match e.result {
                 Ok(tls) => {
                     let (_, not_after) = tls.server.validity();
-                    control.publish_tls(e.listener, tls);
+                    published.publish_tls(e.listener, tls);
                     self.reloads += 1;
                     log(format_args!(
                         "listener `{name}`: TLS material reloaded; new handshakes use it (certificate valid until {not_after}, Unix seconds)"
@@ -607,7 +613,7 @@ fn warn_unscoped_names(config: &Config, table: &DecisionTable) {
 
 /// Load and publish the configured table; on failure nothing changes. Logged either
 /// way; the version published, or why none was.
-fn reload(why: &str, config: &Config, control: &Control) -> Result<u64, ReloadError> {
+fn reload(why: &str, config: &Config, published: &Published) -> Result<u64, ReloadError> {
     let Some(path) = &config.table else {
         let e = ReloadError::NoTable;
         log(format_args!("{why}: {e}"));
@@ -621,7 +627,7 @@ fn reload(why: &str, config: &Config, control: &Control) -> Result<u64, ReloadEr
                 path.display(),
             ));
             warn_unscoped_names(config, &t);
-            control.publish(t);
+            published.publish(t);
             Ok(version)
         }
         Err(source) => {

@@ -476,7 +476,7 @@ impl TlsWatch {
         events
     }
 
-    /// SIGHUP (and the control socket's `reload`): rebuild now, without waiting for an
+    /// SIGHUP (and the operator socket's `reload`): rebuild now, without waiting for an
     /// interval, the material of every TLS listener whose files differ from the ones
     /// it was read from; a refused version is tried (and reported) again. Unchanged
     /// material is kept: rebuilding it would change the listener's session ticket key

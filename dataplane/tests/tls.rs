@@ -1447,7 +1447,7 @@ mod tls {
         assert!(refused(connect_tls(&gw, client_config(&pki, Some(&leaf)))));
     }
 
-    /// `reload` on the control socket says when a listener's new TLS material was
+    /// `reload` on the operator socket says when a listener's new TLS material was
     /// refused (here a server certificate file turned to garbage), and the listener
     /// keeps serving with what it had.
     #[test]
@@ -1458,16 +1458,16 @@ mod tls {
         setup.table = Some(trading_only());
         // Reloads only when asked.
         setup.listener_extra = pki.listener_tls("reload_interval = \"off\"");
-        setup.tables_extra = "[control]\nsocket = \"zgate.sock\"\n".into();
+        setup.tables_extra = "[operator]\nsocket = \"zgate.sock\"\n".into();
         let gw = Gateway::start(&setup);
         let socket = gw.dir.path().join("zgate.sock");
         let cfg = client_config(&pki, Some(&pki.client(&ClientSpec::spiffe(TRADING))));
-        let r = control_ask(&socket, "reload");
+        let r = operator_ask(&socket, "reload");
         assert_eq!(r["ok"], true, "{r}");
         assert_eq!(r["tls_refused"], 0);
 
         std::fs::write(pki.path("server.pem"), b"not a certificate").unwrap();
-        let r = control_ask(&socket, "reload");
+        let r = operator_ask(&socket, "reload");
         assert_eq!(r["ok"], false, "{r}");
         assert_eq!(r["tls_refused"], 1);
         assert_eq!(r["table_version"], 1, "the table itself reloaded");

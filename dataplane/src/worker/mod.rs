@@ -42,7 +42,7 @@ use zgate_tls::{RejectReason, ServerTls};
 use crate::tls::ListenerTls;
 
 use crate::config::{ListenerConfig, PollMode, Protocol};
-use crate::shared::{Control, Phase, StatsSnapshot, WorkerStats};
+use crate::shared::{Phase, Published, StatsSnapshot, WorkerStats};
 use crate::sys::{self, Completion, Lent, Ring};
 use conn::{Admitted, CloseKind, Conn, Ctx, PipeBudget, State};
 pub use decide::{permit, Permit, Refusal};
@@ -136,8 +136,8 @@ pub struct WorkerSetup {
     pub audit: Arc<AuditQueue>,
     /// Its listeners.
     pub listeners: Vec<WorkerListener>,
-    /// Shared control block.
-    pub control: Arc<Control>,
+    /// Shared published block.
+    pub published: Arc<Published>,
     /// Its counters.
     pub stats: Arc<WorkerStats>,
     /// Read end of its wake eventfd.
@@ -232,7 +232,7 @@ struct Worker {
     out_pool: Vec<Lent<[u8]>>,
     audit: Arc<AuditQueue>,
     live_facts: LiveFacts,
-    control: Arc<Control>,
+    published: Arc<Published>,
     stats_out: Arc<WorkerStats>,
     stats: StatsSnapshot,
     wake_fd: OwnedFd,
@@ -303,7 +303,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         out_pool: Vec::new(),
         audit: setup.audit,
         live_facts: LiveFacts::default(),
-        control: setup.control,
+        published: setup.published,
         stats_out: setup.stats,
         stats: StatsSnapshot::default(),
         wake_fd: setup.wake,
@@ -436,7 +436,7 @@ impl Worker {
             }
             self.rearm_wake();
             self.refresh_table();
-            let phase = self.control.phase();
+            let phase = self.published.phase();
             if phase != self.phase {
                 self.enter_phase(phase);
             }
@@ -510,18 +510,18 @@ impl Worker {
     }
 
     fn refresh_table(&mut self) {
-        let tg = self.control.tls_generation();
+        let tg = self.published.tls_generation();
         if tg != self.tls_gen {
             // New handshakes use the new material; running sessions keep theirs.
             self.tls_gen = tg;
             for (i, l) in self.listeners.iter_mut().enumerate() {
-                l.tls = self.control.listener_tls(i);
+                l.tls = self.published.listener_tls(i);
             }
         }
-        let g = self.control.generation();
+        let g = self.published.generation();
         if g != self.table_gen {
             self.table_gen = g;
-            self.table = self.control.table();
+            self.table = self.published.table();
             let v = self.table.as_ref().map_or(0, |t| t.version());
             // Live flows were decided by the old table: decide them again.
             for i in 0..self.slots.len() {
@@ -1044,7 +1044,7 @@ mod tests {
         reason = "a test's deadline for a worker thread it waits on"
     )]
     fn a_wake_up_read_that_cannot_be_re_armed_is_retried_not_fatal() {
-        let control = Arc::new(Control::new(None, vec![]));
+        let published = Arc::new(Published::new(None, vec![]));
         let stats = Arc::new(WorkerStats::default());
         let wake = sys::eventfd().unwrap();
         let setup = WorkerSetup {
@@ -1057,7 +1057,7 @@ mod tests {
             defer_taskrun: true,
             audit: Arc::new(AuditQueue::new(16)),
             listeners: vec![],
-            control: Arc::clone(&control),
+            published: Arc::clone(&published),
             stats: Arc::clone(&stats),
             wake: wake.try_clone().unwrap(),
         };
@@ -1084,7 +1084,7 @@ mod tests {
             stats.rearm_failures.load(Ordering::Relaxed) == 1
         });
         // The worker retried: it still hears the supervisor.
-        control.advance(Phase::Draining);
+        published.advance(Phase::Draining);
         sys::eventfd_wake(wake.as_raw_fd());
         assert!(worker.join().unwrap().is_ok());
         assert_eq!(faults.load(Ordering::SeqCst), 0);

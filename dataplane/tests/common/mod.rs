@@ -127,7 +127,7 @@ pub struct Setup {
     pub poll: &'static str,
     pub listener_extra: String,
     pub workers_extra: String,
-    /// Appended after the listener: more top-level tables (`[control]`).
+    /// Appended after the listener: more top-level tables (`[operator]`).
     pub tables_extra: String,
     pub drain_timeout: &'static str,
 }
@@ -427,7 +427,7 @@ pub fn rss_kib(pid: u32) -> u64 {
 /// Send one command line, read the one JSON line back. A refused client may find
 /// the socket closed before it writes, and its command unread: the answer is still
 /// there to read, possibly followed by a reset instead of the end of the stream.
-pub fn control_ask(socket: &Path, command: &str) -> serde_json::Value {
+pub fn operator_ask(socket: &Path, command: &str) -> serde_json::Value {
     let mut s = UnixStream::connect(socket).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     let _ = s.write_all(format!("{command}\n").as_bytes());

@@ -1,4 +1,4 @@
-//! The control socket (`[control]`) of the real `zgate` binary: `status`, `reload` and
+//! The operator socket (`[operator]`) of the real `zgate` binary: `status`, `reload` and
 //! `drain` from a Unix socket client, and peer credentials deciding who is answered.
 #![expect(
     clippy::disallowed_methods,
@@ -17,7 +17,7 @@ mod control {
     fn with_control(users: &str) -> (Upstream, Gateway) {
         let up = Upstream::echo();
         let mut setup = Setup::new(up.addr);
-        setup.tables_extra = format!("[control]\nsocket = \"zgate.sock\"\n{users}");
+        setup.tables_extra = format!("[operator]\nsocket = \"zgate.sock\"\n{users}");
         let gw = Gateway::start(&setup);
         (up, gw)
     }
@@ -32,7 +32,7 @@ mod control {
 
         let s = gw.connect();
         assert_eq!(round_trip(&s, b"live"), b"live");
-        let st = control_ask(&socket, "status");
+        let st = operator_ask(&socket, "status");
         assert_eq!(st["ok"], true);
         assert_eq!(st["phase"], "running");
         assert_eq!(st["table_version"], 1);
@@ -42,14 +42,14 @@ mod control {
 
         // A new table, published by `reload` with its version in the answer.
         std::fs::write(&gw.table_path, table_bytes(allow_all("echo"), 2)).unwrap();
-        let r = control_ask(&socket, "reload");
+        let r = operator_ask(&socket, "reload");
         assert_eq!(r["ok"], true, "{r}");
         assert_eq!(r["table_version"], 2);
         assert_eq!(r["tls_refused"], 0);
         assert_eq!(gw.wait_metric("zgate_table_version", 2), 2);
         // A broken one is refused, and the answer says so; the current table stays.
         std::fs::write(&gw.table_path, b"not a table").unwrap();
-        let r = control_ask(&socket, "reload");
+        let r = operator_ask(&socket, "reload");
         assert_eq!(r["ok"], false, "{r}");
         assert_eq!(r["table_version"], 2);
         let error = r["error"].as_str().unwrap();
@@ -60,7 +60,7 @@ mod control {
         assert_eq!(round_trip(&s, b"still"), b"still");
 
         // Not a command: refused with the list of commands, nothing else happens.
-        let r = control_ask(&socket, "reboot now");
+        let r = operator_ask(&socket, "reboot now");
         assert_eq!(r["ok"], false);
         assert_eq!(
             r["error"],
@@ -68,13 +68,13 @@ mod control {
         );
 
         // `drain` does what SIGTERM does: the live flow finishes, then exit 0.
-        let r = control_ask(&socket, "drain");
+        let r = operator_ask(&socket, "drain");
         assert_eq!(r["ok"], true);
-        assert_eq!(control_ask(&socket, "status")["phase"], "draining");
+        assert_eq!(operator_ask(&socket, "status")["phase"], "draining");
         assert_eq!(round_trip(&s, b"during drain"), b"during drain");
         // Asked again (a retrying script), it does not escalate as a second SIGTERM
         // would: the flow still runs.
-        let r = control_ask(&socket, "drain");
+        let r = operator_ask(&socket, "drain");
         assert_eq!(r["already"], true, "{r}");
         assert_eq!(round_trip(&s, b"still draining"), b"still draining");
         drop(s);
@@ -93,11 +93,11 @@ mod control {
         assert_eq!(mode, 0o666);
         std::fs::write(&gw.table_path, table_bytes(allow_all("echo"), 2)).unwrap();
         for command in ["status", "reload", "drain"] {
-            let r = control_ask(&socket, command);
+            let r = operator_ask(&socket, command);
             assert_eq!(r["ok"], false);
             assert_eq!(
                 r["error"],
-                format!("uid {own} is not in `[control] users`").as_str()
+                format!("uid {own} is not in `[operator] users`").as_str()
             );
         }
         // Nothing was reloaded or drained.
@@ -111,7 +111,7 @@ mod control {
         let socket = gw.dir.path().join("zgate.sock");
         let up = Upstream::echo();
         let mut setup = Setup::new(up.addr);
-        setup.tables_extra = format!("[control]\nsocket = {:?}\n", socket.to_str().unwrap());
+        setup.tables_extra = format!("[operator]\nsocket = {:?}\n", socket.to_str().unwrap());
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("zgate.toml");
         std::fs::write(&cfg, setup.config_text(None)).unwrap();
@@ -124,6 +124,6 @@ mod control {
         assert_eq!(out.status.code(), Some(64), "{err}");
         assert!(err.contains("another process is listening on it"), "{err}");
         // The first gateway still answers.
-        assert_eq!(control_ask(&socket, "status")["phase"], "running");
+        assert_eq!(operator_ask(&socket, "status")["phase"], "running");
     }
 }

@@ -1,11 +1,11 @@
-//! The control socket: a Unix stream socket the supervisor owns, for the operator (and
+//! The operator socket: a Unix stream socket the supervisor owns, for the operator (and
 //! later `zgate-control`) to ask for a reload, a drain or the status, without signals
 //! and with an answer.
 //!
 //! Protocol: one command per connection, one line (`status`, `reload` or `drain`, at
 //! most 64 bytes), answered with one JSON line, then the supervisor closes the
 //! connection. Who may ask is decided by the kernel's peer credentials (`SO_PEERCRED`),
-//! not by anything the client says: only the uids in `[control] users` (default: the
+//! not by anything the client says: only the uids in `[operator] users` (default: the
 //! gateway's own uid) get an answer other than a refusal.
 //!
 //! The supervisor never blocks on a client for long: each connection has one second in
@@ -38,23 +38,23 @@ const MAX_LINE: usize = 64;
 const PER_TURN: usize = 8;
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Why the control socket could not be set up.
+/// Why the operator socket could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum ControlError {
+pub enum OperatorError {
     /// Something other than a socket is at the path: never removed.
-    #[error("control socket `{path}`: the path exists and is not a socket")]
+    #[error("operator socket `{path}`: the path exists and is not a socket")]
     NotASocket {
         /// The configured path.
         path: PathBuf,
     },
     /// A process answers on the socket: another gateway is running.
-    #[error("control socket `{path}`: another process is listening on it")]
+    #[error("operator socket `{path}`: another process is listening on it")]
     InUse {
         /// The configured path.
         path: PathBuf,
     },
     /// bind(2) or chmod failed.
-    #[error("control socket `{path}`: {source}")]
+    #[error("operator socket `{path}`: {source}")]
     Io {
         /// The configured path.
         path: PathBuf,
@@ -66,7 +66,7 @@ pub enum ControlError {
 
 /// The bound socket. Removes its file when dropped.
 #[derive(Debug)]
-pub struct ControlSocket {
+pub struct OperatorSocket {
     listener: UnixListener,
     path: PathBuf,
     users: Vec<u32>,
@@ -103,20 +103,20 @@ fn close_quietly(mut stream: UnixStream) {
     }
 }
 
-impl ControlSocket {
+impl OperatorSocket {
     /// Bind `path`, admitting `users` (uids). A stale socket file left by a gateway that
     /// did not exit cleanly is replaced; a live one, or a file that is not a socket, is
     /// an error. The file is made `0600` when only the gateway's own uid (or root, which
     /// permissions do not stop) is admitted, else `0666`: then peer credentials alone
     /// decide.
-    pub fn bind(path: &Path, users: Vec<u32>) -> Result<ControlSocket, ControlError> {
-        let io_err = |source| ControlError::Io {
+    pub fn bind(path: &Path, users: Vec<u32>) -> Result<OperatorSocket, OperatorError> {
+        let io_err = |source| OperatorError::Io {
             path: path.to_path_buf(),
             source,
         };
         match std::fs::symlink_metadata(path) {
             Ok(m) if !m.file_type().is_socket() => {
-                return Err(ControlError::NotASocket {
+                return Err(OperatorError::NotASocket {
                     path: path.to_path_buf(),
                 })
             }
@@ -126,7 +126,7 @@ impl ControlSocket {
                     std::fs::remove_file(path).map_err(io_err)?;
                 }
                 Ok(_) => {
-                    return Err(ControlError::InUse {
+                    return Err(OperatorError::InUse {
                         path: path.to_path_buf(),
                     })
                 }
@@ -143,7 +143,7 @@ impl ControlSocket {
         } else {
             0o666
         };
-        let bound = ControlSocket {
+        let bound = OperatorSocket {
             listener,
             path: path.to_path_buf(),
             users,
@@ -181,7 +181,7 @@ impl ControlSocket {
 
     #[expect(
         clippy::disallowed_methods,
-        reason = "the supervisor's thread: a deadline for one control client, off the data path"
+        reason = "the supervisor's thread: a deadline for one operator client, off the data path"
     )]
     fn read_request(&self, mut stream: UnixStream) -> Option<Request> {
         let _ = stream.set_nonblocking(false);
@@ -194,7 +194,7 @@ impl ControlSocket {
         match sys::peer_uid(stream.as_raw_fd()) {
             Ok(uid) if self.users.contains(&uid) => {}
             Ok(uid) => {
-                refuse(stream, &format!("uid {uid} is not in `[control] users`"));
+                refuse(stream, &format!("uid {uid} is not in `[operator] users`"));
                 return None;
             }
             Err(e) => {
@@ -248,7 +248,7 @@ impl ControlSocket {
     }
 }
 
-impl Drop for ControlSocket {
+impl Drop for OperatorSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
@@ -293,7 +293,7 @@ mod tests {
     fn a_trickling_client_cannot_hold_the_supervisor() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("zgate.sock");
-        let socket = ControlSocket::bind(&path, vec![sys::effective_uid()]).unwrap();
+        let socket = OperatorSocket::bind(&path, vec![sys::effective_uid()]).unwrap();
         let client_path = path.clone();
         let client = std::thread::spawn(move || {
             let mut c = UnixStream::connect(&client_path).unwrap();
@@ -324,8 +324,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("zgate.sock");
         std::fs::write(&path, b"keep me").unwrap();
-        let e = ControlSocket::bind(&path, vec![0]).unwrap_err();
-        assert!(matches!(e, ControlError::NotASocket { .. }), "{e}");
+        let e = OperatorSocket::bind(&path, vec![0]).unwrap_err();
+        assert!(matches!(e, OperatorError::NotASocket { .. }), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
     }
 
@@ -334,12 +334,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("zgate.sock");
         let own = sys::effective_uid();
-        let first = ControlSocket::bind(&path, vec![own]).unwrap();
+        let first = OperatorSocket::bind(&path, vec![own]).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(matches!(
-            ControlSocket::bind(&path, vec![own]),
-            Err(ControlError::InUse { .. })
+            OperatorSocket::bind(&path, vec![own]),
+            Err(OperatorError::InUse { .. })
         ));
         drop(first);
         assert!(!path.exists(), "removed on drop");
@@ -347,7 +347,7 @@ mod tests {
         drop(stale);
         // A crashed gateway leaves its file behind with nobody listening.
         assert!(path.exists());
-        let again = ControlSocket::bind(&path, vec![own, own.wrapping_add(1)]).unwrap();
+        let again = OperatorSocket::bind(&path, vec![own, own.wrapping_add(1)]).unwrap();
         let mode = std::fs::metadata(again.path())
             .unwrap()
             .permissions()
