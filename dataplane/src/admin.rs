@@ -1,13 +1,17 @@
 //! The admin endpoint: `/healthz`, `/readyz`, `/metrics`. Runs on the supervisor
 //! thread, never on a worker (STYLE I.22): formatting and socket writes stay off the
-//! data path. One short blocking exchange per request, with timeouts, `Connection: close`.
+//! data path. Its clients never hold the supervisor up ([`crate::clients`]): sockets
+//! are non-blocking, each request has two seconds in all, at most 64 are open at once.
+//! One request per connection (`Connection: close`); GET only.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
+use crate::clients::{Clients, Limits};
 use crate::shared::StatsSnapshot;
+use crate::sys::PollSet;
 
 /// What `/readyz` and `/metrics` report.
 #[derive(Debug, Clone, Default)]
@@ -392,45 +396,86 @@ fn request_path(head: &str) -> Option<&str> {
     }
 }
 
-/// Answer one admin request on `stream`. Errors (a client that hangs up or stalls)
-/// are ignored: they concern only that client.
-pub fn serve_one(mut stream: TcpStream, view: &AdminView) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-    let mut buf = [0u8; 4096];
-    let mut len = 0;
-    while len < buf.len() {
-        let Some(rest) = buf.get_mut(len..) else {
-            break;
-        };
-        match stream.read(rest) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                len += n;
-                if buf
-                    .get(..len)
-                    .is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n"))
-                {
+/// How admin clients are served.
+const LIMITS: Limits = Limits {
+    max_open: 64,
+    max_input: 4096,
+    deadline: Duration::from_secs(2),
+};
+/// Connections accepted per supervisor turn.
+const PER_TURN: usize = 16;
+
+/// The admin listener and its clients.
+pub struct AdminEndpoint {
+    listener: TcpListener,
+    clients: Clients<TcpStream>,
+    polled: Option<usize>,
+}
+
+impl AdminEndpoint {
+    /// Serve on `listener` (made non-blocking).
+    pub fn new(listener: TcpListener) -> std::io::Result<AdminEndpoint> {
+        listener.set_nonblocking(true)?;
+        Ok(AdminEndpoint {
+            listener,
+            clients: Clients::new(LIMITS, None),
+            polled: None,
+        })
+    }
+
+    /// Add the listener (while it may admit more clients) and the clients to `set`.
+    pub fn watch(&mut self, set: &mut PollSet) {
+        self.polled = self
+            .clients
+            .has_room()
+            .then(|| set.add(self.listener.as_raw_fd(), false));
+        self.clients.watch(set);
+    }
+
+    /// The earliest client deadline, if any client is open.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.clients.next_deadline()
+    }
+
+    /// One supervisor turn: accept what is pending (a few), read what clients sent, and
+    /// answer each whole request head (`view` is asked only then).
+    pub fn turn(&mut self, now: Instant, set: &PollSet, view: impl Fn() -> AdminView) {
+        if self.polled.take().is_some_and(|i| set.ready(i)) {
+            for _ in 0..PER_TURN {
+                let Ok((stream, _)) = self.listener.accept() else {
                     break;
-                }
+                };
+                self.clients.admit(stream, now);
             }
         }
+        let complete = |input: &[u8]| {
+            input
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| i + 4)
+        };
+        self.clients
+            .turn(now, set, complete, |_, head| respond(head, &view));
     }
-    let head = String::from_utf8_lossy(buf.get(..len).unwrap_or_default());
+}
+
+/// The response to the request `head` (its bytes up to the blank line, or as much as
+/// arrived).
+fn respond(head: &[u8], view: &impl Fn() -> AdminView) -> Vec<u8> {
+    let head = String::from_utf8_lossy(head);
     let (status, body) = match request_path(&head) {
         Some("/healthz") => ("200 OK", "ok\n".to_string()),
-        Some("/readyz") if view.ready() => ("200 OK", "ready\n".to_string()),
+        Some("/readyz") if view().ready() => ("200 OK", "ready\n".to_string()),
         Some("/readyz") => ("503 Service Unavailable", "not ready\n".to_string()),
-        Some("/metrics") => ("200 OK", metrics_text(view)),
+        Some("/metrics") => ("200 OK", metrics_text(&view())),
         Some(_) => ("404 Not Found", "not found\n".to_string()),
         None => ("405 Method Not Allowed", "only GET\n".to_string()),
     };
-    let resp = format!(
+    format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    );
-    let _ = stream.write_all(resp.as_bytes());
+    )
+    .into_bytes()
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod clients;
 pub mod config;
 #[expect(
     clippy::disallowed_methods,

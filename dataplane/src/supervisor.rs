@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use zgate_table::DecisionTable;
 
-use crate::admin::{self, AdminView};
+use crate::admin::{AdminEndpoint, AdminView};
 use crate::audit::AuditWriter;
 use crate::config::{Config, Host};
 use crate::operator::{json_string, Command, OperatorError, OperatorSocket};
 use crate::shared::{Phase, Published, StatsSnapshot, WorkerStats};
-use crate::sys;
+use crate::sys::{self, PollSet};
 use crate::tls::{ListenerTls, ReloadEvent, TlsWatch};
 use crate::worker::{self, WorkerError, WorkerListener, WorkerSetup};
 use zgate_telemetry::AuditQueue;
@@ -227,7 +227,7 @@ pub fn run(
     // Bind everything first: an error here stops us before anything is served. The
     // operator socket first of all: a second gateway started by mistake stops there,
     // before its listeners take connections into their queues.
-    let operator_socket = match &config.operator {
+    let mut operator_socket = match &config.operator {
         Some(c) => {
             let users = c
                 .users
@@ -266,12 +266,10 @@ pub fn run(
         }
         per_worker.push(ls);
     }
-    let admin = match config.admin {
+    let mut admin = match config.admin {
         Some(addr) => {
             let l = TcpListener::bind(addr).map_err(|source| RunError::Admin { addr, source })?;
-            l.set_nonblocking(true)
-                .map_err(|source| RunError::Admin { addr, source })?;
-            Some(l)
+            Some(AdminEndpoint::new(l).map_err(|source| RunError::Admin { addr, source })?)
         }
         None => None,
     };
@@ -337,8 +335,6 @@ pub fn run(
             sys::eventfd_wake(w.wake.as_raw_fd());
         }
     };
-    let admin_fd = admin.as_ref().map_or(-1, |a| a.as_raw_fd());
-    let operator_fd = operator_socket.as_ref().map_or(-1, OperatorSocket::fd);
     // SIGTERM/SIGINT, and `drain`: the first starts the drain, a second closes every
     // flow at once.
     let drain = |why: &str, drain_deadline: &mut Option<Instant>, workers: &[Running]| {
@@ -355,12 +351,32 @@ pub fn run(
         }
         wake_all(workers);
     };
+    let mut poll = PollSet::default();
     loop {
-        let [sig_ready, admin_ready, operator_ready] = sys::poll_readable(
-            [sigfd.as_raw_fd(), admin_fd, operator_fd],
-            Duration::from_millis(100),
-        );
-        if sig_ready {
+        // Wait for a signal, a client, or the next tick (100 ms at most, sooner when a
+        // client's deadline falls before it). Clients never block this thread.
+        poll.clear();
+        let sig_at = poll.add(sigfd.as_raw_fd(), false);
+        if let Some(a) = admin.as_mut() {
+            a.watch(&mut poll);
+        }
+        if let Some(o) = operator_socket.as_mut() {
+            o.watch(&mut poll);
+        }
+        let now = Instant::now();
+        let tick = [
+            admin.as_ref().and_then(AdminEndpoint::next_deadline),
+            operator_socket
+                .as_ref()
+                .and_then(OperatorSocket::next_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|d| d.saturating_duration_since(now))
+        .fold(Duration::from_millis(100), Duration::min);
+        poll.wait(tick);
+        let now = Instant::now();
+        if poll.ready(sig_at) {
             while let Some(sig) = sys::read_signal(sigfd.as_raw_fd()) {
                 match sig {
                     libc::SIGHUP => {
@@ -371,85 +387,71 @@ pub fn run(
                 }
             }
         }
-        if operator_ready {
-            for req in operator_socket.iter().flat_map(OperatorSocket::requests) {
-                let answer = match req.command {
-                    Command::Reload => {
-                        let r = reloading.everything(
-                            "operator `reload`",
-                            config,
-                            &published,
-                            &mut audit,
-                        );
-                        wake_all(&workers);
-                        reload_answer(&r, published.table().map(|t| t.version()))
-                    }
-                    // Unlike a second SIGTERM, a repeated `drain` (a retrying script)
-                    // does not close every flow: it reports the drain under way.
-                    Command::Drain if drain_deadline.is_some() => {
-                        "{\"ok\":true,\"phase\":\"draining\",\"already\":true}".to_string()
-                    }
-                    Command::Drain => {
-                        drain("operator `drain`", &mut drain_deadline, &workers);
-                        "{\"ok\":true,\"phase\":\"draining\"}".to_string()
-                    }
-                    Command::Status => {
-                        let s = sum(&workers);
-                        format!(
-                            "{{\"ok\":true,\"phase\":{},\"table_version\":{},\"workers\":{},\"workers_ready\":{},\"connections_active\":{},\"accepted\":{},\"denied\":{},\"closed_by_policy\":{}}}",
-                            json_string(published.phase().name()),
-                            published
-                                .table()
-                                .map_or("null".to_string(), |t| t.version().to_string()),
-                            workers.len(),
-                            workers
-                                .iter()
-                                .filter(|w| w.stats.ready.load(Ordering::Acquire))
-                                .count(),
-                            s.active,
-                            s.accepted,
-                            s.denied,
-                            s.closed_by_policy,
-                        )
-                    }
-                };
-                req.answer(&answer);
-            }
-        }
-        audit.drain(workers.iter().map(|w| &*w.audit), AUDIT_BUDGET);
-        if admin_ready {
-            if let Some(l) = &admin {
-                // Bounded: at most a handful per turn so signals stay prompt.
-                for _ in 0..16 {
-                    let Ok((stream, _)) = l.accept() else { break };
-                    let view = AdminView {
-                        stats: sum(&workers),
-                        workers: workers.len(),
-                        workers_ready: workers
+        if let Some(o) = operator_socket.as_mut() {
+            o.turn(now, &poll, |command| match command {
+                Command::Reload => {
+                    let r = reloading.everything("operator `reload`", config, &published, &mut audit);
+                    wake_all(&workers);
+                    reload_answer(&r, published.table().map(|t| t.version()))
+                }
+                // Unlike a second SIGTERM, a repeated `drain` (a retrying script) does
+                // not close every flow: it reports the drain under way.
+                Command::Drain if drain_deadline.is_some() => {
+                    "{\"ok\":true,\"phase\":\"draining\",\"already\":true}".to_string()
+                }
+                Command::Drain => {
+                    drain("operator `drain`", &mut drain_deadline, &workers);
+                    "{\"ok\":true,\"phase\":\"draining\"}".to_string()
+                }
+                Command::Status => {
+                    let s = sum(&workers);
+                    format!(
+                        "{{\"ok\":true,\"phase\":{},\"table_version\":{},\"workers\":{},\"workers_ready\":{},\"connections_active\":{},\"accepted\":{},\"denied\":{},\"closed_by_policy\":{}}}",
+                        json_string(published.phase().name()),
+                        published
+                            .table()
+                            .map_or("null".to_string(), |t| t.version().to_string()),
+                        workers.len(),
+                        workers
                             .iter()
                             .filter(|w| w.stats.ready.load(Ordering::Acquire))
                             .count(),
-                        accepting: published.phase() == Phase::Running,
-                        table_version: published.table().map(|t| t.version()),
-                        table_reloads: reloading.tables,
-                        table_reload_failures: reloading.table_failures,
-                        audit: audit.counts(),
-                        audit_dropped: workers.iter().map(|w| w.audit.dropped()).sum(),
-                        tls_reloads: reloading.tls.reloads,
-                        tls_reload_failures: reloading.tls.failures,
-                        tls_not_after: config
-                            .listeners
-                            .iter()
-                            .enumerate()
-                            .filter_map(|(i, l)| {
-                                let t = published.listener_tls(i)?;
-                                Some((l.name.clone(), t.server.validity().1))
-                            })
-                            .collect(),
-                    };
-                    admin::serve_one(stream, &view);
+                        s.active,
+                        s.accepted,
+                        s.denied,
+                        s.closed_by_policy,
+                    )
                 }
-            }
+            });
+        }
+        audit.drain(workers.iter().map(|w| &*w.audit), AUDIT_BUDGET);
+        if let Some(a) = admin.as_mut() {
+            let view = || AdminView {
+                stats: sum(&workers),
+                workers: workers.len(),
+                workers_ready: workers
+                    .iter()
+                    .filter(|w| w.stats.ready.load(Ordering::Acquire))
+                    .count(),
+                accepting: published.phase() == Phase::Running,
+                table_version: published.table().map(|t| t.version()),
+                table_reloads: reloading.tables,
+                table_reload_failures: reloading.table_failures,
+                audit: audit.counts(),
+                audit_dropped: workers.iter().map(|w| w.audit.dropped()).sum(),
+                tls_reloads: reloading.tls.reloads,
+                tls_reload_failures: reloading.tls.failures,
+                tls_not_after: config
+                    .listeners
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, l)| {
+                        let t = published.listener_tls(i)?;
+                        Some((l.name.clone(), t.server.validity().1))
+                    })
+                    .collect(),
+            };
+            a.turn(now, &poll, view);
         }
         let events = reloading.tls_watch.poll(config, Instant::now(), unix_now());
         if !events.is_empty() {

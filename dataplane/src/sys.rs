@@ -1280,20 +1280,54 @@ pub fn read_signal(fd: RawFd) -> Option<i32> {
     }
 }
 
-/// Wait until one of `fds` is readable or `timeout` passes; returns which are readable.
-pub fn poll_readable<const N: usize>(fds: [RawFd; N], timeout: Duration) -> [bool; N] {
-    let mut pfds = fds.map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    });
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `pfds` is a local array of N pollfds that outlives the call.
-    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, ms) };
-    if rc <= 0 {
-        return [false; N];
+/// A set of descriptors for one `poll(2)`: the supervisor's signalfd, listening
+/// sockets and client connections, each waited on for reading or writing.
+#[derive(Debug, Default)]
+pub struct PollSet {
+    fds: Vec<libc::pollfd>,
+}
+
+impl PollSet {
+    /// Empty the set (keeping its memory).
+    pub fn clear(&mut self) {
+        self.fds.clear();
     }
-    pfds.map(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
+
+    /// Wait on `fd` for reading (or, `write`, for writing); returns its index. A
+    /// negative `fd` is ignored by the kernel (never ready).
+    pub fn add(&mut self, fd: RawFd, write: bool) -> usize {
+        self.fds.push(libc::pollfd {
+            fd,
+            events: if write { libc::POLLOUT } else { libc::POLLIN },
+            revents: 0,
+        });
+        self.fds.len() - 1
+    }
+
+    /// Wait until one descriptor is ready or `timeout` passes.
+    pub fn wait(&mut self, timeout: Duration) {
+        for p in &mut self.fds {
+            p.revents = 0;
+        }
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        let n = libc::nfds_t::try_from(self.fds.len()).unwrap_or(libc::nfds_t::MAX);
+        // SAFETY: `fds` is a Vec of `n` initialised pollfds that outlives the call; the
+        // kernel writes only their `revents`.
+        let rc = unsafe { libc::poll(self.fds.as_mut_ptr(), n, ms) };
+        if rc < 0 {
+            for p in &mut self.fds {
+                p.revents = 0;
+            }
+        }
+    }
+
+    /// Whether descriptor `i` is ready for what it was added for (or has an error or
+    /// a hang-up, which the next read or write reports).
+    pub fn ready(&self, i: usize) -> bool {
+        self.fds
+            .get(i)
+            .is_some_and(|p| p.revents & (p.events | libc::POLLERR | libc::POLLHUP) != 0)
+    }
 }
 
 /// The process's effective uid.
