@@ -187,11 +187,12 @@ pub struct ConnMem {
 }
 
 impl ConnMem {
-    /// Fresh connection memory.
-    pub fn boxed() -> Lent<ConnMem> {
+    /// The memory for one connect to `addr` with `timeout`, filled in before any SQE
+    /// can point at it: [`Ring::connect_with_timeout`] only reads it.
+    pub fn boxed(addr: SocketAddr, timeout: Duration) -> Lent<ConnMem> {
         Lent::new(Box::new(ConnMem {
-            addr: RawSockAddr::new(SocketAddr::from(([0, 0, 0, 0], 0))),
-            timeout: types::Timespec::new(),
+            addr: RawSockAddr::new(addr),
+            timeout: types::Timespec::from(timeout),
         }))
     }
 }
@@ -607,6 +608,10 @@ pub enum PushError {
     /// The buffer is not held by the caller (a bug in the caller; nothing was queued).
     #[error(transparent)]
     Buf(#[from] BufError),
+    /// The memory is already lent to an SQE in flight (a bug in the caller; nothing was
+    /// queued).
+    #[error("memory already lent to an operation in flight")]
+    Lent,
 }
 
 /// Test hook: make the next pushes of the rings on this thread fail as a full
@@ -638,8 +643,9 @@ pub mod push_faults {
     }
 }
 
-/// One completion, copied out of the CQ.
-#[derive(Debug, Clone, Copy)]
+/// One completion, copied out of the CQ. Not `Copy`: the fd an accept's completion
+/// carries is taken once ([`Completion::into_accepted`]).
+#[derive(Debug)]
 pub struct Completion {
     /// The SQE's user_data.
     pub user_data: u64,
@@ -649,6 +655,38 @@ pub struct Completion {
     pub more: bool,
     /// The provided buffer a recv filled (or took and left empty), if any.
     pub buffer: Option<u16>,
+    /// The completion of an accept this ring armed ([`Ring::accept_multi`]).
+    accept: bool,
+}
+
+impl Completion {
+    /// The connection an accept's completion carries: `None` for a failed accept, or
+    /// a completion of anything else. With [`Drop`], the one place an fd number from
+    /// the kernel becomes an owned socket: an accepted fd is adopted once, whether the
+    /// caller takes it or drops the completion (which closes it).
+    pub fn into_accepted(mut self) -> Option<TcpStream> {
+        self.take_accepted()
+    }
+
+    fn take_accepted(&mut self) -> Option<TcpStream> {
+        if !self.accept || self.result < 0 {
+            return None;
+        }
+        self.accept = false;
+        // SAFETY: a non-negative result of an accept this ring armed is a new fd the
+        // kernel installed for us and nothing else owns. `accept` is cleared first, so
+        // it is adopted once; the TcpStream closes it exactly once.
+        Some(TcpStream::from(unsafe {
+            OwnedFd::from_raw_fd(self.result)
+        }))
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        // An accepted connection nobody took: close it rather than leak it.
+        drop(self.take_accepted());
+    }
 }
 
 /// A worker's io_uring, with its provided buffer pool.
@@ -657,6 +695,8 @@ pub struct Completion {
 /// closes (`ring`), then the buffer memory is unmapped (`pool`).
 pub struct Ring {
     ring: IoUring,
+    /// The user_data of the accepts armed on this ring: their completions carry fds.
+    accepts: Vec<u64>,
     /// The provided buffers. Public so flows can take and give back buffers.
     pub pool: BufPool,
     /// Splice SQEs queued whose CQE has not been handed to [`Ring::splice_done`]: work
@@ -703,6 +743,7 @@ impl Ring {
         pool.refill(HOT_BUFFERS);
         Ok(Ring {
             ring,
+            accepts: Vec::new(),
             pool,
             splices: 0,
         })
@@ -720,10 +761,13 @@ impl Ring {
             return Err(PushError::Full(io::Error::from(io::ErrorKind::WouldBlock)));
         }
         for _ in 0..2 {
-            // SAFETY: every pointer in `entry` points into a `Lent` whose count the
-            // caller of this private fn raised before or right after this push (only
-            // on success), so the memory stays allocated until the CQE; entries without
-            // pointers (accept, cancel) carry no memory.
+            // SAFETY: every pointer in `entry` stays valid until its CQE. The methods
+            // of this type that call `push` each build their entry over memory that
+            // outlives the op: a `Lent` whose count they raise on success (a recv into
+            // a flow's own buffer, the eventfd read, a `SendVec`), a pool buffer they
+            // move to `Sending` (a send; `BufPool` does not reuse it before
+            // `send_done`), or none (accept, cancel, poll, splice between fds, and a
+            // recv that names the buffer group: the kernel picks a ring buffer).
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return Ok(());
             }
@@ -739,7 +783,11 @@ impl Ring {
             .flags(libc::SOCK_CLOEXEC)
             .build()
             .user_data(user_data);
-        self.push(&e)
+        self.push(&e)?;
+        if !self.accepts.contains(&user_data) {
+            self.accepts.push(user_data);
+        }
+        Ok(())
     }
 
     /// Receive into a buffer the kernel picks from the pool when data arrives. The CQE
@@ -968,16 +1016,22 @@ impl Ring {
             .transition(buf.0, BufState::Sending, BufState::Held, "finish send of")
     }
 
-    /// Connect `fd` to `addr`, linked to a timeout: two SQEs, two CQEs, both lend `mem`.
+    /// Connect `fd` to the address in `mem`, linked to its timeout: two SQEs, two CQEs,
+    /// both lend `mem`. `mem` must not be lent already (one connect per `ConnMem`):
+    /// [`PushError::Lent`] otherwise, and nothing is queued.
     pub fn connect_with_timeout(
         &mut self,
         fd: RawFd,
         mem: &mut Lent<ConnMem>,
-        addr: SocketAddr,
-        timeout: Duration,
         connect_user_data: u64,
         timeout_user_data: u64,
     ) -> Result<(), PushError> {
+        // Read only, and only while nothing points into it yet.
+        let Some(m) = mem.get() else {
+            return Err(PushError::Lent);
+        };
+        let addr_ptr = std::ptr::addr_of!(m.addr.storage).cast::<libc::sockaddr>();
+        let (addr_len, ts_ptr) = (m.addr.len, std::ptr::addr_of!(m.timeout));
         let room = {
             let sq = self.ring.submission();
             sq.capacity() - sq.len()
@@ -985,19 +1039,6 @@ impl Ring {
         if room < 2 {
             self.ring.submit().map_err(PushError::Full)?;
         }
-        let p = mem.ptr.as_ptr();
-        // SAFETY: no SQE points at `addr`/`timeout` yet (connect is a connection's first
-        // op and happens once), so writing them through the raw pointer races nothing.
-        // The pointers handed to the kernel stay valid until both CQEs (lent += 2).
-        let (addr_ptr, addr_len, ts_ptr) = unsafe {
-            std::ptr::addr_of_mut!((*p).addr).write(RawSockAddr::new(addr));
-            std::ptr::addr_of_mut!((*p).timeout).write(types::Timespec::from(timeout));
-            (
-                std::ptr::addr_of!((*p).addr.storage).cast::<libc::sockaddr>(),
-                (*p).addr.len,
-                std::ptr::addr_of!((*p).timeout),
-            )
-        };
         let connect = opcode::Connect::new(types::Fd(fd), addr_ptr, addr_len)
             .build()
             .flags(squeue::Flags::IO_LINK)
@@ -1088,6 +1129,7 @@ impl Ring {
                 result: cqe.result(),
                 more: cqueue::more(cqe.flags()),
                 buffer: cqueue::buffer_select(cqe.flags()),
+                accept: self.accepts.contains(&cqe.user_data()),
             });
         }
     }
@@ -1174,13 +1216,6 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd>
 /// An unconnected TCP socket of `addr`'s family, to be connected through the ring.
 pub fn upstream_socket(addr: &SocketAddr) -> io::Result<TcpStream> {
     Ok(TcpStream::from(new_socket(addr)?))
-}
-
-/// Take ownership of an fd produced by an accept CQE.
-pub fn adopt_accepted(fd: i32) -> TcpStream {
-    // SAFETY: a non-negative accept CQE result is a new fd installed in our table that
-    // nothing else owns; from here the TcpStream closes it exactly once.
-    TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `SO_LINGER {on, 0}`: the next close sends RST instead of FIN.
@@ -1416,9 +1451,9 @@ mod tests {
         for _ in 0..100 {
             ring.submit_and_wait(Duration::from_millis(10)).unwrap();
             ring.completions(&mut out);
-            if let Some(c) = out.first() {
+            if !out.is_empty() {
                 assert_eq!(out.len(), 1, "{out:?}");
-                return *c;
+                return out.remove(0);
             }
         }
         panic!("no completion");
@@ -1508,6 +1543,67 @@ mod tests {
         assert!(!ring.splicing());
         ring.splice_done();
         assert!(!ring.splicing(), "an extra hand-back does not wrap");
+    }
+
+    /// Review 16.12: the connect path wrote its address through a raw pointer assuming
+    /// it ran once per memory. Now the memory is filled when it is made and only read
+    /// here, and memory already lent is refused (nothing queued).
+    #[test]
+    fn connect_memory_is_read_only_and_lent_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut ring = Ring::new(8, 4, true).unwrap();
+        let sock = super::upstream_socket(&listener.local_addr().unwrap()).unwrap();
+        let mut mem = super::ConnMem::boxed(listener.local_addr().unwrap(), Duration::from_secs(5));
+        ring.connect_with_timeout(sock.as_raw_fd(), &mut mem, 1, 2)
+            .unwrap();
+        assert_eq!(mem.lent(), 2);
+        assert!(matches!(
+            ring.connect_with_timeout(sock.as_raw_fd(), &mut mem, 3, 4),
+            Err(PushError::Lent)
+        ));
+        // The connect completes (and its linked timeout is cancelled): two CQEs.
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+            ring.completions(&mut out);
+            for c in out.drain(..) {
+                mem.returned();
+                seen.push((c.user_data, c.result));
+                // Not an accept's: it carries no fd, whatever its result.
+                assert!(c.into_accepted().is_none());
+            }
+            if seen.len() == 2 {
+                break;
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, [(1, 0), (2, -libc::ECANCELED)]);
+        assert!(listener.accept().is_ok());
+    }
+
+    /// Review 16.12: `adopt_accepted` made an owned fd from any integer. Now only the
+    /// completion of an accept this ring armed gives up an fd, once; one dropped
+    /// without being taken closes its fd instead of leaking it.
+    #[test]
+    fn an_accepted_fd_is_adopted_once_and_a_dropped_one_is_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut ring = Ring::new(8, 4, true).unwrap();
+        ring.accept_multi(listener.as_raw_fd(), 9).unwrap();
+        let _a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let c = next(&mut ring);
+        assert!(c.result >= 0);
+        let taken = c.into_accepted().expect("an accepted connection");
+        assert!(taken.peer_addr().is_ok());
+        let _b = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let c = next(&mut ring);
+        let fd = c.result;
+        assert!(fd >= 0);
+        drop(c);
+        // SAFETY: fcntl(F_GETFD) on a number we only test; it touches no memory.
+        let rc = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(rc, -1, "the dropped completion's fd was closed");
     }
 
     /// The kernels zgate targets (6.1+) accept `DEFER_TASKRUN`: the option must not

@@ -1,5 +1,7 @@
 //! STYLE E.13: the kernel owns a buffer (and a socket) until its CQE. For each op kind a
-//! flow can have in flight (recv, send, splice, connect with its linked timeout), close
+//! flow can have in flight (recv, send, splice, connect with its linked timeout; and for
+//! TLS flows the handshake recv into the flow's own buffer, the in-place `sendmsg` and
+//! the send from an output buffer), close
 //! the flow while the op is pending and check that every file descriptor comes back:
 //! the slot, its sockets and its pipe are freed only after the last CQE, and nothing
 //! leaks. The close comes from a re-decision (SIGHUP with a table that denies
@@ -199,5 +201,117 @@ mod lifecycle {
         assert_eq!(gw.metric("zgate_flows_closed_by_policy_total"), 1);
         assert_eq!(gw.metric("zgate_upstream_connect_timeouts_total"), 0);
         assert_eq!(wait_fds(&gw, before), before, "fds leaked");
+    }
+
+    /// An upstream whose behaviour the flow's first byte picks: `e` echo, `m` mute
+    /// (reads nothing more), `f` flood 8 MiB toward the client.
+    fn chooser() -> Upstream {
+        Upstream::start(|mut s| {
+            use std::io::Read;
+            let mut first = [0u8; 1];
+            if s.read_exact(&mut first).is_err() {
+                return;
+            }
+            match first[0] {
+                b'e' => {
+                    let _ = s.write_all(b"e");
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+                b'f' => {
+                    let _ = s.write_all(&pattern(8 << 20, 3));
+                }
+                _ => {
+                    let deadline = Instant::now() + WAIT;
+                    while Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        })
+    }
+
+    /// Review 16.12: the close-while-in-flight tests skipped the TLS operations. Steps:
+    /// 1. start zgate with a TLS listener (one worker), note its open fds;
+    /// 2. four TLS flows: one idle (a recv armed on both sockets); one whose client
+    ///    floods a mute upstream (a `sendmsg` of plaintext opened in place, from the
+    ///    receive buffer with its `SendVec`, pending); one whose upstream floods a
+    ///    client that does not read (a send from the flow's output buffer pending); and
+    ///    one stalled mid-handshake (a recv into the flow's own handshake buffer);
+    /// 3. SIGHUP a table denying loopback: the three decided flows are re-decided and
+    ///    closed, their ops cancelled; the handshake runs into its timeout (1 s);
+    /// 4. the fd count is back to step 1, and no pool buffer is held.
+    #[test]
+    fn closing_tls_flows_with_each_op_in_flight_frees_every_fd() {
+        use super::common::pki::{client_config, connect_tls, trading_only, Pki, TRADING};
+        use zgate_devpki::ClientSpec;
+
+        let pki = Pki::new(&[]);
+        let up = chooser();
+        let mut setup = Setup::new(up.addr);
+        setup.table = Some(trading_only());
+        setup.listener_extra = pki.listener_tls("");
+        let gw = Gateway::start(&setup);
+        let before = open_fds(&gw);
+        let cfg = client_config(&pki, Some(&pki.client(&ClientSpec::spiffe(TRADING))));
+
+        let mut idle = connect_tls(&gw, cfg.clone());
+        idle.write_all(b"e").unwrap();
+        idle.flush().unwrap();
+        let mut e = [0u8; 1];
+        std::io::Read::read_exact(&mut idle, &mut e).unwrap();
+
+        let mut flooding = connect_tls(&gw, cfg.clone());
+        flooding.write_all(b"m").unwrap();
+        flooding.flush().unwrap();
+        let writer = std::thread::spawn(move || {
+            let chunk = pattern(1 << 20, 9);
+            for _ in 0..64 {
+                if flooding
+                    .write_all(&chunk)
+                    .and_then(|()| flooding.flush())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        assert!(
+            gw.wait_metric(
+                "zgate_bytes_total{direction=\"client_to_upstream\"}",
+                1 << 20
+            ) >= 1 << 20
+        );
+
+        let mut flooded = connect_tls(&gw, cfg);
+        flooded.write_all(b"f").unwrap();
+        flooded.flush().unwrap();
+        assert!(
+            gw.wait_metric(
+                "zgate_bytes_total{direction=\"upstream_to_client\"}",
+                1 << 20
+            ) >= 1 << 20
+        );
+
+        let mut stalled = gw.connect();
+        stalled.write_all(&[22, 3, 1, 0, 200, 1]).unwrap();
+        assert_eq!(gw.wait_metric("zgate_tls_handshakes_in_progress", 1), 1);
+        assert_eq!(gw.wait_metric("zgate_connections_active", 4), 4);
+        assert!(open_fds(&gw) >= before + 7);
+
+        deny_all_and_drain(&gw);
+        assert_eq!(gw.metric("zgate_flows_closed_by_policy_total"), 3);
+        assert_eq!(
+            gw.metric("zgate_tls_handshake_failures_total{reason=\"handshake-timeout\"}"),
+            1
+        );
+        assert_eq!(wait_fds(&gw, before), before, "fds leaked");
+        assert_eq!(gw.wait_metric_at_most("zgate_buffers_in_use", 0), 0);
+        writer.join().unwrap();
+        drop((idle, flooded, stalled));
     }
 }

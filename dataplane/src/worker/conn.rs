@@ -313,16 +313,10 @@ impl Conn {
         cfg: &crate::config::ListenerConfig,
         ctx: &mut Ctx<'_>,
     ) -> Result<Conn, sys::PushError> {
-        let mut mem = ConnMem::boxed();
+        let mut mem = ConnMem::boxed(cfg.upstream, cfg.connect_timeout);
         let (c, t) = (ctx.ud(Op::Connect), ctx.ud(Op::ConnectTimeout));
-        ctx.ring.connect_with_timeout(
-            upstream.as_raw_fd(),
-            &mut mem,
-            cfg.upstream,
-            cfg.connect_timeout,
-            c,
-            t,
-        )?;
+        ctx.ring
+            .connect_with_timeout(upstream.as_raw_fd(), &mut mem, c, t)?;
         Ok(Conn {
             listener: admitted.listener,
             client,

@@ -490,8 +490,8 @@ impl Worker {
             }
             self.clock();
             busy_since = Some(self.now);
-            for c in &cqes {
-                self.complete(*c);
+            for c in cqes.drain(..) {
+                self.complete(c);
             }
             self.feed_starved();
             self.stats.active = u64::try_from(self.live).unwrap_or(u64::MAX);
@@ -849,7 +849,9 @@ impl Worker {
             }
             return;
         }
-        let client = sys::adopt_accepted(c.result);
+        let Some(client) = c.into_accepted() else {
+            return;
+        };
         self.stats.accepted += 1;
         if self.phase != Phase::Running {
             return; // dropping `client` closes it

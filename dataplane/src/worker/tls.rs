@@ -431,16 +431,11 @@ impl TlsConn {
         }
         self.expires_at = permit.expires_at();
         self.started_unix = started_unix;
-        let mut mem = ConnMem::boxed();
+        let mut mem = ConnMem::boxed(cfg.upstream, cfg.connect_timeout);
         let (c, t) = (ctx.ud(Op::Connect), ctx.ud(Op::ConnectTimeout));
-        let pushed = ctx.ring.connect_with_timeout(
-            upstream.as_raw_fd(),
-            &mut mem,
-            cfg.upstream,
-            cfg.connect_timeout,
-            c,
-            t,
-        );
+        let pushed = ctx
+            .ring
+            .connect_with_timeout(upstream.as_raw_fd(), &mut mem, c, t);
         self.mem = Some(mem);
         self.upstream = Some(upstream);
         if pushed.is_ok() {
