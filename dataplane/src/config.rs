@@ -235,6 +235,27 @@ pub struct Config {
     pub audit: AuditSink,
     /// The operator socket (`[operator]`). `None`: none.
     pub operator: Option<OperatorConfig>,
+    /// Who the process runs as once its sockets are bound (`[process]`).
+    pub process: ProcessConfig,
+}
+
+/// `[process]`: the account the gateway switches to, when started as root, once every
+/// socket is bound (`crate::process`). Capabilities are dropped either way.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProcessConfig {
+    /// The user (name or uid). `None`: stay who we are.
+    pub user: Option<Account>,
+    /// The group (name or gid). `None`: the user's primary group.
+    pub group: Option<Account>,
+}
+
+/// A user or group, as the config names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Account {
+    /// By name, looked up in the system's databases.
+    Name(String),
+    /// By number.
+    Id(u32),
 }
 
 /// `[operator]`: the Unix socket that answers `status`, `reload` and `drain`.
@@ -320,6 +341,9 @@ pub enum ConfigError {
         /// The key that used it first.
         other: String,
     },
+    /// `[process]` names an account this machine does not have.
+    #[error(transparent)]
+    Process(#[from] crate::process::ProcessError),
     /// Something required is missing.
     #[error("{key}: {reason}")]
     Missing {
@@ -384,8 +408,16 @@ struct RawTop {
     drain_timeout: Option<String>,
     audit: Option<String>,
     operator: Option<toml::Value>,
+    process: Option<toml::Value>,
     workers: Option<toml::Value>,
     listener: Option<Vec<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    user: Option<toml::Value>,
+    group: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -838,6 +870,37 @@ impl Errors {
         });
     }
 
+    /// `[process]`: a user and a group, each a name or a number.
+    fn process(&mut self, p: RawProcess) -> ProcessConfig {
+        let mut account = |key: &str, v: Option<toml::Value>| match v {
+            None => None,
+            Some(toml::Value::String(name))
+                if !name.is_empty()
+                    && name.len() <= 32
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
+            {
+                Some(Account::Name(name))
+            }
+            Some(toml::Value::Integer(n)) if u32::try_from(n).is_ok_and(|n| n != u32::MAX) => {
+                u32::try_from(n).ok().map(Account::Id)
+            }
+            Some(other) => {
+                self.value(
+                    format!("process.{key}"),
+                    &other.to_string(),
+                    "expected a name (letters, digits, `.`, `_`, `-`; at most 32) or a number",
+                );
+                None
+            }
+        };
+        ProcessConfig {
+            user: account("user", p.user),
+            group: account("group", p.group),
+        }
+    }
+
     /// `[operator]`: a socket path that fits `sun_path`, and uids if given.
     fn operator(&mut self, c: RawOperator) -> Option<OperatorConfig> {
         let mut ok = true;
@@ -1242,6 +1305,14 @@ impl Config {
             }
             Some(Ok(c)) => errs.operator(c),
         };
+        let process = match top.process.map(RawProcess::deserialize) {
+            None => ProcessConfig::default(),
+            Some(Err(e)) => {
+                errs.0.push(shape("process", e));
+                ProcessConfig::default()
+            }
+            Some(Ok(p)) => errs.process(p),
+        };
         let table = match top.table {
             Some(t) if t.is_empty() => {
                 errs.value("table".into(), &t, "expected a file path");
@@ -1288,6 +1359,7 @@ impl Config {
                 drain_timeout,
                 audit,
                 operator,
+                process,
             })
         } else {
             Err(ConfigErrors(errs.0))
@@ -1715,6 +1787,39 @@ typo = 1
             let text = std::fs::read_to_string(dir.join(seed)).unwrap();
             assert!(Config::parse(&text).is_ok(), "{seed}");
         }
+    }
+
+    #[test]
+    fn process_names_a_user_and_a_group_by_name_or_number() {
+        assert_eq!(
+            Config::parse(GOOD).unwrap().process,
+            ProcessConfig::default()
+        );
+        let c = Config::parse(&format!(
+            "{GOOD}\n[process]\nuser = \"zgate\"\ngroup = 65534\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.process,
+            ProcessConfig {
+                user: Some(Account::Name("zgate".into())),
+                group: Some(Account::Id(65534)),
+            }
+        );
+        for (value, shown) in [
+            ("\"\"", "\"\""),
+            ("-1", "-1"),
+            ("\"a b\"", "\"a b\""),
+            ("[1]", "[1]"),
+        ] {
+            let e = Config::parse(&format!("{GOOD}\n[process]\nuser = {value}\n")).unwrap_err();
+            assert_eq!(
+                e.0[0].to_string(),
+                format!("process.user: expected a name (letters, digits, `.`, `_`, `-`; at most 32) or a number (got `{shown}`)")
+            );
+        }
+        let e = Config::parse(&format!("{GOOD}\n[process]\nusr = \"zgate\"\n")).unwrap_err();
+        assert!(e.to_string().contains("process"), "{e}");
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod config;
 pub mod demo;
 pub mod operator;
 pub mod postgres;
+pub mod process;
 pub mod shared;
 pub mod supervisor;
 pub mod tls;

@@ -92,6 +92,9 @@ fn load_config(path: &Path, host: &Host) -> Result<(Config, Vec<Option<ListenerT
                 });
             }
         }
+        if let Err(e) = zgate_dataplane::process::resolve(&c.process) {
+            errors.push(ConfigError::Process(e));
+        }
         if let Some(t) = c.table.as_mut() {
             if t.is_relative() {
                 if let Some(dir) = path.parent() {

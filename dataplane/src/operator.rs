@@ -143,6 +143,12 @@ impl OperatorSocket {
         Ok(bound)
     }
 
+    /// Give the socket file to `uid`:`gid` (the gateway switches to them once bound),
+    /// so the gateway can still remove it when it exits.
+    pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        std::os::unix::fs::chown(&self.path, Some(uid), Some(gid))
+    }
+
     /// The path bound.
     pub fn path(&self) -> &Path {
         &self.path

@@ -114,6 +114,12 @@ pub enum RunError {
     /// A worker thread panicked.
     #[error("worker {0} panicked")]
     WorkerPanicked(usize),
+    /// `[process]` names an account this machine does not have.
+    #[error(transparent)]
+    Process(#[from] crate::process::ProcessError),
+    /// Privileges could not be dropped: the gateway does not serve with them.
+    #[error(transparent)]
+    Privileges(#[from] crate::process::DropError),
     /// The operator socket could not be set up.
     #[error(transparent)]
     Operator(#[from] OperatorError),
@@ -123,7 +129,7 @@ impl RunError {
     /// The process exit code for this error (sysexits.h).
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Table { .. } => 64, // EX_USAGE: the config names a bad table
+            RunError::Table { .. } | RunError::Process(_) => 64, // EX_USAGE: bad config
             RunError::Worker(_) | RunError::WorkerPanicked(_) => 70, // EX_SOFTWARE
             // EX_USAGE: another gateway has the socket, or the path is not a socket.
             RunError::Operator(OperatorError::InUse { .. } | OperatorError::NotASocket { .. }) => {
@@ -216,6 +222,7 @@ pub fn run(
             None
         }
     };
+    let run_as = crate::process::resolve(&config.process)?;
     // Before any thread exists, so every thread inherits the blocked mask.
     let sigfd = sys::signalfd().map_err(|source| RunError::Setup {
         what: "signalfd",
@@ -229,11 +236,17 @@ pub fn run(
     // before its listeners take connections into their queues.
     let mut operator_socket = match &config.operator {
         Some(c) => {
-            let users = c
-                .users
-                .clone()
-                .unwrap_or_else(|| vec![sys::effective_uid()]);
+            // By default the uid the gateway runs as once it has dropped privileges.
+            let own = run_as.map_or_else(sys::effective_uid, |r| r.uid);
+            let users = c.users.clone().unwrap_or_else(|| vec![own]);
             let s = OperatorSocket::bind(&c.socket, users)?;
+            if let Some(r) = run_as {
+                // So that the gateway, as that user, can remove it when it exits.
+                s.chown(r.uid, r.gid).map_err(|source| RunError::Setup {
+                    what: "operator socket ownership",
+                    source,
+                })?;
+            }
             log(format_args!(
                 "operator socket `{}`: status, reload, drain",
                 s.path().display()
@@ -278,6 +291,20 @@ pub fn run(
         what: "audit file",
         source,
     })?;
+    // Every socket is bound and the audit file open: nothing left needs a privilege.
+    // Before the first thread, since capabilities are per thread.
+    match crate::process::drop_privileges(run_as)? {
+        crate::process::Dropped::Switched(r) => log(format_args!(
+            "running as uid {} gid {}, without capabilities",
+            r.uid, r.gid
+        )),
+        crate::process::Dropped::Stayed { uid: 0 } => log(format_args!(
+            "warning: running as root (without capabilities); set `[process] user` to run as an unprivileged user"
+        )),
+        crate::process::Dropped::Stayed { uid } => log(format_args!(
+            "running as uid {uid}, without capabilities"
+        )),
+    }
     let published = Arc::new(Published::new(table, tls.to_vec()));
     let mut reloading = Reloading {
         tables: 0,

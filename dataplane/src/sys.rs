@@ -1365,6 +1365,137 @@ impl PollSet {
     }
 }
 
+/// A user from the system's user database (`getpwnam_r`): uid and primary gid.
+pub fn user_by_name(name: &str) -> io::Result<Option<(u32, u32)>> {
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a user name"))?;
+    // SAFETY: `passwd` is plain data (integers and pointers); all zero is valid.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to a live local (`cname`, `pw`, `buf` with its length,
+    // `found`); getpwnam_r writes only into `pw`, `buf` and `found`.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok((!found.is_null()).then_some((pw.pw_uid, pw.pw_gid)))
+}
+
+/// A user's primary gid by uid (`getpwuid_r`), if the database knows the uid.
+pub fn user_by_uid(uid: u32) -> io::Result<Option<u32>> {
+    // SAFETY: as in `user_by_name`.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: as in `user_by_name`.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok((!found.is_null()).then_some(pw.pw_gid))
+}
+
+/// A group's gid from the system's group database (`getgrnam_r`).
+pub fn group_by_name(name: &str) -> io::Result<Option<u32>> {
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a group name"))?;
+    // SAFETY: `group` is plain data (integers and pointers); all zero is valid.
+    let mut gr: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 64 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: as in `user_by_name`, for the group database.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut gr,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok((!found.is_null()).then_some(gr.gr_gid))
+}
+
+/// Become `uid`/`gid` for good (real, effective and saved ids; supplementary groups
+/// reduced to `gid`). Needs root. Call before any thread starts: glibc applies
+/// set*id to every thread, but nothing else here would.
+pub fn switch_user(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: `gid` is a local that outlives the call; the kernel copies one gid.
+    cvt(unsafe { libc::setgroups(1, &gid) })?;
+    // SAFETY: setresgid/setresuid take integers only.
+    cvt(unsafe { libc::setresgid(gid, gid, gid) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::setresuid(uid, uid, uid) })?;
+    // SAFETY: getuid/getgid take nothing and cannot fail.
+    let (now_uid, now_gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    if now_uid != uid || now_gid != gid {
+        return Err(io::Error::other("the ids did not change"));
+    }
+    Ok(())
+}
+
+/// Give up every capability for good: the ambient set is cleared, the effective,
+/// permitted and inheritable sets emptied (`capset`), and `no_new_privs` set so no
+/// exec can bring any back. Per thread: call before any thread starts.
+pub fn drop_capabilities() -> io::Result<()> {
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    })?;
+    let mut header = CapHeader {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset(2) with version 3 reads one header and two data structs, both
+    // locals that outlive the call, laid out as the kernel's (repr(C), u32 fields).
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            std::ptr::addr_of_mut!(header),
+            data.as_ptr(),
+        )
+    } as libc::c_int)?;
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    Ok(())
+}
+
 /// The process's effective uid.
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid(2) takes nothing and cannot fail.

@@ -732,3 +732,138 @@ fn client_reset_while_splicing_is_propagated_to_the_upstream() {
     );
     assert!(gw.wait_metric("zgate_resets_total", 1) >= 1);
 }
+
+/// Privileges: what the gateway runs as (review 16.14).
+#[cfg(test)]
+mod privileges {
+    use std::process::Command;
+
+    use super::common::*;
+
+    /// A port under 1024 that nothing uses now (binding it needs root, as the test does).
+    fn free_privileged_port() -> u16 {
+        (700..1000)
+            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .expect("a free port under 1024 (the test must run as root: tools/test in CI does)")
+    }
+
+    /// The fields of /proc/PID/status named `key`.
+    fn proc_status(pid: u32, key: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{key}:"))
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap()
+    }
+
+    /// Review 16.14: nothing dropped privileges. Started as root with `[process] user`, the
+    /// gateway binds a port under 1024, then runs as that user with no capability at all
+    /// and `no_new_privs`; it serves on that port and still reloads its table (readable by
+    /// the user). Needs root, as tools/test has in CI.
+    #[test]
+    fn started_as_root_it_binds_then_runs_as_its_user_without_capabilities() {
+        assert_eq!(
+            proc_status(std::process::id(), "Uid")
+                .split_whitespace()
+                .next(),
+            Some("0"),
+            "this test must run as root (tools/test in CI does)"
+        );
+        let up = Upstream::echo();
+        let mut setup = Setup::new(up.addr);
+        setup.listen = format!("127.0.0.1:{}", free_privileged_port())
+            .parse()
+            .unwrap();
+        setup.tables_extra = "[process]\nuser = \"nobody\"\n".into();
+        let gw = Gateway::start(&setup);
+        use std::os::unix::fs::PermissionsExt;
+        // The user reads the table on reload: let it into the test's private directory.
+        std::fs::set_permissions(gw.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&gw.table_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let pid = gw.child.id();
+        let nobody = proc_status(pid, "Uid");
+        assert_eq!(
+            nobody, "65534\t65534\t65534\t65534",
+            "real, effective, saved, fs"
+        );
+        assert_eq!(proc_status(pid, "Gid"), "65534\t65534\t65534\t65534");
+        for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+            assert_eq!(proc_status(pid, set), "0000000000000000", "{set}");
+        }
+        assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
+        // Every worker thread too (capabilities are per thread).
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+            assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
+        }
+        assert!(gw
+            .log()
+            .contains("running as uid 65534 gid 65534, without capabilities"));
+        let s = gw.connect();
+        assert_eq!(
+            round_trip(&s, b"on a privileged port"),
+            b"on a privileged port"
+        );
+        std::fs::write(&gw.table_path, table_bytes(allow_all("echo"), 2)).unwrap();
+        gw.signal("HUP");
+        assert_eq!(gw.wait_metric("zgate_table_version", 2), 2);
+    }
+
+    /// A user that does not exist is a config error, before anything is bound.
+    #[test]
+    fn an_unknown_process_user_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("zgate.toml");
+        std::fs::write(
+            &cfg,
+            "[workers]\ncount = 1\n[[listener]]\nname = \"echo\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\n\
+             [process]\nuser = \"no-such-user-here\"\n",
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_zgate"))
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(
+            err.contains("process.user: no such user `no-such-user-here` on this machine"),
+            "{err}"
+        );
+    }
+
+    /// The systemd unit in hw-config/ is valid (`systemd-analyze verify`, with its
+    /// ExecStart pointed at the binary under test): no unknown key, no bad value.
+    #[test]
+    fn the_systemd_unit_verifies() {
+        let unit = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../hw-config/zgate.service"
+        ))
+        .unwrap();
+        assert!(unit.contains("User=zgate") && unit.contains("NoNewPrivileges=yes"));
+        assert!(!unit.lines().any(|l| l.starts_with("User=root")));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zgate.service");
+        std::fs::write(
+            &path,
+            unit.replace("/usr/local/bin/zgate", env!("CARGO_BIN_EXE_zgate")),
+        )
+        .unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze is missing: install the `systemd` package (tools/test does)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            !err.contains("zgate.service"),
+            "systemd-analyze has something to say about the unit:\n{err}"
+        );
+    }
+}
