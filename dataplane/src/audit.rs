@@ -8,9 +8,70 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use zgate_telemetry::AuditQueue;
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use zgate_table::facts::DecidedBy;
+use zgate_table::DecisionTable;
+use zgate_telemetry::{AuditQueue, Names, RuleRef};
 
 use crate::config::AuditSink;
+
+/// Tables kept for naming rules: a worker may still be deciding with the last few.
+const TABLES_KEPT: usize = 8;
+
+/// What the supervisor names audit events by: its listeners, and the tables it
+/// published lately (an event names its rule by table version and index).
+pub struct AuditNames {
+    listeners: Vec<String>,
+    tables: VecDeque<Arc<DecisionTable>>,
+}
+
+impl AuditNames {
+    /// Listener names, by index.
+    pub fn new(listeners: Vec<String>) -> AuditNames {
+        AuditNames {
+            listeners,
+            tables: VecDeque::new(),
+        }
+    }
+
+    /// A table was published: its rules can now be named.
+    pub fn published(&mut self, table: Option<Arc<DecisionTable>>) {
+        if let Some(t) = table {
+            if self.tables.len() == TABLES_KEPT {
+                self.tables.pop_front();
+            }
+            self.tables.push_back(t);
+        }
+    }
+}
+
+impl Names for AuditNames {
+    fn listener(&self, index: u16) -> &str {
+        self.listeners
+            .get(usize::from(index))
+            .map_or("?", String::as_str)
+    }
+
+    fn rule(&self, r: RuleRef) -> Cow<'_, str> {
+        match r.by {
+            DecidedBy::Rule(i) => self
+                .tables
+                .iter()
+                .rev()
+                .find(|t| t.version() == r.table_version)
+                .map_or_else(
+                    || Cow::Owned(format!("rule #{i} of table version {}", r.table_version)),
+                    |t| Cow::Borrowed(t.decided_by_name(r.by)),
+                ),
+            DecidedBy::DefaultDeny => "default-deny".into(),
+            DecidedBy::RevokedIdentity => "revoked-identity".into(),
+            DecidedBy::RevokedCertificate => "revoked-certificate".into(),
+        }
+    }
+}
 
 /// Where the lines go.
 enum Out {
@@ -61,7 +122,12 @@ impl AuditWriter {
 
     /// Write every queued event of every queue, then flush. Bounded per call so a
     /// flood cannot keep the supervisor from its signals: at most `budget` events.
-    pub fn drain<'a>(&mut self, queues: impl Iterator<Item = &'a AuditQueue>, budget: usize) {
+    pub fn drain<'a>(
+        &mut self,
+        queues: impl Iterator<Item = &'a AuditQueue>,
+        budget: usize,
+        names: &dyn Names,
+    ) {
         let mut left = budget;
         let stderr = io::stderr();
         let mut err_lock = matches!(self.out, Out::Stderr).then(|| stderr.lock());
@@ -70,7 +136,7 @@ impl AuditWriter {
                 let Some(e) = q.pop() else { break };
                 left -= 1;
                 self.line.clear();
-                let rendered = e.write_json_line(&mut self.line);
+                let rendered = e.write_json_line(names, &mut self.line);
                 let written = rendered.and_then(|()| match (&mut self.out, err_lock.as_mut()) {
                     (Out::Stderr, Some(l)) => l.write_all(&self.line),
                     (Out::File(_, f), _) => f.write_all(&self.line),
@@ -111,17 +177,21 @@ impl AuditWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zgate_telemetry::{AuditEvent, AuditKind};
+    use zgate_telemetry::{AuditEvent, AuditKind, Verdict};
 
     fn event(n: i64) -> AuditEvent {
         AuditEvent {
-            ts: n,
+            ts_us: n * 1_000_000,
+            flow: 1,
             event: AuditKind::Decision,
             worker: 0,
-            listener: "redis".into(),
+            listener: 0,
             source: "127.0.0.1:1".parse().unwrap(),
-            verdict: Some("deny"),
-            rule: Some("default-deny".into()),
+            verdict: Some(Verdict::Deny),
+            rule: Some(RuleRef {
+                table_version: 1,
+                by: DecidedBy::DefaultDeny,
+            }),
             reason: "no-rule-matched",
             spiffe_id: None,
             sni: None,
@@ -134,21 +204,27 @@ mod tests {
     fn events_are_appended_as_lines_and_survive_a_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
+        let names = AuditNames::new(vec!["redis".into()]);
         let mut w = AuditWriter::new(&AuditSink::File(path.clone())).unwrap();
         let q = AuditQueue::new(8);
-        q.push(event(1));
-        q.push(event(2));
-        w.drain([&q].into_iter(), 1);
+        q.push_with(|| event(1));
+        q.push_with(|| event(2));
+        w.drain([&q].into_iter(), 1, &names);
         assert_eq!(w.counts().events, 1, "the budget bounds one drain");
-        w.drain([&q].into_iter(), 100);
+        w.drain([&q].into_iter(), 100, &names);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
-        assert!(text.starts_with("{\"ts\":1,"), "{text}");
+        assert!(
+            text.starts_with("{\"v\":2,\"ts\":\"1970-01-01T00:00:01.000000Z\","),
+            "{text}"
+        );
+        assert!(text.contains("\"listener\":\"redis\""), "{text}");
+        assert!(text.contains("\"rule\":\"default-deny\""), "{text}");
         // logrotate: move the file away, SIGHUP, the next line goes to a new file.
         std::fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();
         w.reopen().unwrap();
-        q.push(event(3));
-        w.drain([&q].into_iter(), 100);
+        q.push_with(|| event(3));
+        w.drain([&q].into_iter(), 100, &names);
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
         assert_eq!(
             w.counts(),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use zgate_table::DecisionTable;
 
 use crate::admin::{AdminEndpoint, AdminView};
-use crate::audit::AuditWriter;
+use crate::audit::{AuditNames, AuditWriter};
 use crate::config::{Config, Host};
 use crate::operator::{json_string, Command, OperatorError, OperatorSocket};
 use crate::shared::{Phase, Published, StatsSnapshot, WorkerStats};
@@ -306,6 +306,8 @@ pub fn run(
         )),
     }
     let published = Arc::new(Published::new(table, tls.to_vec()));
+    let mut names = AuditNames::new(config.listeners.iter().map(|l| l.name.clone()).collect());
+    names.published(published.table());
     let mut reloading = Reloading {
         tables: 0,
         table_failures: 0,
@@ -379,6 +381,8 @@ pub fn run(
         wake_all(workers);
     };
     let mut poll = PollSet::default();
+    // The table generation whose table `names` knows last.
+    let mut names_generation = published.generation();
     loop {
         // Wait for a signal, a client, or the next tick (100 ms at most, sooner when a
         // client's deadline falls before it). Clients never block this thread.
@@ -451,7 +455,11 @@ pub fn run(
                 }
             });
         }
-        audit.drain(workers.iter().map(|w| &*w.audit), AUDIT_BUDGET);
+        if published.generation() != names_generation {
+            names_generation = published.generation();
+            names.published(published.table());
+        }
+        audit.drain(workers.iter().map(|w| &*w.audit), AUDIT_BUDGET, &names);
         if let Some(a) = admin.as_mut() {
             let view = || AdminView {
                 stats: sum(&workers),
@@ -514,7 +522,7 @@ pub fn run(
         }
     }
     // What the workers queued last.
-    audit.drain(workers.iter().map(|w| &*w.audit), usize::MAX);
+    audit.drain(workers.iter().map(|w| &*w.audit), usize::MAX, &names);
     let s = sum(&workers);
     log(format_args!(
         "stopped: accepted {} denied {} upstream_connect_failures {}",

@@ -1199,6 +1199,9 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd>
     let raw = fd.as_raw_fd();
     setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    // Accepted sockets inherit TCP_NODELAY from their listener (Linux clones the
+    // listening socket): set once here, not once per accepted connection.
+    setsockopt_int(raw, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
     let sa = RawSockAddr::new(addr);
     // SAFETY: `sa` is a local holding a valid sockaddr of `sa.len` bytes; bind copies it.
     cvt(unsafe {
@@ -1213,9 +1216,12 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd>
     Ok(fd)
 }
 
-/// An unconnected TCP socket of `addr`'s family, to be connected through the ring.
+/// An unconnected TCP socket of `addr`'s family, to be connected through the ring,
+/// with TCP_NODELAY already set (it holds through the connect).
 pub fn upstream_socket(addr: &SocketAddr) -> io::Result<TcpStream> {
-    Ok(TcpStream::from(new_socket(addr)?))
+    let fd = new_socket(addr)?;
+    setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    Ok(TcpStream::from(fd))
 }
 
 /// `SO_LINGER {on, 0}`: the next close sends RST instead of FIN.
@@ -1735,6 +1741,21 @@ mod tests {
         // SAFETY: fcntl(F_GETFD) on a number we only test; it touches no memory.
         let rc = unsafe { libc::fcntl(fd, libc::F_GETFD) };
         assert_eq!(rc, -1, "the dropped completion's fd was closed");
+    }
+
+    /// Review 16.11: TCP_NODELAY was set with a syscall per accepted connection.
+    /// Linux copies it from the listener to every socket accepted from it (measured
+    /// here), and an upstream socket keeps it through the connect.
+    #[test]
+    fn accepted_and_upstream_sockets_have_nodelay_without_a_call_each() {
+        let fd = super::reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let listener = TcpListener::from(fd);
+        let addr = listener.local_addr().unwrap();
+        let up = super::upstream_socket(&addr).unwrap();
+        assert!(up.nodelay().unwrap());
+        let _client = TcpStream::connect(addr).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap(), "inherited from the listener");
     }
 
     /// The kernels zgate targets (6.1+) accept `DEFER_TASKRUN`: the option must not

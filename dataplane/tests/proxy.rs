@@ -141,7 +141,15 @@ fn every_decision_is_an_audit_line_with_rule_reason_and_source() {
     assert_eq!(e["rule"], "allow-all");
     assert_eq!(e["reason"], "allowed-by-rule");
     assert_eq!(e["listener"], "echo");
-    assert!(e["ts"].as_i64().unwrap() > 1_700_000_000);
+    // RFC 3339 with microseconds, and the schema version.
+    let ts = e["ts"].as_str().unwrap();
+    assert!(
+        ts.len() == 27 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.',
+        "{ts}"
+    );
+    assert!(ts > "2026-", "{ts}");
+    assert_eq!(e["v"], 2);
+    assert_eq!(e["flow"].as_str().unwrap().len(), 16);
 
     let mut setup = Setup::new(up.addr);
     setup.table = Some(table_bytes(allow_ten_only("echo"), 1));

@@ -67,7 +67,7 @@ fn established(suite: SupportedCipherSuite) -> (ClientConnection, TlsSession) {
         "gw.example",
     );
     let mut s = s.unwrap();
-    assert_eq!(s.identity().unwrap().spiffe_id, ID);
+    assert_eq!(&*s.identity().unwrap().spiffe_id, ID);
     let mut client = client;
     flush_to_client(&mut s, &mut client);
     (client, s)

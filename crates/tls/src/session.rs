@@ -57,7 +57,7 @@ pub struct TlsSession {
     engine: Engine,
     device_prefix: Option<Arc<str>>,
     identity: Option<PeerIdentityOwned>,
-    sni: Option<Box<str>>,
+    sni: Option<Arc<str>>,
     alpn: Option<Box<str>>,
     resumed: bool,
     /// While a resumption is being negotiated: Unix ms of the full handshake that
@@ -346,7 +346,7 @@ impl TlsSession {
                 self.resumed_from = tickets::leave();
                 // The SNI the certificate resolver saw while rustls read the ClientHello.
                 if let Some(sni) = take_sni_seen() {
-                    self.sni = sni.map(String::into_boxed_str);
+                    self.sni = sni.map(Arc::from);
                 }
                 r
             }
@@ -698,6 +698,11 @@ impl TlsSession {
     /// The SNI the client sent, lowercase.
     pub fn sni(&self) -> Option<&str> {
         self.sni.as_deref()
+    }
+
+    /// The SNI, shared (an audit record points at it instead of copying it).
+    pub fn sni_shared(&self) -> Option<&Arc<str>> {
+        self.sni.as_ref()
     }
 
     /// The negotiated ALPN protocol, if any and if UTF-8.

@@ -32,8 +32,9 @@ use crate::error::SvidError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PeerIdentityOwned {
-    /// The SPIFFE ID (the one URI SAN), validated.
-    pub spiffe_id: String,
+    /// The SPIFFE ID (the one URI SAN), validated. Shared: audit records of the flow
+    /// point at it instead of copying it.
+    pub spiffe_id: std::sync::Arc<str>,
     /// DNS SANs, lowercase.
     pub dns_sans: Vec<String>,
     /// Subject common name (never used as a SPIFFE ID).
@@ -68,7 +69,7 @@ impl PeerIdentityOwned {
     /// (kept by the caller so nothing is allocated per decision once it exists).
     pub fn lend<'a>(&'a self, dns: &'a DnsRefs<'a>) -> PeerIdentity<'a> {
         PeerIdentity {
-            spiffe_id: Some(&self.spiffe_id),
+            spiffe_id: Some(&*self.spiffe_id),
             dns_sans: &dns.0,
             common_name: self.common_name.as_deref(),
             fingerprint: Some(&self.fingerprint),
@@ -272,7 +273,7 @@ pub(crate) fn identity_of<'c>(
         chain_not_after = chain_not_after.min(parse(der)?.validity().not_after.timestamp());
     }
     Ok(PeerIdentityOwned {
-        spiffe_id: id.to_string(),
+        spiffe_id: std::sync::Arc::from(id.to_string()),
         dns_sans,
         common_name,
         fingerprint: Sha256::digest(leaf_der).into(),
@@ -316,7 +317,7 @@ mod tests {
         let d = der(&leaf.cert_pem);
         check_client_chain(&d, &[], Some("urn:device:")).unwrap();
         let id = identity_of(&d, [], Some("urn:device:")).unwrap();
-        assert_eq!(id.spiffe_id, ID);
+        assert_eq!(&*id.spiffe_id, ID);
         assert_eq!(id.dns_sans, vec!["pricer.corp.example".to_string()]);
         assert_eq!(id.common_name.as_deref(), Some("pricer"));
         assert_eq!(id.device_id.as_deref(), Some("laptop-42"));

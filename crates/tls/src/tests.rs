@@ -191,7 +191,7 @@ fn good_svid_gets_identity_and_data_flows_both_ways() {
     );
     let mut s = s.unwrap();
     let id = s.identity().unwrap();
-    assert_eq!(id.spiffe_id, ID);
+    assert_eq!(&*id.spiffe_id, ID);
     assert_eq!(id.device_id.as_deref(), Some("laptop-7"));
     assert_eq!(id.common_name.as_deref(), Some("pricer"));
     assert_eq!(s.sni(), Some("gw.example"));
@@ -312,7 +312,7 @@ fn intermediate_without_key_cert_sign_is_refused() {
         client_config(p.ca.cert_pem(), Some(&leaf), false),
         "gw.example",
     );
-    assert_eq!(s.unwrap().identity().unwrap().spiffe_id, ID);
+    assert_eq!(&*s.unwrap().identity().unwrap().spiffe_id, ID);
 }
 
 #[test]
@@ -353,7 +353,7 @@ fn tls12_only_client_needs_min_version_12() {
         client_config(p.ca.cert_pem(), Some(&leaf), true),
         "gw.example",
     );
-    assert_eq!(s.unwrap().identity().unwrap().spiffe_id, ID);
+    assert_eq!(&*s.unwrap().identity().unwrap().spiffe_id, ID);
     // rustls clients always offer EMS, so a non-EMS hello cannot be produced here; the
     // setting itself is what refuses one (rustls server/tls12.rs).
     assert!(server.config.require_ems);
@@ -450,7 +450,7 @@ fn resumption_off_sends_no_tickets_and_on_resumes_with_identity() {
         let (_, s2) = handshake(&server, Arc::clone(&cfg), "gw.example");
         let s2 = s2.unwrap();
         assert_eq!(s2.is_resumed(), on);
-        assert_eq!(s2.identity().unwrap().spiffe_id, ID);
+        assert_eq!(&*s2.identity().unwrap().spiffe_id, ID);
     }
 }
 
@@ -489,7 +489,7 @@ fn resumption_reuses_a_verification_only_until_max_age_even_through_new_tickets(
     let (mut c2, s2) = handshake(&server, Arc::clone(&cfg), "gw.example");
     let mut s2 = s2.unwrap();
     assert!(s2.is_resumed(), "within max_age the ticket resumes");
-    assert_eq!(s2.identity().unwrap().spiffe_id, ID);
+    assert_eq!(&*s2.identity().unwrap().spiffe_id, ID);
     // New tickets, issued 0.6 s after the full handshake.
     deliver_tickets(&mut s2, &mut c2);
 
@@ -499,7 +499,7 @@ fn resumption_reuses_a_verification_only_until_max_age_even_through_new_tickets(
     let (_, s3) = handshake(&server, Arc::clone(&cfg), "gw.example");
     let s3 = s3.unwrap();
     assert!(!s3.is_resumed(), "past max_age: a full handshake");
-    assert_eq!(s3.identity().unwrap().spiffe_id, ID);
+    assert_eq!(&*s3.identity().unwrap().spiffe_id, ID);
 }
 
 #[test]
@@ -635,7 +635,7 @@ fn client_ca_names_are_advertised_unless_turned_off() {
         let (_, s) = handshake(&server, Arc::new(cfg), "gw.example");
         // Either way the client presents its SVID and gets in.
         assert_eq!(
-            s.unwrap().identity().unwrap().spiffe_id,
+            &*s.unwrap().identity().unwrap().spiffe_id,
             ID,
             "tls12={tls12}"
         );
@@ -686,13 +686,13 @@ fn a_partner_ca_cannot_issue_a_corp_spiffe_id() {
         .unwrap();
     let (_, s) = handshake(&server, cfg(&own), "gw.example");
     assert_eq!(
-        s.unwrap().identity().unwrap().spiffe_id,
+        &*s.unwrap().identity().unwrap().spiffe_id,
         "spiffe://partner.example/billing"
     );
 
     let corp = p.ca.client(&ClientSpec::spiffe(ID), now()).unwrap();
     let (_, s) = handshake(&server, cfg(&corp), "gw.example");
-    assert_eq!(s.unwrap().identity().unwrap().spiffe_id, ID);
+    assert_eq!(&*s.unwrap().identity().unwrap().spiffe_id, ID);
 
     // Nor can the corp CA issue a partner ID.
     let forged =

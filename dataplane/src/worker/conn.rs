@@ -115,6 +115,8 @@ pub enum CloseKind {
 
 /// A flow.
 pub struct Conn {
+    /// Its id (audit records).
+    pub id: u64,
     /// Index of its listener in the worker.
     pub listener: usize,
     client: TcpStream,
@@ -159,9 +161,8 @@ pub struct Ctx<'a> {
     pub gen: u32,
     /// The splice pipes this worker may still open.
     pub pipes: &'a PipeBudget,
-    /// Spare output buffers of TLS flows (`worker::tls::OUT_SIZE`), reused instead of
-    /// allocating and zeroing one per record batch; at most [`OUT_POOL_MAX`] kept.
-    pub out_pool: &'a mut Vec<Lent<[u8]>>,
+    /// The worker's TLS output buffers (`worker::tls::OutPool`).
+    pub out_pool: &'a mut crate::worker::tls::OutPool,
     /// Set by the flow when its upstream connect failed: the worker audits it.
     pub connect_failed: Option<ConnectFailure>,
 }
@@ -203,12 +204,11 @@ impl ConnectFailure {
         }
     }
 
-    /// The kernel's words, when there are some (rendered on the supervisor's side of
-    /// the queue would be better; this path is rare and already failing).
-    pub fn detail(self) -> Option<String> {
+    /// The kernel's words, when there are some (rendered by the supervisor).
+    pub fn detail(self) -> Option<zgate_telemetry::Detail> {
         match self {
             ConnectFailure::Connect(e) | ConnectFailure::Socket(Some(e)) => {
-                Some(std::io::Error::from_raw_os_error(e).to_string())
+                Some(Box::new(std::io::Error::from_raw_os_error(e)))
             }
             _ => None,
         }
@@ -280,9 +280,6 @@ struct Spliced {
     _ticket: PipeTicket,
 }
 
-/// Most spare TLS output buffers a worker keeps (about 2 MiB).
-pub const OUT_POOL_MAX: usize = 32;
-
 impl Ctx<'_> {
     /// This flow's `user_data` for `op`.
     pub fn ud(&self, op: Op) -> u64 {
@@ -293,6 +290,8 @@ impl Ctx<'_> {
 /// The facts a flow was admitted with.
 #[derive(Debug, Clone, Copy)]
 pub struct Admitted {
+    /// Its id (audit records).
+    pub id: u64,
     /// Index of its listener in the worker.
     pub listener: usize,
     /// The client's address.
@@ -318,6 +317,7 @@ impl Conn {
         ctx.ring
             .connect_with_timeout(upstream.as_raw_fd(), &mut mem, c, t)?;
         Ok(Conn {
+            id: admitted.id,
             listener: admitted.listener,
             client,
             upstream,
@@ -474,7 +474,6 @@ impl Conn {
         if result == 0 {
             self.state = State::Open;
             self.last_active = ctx.now;
-            let _ = self.upstream.set_nodelay(true);
             self.recv(0, ctx);
             self.recv(1, ctx);
         } else {

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use zgate_table::facts::{Decision, FlowFacts, Reason, UnixSeconds};
-use zgate_telemetry::{bounded, AuditEvent, AuditKind};
+use zgate_telemetry::{AuditEvent, AuditKind, RuleRef, Verdict};
 use zgate_tls::{Alert, RejectReason};
 
 use super::conn::{CloseKind, ConnectFailure, State};
@@ -186,7 +186,7 @@ impl Worker {
         }
         self.audit_decision(
             AuditKind::Decision,
-            (listener, t.source),
+            flow.audit_ref(),
             &decision,
             verdict.map(|_| ()),
             Some(t.session()),
@@ -264,7 +264,7 @@ impl Worker {
         self.stats.closed_by_policy += 1;
         self.audit_decision(
             AuditKind::ClosedByPolicy,
-            (conn.listener(), conn.source()),
+            conn.audit_ref(),
             &decision,
             verdict.map(|_| ()),
             conn.tls_session(),
@@ -272,23 +272,20 @@ impl Worker {
         self.with_conn(i, |conn, ctx| conn.close(CloseKind::Reset, ctx));
     }
 
-    /// A new audit event about a flow of listener `listener` from `source`.
+    /// A new audit event about `flow`.
     pub(super) fn audit_event(
         &self,
         event: AuditKind,
-        listener: usize,
-        source: SocketAddr,
+        flow: FlowRef,
         reason: &'static str,
     ) -> AuditEvent {
         AuditEvent {
-            ts: self.unix_now,
+            ts_us: self.unix_now_us,
+            flow: flow.id,
             event,
             worker: u16::try_from(self.id).unwrap_or(u16::MAX),
-            listener: self
-                .listeners
-                .get(listener)
-                .map_or_else(String::new, |l| l.config.name.clone()),
-            source,
+            listener: u16::try_from(flow.listener).unwrap_or(u16::MAX),
+            source: flow.source,
             verdict: None,
             rule: None,
             reason,
@@ -301,41 +298,58 @@ impl Worker {
 
     /// Audit decision `d` for a flow and what was made of it: `Ok` the flow goes on,
     /// `Err` it does not and why (a deny, or an allow whose constraints or certificate
-    /// have already run out, which says so).
+    /// have already run out, which says so). Nothing is built when the queue is full.
     pub(super) fn audit_decision(
         &self,
         event: AuditKind,
-        flow: (usize, SocketAddr),
+        flow: FlowRef,
         d: &Decision,
         verdict: Result<(), Refusal>,
         tls: Option<&zgate_tls::TlsSession>,
     ) {
-        let reason = match verdict {
-            Ok(()) => d.reason.as_str(),
-            Err(r) => r.label(d),
-        };
-        let mut e = self.audit_event(event, flow.0, flow.1, reason);
-        e.verdict = Some(if verdict.is_ok() { "allow" } else { "deny" });
-        e.rule = Some(
-            self.table
-                .as_ref()
-                .map_or("default-deny", |t| t.decided_by_name(d.decided_by))
-                .to_string(),
-        );
-        if let Some(s) = tls {
-            e.spiffe_id = s.identity().map(|i| i.spiffe_id.clone());
-            e.sni = s.sni().map(bounded);
-            e.resumed = s.is_resumed();
-        }
-        self.audit.push(e);
+        self.audit.push_with(|| {
+            let reason = match verdict {
+                Ok(()) => d.reason.as_str(),
+                Err(r) => r.label(d),
+            };
+            let mut e = self.audit_event(event, flow, reason);
+            e.verdict = Some(if verdict.is_ok() {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            });
+            e.rule = Some(RuleRef {
+                table_version: self.table.as_ref().map_or(0, |t| t.version()),
+                by: d.decided_by,
+            });
+            if let Some(s) = tls {
+                e.spiffe_id = s.identity().map(|i| Arc::clone(&i.spiffe_id));
+                e.sni = s.sni_shared().cloned();
+                e.resumed = s.is_resumed();
+            }
+            e
+        });
     }
 
     /// Audit a refusal that came before (or instead of) a decision.
-    pub(super) fn audit_refusal(&self, listener: usize, source: SocketAddr, r: Refused) {
-        let mut e = self.audit_event(r.kind, listener, source, r.reason);
-        e.detail = r.detail;
-        self.audit.push(e);
+    pub(super) fn audit_refusal(&self, flow: FlowRef, r: Refused) {
+        self.audit.push_with(|| {
+            let mut e = self.audit_event(r.kind, flow, r.reason);
+            e.detail = r.detail;
+            e
+        });
     }
+}
+
+/// Which flow an audit record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowRef {
+    /// Its id (the same on all its records).
+    pub id: u64,
+    /// Its listener's index.
+    pub listener: usize,
+    /// The client's address.
+    pub source: SocketAddr,
 }
 
 #[cfg(test)]

@@ -30,10 +30,16 @@ impl Flow {
         }
     }
 
-    pub(super) fn source(&self) -> std::net::SocketAddr {
-        match self {
-            Flow::Plain(c) => c.source,
-            Flow::Tls(t) => t.source,
+    /// What its audit records name it by.
+    pub(super) fn audit_ref(&self) -> super::decide::FlowRef {
+        let (id, listener, source) = match self {
+            Flow::Plain(c) => (c.id, c.listener, c.source),
+            Flow::Tls(t) => (t.id, t.listener, t.source),
+        };
+        super::decide::FlowRef {
+            id,
+            listener,
+            source,
         }
     }
 

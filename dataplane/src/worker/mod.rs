@@ -22,7 +22,7 @@
 //! nothing at all is in flight on its ring.
 
 pub mod conn;
-mod decide;
+pub(crate) mod decide;
 mod flow;
 mod timers;
 pub mod tls;
@@ -228,8 +228,8 @@ struct Worker {
     table_gen: u64,
     /// TLS material generation last loaded into `listeners[..].tls`.
     tls_gen: u64,
-    /// Spare TLS output buffers ([`Ctx::out_pool`]).
-    out_pool: Vec<Lent<[u8]>>,
+    /// TLS output buffers ([`Ctx::out_pool`]).
+    out_pool: tls::OutPool,
     audit: Arc<AuditQueue>,
     live_facts: LiveFacts,
     published: Arc<Published>,
@@ -244,8 +244,14 @@ struct Worker {
     phase: Phase,
     now: Instant,
     unix_now: i64,
+    /// The same instant, in microseconds (audit timestamps).
+    unix_now_us: i64,
+    /// Flows started so far (their ids, [`Worker::next_flow_id`]).
+    flows_started: u64,
     /// Directions whose recv found the pool empty: (slot, generation, direction).
     starved: Vec<(u32, u32, usize)>,
+    /// Scratch for [`Worker::feed_starved`].
+    starved_batch: Vec<(u32, u32, usize)>,
     /// Whether plain flows splice their bulk directions.
     splice: bool,
     /// The splice pipes its flows may hold ([`Ctx::pipes`]).
@@ -300,7 +306,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         table: None,
         table_gen: 0,
         tls_gen: 0,
-        out_pool: Vec::new(),
+        out_pool: tls::OutPool::default(),
         audit: setup.audit,
         live_facts: LiveFacts::default(),
         published: setup.published,
@@ -314,7 +320,10 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         phase: Phase::Running,
         now,
         unix_now: 0,
+        unix_now_us: 0,
+        flows_started: 0,
         starved: Vec::new(),
+        starved_batch: Vec::new(),
         splice: setup.splice,
         pipes: PipeBudget::new(setup.splice_pipes),
         last_splice_done: now,
@@ -332,23 +341,31 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
 }
 
 /// The loop clock: the only place a worker reads the time (monotonic, and wall-clock
-/// seconds for decisions).
+/// microseconds: seconds for decisions, microseconds for audit records).
 #[expect(
     clippy::disallowed_methods,
     reason = "the worker's loop clock: read once per loop turn, nowhere else"
 )]
 fn loop_clock() -> (Instant, i64) {
-    let unix = SystemTime::now()
+    let unix_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    (Instant::now(), unix)
+    (Instant::now(), unix_us)
 }
 
 impl Worker {
-    /// Read the loop clock into `now` and `unix_now`.
+    /// Read the loop clock into `now`, `unix_now_us` and `unix_now`.
     fn clock(&mut self) {
-        (self.now, self.unix_now) = loop_clock();
+        (self.now, self.unix_now_us) = loop_clock();
+        self.unix_now = self.unix_now_us.div_euclid(1_000_000);
+    }
+
+    /// A new flow's id: the worker's index in the top 16 bits, a count below, so ids
+    /// are unique in the process without any sharing between workers.
+    fn next_flow_id(&mut self) -> u64 {
+        self.flows_started += 1;
+        (u64::try_from(self.id).unwrap_or(0xffff) << 48) | (self.flows_started & ((1 << 48) - 1))
     }
 
     fn push_err(&self, source: sys::PushError) -> WorkerError {
@@ -548,8 +565,10 @@ impl Worker {
         if n == 0 {
             return;
         }
-        let batch: Vec<(u32, u32, usize)> = self.starved.drain(..n).collect();
-        for (index, gen, dir) in batch {
+        // A scratch list, kept between turns: no allocation per turn.
+        let mut batch = std::mem::take(&mut self.starved_batch);
+        batch.extend(self.starved.drain(..n));
+        for &(index, gen, dir) in &batch {
             let i = usize::try_from(index).unwrap_or(usize::MAX);
             if self.slots.get(i).is_some_and(|s| s.gen == gen) {
                 self.with_conn(i, |conn, ctx| {
@@ -560,6 +579,8 @@ impl Worker {
                 self.settle_tls(i);
             }
         }
+        batch.clear();
+        self.starved_batch = batch;
     }
 
     fn listeners_closed(&self) -> bool {
@@ -595,6 +616,7 @@ impl Worker {
 
     fn tick(&mut self) {
         self.pipes.retry();
+        self.out_pool.decay();
         if self.phase == Phase::Running {
             for i in 0..self.listeners.len() {
                 // A failed re-arm is retried next tick.
@@ -727,7 +749,7 @@ impl Worker {
                 }
                 self.with_conn(i, |conn, ctx| {
                     if let Flow::Tls(t) = conn {
-                        t.refused = Some(Refused::tls(kind, &r));
+                        t.refused = Some(Refused::tls(kind, r.clone()));
                     }
                     conn.close(CloseKind::Normal, ctx);
                 });
@@ -760,11 +782,10 @@ impl Worker {
             connect_failed: None,
         };
         f(conn, &mut ctx);
-        let connect_failed = ctx
-            .connect_failed
-            .map(|why| (conn.listener(), conn.source(), Refused::connect(why)));
+        let flow = conn.audit_ref();
+        let connect_failed = ctx.connect_failed.map(Refused::connect);
         let refused = match conn {
-            Flow::Tls(t) => t.refused.take().map(|r| (t.listener, t.source, r)),
+            Flow::Tls(t) => t.refused.take(),
             Flow::Plain(_) => None,
         };
         if let Flow::Tls(t) = conn {
@@ -777,6 +798,9 @@ impl Worker {
         }
         if conn.finished() {
             let listener = conn.listener();
+            if let Flow::Tls(t) = conn {
+                t.return_buffers(&mut self.out_pool);
+            }
             // INVARIANT: finished() means nothing is in flight for this slot.
             slot.conn = None;
             slot.gen = next_gen(gen);
@@ -786,8 +810,8 @@ impl Worker {
                 l.active = l.active.saturating_sub(1);
             }
         }
-        for (listener, source, r) in refused.into_iter().chain(connect_failed) {
-            self.audit_refusal(listener, source, r);
+        for r in refused.into_iter().chain(connect_failed) {
+            self.audit_refusal(flow, r);
         }
     }
 
@@ -874,16 +898,26 @@ impl Worker {
             self.stats.handshakes_over_source_limit += 1;
             return;
         }
-        if let Some(tls) = l.tls.clone() {
+        let tls = l.tls.clone();
+        let flow = decide::FlowRef {
+            id: self.next_flow_id(),
+            listener: index,
+            source: peer,
+        };
+        if let Some(tls) = tls {
             // TLS: decided once the handshake has produced the identity.
-            self.start_tls_flow(index, client, peer, &tls.server);
+            self.start_tls_flow(flow, client, &tls.server);
             return;
         }
+        let Some(l) = self.listeners.get(index) else {
+            return;
+        };
+        let config = Arc::clone(&l.config);
         let decision = self.decide(index, peer.ip());
         let verdict = permit(decision, self.unix_now, self.unix_now, None);
         self.audit_decision(
             AuditKind::Decision,
-            (index, peer),
+            flow,
             &decision,
             verdict.map(|_| ()),
             None,
@@ -892,8 +926,8 @@ impl Worker {
             self.stats.denied += 1;
             return;
         };
-        let config = Arc::clone(&l.config);
         let admitted = Admitted {
+            id: flow.id,
             listener: index,
             source: peer,
             started_unix: self.unix_now,
@@ -916,14 +950,8 @@ impl Worker {
         Some(i)
     }
 
-    fn start_tls_flow(
-        &mut self,
-        listener: usize,
-        client: TcpStream,
-        source: std::net::SocketAddr,
-        tls: &ServerTls,
-    ) {
-        let _ = client.set_nodelay(true);
+    fn start_tls_flow(&mut self, flow: decide::FlowRef, client: TcpStream, tls: &ServerTls) {
+        let (listener, source) = (flow.listener, flow.source);
         let Some(index) = self.alloc_slot() else {
             return;
         };
@@ -947,7 +975,7 @@ impl Worker {
             .listeners
             .get(listener)
             .is_some_and(|l| l.config.protocol == Protocol::Postgres);
-        match TlsConn::accept(listener, client, source, tls, postgres, &mut ctx) {
+        match TlsConn::accept(flow, client, tls, postgres, &mut ctx) {
             Ok(mut conn) if !conn.finished() => {
                 conn.holds_handshake_slot = conn.is_handshaking();
                 if let Some(l) = self.listeners.get_mut(listener) {
@@ -963,8 +991,9 @@ impl Worker {
             }
             Ok(mut conn) => {
                 self.free.push(index);
+                conn.return_buffers(&mut self.out_pool);
                 if let Some(r) = conn.refused.take() {
-                    self.audit_refusal(listener, source, r);
+                    self.audit_refusal(flow, r);
                 }
             }
             Err(r) => {
@@ -972,23 +1001,27 @@ impl Worker {
                     *n += 1;
                 }
                 self.free.push(index);
-                self.audit_refusal(listener, source, Refused::tls(AuditKind::TlsRefused, &r));
+                self.audit_refusal(flow, Refused::tls(AuditKind::TlsRefused, r));
             }
         }
     }
 
     fn start_flow(&mut self, admitted: Admitted, client: TcpStream, cfg: &ListenerConfig) {
-        let (listener, source) = (admitted.listener, admitted.source);
+        let listener = admitted.listener;
+        let flow = decide::FlowRef {
+            id: admitted.id,
+            listener,
+            source: admitted.source,
+        };
         let upstream = match sys::upstream_socket(&cfg.upstream) {
             Ok(u) => u,
             Err(e) => {
                 self.stats.upstream_connect_failures += 1;
                 let why = conn::ConnectFailure::Socket(e.raw_os_error());
-                self.audit_refusal(listener, source, Refused::connect(why));
+                self.audit_refusal(flow, Refused::connect(why));
                 return;
             }
         };
-        let _ = client.set_nodelay(true);
         let Some(index) = self.alloc_slot() else {
             return;
         };
@@ -1023,7 +1056,7 @@ impl Worker {
                 self.stats.upstream_connect_failures += 1;
                 self.free.push(index);
                 let why = conn::ConnectFailure::Queue;
-                self.audit_refusal(listener, source, Refused::connect(why));
+                self.audit_refusal(flow, Refused::connect(why));
             }
         }
     }

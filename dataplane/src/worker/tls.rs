@@ -42,13 +42,14 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use zgate_table::facts::UnixSeconds;
-use zgate_telemetry::{bounded, AuditKind};
+use zgate_telemetry::AuditKind;
 use zgate_tls::{Alert, ClientTls, RejectReason, Runs, ServerTls, TlsSession, MAX_RECORD};
 
 use crate::config::{ListenerConfig, POSTGRES_ALPN};
 use crate::postgres::{Preamble, PreambleReader, Refusal};
 use crate::sys::{self, BufId, BufPool, ConnMem, Lent, SendVec, HEADROOM};
-use crate::worker::conn::{CloseKind, ConnectFailure, Ctx, State, OUT_POOL_MAX};
+use crate::worker::conn::{CloseKind, ConnectFailure, Ctx, State};
+use crate::worker::decide::FlowRef;
 use crate::worker::token::Op;
 use crate::worker::Permit;
 
@@ -81,16 +82,15 @@ impl TlsState {
     }
 }
 
-/// Why a TLS flow was refused before (or instead of) a decision, for the audit trail:
-/// the worker takes it after each call into the flow and queues the event.
-#[derive(Debug)]
+/// Why a flow was refused before (or instead of) a decision, for the audit trail: the
+/// worker takes it after each call into the flow and queues the event.
 pub struct Refused {
     /// Which kind of refusal.
     pub kind: AuditKind,
     /// Its stable label (the metric's `reason`).
     pub reason: &'static str,
-    /// More (the TLS library's words), bounded.
-    pub detail: Option<String>,
+    /// More (the TLS library's words, the kernel's), rendered by the supervisor.
+    pub detail: Option<zgate_telemetry::Detail>,
 }
 
 impl Refused {
@@ -104,11 +104,11 @@ impl Refused {
     }
 
     /// A TLS refusal of kind `kind` for `r`.
-    pub fn tls(kind: AuditKind, r: &RejectReason) -> Refused {
+    pub fn tls(kind: AuditKind, r: RejectReason) -> Refused {
         Refused {
             kind,
             reason: r.label(),
-            detail: Some(bounded(&r.to_string())),
+            detail: Some(Box::new(r)),
         }
     }
 }
@@ -175,6 +175,8 @@ struct Side {
 
 /// A TLS flow.
 pub struct TlsConn {
+    /// Its id (audit records).
+    pub id: u64,
     /// Index of its listener in the worker.
     pub listener: usize,
     client: TcpStream,
@@ -235,16 +237,16 @@ impl TlsConn {
     /// A new flow in `Handshaking` (`Preamble` when `postgres`), with the client recv
     /// armed.
     pub fn accept(
-        listener: usize,
+        flow: FlowRef,
         client: TcpStream,
-        source: SocketAddr,
         tls: &ServerTls,
         postgres: bool,
         ctx: &mut Ctx<'_>,
     ) -> Result<TlsConn, RejectReason> {
         let session = tls.accept()?;
         let mut c = TlsConn {
-            listener,
+            id: flow.id,
+            listener: flow.listener,
             client,
             upstream: None,
             mem: None,
@@ -272,7 +274,7 @@ impl TlsConn {
             refused: None,
             started: ctx.now,
             last_active: ctx.now,
-            source,
+            source: flow.source,
             started_unix: 0,
             expires_at: None,
         };
@@ -356,7 +358,7 @@ impl TlsConn {
         if let Some(n) = ctx.stats.upstream_tls_failures.get_mut(reason.index()) {
             *n += 1;
         }
-        self.refused = Some(Refused::tls(AuditKind::UpstreamTlsFailed, reason));
+        self.refused = Some(Refused::tls(AuditKind::UpstreamTlsFailed, reason.clone()));
         self.close(CloseKind::Reset, ctx);
     }
 
@@ -368,7 +370,7 @@ impl TlsConn {
         if let Some(n) = ctx.stats.tls_failures.get_mut(reason.index()) {
             *n += 1;
         }
-        self.refused = Some(Refused::tls(AuditKind::TlsRefused, reason));
+        self.refused = Some(Refused::tls(AuditKind::TlsRefused, reason.clone()));
         self.abort_upstream();
         self.flush_then_close(ctx);
     }
@@ -459,12 +461,9 @@ impl TlsConn {
             }
         }
         self.drop_in_place(ctx);
-        let fds: Vec<i32> = [CLIENT, UPSTREAM]
-            .iter()
-            .filter_map(|s| self.fd(*s))
-            .collect();
+        let fds = [self.fd(CLIENT), self.fd(UPSTREAM)];
         if kind == CloseKind::Reset {
-            for fd in &fds {
+            for fd in fds.iter().flatten() {
                 let _ = sys::set_linger_zero(*fd);
             }
         }
@@ -472,7 +471,7 @@ impl TlsConn {
             return;
         }
         let ud = ctx.ud(Op::Cancel);
-        for fd in fds {
+        for fd in fds.into_iter().flatten() {
             if ctx.ring.cancel_fd(fd, ud).is_ok() {
                 self.cancels += 1;
             } else {
@@ -513,9 +512,6 @@ impl TlsConn {
         if result == 0 {
             self.state = TlsState::Open;
             self.last_active = ctx.now;
-            if let Some(u) = &self.upstream {
-                let _ = u.set_nodelay(true);
-            }
             self.pump(ctx);
         } else {
             ctx.stats.upstream_connect_failures += 1;
@@ -1275,6 +1271,22 @@ impl TlsConn {
         }
     }
 
+    /// The flow is finished (nothing in flight): every output buffer back to the pool.
+    pub fn return_buffers(&mut self, pool: &mut OutPool) {
+        for o in &mut self.out {
+            if let Some(out) = o.take() {
+                pool.put(out.mem);
+            }
+        }
+        if let Some(mut b) = self.bridge.take() {
+            for p in [&mut b.to_upstream, &mut b.to_client] {
+                if let Some(m) = p.mem.take() {
+                    pool.put(m);
+                }
+            }
+        }
+    }
+
     /// Give back output buffers that hold nothing and are not lent: an idle flow keeps
     /// none, and the worker's spare list hands them to the next flow that sends, so a
     /// busy flow does not allocate and zero a buffer per record batch.
@@ -1298,7 +1310,7 @@ impl TlsConn {
                 .is_some_and(|x| !x.sending && x.start >= x.end && x.mem.lent() == 0)
             {
                 if let Some(out) = o.take() {
-                    put_spare(ctx.out_pool, out.mem);
+                    ctx.out_pool.put(out.mem);
                 }
             }
         }
@@ -1311,14 +1323,14 @@ impl TlsConn {
 fn free_out<'o>(
     out: &'o mut [Option<Out>; 2],
     to: usize,
-    spare: &mut Vec<Lent<[u8]>>,
+    spare: &mut OutPool,
 ) -> Option<&'o mut [u8]> {
     let slot = out.get_mut(to)?;
     if slot.as_ref().is_some_and(|o| o.sending || o.start < o.end) {
         return None;
     }
     let o = slot.get_or_insert_with(|| Out {
-        mem: take_spare(spare),
+        mem: spare.take(),
         start: 0,
         end: 0,
         sending: false,
@@ -1328,17 +1340,61 @@ fn free_out<'o>(
     o.mem.get_mut()
 }
 
-/// An `OUT_SIZE` buffer from the worker's spare list, or a new one.
-fn take_spare(spare: &mut Vec<Lent<[u8]>>) -> Lent<[u8]> {
-    spare
-        .pop()
-        .unwrap_or_else(|| Lent::new(vec![0u8; OUT_SIZE].into_boxed_slice()))
+/// A worker's TLS output buffers (`OUT_SIZE` each, ~66 KiB): flows take one per
+/// direction that sends and give it back when the direction goes quiet or the flow
+/// ends. The pool keeps as many buffers as the recent peak of those in use (at least
+/// [`OUT_POOL_MIN`]), so a steady or bursty load reuses the same buffers instead of
+/// allocating and zeroing one per batch (review 16.11: past 32 spares every batch was
+/// a fresh buffer); the peak decays on the worker's tick, and spares above it are
+/// freed, so memory follows the load down within seconds.
+#[derive(Default)]
+pub struct OutPool {
+    spare: Vec<Lent<[u8]>>,
+    in_use: usize,
+    /// The most in use lately (decays on [`OutPool::decay`]).
+    peak: usize,
+    /// Buffers allocated so far (a test and `/metrics` can see the churn).
+    pub allocated: u64,
 }
 
-/// Back to the spare list (freed when the list already holds [`OUT_POOL_MAX`]).
-fn put_spare(spare: &mut Vec<Lent<[u8]>>, mem: Lent<[u8]>) {
-    if spare.len() < OUT_POOL_MAX {
-        spare.push(mem);
+/// The fewest spare TLS output buffers a worker keeps (about 2 MiB).
+pub const OUT_POOL_MIN: usize = 32;
+
+impl OutPool {
+    /// A spare buffer, or a new one.
+    fn take(&mut self) -> Lent<[u8]> {
+        self.in_use += 1;
+        self.peak = self.peak.max(self.in_use);
+        self.spare.pop().unwrap_or_else(|| {
+            self.allocated += 1;
+            Lent::new(vec![0u8; OUT_SIZE].into_boxed_slice())
+        })
+    }
+
+    /// A buffer back (kept while the pool holds fewer than its recent peak).
+    fn put(&mut self, mem: Lent<[u8]>) {
+        self.in_use = self.in_use.saturating_sub(1);
+        if self.in_use + self.spare.len() < self.peak.max(OUT_POOL_MIN) {
+            self.spare.push(mem);
+        }
+    }
+
+    /// The worker's tick (every 100 ms): the peak decays by 1/32 toward what is in use
+    /// now (halving in about 2 s of quiet), and spares above it are freed.
+    pub fn decay(&mut self) {
+        self.peak = self.in_use.max(self.peak - self.peak / 32);
+        let keep = self.peak.max(OUT_POOL_MIN).saturating_sub(self.in_use);
+        self.spare.truncate(keep);
+    }
+
+    /// Buffers flows hold now.
+    pub fn in_use(&self) -> usize {
+        self.in_use
+    }
+
+    /// Spare buffers kept now.
+    pub fn spares(&self) -> usize {
+        self.spare.len()
     }
 }
 
@@ -1375,12 +1431,12 @@ impl Plain {
     /// Room after the data (taking a buffer when it has none); moves the data to the
     /// front first when less than a whole record would fit (a session reads only whole
     /// records).
-    fn space(&mut self, spare: &mut Vec<Lent<[u8]>>) -> &mut [u8] {
+    fn space(&mut self, spare: &mut OutPool) -> &mut [u8] {
         if self.start >= self.end {
             self.start = 0;
             self.end = 0;
         }
-        let mem = self.mem.get_or_insert_with(|| take_spare(spare));
+        let mem = self.mem.get_or_insert_with(|| spare.take());
         let Some(buf) = mem.get_mut() else {
             return &mut [];
         };
@@ -1393,10 +1449,10 @@ impl Plain {
     }
 
     /// Give the buffer back to the spare list once it holds nothing.
-    fn release(&mut self, spare: &mut Vec<Lent<[u8]>>) {
+    fn release(&mut self, spare: &mut OutPool) {
         if self.is_empty() {
             if let Some(m) = self.mem.take() {
-                put_spare(spare, m);
+                spare.put(m);
             }
         }
     }
@@ -1470,7 +1526,41 @@ fn give_back(buf: BufId, ctx: &mut Ctx<'_>) {
 
 #[cfg(test)]
 mod tests {
-    use super::TlsState;
+    use super::{OutPool, TlsState, OUT_POOL_MIN};
+
+    /// Review 16.11: past 32 spares every TLS output buffer was freed on return and a
+    /// fresh zeroed ~66 KiB one made for the next batch. Now as many spares are kept as
+    /// buffers are in use: a steady load of 100 sending directions allocates 100
+    /// buffers once, and spares go as the load falls.
+    #[test]
+    fn a_steady_load_reuses_its_output_buffers_and_spares_follow_the_load_down() {
+        let mut pool = OutPool::default();
+        for _round in 0..5 {
+            let held: Vec<_> = (0..100).map(|_| pool.take()).collect();
+            assert_eq!(pool.in_use(), 100);
+            for m in held {
+                pool.put(m);
+            }
+        }
+        assert_eq!(
+            pool.allocated, 100,
+            "each round reused the last one's buffers"
+        );
+        assert_eq!((pool.in_use(), pool.spares()), (0, 100));
+        // Quiet: the peak decays on the tick and the spares go, down to the minimum.
+        for _ in 0..200 {
+            pool.decay();
+        }
+        assert_eq!(pool.spares(), OUT_POOL_MIN);
+        // Ten in use keep their buffers, whatever the decay.
+        let held: Vec<_> = (0..10).map(|_| pool.take()).collect();
+        pool.decay();
+        assert_eq!(pool.in_use() + pool.spares(), OUT_POOL_MIN);
+        for m in held {
+            pool.put(m);
+        }
+        assert_eq!(pool.allocated, 100);
+    }
 
     /// Review M2: a flow whose upstream connect is in flight is re-decided on a table
     /// swap (`Worker::redecide` asks this), flows without a decision are not.
