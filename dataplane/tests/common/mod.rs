@@ -130,6 +130,12 @@ pub struct Setup {
     /// Appended after the listener: more top-level tables (`[operator]`).
     pub tables_extra: String,
     pub drain_timeout: &'static str,
+    /// A command the gateway is started under (e.g. `prlimit --nofile=64:64`).
+    pub prefix: Vec<String>,
+    /// The listener's `connect_timeout`.
+    pub connect_timeout: &'static str,
+    /// `audit = ...` (default: stderr, which `Gateway::audit` reads).
+    pub audit: Option<String>,
 }
 
 impl Setup {
@@ -145,17 +151,23 @@ impl Setup {
             workers_extra: String::new(),
             tables_extra: String::new(),
             drain_timeout: "30s",
+            prefix: Vec::new(),
+            connect_timeout: "5s",
+            audit: None,
         }
     }
 
     pub fn config_text(&self, table_path: Option<&Path>) -> String {
-        let table = table_path
+        let mut table = table_path
             .map(|p| format!("table = {:?}\n", p.to_str().unwrap()))
             .unwrap_or_default();
+        if let Some(a) = &self.audit {
+            table.push_str(&format!("audit = {a:?}\n"));
+        }
         format!(
             "{table}admin = \"{}\"\ndrain_timeout = \"{}\"\n\n[workers]\ncount = {}\npoll = \"{}\"\n{}\n\n\
-             [[listener]]\nname = \"echo\"\nlisten = \"{}\"\nupstream = \"{}\"\nconnect_timeout = \"5s\"\n{}\n{}\n",
-            self.admin, self.drain_timeout, self.workers, self.poll, self.workers_extra, self.listen, self.upstream, self.listener_extra, self.tables_extra
+             [[listener]]\nname = \"echo\"\nlisten = \"{}\"\nupstream = \"{}\"\nconnect_timeout = \"{}\"\n{}\n{}\n",
+            self.admin, self.drain_timeout, self.workers, self.poll, self.workers_extra, self.listen, self.upstream, self.connect_timeout, self.listener_extra, self.tables_extra
         )
     }
 }
@@ -180,7 +192,15 @@ impl Gateway {
         let cfg = dir.path().join("zgate.toml");
         std::fs::write(&cfg, setup.config_text(table_arg)).unwrap();
         let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_zgate"))
+        let mut cmd = match setup.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_zgate"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_zgate")),
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&cfg)
