@@ -18,6 +18,8 @@ use crate::sys::PollSet;
 pub struct AdminView {
     /// Summed worker counters.
     pub stats: StatsSnapshot,
+    /// Workers asleep in `io_uring_enter` now.
+    pub workers_sleeping: usize,
     /// Workers configured.
     pub workers: usize,
     /// Workers whose accepts are armed.
@@ -241,6 +243,13 @@ pub fn metrics_text(v: &AdminView) -> String {
         "counter",
         "Table reloads refused (the old table stayed).",
         v.table_reload_failures,
+    );
+    metric(
+        &mut out,
+        "zgate_workers_sleeping",
+        "gauge",
+        "Workers asleep in io_uring_enter now (waiting for completions or their tick): an idle worker in interrupt or adaptive mode sleeps, a busy-polling one never does.",
+        u64::try_from(v.workers_sleeping).unwrap_or(u64::MAX),
     );
     metric(
         &mut out,

@@ -14,18 +14,24 @@
 //!
 //! Listeners with `[listener.tls]` terminate TLS (through `zgate-tls`): the flow is
 //! decided after the handshake, with the verified client identity, before anything
-//! reaches the upstream.
+//! reaches the upstream. TLS material and CRLs reload live; `[listener.upstream_tls]`
+//! re-encrypts toward the upstream; the operator socket answers `status`, `reload` and
+//! `drain`.
 //!
-//! What it does not do (yet): TLS reload and upstream TLS, the operator socket, live
-//! facts (revocations, posture, grants) from a control process. See
-//! `docs/architecture.md`, "Next".
+//! What it does not do (yet): live facts (revocations by identity, posture, risk,
+//! grants) from a control process. See `docs/architecture.md`, "Next".
 //!
 //! Invariants:
 //! - `unsafe` lives only in the private `sys` module; every block says who owns the
 //!   memory and until when.
 //! - A connection's memory is freed only after every SQE pushed for it has completed.
-//! - Workers share nothing mutable: they read the published block and write only their
-//!   own counters.
+//! - Nothing on a worker's path waits for another thread. What workers share is read
+//!   mostly, and written rarely or by one side only: the published block (read; the
+//!   supervisor writes it on a reload), their own counters (written by the worker,
+//!   read by the supervisor), each worker's own audit queue (lock-free, one pusher),
+//!   and, inside rustls, the listener's session-ticket key rotator, whose lock a
+//!   resuming or ticket-issuing handshake takes once for reading (tens of nanoseconds
+//!   beside a handshake's ~260 microseconds of CPU; docs/architecture.md).
 #![deny(unsafe_code)]
 
 pub mod admin;

@@ -196,6 +196,8 @@ pub struct WorkerStats {
     pub upstream_tls_failures: [AtomicU64; REJECT_LABELS],
     /// Set once the worker's accepts are armed.
     pub ready: AtomicBool,
+    /// Whether the worker is asleep in `io_uring_enter` now (stored around the wait).
+    pub sleeping: AtomicBool,
     /// Table version the worker uses; 0 with no table.
     pub table_version: AtomicU64,
 }

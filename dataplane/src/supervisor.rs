@@ -464,6 +464,10 @@ pub fn run(
             let view = || AdminView {
                 stats: sum(&workers),
                 workers: workers.len(),
+                workers_sleeping: workers
+                    .iter()
+                    .filter(|w| w.stats.sleeping.load(Ordering::Relaxed))
+                    .count(),
                 workers_ready: workers
                     .iter()
                     .filter(|w| w.stats.ready.load(Ordering::Acquire))

@@ -334,12 +334,12 @@ mod tls {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(gw.metric("zgate_buffers_in_use"), 2);
-        let started = Instant::now();
+        // It completes (a handshake starved of buffers would run into the 1 s timeout
+        // and be closed: the I/O below would fail, and the counter would say so).
         let mut s = connect_tls(&gw, Arc::clone(&cfg));
         while s.conn.is_handshaking() {
             s.conn.complete_io(&mut s.sock).unwrap();
         }
-        assert!(started.elapsed() < Duration::from_millis(800));
         assert_eq!(
             gw.wait_metric("zgate_tls_handshakes_total", 2),
             2,
@@ -881,10 +881,9 @@ mod tls {
         let mut s = gw.connect();
         // A TLS record header announcing a ClientHello that never comes.
         s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x80, 0x01]).unwrap();
-        let t0 = Instant::now();
+        // Closed by the gateway (the read would otherwise time out after 30 s), and
+        // counted as the handshake timeout, not anything else.
         assert!(ends_without_data(&mut s));
-        // The configured timeout is 1 s: closed well before the 30 s read timeout.
-        assert!(t0.elapsed() < Duration::from_secs(20));
         assert_eq!(
             gw.wait_metric(
                 "zgate_tls_handshake_failures_total{reason=\"handshake-timeout\"}",
@@ -965,7 +964,17 @@ mod tls {
     fn client_ca_names_can_be_kept_from_clients() {
         require("openssl", "version");
         let pki = Pki::new(&[]);
-        let up = Upstream::echo();
+        // Echoes one line, then ends the stream: s_client sees the end (close_notify
+        // from the gateway) and exits with everything it read printed, so nothing
+        // here waits on a guessed pause.
+        let up = Upstream::start(|s| {
+            let mut line = String::new();
+            let mut r = BufReader::new(&s);
+            if r.read_line(&mut line).is_ok() {
+                let _ = (&s).write_all(line.as_bytes());
+            }
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        });
         for (extra, want) in [
             (
                 "",
@@ -989,12 +998,10 @@ mod tls {
                 let _ = stdout.read_to_string(&mut out);
                 let _ = tx.send(out);
             });
-            // Through the policy and back, then end of input: s_client closes.
             stdin.write_all(b"ca names\n").unwrap();
             stdin.flush().unwrap();
-            std::thread::sleep(Duration::from_millis(300));
-            drop(stdin);
             let out = rx.recv_timeout(WAIT).unwrap_or_default();
+            drop(stdin);
             let _ = child.kill();
             let _ = child.wait();
             assert!(out.contains(want), "{extra:?}: {out}");

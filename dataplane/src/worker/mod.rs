@@ -31,6 +31,7 @@ pub mod token;
 use std::collections::HashMap;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -491,8 +492,14 @@ impl Worker {
             let waited = if spinning {
                 self.ring.submit_if_needed()
             } else {
-                self.ring
-                    .submit_and_wait(next_tick.saturating_duration_since(self.now))
+                // Said while it sleeps (`zgate_workers_sleeping`): a worker that never
+                // does is spinning.
+                self.stats_out.sleeping.store(true, Ordering::Relaxed);
+                let r = self
+                    .ring
+                    .submit_and_wait(next_tick.saturating_duration_since(self.now));
+                self.stats_out.sleeping.store(false, Ordering::Relaxed);
+                r
             };
             waited.map_err(|source| WorkerError::Submit {
                 worker: self.id,
