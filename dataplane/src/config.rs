@@ -989,37 +989,10 @@ impl Errors {
     }
 }
 
-fn shape(key: &str, e: toml::de::Error) -> ConfigError {
-    ConfigError::Shape {
-        key: key.to_string(),
-        message: e.message().trim().to_string(),
-    }
-}
-
-impl Config {
-    /// Parse and validate `text`. Pure: reads nothing but its argument.
-    ///
-    /// Errors: every problem found, each naming its key.
-    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        Self::parse_inner(text, None)
-    }
-
-    /// [`Config::parse`] plus the checks against `host` (configured cores exist).
-    pub fn parse_for_host(text: &str, host: &Host) -> Result<Config, ConfigErrors> {
-        Self::parse_inner(text, Some(host))
-    }
-
-    fn parse_inner(text: &str, host: Option<&Host>) -> Result<Config, ConfigErrors> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            ConfigErrors(vec![ConfigError::Syntax {
-                message: e.to_string().trim().replace('\n', " "),
-            }])
-        })?;
-        let top = RawTop::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigErrors(vec![shape("(top level)", e)]))?;
-        let mut errs = Errors(Vec::new());
-
-        // [workers]
+impl Errors {
+    /// `[workers]`: placement (cores or a count), poll mode, buffers, splicing.
+    fn workers(&mut self, raw: Option<toml::Value>) -> WorkersConfig {
+        let errs = self;
         let mut workers = WorkersConfig {
             placement: Placement::Count(1),
             poll: PollMode::Interrupt,
@@ -1028,7 +1001,7 @@ impl Config {
             splice_pipes: DEFAULT_SPLICE_PIPES,
             defer_taskrun: true,
         };
-        match top.workers.map(RawWorkers::deserialize) {
+        match raw.map(RawWorkers::deserialize) {
             None => errs.0.push(ConfigError::Missing {
                 key: "workers".into(),
                 reason: "a `[workers]` table with `cores = [...]` or `count = N` is required",
@@ -1154,8 +1127,17 @@ impl Config {
             }
         }
 
-        // [[listener]]
-        let raw_listeners = top.listener.unwrap_or_default();
+        workers
+    }
+
+    /// Every `[[listener]]`, each on its own; names and listen addresses must not
+    /// repeat. Returns the listeners that parsed and the listen addresses by index.
+    fn listeners(
+        &mut self,
+        raw: Option<Vec<toml::Value>>,
+    ) -> (Vec<ListenerConfig>, HashMap<SocketAddr, usize>) {
+        let errs = self;
+        let raw_listeners = raw.unwrap_or_default();
         if raw_listeners.is_empty() {
             errs.0.push(ConfigError::Missing {
                 key: "listener".into(),
@@ -1266,6 +1248,72 @@ impl Config {
             }
         }
 
+        (listeners, addrs)
+    }
+
+    /// Second pass: the worker placement against the cores this process may run on.
+    fn host(&mut self, workers: &WorkersConfig, host: &Host) {
+        let errs = self;
+        let wanted: Vec<(String, usize)> = match &workers.placement {
+            Placement::Cores(c) => c
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("workers.cores[{i}]"), *c))
+                .collect(),
+            Placement::Count(n) => {
+                if *n > host.cores.len() {
+                    errs.value(
+                        "workers.count".into(),
+                        &n.to_string(),
+                        "more workers than cores this process may run on",
+                    );
+                }
+                Vec::new()
+            }
+        };
+        for (key, core) in wanted {
+            if !host.cores.contains(&core) {
+                errs.0.push(ConfigError::NoSuchCore {
+                    key,
+                    core,
+                    available: host.cores.clone(),
+                });
+            }
+        }
+    }
+}
+
+fn shape(key: &str, e: toml::de::Error) -> ConfigError {
+    ConfigError::Shape {
+        key: key.to_string(),
+        message: e.message().trim().to_string(),
+    }
+}
+
+impl Config {
+    /// Parse and validate `text`. Pure: reads nothing but its argument.
+    ///
+    /// Errors: every problem found, each naming its key.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Self::parse_inner(text, None)
+    }
+
+    /// [`Config::parse`] plus the checks against `host` (configured cores exist).
+    pub fn parse_for_host(text: &str, host: &Host) -> Result<Config, ConfigErrors> {
+        Self::parse_inner(text, Some(host))
+    }
+
+    fn parse_inner(text: &str, host: Option<&Host>) -> Result<Config, ConfigErrors> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigErrors(vec![ConfigError::Syntax {
+                message: e.to_string().trim().replace('\n', " "),
+            }])
+        })?;
+        let top = RawTop::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigErrors(vec![shape("(top level)", e)]))?;
+        let mut errs = Errors(Vec::new());
+        let workers = errs.workers(top.workers);
+        let (listeners, addrs) = errs.listeners(top.listener);
         let admin = top.admin.as_deref().and_then(|a| {
             let parsed = errs.addr("admin".into(), a, false);
             if let Some(p) = parsed {
@@ -1322,32 +1370,7 @@ impl Config {
         };
 
         if let Some(host) = host {
-            let wanted: Vec<(String, usize)> = match &workers.placement {
-                Placement::Cores(c) => c
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (format!("workers.cores[{i}]"), *c))
-                    .collect(),
-                Placement::Count(n) => {
-                    if *n > host.cores.len() {
-                        errs.value(
-                            "workers.count".into(),
-                            &n.to_string(),
-                            "more workers than cores this process may run on",
-                        );
-                    }
-                    Vec::new()
-                }
-            };
-            for (key, core) in wanted {
-                if !host.cores.contains(&core) {
-                    errs.0.push(ConfigError::NoSuchCore {
-                        key,
-                        core,
-                        available: host.cores.clone(),
-                    });
-                }
-            }
+            errs.host(&workers, host);
         }
 
         if errs.0.is_empty() {
