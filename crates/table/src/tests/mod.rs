@@ -4,6 +4,7 @@
 
 mod decide;
 mod format;
+mod reference_eval;
 
 use std::net::{IpAddr, Ipv4Addr};
 
