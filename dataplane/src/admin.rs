@@ -4,20 +4,24 @@
 //! are non-blocking, each request has two seconds in all, at most 64 are open at once.
 //! One request per connection (`Connection: close`); GET only.
 
-use std::fmt::Write as _;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::clients::{Clients, Limits};
-use crate::shared::StatsSnapshot;
+use zgate_telemetry::metrics::{Exposition, Kind};
+
+use crate::metrics::{Counters, M};
+use crate::shared::StatsView;
 use crate::sys::PollSet;
 
 /// What `/readyz` and `/metrics` report.
 #[derive(Debug, Clone, Default)]
 pub struct AdminView {
-    /// Summed worker counters.
-    pub stats: StatsSnapshot,
+    /// Every worker's counters, per listener and per worker.
+    pub stats: StatsView,
+    /// Listener names, by index.
+    pub listeners: Vec<String>,
     /// Workers asleep in `io_uring_enter` now.
     pub workers_sleeping: usize,
     /// Workers configured.
@@ -50,349 +54,102 @@ impl AdminView {
     }
 }
 
-/// One unlabelled sample with its HELP and TYPE lines.
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
-}
-
-/// A labelled family: HELP and TYPE once, then one sample per `(label value, value)`.
-/// `head` is (name, type, help).
-fn family<'a, V: std::fmt::Display>(
-    out: &mut String,
-    (name, kind, help): (&str, &str, &str),
-    label: &str,
-    samples: impl IntoIterator<Item = (&'a str, V)>,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (value_of_label, value) in samples {
-        let _ = writeln!(out, "{name}{{{label}=\"{value_of_label}\"}} {value}");
-    }
-}
-
-/// Prometheus text exposition of `v`.
+/// Prometheus text exposition of `v`: the workers' families (`crate::metrics`, each
+/// defined once there), then the supervisor's own.
 pub fn metrics_text(v: &AdminView) -> String {
-    let s = &v.stats;
-    let mut out = String::with_capacity(2048);
-    metric(
-        &mut out,
-        "zgate_connections_accepted_total",
-        "counter",
-        "Connections accepted, allowed or not.",
-        s.accepted,
-    );
-    metric(
-        &mut out,
-        "zgate_connections_denied_total",
-        "counter",
-        "Connections closed at once because the table denied them.",
-        s.denied,
-    );
-    metric(
-        &mut out,
-        "zgate_connections_over_limit_total",
-        "counter",
-        "Connections closed at once because the listener was full.",
-        s.over_limit,
-    );
-    metric(
-        &mut out,
-        "zgate_tls_handshakes_over_limit_total",
-        "counter",
-        "TLS connections closed at once because the listener had max_handshakes in progress.",
-        s.handshakes_over_limit,
-    );
-    metric(
-        &mut out,
-        "zgate_tls_handshakes_over_source_limit_total",
-        "counter",
-        "TLS connections closed at once because their source had max_handshakes_per_source in progress.",
-        s.handshakes_over_source_limit,
-    );
-    metric(
-        &mut out,
-        "zgate_tls_handshakes_in_progress",
-        "gauge",
-        "TLS handshakes (and PostgreSQL preambles) in progress now.",
-        s.handshakes_in_progress,
-    );
-    metric(
-        &mut out,
-        "zgate_upstream_connect_failures_total",
-        "counter",
-        "Upstream connects that failed or timed out.",
-        s.upstream_connect_failures,
-    );
-    metric(
-        &mut out,
-        "zgate_upstream_connect_timeouts_total",
-        "counter",
-        "Upstream connects that timed out.",
-        s.upstream_connect_timeouts,
-    );
-    metric(
-        &mut out,
-        "zgate_connections_active",
-        "gauge",
-        "Flows open now.",
-        s.active,
-    );
-    metric(
-        &mut out,
-        "zgate_idle_timeouts_total",
-        "counter",
-        "Flows closed by the idle timeout.",
-        s.idle_timeouts,
-    );
-    metric(
-        &mut out,
-        "zgate_lifetime_expiries_total",
-        "counter",
-        "Flows closed by max_lifetime.",
-        s.lifetime_expiries,
-    );
-    metric(
-        &mut out,
-        "zgate_resets_total",
-        "counter",
-        "Flows ended by a reset or socket error, propagated as RST.",
-        s.resets,
-    );
-    metric(
-        &mut out,
-        "zgate_accept_errors_total",
-        "counter",
-        "Accept errors.",
-        s.accept_errors,
-    );
-    metric(
-        &mut out,
-        "zgate_worker_rearm_failures_total",
-        "counter",
-        "Re-arms of an accept or a worker's wake-up read that could not be queued (submission queue full, ring busy), retried on a later loop turn.",
-        s.rearm_failures,
-    );
-    metric(
-        &mut out,
-        "zgate_flows_closed_by_policy_total",
-        "counter",
-        "Live flows closed because a re-decision (new table, expired constraints) denied them.",
-        s.closed_by_policy,
-    );
-    metric(
-        &mut out,
-        "zgate_recv_buffer_starved_total",
-        "counter",
-        "Receives that found the provided buffer pool empty and waited for a buffer.",
-        s.recv_starved,
-    );
-    metric(
-        &mut out,
-        "zgate_splice_pipes_opened_total",
-        "counter",
-        "Pipes opened for bulk directions to splice through (plain flows only).",
-        s.pipes_opened,
-    );
-    metric(
-        &mut out,
-        "zgate_splice_pipes_open",
-        "gauge",
-        "Pipes open now for bulk directions to splice through.",
-        s.pipes_open,
-    );
-    metric(
-        &mut out,
-        "zgate_splice_pipes_refused_total",
-        "counter",
-        "Bulk rounds kept on buffer receives for want of a pipe (splice_pipes reached, or the kernel refused one).",
-        s.pipes_refused,
-    );
-    metric(
-        &mut out,
-        "zgate_buffers_in_use",
-        "gauge",
-        "Provided buffers held by flows now (data received, not yet fully sent).",
-        s.buffers_in_use,
-    );
-    metric(
-        &mut out,
-        "zgate_table_loaded",
-        "gauge",
-        "1 when a decision table is published, 0 when every flow is denied.",
-        u64::from(v.table_version.is_some()),
-    );
-    metric(
-        &mut out,
-        "zgate_table_version",
-        "gauge",
-        "Version of the published decision table (0 with none).",
-        v.table_version.unwrap_or(0),
-    );
-    metric(
-        &mut out,
-        "zgate_table_reloads_total",
-        "counter",
-        "Successful table reloads.",
-        v.table_reloads,
-    );
-    metric(
-        &mut out,
-        "zgate_table_reload_failures_total",
-        "counter",
-        "Table reloads refused (the old table stayed).",
-        v.table_reload_failures,
-    );
-    metric(
-        &mut out,
-        "zgate_workers_sleeping",
-        "gauge",
-        "Workers asleep in io_uring_enter now (waiting for completions or their tick): an idle worker in interrupt or adaptive mode sleeps, a busy-polling one never does.",
-        u64::try_from(v.workers_sleeping).unwrap_or(u64::MAX),
-    );
-    metric(
-        &mut out,
-        "zgate_worker_stalls_total",
-        "counter",
-        "Loop turns whose completion handling took 2 ms or more (every flow on that core waited).",
-        s.stalls,
-    );
-    metric(
-        &mut out,
-        "zgate_worker_longest_turn_microseconds",
-        "gauge",
-        "Longest completion handling of one loop turn since start, over all workers.",
-        s.longest_turn_us,
-    );
-    metric(
-        &mut out,
-        "zgate_audit_events_total",
-        "counter",
-        "Audit events written (or discarded with audit = off).",
-        v.audit.events,
-    );
-    metric(
-        &mut out,
-        "zgate_audit_events_dropped_total",
-        "counter",
-        "Audit events dropped because a worker's queue was full (the data path never waits).",
-        v.audit_dropped,
-    );
-    metric(
-        &mut out,
-        "zgate_audit_write_errors_total",
-        "counter",
-        "Audit events the sink failed to take.",
-        v.audit.write_errors,
-    );
-    metric(
-        &mut out,
-        "zgate_tls_reloads_total",
-        "counter",
-        "TLS material reloads published (file change or SIGHUP).",
-        v.tls_reloads,
-    );
-    metric(
-        &mut out,
-        "zgate_tls_reload_failures_total",
-        "counter",
-        "TLS material reloads refused (the old material stayed).",
-        v.tls_reload_failures,
-    );
-    metric(
-        &mut out,
+    let mut e = Exposition::default();
+    let listeners: Vec<(&str, Counters)> = v
+        .listeners
+        .iter()
+        .map(String::as_str)
+        .zip(v.stats.listeners.iter().copied())
+        .collect();
+    e.workers(M::FAMILIES, M::OFFSETS, &listeners, &v.stats.workers);
+    let one =
+        |value: u64| -> [(&'static [(&'static str, &'static str)], u64); 1] { [(&[], value)] };
+    e.family(
         "zgate_workers",
-        "gauge",
+        Kind::Gauge,
         "Workers configured.",
-        u64::try_from(v.workers).unwrap_or(0),
+        one(u64::try_from(v.workers).unwrap_or(0)),
     );
-    family(
-        &mut out,
-        (
-            "zgate_bytes_total",
-            "counter",
-            "Bytes forwarded, by direction.",
-        ),
-        "direction",
-        [
-            ("client_to_upstream", s.bytes_client_to_upstream),
-            ("upstream_to_client", s.bytes_upstream_to_client),
-        ],
+    e.family(
+        "zgate_workers_sleeping",
+        Kind::Gauge,
+        "Workers asleep in io_uring_enter now (waiting for completions or their tick): an idle worker in interrupt or adaptive mode sleeps, a busy-polling one never does.",
+        one(u64::try_from(v.workers_sleeping).unwrap_or(u64::MAX)),
     );
-    metric(
-        &mut out,
-        "zgate_tls_handshakes_total",
-        "counter",
-        "TLS handshakes completed (before the decision).",
-        s.tls_handshakes,
+    e.family(
+        "zgate_table_loaded",
+        Kind::Gauge,
+        "1 when a decision table is published, 0 when every flow is denied.",
+        one(u64::from(v.table_version.is_some())),
     );
-    metric(
-        &mut out,
-        "zgate_tls_resumed_handshakes_total",
-        "counter",
-        "Of the TLS handshakes completed, those that resumed a session from a ticket (no certificate verification ran; see session_resumption_max_age).",
-        s.tls_resumed,
+    e.family(
+        "zgate_table_version",
+        Kind::Gauge,
+        "Version of the published decision table (0 with none).",
+        one(v.table_version.unwrap_or(0)),
     );
-    metric(
-        &mut out,
-        "zgate_tls_truncations_total",
-        "counter",
-        "TLS flows aborted (RST both ways) because a side ended its stream without close_notify.",
-        s.tls_truncations,
+    e.family(
+        "zgate_table_reloads_total",
+        Kind::Counter,
+        "Successful table reloads.",
+        one(v.table_reloads),
     );
-    family(
-        &mut out,
-        (
-            "zgate_tls_certificate_not_after_seconds",
-            "gauge",
-            "Earliest notAfter of the certificates a TLS listener serves.",
-        ),
-        "listener",
-        v.tls_not_after.iter().map(|(name, t)| (name.as_str(), *t)),
+    e.family(
+        "zgate_table_reload_failures_total",
+        Kind::Counter,
+        "Table reloads refused (the old table stayed).",
+        one(v.table_reload_failures),
     );
-    let reasons = zgate_tls::RejectReason::labels();
-    family(
-        &mut out,
-        (
-            "zgate_tls_handshake_failures_total",
-            "counter",
-            "TLS flows refused before the decision, by reason.",
-        ),
-        "reason",
-        reasons.iter().copied().zip(s.tls_failures),
+    e.family(
+        "zgate_audit_events_total",
+        Kind::Counter,
+        "Audit events written (or discarded with audit = off).",
+        one(v.audit.events),
     );
-    metric(
-        &mut out,
-        "zgate_upstream_tls_handshakes_total",
-        "counter",
-        "TLS handshakes with upstreams completed ([listener.upstream_tls]).",
-        s.upstream_tls_handshakes,
+    e.family(
+        "zgate_audit_events_dropped_total",
+        Kind::Counter,
+        "Audit events dropped because a worker's queue was full (the data path never waits).",
+        one(v.audit_dropped),
     );
-    family(
-        &mut out,
-        (
-            "zgate_upstream_tls_failures_total",
-            "counter",
-            "Upstream TLS sessions that failed, by reason.",
-        ),
-        "reason",
-        reasons.iter().copied().zip(s.upstream_tls_failures),
+    e.family(
+        "zgate_audit_write_errors_total",
+        Kind::Counter,
+        "Audit events that could not be written (the sink failed).",
+        one(v.audit.write_errors),
     );
-    family(
-        &mut out,
-        (
-            "zgate_postgres_preamble_refused_total",
-            "counter",
-            "PostgreSQL clients refused before or at TLS, by reason.",
-        ),
-        "reason",
-        crate::postgres::Refusal::ALL
-            .iter()
-            .map(|r| r.label())
-            .zip(s.postgres_refused),
+    e.family(
+        "zgate_tls_reloads_total",
+        Kind::Counter,
+        "TLS material reloads published (a listener's files changed, or SIGHUP).",
+        one(v.tls_reloads),
     );
-    out
+    e.family(
+        "zgate_tls_reload_failures_total",
+        Kind::Counter,
+        "TLS material reloads refused (the old material stayed).",
+        one(v.tls_reload_failures),
+    );
+    let not_after: Vec<([(&str, &str); 1], u64)> = v
+        .tls_not_after
+        .iter()
+        .map(|(name, t)| {
+            (
+                [("listener", name.as_str())],
+                u64::try_from(*t).unwrap_or(0),
+            )
+        })
+        .collect();
+    e.family(
+        "zgate_tls_certificate_not_after_seconds",
+        Kind::Gauge,
+        "Earliest notAfter of the certificates a TLS listener serves (Unix seconds).",
+        not_after.iter().map(|(l, v)| (&l[..], *v)),
+    );
+    e.finish()
 }
 
 /// The path of an HTTP request head, if it is a `GET`.
@@ -499,21 +256,47 @@ mod tests {
     }
 
     #[test]
-    fn metrics_carry_counters() {
+    fn metrics_carry_counters_per_listener_and_worker() {
+        use crate::metrics::Count;
+        let mut redis = Counters::default();
+        redis.inc(M::Denied);
+        redis.add_label(M::Bytes, crate::metrics::UPSTREAM_TO_CLIENT, 11);
+        let mut own = Counters::default();
+        own.inc(M::Stalls);
         let mut v = AdminView {
             workers: 2,
             workers_ready: 2,
             accepting: true,
             table_version: Some(7),
+            listeners: vec!["redis".into()],
             ..AdminView::default()
         };
-        v.stats.denied = 3;
-        v.stats.bytes_upstream_to_client = 11;
+        v.stats.listeners = vec![redis];
+        v.stats.workers = vec![(own, redis), (Counters::default(), Counters::default())];
         let t = metrics_text(&v);
-        assert!(t.contains("\nzgate_connections_denied_total 3\n"), "{t}");
+        assert!(
+            t.contains("\nzgate_connections_denied_total{listener=\"redis\"} 1\n"),
+            "{t}"
+        );
         assert!(t.contains("zgate_table_version 7\n"), "{t}");
         assert!(
-            t.contains("zgate_bytes_total{direction=\"upstream_to_client\"} 11\n"),
+            t.contains(
+                "zgate_bytes_total{listener=\"redis\",direction=\"upstream_to_client\"} 11\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "zgate_worker_bytes_total{worker=\"0\",direction=\"upstream_to_client\"} 11\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("zgate_worker_stalls_total{worker=\"0\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("zgate_worker_stalls_total{worker=\"1\"} 0\n"),
             "{t}"
         );
         assert!(v.ready());

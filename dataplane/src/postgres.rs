@@ -63,6 +63,16 @@ pub enum Refusal {
 /// How many [`Refusal`] kinds there are (metric array size).
 pub const REFUSAL_KINDS: usize = 6;
 
+/// Every [`Refusal`]'s metric label, in [`Refusal::index`] order.
+pub const REFUSAL_LABELS: [&str; REFUSAL_KINDS] = [
+    "plaintext-startup",
+    "plaintext-cancel",
+    "data-after-ssl-request",
+    "repeated-gssenc-request",
+    "direct-tls-without-alpn",
+    "malformed",
+];
+
 impl Refusal {
     /// Every kind, in [`Refusal::index`] order.
     pub const ALL: [Refusal; REFUSAL_KINDS] = [
@@ -88,14 +98,10 @@ impl Refusal {
 
     /// The metric label.
     pub fn label(self) -> &'static str {
-        match self {
-            Refusal::PlaintextStartup => "plaintext-startup",
-            Refusal::PlaintextCancel => "plaintext-cancel",
-            Refusal::DataAfterRequest => "data-after-ssl-request",
-            Refusal::RepeatedGssEnc => "repeated-gssenc-request",
-            Refusal::DirectTlsWithoutAlpn => "direct-tls-without-alpn",
-            Refusal::Malformed => "malformed",
-        }
+        REFUSAL_LABELS
+            .get(self.index())
+            .copied()
+            .unwrap_or("malformed")
     }
 
     /// What to send the client before closing: a PostgreSQL `ErrorResponse` where the

@@ -22,8 +22,9 @@ use zgate_table::DecisionTable;
 use crate::admin::{AdminEndpoint, AdminView};
 use crate::audit::{AuditNames, AuditWriter};
 use crate::config::{Config, Host};
+use crate::metrics::{Count, M};
 use crate::operator::{json_string, Command, OperatorError, OperatorSocket};
-use crate::shared::{Phase, Published, StatsSnapshot, WorkerStats};
+use crate::shared::{Phase, Published, StatsView, WorkerStats};
 use crate::sys::{self, PollSet};
 use crate::tls::{ListenerTls, ReloadEvent, TlsWatch};
 use crate::worker::{self, WorkerError, WorkerListener, WorkerSetup};
@@ -322,7 +323,7 @@ pub fn run(
         };
         let wake = sys::eventfd().map_err(setup_err)?;
         let worker_wake = wake.try_clone().map_err(setup_err)?;
-        let stats = Arc::new(WorkerStats::default());
+        let stats = Arc::new(WorkerStats::new(config.listeners.len()));
         let audit_queue = Arc::new(AuditQueue::new(AUDIT_QUEUE));
         let setup = WorkerSetup {
             id,
@@ -435,7 +436,7 @@ pub fn run(
                     "{\"ok\":true,\"phase\":\"draining\"}".to_string()
                 }
                 Command::Status => {
-                    let s = sum(&workers);
+                    let s = sum(&workers, config.listeners.len()).total;
                     format!(
                         "{{\"ok\":true,\"phase\":{},\"table_version\":{},\"workers\":{},\"workers_ready\":{},\"connections_active\":{},\"accepted\":{},\"denied\":{},\"closed_by_policy\":{}}}",
                         json_string(published.phase().name()),
@@ -447,10 +448,10 @@ pub fn run(
                             .iter()
                             .filter(|w| w.stats.ready.load(Ordering::Acquire))
                             .count(),
-                        s.active,
-                        s.accepted,
-                        s.denied,
-                        s.closed_by_policy,
+                        s.value(M::Active),
+                        s.value(M::Accepted),
+                        s.value(M::Denied),
+                        s.value(M::ClosedByPolicy),
                     )
                 }
             });
@@ -462,7 +463,8 @@ pub fn run(
         audit.drain(workers.iter().map(|w| &*w.audit), AUDIT_BUDGET, &names);
         if let Some(a) = admin.as_mut() {
             let view = || AdminView {
-                stats: sum(&workers),
+                stats: sum(&workers, config.listeners.len()),
+                listeners: config.listeners.iter().map(|l| l.name.clone()).collect(),
                 workers: workers.len(),
                 workers_sleeping: workers
                     .iter()
@@ -527,10 +529,12 @@ pub fn run(
     }
     // What the workers queued last.
     audit.drain(workers.iter().map(|w| &*w.audit), usize::MAX, &names);
-    let s = sum(&workers);
+    let s = sum(&workers, config.listeners.len()).total;
     log(format_args!(
         "stopped: accepted {} denied {} upstream_connect_failures {}",
-        s.accepted, s.denied, s.upstream_connect_failures
+        s.value(M::Accepted),
+        s.value(M::Denied),
+        s.value(M::UpstreamConnectFailures)
     ));
     match first_error {
         Some(e) => Err(e),
@@ -625,12 +629,8 @@ impl TlsReloads {
     }
 }
 
-fn sum(workers: &[Running]) -> StatsSnapshot {
-    let mut total = StatsSnapshot::default();
-    for w in workers {
-        total.add(&w.stats.snapshot());
-    }
-    total
+fn sum(workers: &[Running], listeners: usize) -> StatsView {
+    StatsView::read(workers.iter().map(|w| &*w.stats), listeners)
 }
 
 /// SIGHUP: verify the table file, then publish it. On failure nothing changes.

@@ -21,6 +21,8 @@ use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
 use zgate_table::facts::DecidedBy;
 
+pub mod metrics;
+
 /// Longest client-influenced text kept in an event (characters); longer is cut and
 /// marked with `…`.
 pub const MAX_FIELD_LEN: usize = 256;

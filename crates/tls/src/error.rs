@@ -344,6 +344,9 @@ impl RejectReason {
     }
 
     /// Every label, in [`RejectReason::index`] order.
+    pub const LABELS: [&'static str; REJECT_LABELS] = REJECT_LABEL_NAMES;
+
+    /// Every label, in [`RejectReason::index`] order.
     pub fn labels() -> &'static [&'static str; REJECT_LABELS] {
         &REJECT_LABEL_NAMES
     }

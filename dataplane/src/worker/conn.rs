@@ -55,7 +55,7 @@ use std::time::Instant;
 
 use zgate_table::facts::UnixSeconds;
 
-use crate::shared::StatsSnapshot;
+use crate::metrics::{Count, Counters, CLIENT_TO_UPSTREAM, M, UPSTREAM_TO_CLIENT};
 use crate::sys::{self, BufId, ConnMem, Lent, Pipe, PushError, Ring, BULK_RECV, PIPE_SIZE};
 use crate::worker::token::{encode, Op};
 
@@ -148,7 +148,7 @@ pub struct Ctx<'a> {
     /// The worker's ring (and buffer pool).
     pub ring: &'a mut Ring,
     /// The worker's counters.
-    pub stats: &'a mut StatsSnapshot,
+    pub stats: &'a mut Counters,
     /// Directions waiting for a buffer: (slot index, generation, direction).
     pub starved: &'a mut Vec<(u32, u32, usize)>,
     /// Whether bulk directions may splice (`[workers] splice`).
@@ -477,9 +477,9 @@ impl Conn {
             self.recv(0, ctx);
             self.recv(1, ctx);
         } else {
-            ctx.stats.upstream_connect_failures += 1;
+            ctx.stats.inc(M::UpstreamConnectFailures);
             if result == -libc::ECANCELED {
-                ctx.stats.upstream_connect_timeouts += 1;
+                ctx.stats.inc(M::UpstreamConnectTimeouts);
             }
             ctx.connect_failed = Some(ConnectFailure::from_result(result));
             self.close(CloseKind::Normal, ctx);
@@ -492,7 +492,7 @@ impl Conn {
             Some(Ok(b)) => Some(b),
             Some(Err(_)) => {
                 // A buffer id we did not publish: trust nothing more on this flow.
-                ctx.stats.resets += 1;
+                ctx.stats.inc(M::Resets);
                 self.close(CloseKind::Reset, ctx);
                 return;
             }
@@ -503,9 +503,11 @@ impl Conn {
             (Some(n), Some(buf)) if n > 0 && self.state != State::Closing => {
                 self.last_active = ctx.now;
                 if dir == 0 {
-                    ctx.stats.bytes_client_to_upstream += u64::from(n);
+                    ctx.stats
+                        .add_label(M::Bytes, CLIENT_TO_UPSTREAM, u64::from(n));
                 } else {
-                    ctx.stats.bytes_upstream_to_client += u64::from(n);
+                    ctx.stats
+                        .add_label(M::Bytes, UPSTREAM_TO_CLIENT, u64::from(n));
                 }
                 self.send(dir, buf, 0, n, ctx);
                 return;
@@ -531,12 +533,12 @@ impl Conn {
             _ if result == -libc::ENOBUFS => {
                 // Pool empty: wait for a buffer to come back; the worker re-arms us.
                 self.set_dir(dir, Dir::Starved);
-                ctx.stats.recv_starved += 1;
+                ctx.stats.inc(M::RecvStarved);
                 let dir_index = dir;
                 ctx.starved.push((ctx.index, ctx.gen, dir_index));
             }
             _ => {
-                ctx.stats.resets += 1;
+                ctx.stats.inc(M::Resets);
                 self.close(CloseKind::Reset, ctx);
             }
         }
@@ -570,7 +572,7 @@ impl Conn {
                 self.give_back(buf, ctx);
                 self.set_dir(dir, Dir::Done);
                 if self.state != State::Closing {
-                    ctx.stats.resets += 1;
+                    ctx.stats.inc(M::Resets);
                     self.close(CloseKind::Reset, ctx);
                 }
             }
@@ -590,7 +592,7 @@ impl Conn {
         if slot.is_none() {
             let Some(ticket) = ctx.pipes.take() else {
                 // The worker holds all the pipes it may: stay on receives.
-                ctx.stats.pipes_refused += 1;
+                ctx.stats.inc(M::PipesRefused);
                 self.recv(dir, ctx);
                 return;
             };
@@ -600,12 +602,12 @@ impl Conn {
                         pipe,
                         _ticket: ticket,
                     });
-                    ctx.stats.pipes_opened += 1;
+                    ctx.stats.inc(M::PipesOpened);
                 }
                 Err(_) => {
                     drop(ticket);
                     ctx.pipes.spent();
-                    ctx.stats.pipes_refused += 1;
+                    ctx.stats.inc(M::PipesRefused);
                     self.recv(dir, ctx);
                     return;
                 }
@@ -634,7 +636,7 @@ impl Conn {
         let (Some((pipe_w, len)), true) = (pipe.map(|p| (p.write_fd(), p.size)), result >= 0)
         else {
             // A failed poll (not a cancel: we are not closing) or no pipe: reset.
-            ctx.stats.resets += 1;
+            ctx.stats.inc(M::Resets);
             self.close(CloseKind::Reset, ctx);
             return;
         };
@@ -687,14 +689,16 @@ impl Conn {
             Ok(n) => {
                 self.last_active = ctx.now;
                 if dir == 0 {
-                    ctx.stats.bytes_client_to_upstream += u64::from(n);
+                    ctx.stats
+                        .add_label(M::Bytes, CLIENT_TO_UPSTREAM, u64::from(n));
                 } else {
-                    ctx.stats.bytes_upstream_to_client += u64::from(n);
+                    ctx.stats
+                        .add_label(M::Bytes, UPSTREAM_TO_CLIENT, u64::from(n));
                 }
                 self.splice_out(dir, n, n, ctx);
             }
             Err(_) => {
-                ctx.stats.resets += 1;
+                ctx.stats.inc(M::Resets);
                 self.close(CloseKind::Reset, ctx);
             }
         }
@@ -723,7 +727,7 @@ impl Conn {
             }
             None => {
                 self.set_dir(dir, Dir::Done);
-                ctx.stats.resets += 1;
+                ctx.stats.inc(M::Resets);
                 self.close(CloseKind::Reset, ctx);
             }
         }

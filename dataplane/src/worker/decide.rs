@@ -13,6 +13,7 @@ use super::conn::{CloseKind, ConnectFailure, State};
 use super::flow::Flow;
 use super::tls::{Refused, TlsState};
 use super::Worker;
+use crate::metrics::{Count, M};
 use crate::sys;
 
 /// Proof that a flow may go on: the decision that allowed it and the instant that
@@ -195,7 +196,7 @@ impl Worker {
             return;
         };
         let Ok(permit) = verdict else {
-            self.stats.denied += 1;
+            self.count(listener, M::Denied);
             self.with_conn(i, |f, ctx| {
                 if let Flow::Tls(t) = f {
                     t.deny(Alert::AccessDenied, ctx);
@@ -215,7 +216,7 @@ impl Worker {
             match upstream {
                 Ok(u) => t.connect(u, &cfg, upstream_tls.as_ref(), permit, now, ctx),
                 Err(e) => {
-                    ctx.stats.upstream_connect_failures += 1;
+                    ctx.stats.inc(M::UpstreamConnectFailures);
                     ctx.connect_failed = Some(ConnectFailure::Socket(e.raw_os_error()));
                     t.close(CloseKind::Normal, ctx);
                 }
@@ -261,7 +262,7 @@ impl Worker {
             }
             return;
         }
-        self.stats.closed_by_policy += 1;
+        let listener = conn.listener();
         self.audit_decision(
             AuditKind::ClosedByPolicy,
             conn.audit_ref(),
@@ -269,6 +270,7 @@ impl Worker {
             verdict.map(|_| ()),
             conn.tls_session(),
         );
+        self.count(listener, M::ClosedByPolicy);
         self.with_conn(i, |conn, ctx| conn.close(CloseKind::Reset, ctx));
     }
 

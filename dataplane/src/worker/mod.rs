@@ -43,7 +43,8 @@ use zgate_tls::{RejectReason, ServerTls};
 use crate::tls::ListenerTls;
 
 use crate::config::{ListenerConfig, PollMode, Protocol};
-use crate::shared::{Phase, Published, StatsSnapshot, WorkerStats};
+use crate::metrics::{Count, Counters, M};
+use crate::shared::{Phase, Published, WorkerStats};
 use crate::sys::{self, Completion, Lent, Ring};
 use conn::{Admitted, CloseKind, Conn, Ctx, PipeBudget, State};
 pub use decide::{permit, Permit, Refusal};
@@ -62,6 +63,8 @@ const STALL: Duration = Duration::from_millis(2);
 /// worker (toward a destination that does not read), not running: spinning resumes.
 /// A running bulk transfer completes a splice round every few hundred microseconds.
 const SPLICE_STALLED: Duration = Duration::from_millis(1);
+/// Counters are published at most this often while a worker is busy.
+const PUBLISH: Duration = Duration::from_millis(1);
 /// Submission queue entries per ring.
 const RING_ENTRIES: u32 = 1024;
 
@@ -158,6 +161,8 @@ struct Listener {
     /// Handshakes in progress by source (only with a per-source limit).
     handshaking_by_source: HashMap<SourceKey, u32>,
     tls: Option<ListenerTls>,
+    /// This worker's counters for the listener.
+    counters: Counters,
 }
 
 /// Which source a per-source handshake limit counts against: an IPv4 address, or the
@@ -235,7 +240,11 @@ struct Worker {
     live_facts: LiveFacts,
     published: Arc<Published>,
     stats_out: Arc<WorkerStats>,
-    stats: StatsSnapshot,
+    /// The worker's own counters (worker-scope families); each listener has its own
+    /// in [`Listener::counters`].
+    own: Counters,
+    /// When the counters were last published (loop clock).
+    published_at: Instant,
     wake_fd: OwnedFd,
     wake_buf: Lent<u64>,
     wake_armed: bool,
@@ -299,6 +308,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
                 source_handshake_limit: l.source_handshake_limit,
                 handshaking_by_source: HashMap::new(),
                 tls: None,
+                counters: Counters::default(),
             })
             .collect(),
         slots: Vec::new(),
@@ -312,7 +322,8 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         live_facts: LiveFacts::default(),
         published: setup.published,
         stats_out: setup.stats,
-        stats: StatsSnapshot::default(),
+        own: Counters::default(),
+        published_at: now,
         wake_fd: setup.wake,
         wake_buf: Lent::new(Box::new(0)),
         wake_armed: false,
@@ -391,8 +402,43 @@ impl Worker {
     /// next loop turn: a transient error must not stop the worker (review 16.10).
     fn rearm_wake(&mut self) {
         if !self.wake_armed && !self.wake_cancelled && self.arm_wake().is_err() {
-            self.stats.rearm_failures += 1;
+            self.own.inc(M::RearmFailures);
         }
+    }
+
+    /// One more of `m` for listener `index`.
+    fn count(&mut self, index: usize, m: M) {
+        if let Some(c) = self.counters(index) {
+            c.inc(m);
+        }
+    }
+
+    /// Listener `index`'s counters on this worker, if there is such a listener.
+    fn counters(&mut self, index: usize) -> Option<&mut Counters> {
+        self.listeners.get_mut(index).map(|l| &mut l.counters)
+    }
+
+    /// Copy the counters to the shared block the supervisor reads: at most once a
+    /// millisecond while busy (`force`: now), so a worker doing tiny batches does not
+    /// spend its time storing counters nobody reads that often.
+    fn publish(&mut self, force: bool) {
+        if !force && self.now.saturating_duration_since(self.published_at) < PUBLISH {
+            return;
+        }
+        self.published_at = self.now;
+        for l in &mut self.listeners {
+            l.counters.set_gauge(M::Active, u64::from(l.active));
+            l.counters
+                .set_gauge(M::HandshakesInProgress, u64::from(l.handshaking));
+        }
+        self.own.set_gauge(
+            M::BuffersInUse,
+            u64::try_from(self.ring.pool.in_use()).unwrap_or(0),
+        );
+        self.own
+            .set_gauge(M::PipesOpen, u64::from(self.pipes.open()));
+        self.stats_out
+            .publish(self.listeners.iter().map(|l| &l.counters), &self.own);
     }
 
     fn arm_accept(&mut self, index: usize) -> Result<(), WorkerError> {
@@ -447,9 +493,11 @@ impl Worker {
                 last_completion = self.now;
                 let took = self.now.saturating_duration_since(start);
                 let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-                self.stats.longest_turn_us = self.stats.longest_turn_us.max(us);
+                if us > self.own.value(M::LongestTurn) {
+                    self.own.set_gauge(M::LongestTurn, us);
+                }
                 if took >= STALL {
-                    self.stats.stalls += 1;
+                    self.own.inc(M::Stalls);
                 }
             }
             self.rearm_wake();
@@ -518,18 +566,9 @@ impl Worker {
                 self.complete(c);
             }
             self.feed_starved();
-            self.stats.active = u64::try_from(self.live).unwrap_or(u64::MAX);
-            self.stats.handshakes_in_progress = self
-                .listeners
-                .iter()
-                .map(|l| u64::from(l.handshaking))
-                .sum();
-            self.stats.buffers_in_use = u64::try_from(self.ring.pool.in_use()).unwrap_or(0);
-            self.stats.pipes_open = u64::from(self.pipes.open());
-            self.stats_out.publish(&self.stats);
+            self.publish(false);
         }
-        self.stats.active = 0;
-        self.stats_out.publish(&self.stats);
+        self.publish(true);
         Ok(())
     }
 
@@ -624,6 +663,8 @@ impl Worker {
     fn tick(&mut self) {
         self.pipes.retry();
         self.out_pool.decay();
+        // An idle worker publishes on its tick (a busy one after its batches).
+        self.publish(true);
         if self.phase == Phase::Running {
             for i in 0..self.listeners.len() {
                 // A failed re-arm is retried next tick.
@@ -738,21 +779,31 @@ impl Worker {
                 }
             }
         }
+        let listener = self
+            .slots
+            .get(i)
+            .and_then(|s| s.conn.as_ref())
+            .map_or(usize::MAX, Flow::listener);
         match expired {
-            Some(true) => self.stats.idle_timeouts += 1,
-            Some(false) => self.stats.lifetime_expiries += 1,
+            Some(true) => {
+                if let Some(c) = self.counters(listener) {
+                    c.inc(M::IdleTimeouts);
+                }
+            }
+            Some(false) => {
+                if let Some(c) = self.counters(listener) {
+                    c.inc(M::LifetimeExpiries);
+                }
+            }
             None if handshake_timed_out || upstream_handshake_timed_out => {
                 let r = RejectReason::HandshakeTimeout;
-                let (counters, kind) = if handshake_timed_out {
-                    (&mut self.stats.tls_failures, AuditKind::TlsRefused)
+                let (family, kind) = if handshake_timed_out {
+                    (M::TlsFailures, AuditKind::TlsRefused)
                 } else {
-                    (
-                        &mut self.stats.upstream_tls_failures,
-                        AuditKind::UpstreamTlsFailed,
-                    )
+                    (M::UpstreamTlsFailures, AuditKind::UpstreamTlsFailed)
                 };
-                if let Some(n) = counters.get_mut(r.index()) {
-                    *n += 1;
+                if let Some(c) = self.counters(listener) {
+                    c.add_label(family, r.index(), 1);
                 }
                 self.with_conn(i, |conn, ctx| {
                     if let Flow::Tls(t) = conn {
@@ -776,9 +827,12 @@ impl Worker {
         let Some(conn) = slot.conn.as_mut() else {
             return;
         };
+        let Some(listener) = self.listeners.get_mut(conn.listener()) else {
+            return;
+        };
         let mut ctx = Ctx {
             ring: &mut self.ring,
-            stats: &mut self.stats,
+            stats: &mut listener.counters,
             starved: &mut self.starved,
             splice: self.splice,
             pipes: &self.pipes,
@@ -870,20 +924,20 @@ impl Worker {
                 {
                     // Out of fds: wait for the next tick rather than spin. A re-arm
                     // that could not be queued is retried on the tick too.
-                    self.stats.rearm_failures += 1;
+                    self.own.inc(M::RearmFailures);
                 }
             }
         }
         if c.result < 0 {
             if c.result != -libc::ECANCELED {
-                self.stats.accept_errors += 1;
+                self.count(index, M::AcceptErrors);
             }
             return;
         }
         let Some(client) = c.into_accepted() else {
             return;
         };
-        self.stats.accepted += 1;
+        self.count(index, M::Accepted);
         if self.phase != Phase::Running {
             return; // dropping `client` closes it
         }
@@ -891,18 +945,18 @@ impl Worker {
             return;
         };
         if l.active >= l.limit {
-            self.stats.over_limit += 1;
+            self.count(index, M::OverLimit);
             return;
         }
         let Ok(peer) = client.peer_addr() else {
             return; // already gone
         };
         if l.tls.is_some() && l.handshaking >= l.handshake_limit {
-            self.stats.handshakes_over_limit += 1;
+            self.count(index, M::HandshakesOverLimit);
             return;
         }
         if l.tls.is_some() && l.source_at_limit(peer.ip()) {
-            self.stats.handshakes_over_source_limit += 1;
+            self.count(index, M::HandshakesOverSourceLimit);
             return;
         }
         let tls = l.tls.clone();
@@ -930,7 +984,7 @@ impl Worker {
             None,
         );
         let Ok(permit) = verdict else {
-            self.stats.denied += 1;
+            self.count(index, M::Denied);
             return;
         };
         let admitted = Admitted {
@@ -959,6 +1013,10 @@ impl Worker {
 
     fn start_tls_flow(&mut self, flow: decide::FlowRef, client: TcpStream, tls: &ServerTls) {
         let (listener, source) = (flow.listener, flow.source);
+        let postgres = self
+            .listeners
+            .get(listener)
+            .is_some_and(|l| l.config.protocol == Protocol::Postgres);
         let Some(index) = self.alloc_slot() else {
             return;
         };
@@ -966,9 +1024,13 @@ impl Worker {
         let Some(slot) = self.slots.get_mut(i) else {
             return;
         };
+        let Some(l) = self.listeners.get_mut(listener) else {
+            self.free.push(index);
+            return;
+        };
         let mut ctx = Ctx {
             ring: &mut self.ring,
-            stats: &mut self.stats,
+            stats: &mut l.counters,
             starved: &mut self.starved,
             splice: self.splice,
             pipes: &self.pipes,
@@ -978,10 +1040,6 @@ impl Worker {
             out_pool: &mut self.out_pool,
             connect_failed: None,
         };
-        let postgres = self
-            .listeners
-            .get(listener)
-            .is_some_and(|l| l.config.protocol == Protocol::Postgres);
         match TlsConn::accept(flow, client, tls, postgres, &mut ctx) {
             Ok(mut conn) if !conn.finished() => {
                 conn.holds_handshake_slot = conn.is_handshaking();
@@ -1004,8 +1062,8 @@ impl Worker {
                 }
             }
             Err(r) => {
-                if let Some(n) = self.stats.tls_failures.get_mut(r.index()) {
-                    *n += 1;
+                if let Some(c) = self.counters(listener) {
+                    c.add_label(M::TlsFailures, r.index(), 1);
                 }
                 self.free.push(index);
                 self.audit_refusal(flow, Refused::tls(AuditKind::TlsRefused, r));
@@ -1023,7 +1081,7 @@ impl Worker {
         let upstream = match sys::upstream_socket(&cfg.upstream) {
             Ok(u) => u,
             Err(e) => {
-                self.stats.upstream_connect_failures += 1;
+                self.count(listener, M::UpstreamConnectFailures);
                 let why = conn::ConnectFailure::Socket(e.raw_os_error());
                 self.audit_refusal(flow, Refused::connect(why));
                 return;
@@ -1036,9 +1094,13 @@ impl Worker {
         let Some(slot) = self.slots.get_mut(i) else {
             return;
         };
+        let Some(l) = self.listeners.get_mut(listener) else {
+            self.free.push(index);
+            return;
+        };
         let mut ctx = Ctx {
             ring: &mut self.ring,
-            stats: &mut self.stats,
+            stats: &mut l.counters,
             starved: &mut self.starved,
             splice: self.splice,
             pipes: &self.pipes,
@@ -1060,7 +1122,9 @@ impl Worker {
             }
             Err(_) => {
                 // Nothing was queued; the sockets close here.
-                self.stats.upstream_connect_failures += 1;
+                if let Some(c) = self.counters(listener) {
+                    c.inc(M::UpstreamConnectFailures);
+                }
                 self.free.push(index);
                 let why = conn::ConnectFailure::Queue;
                 self.audit_refusal(flow, Refused::connect(why));
@@ -1087,7 +1151,7 @@ mod tests {
     )]
     fn a_wake_up_read_that_cannot_be_re_armed_is_retried_not_fatal() {
         let published = Arc::new(Published::new(None, vec![]));
-        let stats = Arc::new(WorkerStats::default());
+        let stats = Arc::new(WorkerStats::new(0));
         let wake = sys::eventfd().unwrap();
         let setup = WorkerSetup {
             id: 0,
@@ -1123,7 +1187,7 @@ mod tests {
         faults.store(1, Ordering::SeqCst);
         sys::eventfd_wake(wake.as_raw_fd());
         wait("the failed re-arm", &|| {
-            stats.rearm_failures.load(Ordering::Relaxed) == 1
+            stats.own.snapshot().value(M::RearmFailures) == 1
         });
         // The worker retried: it still hears the supervisor.
         published.advance(Phase::Draining);

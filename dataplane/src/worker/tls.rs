@@ -46,6 +46,7 @@ use zgate_telemetry::AuditKind;
 use zgate_tls::{Alert, ClientTls, RejectReason, Runs, ServerTls, TlsSession, MAX_RECORD};
 
 use crate::config::{ListenerConfig, POSTGRES_ALPN};
+use crate::metrics::{Count, CLIENT_TO_UPSTREAM, M, UPSTREAM_TO_CLIENT};
 use crate::postgres::{Preamble, PreambleReader, Refusal};
 use crate::sys::{self, BufId, BufPool, ConnMem, Lent, SendVec, HEADROOM};
 use crate::worker::conn::{CloseKind, ConnectFailure, Ctx, State};
@@ -355,9 +356,8 @@ impl TlsConn {
     /// client (RST, no close_notify): the gateway never vouches for a stream its
     /// upstream did not end cleanly (`docs/tls.md`, "Truncation and aborts").
     pub fn upstream_fail(&mut self, reason: &RejectReason, ctx: &mut Ctx<'_>) {
-        if let Some(n) = ctx.stats.upstream_tls_failures.get_mut(reason.index()) {
-            *n += 1;
-        }
+        ctx.stats
+            .add_label(M::UpstreamTlsFailures, reason.index(), 1);
         self.refused = Some(Refused::tls(AuditKind::UpstreamTlsFailed, reason.clone()));
         self.close(CloseKind::Reset, ctx);
     }
@@ -367,9 +367,7 @@ impl TlsConn {
     /// a FIN would pass the cut on as a clean end), send the client the session's
     /// alert, then close.
     pub fn fail(&mut self, reason: &RejectReason, ctx: &mut Ctx<'_>) {
-        if let Some(n) = ctx.stats.tls_failures.get_mut(reason.index()) {
-            *n += 1;
-        }
+        ctx.stats.add_label(M::TlsFailures, reason.index(), 1);
         self.refused = Some(Refused::tls(AuditKind::TlsRefused, reason.clone()));
         self.abort_upstream();
         self.flush_then_close(ctx);
@@ -443,7 +441,7 @@ impl TlsConn {
         if pushed.is_ok() {
             self.state = TlsState::Connecting;
         } else {
-            ctx.stats.upstream_connect_failures += 1;
+            ctx.stats.inc(M::UpstreamConnectFailures);
             ctx.connect_failed = Some(ConnectFailure::Queue);
             self.close(CloseKind::Normal, ctx);
         }
@@ -514,9 +512,9 @@ impl TlsConn {
             self.last_active = ctx.now;
             self.pump(ctx);
         } else {
-            ctx.stats.upstream_connect_failures += 1;
+            ctx.stats.inc(M::UpstreamConnectFailures);
             if result == -libc::ECANCELED {
-                ctx.stats.upstream_connect_timeouts += 1;
+                ctx.stats.inc(M::UpstreamConnectTimeouts);
             }
             ctx.connect_failed = Some(ConnectFailure::from_result(result));
             self.close(CloseKind::Normal, ctx);
@@ -537,7 +535,7 @@ impl TlsConn {
         let buf = match buffer.map(|bid| ctx.ring.pool.take(bid)) {
             Some(Ok(b)) => Some(Some(b)),
             Some(Err(_)) => {
-                ctx.stats.resets += 1;
+                ctx.stats.inc(M::Resets);
                 self.close(CloseKind::Reset, ctx);
                 return;
             }
@@ -549,9 +547,11 @@ impl TlsConn {
             (Some(n), Some(buf)) if n > 0 && live => {
                 self.last_active = ctx.now;
                 if side == CLIENT {
-                    ctx.stats.bytes_client_to_upstream += u64::from(n);
+                    ctx.stats
+                        .add_label(M::Bytes, CLIENT_TO_UPSTREAM, u64::from(n));
                 } else {
-                    ctx.stats.bytes_upstream_to_client += u64::from(n);
+                    ctx.stats
+                        .add_label(M::Bytes, UPSTREAM_TO_CLIENT, u64::from(n));
                 }
                 if let Some(slot) = self.input.get_mut(side) {
                     *slot = Some(In {
@@ -583,11 +583,11 @@ impl TlsConn {
             if let Some(s) = self.sides.get_mut(side) {
                 s.starved = true;
             }
-            ctx.stats.recv_starved += 1;
+            ctx.stats.inc(M::RecvStarved);
             ctx.starved.push((ctx.index, ctx.gen, side));
         } else {
             if !matches!(self.state, TlsState::Handshaking | TlsState::Preamble) {
-                ctx.stats.resets += 1;
+                ctx.stats.inc(M::Resets);
             }
             self.close(CloseKind::Reset, ctx);
         }
@@ -619,7 +619,7 @@ impl TlsConn {
                 if self.state == TlsState::Flushing {
                     self.close(CloseKind::Normal, ctx);
                 } else if self.state != TlsState::Closing {
-                    ctx.stats.resets += 1;
+                    ctx.stats.inc(M::Resets);
                     self.close(CloseKind::Reset, ctx);
                 }
             }
@@ -659,7 +659,7 @@ impl TlsConn {
                 if self.state == TlsState::Flushing {
                     self.close(CloseKind::Normal, ctx);
                 } else if self.state != TlsState::Closing {
-                    ctx.stats.resets += 1;
+                    ctx.stats.inc(M::Resets);
                     self.close(CloseKind::Reset, ctx);
                 }
             }
@@ -816,8 +816,9 @@ impl TlsConn {
             }
             if self.state == TlsState::Handshaking && self.session.is_established() {
                 self.state = TlsState::Deciding;
-                ctx.stats.tls_handshakes += 1;
-                ctx.stats.tls_resumed += u64::from(self.session.is_resumed());
+                ctx.stats.inc(M::TlsHandshakes);
+                ctx.stats
+                    .add(M::TlsResumed, u64::from(self.session.is_resumed()));
                 let direct = self.pg.as_ref().is_some_and(|p| p.direct);
                 if direct && self.session.alpn() != Some(POSTGRES_ALPN) {
                     // PostgreSQL 17 direct TLS must negotiate ALPN `postgresql`.
@@ -924,7 +925,7 @@ impl TlsConn {
             // The upstream session ended itself (TLS 1.2 at its confidentiality
             // limit): the client's bytes can go nowhere; cut both sides.
             self.up_close_notify_sent = true;
-            ctx.stats.resets += 1;
+            ctx.stats.inc(M::Resets);
             self.close(CloseKind::Reset, ctx);
             return true;
         }
@@ -959,7 +960,7 @@ impl TlsConn {
         }
         if established && !self.up_established_counted {
             self.up_established_counted = true;
-            ctx.stats.upstream_tls_handshakes += 1;
+            ctx.stats.inc(M::UpstreamTlsHandshakes);
         }
         Ok(r.consumed > 0 || r.produced > 0)
     }
@@ -1102,9 +1103,7 @@ impl TlsConn {
     /// (the one refusal made after the handshake: direct TLS without ALPN
     /// `postgresql`), then close.
     fn refuse_preamble(&mut self, r: Refusal, ctx: &mut Ctx<'_>) {
-        if let Some(n) = ctx.stats.postgres_refused.get_mut(r.index()) {
-            *n += 1;
-        }
+        ctx.stats.add_label(M::PostgresRefused, r.index(), 1);
         self.refused = Some(Refused {
             kind: AuditKind::PreambleRefused,
             reason: r.label(),
@@ -1157,7 +1156,7 @@ impl TlsConn {
             return;
         }
         if client_cut || upstream_cut {
-            ctx.stats.tls_truncations += 1;
+            ctx.stats.inc(M::TlsTruncations);
             self.close(CloseKind::Reset, ctx);
             return;
         }

@@ -272,15 +272,13 @@ impl Gateway {
         s
     }
 
+    /// A metric's value: `name`, optionally with labels (`name{reason="x"}`), summed
+    /// over every sample that carries those labels (so over listeners and workers
+    /// unless the labels pick one). Panics if no sample matches.
     pub fn metric(&self, name: &str) -> u64 {
         let (status, body) = http_get(self.admin, "/metrics").expect("metrics reachable");
         assert_eq!(status, 200);
-        body.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
-            .trim()
-            .parse()
-            .unwrap()
+        metric_in(&body, name).unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
     }
 
     /// Wait (bounded) until `metric` reaches at least `at_least`.
@@ -464,4 +462,38 @@ pub fn operator_ask(socket: &Path, command: &str) -> serde_json::Value {
     let out = String::from_utf8(bytes).unwrap();
     assert!(out.ends_with('\n') && out.lines().count() == 1, "{out:?}");
     serde_json::from_str(out.trim_end()).unwrap_or_else(|e| panic!("{out:?}: {e}"))
+}
+
+/// `name{labels}` (labels optional) into its name and label pairs.
+fn series(text: &str) -> (&str, Vec<(&str, &str)>) {
+    match text.split_once('{') {
+        None => (text, Vec::new()),
+        Some((name, rest)) => {
+            let labels = rest
+                .trim_end_matches('}')
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k, v.trim_matches('"')))
+                .collect();
+            (name, labels)
+        }
+    }
+}
+
+/// The sum of the samples in exposition text `body` that `wanted` (a name, optionally
+/// with labels) picks; `None` when none does.
+pub fn metric_in(body: &str, wanted: &str) -> Option<u64> {
+    let (name, labels) = series(wanted);
+    let mut found = None;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((s, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, have) = series(s);
+        if n == name && labels.iter().all(|l| have.contains(l)) {
+            let v: u64 = value.trim().parse().unwrap();
+            found = Some(found.unwrap_or(0) + v);
+        }
+    }
+    found
 }

@@ -1,0 +1,180 @@
+//! Every counter and gauge the workers keep, defined once (review 16 seams; issue 17):
+//! name, kind, scope, help and labels here, and nowhere else. A worker counts into one
+//! [`Counters`] per listener and one of its own; the supervisor sums them per listener
+//! for `/metrics` (`listener` label), and renders the worker families per worker
+//! (`worker` label). `docs/operations.md` lists them from this table
+//! (`zgate_telemetry::metrics::markdown_table`, checked by a test).
+
+use zgate_telemetry::metrics;
+
+zgate_telemetry::metric_families! {
+    /// A worker's metric families.
+    pub enum M;
+    /// Connections accepted.
+    Accepted => "zgate_connections_accepted_total", Counter, Listener,
+        "Connections accepted, allowed or not.", per_worker: true;
+    /// Closed at once: the table denied them.
+    Denied => "zgate_connections_denied_total", Counter, Listener,
+        "Connections closed at once because the table denied them.";
+    /// Closed at once: the listener was full.
+    OverLimit => "zgate_connections_over_limit_total", Counter, Listener,
+        "Connections closed at once because the listener was at max_connections.";
+    /// Closed at once: max_handshakes in progress.
+    HandshakesOverLimit => "zgate_tls_handshakes_over_limit_total", Counter, Listener,
+        "TLS connections closed at once because the listener had max_handshakes in progress.";
+    /// Closed at once: max_handshakes_per_source in progress.
+    HandshakesOverSourceLimit => "zgate_tls_handshakes_over_source_limit_total", Counter, Listener,
+        "TLS connections closed at once because their source had max_handshakes_per_source in progress.";
+    /// Handshakes (and PostgreSQL preambles) in progress now.
+    HandshakesInProgress => "zgate_tls_handshakes_in_progress", Gauge, Listener,
+        "TLS handshakes (and PostgreSQL preambles) in progress now.";
+    /// Upstream connects that failed.
+    UpstreamConnectFailures => "zgate_upstream_connect_failures_total", Counter, Listener,
+        "Upstream connects that failed (refused, unreachable, timed out, no socket).";
+    /// Of those, the timeouts.
+    UpstreamConnectTimeouts => "zgate_upstream_connect_timeouts_total", Counter, Listener,
+        "Upstream connects that timed out (connect_timeout).";
+    /// Flows open now.
+    Active => "zgate_connections_active", Gauge, Listener,
+        "Flows open now (connecting, in a handshake, or forwarding).", per_worker: true;
+    /// Bytes received, by direction.
+    Bytes => "zgate_bytes_total", Counter, Listener,
+        "Bytes received from clients (client_to_upstream) and from upstreams (upstream_to_client).",
+        by "direction" = ["client_to_upstream", "upstream_to_client"], per_worker: true;
+    /// Closed by the idle timeout.
+    IdleTimeouts => "zgate_idle_timeouts_total", Counter, Listener,
+        "Flows closed by idle_timeout.";
+    /// Closed by max_lifetime.
+    LifetimeExpiries => "zgate_lifetime_expiries_total", Counter, Listener,
+        "Flows closed by max_lifetime.";
+    /// Ended by a reset or socket error, passed on as RST.
+    Resets => "zgate_resets_total", Counter, Listener,
+        "Flows ended by a reset or socket error on either side, passed on as RST.";
+    /// Accept errors.
+    AcceptErrors => "zgate_accept_errors_total", Counter, Listener,
+        "Accepts that failed (out of descriptors: the connection waits in the listen queue and the accept is retried on the next tick).";
+    /// Closed by a re-decision.
+    ClosedByPolicy => "zgate_flows_closed_by_policy_total", Counter, Listener,
+        "Live flows closed because a re-decision (new table, expired constraints or certificate) no longer allows them.";
+    /// Receives that found the pool empty.
+    RecvStarved => "zgate_recv_buffer_starved_total", Counter, Listener,
+        "Receives that found the provided buffer pool empty and waited for a buffer.";
+    /// Pipes opened to splice through.
+    PipesOpened => "zgate_splice_pipes_opened_total", Counter, Listener,
+        "Pipes opened for bulk directions of plain flows to splice through (one per busy spell).";
+    /// Bulk rounds kept on buffer receives for want of a pipe.
+    PipesRefused => "zgate_splice_pipes_refused_total", Counter, Listener,
+        "Bulk rounds kept on buffer receives for want of a pipe (splice_pipes reached, or the kernel refused one).";
+    /// TLS handshakes completed.
+    TlsHandshakes => "zgate_tls_handshakes_total", Counter, Listener,
+        "TLS handshakes completed (before the decision).";
+    /// Of those, resumed.
+    TlsResumed => "zgate_tls_resumed_handshakes_total", Counter, Listener,
+        "Of the TLS handshakes completed, those that resumed a session from a ticket (no certificate verification ran; see session_resumption_max_age).";
+    /// Flows aborted for a bare FIN where close_notify was due.
+    TlsTruncations => "zgate_tls_truncations_total", Counter, Listener,
+        "TLS flows aborted (RST both ways) because a side ended its stream without close_notify.";
+    /// TLS clients refused before the decision, by reason.
+    TlsFailures => "zgate_tls_handshake_failures_total", Counter, Listener,
+        "TLS flows refused before the decision (or ended by a bad record), by reason.",
+        by "reason" = zgate_tls::RejectReason::LABELS;
+    /// PostgreSQL clients refused before or at TLS, by reason.
+    PostgresRefused => "zgate_postgres_preamble_refused_total", Counter, Listener,
+        "PostgreSQL clients refused before or at TLS, by reason.",
+        by "reason" = crate::postgres::REFUSAL_LABELS;
+    /// Upstream TLS handshakes completed.
+    UpstreamTlsHandshakes => "zgate_upstream_tls_handshakes_total", Counter, Listener,
+        "TLS handshakes with upstreams completed ([listener.upstream_tls]).";
+    /// Upstream TLS sessions that failed, by reason.
+    UpstreamTlsFailures => "zgate_upstream_tls_failures_total", Counter, Listener,
+        "Upstream TLS sessions that failed, by reason.",
+        by "reason" = zgate_tls::RejectReason::LABELS;
+    /// Loop turns that took 2 ms or more.
+    Stalls => "zgate_worker_stalls_total", Counter, Worker,
+        "Loop turns whose completion handling took 2 ms or more (every flow on that core waited).";
+    /// The longest loop turn so far.
+    LongestTurn => "zgate_worker_longest_turn_microseconds", Max, Worker,
+        "Longest completion handling of one loop turn since start.";
+    /// Pool buffers held by flows now.
+    BuffersInUse => "zgate_buffers_in_use", Gauge, Worker,
+        "Provided buffers held by flows now (data received, not yet fully sent).";
+    /// Splice pipes open now.
+    PipesOpen => "zgate_splice_pipes_open", Gauge, Worker,
+        "Pipes open now for bulk directions to splice through.";
+    /// Re-arms that could not be queued.
+    RearmFailures => "zgate_worker_rearm_failures_total", Counter, Worker,
+        "Re-arms of an accept or of the worker's wake-up read that could not be queued (submission queue full, ring busy), retried on a later loop turn.";
+}
+
+/// One owner's counters (a listener's on one worker, or a worker's own).
+pub type Counters = metrics::Counters<{ M::SLOTS }>;
+/// Their published copy.
+pub type SharedCounters = metrics::Shared<{ M::SLOTS }>;
+
+/// Counting by family, for the worker code.
+pub trait Count {
+    /// One more.
+    fn inc(&mut self, m: M);
+    /// `n` more.
+    fn add(&mut self, m: M, n: u64);
+    /// `n` more for label value `label`.
+    fn add_label(&mut self, m: M, label: usize, n: u64);
+    /// A gauge's value now.
+    fn set_gauge(&mut self, m: M, v: u64);
+    /// The value (the first label's).
+    fn value(&self, m: M) -> u64;
+}
+
+impl Count for Counters {
+    #[inline]
+    fn inc(&mut self, m: M) {
+        self.bump(M::OFFSETS, m as usize);
+    }
+    #[inline]
+    fn add(&mut self, m: M, n: u64) {
+        self.add_at(M::OFFSETS, m as usize, 0, n);
+    }
+    #[inline]
+    fn add_label(&mut self, m: M, label: usize, n: u64) {
+        self.add_at(M::OFFSETS, m as usize, label, n);
+    }
+    #[inline]
+    fn set_gauge(&mut self, m: M, v: u64) {
+        self.set(M::OFFSETS, m as usize, v);
+    }
+    fn value(&self, m: M) -> u64 {
+        self.get(M::OFFSETS, m as usize, 0)
+    }
+}
+
+/// Direction labels of [`M::Bytes`].
+pub const CLIENT_TO_UPSTREAM: usize = 0;
+/// See [`CLIENT_TO_UPSTREAM`].
+pub const UPSTREAM_TO_CLIENT: usize = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/operations.md` lists every family from this table: regenerate it with
+    /// `ZGATE_WRITE_METRICS_DOC=1 cargo test -p zgate-dataplane metrics_doc`.
+    #[test]
+    fn metrics_doc_is_generated_from_the_one_list() {
+        let table = metrics::markdown_table(M::FAMILIES);
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+        let text = format!(
+            "# zgate metrics (generated)\n\nGenerated from `dataplane/src/metrics.rs` by its test \
+             `metrics_doc_is_generated_from_the_one_list`; do not edit by hand. The \
+             supervisor's own metrics (table, reloads, audit, certificates) follow in \
+             `docs/operations.md`.\n\n{table}"
+        );
+        if std::env::var_os("ZGATE_WRITE_METRICS_DOC").is_some() {
+            std::fs::write(path, &text).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == text,
+            "docs/metrics.md is out of date: ZGATE_WRITE_METRICS_DOC=1 cargo test -p zgate-dataplane metrics_doc"
+        );
+    }
+}
