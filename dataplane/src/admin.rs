@@ -4,11 +4,10 @@
 //! are non-blocking, each request has two seconds in all, at most 64 are open at once.
 //! One request per connection (`Connection: close`); GET only.
 
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use crate::clients::{Clients, Limits};
+use crate::clients::{Limits, Listening};
 use zgate_telemetry::metrics::{Exposition, Kind};
 
 use crate::metrics::{Counters, M};
@@ -168,59 +167,39 @@ const LIMITS: Limits = Limits {
     max_input: 4096,
     deadline: Duration::from_secs(2),
 };
-/// Connections accepted per supervisor turn.
-const PER_TURN: usize = 16;
-
 /// The admin listener and its clients.
-pub struct AdminEndpoint {
-    listener: TcpListener,
-    clients: Clients<TcpStream>,
-    polled: Option<usize>,
-}
+pub struct AdminEndpoint(Listening<TcpListener>);
 
 impl AdminEndpoint {
     /// Serve on `listener` (made non-blocking).
     pub fn new(listener: TcpListener) -> std::io::Result<AdminEndpoint> {
         listener.set_nonblocking(true)?;
-        Ok(AdminEndpoint {
-            listener,
-            clients: Clients::new(LIMITS, None),
-            polled: None,
-        })
+        Ok(AdminEndpoint(Listening::new(listener, LIMITS, None)))
     }
 
     /// Add the listener (while it may admit more clients) and the clients to `set`.
     pub fn watch(&mut self, set: &mut PollSet) {
-        self.polled = self
-            .clients
-            .has_room()
-            .then(|| set.add(self.listener.as_raw_fd(), false));
-        self.clients.watch(set);
+        self.0.watch(set);
     }
 
     /// The earliest client deadline, if any client is open.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.clients.next_deadline()
+        self.0.next_deadline()
     }
 
     /// One supervisor turn: accept what is pending (a few), read what clients sent, and
     /// answer each whole request head (`view` is asked only then).
     pub fn turn(&mut self, now: Instant, set: &PollSet, view: impl Fn() -> AdminView) {
-        if self.polled.take().is_some_and(|i| set.ready(i)) {
-            for _ in 0..PER_TURN {
-                let Ok((stream, _)) = self.listener.accept() else {
-                    break;
-                };
-                self.clients.admit(stream, now);
-            }
-        }
+        self.0
+            .accept_ready(set, |clients, stream| clients.admit(stream, now));
         let complete = |input: &[u8]| {
             input
                 .windows(4)
                 .position(|w| w == b"\r\n\r\n")
                 .map(|i| i + 4)
         };
-        self.clients
+        self.0
+            .clients
             .turn(now, set, complete, |_, head| respond(head, &view));
     }
 }

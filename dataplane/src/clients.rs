@@ -206,6 +206,97 @@ impl<S: Stream> Clients<S> {
     }
 }
 
+/// A listening socket: what [`Listening`] accepts clients from.
+pub trait Accept {
+    /// The clients it accepts.
+    type Client: Stream;
+    /// One pending connection, if any (the socket is non-blocking).
+    fn accept_one(&self) -> Option<Self::Client>;
+    /// For `poll`.
+    fn raw_fd(&self) -> std::os::fd::RawFd;
+}
+
+impl Accept for std::net::TcpListener {
+    type Client = std::net::TcpStream;
+    fn accept_one(&self) -> Option<Self::Client> {
+        self.accept().ok().map(|(s, _)| s)
+    }
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.as_raw_fd()
+    }
+}
+
+impl Accept for std::os::unix::net::UnixListener {
+    type Client = std::os::unix::net::UnixStream;
+    fn accept_one(&self) -> Option<Self::Client> {
+        self.accept().ok().map(|(s, _)| s)
+    }
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.as_raw_fd()
+    }
+}
+
+/// A non-blocking listening socket and its clients: what the admin endpoint and the
+/// operator socket are made of.
+pub struct Listening<L: Accept> {
+    listener: L,
+    /// Its clients.
+    pub clients: Clients<L::Client>,
+    /// Its index in this turn's poll set, when it was watched.
+    polled: Option<usize>,
+}
+
+/// Connections accepted per supervisor turn, per listening socket.
+const ACCEPTS_PER_TURN: usize = 16;
+
+impl<L: Accept> Listening<L> {
+    /// `listener` (already non-blocking) and no clients yet.
+    pub fn new(listener: L, limits: Limits, on_timeout: Option<&'static [u8]>) -> Listening<L> {
+        Listening {
+            listener,
+            clients: Clients::new(limits, on_timeout),
+            polled: None,
+        }
+    }
+
+    /// The listening socket.
+    pub fn listener(&self) -> &L {
+        &self.listener
+    }
+
+    /// Add the socket (while it may admit more clients) and its clients to `set`.
+    pub fn watch(&mut self, set: &mut PollSet) {
+        self.polled = self
+            .clients
+            .has_room()
+            .then(|| set.add(self.listener.raw_fd(), false));
+        self.clients.watch(set);
+    }
+
+    /// The earliest client deadline, if any client is open.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.clients.next_deadline()
+    }
+
+    /// When `set` says the socket is ready: hand each pending connection (a few) to
+    /// `take`, which admits it (or answers it at once).
+    pub fn accept_ready(
+        &mut self,
+        set: &PollSet,
+        mut take: impl FnMut(&mut Clients<L::Client>, L::Client),
+    ) {
+        if !self.polled.take().is_some_and(|i| set.ready(i)) {
+            return;
+        }
+        for _ in 0..ACCEPTS_PER_TURN {
+            let Some(stream) = self.listener.accept_one() else {
+                break;
+            };
+            take(&mut self.clients, stream);
+        }
+    }
+}
+
 /// Before a client is closed: discard what it sent and was not read (a little, and only
 /// what is already there). Closing a socket with unread input resets the connection,
 /// and the reset can make the client's read fail before it sees the answer.

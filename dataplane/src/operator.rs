@@ -19,7 +19,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::clients::{Clients, Limits};
+use crate::clients::{Limits, Listening};
 use crate::sys::{self, PollSet};
 
 /// What a client may ask.
@@ -40,8 +40,6 @@ const LIMITS: Limits = Limits {
     max_input: 64,
     deadline: Duration::from_secs(2),
 };
-/// Connections accepted per supervisor turn.
-const PER_TURN: usize = 8;
 /// What a client that sent no whole line in time is told.
 const TOO_SLOW: &[u8] = b"{\"ok\":false,\"error\":\"no whole command line within 2s\"}\n";
 
@@ -73,12 +71,9 @@ pub enum OperatorError {
 
 /// The bound socket and its clients. Removes its file when dropped.
 pub struct OperatorSocket {
-    listener: UnixListener,
+    socket: Listening<UnixListener>,
     path: PathBuf,
     users: Vec<u32>,
-    clients: Clients<UnixStream>,
-    /// Its index in this turn's poll set.
-    polled: Option<usize>,
 }
 
 impl std::fmt::Debug for OperatorSocket {
@@ -86,7 +81,7 @@ impl std::fmt::Debug for OperatorSocket {
         f.debug_struct("OperatorSocket")
             .field("path", &self.path)
             .field("users", &self.users)
-            .field("clients", &self.clients.len())
+            .field("clients", &self.socket.clients.len())
             .finish_non_exhaustive()
     }
 }
@@ -131,15 +126,13 @@ impl OperatorSocket {
         } else {
             0o666
         };
+        listener.set_nonblocking(true).map_err(io_err)?;
         let bound = OperatorSocket {
-            listener,
+            socket: Listening::new(listener, LIMITS, Some(TOO_SLOW)),
             path: path.to_path_buf(),
             users,
-            clients: Clients::new(LIMITS, Some(TOO_SLOW)),
-            polled: None,
         };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
-        bound.listener.set_nonblocking(true).map_err(io_err)?;
         Ok(bound)
     }
 
@@ -156,44 +149,37 @@ impl OperatorSocket {
 
     /// Add the socket (while it may admit more clients) and its clients to `set`.
     pub fn watch(&mut self, set: &mut PollSet) {
-        self.polled = self
-            .clients
-            .has_room()
-            .then(|| set.add(self.listener.as_raw_fd(), false));
-        self.clients.watch(set);
+        self.socket.watch(set);
     }
 
     /// The earliest client deadline, if any client is open.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.clients.next_deadline()
+        self.socket.next_deadline()
     }
 
     /// One supervisor turn: accept what is pending (a few), refuse uids that are not
     /// admitted at once, read what clients sent, and answer each whole command with
     /// `run`'s JSON (a line that is not a command is refused without calling it).
     pub fn turn(&mut self, now: Instant, set: &PollSet, mut run: impl FnMut(Command) -> String) {
-        if self.polled.take().is_some_and(|i| set.ready(i)) {
-            for _ in 0..PER_TURN {
-                let Ok((stream, _)) = self.listener.accept() else {
-                    break;
-                };
-                match sys::peer_uid(stream.as_raw_fd()) {
-                    Ok(uid) if self.users.contains(&uid) => self.clients.admit(stream, now),
-                    Ok(uid) => self.clients.answer_at_once(
-                        stream,
-                        refusal(&format!("uid {uid} is not in `[operator] users`")),
-                        now,
-                    ),
-                    Err(e) => self.clients.answer_at_once(
-                        stream,
-                        refusal(&format!("peer credentials unavailable: {e}")),
-                        now,
-                    ),
-                }
+        let users = &self.users;
+        self.socket.accept_ready(set, |clients, stream| {
+            match sys::peer_uid(stream.as_raw_fd()) {
+                Ok(uid) if users.contains(&uid) => clients.admit(stream, now),
+                Ok(uid) => clients.answer_at_once(
+                    stream,
+                    refusal(&format!("uid {uid} is not in `[operator] users`")),
+                    now,
+                ),
+                Err(e) => clients.answer_at_once(
+                    stream,
+                    refusal(&format!("peer credentials unavailable: {e}")),
+                    now,
+                ),
             }
-        }
+        });
         let complete = |input: &[u8]| input.iter().position(|&b| b == b'\n').map(|i| i + 1);
-        self.clients
+        self.socket
+            .clients
             .turn(now, set, complete, |_, line| match parse(line) {
                 Ok(command) => {
                     let mut answer = run(command).into_bytes();
@@ -290,7 +276,7 @@ mod tests {
                 asked.push(c);
                 "{\"ok\":true}".to_string()
             });
-            if !asked.is_empty() && socket.clients.len() == 1 {
+            if !asked.is_empty() && socket.socket.clients.len() == 1 {
                 break;
             }
         }
@@ -299,11 +285,11 @@ mod tests {
         quick.read_to_string(&mut answer).unwrap();
         assert_eq!(answer, "{\"ok\":true}\n");
         // The trickler, still there, is closed at its deadline and told why.
-        assert_eq!(socket.clients.len(), 1);
+        assert_eq!(socket.socket.clients.len(), 1);
         set.clear();
         socket.watch(&mut set);
         socket.turn(now + Duration::from_secs(3), &set, |_| String::new());
-        assert!(socket.clients.is_empty());
+        assert!(socket.socket.clients.is_empty());
         let mut answer = String::new();
         slow.read_to_string(&mut answer).unwrap();
         assert!(

@@ -382,7 +382,7 @@ fn a_corrupt_or_truncated_table_on_reload_keeps_the_old_one() {
     }
     assert!(gw.log().contains("truncated"), "{}", gw.log());
     assert!(gw.log().contains("checksum"), "{}", gw.log());
-    assert_eq!(gw.metric("zgate_table_version"), 1);
+    assert_eq!(gw.metric_settled("zgate_table_version", 1), 1);
     std::fs::write(&gw.table_path, table_bytes(allow_all("echo"), 2)).unwrap();
     gw.signal("HUP");
     assert_eq!(gw.wait_metric("zgate_table_version", 2), 2);

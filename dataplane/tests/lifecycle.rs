@@ -133,7 +133,10 @@ mod lifecycle {
             assert!(open_fds(&gw) >= before + 4);
 
             deny_all_and_drain(&gw);
-            assert_eq!(gw.metric("zgate_flows_closed_by_policy_total"), 2);
+            assert_eq!(
+                gw.metric_settled("zgate_flows_closed_by_policy_total", 2),
+                2
+            );
             assert_eq!(
                 wait_fds(&gw, before),
                 before,
@@ -176,7 +179,10 @@ mod lifecycle {
         assert!(gw.metric("zgate_splice_pipes_open") >= 1);
         assert!(open_fds(&gw) >= before + 4);
         deny_all_and_drain(&gw);
-        assert_eq!(gw.metric("zgate_flows_closed_by_policy_total"), 1);
+        assert_eq!(
+            gw.metric_settled("zgate_flows_closed_by_policy_total", 1),
+            1
+        );
         assert_eq!(wait_fds(&gw, before), before, "fds leaked");
         assert_eq!(gw.wait_metric_at_most("zgate_splice_pipes_open", 0), 0);
     }
@@ -198,7 +204,10 @@ mod lifecycle {
         assert_eq!(gw.wait_metric("zgate_connections_active", 1), 1);
         assert!(open_fds(&gw) >= before + 2);
         deny_all_and_drain(&gw);
-        assert_eq!(gw.metric("zgate_flows_closed_by_policy_total"), 1);
+        assert_eq!(
+            gw.metric_settled("zgate_flows_closed_by_policy_total", 1),
+            1
+        );
         assert_eq!(gw.metric("zgate_upstream_connect_timeouts_total"), 0);
         assert_eq!(wait_fds(&gw, before), before, "fds leaked");
     }
@@ -304,9 +313,15 @@ mod lifecycle {
         assert!(open_fds(&gw) >= before + 7);
 
         deny_all_and_drain(&gw);
-        assert_eq!(gw.metric("zgate_flows_closed_by_policy_total"), 3);
         assert_eq!(
-            gw.metric("zgate_tls_handshake_failures_total{reason=\"handshake-timeout\"}"),
+            gw.metric_settled("zgate_flows_closed_by_policy_total", 3),
+            3
+        );
+        assert_eq!(
+            gw.metric_settled(
+                "zgate_tls_handshake_failures_total{reason=\"handshake-timeout\"}",
+                1
+            ),
             1
         );
         assert_eq!(wait_fds(&gw, before), before, "fds leaked");

@@ -101,7 +101,7 @@ mod control {
             );
         }
         // Nothing was reloaded or drained.
-        assert_eq!(gw.metric("zgate_table_version"), 1);
+        assert_eq!(gw.metric_settled("zgate_table_version", 1), 1);
         assert_eq!(http_get(gw.admin, "/readyz").map(|r| r.0), Some(200));
     }
 

@@ -191,7 +191,7 @@ fn sighup_reload_switches_from_deny_to_allow_and_bad_table_keeps_the_old() {
     std::fs::write(&gw.table_path, b"not a table").unwrap();
     gw.signal("HUP");
     assert_eq!(gw.wait_metric("zgate_table_reload_failures_total", 1), 1);
-    assert_eq!(gw.metric("zgate_table_version"), 1);
+    assert_eq!(gw.metric_settled("zgate_table_version", 1), 1);
 
     std::fs::write(&gw.table_path, table_bytes(allow_all("echo"), 2)).unwrap();
     gw.signal("HUP");
@@ -531,7 +531,10 @@ fn connections_over_max_connections_are_refused_promptly_and_counted() {
     assert_eq!(gw.wait_metric_at_most("zgate_connections_active", 1), 1);
     let d = gw.connect();
     assert_eq!(round_trip(&d, b"d"), b"d");
-    assert_eq!(gw.metric("zgate_connections_over_limit_total"), 1);
+    assert_eq!(
+        gw.metric_settled("zgate_connections_over_limit_total", 1),
+        1
+    );
 }
 
 #[test]

@@ -333,7 +333,7 @@ mod tls {
         while gw.metric("zgate_buffers_in_use") < 2 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(gw.metric("zgate_buffers_in_use"), 2);
+        assert_eq!(gw.metric_settled("zgate_buffers_in_use", 2), 2);
         // It completes (a handshake starved of buffers would run into the 1 s timeout
         // and be closed: the I/O below would fail, and the counter would say so).
         let mut s = connect_tls(&gw, Arc::clone(&cfg));
@@ -811,7 +811,13 @@ mod tls {
             &gw,
             client_config(&pki, Some(&elsewhere))
         )));
-        assert_eq!(failures(&gw, "unknown-trust-domain"), 1);
+        assert_eq!(
+            gw.metric_settled(
+                "zgate_tls_handshake_failures_total{reason=\"unknown-trust-domain\"}",
+                1
+            ),
+            1
+        );
         assert!(
             !gw.log().contains("not bound to a trust domain"),
             "{}",
@@ -955,7 +961,7 @@ mod tls {
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(line, "hello through openssl\n");
-        assert_eq!(gw.metric("zgate_tls_handshakes_total"), 1);
+        assert_eq!(gw.metric_settled("zgate_tls_handshakes_total", 1), 1);
     }
 
     /// `advertise_client_ca_names = false` keeps the client CA names out of the
@@ -1070,7 +1076,7 @@ mod tls {
         }
         let _ = child.kill();
         let _ = child.wait();
-        assert_eq!(gw.metric("zgate_tls_handshakes_total"), 1);
+        assert_eq!(gw.metric_settled("zgate_tls_handshakes_total", 1), 1);
         assert_eq!(
             gw.metric("zgate_tls_handshake_failures_total{reason=\"bad-record\"}"),
             0
@@ -1239,7 +1245,10 @@ mod tls {
         );
         let mut again = connect_tls(&gw, cfg);
         echo_through(&mut again, b"the first source again");
-        assert_eq!(gw.metric("zgate_tls_handshakes_over_source_limit_total"), 1);
+        assert_eq!(
+            gw.metric_settled("zgate_tls_handshakes_over_source_limit_total", 1),
+            1
+        );
         assert_eq!(gw.metric("zgate_tls_handshakes_over_limit_total"), 0);
     }
 
@@ -1347,7 +1356,7 @@ mod tls {
                 "{what}: old material kept"
             );
         }
-        assert_eq!(gw.metric("zgate_tls_reloads_total"), 1);
+        assert_eq!(gw.metric_settled("zgate_tls_reloads_total", 1), 1);
         assert!(gw
             .log()
             .contains("TLS reload refused, keeping the current material"));
@@ -1484,7 +1493,7 @@ mod tls {
             error.contains("listener `echo`: TLS material refused, the current material stays: listener[0].tls.cert"),
             "{error}"
         );
-        assert_eq!(gw.metric("zgate_tls_reload_failures_total"), 1);
+        assert_eq!(gw.metric_settled("zgate_tls_reload_failures_total", 1), 1);
         let mut s = connect_tls(&gw, cfg);
         echo_through(&mut s, b"old material still serves");
     }
@@ -1514,7 +1523,10 @@ mod tls {
             gw.log()
         );
         assert_eq!(gw.wait_metric("zgate_tls_handshakes_total", 2), 2);
-        assert_eq!(gw.metric("zgate_tls_resumed_handshakes_total"), 1);
+        assert_eq!(
+            gw.metric_settled("zgate_tls_resumed_handshakes_total", 1),
+            1
+        );
         // The decision's audit record says which flow skipped verification.
         let decisions: Vec<_> = gw
             .audit()

@@ -356,24 +356,14 @@ impl RecordLayer {
     pub(crate) fn send_key_update_for_test(&mut self, request: u8, out: &mut Vec<u8>) {
         self.seal_into_vec(CT_HANDSHAKE, &[HS_KEY_UPDATE, 0, 0, 1, request], out)
             .unwrap();
-        let (seq, secrets) = match &mut self.kernel {
-            Kernel::Server(k) => k.update_tx_secret(),
-            Kernel::Client(k) => k.update_tx_secret(),
-        }
-        .unwrap();
-        self.tx = Keys::new(seq, secrets, self.version).unwrap();
+        self.next_tx_key().unwrap();
     }
 
     /// Test hook: switch to the next sending key without sending anything (a test
     /// that split its KeyUpdate across records itself).
     #[cfg(test)]
     pub(crate) fn rotate_tx_for_test(&mut self) {
-        let (seq, secrets) = match &mut self.kernel {
-            Kernel::Server(k) => k.update_tx_secret(),
-            Kernel::Client(k) => k.update_tx_secret(),
-        }
-        .unwrap();
-        self.tx = Keys::new(seq, secrets, self.version).unwrap();
+        self.next_tx_key().unwrap();
     }
 
     /// Test hook (TLS 1.3): seal `inner` as a record's whole TLSInnerPlaintext (content,
@@ -830,14 +820,20 @@ impl RecordLayer {
     /// §4.6.3). Returns its length.
     fn seal_key_update(&mut self, out: &mut [u8]) -> Result<usize, RejectReason> {
         let n = self.seal_record(CT_HANDSHAKE, &[HS_KEY_UPDATE, 0, 0, 1, 0], out)?;
+        self.next_tx_key()?;
+        self.update_owed = false;
+        Ok(n)
+    }
+
+    /// Switch to the next sending key (the old one is zeroed as it drops).
+    fn next_tx_key(&mut self) -> Result<(), RejectReason> {
         let (seq, secrets) = match &mut self.kernel {
             Kernel::Server(k) => k.update_tx_secret(),
             Kernel::Client(k) => k.update_tx_secret(),
         }
         .map_err(|e| RejectReason::from_rustls(&e))?;
         self.tx = Keys::new(seq, secrets, self.version)?;
-        self.update_owed = false;
-        Ok(n)
+        Ok(())
     }
 
     /// Seal the KeyUpdate owed to the peer, if any, into the front of `out`. Returns

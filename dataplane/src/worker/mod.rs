@@ -540,6 +540,9 @@ impl Worker {
             let waited = if spinning {
                 self.ring.submit_if_needed()
             } else {
+                // What a scrape reads of an idle worker is exact: it publishes before
+                // it sleeps (a syscall's worth of wait dwarfs the stores).
+                self.publish(true);
                 // Said while it sleeps (`zgate_workers_sleeping`): a worker that never
                 // does is spinning.
                 self.stats_out.sleeping.store(true, Ordering::Relaxed);

@@ -281,6 +281,21 @@ impl Gateway {
         metric_in(&body, name).unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
     }
 
+    /// `metric` once it has settled on `want` (or whatever it reads at the deadline).
+    /// Workers publish their counters at most once a millisecond and when they go
+    /// idle, so a count read the instant a client saw the effect may still be the one
+    /// before it.
+    pub fn metric_settled(&self, name: &str, want: u64) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.metric(name);
+            if v == want || Instant::now() >= deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Wait (bounded) until `metric` reaches at least `at_least`.
     pub fn wait_metric(&self, name: &str, at_least: u64) -> u64 {
         let deadline = Instant::now() + WAIT;
