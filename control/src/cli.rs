@@ -16,7 +16,8 @@ use crate::load;
 /// few tens of MiB), low enough that a wrong path cannot eat the machine's memory.
 const MAX_TABLE_FILE_BYTES: u64 = 1024 * 1024 * 1024;
 
-/// zgate-control: compile, check, explain and test zgate policy.
+/// zgate-control: the control process (`serve`) and its CLI; compile, check, explain
+/// and test zgate policy.
 #[derive(Debug, Parser)]
 #[command(name = "zgate-control", version, about)]
 pub struct Cli {
@@ -64,6 +65,165 @@ enum Command {
         /// Table file written by `compile`.
         table: PathBuf,
     },
+    /// Run the control process: watch and compile the policy, keep live facts, serve
+    /// the dataplanes and the operators.
+    Serve(Box<ServeArgs>),
+    /// What the control process enforces, its last policy error, and every connected
+    /// gateway with the versions it enforces.
+    Status {
+        #[command(flatten)]
+        at: crate::ops::Socket,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The compiled tables kept (for `rollback`).
+    History {
+        #[command(flatten)]
+        at: crate::ops::Socket,
+    },
+    /// Re-publish a kept table under a new version (default: the one before the
+    /// enforced one).
+    Rollback {
+        #[command(flatten)]
+        at: crate::ops::Socket,
+        /// The version to go back to.
+        version: Option<u64>,
+    },
+    /// Revoke a principal or a certificate: its live flows are closed at once.
+    Revoke {
+        #[command(flatten)]
+        at: crate::ops::Socket,
+        #[command(flatten)]
+        subject: crate::ops::Revocable,
+        /// Why (kept and audited).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Lift it by itself at this instant (RFC 3339).
+        #[arg(long, conflicts_with = "for_")]
+        until: Option<String>,
+        /// Lift it by itself after this long (90s, 15m, 2h, 7d).
+        #[arg(long = "for")]
+        for_: Option<String>,
+    },
+    /// Lift a revocation.
+    Unrevoke {
+        #[command(flatten)]
+        at: crate::ops::Socket,
+        #[command(flatten)]
+        subject: crate::ops::Revocable,
+    },
+    /// The revocations in force.
+    Revocations {
+        #[command(flatten)]
+        at: crate::ops::Socket,
+    },
+    /// Device posture: `set DEVICE key=value...`, `clear DEVICE`, `list`.
+    Posture {
+        #[command(flatten)]
+        at: crate::ops::Socket,
+        #[command(subcommand)]
+        op: crate::ops::PostureOp,
+    },
+    /// Risk scores: `set (--principal ID | --device D) SCORE`, `clear ...`, `list`.
+    Risk {
+        #[command(flatten)]
+        at: crate::ops::Socket,
+        #[command(subcommand)]
+        op: crate::ops::RiskOp,
+    },
+    /// Just-in-time access: the principal may reach the service for a while, then
+    /// its flows are closed.
+    Grant {
+        #[command(flatten)]
+        at: crate::ops::Socket,
+        /// SPIFFE ID.
+        #[arg(long)]
+        principal: String,
+        /// Service (listener name).
+        #[arg(long)]
+        service: String,
+        /// How long (90s, 15m, 2h).
+        #[arg(long = "for")]
+        for_: String,
+        /// The ticket it answers.
+        #[arg(long)]
+        reason: String,
+    },
+    /// The grants in force.
+    Grants {
+        #[command(flatten)]
+        at: crate::ops::Socket,
+    },
+    /// End a grant now.
+    Ungrant {
+        #[command(flatten)]
+        at: crate::ops::Socket,
+        /// SPIFFE ID.
+        #[arg(long)]
+        principal: String,
+        /// Service.
+        #[arg(long)]
+        service: String,
+    },
+    /// Evaluate a candidate policy in shadow on every gateway (nothing enforced).
+    Apply {
+        #[command(flatten)]
+        at: crate::ops::Socket,
+        /// The candidate policy directory (compiled here, then sent).
+        #[arg(long)]
+        shadow: PathBuf,
+    },
+    /// Stop evaluating the shadow table.
+    ShadowClear {
+        #[command(flatten)]
+        at: crate::ops::Socket,
+    },
+    /// The live flows the shadow table would close, on every gateway.
+    Impact {
+        #[command(flatten)]
+        at: crate::ops::Socket,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enforce the shadow table.
+    Promote {
+        #[command(flatten)]
+        at: crate::ops::Socket,
+    },
+}
+
+/// `serve`'s flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Policy directory to watch.
+    #[arg(long)]
+    policy_dir: PathBuf,
+    /// State directory: facts, table history, audit.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Operator socket (the CLI and scripts).
+    #[arg(long, default_value = crate::ops::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Channel socket the gateways subscribe on.
+    #[arg(long, default_value = "/run/zgate-control/channel.sock")]
+    channel: PathBuf,
+    /// Admit this user (name or uid) on both sockets, beside root and our own uid.
+    #[arg(long)]
+    admit: Vec<String>,
+    /// Serve the HTTP/JSON API on this loopback address (needs --api-tokens).
+    #[arg(long)]
+    api: Option<std::net::SocketAddr>,
+    /// The API's bearer tokens: `NAME TOKEN` per line, mode 600.
+    #[arg(long)]
+    api_tokens: Option<PathBuf>,
+    /// Compiled tables kept for rollback.
+    #[arg(long, default_value_t = 20)]
+    keep: usize,
+    /// Audit file (default STATE_DIR/audit.jsonl).
+    #[arg(long)]
+    audit: Option<PathBuf>,
 }
 
 /// One flow described on the command line.
@@ -177,6 +337,15 @@ pub enum CliError {
     /// A flow argument or a cases file is malformed.
     #[error("{0}")]
     Input(#[from] cases::InputError),
+    /// The control process refused or could not be reached.
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    /// `serve` could not run.
+    #[error(transparent)]
+    Serve(#[from] crate::serve::ServeError),
+    /// A command-line value is wrong.
+    #[error("{0}")]
+    Usage(String),
     /// Some policy tests failed (already reported).
     #[error("{failed} of {total} policy test case(s) failed")]
     TestsFailed {
@@ -194,6 +363,9 @@ impl CliError {
             CliError::TestsFailed { .. } => 1,
             CliError::Read { .. } | CliError::NotADirectory(_) => 66,
             CliError::Write { .. } => 73,
+            CliError::Client(e) => e.exit_code(),
+            CliError::Serve(e) => e.exit_code(),
+            CliError::Usage(_) => 2,
             _ => 65,
         }
     }
@@ -214,7 +386,64 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Test { dir, cases } => run_tests(&dir, &cases),
         Command::Inspect { table } => inspect(&table),
+        Command::Serve(a) => serve(*a),
+        Command::Status { at, json } => crate::ops::status(&at, json),
+        Command::History { at } => crate::ops::history(&at),
+        Command::Rollback { at, version } => crate::ops::rollback(&at, version),
+        Command::Revoke {
+            at,
+            subject,
+            reason,
+            until,
+            for_,
+        } => crate::ops::revoke(&at, subject, reason, until, for_),
+        Command::Unrevoke { at, subject } => crate::ops::unrevoke(&at, subject),
+        Command::Revocations { at } => crate::ops::list(&at, "/v1/revocations"),
+        Command::Posture { at, op } => crate::ops::posture(&at, op),
+        Command::Risk { at, op } => crate::ops::risk(&at, op),
+        Command::Grant {
+            at,
+            principal,
+            service,
+            for_,
+            reason,
+        } => crate::ops::grant(&at, &principal, &service, &for_, &reason),
+        Command::Grants { at } => crate::ops::list(&at, "/v1/grants"),
+        Command::Ungrant {
+            at,
+            principal,
+            service,
+        } => crate::ops::ungrant(&at, &principal, &service),
+        Command::Apply { at, shadow } => {
+            let (_, table) = compile_table(&shadow, 0)?;
+            crate::ops::apply_shadow(&at, &shadow, table.encode())
+        }
+        Command::ShadowClear { at } => crate::ops::shadow_clear(&at),
+        Command::Impact { at, json } => crate::ops::impact(&at, json),
+        Command::Promote { at } => crate::ops::promote(&at),
     }
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode, CliError> {
+    let mut admit = Vec::with_capacity(a.admit.len());
+    for u in &a.admit {
+        admit.push(
+            crate::serve::resolve_user(u)
+                .ok_or_else(|| CliError::Usage(format!("--admit `{u}`: no such user")))?,
+        );
+    }
+    crate::serve::run(crate::serve::ServeOptions {
+        policy_dir: a.policy_dir,
+        state_dir: a.state_dir,
+        socket: a.socket,
+        channel: a.channel,
+        admit,
+        api: a.api,
+        api_tokens: a.api_tokens,
+        keep: a.keep,
+        audit: a.audit,
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_warnings(dir: &Path, warnings: &[zgate_policy::Warning]) {

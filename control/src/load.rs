@@ -112,3 +112,19 @@ pub fn load_policy(dir: &Path) -> Result<Checked, CliError> {
         }
     }
 }
+
+/// Read, validate and compile a policy directory without printing: the table (policy
+/// version 0; the caller stamps its own), or every error as `DIR/file:line:col:
+/// message` lines (a directory that cannot be read is one line).
+pub fn compile_quietly(dir: &Path) -> Result<zgate_table::DecisionTable, Vec<String>> {
+    let files = read_policy_dir(dir).map_err(|e| vec![e.to_string()])?;
+    let checked = parse_policy(&files).map_err(|errors| {
+        errors
+            .errors()
+            .iter()
+            .map(|e| format!("{}/{e}", dir.display()))
+            .collect::<Vec<_>>()
+    })?;
+    zgate_table::DecisionTable::compile(&checked.policy, 0)
+        .map_err(|e| vec![format!("{}: cannot compile: {e}", dir.display())])
+}

@@ -45,11 +45,62 @@ pub struct AdminView {
     pub tls_reload_failures: u64,
     /// Per TLS listener: its name and the earliest notAfter of the certificates it serves.
     pub tls_not_after: Vec<(String, i64)>,
+    /// The control channel, with `[control]`.
+    pub control: Option<crate::channel::ChannelView>,
 }
 
 impl AdminView {
-    fn ready(&self) -> bool {
-        self.accepting && self.workers_ready == self.workers
+    /// `/readyz`: whether to send traffic here, and why in words. With `[control]`, a
+    /// gateway without a table denies everything and is not ready; one enforcing
+    /// what it persisted while the control process is away is (fail static), and
+    /// says so.
+    fn readiness(&self) -> (bool, String) {
+        if !self.accepting {
+            return (false, "not ready: draining\n".into());
+        }
+        if self.workers_ready != self.workers {
+            return (
+                false,
+                format!(
+                    "not ready: {} of {} workers ready\n",
+                    self.workers_ready, self.workers
+                ),
+            );
+        }
+        let Some(c) = &self.control else {
+            return (true, "ready\n".into());
+        };
+        let Some(v) = self.table_version else {
+            return (
+                false,
+                format!(
+                    "not ready: no table, every flow is denied (fail closed); control process {}\n",
+                    if c.connected {
+                        "connected"
+                    } else {
+                        "unreachable"
+                    }
+                ),
+            );
+        };
+        let source = match (c.connected, c.from_state_dir) {
+            (true, false) => "from the control process".to_string(),
+            (true, true) => "persisted, control process connected, update pending".to_string(),
+            (false, true) => {
+                "persisted in the state directory: the control process is unreachable (fail static)"
+                    .to_string()
+            }
+            (false, false) => {
+                "last received: the control process is unreachable (fail static)".to_string()
+            }
+        };
+        (
+            true,
+            format!(
+                "ready: table version {v}, facts version {}, {source}\n",
+                c.facts_version
+            ),
+        )
     }
 }
 
@@ -90,6 +141,38 @@ pub fn metrics_text(v: &AdminView) -> String {
         "Version of the published decision table (0 with none).",
         one(v.table_version.unwrap_or(0)),
     );
+    if let Some(c) = &v.control {
+        e.family(
+            "zgate_control_connected",
+            Kind::Gauge,
+            "1 while the control channel is up ([control]).",
+            one(u64::from(c.connected)),
+        );
+        e.family(
+            "zgate_control_connects_total",
+            Kind::Counter,
+            "Connections made to the control process.",
+            one(c.connects),
+        );
+        e.family(
+            "zgate_control_refusals_total",
+            Kind::Counter,
+            "Control channels closed because of what was received (malformed, out of order, older than enforced); nothing enforced changed.",
+            one(c.refusals),
+        );
+        e.family(
+            "zgate_facts_version",
+            Kind::Gauge,
+            "Version of the live fact set enforced (revocations, posture, risk, grants).",
+            one(c.facts_version),
+        );
+        e.family(
+            "zgate_shadow_table_version",
+            Kind::Gauge,
+            "Version of the table evaluated in shadow (0: none).",
+            one(c.shadow_version),
+        );
+    }
     e.family(
         "zgate_table_reloads_total",
         Kind::Counter,
@@ -210,8 +293,10 @@ fn respond(head: &[u8], view: &impl Fn() -> AdminView) -> Vec<u8> {
     let head = String::from_utf8_lossy(head);
     let (status, body) = match request_path(&head) {
         Some("/healthz") => ("200 OK", "ok\n".to_string()),
-        Some("/readyz") if view().ready() => ("200 OK", "ready\n".to_string()),
-        Some("/readyz") => ("503 Service Unavailable", "not ready\n".to_string()),
+        Some("/readyz") => match view().readiness() {
+            (true, text) => ("200 OK", text),
+            (false, text) => ("503 Service Unavailable", text),
+        },
         Some("/metrics") => ("200 OK", metrics_text(&view())),
         Some(_) => ("404 Not Found", "not found\n".to_string()),
         None => ("405 Method Not Allowed", "only GET\n".to_string()),
@@ -278,8 +363,44 @@ mod tests {
             t.contains("zgate_worker_stalls_total{worker=\"1\"} 0\n"),
             "{t}"
         );
-        assert!(v.ready());
+        assert!(v.readiness().0);
         v.accepting = false;
-        assert!(!v.ready());
+        assert!(!v.readiness().0);
+    }
+
+    /// With `[control]`, readiness says where the table came from, and no table is
+    /// not ready (every flow would be denied).
+    #[test]
+    fn readiness_with_a_control_process_says_what_is_enforced_and_from_where() {
+        let mut v = AdminView {
+            workers: 1,
+            workers_ready: 1,
+            accepting: true,
+            control: Some(crate::channel::ChannelView::default()),
+            ..AdminView::default()
+        };
+        let (ready, text) = v.readiness();
+        assert!(
+            !ready && text.contains("fail closed") && text.contains("unreachable"),
+            "{text}"
+        );
+        v.table_version = Some(4);
+        v.control = Some(crate::channel::ChannelView {
+            from_state_dir: true,
+            facts_version: 9,
+            ..Default::default()
+        });
+        let (ready, text) = v.readiness();
+        assert!(
+            ready
+                && text.contains("table version 4, facts version 9")
+                && text.contains("fail static"),
+            "{text}"
+        );
+        v.control = Some(crate::channel::ChannelView {
+            connected: true,
+            ..Default::default()
+        });
+        assert!(v.readiness().1.contains("from the control process"));
     }
 }

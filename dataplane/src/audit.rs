@@ -196,6 +196,7 @@ mod tests {
             spiffe_id: None,
             sni: None,
             resumed: false,
+            cause: None,
             detail: None,
         }
     }

@@ -237,6 +237,21 @@ pub struct Config {
     pub operator: Option<OperatorConfig>,
     /// Who the process runs as once its sockets are bound (`[process]`).
     pub process: ProcessConfig,
+    /// The control process this gateway takes its table and facts from
+    /// (`[control]`). `None`: the `table` file and SIGHUP.
+    pub control: Option<ControlConfig>,
+}
+
+/// `[control]`: subscribe to `zgate-control serve` for the table, live facts and
+/// shadow tables, and keep the last good ones in `state_dir` (fail static).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// The control process's channel socket (relative to the config file).
+    pub socket: PathBuf,
+    /// Where the last good table and facts are kept (relative to the config file).
+    pub state_dir: PathBuf,
+    /// How this gateway names itself to the control process. `None`: the host name.
+    pub name: Option<String>,
 }
 
 /// `[process]`: the account the gateway switches to, when started as root, once every
@@ -409,6 +424,7 @@ struct RawTop {
     audit: Option<String>,
     operator: Option<toml::Value>,
     process: Option<toml::Value>,
+    control: Option<toml::Value>,
     workers: Option<toml::Value>,
     listener: Option<Vec<toml::Value>>,
 }
@@ -418,6 +434,14 @@ struct RawTop {
 struct RawProcess {
     user: Option<toml::Value>,
     group: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: String,
+    state_dir: String,
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -947,6 +971,39 @@ impl Errors {
         })
     }
 
+    /// `[control]`: a socket path that fits `sun_path`, a state directory, a name
+    /// without control characters.
+    fn control(&mut self, c: RawControl) -> Option<ControlConfig> {
+        let mut ok = true;
+        if c.socket.is_empty() || c.socket.len() > MAX_SOCKET_PATH {
+            self.value(
+                "control.socket".into(),
+                &c.socket,
+                "expected a path of 1 to 107 bytes (a Unix socket path)",
+            );
+            ok = false;
+        }
+        if c.state_dir.is_empty() {
+            self.value("control.state_dir".into(), "", "expected a directory path");
+            ok = false;
+        }
+        if let Some(n) = &c.name {
+            if n.is_empty() || n.len() > 255 || n.chars().any(char::is_control) {
+                self.value(
+                    "control.name".into(),
+                    n,
+                    "expected 1 to 255 bytes without control characters",
+                );
+                ok = false;
+            }
+        }
+        ok.then(|| ControlConfig {
+            socket: PathBuf::from(c.socket),
+            state_dir: PathBuf::from(c.state_dir),
+            name: c.name,
+        })
+    }
+
     fn duration(&mut self, key: String, value: Option<&str>, default: Duration) -> Duration {
         self.parsed(key, value, default, parse_duration)
     }
@@ -1361,9 +1418,25 @@ impl Config {
             }
             Some(Ok(p)) => errs.process(p),
         };
+        let control = match top.control.map(RawControl::deserialize) {
+            None => None,
+            Some(Err(e)) => {
+                errs.0.push(shape("control", e));
+                None
+            }
+            Some(Ok(c)) => errs.control(c),
+        };
         let table = match top.table {
             Some(t) if t.is_empty() => {
                 errs.value("table".into(), &t, "expected a file path");
+                None
+            }
+            Some(t) if control.is_some() => {
+                errs.value(
+                    "table".into(),
+                    &t,
+                    "cannot be used with [control]: the control process sends the table (leave `table` out)",
+                );
                 None
             }
             t => t.map(PathBuf::from),
@@ -1383,6 +1456,7 @@ impl Config {
                 audit,
                 operator,
                 process,
+                control,
             })
         } else {
             Err(ConfigErrors(errs.0))

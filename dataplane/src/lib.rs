@@ -36,6 +36,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod channel;
 pub mod clients;
 pub mod config;
 #[expect(

@@ -92,6 +92,21 @@ fn load_config(path: &Path, host: &Host) -> Result<(Config, Vec<Option<ListenerT
                 });
             }
         }
+        if let (Some(ctl), Some(dir)) = (c.control.as_mut(), path.parent()) {
+            if ctl.socket.is_relative() {
+                ctl.socket = dir.join(&ctl.socket);
+            }
+            if ctl.state_dir.is_relative() {
+                ctl.state_dir = dir.join(&ctl.state_dir);
+            }
+            if ctl.socket.as_os_str().len() > zgate_dataplane::config::MAX_SOCKET_PATH {
+                errors.push(ConfigError::Value {
+                    key: "control.socket".into(),
+                    value: ctl.socket.display().to_string(),
+                    reason: "longer than 107 bytes once taken relative to the config file's directory (a Unix socket path limit): use a shorter or absolute path",
+                });
+            }
+        }
         if let Err(e) = zgate_dataplane::process::resolve(&c.process) {
             errors.push(ConfigError::Process(e));
         }

@@ -55,7 +55,11 @@ zgate_telemetry::metric_families! {
         "Accepts that failed (out of descriptors: the connection waits in the listen queue and the accept is retried on the next tick).";
     /// Closed by a re-decision.
     ClosedByPolicy => "zgate_flows_closed_by_policy_total", Counter, Listener,
-        "Live flows closed because a re-decision (new table, expired constraints or certificate) no longer allows them.";
+        "Live flows closed because a re-decision no longer allows them, by what closed them: a new table (policy-changed), a revocation, a posture or risk report, a grant that ended, a schedule window that ended, max_session, or an expired certificate.",
+        by "reason" = crate::worker::CloseReason::LABELS;
+    /// Decisions the shadow table would make otherwise.
+    ShadowDifferences => "zgate_shadow_differences_total", Counter, Listener,
+        "Decisions (of new flows, and of live flows when the shadow table or the facts changed) that the shadow table would have made otherwise than the enforced one.";
     /// Receives that found the pool empty.
     RecvStarved => "zgate_recv_buffer_starved_total", Counter, Listener,
         "Receives that found the provided buffer pool empty and waited for a buffer.";
@@ -101,6 +105,9 @@ zgate_telemetry::metric_families! {
     /// Splice pipes open now.
     PipesOpen => "zgate_splice_pipes_open", Gauge, Worker,
         "Pipes open now for bulk directions to splice through.";
+    /// Flows waiting for a re-decision by a new table.
+    RedecisionsPending => "zgate_redecisions_pending", Gauge, Worker,
+        "Live flows not yet decided again by the newest table or fact set (a full re-decision runs in bounded slices across loop turns).";
     /// Re-arms that could not be queued.
     RearmFailures => "zgate_worker_rearm_failures_total", Counter, Worker,
         "Re-arms of an accept or of the worker's wake-up read that could not be queued (submission queue full, ring busy), retried on a later loop turn.";
@@ -123,6 +130,8 @@ pub trait Count {
     fn set_gauge(&mut self, m: M, v: u64);
     /// The value (the first label's).
     fn value(&self, m: M) -> u64;
+    /// The value summed over every label value.
+    fn total(&self, m: M) -> u64;
 }
 
 impl Count for Counters {
@@ -144,6 +153,12 @@ impl Count for Counters {
     }
     fn value(&self, m: M) -> u64 {
         self.get(M::OFFSETS, m as usize, 0)
+    }
+    fn total(&self, m: M) -> u64 {
+        let width = M::FAMILIES.get(m as usize).map_or(1, |f| f.width());
+        (0..width)
+            .map(|l| self.get(M::OFFSETS, m as usize, l))
+            .sum()
     }
 }
 

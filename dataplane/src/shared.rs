@@ -1,15 +1,18 @@
-//! What the supervisor and the workers share: the published table, the run phase, and
-//! per-worker counters.
+//! What the supervisor and the workers share: the published table, live facts and
+//! shadow table, the run phase, and per-worker counters and answers.
 //!
 //! Workers only read [`Published`] (one Acquire load of `generation` per loop turn; the
 //! table itself only when the generation moved) and only write their own
 //! [`WorkerStats`], which sits on its own cache lines. The supervisor is the only writer
 //! of [`Published`].
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use zgate_proto::{ImpactFlow, Touched};
+use zgate_table::facts::LiveFacts;
 use zgate_table::DecisionTable;
 
 use crate::metrics::{Counters, SharedCounters, M};
@@ -38,6 +41,22 @@ impl Phase {
     }
 }
 
+/// Publications of live facts a worker can catch up with key by key; one that missed
+/// more re-decides every flow.
+const RECENT_FACTS: usize = 64;
+
+/// A fact set as workers load it, with the keys recent publications touched.
+#[derive(Debug, Default)]
+pub struct FactsPublication {
+    /// Bumped by every publication (0: the empty set at start).
+    pub generation: u64,
+    /// The facts `decide` reads.
+    pub facts: Arc<LiveFacts>,
+    /// Per recent publication, oldest first: its generation and the keys it touched
+    /// (`None`: it replaced the whole set, so any flow may be affected).
+    pub recent: VecDeque<(u64, Option<Arc<Touched>>)>,
+}
+
 /// Written by the supervisor, read by every worker.
 pub struct Published {
     phase: AtomicU8,
@@ -46,6 +65,12 @@ pub struct Published {
     tls_generation: AtomicU64,
     /// Per listener (by index): the TLS material new handshakes use.
     tls: Vec<ArcSwapOption<ListenerTls>>,
+    facts_generation: AtomicU64,
+    facts: ArcSwap<FactsPublication>,
+    shadow_generation: AtomicU64,
+    shadow: ArcSwapOption<DecisionTable>,
+    /// The latest impact query (0: none yet); workers answer in [`WorkerStats::impact`].
+    impact_request: AtomicU64,
 }
 
 impl Published {
@@ -61,7 +86,68 @@ impl Published {
                 .into_iter()
                 .map(|t| ArcSwapOption::new(t.map(Arc::new)))
                 .collect(),
+            facts_generation: AtomicU64::new(0),
+            facts: ArcSwap::from_pointee(FactsPublication::default()),
+            shadow_generation: AtomicU64::new(0),
+            shadow: ArcSwapOption::new(None),
+            impact_request: AtomicU64::new(0),
         }
+    }
+
+    /// Bumped after every fact publication.
+    pub fn facts_generation(&self) -> u64 {
+        self.facts_generation.load(Ordering::Acquire)
+    }
+
+    /// The published facts.
+    pub fn facts(&self) -> Arc<FactsPublication> {
+        self.facts.load_full()
+    }
+
+    /// Publish a new fact set; `touched`: the keys of the flows the change can affect,
+    /// or `None` when it replaced the whole set. Workers re-decide those flows at the
+    /// top of their next loop turn.
+    pub fn publish_facts(&self, facts: LiveFacts, touched: Option<Touched>) {
+        let old = self.facts.load();
+        let generation = old.generation + 1;
+        let mut recent = old.recent.clone();
+        if recent.len() == RECENT_FACTS {
+            recent.pop_front();
+        }
+        recent.push_back((generation, touched.map(Arc::new)));
+        self.facts.store(Arc::new(FactsPublication {
+            generation,
+            facts: Arc::new(facts),
+            recent,
+        }));
+        self.facts_generation.store(generation, Ordering::Release);
+    }
+
+    /// Bumped after every shadow table publication (or withdrawal).
+    pub fn shadow_generation(&self) -> u64 {
+        self.shadow_generation.load(Ordering::Acquire)
+    }
+
+    /// The candidate table evaluated in shadow, if any.
+    pub fn shadow(&self) -> Option<Arc<DecisionTable>> {
+        self.shadow.load_full()
+    }
+
+    /// Evaluate `table` in shadow from now on (`None`: stop).
+    pub fn publish_shadow(&self, table: Option<DecisionTable>) {
+        self.shadow.store(table.map(Arc::new));
+        self.shadow_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The latest impact query's id.
+    pub fn impact_request(&self) -> u64 {
+        self.impact_request.load(Ordering::Acquire)
+    }
+
+    /// Ask every worker for the live flows the shadow table would close; they answer
+    /// in [`WorkerStats::impact`] with this `id`.
+    pub fn request_impact(&self, id: u64) {
+        self.impact_request.store(id, Ordering::Release);
     }
 
     /// Bumped after every TLS material publication.
@@ -136,8 +222,28 @@ pub struct WorkerStats {
     pub ready: AtomicBool,
     /// Whether the worker is asleep in `io_uring_enter` now (stored around the wait).
     pub sleeping: AtomicBool,
-    /// Table version the worker uses; 0 with no table.
+    /// Table version the worker enforces (every live flow decided by it); 0 with no
+    /// table.
     pub table_version: AtomicU64,
+    /// Fact-set generation the worker enforces.
+    pub facts_generation: AtomicU64,
+    /// Shadow generation whose evaluation of every live flow is done.
+    pub shadow_generation: AtomicU64,
+    /// The worker's answer to the latest impact query it has answered.
+    pub impact: ArcSwapOption<ImpactAnswer>,
+}
+
+/// One worker's answer to an impact query.
+#[derive(Debug, Clone)]
+pub struct ImpactAnswer {
+    /// The query ([`Published::request_impact`]).
+    pub id: u64,
+    /// The shadow table's version (0: none).
+    pub shadow_version: u64,
+    /// The live flows it would close (at most `ImpactReport::MAX_FLOWS`).
+    pub flows: Vec<ImpactFlow>,
+    /// How many in all.
+    pub total: u64,
 }
 
 impl WorkerStats {
@@ -149,6 +255,9 @@ impl WorkerStats {
             ready: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             table_version: AtomicU64::new(0),
+            facts_generation: AtomicU64::new(0),
+            shadow_generation: AtomicU64::new(0),
+            impact: ArcSwapOption::new(None),
         }
     }
 

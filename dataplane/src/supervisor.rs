@@ -21,6 +21,7 @@ use zgate_table::DecisionTable;
 
 use crate::admin::{AdminEndpoint, AdminView};
 use crate::audit::{AuditNames, AuditWriter};
+use crate::channel::Channel;
 use crate::config::{Config, Host};
 use crate::metrics::{Count, M};
 use crate::operator::{json_string, Command, OperatorError, OperatorSocket};
@@ -65,8 +66,9 @@ pub enum ReloadError {
 
 /// What one reload did, for the log and for whoever asked (the operator socket).
 struct Reloaded {
-    /// The table published, or why none was.
-    table: Result<u64, ReloadError>,
+    /// The table published, or why none was; `None` when tables come from the
+    /// control process (`[control]`), not from a file.
+    table: Option<Result<u64, ReloadError>>,
     /// Per listener whose TLS material was refused: its name and every error.
     tls_refused: Vec<(String, Vec<String>)>,
 }
@@ -218,6 +220,7 @@ pub fn run(
             warn_unscoped_names(config, &t);
             Some(t)
         }
+        None if config.control.is_some() => None,
         None => {
             log(format_args!("no table configured: every flow is denied"));
             None
@@ -309,6 +312,12 @@ pub fn run(
     let published = Arc::new(Published::new(table, tls.to_vec()));
     let mut names = AuditNames::new(config.listeners.iter().map(|l| l.name.clone()).collect());
     names.published(published.table());
+    // With `[control]`: what the state directory holds is published before any worker
+    // runs (fail static), or nothing (fail closed).
+    let mut channel = config
+        .control
+        .as_ref()
+        .map(|c| Channel::start(c, &published, Instant::now()));
     let mut reloading = Reloading {
         tables: 0,
         table_failures: 0,
@@ -382,8 +391,9 @@ pub fn run(
         wake_all(workers);
     };
     let mut poll = PollSet::default();
-    // The table generation whose table `names` knows last.
-    let mut names_generation = published.generation();
+    // The table generation whose table `names` knows last (and the shadow one's).
+    let mut names_generation = 0;
+    let mut shadow_names_generation = 0;
     loop {
         // Wait for a signal, a client, or the next tick (100 ms at most, sooner when a
         // client's deadline falls before it). Clients never block this thread.
@@ -395,12 +405,14 @@ pub fn run(
         if let Some(o) = operator_socket.as_mut() {
             o.watch(&mut poll);
         }
+        let channel_at = channel.as_ref().and_then(|c| c.watch(&mut poll));
         let now = Instant::now();
         let tick = [
             admin.as_ref().and_then(AdminEndpoint::next_deadline),
             operator_socket
                 .as_ref()
                 .and_then(OperatorSocket::next_deadline),
+            channel.as_ref().and_then(Channel::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -417,6 +429,19 @@ pub fn run(
                     }
                     _ => drain(&format!("signal {sig}"), &mut drain_deadline, &workers),
                 }
+            }
+        }
+        if let Some(c) = channel.as_mut() {
+            let stats: Vec<&WorkerStats> = workers.iter().map(|w| &*w.stats).collect();
+            if c.turn(
+                now,
+                &poll,
+                channel_at,
+                &published,
+                &stats,
+                config.listeners.len(),
+            ) {
+                wake_all(&workers);
             }
         }
         if let Some(o) = operator_socket.as_mut() {
@@ -437,8 +462,23 @@ pub fn run(
                 }
                 Command::Status => {
                     let s = sum(&workers, config.listeners.len()).total;
+                    let control = channel.as_ref().map_or_else(
+                        || "null".to_string(),
+                        |c| {
+                            let v = c.view();
+                            format!(
+                                "{{\"name\":{},\"connected\":{},\"from_state_dir\":{},\"facts_version\":{},\"shadow_version\":{},\"last_error\":{}}}",
+                                json_string(c.name()),
+                                v.connected,
+                                v.from_state_dir,
+                                v.facts_version,
+                                v.shadow_version,
+                                v.last_error.as_deref().map_or("null".to_string(), json_string),
+                            )
+                        },
+                    );
                     format!(
-                        "{{\"ok\":true,\"phase\":{},\"table_version\":{},\"workers\":{},\"workers_ready\":{},\"connections_active\":{},\"accepted\":{},\"denied\":{},\"closed_by_policy\":{}}}",
+                        "{{\"ok\":true,\"phase\":{},\"table_version\":{},\"workers\":{},\"workers_ready\":{},\"connections_active\":{},\"accepted\":{},\"denied\":{},\"closed_by_policy\":{},\"control\":{control}}}",
                         json_string(published.phase().name()),
                         published
                             .table()
@@ -451,7 +491,7 @@ pub fn run(
                         s.value(M::Active),
                         s.value(M::Accepted),
                         s.value(M::Denied),
-                        s.value(M::ClosedByPolicy),
+                        s.total(M::ClosedByPolicy),
                     )
                 }
             });
@@ -459,6 +499,10 @@ pub fn run(
         if published.generation() != names_generation {
             names_generation = published.generation();
             names.published(published.table());
+        }
+        if published.shadow_generation() != shadow_names_generation {
+            shadow_names_generation = published.shadow_generation();
+            names.published(published.shadow());
         }
         audit.drain(workers.iter().map(|w| &*w.audit), AUDIT_BUDGET, &names);
         if let Some(a) = admin.as_mut() {
@@ -491,6 +535,7 @@ pub fn run(
                         Some((l.name.clone(), t.server.validity().1))
                     })
                     .collect(),
+                control: channel.as_ref().map(Channel::view),
             };
             a.turn(now, &poll, view);
         }
@@ -561,11 +606,14 @@ impl Reloading {
         published: &Published,
         audit: &mut AuditWriter,
     ) -> Reloaded {
-        let table = reload(why, config, published);
-        if table.is_ok() {
-            self.tables += 1;
-        } else {
-            self.table_failures += 1;
+        let table = config
+            .control
+            .is_none()
+            .then(|| reload(why, config, published));
+        match &table {
+            Some(Ok(_)) => self.tables += 1,
+            Some(Err(_)) => self.table_failures += 1,
+            None => {}
         }
         if let Err(e) = audit.reopen() {
             log(format_args!(
@@ -686,7 +734,7 @@ fn reload(why: &str, config: &Config, published: &Published) -> Result<u64, Relo
 /// table version now enforced, and every refusal with its reason (not "see the log").
 fn reload_answer(r: &Reloaded, enforced: Option<u64>) -> String {
     let mut problems = Vec::new();
-    if let Err(e) = &r.table {
+    if let Some(Err(e)) = &r.table {
         problems.push(e.to_string());
     }
     for (listener, errs) in &r.tls_refused {

@@ -75,6 +75,52 @@ impl IdSet {
         false
     }
 
+    /// Take `id` out; `false` if it was not there. Linear probing without tombstones:
+    /// the keys after the hole in its run move back where their probe would find them.
+    pub fn remove(&mut self, id: &str) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let h = hash(id.as_bytes());
+        let mask = self.slots.len().wrapping_sub(1);
+        let mut i = (h as usize) & mask;
+        let mut found = false;
+        for _ in 0..self.slots.len() {
+            match self.slots.get(i) {
+                Some(Some((sh, key))) if *sh == h && **key == *id => {
+                    found = true;
+                    break;
+                }
+                Some(Some(_)) => i = (i + 1) & mask,
+                _ => break,
+            }
+        }
+        if !found {
+            return false;
+        }
+        if let Some(slot) = self.slots.get_mut(i) {
+            *slot = None;
+        }
+        let mut hole = i;
+        let mut j = (i + 1) & mask;
+        while let Some(Some((hj, _))) = self.slots.get(j) {
+            let home = (*hj as usize) & mask;
+            // The key at `j` stays when its home lies cyclically in (hole, j].
+            let stays = if hole <= j {
+                hole < home && home <= j
+            } else {
+                hole < home || home <= j
+            };
+            if !stays {
+                self.slots.swap(hole, j);
+                hole = j;
+            }
+            j = (j + 1) & mask;
+        }
+        self.len -= 1;
+        true
+    }
+
     /// The strings held, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.slots.iter().flatten().map(|(_, k)| &**k)
@@ -151,6 +197,29 @@ mod tests {
             }
             let listed: HashSet<String> = set.iter().map(str::to_owned).collect();
             prop_assert_eq!(listed, reference);
+        }
+    }
+
+    proptest! {
+        /// Inserts and removals interleaved (short keys over a small alphabet, so runs
+        /// collide and wrap) agree with a `HashSet` after every step.
+        #[test]
+        fn removal_agrees_with_a_hash_set(
+            ops in prop::collection::vec((any::<bool>(), "[ab]{0,3}"), 0..300),
+        ) {
+            let mut set = IdSet::new();
+            let mut reference = HashSet::new();
+            for (insert, s) in &ops {
+                if *insert {
+                    prop_assert_eq!(set.insert(s.clone()), reference.insert(s.clone()));
+                } else {
+                    prop_assert_eq!(set.remove(s), reference.remove(s));
+                }
+                prop_assert_eq!(set.len(), reference.len());
+                for (_, p) in &ops {
+                    prop_assert_eq!(set.contains(p), reference.contains(p));
+                }
+            }
         }
     }
 

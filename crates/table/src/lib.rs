@@ -888,6 +888,13 @@ impl DecisionTable {
         self.version
     }
 
+    /// The same table under another version: how the control process re-publishes old
+    /// content (a rollback) without ever sending a version older than one enforced.
+    pub fn restamped(mut self, version: u64) -> DecisionTable {
+        self.version = version;
+        self
+    }
+
     /// The policy's source hash (SHA-256 over its files), carried through.
     pub fn policy_hash(&self) -> &[u8; 32] {
         &self.policy_hash

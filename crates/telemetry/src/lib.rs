@@ -33,8 +33,12 @@ pub const MAX_FIELD_LEN: usize = 256;
 pub enum AuditKind {
     /// The decision table decided a new flow (allow or deny).
     Decision,
-    /// A live flow was decided again (new table, expired constraints) and closed.
+    /// A live flow was decided again (new table, new facts, expired constraints) and
+    /// closed; `cause` says what made it decide again.
     ClosedByPolicy,
+    /// The shadow table would have decided a flow otherwise than the enforced one
+    /// (nothing was enforced from it); `rule` is the shadow table's.
+    Shadow,
     /// A TLS client was refused before any decision (bad certificate, garbage,
     /// handshake timeout...).
     TlsRefused,
@@ -105,6 +109,10 @@ pub struct AuditEvent {
     pub sni: Option<Arc<str>>,
     /// The TLS session was resumed from a ticket.
     pub resumed: bool,
+    /// For `closed_by_policy`: what closed the flow (`policy-changed`, `revoked`,
+    /// `posture`, `risk`, `grant-ended`, `schedule-ended`, `max-session`,
+    /// `certificate-expired`).
+    pub cause: Option<&'static str>,
     /// More about a refusal (the TLS library's words, the kernel's), bounded when
     /// written.
     pub detail: Option<Detail>,
@@ -152,6 +160,8 @@ struct Line<'a> {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     resumed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    cause: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
 }
 
@@ -174,6 +184,7 @@ impl AuditEvent {
             spiffe_id: self.spiffe_id.as_deref(),
             sni: self.sni.as_deref().map(bounded),
             resumed: self.resumed,
+            cause: self.cause,
             detail: self.detail.as_ref().map(|d| bounded(&d.to_string())),
         };
         serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::other)?;
@@ -290,6 +301,7 @@ mod tests {
             spiffe_id: Some("spiffe://corp.example/ns/trading/sa/pricer".into()),
             sni: None,
             resumed: false,
+            cause: None,
             detail: None,
         }
     }

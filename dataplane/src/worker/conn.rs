@@ -139,8 +139,9 @@ pub struct Conn {
     pub source: SocketAddr,
     /// Wall-clock second it was accepted (`Constraints::expires_at` counts from it).
     pub started_unix: UnixSeconds,
-    /// When its decision stops holding; the worker re-decides it then.
-    pub expires_at: Option<UnixSeconds>,
+    /// When its decision stops holding (and what runs out); the worker re-decides it
+    /// then.
+    pub expiry: Option<super::decide::Expiry>,
 }
 
 /// What a completion handler needs from the worker.
@@ -331,7 +332,7 @@ impl Conn {
             last_active: ctx.now,
             source: admitted.source,
             started_unix: admitted.started_unix,
-            expires_at: admitted.permit.expires_at(),
+            expiry: admitted.permit.expiry(),
         })
     }
 

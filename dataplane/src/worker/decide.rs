@@ -5,16 +5,39 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use zgate_table::facts::{Decision, FlowFacts, Reason, UnixSeconds};
+use zgate_proto::Cause;
+use zgate_table::facts::{DecidedBy, Decision, FlowFacts, Reason, UnixSeconds};
 use zgate_telemetry::{AuditEvent, AuditKind, RuleRef, Verdict};
 use zgate_tls::{Alert, RejectReason};
 
-use super::conn::{CloseKind, ConnectFailure, State};
+use super::conn::{CloseKind, ConnectFailure};
 use super::flow::Flow;
 use super::tls::{Refused, TlsState};
 use super::Worker;
 use crate::metrics::{Count, M};
 use crate::sys;
+
+/// What ends a permit first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ends {
+    /// The just-in-time grant the decision relied on.
+    Grant,
+    /// The schedule window the decision was made in.
+    Schedule,
+    /// The rule's `max_session`.
+    Session,
+    /// The client certificate chain's earliest notAfter.
+    Certificate,
+}
+
+/// When a permit stops holding, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// The instant (Unix seconds).
+    pub at: UnixSeconds,
+    /// What runs out then.
+    pub by: Ends,
+}
 
 /// Proof that a flow may go on: the decision that allowed it and the instant that
 /// stops holding (its grant, schedule or `max_session`, or its client certificate
@@ -23,13 +46,18 @@ use crate::sys;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Permit {
     decision: Decision,
-    expires_at: Option<UnixSeconds>,
+    expiry: Option<Expiry>,
 }
 
 impl Permit {
     /// When the flow must be decided again.
     pub fn expires_at(&self) -> Option<UnixSeconds> {
-        self.expires_at
+        self.expiry.map(|e| e.at)
+    }
+
+    /// When the flow must be decided again, and what runs out then.
+    pub fn expiry(&self) -> Option<Expiry> {
+        self.expiry
     }
 
     /// The decision that allowed it.
@@ -94,20 +122,134 @@ pub fn permit(
     if !decision.is_allow() {
         return Err(Refusal::Denied);
     }
-    let expires_at = match (
-        decision.constraints.expires_at(started),
-        chain.map(|(_, not_after)| not_after),
-    ) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    if expires_at.is_some_and(|e| now >= e) {
+    let c = decision.constraints;
+    let session_end = c
+        .max_session_secs
+        .map(|s| started.saturating_add(i64::try_from(s).unwrap_or(i64::MAX)));
+    let expiry = [
+        c.grant_end.map(|at| Expiry {
+            at,
+            by: Ends::Grant,
+        }),
+        c.schedule_end.map(|at| Expiry {
+            at,
+            by: Ends::Schedule,
+        }),
+        session_end.map(|at| Expiry {
+            at,
+            by: Ends::Session,
+        }),
+        chain.map(|(_, at)| Expiry {
+            at,
+            by: Ends::Certificate,
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .min_by_key(|e| e.at);
+    if expiry.is_some_and(|e| now >= e.at) {
         return Err(Refusal::ConstraintsExpired);
     }
-    Ok(Permit {
-        decision,
-        expires_at,
-    })
+    Ok(Permit { decision, expiry })
+}
+
+/// What made a live flow be decided again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A new table.
+    Table,
+    /// A fact delta that names the flow (or a whole new fact set).
+    Fact(Cause),
+    /// Its permit's expiry came due.
+    Timer,
+    /// A whole new fact set (after a reconnection to the control process), which may
+    /// touch any flow.
+    FactSet,
+}
+
+/// Why a re-decision closed a live flow: the `cause` of its audit record and the
+/// `reason` label of `zgate_flows_closed_by_policy_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum CloseReason {
+    /// A new table no longer allows it.
+    PolicyChanged,
+    /// Its principal or certificate was revoked.
+    Revoked,
+    /// Its device's posture no longer meets the rule.
+    Posture,
+    /// Its risk score rose above the rule's `max_risk`.
+    Risk,
+    /// The just-in-time grant it relied on ended (or was withdrawn).
+    GrantEnded,
+    /// The schedule window it was allowed in ended.
+    ScheduleEnded,
+    /// It reached its rule's `max_session`.
+    MaxSession,
+    /// Its client certificate chain expired.
+    CertificateExpired,
+    /// A whole new fact set no longer allows it.
+    FactsChanged,
+}
+
+impl CloseReason {
+    /// Every label, by discriminant.
+    pub const LABELS: &'static [&'static str] = &[
+        "policy-changed",
+        "revoked",
+        "posture",
+        "risk",
+        "grant-ended",
+        "schedule-ended",
+        "max-session",
+        "certificate-expired",
+        "facts-changed",
+    ];
+
+    /// The label.
+    pub fn label(self) -> &'static str {
+        Self::LABELS.get(self as usize).copied().unwrap_or("?")
+    }
+
+    /// Why a flow decided again on `trigger` is closed: a revocation says so whatever
+    /// triggered it; then a certificate out of its window; then the expiry of its
+    /// previous permit (`old`) when that has come; then what triggered it.
+    pub fn of(
+        trigger: Trigger,
+        decision: &Decision,
+        refusal: Refusal,
+        old: Option<Expiry>,
+        now: UnixSeconds,
+    ) -> CloseReason {
+        if matches!(
+            decision.decided_by,
+            DecidedBy::RevokedIdentity | DecidedBy::RevokedCertificate
+        ) {
+            return CloseReason::Revoked;
+        }
+        if matches!(
+            refusal,
+            Refusal::CertificateExpired | Refusal::CertificateNotYetValid
+        ) {
+            return CloseReason::CertificateExpired;
+        }
+        if let Some(e) = old.filter(|e| now >= e.at) {
+            return match e.by {
+                Ends::Grant => CloseReason::GrantEnded,
+                Ends::Schedule => CloseReason::ScheduleEnded,
+                Ends::Session => CloseReason::MaxSession,
+                Ends::Certificate => CloseReason::CertificateExpired,
+            };
+        }
+        match trigger {
+            Trigger::Table | Trigger::Timer => CloseReason::PolicyChanged,
+            Trigger::Fact(Cause::Revocation) => CloseReason::Revoked,
+            Trigger::Fact(Cause::Posture) => CloseReason::Posture,
+            Trigger::Fact(Cause::Risk) => CloseReason::Risk,
+            Trigger::Fact(Cause::Grant) => CloseReason::GrantEnded,
+            Trigger::FactSet => CloseReason::FactsChanged,
+        }
+    }
 }
 
 impl Worker {
@@ -125,31 +267,10 @@ impl Worker {
     /// Decide a flow by the current table, with every fact it was admitted with (for
     /// TLS flows: identity, device id, SNI, ALPN, certificate age).
     pub(super) fn decide_flow(&self, flow: &Flow) -> Decision {
-        let tls = match flow {
-            Flow::Plain(c) => return self.decide(c.listener, c.source.ip()),
-            Flow::Tls(t) => t,
-        };
-        let (Some(table), Some(l)) = (&self.table, self.listeners.get(tls.listener)) else {
-            return Decision::default_deny(Reason::NoRuleMatched);
-        };
-        let s = tls.session();
-        let id = s.identity();
-        let refs = id.map(|i| i.dns_refs());
-        let identity = match (id, refs.as_ref()) {
-            (Some(i), Some(r)) => Some(i.lend(r)),
-            _ => None,
-        };
-        let facts = FlowFacts {
-            service: &l.config.name,
-            source: tls.source.ip(),
-            sni: s.sni(),
-            alpn: s.alpn(),
-            identity,
-            device_id: id.and_then(|i| i.device_id.as_deref()),
-            cert_age_secs: id.map(|i| i.age_secs(self.unix_now)),
-            now: self.unix_now,
-        };
-        table.decide(&facts, &self.live_facts)
+        match &self.table {
+            Some(t) => self.decide_with(t, flow),
+            None => Decision::default_deny(Reason::NoRuleMatched),
+        }
     }
 
     /// A TLS flow whose handshake just completed: decide it, then connect the upstream
@@ -192,6 +313,16 @@ impl Worker {
             verdict.map(|_| ()),
             Some(t.session()),
         );
+        let shadow = self.shadow.as_ref().map(|s| self.decide_with(s, flow));
+        if self.shadow_new(
+            flow.audit_ref(),
+            verdict.is_ok(),
+            shadow,
+            flow.chain_window(),
+            Some(t.session()),
+        ) {
+            self.count(listener, M::ShadowDifferences);
+        }
         let Some(cfg) = self.listeners.get(listener).map(|l| Arc::clone(&l.config)) else {
             return;
         };
@@ -204,6 +335,8 @@ impl Worker {
             });
             return;
         };
+        // Allowed: a fact delta naming its principal, certificate or device finds it.
+        self.index_flow(i);
         let upstream = sys::upstream_socket(&cfg.upstream);
         let upstream_tls = self
             .listeners
@@ -228,25 +361,18 @@ impl Worker {
     /// it was admitted with, at the current time. Closes it (RST both ways: the flow is
     /// cut, not finished) when it may no longer go on; otherwise records when its new
     /// permit expires.
-    pub(super) fn redecide(&mut self, i: usize) {
-        self.decide_again(i);
+    pub(super) fn redecide(&mut self, i: usize, trigger: Trigger) {
+        self.decide_again(i, trigger);
         // A new decision may expire sooner than the flow's next check.
         self.schedule(i);
     }
 
-    fn decide_again(&mut self, i: usize) {
+    fn decide_again(&mut self, i: usize, trigger: Trigger) {
         let Some(Some(conn)) = self.slots.get(i).map(|s| s.conn.as_ref()) else {
             return;
         };
-        // Closing flows and TLS flows not yet decided are left alone. A TLS flow whose
-        // upstream connect is in flight was decided with the table of its `settle_tls`,
-        // which may be older than this one: it is re-decided like a plain one (review
-        // M2), so a denying table closes it before `on_connect` could open it.
-        let live = match conn {
-            Flow::Plain(_) => matches!(conn.state(), State::Open | State::Connecting),
-            Flow::Tls(t) => t.state.is_decided_and_live(),
-        };
-        if !live {
+        // Closing flows and TLS flows not yet decided are left alone.
+        if !conn.is_decided_and_live() {
             return;
         }
         let decision = self.decide_flow(conn);
@@ -256,21 +382,21 @@ impl Worker {
             self.unix_now,
             conn.chain_window(),
         );
-        if let Ok(p) = verdict {
-            if let Some(Some(conn)) = self.slots.get_mut(i).map(|s| s.conn.as_mut()) {
-                conn.set_expires_at(p.expires_at());
+        let refusal = match verdict {
+            Ok(p) => {
+                if let Some(Some(conn)) = self.slots.get_mut(i).map(|s| s.conn.as_mut()) {
+                    conn.set_expiry(p.expiry());
+                }
+                return;
             }
-            return;
-        }
+            Err(r) => r,
+        };
+        let why = CloseReason::of(trigger, &decision, refusal, conn.expiry(), self.unix_now);
         let listener = conn.listener();
-        self.audit_decision(
-            AuditKind::ClosedByPolicy,
-            conn.audit_ref(),
-            &decision,
-            verdict.map(|_| ()),
-            conn.tls_session(),
-        );
-        self.count(listener, M::ClosedByPolicy);
+        self.audit_closed(conn, &decision, refusal, why);
+        if let Some(c) = self.counters(listener) {
+            c.add_label(M::ClosedByPolicy, why as usize, 1);
+        }
         self.with_conn(i, |conn, ctx| conn.close(CloseKind::Reset, ctx));
     }
 
@@ -294,6 +420,7 @@ impl Worker {
             spiffe_id: None,
             sni: None,
             resumed: false,
+            cause: None,
             detail: None,
         }
     }
@@ -325,6 +452,29 @@ impl Worker {
                 by: d.decided_by,
             });
             if let Some(s) = tls {
+                e.spiffe_id = s.identity().map(|i| Arc::clone(&i.spiffe_id));
+                e.sni = s.sni_shared().cloned();
+                e.resumed = s.is_resumed();
+            }
+            e
+        });
+    }
+
+    /// Audit a live flow closed by a re-decision: the decision, and what closed it.
+    fn audit_closed(&self, conn: &Flow, d: &Decision, refusal: Refusal, why: CloseReason) {
+        self.audit.push_with(|| {
+            let mut e = self.audit_event(
+                AuditKind::ClosedByPolicy,
+                conn.audit_ref(),
+                refusal.label(d),
+            );
+            e.verdict = Some(Verdict::Deny);
+            e.rule = Some(RuleRef {
+                table_version: self.table.as_ref().map_or(0, |t| t.version()),
+                by: d.decided_by,
+            });
+            e.cause = Some(why.label());
+            if let Some(s) = conn.tls_session() {
                 e.spiffe_id = s.identity().map(|i| Arc::clone(&i.spiffe_id));
                 e.sni = s.sni_shared().cloned();
                 e.resumed = s.is_resumed();

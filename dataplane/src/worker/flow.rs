@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use super::conn::{CloseKind, Conn, Ctx, State};
+use super::decide::Expiry;
 use super::tls::TlsConn;
 use super::token::Op;
 
@@ -20,6 +21,18 @@ impl Flow {
         match self {
             Flow::Plain(c) => c.state,
             Flow::Tls(t) => t.coarse_state(),
+        }
+    }
+
+    /// Whether a re-decision applies: decided (or, for plain flows, being
+    /// connected) and not closing. A TLS flow whose upstream connect is in flight was
+    /// decided with the table of its `settle_tls`, which may be older than the current
+    /// one: it is re-decided like a plain one (review M2), so a denying table closes
+    /// it before `on_connect` could open it.
+    pub(super) fn is_decided_and_live(&self) -> bool {
+        match self {
+            Flow::Plain(_) => matches!(self.state(), State::Open | State::Connecting),
+            Flow::Tls(t) => t.state.is_decided_and_live(),
         }
     }
 
@@ -71,17 +84,21 @@ impl Flow {
         }
     }
 
-    pub(super) fn expires_at(&self) -> Option<i64> {
+    pub(super) fn expiry(&self) -> Option<Expiry> {
         match self {
-            Flow::Plain(c) => c.expires_at,
-            Flow::Tls(t) => t.expires_at,
+            Flow::Plain(c) => c.expiry,
+            Flow::Tls(t) => t.expiry,
         }
     }
 
-    pub(super) fn set_expires_at(&mut self, e: Option<i64>) {
+    pub(super) fn expires_at(&self) -> Option<i64> {
+        self.expiry().map(|e| e.at)
+    }
+
+    pub(super) fn set_expiry(&mut self, e: Option<Expiry>) {
         match self {
-            Flow::Plain(c) => c.expires_at = e,
-            Flow::Tls(t) => t.expires_at = e,
+            Flow::Plain(c) => c.expiry = e,
+            Flow::Tls(t) => t.expiry = e,
         }
     }
 

@@ -24,6 +24,8 @@
 pub mod conn;
 pub(crate) mod decide;
 mod flow;
+mod index;
+mod live;
 mod timers;
 pub mod tls;
 pub mod token;
@@ -35,7 +37,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use zgate_table::facts::LiveFacts;
+use zgate_table::facts::{FlowFacts, LiveFacts};
 use zgate_table::DecisionTable;
 use zgate_telemetry::{AuditKind, AuditQueue};
 use zgate_tls::{RejectReason, ServerTls};
@@ -47,7 +49,7 @@ use crate::metrics::{Count, Counters, M};
 use crate::shared::{Phase, Published, WorkerStats};
 use crate::sys::{self, Completion, Lent, Ring};
 use conn::{Admitted, CloseKind, Conn, Ctx, PipeBudget, State};
-pub use decide::{permit, Permit, Refusal};
+pub use decide::{permit, CloseReason, Permit, Refusal};
 use flow::Flow;
 use timers::Wheel;
 use tls::{Refused, TlsConn};
@@ -237,7 +239,20 @@ struct Worker {
     /// TLS output buffers ([`Ctx::out_pool`]).
     out_pool: tls::OutPool,
     audit: Arc<AuditQueue>,
-    live_facts: LiveFacts,
+    /// The facts decisions read, and the publication generation they came from.
+    live_facts: Arc<LiveFacts>,
+    facts_gen: u64,
+    /// Live TLS flows by principal, fingerprint and device.
+    index: index::FlowIndex,
+    /// Scratch for the slots a fact delta touches.
+    touched_slots: Vec<u32>,
+    /// The shadow table, if one is evaluated, and its publication generation.
+    shadow: Option<Arc<DecisionTable>>,
+    shadow_gen: u64,
+    /// The last impact query taken up.
+    impact_answered: u64,
+    /// Re-decisions and evaluations running in slices across loop turns.
+    sweeps: live::Sweeps,
     published: Arc<Published>,
     stats_out: Arc<WorkerStats>,
     /// The worker's own counters (worker-scope families); each listener has its own
@@ -319,7 +334,14 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         tls_gen: 0,
         out_pool: tls::OutPool::default(),
         audit: setup.audit,
-        live_facts: LiveFacts::default(),
+        live_facts: Arc::new(LiveFacts::default()),
+        facts_gen: 0,
+        index: index::FlowIndex::default(),
+        touched_slots: Vec::new(),
+        shadow: None,
+        shadow_gen: 0,
+        impact_answered: 0,
+        sweeps: live::Sweeps::default(),
         published: setup.published,
         stats_out: setup.stats,
         own: Counters::default(),
@@ -467,7 +489,8 @@ impl Worker {
         for i in 0..self.listeners.len() {
             self.arm_accept(i)?;
         }
-        self.refresh_table();
+        self.refresh_tls();
+        self.refresh_live();
         self.ring.submit().map_err(|source| WorkerError::Submit {
             worker: self.id,
             source,
@@ -501,7 +524,8 @@ impl Worker {
                 }
             }
             self.rearm_wake();
-            self.refresh_table();
+            self.refresh_tls();
+            self.refresh_live();
             let phase = self.published.phase();
             if phase != self.phase {
                 self.enter_phase(phase);
@@ -529,14 +553,16 @@ impl Worker {
             // other flow of the worker.
             let splices_running = self.ring.splicing()
                 && self.now.saturating_duration_since(self.last_splice_done) < SPLICE_STALLED;
-            let spinning = !splices_running
-                && match self.poll {
-                    PollMode::Interrupt => false,
-                    PollMode::Busy => true,
-                    PollMode::Adaptive { spin } => {
-                        self.now.saturating_duration_since(last_completion) < spin
-                    }
-                };
+            // A sweep under way runs a slice per turn: no sleeping until it is done.
+            let spinning = self.sweeps.active()
+                || !splices_running
+                    && match self.poll {
+                        PollMode::Interrupt => false,
+                        PollMode::Busy => true,
+                        PollMode::Adaptive { spin } => {
+                            self.now.saturating_duration_since(last_completion) < spin
+                        }
+                    };
             let waited = if spinning {
                 self.ring.submit_if_needed()
             } else {
@@ -575,7 +601,7 @@ impl Worker {
         Ok(())
     }
 
-    fn refresh_table(&mut self) {
+    fn refresh_tls(&mut self) {
         let tg = self.published.tls_generation();
         if tg != self.tls_gen {
             // New handshakes use the new material; running sessions keep theirs.
@@ -583,19 +609,6 @@ impl Worker {
             for (i, l) in self.listeners.iter_mut().enumerate() {
                 l.tls = self.published.listener_tls(i);
             }
-        }
-        let g = self.published.generation();
-        if g != self.table_gen {
-            self.table_gen = g;
-            self.table = self.published.table();
-            let v = self.table.as_ref().map_or(0, |t| t.version());
-            // Live flows were decided by the old table: decide them again.
-            for i in 0..self.slots.len() {
-                self.redecide(i);
-            }
-            self.stats_out
-                .table_version
-                .store(v, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -752,7 +765,7 @@ impl Worker {
         if due {
             // The decision's constraints ran out: decide again (it may still allow,
             // e.g. under a newer grant).
-            self.redecide(i);
+            self.redecide(i, decide::Trigger::Timer);
         }
         let mut expired = None;
         let mut handshake_timed_out = false;
@@ -867,6 +880,7 @@ impl Worker {
             }
             // INVARIANT: finished() means nothing is in flight for this slot.
             slot.conn = None;
+            self.index.remove(u32::try_from(i).unwrap_or(u32::MAX));
             slot.gen = next_gen(gen);
             self.free.push(u32::try_from(i).unwrap_or(u32::MAX));
             self.live = self.live.saturating_sub(1);
@@ -986,6 +1000,13 @@ impl Worker {
             verdict.map(|_| ()),
             None,
         );
+        if let Some(s) = self.shadow.as_deref() {
+            let facts = FlowFacts::plain(&config.name, peer.ip(), self.unix_now);
+            let d = s.decide(&facts, &self.live_facts);
+            if self.shadow_new(flow, verdict.is_ok(), Some(d), None, None) {
+                self.count(index, M::ShadowDifferences);
+            }
+        }
         let Ok(permit) = verdict else {
             self.count(index, M::Denied);
             return;

@@ -230,8 +230,8 @@ pub struct TlsConn {
     pub source: SocketAddr,
     /// Wall-clock second of the accept.
     pub started_unix: UnixSeconds,
-    /// When its decision stops holding.
-    pub expires_at: Option<UnixSeconds>,
+    /// When its decision stops holding (and what runs out).
+    pub expiry: Option<super::decide::Expiry>,
 }
 
 impl TlsConn {
@@ -277,7 +277,7 @@ impl TlsConn {
             last_active: ctx.now,
             source: flow.source,
             started_unix: 0,
-            expires_at: None,
+            expiry: None,
         };
         c.pump(ctx);
         Ok(c)
@@ -429,7 +429,7 @@ impl TlsConn {
                 }
             }
         }
-        self.expires_at = permit.expires_at();
+        self.expiry = permit.expiry();
         self.started_unix = started_unix;
         let mut mem = ConnMem::boxed(cfg.upstream, cfg.connect_timeout);
         let (c, t) = (ctx.ud(Op::Connect), ctx.ud(Op::ConnectTimeout));
