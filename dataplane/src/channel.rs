@@ -39,8 +39,6 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A report is sent at least this often.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
-/// Persisted facts are rewritten at most this often (a burst of deltas is one write).
-const PERSIST_EVERY: Duration = Duration::from_millis(100);
 /// Most bytes read from the socket per turn: a large table is taken over several
 /// turns so the supervisor keeps serving its other clients.
 const READ_PER_TURN: usize = 4 << 20;
@@ -253,7 +251,8 @@ pub struct Channel {
     link: Link,
     facts: LiveFacts,
     facts_version: u64,
-    facts_dirty: Option<Instant>,
+    /// Facts changed since they were last written to the state directory.
+    facts_dirty: bool,
     shadow_version: u64,
     from_state_dir: bool,
     next_impact: u64,
@@ -276,7 +275,7 @@ impl Channel {
             },
             facts: LiveFacts::default(),
             facts_version: 0,
-            facts_dirty: None,
+            facts_dirty: false,
             shadow_version: 0,
             from_state_dir: false,
             next_impact: 0,
@@ -320,15 +319,11 @@ impl Channel {
     }
 
     /// The next instant a turn has something to do without the socket: a
-    /// reconnection, a report, a facts write.
+    /// reconnection or a report.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let link = match &self.link {
+        Some(match &self.link {
             Link::Down { retry_at, .. } => *retry_at,
             Link::Up(c) => c.next_report,
-        };
-        Some(match self.facts_dirty {
-            Some(d) => link.min(d + PERSIST_EVERY),
-            None => link,
         })
     }
 
@@ -368,6 +363,16 @@ impl Channel {
                 Err(e) => self.refuse(now, &e),
             }
         }
+        // Enforced first (published above), then kept: once per turn, however many
+        // deltas the turn read, and before the report that says they are enforced.
+        if self.facts_dirty {
+            self.facts_dirty = false;
+            if let Err(e) = self.state.save_facts(&self.facts, self.facts_version) {
+                log(format_args!(
+                    "control: {e}; a restart would enforce older facts"
+                ));
+            }
+        }
         if let Link::Up(c) = &mut self.link {
             if let Some((id, local)) = c.impact {
                 if let Some(report) = impact_answer(id, local, workers) {
@@ -385,14 +390,6 @@ impl Channel {
         }
         if let Err(e) = self.flush() {
             self.down(now, &format!("control: channel lost: {e}"));
-        }
-        if self.facts_dirty.is_some_and(|d| now >= d + PERSIST_EVERY) {
-            self.facts_dirty = None;
-            if let Err(e) = self.state.save_facts(&self.facts, self.facts_version) {
-                log(format_args!(
-                    "control: {e}; a restart would enforce older facts"
-                ));
-            }
         }
         changed
     }
@@ -579,7 +576,7 @@ impl Channel {
         published.publish_facts(facts.clone(), None);
         self.facts = facts;
         self.facts_version = s.version;
-        self.facts_dirty.get_or_insert_with(monotonic_now);
+        self.facts_dirty = true;
         Ok(true)
     }
 
@@ -596,7 +593,7 @@ impl Channel {
         self.facts.version = d.to;
         self.facts_version = d.to;
         published.publish_facts(self.facts.clone(), Some(Touched::of(&d.changes)));
-        self.facts_dirty.get_or_insert_with(monotonic_now);
+        self.facts_dirty = true;
         Ok(true)
     }
 

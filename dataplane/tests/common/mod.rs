@@ -7,6 +7,7 @@
     reason = "each test binary uses a different subset of the helpers"
 )]
 
+pub mod control;
 pub mod pki;
 
 use std::io::{Read, Write};
@@ -136,6 +137,9 @@ pub struct Setup {
     pub connect_timeout: &'static str,
     /// `audit = ...` (default: stderr, which `Gateway::audit` reads).
     pub audit: Option<String>,
+    /// What `Gateway::start` waits for: `/readyz` (default), or `/healthz` for a
+    /// gateway that is meant not to be ready (fail closed).
+    pub ready_path: &'static str,
 }
 
 impl Setup {
@@ -154,6 +158,7 @@ impl Setup {
             prefix: Vec::new(),
             connect_timeout: "5s",
             audit: None,
+            ready_path: "/readyz",
         }
     }
 
@@ -216,7 +221,7 @@ impl Gateway {
             admin: setup.admin,
             table_path,
         };
-        gw.wait_ready();
+        gw.wait_ready(setup.ready_path);
         gw
     }
 
@@ -224,13 +229,13 @@ impl Gateway {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self, path: &str) {
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("zgate exited early ({status}):\n{}", self.log());
             }
-            if let Some((200, _)) = http_get(self.admin, "/readyz") {
+            if let Some((200, _)) = http_get(self.admin, path) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));

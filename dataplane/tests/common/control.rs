@@ -1,0 +1,200 @@
+//! A real `zgate-control serve` process for the tests, and its CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::WAIT;
+
+/// The `zgate-control` binary, built beside `zgate` (`cargo build --workspace`, or
+/// `cargo nextest run --workspace`, builds both).
+pub fn control_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_zgate")).with_file_name("zgate-control");
+    assert!(
+        p.exists(),
+        "`{}` is missing: build it with `cargo build -p zgate-control` (the workspace test run does)",
+        p.display()
+    );
+    p
+}
+
+/// A running control process with its policy, state and sockets in one temp dir.
+/// Killed on drop.
+pub struct Control {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub extra_args: Vec<String>,
+}
+
+impl Control {
+    /// Start one with the policy files `policy` (name, TOML text).
+    pub fn start(policy: &[(&str, &str)]) -> Control {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("policy")).unwrap();
+        for (name, text) in policy {
+            std::fs::write(dir.path().join("policy").join(name), text).unwrap();
+        }
+        let mut c = Control {
+            child: None,
+            dir,
+            extra_args: Vec::new(),
+        };
+        c.spawn();
+        c
+    }
+
+    /// Start one with extra `serve` flags.
+    pub fn start_with(policy: &[(&str, &str)], extra: &[String]) -> Control {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("policy")).unwrap();
+        for (name, text) in policy {
+            std::fs::write(dir.path().join("policy").join(name), text).unwrap();
+        }
+        let mut c = Control {
+            child: None,
+            dir,
+            extra_args: extra.to_vec(),
+        };
+        c.spawn();
+        c
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("control.sock")
+    }
+
+    pub fn channel(&self) -> PathBuf {
+        self.path("channel.sock")
+    }
+
+    /// The `[control]` table a gateway needs to subscribe (state in `state_dir`).
+    pub fn gateway_section(&self, state_dir: &Path) -> String {
+        format!(
+            "[control]\nsocket = {:?}\nstate_dir = {:?}\nname = \"gw-test\"\n",
+            self.channel(),
+            state_dir
+        )
+    }
+
+    /// (Re)start the process on the same directory; waits for its socket.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("control.log"))
+            .unwrap();
+        let child = Command::new(control_bin())
+            .arg("serve")
+            .arg("--policy-dir")
+            .arg(self.path("policy"))
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--channel")
+            .arg(self.channel())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok()
+                && self.log().contains("policy compiled")
+                || self.log().contains("policy `") && self.log().contains("refused")
+            {
+                return;
+            }
+            if let Some(s) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("zgate-control exited early ({s}):\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("zgate-control not serving after {WAIT:?}:\n{}", self.log());
+    }
+
+    /// SIGKILL it (a crash, not a stop).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("control.log")).unwrap_or_default()
+    }
+
+    /// Run the CLI against this process.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(control_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket())
+            .output()
+            .unwrap()
+    }
+
+    /// Run the CLI and insist it succeeds; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "zgate-control {args:?} failed ({}):\n{}{}\n--- control log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
+    }
+
+    /// Write a policy file (the watcher compiles it).
+    pub fn write_policy(&self, name: &str, text: &str) {
+        let tmp = self.path(&format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.path("policy").join(name)).unwrap();
+    }
+
+    /// Wait (bounded) until `status` satisfies `cond`; the last status.
+    pub fn wait_status(&self, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.status();
+            if cond(&s) || Instant::now() >= deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until every connected gateway reports `table` and `facts` versions.
+    pub fn wait_enforced(&self, gateways: usize) -> serde_json::Value {
+        self.wait_status(|s| {
+            let (t, f) = (&s["table_version"], &s["facts_version"]);
+            let dps = s["dataplanes"].as_array().cloned().unwrap_or_default();
+            dps.len() == gateways
+                && dps.iter().all(|d| {
+                    d["report"]["table_version"] == *t && d["report"]["facts_version"] == *f
+                })
+        })
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
