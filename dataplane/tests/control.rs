@@ -4,532 +4,542 @@
 //! the control process going away changes nothing enforced; a restarted gateway
 //! enforces what it persisted.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests wait on real processes: wall-clock deadlines are the point"
+)]
+
+#[cfg(test)]
 mod common;
 
-use std::io::{Read, Write};
-use std::time::Duration;
+#[cfg(test)]
+mod zero_trust_loop {
+    use std::io::{Read, Write};
+    use std::time::Duration;
 
-use common::control::Control;
-use common::pki::{client_config, connect_tls, echo_through, refused, Pki, Tls};
-use common::{http_get, Gateway, Setup, Upstream, WAIT};
-use zgate_devpki::{ClientSpec, Leaf};
+    use super::common::control::Control;
+    use super::common::pki::{client_config, connect_tls, echo_through, refused, Pki, Tls};
+    use super::common::{http_get, Gateway, Setup, Upstream, WAIT};
+    use zgate_devpki::{ClientSpec, Leaf};
 
-const TRADER: &str = "spiffe://corp.example/ns/trading/sa/pricer";
-const OTHER_TRADER: &str = "spiffe://corp.example/ns/trading/sa/quoter";
-const ENGINEER: &str = "spiffe://corp.example/ns/eng/sa/alice";
-const ONCALL: &str = "spiffe://corp.example/ns/ops/sa/bob";
+    const TRADER: &str = "spiffe://corp.example/ns/trading/sa/pricer";
+    const OTHER_TRADER: &str = "spiffe://corp.example/ns/trading/sa/quoter";
+    const ENGINEER: &str = "spiffe://corp.example/ns/eng/sa/alice";
+    const ONCALL: &str = "spiffe://corp.example/ns/ops/sa/bob";
 
-/// Traders always; engineers from managed devices at risk 50 or below; on-call only
-/// with a just-in-time grant.
-const POLICY: &str = r#"
-[[rule]]
-id = "traders"
-action = "allow"
-services = ["echo"]
-principals = ["spiffe://corp.example/ns/trading/*"]
+    /// Traders always; engineers from managed devices at risk 50 or below; on-call only
+    /// with a just-in-time grant.
+    const POLICY: &str = r#"
+    [[rule]]
+    id = "traders"
+    action = "allow"
+    services = ["echo"]
+    principals = ["spiffe://corp.example/ns/trading/*"]
 
-[[rule]]
-id = "engineers-on-managed-devices"
-action = "allow"
-services = ["echo"]
-principals = ["spiffe://corp.example/ns/eng/*"]
-posture = { managed = true }
-max_risk = 50
+    [[rule]]
+    id = "engineers-on-managed-devices"
+    action = "allow"
+    services = ["echo"]
+    principals = ["spiffe://corp.example/ns/eng/*"]
+    posture = { managed = true }
+    max_risk = 50
 
-[[rule]]
-id = "oncall-break-glass"
-action = "allow"
-services = ["echo"]
-principals = ["spiffe://corp.example/ns/ops/*"]
-requires_grant = true
-"#;
+    [[rule]]
+    id = "oncall-break-glass"
+    action = "allow"
+    services = ["echo"]
+    principals = ["spiffe://corp.example/ns/ops/*"]
+    requires_grant = true
+    "#;
 
-/// A gateway with one mTLS listener `echo`, subscribed to `control`, keeping its state
-/// in `state`.
-fn gateway(pki: &Pki, up: &Upstream, control: &Control, state: &std::path::Path) -> Gateway {
-    let mut setup = Setup::new(up.addr);
-    setup.table = None;
-    setup.workers = 2;
-    setup.listener_extra = pki.listener_tls("");
-    setup.tables_extra = control.gateway_section(state);
-    Gateway::start(&setup)
-}
-
-fn leaf(pki: &Pki, id: &str, device: Option<&str>) -> Leaf {
-    let mut spec = ClientSpec::spiffe(id);
-    if let Some(d) = device {
-        spec.extra_uris.push(format!("urn:device:{d}"));
+    /// A gateway with one mTLS listener `echo`, subscribed to `control`, keeping its state
+    /// in `state`.
+    fn gateway(pki: &Pki, up: &Upstream, control: &Control, state: &std::path::Path) -> Gateway {
+        let mut setup = Setup::new(up.addr);
+        setup.table = None;
+        setup.workers = 2;
+        setup.listener_extra = pki.listener_tls("");
+        setup.tables_extra = control.gateway_section(state);
+        Gateway::start(&setup)
     }
-    pki.client(&spec)
-}
 
-/// An open, echoing mTLS flow as `leaf`.
-fn flow(gw: &Gateway, pki: &Pki, leaf: &Leaf) -> Tls {
-    let mut s = connect_tls(gw, client_config(pki, Some(leaf)));
-    echo_through(&mut s, b"hello");
-    s
-}
-
-/// Whether the gateway closed `s` (reset or end of stream), waiting for it (bounded).
-fn closed(s: &mut Tls) -> bool {
-    s.sock.set_read_timeout(Some(WAIT)).unwrap();
-    let mut b = [0u8; 1];
-    match s.read(&mut b) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
+    fn leaf(pki: &Pki, id: &str, device: Option<&str>) -> Leaf {
+        let mut spec = ClientSpec::spiffe(id);
+        if let Some(d) = device {
+            spec.extra_uris.push(format!("urn:device:{d}"));
+        }
+        pki.client(&spec)
     }
-}
 
-/// Whether `s` still echoes.
-fn echoes(s: &mut Tls) -> bool {
-    s.sock
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    if s.write_all(b"x").and_then(|()| s.flush()).is_err() {
-        return false;
+    /// An open, echoing mTLS flow as `leaf`.
+    fn flow(gw: &Gateway, pki: &Pki, leaf: &Leaf) -> Tls {
+        let mut s = connect_tls(gw, client_config(pki, Some(leaf)));
+        echo_through(&mut s, b"hello");
+        s
     }
-    let mut b = [0u8; 1];
-    matches!(s.read(&mut b), Ok(1))
-}
 
-fn closed_because(gw: &Gateway, principal: &str, cause: &str) -> serde_json::Value {
-    gw.wait_audit(|e| {
-        e["event"] == "closed_by_policy" && e["spiffe_id"] == principal && e["cause"] == cause
-    })
-}
+    /// Whether the gateway closed `s` (reset or end of stream), waiting for it (bounded).
+    fn closed(s: &mut Tls) -> bool {
+        s.sock.set_read_timeout(Some(WAIT)).unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
 
-#[test]
-fn a_revocation_closes_exactly_the_flows_of_that_identity_among_a_thousand() {
-    let pki = Pki::new(&[]);
-    let up = Upstream::echo();
-    let control = Control::start(&[("p.toml", POLICY)]);
-    let state = tempfile::tempdir().unwrap();
-    let gw = gateway(&pki, &up, &control, state.path());
-    control.wait_enforced(1);
-    let (victim, bystander) = (leaf(&pki, TRADER, None), leaf(&pki, OTHER_TRADER, None));
-    // 1,000 live mTLS flows (2,000 descriptors in the gateway, 1,000 here: inside the
-    // 20,000 open-file cap); every tenth belongs to the identity revoked below.
-    let mut flows: Vec<(bool, Tls)> = (0..1000)
-        .map(|i| {
-            let mine = i % 10 == 0;
-            (
-                mine,
-                flow(&gw, &pki, if mine { &victim } else { &bystander }),
-            )
+    /// Whether `s` still echoes.
+    fn echoes(s: &mut Tls) -> bool {
+        s.sock
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        if s.write_all(b"x").and_then(|()| s.flush()).is_err() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        matches!(s.read(&mut b), Ok(1))
+    }
+
+    fn closed_because(gw: &Gateway, principal: &str, cause: &str) -> serde_json::Value {
+        gw.wait_audit(|e| {
+            e["event"] == "closed_by_policy" && e["spiffe_id"] == principal && e["cause"] == cause
         })
-        .collect();
-    let out = control.ok(&[
-        "revoke",
-        "--principal",
-        TRADER,
-        "--reason",
-        "laptop stolen, ticket SEC-1",
-    ]);
-    assert!(out.contains("revoked"), "{out}");
-    for (mine, s) in flows.iter_mut().filter(|(m, _)| *m) {
-        assert!(
-            *mine && closed(s),
-            "a flow of the revoked identity stayed open"
-        );
     }
-    for (_, s) in flows.iter_mut().filter(|(m, _)| !*m) {
-        assert!(echoes(s), "a flow of another identity was cut");
-    }
-    assert_eq!(
-        gw.metric_settled(
-            "zgate_flows_closed_by_policy_total{reason=\"revoked\"}",
-            100
-        ),
-        100
-    );
-    assert_eq!(gw.metric("zgate_flows_closed_by_policy_total"), 100);
-    let e = closed_because(&gw, TRADER, "revoked");
-    assert_eq!(e["rule"], "revoked-identity");
-    // New flows of that identity are refused; others still get in.
-    assert!(refused(connect_tls(
-        &gw,
-        client_config(&pki, Some(&victim))
-    )));
-    drop(flow(&gw, &pki, &bystander));
-    // The control process audited who did it and the resulting version.
-    let audit = std::fs::read_to_string(control.path("state/audit.jsonl")).unwrap();
-    let line = audit
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|l| l["what"] == "revoke")
-        .expect("no audit line for the revocation");
-    assert!(line["who"].as_str().unwrap().starts_with("uid "), "{line}");
-    assert_eq!(line["facts_version"], 1);
-    // Lifted: the identity gets in again.
-    control.ok(&["unrevoke", "--principal", TRADER]);
-    control.wait_enforced(1);
-    drop(flow(&gw, &pki, &victim));
-}
 
-#[test]
-fn policy_edits_take_effect_and_a_broken_policy_changes_nothing() {
-    let pki = Pki::new(&[]);
-    let up = Upstream::echo();
-    let control = Control::start(&[("p.toml", POLICY)]);
-    let state = tempfile::tempdir().unwrap();
-    let gw = gateway(&pki, &up, &control, state.path());
-    control.wait_enforced(1);
-    let trader = leaf(&pki, TRADER, None);
-    let mut live = flow(&gw, &pki, &trader);
-
-    // A broken edit: refused with its report, the old table stays.
-    control.write_policy(
-        "broken.toml",
-        "[[rule]]\nid = \"x\"\naction = \"allow\"\nservices = [\"echo\"]\nprincipalz = []\n",
-    );
-    let s = control.wait_status(|s| !s["policy_error"].is_null());
-    let errors = s["policy_error"]["errors"].to_string();
-    assert!(
-        errors.contains("broken.toml:5:1") && errors.contains("principalz"),
-        "{errors}"
-    );
-    assert_eq!(s["table_version"], 1);
-    assert!(echoes(&mut live));
-    let text = control.ok(&["status"]);
-    assert!(text.contains("policy REFUSED"), "{text}");
-
-    // Fixed, and traders dropped from the policy: new flows follow, the live one closes.
-    std::fs::remove_file(control.path("policy/broken.toml")).unwrap();
-    control.write_policy("p.toml", &POLICY.replace("ns/trading/*", "ns/nobody/*"));
-    let s = control.wait_status(|s| s["table_version"] == 2 && s["policy_error"].is_null());
-    assert_eq!(s["table_version"], 2, "{s}");
-    assert!(closed(&mut live));
-    closed_because(&gw, TRADER, "policy-changed");
-    assert!(refused(connect_tls(
-        &gw,
-        client_config(&pki, Some(&trader))
-    )));
-
-    // Rolled back: version 3 carries version 1's rules.
-    let out = control.ok(&["rollback", "1"]);
-    assert!(out.contains("table version 3"), "{out}");
-    control.wait_enforced(1);
-    drop(flow(&gw, &pki, &trader));
-    assert_eq!(gw.metric("zgate_table_version"), 3);
-}
-
-#[test]
-fn posture_risk_and_grants_reach_live_flows() {
-    let pki = Pki::new(&[]);
-    let up = Upstream::echo();
-    let control = Control::start(&[("p.toml", POLICY)]);
-    let state = tempfile::tempdir().unwrap();
-    let gw = gateway(&pki, &up, &control, state.path());
-    control.wait_enforced(1);
-    let alice = leaf(&pki, ENGINEER, Some("laptop-7"));
-    // Unknown posture meets no requirement.
-    assert!(refused(connect_tls(&gw, client_config(&pki, Some(&alice)))));
-    control.ok(&[
-        "posture",
-        "set",
-        "laptop-7",
-        "managed=true",
-        "edr_running=true",
-    ]);
-    control.wait_enforced(1);
-    let mut a = flow(&gw, &pki, &alice);
-    // Risk above the rule's max_risk: closed.
-    control.ok(&["risk", "set", "--principal", ENGINEER, "80"]);
-    assert!(closed(&mut a));
-    closed_because(&gw, ENGINEER, "risk");
-    control.ok(&["risk", "clear", "--principal", ENGINEER]);
-    control.wait_enforced(1);
-    let mut a = flow(&gw, &pki, &alice);
-    // The device reported compromised: closed.
-    control.ok(&["posture", "set", "laptop-7", "compromised=true"]);
-    assert!(closed(&mut a));
-    closed_because(&gw, ENGINEER, "posture");
-
-    // On-call: nothing without a grant; a grant lets in, then ends by itself.
-    let bob = leaf(&pki, ONCALL, None);
-    assert!(refused(connect_tls(&gw, client_config(&pki, Some(&bob)))));
-    control.ok(&[
-        "grant",
-        "--principal",
-        ONCALL,
-        "--service",
-        "echo",
-        "--for",
-        "2s",
-        "--reason",
-        "INC-42",
-    ]);
-    control.wait_enforced(1);
-    let mut b = flow(&gw, &pki, &bob);
-    assert!(closed(&mut b), "the grant's end did not close the flow");
-    closed_because(&gw, ONCALL, "grant-ended");
-    assert!(refused(connect_tls(&gw, client_config(&pki, Some(&bob)))));
-    assert!(gw.metric("zgate_flows_closed_by_policy_total{reason=\"grant-ended\"}") >= 1);
-}
-
-#[test]
-fn the_gateway_enforces_without_the_control_process_and_after_its_own_restart() {
-    let pki = Pki::new(&[]);
-    let up = Upstream::echo();
-    let mut control = Control::start(&[("p.toml", POLICY)]);
-    let state = tempfile::tempdir().unwrap();
-    let trader = leaf(&pki, TRADER, None);
-    let other = leaf(&pki, OTHER_TRADER, None);
-    {
+    #[test]
+    fn a_revocation_closes_exactly_the_flows_of_that_identity_among_a_thousand() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let control = Control::start(&[("p.toml", POLICY)]);
+        let state = tempfile::tempdir().unwrap();
         let gw = gateway(&pki, &up, &control, state.path());
-        control.ok(&["revoke", "--principal", TRADER]);
         control.wait_enforced(1);
-        let mut live = flow(&gw, &pki, &other);
-        // The control process dies: nothing enforced changes.
-        control.kill();
+        let (victim, bystander) = (leaf(&pki, TRADER, None), leaf(&pki, OTHER_TRADER, None));
+        // 1,000 live mTLS flows (2,000 descriptors in the gateway, 1,000 here: inside the
+        // 20,000 open-file cap); every tenth belongs to the identity revoked below.
+        let mut flows: Vec<(bool, Tls)> = (0..1000)
+            .map(|i| {
+                let mine = i % 10 == 0;
+                (
+                    mine,
+                    flow(&gw, &pki, if mine { &victim } else { &bystander }),
+                )
+            })
+            .collect();
+        let out = control.ok(&[
+            "revoke",
+            "--principal",
+            TRADER,
+            "--reason",
+            "laptop stolen, ticket SEC-1",
+        ]);
+        assert!(out.contains("revoked"), "{out}");
+        for (mine, s) in flows.iter_mut().filter(|(m, _)| *m) {
+            assert!(
+                *mine && closed(s),
+                "a flow of the revoked identity stayed open"
+            );
+        }
+        for (_, s) in flows.iter_mut().filter(|(m, _)| !*m) {
+            assert!(echoes(s), "a flow of another identity was cut");
+        }
+        assert_eq!(
+            gw.metric_settled(
+                "zgate_flows_closed_by_policy_total{reason=\"revoked\"}",
+                100
+            ),
+            100
+        );
+        assert_eq!(gw.metric("zgate_flows_closed_by_policy_total"), 100);
+        let e = closed_because(&gw, TRADER, "revoked");
+        assert_eq!(e["rule"], "revoked-identity");
+        // New flows of that identity are refused; others still get in.
+        assert!(refused(connect_tls(
+            &gw,
+            client_config(&pki, Some(&victim))
+        )));
+        drop(flow(&gw, &pki, &bystander));
+        // The control process audited who did it and the resulting version.
+        let audit = std::fs::read_to_string(control.path("state/audit.jsonl")).unwrap();
+        let line = audit
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|l| l["what"] == "revoke")
+            .expect("no audit line for the revocation");
+        assert!(line["who"].as_str().unwrap().starts_with("uid "), "{line}");
+        assert_eq!(line["facts_version"], 1);
+        // Lifted: the identity gets in again.
+        control.ok(&["unrevoke", "--principal", TRADER]);
+        control.wait_enforced(1);
+        drop(flow(&gw, &pki, &victim));
+    }
+
+    #[test]
+    fn policy_edits_take_effect_and_a_broken_policy_changes_nothing() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let control = Control::start(&[("p.toml", POLICY)]);
+        let state = tempfile::tempdir().unwrap();
+        let gw = gateway(&pki, &up, &control, state.path());
+        control.wait_enforced(1);
+        let trader = leaf(&pki, TRADER, None);
+        let mut live = flow(&gw, &pki, &trader);
+
+        // A broken edit: refused with its report, the old table stays.
+        control.write_policy(
+            "broken.toml",
+            "[[rule]]\nid = \"x\"\naction = \"allow\"\nservices = [\"echo\"]\nprincipalz = []\n",
+        );
+        let s = control.wait_status(|s| !s["policy_error"].is_null());
+        let errors = s["policy_error"]["errors"].to_string();
+        assert!(
+            errors.contains("broken.toml:5:1") && errors.contains("principalz"),
+            "{errors}"
+        );
+        assert_eq!(s["table_version"], 1);
         assert!(echoes(&mut live));
+        let text = control.ok(&["status"]);
+        assert!(text.contains("policy REFUSED"), "{text}");
+
+        // Fixed, and traders dropped from the policy: new flows follow, the live one closes.
+        std::fs::remove_file(control.path("policy/broken.toml")).unwrap();
+        control.write_policy("p.toml", &POLICY.replace("ns/trading/*", "ns/nobody/*"));
+        let s = control.wait_status(|s| s["table_version"] == 2 && s["policy_error"].is_null());
+        assert_eq!(s["table_version"], 2, "{s}");
+        assert!(closed(&mut live));
+        closed_because(&gw, TRADER, "policy-changed");
         assert!(refused(connect_tls(
             &gw,
             client_config(&pki, Some(&trader))
         )));
-        drop(flow(&gw, &pki, &other));
-        let (code, body) = http_get(gw.admin, "/readyz").unwrap();
-        assert_eq!(code, 200, "{body}");
-        assert!(
-            body.contains("unreachable") && body.contains("fail static"),
-            "{body}"
-        );
-    }
-    // The gateway restarts while the control process is still down: it enforces the
-    // table and facts it persisted (the revocation included).
-    let gw = gateway(&pki, &up, &control, state.path());
-    assert!(gw.log().contains("fail static"), "{}", gw.log());
-    let (_, body) = http_get(gw.admin, "/readyz").unwrap();
-    assert!(body.contains("persisted"), "{body}");
-    drop(flow(&gw, &pki, &other));
-    assert!(refused(connect_tls(
-        &gw,
-        client_config(&pki, Some(&trader))
-    )));
-    // The control process comes back: the gateway resubscribes.
-    control.spawn();
-    control.wait_enforced(1);
-    assert!(gw.wait_metric("zgate_control_connects_total", 1) >= 1);
-}
 
-#[test]
-fn a_gateway_with_nothing_persisted_and_no_control_process_denies_everything() {
-    let pki = Pki::new(&[]);
-    let up = Upstream::echo();
-    let mut control = Control::start(&[("p.toml", POLICY)]);
-    control.kill();
-    let state = tempfile::tempdir().unwrap();
-    let mut setup = Setup::new(up.addr);
-    setup.table = None;
-    setup.listener_extra = pki.listener_tls("");
-    setup.tables_extra = control.gateway_section(state.path());
-    setup.ready_path = "/healthz";
-    let gw = Gateway::start(&setup);
-    let (code, body) = http_get(gw.admin, "/readyz").unwrap();
-    assert_eq!(code, 503, "{body}");
-    assert!(body.contains("fail closed"), "{body}");
-    let trader = leaf(&pki, TRADER, None);
-    assert!(refused(connect_tls(
-        &gw,
-        client_config(&pki, Some(&trader))
-    )));
-    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
-    // A corrupt state file is the same: nothing it says is trusted.
-    drop(gw);
-    std::fs::write(state.path().join("table.zgt"), b"ZGTBL\0\r\n garbage").unwrap();
-    std::fs::write(state.path().join("facts.zgf"), b"ZGCP").unwrap();
-    let gw = Gateway::start(&setup);
-    assert!(gw.log().contains("does not verify"), "{}", gw.log());
-    assert_eq!(http_get(gw.admin, "/readyz").unwrap().0, 503);
-}
-
-#[test]
-fn a_malformed_or_older_message_closes_the_channel_and_changes_nothing() {
-    use std::os::unix::net::UnixListener;
-    use zgate_proto::{Encoder, FactsSnapshot, Message};
-
-    let pki = Pki::new(&[]);
-    let up = Upstream::echo();
-    let control = Control::start(&[("p.toml", POLICY)]);
-    let state = tempfile::tempdir().unwrap();
-    let trader = leaf(&pki, TRADER, None);
-    {
-        let gw = gateway(&pki, &up, &control, state.path());
-        control.ok(&["revoke", "--principal", OTHER_TRADER]);
+        // Rolled back: version 3 carries version 1's rules.
+        let out = control.ok(&["rollback", "1"]);
+        assert!(out.contains("table version 3"), "{out}");
         control.wait_enforced(1);
+        drop(flow(&gw, &pki, &trader));
+        assert_eq!(gw.metric("zgate_table_version"), 3);
+    }
+
+    #[test]
+    fn posture_risk_and_grants_reach_live_flows() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let control = Control::start(&[("p.toml", POLICY)]);
+        let state = tempfile::tempdir().unwrap();
+        let gw = gateway(&pki, &up, &control, state.path());
+        control.wait_enforced(1);
+        let alice = leaf(&pki, ENGINEER, Some("laptop-7"));
+        // Unknown posture meets no requirement.
+        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&alice)))));
+        control.ok(&[
+            "posture",
+            "set",
+            "laptop-7",
+            "managed=true",
+            "edr_running=true",
+        ]);
+        control.wait_enforced(1);
+        let mut a = flow(&gw, &pki, &alice);
+        // Risk above the rule's max_risk: closed.
+        control.ok(&["risk", "set", "--principal", ENGINEER, "80"]);
+        assert!(closed(&mut a));
+        closed_because(&gw, ENGINEER, "risk");
+        control.ok(&["risk", "clear", "--principal", ENGINEER]);
+        control.wait_enforced(1);
+        let mut a = flow(&gw, &pki, &alice);
+        // The device reported compromised: closed.
+        control.ok(&["posture", "set", "laptop-7", "compromised=true"]);
+        assert!(closed(&mut a));
+        closed_because(&gw, ENGINEER, "posture");
+
+        // On-call: nothing without a grant; a grant lets in, then ends by itself.
+        let bob = leaf(&pki, ONCALL, None);
+        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&bob)))));
+        control.ok(&[
+            "grant",
+            "--principal",
+            ONCALL,
+            "--service",
+            "echo",
+            "--for",
+            "2s",
+            "--reason",
+            "INC-42",
+        ]);
+        control.wait_enforced(1);
+        let mut b = flow(&gw, &pki, &bob);
+        assert!(closed(&mut b), "the grant's end did not close the flow");
+        closed_because(&gw, ONCALL, "grant-ended");
+        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&bob)))));
+        assert!(gw.metric("zgate_flows_closed_by_policy_total{reason=\"grant-ended\"}") >= 1);
+    }
+
+    #[test]
+    fn the_gateway_enforces_without_the_control_process_and_after_its_own_restart() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let mut control = Control::start(&[("p.toml", POLICY)]);
+        let state = tempfile::tempdir().unwrap();
+        let trader = leaf(&pki, TRADER, None);
+        let other = leaf(&pki, OTHER_TRADER, None);
+        {
+            let gw = gateway(&pki, &up, &control, state.path());
+            control.ok(&["revoke", "--principal", TRADER]);
+            control.wait_enforced(1);
+            let mut live = flow(&gw, &pki, &other);
+            // The control process dies: nothing enforced changes.
+            control.kill();
+            assert!(echoes(&mut live));
+            assert!(refused(connect_tls(
+                &gw,
+                client_config(&pki, Some(&trader))
+            )));
+            drop(flow(&gw, &pki, &other));
+            let (code, body) = http_get(gw.admin, "/readyz").unwrap();
+            assert_eq!(code, 200, "{body}");
+            assert!(
+                body.contains("unreachable") && body.contains("fail static"),
+                "{body}"
+            );
+        }
+        // The gateway restarts while the control process is still down: it enforces the
+        // table and facts it persisted (the revocation included).
+        let gw = gateway(&pki, &up, &control, state.path());
+        assert!(gw.log().contains("fail static"), "{}", gw.log());
+        let (_, body) = http_get(gw.admin, "/readyz").unwrap();
+        assert!(body.contains("persisted"), "{body}");
+        drop(flow(&gw, &pki, &other));
+        assert!(refused(connect_tls(
+            &gw,
+            client_config(&pki, Some(&trader))
+        )));
+        // The control process comes back: the gateway resubscribes.
+        control.spawn();
+        control.wait_enforced(1);
+        assert!(gw.wait_metric("zgate_control_connects_total", 1) >= 1);
+    }
+
+    #[test]
+    fn a_gateway_with_nothing_persisted_and_no_control_process_denies_everything() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let mut control = Control::start(&[("p.toml", POLICY)]);
+        control.kill();
+        let state = tempfile::tempdir().unwrap();
+        let mut setup = Setup::new(up.addr);
+        setup.table = None;
+        setup.listener_extra = pki.listener_tls("");
+        setup.tables_extra = control.gateway_section(state.path());
+        setup.ready_path = "/healthz";
+        let gw = Gateway::start(&setup);
+        let (code, body) = http_get(gw.admin, "/readyz").unwrap();
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("fail closed"), "{body}");
+        let trader = leaf(&pki, TRADER, None);
+        assert!(refused(connect_tls(
+            &gw,
+            client_config(&pki, Some(&trader))
+        )));
+        assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // A corrupt state file is the same: nothing it says is trusted.
         drop(gw);
+        std::fs::write(state.path().join("table.zgt"), b"ZGTBL\0\r\n garbage").unwrap();
+        std::fs::write(state.path().join("facts.zgf"), b"ZGCP").unwrap();
+        let gw = Gateway::start(&setup);
+        assert!(gw.log().contains("does not verify"), "{}", gw.log());
+        assert_eq!(http_get(gw.admin, "/readyz").unwrap().0, 503);
     }
-    let mut control = control;
-    control.kill();
-    // An impostor on the channel socket: first garbage, then (on the reconnection) an
-    // older fact set that would lift the revocation.
-    let _ = std::fs::remove_file(control.channel());
-    let l = UnixListener::bind(control.channel()).unwrap();
-    let gw = gateway(&pki, &up, &control, state.path());
-    let (mut s, _) = l.accept().unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-    let e = gw.wait_metric("zgate_control_refusals_total", 1);
-    assert_eq!(e, 1);
-    let (mut s, _) = l.accept().unwrap();
-    let mut out = Vec::new();
-    Encoder::new().encode(
-        &Message::Facts(FactsSnapshot {
-            version: 0,
-            changes: vec![],
-        }),
-        &mut out,
-    );
-    s.write_all(&out).unwrap();
-    assert_eq!(gw.wait_metric("zgate_control_refusals_total", 2), 2);
-    assert!(
-        gw.log().contains("older than the enforced 1"),
-        "{}",
-        gw.log()
-    );
-    // Still enforced: the revocation stands, traders get in.
-    let other = leaf(&pki, OTHER_TRADER, None);
-    assert!(refused(connect_tls(&gw, client_config(&pki, Some(&other)))));
-    drop(flow(&gw, &pki, &trader));
-}
 
-#[test]
-fn shadow_mode_reports_what_would_change_enforces_nothing_and_can_be_promoted() {
-    let pki = Pki::new(&[]);
-    let up = Upstream::echo();
-    let control = Control::start(&[("p.toml", POLICY)]);
-    let state = tempfile::tempdir().unwrap();
-    let gw = gateway(&pki, &up, &control, state.path());
-    control.wait_enforced(1);
-    let trader = leaf(&pki, TRADER, None);
-    let other = leaf(&pki, OTHER_TRADER, None);
-    let mut t1 = flow(&gw, &pki, &trader);
-    let mut t2 = flow(&gw, &pki, &trader);
-    let mut o1 = flow(&gw, &pki, &other);
-    // The candidate admits only the quoter.
-    let candidate = control.path("candidate");
-    std::fs::create_dir_all(&candidate).unwrap();
-    std::fs::write(
-        candidate.join("p.toml"),
-        POLICY.replace("ns/trading/*", "ns/trading/sa/quoter"),
-    )
-    .unwrap();
-    let out = control.ok(&["apply", "--shadow", candidate.to_str().unwrap()]);
-    assert!(out.contains("shadow"), "{out}");
-    let impact: serde_json::Value =
-        serde_json::from_str(&control.ok(&["impact", "--json"])).unwrap();
-    assert_eq!(impact["would_close"], 2, "{impact}");
-    let flows = impact["dataplanes"][0]["flows"].as_array().unwrap().clone();
-    assert_eq!(flows.len(), 2);
-    for f in &flows {
-        assert_eq!(f["principal"], TRADER);
-        assert_eq!(f["listener"], "echo");
-        assert_eq!(f["rule"], "default-deny");
+    #[test]
+    fn a_malformed_or_older_message_closes_the_channel_and_changes_nothing() {
+        use std::os::unix::net::UnixListener;
+        use zgate_proto::{Encoder, FactsSnapshot, Message};
+
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let control = Control::start(&[("p.toml", POLICY)]);
+        let state = tempfile::tempdir().unwrap();
+        let trader = leaf(&pki, TRADER, None);
+        {
+            let gw = gateway(&pki, &up, &control, state.path());
+            control.ok(&["revoke", "--principal", OTHER_TRADER]);
+            control.wait_enforced(1);
+            drop(gw);
+        }
+        let mut control = control;
+        control.kill();
+        // An impostor on the channel socket: first garbage, then (on the reconnection) an
+        // older fact set that would lift the revocation.
+        let _ = std::fs::remove_file(control.channel());
+        let l = UnixListener::bind(control.channel()).unwrap();
+        let gw = gateway(&pki, &up, &control, state.path());
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let e = gw.wait_metric("zgate_control_refusals_total", 1);
+        assert_eq!(e, 1);
+        let (mut s, _) = l.accept().unwrap();
+        let mut out = Vec::new();
+        Encoder::new().encode(
+            &Message::Facts(FactsSnapshot {
+                version: 0,
+                changes: vec![],
+            }),
+            &mut out,
+        );
+        s.write_all(&out).unwrap();
+        assert_eq!(gw.wait_metric("zgate_control_refusals_total", 2), 2);
+        assert!(
+            gw.log().contains("older than the enforced 1"),
+            "{}",
+            gw.log()
+        );
+        // Still enforced: the revocation stands, traders get in.
+        let other = leaf(&pki, OTHER_TRADER, None);
+        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&other)))));
+        drop(flow(&gw, &pki, &trader));
     }
-    let text = control.ok(&["impact"]);
-    assert!(text.contains("would close 2 live flow(s)"), "{text}");
-    // Nothing enforced: all three still echo, a new trader flow still gets in, and
-    // that decision is counted and audited as a shadow difference.
-    assert!(echoes(&mut t1) && echoes(&mut t2) && echoes(&mut o1));
-    drop(flow(&gw, &pki, &trader));
-    let e = gw.wait_audit(|e| e["event"] == "shadow" && e["verdict"] == "deny");
-    assert_eq!(e["spiffe_id"], TRADER);
-    assert!(gw.wait_metric("zgate_shadow_differences_total", 3) >= 3);
-    // Promoted: the trader flows close, the quoter's stays.
-    control.ok(&["promote"]);
-    assert!(closed(&mut t1) && closed(&mut t2));
-    assert!(echoes(&mut o1));
-    assert!(control.status()["shadow"].is_null());
-}
 
-#[test]
-fn the_sockets_admit_only_whom_they_should() {
-    let token = "0123456789abcdef0123456789abcdef-siem";
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, format!("# SIEM\nsiem {token}\n")).unwrap();
-    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let port = common::free_port();
-    let control = Control::start_with(
-        &[("p.toml", POLICY)],
-        &[
-            "--api".into(),
-            format!("127.0.0.1:{port}"),
-            "--api-tokens".into(),
-            tokens.display().to_string(),
-        ],
-    );
-    // No token, a wrong token: 401, nothing changes.
-    let api = |auth: Option<&str>, body: &str| -> (u16, String) {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let auth = auth.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-        write!(
-            s,
-            "POST /v1/revocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
+    #[test]
+    fn shadow_mode_reports_what_would_change_enforces_nothing_and_can_be_promoted() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let control = Control::start(&[("p.toml", POLICY)]);
+        let state = tempfile::tempdir().unwrap();
+        let gw = gateway(&pki, &up, &control, state.path());
+        control.wait_enforced(1);
+        let trader = leaf(&pki, TRADER, None);
+        let other = leaf(&pki, OTHER_TRADER, None);
+        let mut t1 = flow(&gw, &pki, &trader);
+        let mut t2 = flow(&gw, &pki, &trader);
+        let mut o1 = flow(&gw, &pki, &other);
+        // The candidate admits only the quoter.
+        let candidate = control.path("candidate");
+        std::fs::create_dir_all(&candidate).unwrap();
+        std::fs::write(
+            candidate.join("p.toml"),
+            POLICY.replace("ns/trading/*", "ns/trading/sa/quoter"),
         )
         .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let code = resp.split(' ').nth(1).unwrap().parse().unwrap();
-        (code, resp)
-    };
-    let body = format!("{{\"principal\":\"{TRADER}\",\"reason\":\"EDR alert 7\"}}");
-    assert_eq!(api(None, &body).0, 401);
-    assert_eq!(api(Some("not-the-token-not-the-token-xxxx"), &body).0, 401);
-    assert_eq!(control.status()["facts_version"], 0);
-    let (code, resp) = api(Some(token), &body);
-    assert_eq!(code, 200, "{resp}");
-    assert_eq!(control.status()["facts_version"], 1);
-    let audit = std::fs::read_to_string(control.path("state/audit.jsonl")).unwrap();
-    assert!(audit.contains("\"who\":\"token siem\""), "{audit}");
-    // Bad input: a clear 400, nothing changes.
-    let (code, resp) = api(Some(token), "{\"principal\":\"alice\"}");
-    assert_eq!(code, 400, "{resp}");
-    assert!(resp.contains("not a SPIFFE ID"), "{resp}");
-    assert_eq!(control.status()["facts_version"], 1);
-
-    // The operator socket, as a uid that is not admitted (tests run as root in CI).
-    // The file modes are opened up so that only the peer-credential check stands.
-    let me = effective_uid();
-    if me == 0 {
-        use std::os::unix::fs::PermissionsExt;
-        let open = std::fs::Permissions::from_mode(0o777);
-        std::fs::set_permissions(control.dir.path(), open.clone()).unwrap();
-        std::fs::set_permissions(control.socket(), open).unwrap();
-        let out = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(common::control::control_bin())
-            .args(["status", "--socket"])
-            .arg(control.socket())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(77), "{out:?}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("not admitted"),
-            "{out:?}"
-        );
-        assert!(
-            control.log().contains("uid 65534 refused"),
-            "{}",
-            control.log()
-        );
-    } else {
-        panic!("this test runs as root (CI does): it switches to uid 65534 to be refused");
+        let out = control.ok(&["apply", "--shadow", candidate.to_str().unwrap()]);
+        assert!(out.contains("shadow"), "{out}");
+        let impact: serde_json::Value =
+            serde_json::from_str(&control.ok(&["impact", "--json"])).unwrap();
+        assert_eq!(impact["would_close"], 2, "{impact}");
+        let flows = impact["dataplanes"][0]["flows"].as_array().unwrap().clone();
+        assert_eq!(flows.len(), 2);
+        for f in &flows {
+            assert_eq!(f["principal"], TRADER);
+            assert_eq!(f["listener"], "echo");
+            assert_eq!(f["rule"], "default-deny");
+        }
+        let text = control.ok(&["impact"]);
+        assert!(text.contains("would close 2 live flow(s)"), "{text}");
+        // Nothing enforced: all three still echo, a new trader flow still gets in, and
+        // that decision is counted and audited as a shadow difference.
+        assert!(echoes(&mut t1) && echoes(&mut t2) && echoes(&mut o1));
+        drop(flow(&gw, &pki, &trader));
+        let e = gw.wait_audit(|e| e["event"] == "shadow" && e["verdict"] == "deny");
+        assert_eq!(e["spiffe_id"], TRADER);
+        assert!(gw.wait_metric("zgate_shadow_differences_total", 3) >= 3);
+        // Promoted: the trader flows close, the quoter's stays.
+        control.ok(&["promote"]);
+        assert!(closed(&mut t1) && closed(&mut t2));
+        assert!(echoes(&mut o1));
+        assert!(control.status()["shadow"].is_null());
     }
-}
 
-/// The effective uid, read from /proc (no libc call in tests).
-fn effective_uid() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|r| r.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
+    #[test]
+    fn the_sockets_admit_only_whom_they_should() {
+        let token = "0123456789abcdef0123456789abcdef-siem";
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, format!("# SIEM\nsiem {token}\n")).unwrap();
+        std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let port = super::common::free_port();
+        let control = Control::start_with(
+            &[("p.toml", POLICY)],
+            &[
+                "--api".into(),
+                format!("127.0.0.1:{port}"),
+                "--api-tokens".into(),
+                tokens.display().to_string(),
+            ],
+        );
+        // No token, a wrong token: 401, nothing changes.
+        let api = |auth: Option<&str>, body: &str| -> (u16, String) {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let auth = auth.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+            write!(
+                s,
+                "POST /v1/revocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut resp = String::new();
+            s.read_to_string(&mut resp).unwrap();
+            let code = resp.split(' ').nth(1).unwrap().parse().unwrap();
+            (code, resp)
+        };
+        let body = format!("{{\"principal\":\"{TRADER}\",\"reason\":\"EDR alert 7\"}}");
+        assert_eq!(api(None, &body).0, 401);
+        assert_eq!(api(Some("not-the-token-not-the-token-xxxx"), &body).0, 401);
+        assert_eq!(control.status()["facts_version"], 0);
+        let (code, resp) = api(Some(token), &body);
+        assert_eq!(code, 200, "{resp}");
+        assert_eq!(control.status()["facts_version"], 1);
+        let audit = std::fs::read_to_string(control.path("state/audit.jsonl")).unwrap();
+        assert!(audit.contains("\"who\":\"token siem\""), "{audit}");
+        // Bad input: a clear 400, nothing changes.
+        let (code, resp) = api(Some(token), "{\"principal\":\"alice\"}");
+        assert_eq!(code, 400, "{resp}");
+        assert!(resp.contains("not a SPIFFE ID"), "{resp}");
+        assert_eq!(control.status()["facts_version"], 1);
+
+        // The operator socket, as a uid that is not admitted (tests run as root in CI).
+        // The file modes are opened up so that only the peer-credential check stands.
+        let me = effective_uid();
+        if me == 0 {
+            use std::os::unix::fs::PermissionsExt;
+            let open = std::fs::Permissions::from_mode(0o777);
+            std::fs::set_permissions(control.dir.path(), open.clone()).unwrap();
+            std::fs::set_permissions(control.socket(), open).unwrap();
+            let out = std::process::Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(super::common::control::control_bin())
+                .args(["status", "--socket"])
+                .arg(control.socket())
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(77), "{out:?}");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("not admitted"),
+                "{out:?}"
+            );
+            assert!(
+                control.log().contains("uid 65534 refused"),
+                "{}",
+                control.log()
+            );
+        } else {
+            panic!("this test runs as root (CI does): it switches to uid 65534 to be refused");
+        }
+    }
+
+    /// The effective uid, read from /proc (no libc call in tests).
+    fn effective_uid() -> u32 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|r| r.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
 }
