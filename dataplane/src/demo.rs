@@ -1,46 +1,57 @@
-//! `zgate demo`: the whole system on one machine, in one command.
+//! `zgate demo`: the whole system on one machine, in one command, as in production:
+//! two processes.
 //!
-//! It writes a throwaway policy, compiles it with the same compiler `zgate-control`
-//! uses, starts an echo service as the upstream, runs the real gateway (`zgate run`,
-//! this same binary, as a child process) in front of it, and then shows, with real
-//! sockets on loopback: an allowed client, a denied client, and a live flow closed
-//! within milliseconds of a policy change that revokes it. Everything it starts is
+//! It generates a throwaway PKI (a CA, the gateway's certificate, client SVIDs),
+//! writes a policy directory, starts the real control process (`zgate-control serve`,
+//! the binary beside this one) and the real gateway (`zgate run`, this binary) with
+//! an mTLS listener subscribed to it, in front of an echo service. Then, with real
+//! mTLS clients on loopback: an allowed identity, an identity no rule admits, a live
+//! flow closed when its identity is revoked (`zgate-control revoke`, as an operator
+//! would type it) while another identity's flow goes on, and a just-in-time grant
+//! that lets an on-call engineer in and ends by itself. Everything it starts is
 //! stopped by PID, and its files are removed, before it returns.
 //!
-//! It exists for newcomers; nothing in it weakens the gateway: the gateway runs with
-//! its ordinary configuration, table and checks.
+//! It exists for newcomers; nothing in it weakens the gateway: both processes run with
+//! their ordinary configuration and checks.
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use zgate_policy::{parse_policy, SourceFile};
-use zgate_table::DecisionTable;
+use zgate_devpki::client::{ClientSetup, TlsClient};
+use zgate_devpki::{Ca, ClientSpec, Leaf};
 
-/// The demo policy: loopback clients at 127.0.0.1 may use the echo service.
-const POLICY_V1: &str = r#"
+const PRICER: &str = "spiffe://demo.example/ns/trading/sa/pricer";
+const QUOTER: &str = "spiffe://demo.example/ns/trading/sa/quoter";
+const VISITOR: &str = "spiffe://demo.example/ns/guest/sa/visitor";
+const ONCALL: &str = "spiffe://demo.example/ns/ops/sa/oncall";
+
+/// The demo policy, as `zgate-control serve` watches it.
+const POLICY: &str = r#"
+# The trading desk's workloads may use the echo service.
 [[rule]]
-id = "demo-clients"
+id = "traders"
 action = "allow"
 services = ["echo"]
-sources = ["127.0.0.1/32"]
-"#;
+principals = ["spiffe://demo.example/ns/trading/*"]
 
-/// The incident response: 127.0.0.1 is quarantined. A deny beats any allow.
-const POLICY_V2_EXTRA: &str = r#"
+# On-call engineers only with a just-in-time grant (zgate-control grant).
 [[rule]]
-id = "incident-quarantine"
-action = "deny"
-services = ["*"]
-sources = ["127.0.0.1/32"]
+id = "oncall-break-glass"
+action = "allow"
+services = ["echo"]
+principals = ["spiffe://demo.example/ns/ops/*"]
+requires_grant = true
 "#;
 
 /// How long any single step may take before the demo gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The on-call engineer's grant.
+const GRANT: &str = "2s";
 
 /// Why the demo could not complete.
 #[derive(Debug)]
@@ -52,9 +63,11 @@ pub enum DemoError {
         /// The error.
         source: io::Error,
     },
-    /// The embedded policy did not compile (a bug in zgate).
-    Policy(String),
-    /// The gateway did not behave as the step expected.
+    /// The throwaway PKI could not be made (a bug in zgate).
+    Pki(String),
+    /// `zgate-control` is not beside this binary.
+    NoControl(PathBuf),
+    /// A process did not behave as the step expected.
     Unexpected {
         /// The step.
         step: &'static str,
@@ -67,7 +80,12 @@ impl fmt::Display for DemoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DemoError::Io { step, source } => write!(f, "demo step `{step}` failed: {source}"),
-            DemoError::Policy(e) => write!(f, "the embedded demo policy is invalid: {e}"),
+            DemoError::Pki(e) => write!(f, "the demo PKI could not be made: {e}"),
+            DemoError::NoControl(p) => write!(
+                f,
+                "the demo runs the control process beside the gateway, but `{}` is missing: build both (`cargo build -p zgate-dataplane -p zgate-control`)",
+                p.display()
+            ),
             DemoError::Unexpected { step, detail } => {
                 write!(f, "demo step `{step}` went wrong: {detail}")
             }
@@ -97,18 +115,51 @@ impl Drop for Scratch {
     }
 }
 
-/// The gateway child process, stopped by PID on drop if still running.
-struct Gateway {
+/// A child process, stopped by PID on drop if still running.
+struct Proc {
+    name: &'static str,
     child: Child,
+    log: PathBuf,
 }
 
-impl Gateway {
+impl Proc {
     fn signal(&self, signal: crate::Signal) -> Result<(), DemoError> {
-        crate::send_signal(self.child.id(), signal).map_err(io_step("signal the gateway"))
+        crate::send_signal(self.child.id(), signal).map_err(io_step("signal a process"))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait (bounded) for it to exit after a signal; its exit status.
+    fn wait_exit(&mut self) -> Result<std::process::ExitStatus, DemoError> {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            if let Some(s) = self.child.try_wait().map_err(io_step("stop a process"))? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                return Err(unexpected(
+                    "stop a process",
+                    format!("{} still running 10 s after SIGTERM", self.name),
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn exited(&mut self, step: &'static str) -> Result<(), DemoError> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Err(unexpected(
+                step,
+                format!("{} exited with {status}:\n{}", self.name, self.log()),
+            ));
+        }
+        Ok(())
     }
 }
 
-impl Drop for Gateway {
+impl Drop for Proc {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
@@ -117,21 +168,15 @@ impl Drop for Gateway {
     }
 }
 
-fn compile(files: &[(&str, &str)], version: u64, out: &Path) -> Result<(), DemoError> {
-    let sources: Vec<SourceFile> = files
-        .iter()
-        .map(|(name, text)| SourceFile {
-            name: (*name).to_string(),
-            text: (*text).to_string(),
-        })
-        .collect();
-    let checked = parse_policy(&sources).map_err(|e| DemoError::Policy(e.to_string()))?;
-    let table = DecisionTable::compile(&checked.policy, version)
-        .map_err(|e| DemoError::Policy(e.to_string()))?;
-    // Write then rename, as `zgate-control compile` does: a reload never sees half a file.
-    let tmp = out.with_extension("tmp");
-    std::fs::write(&tmp, table.encode()).map_err(io_step("write the table"))?;
-    std::fs::rename(&tmp, out).map_err(io_step("write the table"))
+fn start(name: &'static str, cmd: &mut Command, log: PathBuf) -> Result<Proc, DemoError> {
+    let file = std::fs::File::create(&log).map_err(io_step("create a log file"))?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .map_err(io_step("start a process"))?;
+    Ok(Proc { name, child, log })
 }
 
 /// A loopback port nobody listens on right now.
@@ -140,19 +185,15 @@ fn free_port() -> Result<u16, DemoError> {
     Ok(l.local_addr().map_err(io_step("pick a port"))?.port())
 }
 
-/// The upstream: echoes every byte back; counts connections it saw.
-fn start_echo() -> Result<(SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>), DemoError> {
-    use std::sync::atomic::{AtomicU64, Ordering};
+/// The upstream: echoes every byte back.
+fn start_echo() -> Result<SocketAddr, DemoError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io_step("start the echo service"))?;
     let addr = listener
         .local_addr()
         .map_err(io_step("start the echo service"))?;
-    let seen = std::sync::Arc::new(AtomicU64::new(0));
-    let counter = seen.clone();
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            counter.fetch_add(1, Ordering::Relaxed);
             thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 loop {
@@ -169,7 +210,7 @@ fn start_echo() -> Result<(SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU
             });
         }
     });
-    Ok((addr, seen))
+    Ok(addr)
 }
 
 fn http_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
@@ -187,236 +228,295 @@ fn http_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-fn wait_ready(admin: SocketAddr, gateway: &mut Gateway) -> Result<(), DemoError> {
+/// The sum of the samples of `name` (with `label` among their labels, if given).
+fn metric(metrics: &str, name: &str, label: Option<&str>) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.split([' ', '{']).next() == Some(name) && label.is_none_or(|lb| l.contains(lb))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Poll `cond` every 20 ms for at most [`STEP_TIMEOUT`].
+fn wait_for(step: &'static str, mut cond: impl FnMut() -> bool) -> Result<(), DemoError> {
     let deadline = Instant::now() + STEP_TIMEOUT;
     while Instant::now() < deadline {
-        if let Ok(Some(status)) = gateway.child.try_wait() {
-            return Err(unexpected(
-                "start the gateway",
-                format!("it exited with {status}"),
-            ));
-        }
-        if matches!(http_get(admin, "/readyz"), Some((200, _))) {
+        if cond() {
             return Ok(());
         }
         thread::sleep(Duration::from_millis(20));
     }
-    Err(unexpected("start the gateway", "not ready within 10 s"))
+    Err(unexpected(step, "timed out after 10 s"))
 }
 
-/// Connects from `source_ip` (any 127/8 address works on Linux loopback).
-fn connect_from(source_ip: Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream> {
-    // std has no bind-before-connect; a socket bound by a throwaway listener cannot
-    // connect, so ask the kernel through the dataplane's one unsafe module.
-    let stream = crate::connect_from(SocketAddr::V4(SocketAddrV4::new(source_ip, 0)), to)?;
-    stream.set_read_timeout(Some(STEP_TIMEOUT))?;
-    Ok(stream)
+/// The demo's files: PKI, policy, both processes' state and sockets.
+struct Files {
+    dir: PathBuf,
 }
 
-/// Sends `msg` and reads it back; `Ok(None)` when the gateway closed the flow instead.
-fn echo(stream: &mut TcpStream, msg: &[u8]) -> io::Result<Option<Duration>> {
-    let start = Instant::now();
-    if stream.write_all(msg).is_err() {
-        return Ok(None);
+impl Files {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
-    let mut back = vec![0u8; msg.len()];
-    let mut got = 0;
-    while got < back.len() {
-        let Some(rest) = back.get_mut(got..) else {
-            break;
-        };
-        match stream.read(rest) {
-            Ok(0) => return Ok(None),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(None),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((back == msg).then(|| start.elapsed()))
 }
 
-fn metric(metrics: &str, name: &str) -> String {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .unwrap_or("?")
-        .to_string()
+fn pki(files: &Files) -> Result<(Ca, [Leaf; 4]), DemoError> {
+    let now = crate::supervisor::unix_now();
+    let e = |e: zgate_devpki::PkiError| DemoError::Pki(e.to_string());
+    let ca = Ca::new("zgate demo CA", now).map_err(e)?;
+    let server = ca
+        .server(
+            &["localhost"],
+            &["127.0.0.1"
+                .parse()
+                .map_err(|_| DemoError::Pki("ip".into()))?],
+            now,
+        )
+        .map_err(e)?;
+    let write = |name: &str, text: &str| {
+        std::fs::write(files.path(name), text).map_err(io_step("write the PKI"))
+    };
+    write("ca.pem", ca.cert_pem())?;
+    write("server.pem", &server.chain_pem)?;
+    write("server.key", &server.key_pem)?;
+    let leaf = |id: &str| ca.client(&ClientSpec::spiffe(id), now).map_err(e);
+    let leaves = [leaf(PRICER)?, leaf(QUOTER)?, leaf(VISITOR)?, leaf(ONCALL)?];
+    Ok((ca, leaves))
 }
 
 /// Runs the demo, narrating on stdout.
 pub fn run() -> Result<(), DemoError> {
+    let exe = std::env::current_exe().map_err(io_step("find the zgate binary"))?;
+    let control_bin = exe.with_file_name("zgate-control");
+    if !control_bin.exists() {
+        return Err(DemoError::NoControl(control_bin));
+    }
     let dir = std::env::temp_dir().join(format!("zgate-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(io_step("create the scratch directory"))?;
-    let scratch = Scratch(dir);
-    let table = scratch.0.join("policy.zgt");
-    compile(&[("demo.toml", POLICY_V1)], 1, &table)?;
+    std::fs::create_dir_all(dir.join("policy")).map_err(io_step("create the scratch directory"))?;
+    let _scratch = Scratch(dir.clone());
+    let files = Files { dir };
+    let (ca, [pricer, quoter, visitor, oncall]) = pki(&files)?;
+    std::fs::write(files.path("policy/demo.toml"), POLICY).map_err(io_step("write the policy"))?;
 
-    let (upstream, upstream_seen) = start_echo()?;
+    // The control process.
+    let socket = files.path("control.sock");
+    let mut control = start(
+        "zgate-control",
+        Command::new(&control_bin)
+            .arg("serve")
+            .arg("--policy-dir")
+            .arg(files.path("policy"))
+            .arg("--state-dir")
+            .arg(files.path("control-state"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--channel")
+            .arg(files.path("channel.sock")),
+        files.path("control.log"),
+    )?;
+    wait_for("start the control process", || {
+        control.log().contains("policy compiled")
+            || control.child.try_wait().ok().flatten().is_some()
+    })?;
+    control.exited("start the control process")?;
+
+    // The gateway, subscribed to it.
+    let upstream = start_echo()?;
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let config = scratch.0.join("zgate.toml");
+    let config = files.path("zgate.toml");
     std::fs::write(
         &config,
         format!(
-            "table = \"policy.zgt\"\nadmin = \"{admin}\"\ndrain_timeout = \"2s\"\naudit = \"audit.jsonl\"\n\n\
+            "admin = \"{admin}\"\ndrain_timeout = \"2s\"\naudit = \"audit.jsonl\"\n\n\
              [workers]\ncount = 1\n\n\
-             [[listener]]\nname = \"echo\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n"
+             [[listener]]\nname = \"echo\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n\n\
+             [listener.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\ntrust_domain = \"demo.example\"\n\n\
+             [control]\nsocket = \"channel.sock\"\nstate_dir = \"gateway-state\"\nname = \"demo-gateway\"\n"
         ),
     )
     .map_err(io_step("write the config"))?;
+    let mut gateway = start(
+        "zgate",
+        Command::new(&exe).arg("run").arg("--config").arg(&config),
+        files.path("gateway.log"),
+    )?;
+    wait_for("start the gateway", || {
+        matches!(http_get(admin, "/readyz"), Some((200, _)))
+            || gateway.child.try_wait().ok().flatten().is_some()
+    })?;
+    gateway.exited("start the gateway")?;
 
     println!("zgate demo: a zero-trust gateway in front of an echo service, all on loopback");
     println!(
-        "  policy v1: rule `demo-clients` allows service `echo` from 127.0.0.1 only; default deny"
+        "  control:  `zgate-control serve` (pid {}) watches policy/demo.toml: rule `traders` admits\n            spiffe://demo.example/ns/trading/*; rule `oncall-break-glass` admits ns/ops/* with a grant",
+        control.child.id()
     );
-    let exe = std::env::current_exe().map_err(io_step("find the zgate binary"))?;
-    let child = Command::new(exe)
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(io_step("start the gateway"))?;
-    let mut gateway = Gateway { child };
-    wait_ready(admin, &mut gateway)?;
     println!(
-        "  gateway:   `zgate run` (pid {}), listener `echo` {listen} -> upstream {upstream}, admin http://{admin}\n",
+        "  gateway:  `zgate run` (pid {}), mTLS listener `echo` {listen} -> upstream {upstream},\n            subscribed to the control process; admin http://{admin}\n",
         gateway.child.id()
     );
 
-    // 1. Allowed.
-    let step = "allowed client";
-    let mut allowed = connect_from(Ipv4Addr::new(127, 0, 0, 1), listen).map_err(io_step(step))?;
-    match echo(&mut allowed, b"hello, upstream").map_err(io_step(step))? {
-        Some(rtt) => println!(
-            "1. client 127.0.0.1: allowed by `demo-clients`; \"hello, upstream\" echoed back in {:.2} ms",
-            rtt.as_secs_f64() * 1e3
-        ),
-        None => return Err(unexpected(step, "the gateway closed an allowed flow")),
-    }
-
-    // 2. Denied.
-    let step = "denied client";
-    let before = upstream_seen.load(std::sync::atomic::Ordering::Relaxed);
-    let mut denied = connect_from(Ipv4Addr::new(127, 0, 0, 2), listen).map_err(io_step(step))?;
-    match echo(&mut denied, b"let me in").map_err(io_step(step))? {
-        None => {
-            let after = upstream_seen.load(std::sync::atomic::Ordering::Relaxed);
-            println!(
-                "2. client 127.0.0.2: denied (default deny); closed by the gateway, {} new connection(s) reached the upstream",
-                after - before
-            );
-        }
-        Some(_) => return Err(unexpected(step, "a denied client got through")),
-    }
-
-    // 3. Live revocation: the allowed flow is still open; quarantine its source.
-    let step = "live revocation";
-    compile(
-        &[("demo.toml", POLICY_V1), ("incident.toml", POLICY_V2_EXTRA)],
-        2,
-        &table,
-    )?;
-    allowed
-        .set_read_timeout(Some(STEP_TIMEOUT))
-        .map_err(io_step(step))?;
-    let swapped = Instant::now();
-    gateway.signal(crate::Signal::Hangup)?;
-    let mut byte = [0u8; 1];
-    let closed = match allowed.read(&mut byte) {
-        Ok(0) => true,
-        Err(e) => e.kind() == io::ErrorKind::ConnectionReset,
-        Ok(_) => false,
+    let client = |leaf: &Leaf| -> Result<TlsClient, DemoError> {
+        ClientSetup::new(&ca, Some(leaf))
+            .map_err(|e| DemoError::Pki(e.to_string()))?
+            .connect(listen, STEP_TIMEOUT)
+            .map_err(io_step("connect a client"))
     };
-    if !closed {
-        return Err(unexpected(
-            step,
-            "the live flow was not closed after the policy change",
-        ));
-    }
-    println!(
-        "3. policy v2 adds deny rule `incident-quarantine` for 127.0.0.1; table swapped with SIGHUP;\n   the live flow from 127.0.0.1 was closed {:.1} ms later",
-        swapped.elapsed().as_secs_f64() * 1e3
-    );
-    let mut again = connect_from(Ipv4Addr::new(127, 0, 0, 1), listen).map_err(io_step(step))?;
-    if echo(&mut again, b"hello again")
-        .map_err(io_step(step))?
-        .is_some()
-    {
-        return Err(unexpected(
-            step,
-            "a new flow from the quarantined source got through",
-        ));
-    }
-    println!("   a new flow from 127.0.0.1 is refused too");
-
-    // 4. What the gateway counted. Workers publish their counters on their next loop
-    // tick, so wait (bounded) until the refused second flow shows up.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut scraped = http_get(admin, "/metrics");
-    while Instant::now() < deadline {
-        if let Some((200, m)) = &scraped {
-            if metric(m, "zgate_connections_denied_total") == "2" {
-                break;
-            }
-        }
-        thread::sleep(Duration::from_millis(50));
-        scraped = http_get(admin, "/metrics");
-    }
-    if let Some((200, metrics)) = scraped {
-        println!(
-            "4. /metrics: accepted {}, denied {}, closed by policy {}, table version {}",
-            metric(&metrics, "zgate_connections_accepted_total"),
-            metric(&metrics, "zgate_connections_denied_total"),
-            metric(&metrics, "zgate_flows_closed_by_policy_total"),
-            metric(&metrics, "zgate_table_version"),
-        );
-    }
-
-    // 5. Clean stop.
-    let _ = denied.shutdown(Shutdown::Both);
-    gateway.signal(crate::Signal::Terminate)?;
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    loop {
-        if let Some(status) = gateway
-            .child
-            .try_wait()
-            .map_err(io_step("stop the gateway"))?
-        {
-            println!("5. SIGTERM: the gateway drained and exited with {status}");
-            let audit = std::fs::read_to_string(scratch.0.join("audit.jsonl"))
-                .map_err(io_step("read the audit trail"))?;
-            println!("6. the audit trail (`audit = \"audit.jsonl\"`), one JSON line per decision:");
-            for line in audit.lines() {
-                println!("   {line}");
-            }
-            if audit.lines().count() < 4 {
-                return Err(unexpected(
-                    "read the audit trail",
-                    format!("expected 4 records (3 decisions, 1 closed by policy), got:\n{audit}"),
-                ));
-            }
-            if !status.success() {
-                return Err(unexpected(
-                    "stop the gateway",
-                    format!("exit status {status}"),
-                ));
-            }
-            break;
-        }
-        if Instant::now() > deadline {
+    let ctl = |args: &[&str]| -> Result<String, DemoError> {
+        let out = Command::new(&control_bin)
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .map_err(io_step("run zgate-control"))?;
+        if !out.status.success() {
             return Err(unexpected(
-                "stop the gateway",
-                "still running 10 s after SIGTERM",
+                "run zgate-control",
+                format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)),
             ));
         }
-        thread::sleep(Duration::from_millis(20));
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+
+    // 1. Allowed identities.
+    let step = "allowed identity";
+    let mut p = client(&pricer)?;
+    let started = Instant::now();
+    if !p.echo(b"hello, upstream").map_err(io_step(step))? {
+        return Err(unexpected(step, "the gateway refused an allowed identity"));
     }
     println!(
-        "\nNext: docs/policy.md for the policy language, docs/operations.md to run zgate for real."
+        "1. {PRICER} (mTLS): allowed by `traders`;\n   \"hello, upstream\" echoed back, handshake included, in {:.2} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let mut q = client(&quoter)?;
+    if !q.echo(b"quote").map_err(io_step(step))? {
+        return Err(unexpected(step, "the gateway refused an allowed identity"));
+    }
+    println!("   {QUOTER}: allowed too; both flows stay open");
+
+    // 2. An identity no rule admits.
+    let step = "denied identity";
+    let mut v = client(&visitor)?;
+    if v.echo(b"let me in").unwrap_or(false) {
+        return Err(unexpected(step, "an identity no rule admits got through"));
+    }
+    println!(
+        "2. {VISITOR}: a valid certificate, but no rule admits it (default deny);\n   the client is told: {}",
+        v.peer_alert().unwrap_or_else(|| "connection closed".into())
+    );
+
+    // 3. Revocation by identity, while its flow is live.
+    let step = "revocation";
+    let issued = Instant::now();
+    let said = ctl(&[
+        "revoke",
+        "--principal",
+        PRICER,
+        "--reason",
+        "demo: key leaked",
+    ])?;
+    if !p.closed_by_server() {
+        return Err(unexpected(
+            step,
+            "the revoked identity's live flow stayed open",
+        ));
+    }
+    let took = issued.elapsed();
+    println!(
+        "3. $ zgate-control revoke --principal {PRICER} --reason \"demo: key leaked\"\n   {said}\n   the pricer's live flow was closed {:.1} ms after the command started (CLI process and fsync included)",
+        took.as_secs_f64() * 1e3
+    );
+    if !q.echo(b"still here").map_err(io_step(step))? {
+        return Err(unexpected(step, "another identity's flow was cut"));
+    }
+    println!("   the quoter's flow still echoes: only the revoked identity's flows were touched");
+    let mut again = client(&pricer)?;
+    if again.echo(b"again").unwrap_or(false) {
+        return Err(unexpected(
+            step,
+            "a new flow of the revoked identity got through",
+        ));
+    }
+    println!("   a new connection as the pricer is refused");
+
+    // 4. Just-in-time access.
+    let step = "just-in-time grant";
+    let mut o = client(&oncall)?;
+    if o.echo(b"break glass").unwrap_or(false) {
+        return Err(unexpected(step, "on-call got in without a grant"));
+    }
+    let said = ctl(&[
+        "grant",
+        "--principal",
+        ONCALL,
+        "--service",
+        "echo",
+        "--for",
+        GRANT,
+        "--reason",
+        "INC-1234",
+    ])?;
+    let mut o = client(&oncall)?;
+    if !o.echo(b"break glass").map_err(io_step(step))? {
+        return Err(unexpected(step, "on-call was refused despite the grant"));
+    }
+    let granted = Instant::now();
+    if !o.closed_by_server() {
+        return Err(unexpected(step, "the flow outlived its grant"));
+    }
+    println!(
+        "4. {ONCALL}: refused without a grant;\n   $ zgate-control grant --principal ... --service echo --for {GRANT} --reason INC-1234\n   {said}\n   admitted; its flow was closed by the gateway when the grant ended ({:.1} s later)",
+        granted.elapsed().as_secs_f64()
+    );
+
+    // 5. What both sides say.
+    wait_for("read the metrics", || {
+        http_get(admin, "/metrics")
+            .is_some_and(|(_, m)| metric(&m, "zgate_flows_closed_by_policy_total", None) >= 2)
+    })?;
+    if let Some((200, m)) = http_get(admin, "/metrics") {
+        println!(
+            "5. gateway /metrics: closed by policy: {} revoked, {} grant-ended; denied {}; table version {}, facts version {}",
+            metric(&m, "zgate_flows_closed_by_policy_total", Some("reason=\"revoked\"")),
+            metric(&m, "zgate_flows_closed_by_policy_total", Some("reason=\"grant-ended\"")),
+            metric(&m, "zgate_connections_denied_total", None),
+            metric(&m, "zgate_table_version", None),
+            metric(&m, "zgate_facts_version", None),
+        );
+    }
+    println!("   $ zgate-control status");
+    for line in ctl(&["status"])?.lines() {
+        println!("   {line}");
+    }
+
+    // 6. Clean stop, and the audit trails.
+    gateway.signal(crate::Signal::Terminate)?;
+    let status = gateway.wait_exit()?;
+    control.signal(crate::Signal::Terminate)?;
+    let control_status = control.wait_exit()?;
+    println!("6. SIGTERM: the gateway drained and exited with {status}; the control process exited with {control_status}");
+    let audit = std::fs::read_to_string(files.path("audit.jsonl"))
+        .map_err(io_step("read the audit trail"))?;
+    println!("   the gateway's audit trail, one JSON line per decision:");
+    for line in audit.lines() {
+        println!("   {line}");
+    }
+    let control_audit = std::fs::read_to_string(files.path("control-state/audit.jsonl"))
+        .map_err(io_step("read the control audit trail"))?;
+    println!("   the control process's audit trail, one line per change (who, what, versions):");
+    for line in control_audit.lines() {
+        println!("   {line}");
+    }
+    if !status.success() || !control_status.success() {
+        return Err(unexpected("stop", "a process did not exit cleanly"));
+    }
+    println!(
+        "\nNext: docs/operations.md (running zgate and zgate-control), docs/policy.md (the policy language)."
     );
     Ok(())
 }

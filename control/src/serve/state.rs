@@ -924,6 +924,15 @@ impl Core {
     /// flows on their own at the grant's end; this keeps the set small and lifts
     /// time-bounded revocations). The next instant something expires.
     pub fn expire(&mut self, now: i64) -> Option<i64> {
+        let due = self
+            .facts
+            .revocations
+            .iter()
+            .any(|r| r.until.is_some_and(|u| u <= now))
+            || self.facts.grants.iter().any(|g| g.until <= now);
+        if !due {
+            return self.next_expiry();
+        }
         let mut changes = Vec::new();
         let mut next = self.facts.clone();
         next.revocations.retain(|r| {
@@ -957,6 +966,10 @@ impl Core {
                 eprintln!("zgate-control: expiring facts: {e}");
             }
         }
+        self.next_expiry()
+    }
+
+    fn next_expiry(&self) -> Option<i64> {
         self.facts
             .revocations
             .iter()

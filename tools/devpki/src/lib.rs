@@ -12,6 +12,7 @@
 //! Time is an input: every function takes `now` (Unix seconds); nothing reads a clock.
 #![forbid(unsafe_code)]
 
+pub mod client;
 use std::net::IpAddr;
 
 use rcgen::string::Ia5String;
@@ -35,6 +36,9 @@ pub enum PkiError {
     /// A name that is not IA5 (ASCII).
     #[error("`{0}` is not an ASCII (IA5) string")]
     NotAscii(String),
+    /// The client configuration could not be built from this PKI's PEM.
+    #[error("client configuration: {0}")]
+    Client(String),
 }
 
 /// Key usages a test may put on a leaf.
