@@ -253,6 +253,8 @@ pub struct Channel {
     facts_version: u64,
     /// Facts changed since they were last written to the state directory.
     facts_dirty: bool,
+    /// Something was applied this turn (a report follows it).
+    changed: bool,
     shadow_version: u64,
     from_state_dir: bool,
     next_impact: u64,
@@ -276,6 +278,7 @@ impl Channel {
             facts: LiveFacts::default(),
             facts_version: 0,
             facts_dirty: false,
+            changed: false,
             shadow_version: 0,
             from_state_dir: false,
             next_impact: 0,
@@ -338,33 +341,48 @@ impl Channel {
         }
     }
 
-    /// One turn: connect when due, read and apply what arrived, answer impact queries
-    /// the workers have finished, report, persist. Returns whether anything was
-    /// published (the caller wakes the workers).
-    pub fn turn(
+    /// First half of a turn: connect when due, read and apply what arrived. Returns
+    /// whether anything was published: the caller wakes the workers at once, before
+    /// [`Channel::settle`] spends time on the disk.
+    pub fn receive(
         &mut self,
         now: Instant,
         poll: &PollSet,
         at: Option<usize>,
         published: &Published,
-        workers: &[&WorkerStats],
-        listeners: usize,
     ) -> bool {
         if let Link::Down { retry_at, backoff } = self.link {
             if now >= retry_at {
                 self.connect(now, backoff, published);
             }
         }
-        let mut changed = false;
         let readable = at.is_some_and(|i| poll.ready(i));
-        if readable {
-            match self.read(published) {
-                Ok(c) => changed = c,
-                Err(e) => self.refuse(now, &e),
+        if !readable {
+            return false;
+        }
+        match self.read(published) {
+            Ok(changed) => {
+                self.changed |= changed;
+                changed
+            }
+            Err(e) => {
+                self.refuse(now, &e);
+                false
             }
         }
-        // Enforced first (published above), then kept: once per turn, however many
-        // deltas the turn read, and before the report that says they are enforced.
+    }
+
+    /// Second half of a turn, after the workers were woken: keep what was applied
+    /// (once per turn, however many deltas it read, and before the report that says
+    /// they are enforced), answer impact queries the workers have finished, report,
+    /// and write what the socket takes.
+    pub fn settle(
+        &mut self,
+        now: Instant,
+        published: &Published,
+        workers: &[&WorkerStats],
+        listeners: usize,
+    ) {
         if self.facts_dirty {
             self.facts_dirty = false;
             if let Err(e) = self.state.save_facts(&self.facts, self.facts_version) {
@@ -373,6 +391,7 @@ impl Channel {
                 ));
             }
         }
+        let changed = std::mem::take(&mut self.changed);
         if let Link::Up(c) = &mut self.link {
             if let Some((id, local)) = c.impact {
                 if let Some(report) = impact_answer(id, local, workers) {
@@ -391,7 +410,6 @@ impl Channel {
         if let Err(e) = self.flush() {
             self.down(now, &format!("control: channel lost: {e}"));
         }
-        changed
     }
 
     fn connect(&mut self, now: Instant, backoff: Duration, published: &Published) {

@@ -105,6 +105,15 @@ zgate_telemetry::metric_families! {
     /// Splice pipes open now.
     PipesOpen => "zgate_splice_pipes_open", Gauge, Worker,
         "Pipes open now for bulk directions to splice through.";
+    /// The longest slice of a full re-decision.
+    LongestSlice => "zgate_worker_longest_redecision_slice_microseconds", Max, Worker,
+        "Longest loop time spent re-deciding live flows in one turn: a slice of a new table's (or fact set's) pass over every flow, bounded at about 200 microseconds, or the flows a fact delta names, closes included.";
+    /// How long the last full re-decision took.
+    LastSweep => "zgate_worker_last_redecision_microseconds", Gauge, Worker,
+        "Time from a new table (or fact set) reaching the worker to every live flow decided by it, for the last one.";
+    /// The table version the worker enforces on every live flow.
+    EnforcedTable => "zgate_worker_table_version", Gauge, Worker,
+        "Table version the worker enforces: every live flow has been decided by it.";
     /// Flows waiting for a re-decision by a new table.
     RedecisionsPending => "zgate_redecisions_pending", Gauge, Worker,
         "Live flows not yet decided again by the newest table or fact set (a full re-decision runs in bounded slices across loop turns).";

@@ -432,17 +432,13 @@ pub fn run(
             }
         }
         if let Some(c) = channel.as_mut() {
-            let stats: Vec<&WorkerStats> = workers.iter().map(|w| &*w.stats).collect();
-            if c.turn(
-                now,
-                &poll,
-                channel_at,
-                &published,
-                &stats,
-                config.listeners.len(),
-            ) {
+            // Workers are woken as soon as something is published: a revocation reaches
+            // them before the disk write that keeps it.
+            if c.receive(now, &poll, channel_at, &published) {
                 wake_all(&workers);
             }
+            let stats: Vec<&WorkerStats> = workers.iter().map(|w| &*w.stats).collect();
+            c.settle(now, &published, &stats, config.listeners.len());
         }
         if let Some(o) = operator_socket.as_mut() {
             o.turn(now, &poll, |command| match command {

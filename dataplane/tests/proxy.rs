@@ -840,34 +840,54 @@ mod privileges {
         );
     }
 
-    /// The systemd unit in hw-config/ is valid (`systemd-analyze verify`, with its
-    /// ExecStart pointed at the binary under test): no unknown key, no bad value.
+    /// The systemd units in hw-config/ are valid (`systemd-analyze verify`, with their
+    /// ExecStart pointed at the binaries under test): no unknown key, no bad value.
     #[test]
-    fn the_systemd_unit_verifies() {
-        let unit = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../hw-config/zgate.service"
-        ))
-        .unwrap();
-        assert!(unit.contains("User=zgate") && unit.contains("NoNewPrivileges=yes"));
-        assert!(!unit.lines().any(|l| l.starts_with("User=root")));
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("zgate.service");
-        std::fs::write(
-            &path,
-            unit.replace("/usr/local/bin/zgate", env!("CARGO_BIN_EXE_zgate")),
-        )
-        .unwrap();
-        let out = Command::new("systemd-analyze")
-            .arg("verify")
-            .arg(&path)
-            .output()
-            .expect("systemd-analyze is missing: install the `systemd` package (tools/test does)");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{err}");
-        assert!(
-            !err.contains("zgate.service"),
-            "systemd-analyze has something to say about the unit:\n{err}"
-        );
+    fn the_systemd_units_verify() {
+        let control_bin =
+            std::path::Path::new(env!("CARGO_BIN_EXE_zgate")).with_file_name("zgate-control");
+        for (name, user) in [
+            ("zgate.service", "User=zgate\n"),
+            ("zgate-control.service", "User=zgate-control\n"),
+        ] {
+            let unit = std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../hw-config")
+                    .join(name),
+            )
+            .unwrap();
+            assert!(
+                unit.contains(user) && unit.contains("NoNewPrivileges=yes"),
+                "{name}"
+            );
+            assert!(!unit.lines().any(|l| l.starts_with("User=root")));
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(name);
+            std::fs::write(
+                &path,
+                unit.replace(
+                    "/usr/local/bin/zgate-control",
+                    control_bin.to_str().unwrap(),
+                )
+                .replace(
+                    "/usr/local/bin/zgate ",
+                    &format!("{} ", env!("CARGO_BIN_EXE_zgate")),
+                ),
+            )
+            .unwrap();
+            let out = Command::new("systemd-analyze")
+                .arg("verify")
+                .arg(&path)
+                .output()
+                .expect(
+                    "systemd-analyze is missing: install the `systemd` package (tools/test does)",
+                );
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{name}: {err}");
+            assert!(
+                !err.contains(name),
+                "systemd-analyze has something to say about {name}:\n{err}"
+            );
+        }
     }
 }

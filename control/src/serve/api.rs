@@ -171,6 +171,7 @@ fn done(core: &Core, extra: serde_json::Value) -> Response {
         "ok": true,
         "table_version": core.enforced(),
         "facts_version": core.facts_version(),
+        "accepted_unix_us": core.last_accepted_us(),
     });
     if let (Some(obj), serde_json::Value::Object(more)) = (v.as_object_mut(), extra) {
         obj.extend(more);

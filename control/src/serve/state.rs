@@ -197,6 +197,9 @@ pub struct Core {
     impacts: HashMap<u64, ImpactWait>,
     tx: broadcast::Sender<Push>,
     audit: Box<dyn Write + Send>,
+    /// When the last fact change was accepted (stored, about to be pushed): Unix
+    /// microseconds, returned to the caller so a benchmark can time from it.
+    last_accepted_us: i64,
 }
 
 /// What a dataplane is sent when it subscribes.
@@ -211,6 +214,13 @@ pub struct Subscription {
     pub shadow: Option<Shadow>,
     /// Everything pushed after this subscription, in order.
     pub pushes: broadcast::Receiver<Push>,
+}
+
+/// Wall-clock Unix microseconds.
+pub fn now_unix_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Wall-clock Unix seconds.
@@ -293,6 +303,7 @@ impl Core {
             impacts: HashMap::new(),
             tx,
             audit,
+            last_accepted_us: 0,
         })
     }
 
@@ -318,6 +329,11 @@ impl Core {
     /// The fact-set version.
     pub fn facts_version(&self) -> u64 {
         self.facts.version
+    }
+
+    /// When the last fact change was accepted (Unix microseconds).
+    pub fn last_accepted_us(&self) -> i64 {
+        self.last_accepted_us
     }
 
     fn audit(&mut self, who: &str, what: &str, detail: serde_json::Value) {
@@ -645,6 +661,7 @@ impl Core {
         let from = self.facts.version;
         next.version = from + 1;
         self.store.save(&next)?;
+        self.last_accepted_us = now_unix_us();
         self.facts = next;
         self.push(Push::Delta(Arc::new(FactsDelta {
             from,

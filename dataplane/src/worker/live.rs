@@ -29,6 +29,10 @@ use crate::shared::ImpactAnswer;
 
 /// Most loop time one turn spends on re-decisions of a sweep.
 const SLICE: Duration = Duration::from_micros(200);
+/// Most loop time one turn spends on the flows a fact delta named (they are closed
+/// there, a reset each: a revocation is worth a longer turn than a policy sweep, and
+/// no turn takes more than the 500 µs the design allows a swap).
+const TOUCHED_SLICE: Duration = Duration::from_micros(450);
 /// Slots between two looks at the clock during a slice (a re-decision is well under
 /// a microsecond).
 const CLOCK_EVERY: usize = 32;
@@ -36,8 +40,12 @@ const CLOCK_EVERY: usize = 32;
 /// A pass over every slot, resumable across loop turns.
 #[derive(Debug, Default)]
 pub(super) struct Sweeps {
+    /// Flows a fact delta named, to decide again first (slot, and the kind of fact).
+    touched: std::collections::VecDeque<(u32, Cause)>,
     /// Deciding every live flow again with the enforced table and facts.
     enforce: Option<(usize, Trigger)>,
+    /// When the enforcing pass under way started.
+    enforce_since: Option<Instant>,
     /// Evaluating every live flow with the shadow table.
     shadow: Option<usize>,
     /// Answering an impact query: cursor, id, flows found, how many in all.
@@ -47,7 +55,10 @@ pub(super) struct Sweeps {
 impl Sweeps {
     /// Whether any pass is under way (the worker must not sleep).
     pub(super) fn active(&self) -> bool {
-        self.enforce.is_some() || self.shadow.is_some() || self.impact.is_some()
+        !self.touched.is_empty()
+            || self.enforce.is_some()
+            || self.shadow.is_some()
+            || self.impact.is_some()
     }
 }
 
@@ -69,7 +80,7 @@ impl Worker {
             self.table_gen = g;
             self.table = self.published.table();
             // Live flows were decided by the old table: decide them again, in slices.
-            self.sweeps.enforce = Some((0, Trigger::Table));
+            self.start_enforce(Trigger::Table);
         }
         if self.published.facts_generation() != self.facts_gen {
             self.take_facts();
@@ -94,6 +105,13 @@ impl Worker {
         }
     }
 
+    /// Decide every live flow again, from the first slot (a pass under way restarts:
+    /// what it decided was decided by what is now old).
+    fn start_enforce(&mut self, trigger: Trigger) {
+        self.sweeps.enforce = Some((0, trigger));
+        self.sweeps.enforce_since = Some(monotonic());
+    }
+
     /// Load the published facts and decide again the flows the publications since the
     /// last load touched (all of them, in slices, when one replaced the whole set or
     /// this worker fell too far behind).
@@ -112,7 +130,7 @@ impl Worker {
             }
         }
         if whole {
-            self.sweeps.enforce = Some((0, Trigger::FactSet));
+            self.start_enforce(Trigger::FactSet);
         } else {
             self.stats_out
                 .facts_generation
@@ -120,31 +138,37 @@ impl Worker {
         }
     }
 
-    /// Decide again, at once, the flows under the keys `t` names.
+    /// Queue the flows under the keys `t` names to be decided again, ahead of any
+    /// other pass (they are the ones a revocation is about). They run in this turn's
+    /// slice; a delta naming more flows than a slice holds goes on next turn, so a
+    /// revocation of thousands of flows never stalls the core.
     fn redecide_touched(&mut self, t: &Touched) {
         let mut slots = std::mem::take(&mut self.touched_slots);
-        let run = |w: &mut Worker, slots: &mut Vec<u32>, cause: Cause| {
-            for s in slots.drain(..) {
-                let i = s as usize;
-                w.redecide(i, Trigger::Fact(cause));
-                if w.shadow.is_some() {
-                    w.shadow_live(i);
-                }
-            }
+        let queue = |slots: &mut Vec<u32>, cause: Cause, q: &mut Sweeps| {
+            q.touched.extend(slots.drain(..).map(|s| (s, cause)));
         };
         for (p, cause) in &t.principals {
             self.index.by_principal(p, &mut slots);
-            run(self, &mut slots, *cause);
+            queue(&mut slots, *cause, &mut self.sweeps);
         }
         for (f, cause) in &t.fingerprints {
             self.index.by_fingerprint(f, &mut slots);
-            run(self, &mut slots, *cause);
+            queue(&mut slots, *cause, &mut self.sweeps);
         }
         for (d, cause) in &t.devices {
             self.index.by_device(d, &mut slots);
-            run(self, &mut slots, *cause);
+            queue(&mut slots, *cause, &mut self.sweeps);
         }
         self.touched_slots = slots;
+    }
+
+    /// A stretch of loop time spent re-deciding: keep the longest.
+    fn note_slice(&mut self, start: Instant) {
+        let us = u64::try_from(monotonic().saturating_duration_since(start).as_micros())
+            .unwrap_or(u64::MAX);
+        if us > self.own.value(M::LongestSlice) {
+            self.own.set_gauge(M::LongestSlice, us);
+        }
     }
 
     /// One slice of each sweep under way.
@@ -152,6 +176,19 @@ impl Worker {
         let start = monotonic();
         let n = self.slots.len();
         let mut done = 0usize;
+        // The flows a fact delta named first.
+        while let Some((slot, cause)) = self.sweeps.touched.pop_front() {
+            let i = slot as usize;
+            self.redecide(i, Trigger::Fact(cause));
+            if self.shadow.is_some() {
+                self.shadow_live(i);
+            }
+            done += 1;
+            if done % 8 == 0 && monotonic().saturating_duration_since(start) >= TOUCHED_SLICE {
+                self.note_slice(start);
+                return;
+            }
+        }
         loop {
             let e = self.sweeps.enforce.map(|(c, _)| c).unwrap_or(n);
             let s = self.sweeps.shadow.unwrap_or(n);
@@ -183,6 +220,12 @@ impl Worker {
                 break;
             }
         }
+        let end = monotonic();
+        let us =
+            u64::try_from(end.saturating_duration_since(start).as_micros()).unwrap_or(u64::MAX);
+        if us > self.own.value(M::LongestSlice) {
+            self.own.set_gauge(M::LongestSlice, us);
+        }
         let left = self.sweeps.enforce.map_or(0, |(c, _)| n.saturating_sub(c));
         self.own.set_gauge(M::RedecisionsPending, left as u64);
         self.finish_sweeps(n);
@@ -195,6 +238,14 @@ impl Worker {
             self.sweeps.enforce = None;
             let v = self.table.as_ref().map_or(0, |t| t.version());
             self.stats_out.table_version.store(v, Relaxed);
+            self.own.set_gauge(M::EnforcedTable, v);
+            if let Some(since) = self.sweeps.enforce_since.take() {
+                let took = monotonic().saturating_duration_since(since);
+                self.own.set_gauge(
+                    M::LastSweep,
+                    u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                );
+            }
             self.stats_out
                 .facts_generation
                 .store(self.facts_gen, Relaxed);

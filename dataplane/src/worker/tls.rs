@@ -464,8 +464,24 @@ impl TlsConn {
             for fd in fds.iter().flatten() {
                 let _ = sys::set_linger_zero(*fd);
             }
+            // The client is cut now (RST, and its pending ops complete at once); the
+            // upstream gets its RST when the socket closes, once its ops are back.
+            let _ = sys::abort_connection(self.client.as_raw_fd());
         }
         if !self.in_flight() {
+            return;
+        }
+        // As plain flows do (`Conn::close`): receives end when the sockets stop
+        // receiving; only other ops in flight are cancelled, by descriptor.
+        let reading = self.sides.iter().filter(|s| s.recv).count();
+        let _ = self.client.shutdown(Shutdown::Read);
+        if let Some(u) = &self.upstream {
+            let _ = u.shutdown(Shutdown::Read);
+        }
+        let others = usize::from(self.ops) > reading
+            || self.mem.as_ref().is_some_and(|m| m.lent() > 0)
+            || self.out.iter().flatten().any(|o| o.mem.lent() > 0);
+        if !others {
             return;
         }
         let ud = ctx.ud(Op::Cancel);

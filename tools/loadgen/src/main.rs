@@ -36,6 +36,7 @@ mod cpu;
 mod handshake;
 mod idle;
 mod pingpong;
+mod revoke;
 mod serve;
 mod tls;
 
@@ -162,6 +163,28 @@ enum Mode {
         /// Seconds to hold them open once all are up.
         #[arg(long, default_value_t = 10.0)]
         hold_s: f64,
+    },
+    /// Revocation latency: open --flows mTLS flows (--affected of them as the round's
+    /// victim), revoke the victim through the control process's API, and time each
+    /// victim flow's end from the request's first byte.
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// One round per victim: CERT,KEY,SPIFFE_ID (the bystander is --cert/--key).
+        #[arg(long = "victim", required = true)]
+        victims: Vec<revoke::Victim>,
+        /// Live flows per round.
+        #[arg(long, default_value_t = 1000)]
+        flows: usize,
+        /// Of those, the victim's.
+        #[arg(long, default_value_t = 100)]
+        affected: usize,
+        /// The control process's HTTP/JSON API (`serve --api`).
+        #[arg(long)]
+        api: SocketAddr,
+        /// A file holding the API bearer token (first line).
+        #[arg(long)]
+        token_file: std::path::PathBuf,
     },
 }
 
@@ -402,6 +425,37 @@ fn run(cli: Cli) -> Result<(), LoadError> {
                 seconds("hold-s", hold_s)?,
                 seconds("stall-s", client.stall_s)?,
             )
+        }
+        Mode::Revoke {
+            client,
+            victims,
+            flows,
+            affected,
+            api,
+            token_file,
+        } => {
+            pin(client.core)?;
+            let token = std::fs::read_to_string(&token_file)
+                .map_err(|e| LoadError::Tls {
+                    reason: format!("{}: {e}", token_file.display()),
+                })?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let report = revoke::run(&revoke::RevokeArgs {
+                target: client.target,
+                tls: client.tls.clone(),
+                victims,
+                flows,
+                affected,
+                api,
+                token,
+                timeout: seconds("stall-s", client.stall_s)?,
+            })?;
+            print_json(&report);
+            Ok(())
         }
     }
 }
