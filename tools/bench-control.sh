@@ -48,7 +48,10 @@ for b in zgate zgate-control zgate-loadgen zgate-devpki; do
 done
 BIN_DIR=$(cd "$BIN_DIR" && pwd)
 loadgen="$BIN_DIR/zgate-loadgen"
-ctl="$BIN_DIR/zgate-control"
+# Everything but the gateway's worker runs on CLIENT_CORE (the control process, the CLI,
+# the polling below), so that what the worker's core shows is the worker's own work.
+ctl_bin="$BIN_DIR/zgate-control"
+ctl() { taskset -c "$CLIENT_CORE" "$ctl_bin" "$@"; }
 need_fds=$((SWAP_FLOWS + 512))
 if [ "$(ulimit -n)" -lt "$need_fds" ]; then
   ulimit -n "$need_fds" 2>/dev/null || { echo "bench-control: open-file limit $(ulimit -n) too low" >&2; exit 2; }
@@ -85,7 +88,7 @@ wait_port() {
   return 1
 }
 metric() {  # metric NAME: the sum of its samples on the gateway's /metrics
-  curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { print s + 0 }'
+  taskset -c "$CLIENT_CORE" curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { print s + 0 }'
 }
 
 {
@@ -128,7 +131,7 @@ API=$((20000 + RANDOM % 20000)); ADMIN=$((API + 1)); TLS_PORT=$((API + 2)); PLAI
 taskset -c "$CLIENT_CORE" "$loadgen" serve --listen "127.0.0.1:$UP" --max-runtime-s 3600 > "$work/upstream.log" 2>&1 &
 pids+=($!)
 wait_port "$UP"
-"$ctl" serve --policy-dir "$work/policy" --state-dir "$work/control-state" \
+ctl serve --policy-dir "$work/policy" --state-dir "$work/control-state" \
   --socket "$work/control.sock" --channel "$work/channel.sock" \
   --api "127.0.0.1:$API" --api-tokens "$work/tokens" > "$work/control.log" 2>&1 &
 pids+=($!)
@@ -181,7 +184,7 @@ fi
 
 if has_part swap; then
   echo "bench-control: swap, $SWAP_RULES rules with $SWAP_FLOWS live flows" >&2
-  python3 - "$work/policy/big.toml" "$SWAP_RULES" <<'EOF'
+  taskset -c "$CLIENT_CORE" python3 - "$work/policy/big.toml" "$SWAP_RULES" <<'EOF'
 import sys
 path, n = sys.argv[1], int(sys.argv[2])
 with open(path + ".tmp", "w") as f:
@@ -194,7 +197,7 @@ os.rename(path + ".tmp", path)
 EOF
   t_write=$(date +%s.%N)
   for _ in $(seq 600); do  # the big table compiles (bounded: 120 s)
-    v=$("$ctl" status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["table_version"] or 0)')
+    v=$(ctl status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["table_version"] or 0)')
     [ "$v" -ge 2 ] && break
     sleep 0.2
   done
@@ -209,12 +212,12 @@ EOF
   for _ in $(seq 600); do [ -s "$work/idle.json" ] && break; sleep 0.1; done
   active=$(metric zgate_connections_active)
   slice_before=$(metric zgate_worker_longest_redecision_slice_microseconds)
-  turn_before=$(metric zgate_worker_longest_turn_microseconds)
+  turn_before=$(metric zgate_worker_longest_redecision_turn_microseconds)
   target=$(( $(metric zgate_worker_table_version) + 1 ))
   # Re-publish the big table under a new version: no compile on the way.
   t0=$(date +%s%N)
-  "$ctl" rollback "$v" > /dev/null 2>&1 || "$ctl" rollback > /dev/null
-  target=$("$ctl" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["table_version"])')
+  ctl rollback "$v" > /dev/null 2>&1 || ctl rollback > /dev/null
+  target=$(ctl status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["table_version"])')
   for _ in $(seq 3000); do
     [ "$(metric zgate_worker_table_version)" -ge "$target" ] && break
     sleep 0.005
@@ -228,8 +231,8 @@ line = {"mode": "swap", "rules": $SWAP_RULES, "flows_live": $active,
         "redecision_us": $(metric zgate_worker_last_redecision_microseconds),
         "longest_slice_us": $(metric zgate_worker_longest_redecision_slice_microseconds),
         "longest_slice_before_us": $slice_before,
-        "longest_turn_us": $(metric zgate_worker_longest_turn_microseconds),
-        "longest_turn_before_us": $turn_before,
+        "longest_turn_during_us": $(metric zgate_worker_longest_redecision_turn_microseconds),
+        "longest_turn_during_before_us": $turn_before,
         "closed_by_policy": $(metric zgate_flows_closed_by_policy_total),
         "stalls": $(metric zgate_worker_stalls_total)}
 open("$results", "a").write(json.dumps(line) + "\n")
@@ -238,7 +241,7 @@ EOF
   stop_pid "$idle"
   rm -f "$work/policy/big.toml"
   for _ in $(seq 600); do
-    v=$("$ctl" status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["tables"][-1]["rules"])')
+    v=$(ctl status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["tables"][-1]["rules"])')
     [ "$v" -le 2 ] && break
     sleep 0.2
   done
@@ -246,16 +249,37 @@ fi
 
 if has_part churn; then
   echo "bench-control: churn, ping-pong over $CHURN_CONNS mTLS connections, quiet vs 10 deltas + 1 table per second" >&2
-  churner() {  # 10 fact deltas and 1 table per second until killed
-    local i=0
-    while :; do
-      for k in $(seq 10); do
-        "$ctl" risk set --principal "spiffe://zgate.test/churn-$((i % 50))" $((i % 100)) > /dev/null
-        i=$((i + 1))
-        sleep 0.09
-      done
-      printf '# churn %s\n' "$i" > "$work/policy/churn.toml"
-    done
+  # 10 fact deltas (HTTP/JSON API, one kept-alive connection) and 1 table (a policy
+  # edit) per second until killed: a light client, so that what is measured is the
+  # gateway's side, not the cost of starting a CLI process per change.
+  churner() {
+    taskset -c "$CLIENT_CORE" python3 - "$API" "$token" "$work/policy/churn.toml" <<'PY'
+import http.client, json, sys, time
+port, token, policy = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+c = http.client.HTTPConnection("127.0.0.1", port)
+i = 0
+while True:
+    t0 = time.monotonic()
+    for k in range(10):
+        body = json.dumps({"principal": f"spiffe://zgate.test/churn-{i % 50}", "score": i % 100})
+        for attempt in range(3):
+            try:
+                c.request("POST", "/v1/risk", body, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+                r = c.getresponse(); r.read()
+                break
+            except (OSError, http.client.HTTPException):
+                # The server may close an idle kept-alive connection: open another.
+                c.close(); c = http.client.HTTPConnection("127.0.0.1", port)
+        else:
+            sys.exit("churn: the API does not answer")
+        if r.status != 200:
+            sys.exit(f"churn: {r.status}")
+        i += 1
+        time.sleep(max(0.0, t0 + (k + 1) * 0.1 - time.monotonic()))
+    with open(policy + ".tmp", "w") as f:
+        f.write(f"# churn {i}\n")
+    import os; os.rename(policy + ".tmp", policy)
+PY
   }
   for r in $(seq "$CHURN_ROUNDS"); do
     for mode in quiet churn; do

@@ -108,6 +108,9 @@ zgate_telemetry::metric_families! {
     /// The longest slice of a full re-decision.
     LongestSlice => "zgate_worker_longest_redecision_slice_microseconds", Max, Worker,
         "Longest loop time spent re-deciding live flows in one turn: a slice of a new table's (or fact set's) pass over every flow, bounded at about 200 microseconds, or the flows a fact delta names, closes included.";
+    /// The longest loop turn while a re-decision ran.
+    LongestSweepTurn => "zgate_worker_longest_redecision_turn_microseconds", Max, Worker,
+        "Longest loop turn (top to top: a re-decision slice, the completions, the submit) while live flows were being decided again: what the core's other flows waited at most meanwhile.";
     /// How long the last full re-decision took.
     LastSweep => "zgate_worker_last_redecision_microseconds", Gauge, Worker,
         "Time from a new table (or fact set) reaching the worker to every live flow decided by it, for the last one.";

@@ -35,7 +35,7 @@ const SLICE: Duration = Duration::from_micros(200);
 const TOUCHED_SLICE: Duration = Duration::from_micros(450);
 /// Slots between two looks at the clock during a slice (a re-decision is well under
 /// a microsecond).
-const CLOCK_EVERY: usize = 32;
+const CLOCK_EVERY: usize = 8;
 
 /// A pass over every slot, resumable across loop turns.
 #[derive(Debug, Default)]

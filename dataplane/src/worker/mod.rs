@@ -508,8 +508,18 @@ impl Worker {
         // When the last batch of completions was handled: adaptive polling spins for
         // `spin` after it.
         let mut last_completion = self.now;
+        // While a re-decision pass runs the worker does not sleep: each loop turn, from
+        // top to top, is what the core's other flows wait (a slice, completions, submit).
+        let mut sweeping_since: Option<Instant> = None;
         loop {
             self.clock();
+            if let Some(top) = sweeping_since.take() {
+                let us = u64::try_from(self.now.saturating_duration_since(top).as_micros())
+                    .unwrap_or(u64::MAX);
+                if us > self.own.value(M::LongestSweepTurn) {
+                    self.own.set_gauge(M::LongestSweepTurn, us);
+                }
+            }
             if let Some(start) = busy_since.take() {
                 // Spinning counts from the end of the handling, not its start: a batch
                 // that took longer than `spin` must not put the worker to sleep.
@@ -525,7 +535,13 @@ impl Worker {
             }
             self.rearm_wake();
             self.refresh_tls();
+            let top = self.now;
             self.refresh_live();
+            // Still under way after this turn's slice: the worker will not sleep, and
+            // the turn is timed to the next top.
+            if self.sweeps.active() {
+                sweeping_since = Some(top);
+            }
             let phase = self.published.phase();
             if phase != self.phase {
                 self.enter_phase(phase);
