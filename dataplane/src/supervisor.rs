@@ -705,6 +705,19 @@ fn reload(why: &str, config: &Config, published: &Published) -> Result<u64, Relo
         return Err(e);
     };
     match load_table(path) {
+        Ok(t)
+            if published.table().is_some_and(|p| {
+                p.version() == t.version() && p.policy_hash() == t.policy_hash()
+            }) =>
+        {
+            // The same table again: nothing to publish, no flow to decide again.
+            let version = t.version();
+            log(format_args!(
+                "{why}: table `{}` version {version} unchanged; nothing published",
+                path.display(),
+            ));
+            Ok(version)
+        }
         Ok(t) => {
             let version = t.version();
             log(format_args!(

@@ -178,6 +178,46 @@ mod zero_trust_loop {
         drop(flow(&gw, &pki, &victim));
     }
 
+    /// One control process, two gateways: both in `status` by name, both enforce
+    /// every change, a revocation closes the identity's flows on each.
+    #[test]
+    fn one_control_process_serves_several_gateways() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let control = Control::start(&[("p.toml", POLICY)]);
+        let (s1, s2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let start = |name: &str, state: &std::path::Path| {
+            let mut setup = Setup::new(up.addr);
+            setup.table = None;
+            setup.listener_extra = pki.listener_tls("");
+            setup.tables_extra = control.gateway_named(name, state);
+            Gateway::start(&setup)
+        };
+        let (a, b) = (start("gw-a", s1.path()), start("gw-b", s2.path()));
+        let s = control.wait_enforced(2);
+        let mut names: Vec<String> = s["dataplanes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["gw-a", "gw-b"], "{s}");
+        let trader = leaf(&pki, TRADER, None);
+        let (mut fa, mut fb) = (flow(&a, &pki, &trader), flow(&b, &pki, &trader));
+        control.ok(&["revoke", "--principal", TRADER]);
+        assert!(closed(&mut fa) && closed(&mut fb));
+        let s = control.wait_enforced(2);
+        for d in s["dataplanes"].as_array().unwrap() {
+            assert_eq!(d["report"]["facts_version"], 1, "{s}");
+        }
+        let text = control.ok(&["status"]);
+        assert!(
+            text.contains("gw-a (pid") && text.contains("gw-b (pid"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn policy_edits_take_effect_and_a_broken_policy_changes_nothing() {
         let pki = Pki::new(&[]);

@@ -198,6 +198,21 @@ fn sighup_reload_switches_from_deny_to_allow_and_bad_table_keeps_the_old() {
     assert_eq!(gw.wait_metric("zgate_table_version", 2), 2);
     let s = gw.connect();
     assert_eq!(round_trip(&s, b"now allowed"), b"now allowed");
+
+    // The same file again: nothing is published, no flow is decided again.
+    gw.signal("HUP");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !gw.log().contains("version 2 unchanged; nothing published")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        gw.log().contains("version 2 unchanged; nothing published"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(round_trip(&s, b"still open"), b"still open");
 }
 
 #[test]

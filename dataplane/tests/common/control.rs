@@ -73,8 +73,13 @@ impl Control {
 
     /// The `[control]` table a gateway needs to subscribe (state in `state_dir`).
     pub fn gateway_section(&self, state_dir: &Path) -> String {
+        self.gateway_named("gw-test", state_dir)
+    }
+
+    /// The same, for a gateway named `name`.
+    pub fn gateway_named(&self, name: &str, state_dir: &Path) -> String {
         format!(
-            "[control]\nsocket = {:?}\nstate_dir = {:?}\nname = \"gw-test\"\n",
+            "[control]\nsocket = {:?}\nstate_dir = {:?}\nname = {name:?}\n",
             self.channel(),
             state_dir
         )
