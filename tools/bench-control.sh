@@ -62,31 +62,10 @@ work=$(mktemp -d -t zgate-bench-control.XXXXXX)
 results="$OUT_DIR/results.jsonl"
 : > "$results"
 
-pids=()
-stop_pid() {
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do stop_pid "$pid"; done
-  mkdir -p "$OUT_DIR/logs"
-  cp "$work"/*.log "$OUT_DIR/logs/" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "bench-control: nothing listens on port $1 after 10 s" >&2
-  return 1
-}
+# Process bookkeeping (every process started here is stopped by PID on exit) and
+# port waits, shared with the other bench scripts.
+BENCH=bench-control
+source tools/bench/lib.sh
 metric() {  # metric NAME: the sum of its samples on the gateway's /metrics
   taskset -c "$CLIENT_CORE" curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { print s + 0 }'
 }

@@ -165,6 +165,26 @@ fn locked(core: &Shared) -> Result<std::sync::MutexGuard<'_, Core>, Response> {
         .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "state lock poisoned"))
 }
 
+/// A read: `f`'s JSON of the state, under the lock.
+fn read(core: &Shared, f: impl FnOnce(&Core) -> serde_json::Value) -> Response {
+    match locked(core) {
+        Ok(c) => Json(f(&c)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// One list of facts with the version it belongs to.
+fn facts_list(
+    core: &Shared,
+    key: &str,
+    f: impl FnOnce(&super::store::Facts) -> serde_json::Value,
+) -> Response {
+    read(
+        core,
+        |c| json!({ "facts_version": c.facts_version(), key: f(c.facts()) }),
+    )
+}
+
 /// The versions after a change.
 fn done(core: &Core, extra: serde_json::Value) -> Response {
     let mut v = json!({
@@ -193,20 +213,14 @@ macro_rules! change {
 }
 
 async fn status(State(core): State<Shared>) -> Response {
-    match locked(&core) {
-        Ok(c) => Json(c.status()).into_response(),
-        Err(r) => r,
-    }
+    read(&core, |c| json!(c.status()))
 }
 
 async fn history(State(core): State<Shared>) -> Response {
-    match locked(&core) {
-        Ok(c) => {
-            let (tables, enforced) = c.history();
-            Json(json!({ "enforced": enforced, "tables": tables })).into_response()
-        }
-        Err(r) => r,
-    }
+    read(&core, |c| {
+        let (tables, enforced) = c.history();
+        json!({ "enforced": enforced, "tables": tables })
+    })
 }
 
 #[derive(Deserialize)]
@@ -304,13 +318,7 @@ async fn unrevoke(
 }
 
 async fn revocations(State(core): State<Shared>) -> Response {
-    match locked(&core) {
-        Ok(c) => Json(
-            json!({ "facts_version": c.facts_version(), "revocations": c.facts().revocations }),
-        )
-        .into_response(),
-        Err(r) => r,
-    }
+    facts_list(&core, "revocations", |f| json!(f.revocations))
 }
 
 async fn posture(
@@ -336,11 +344,7 @@ async fn posture_clear(
 }
 
 async fn postures(State(core): State<Shared>) -> Response {
-    match locked(&core) {
-        Ok(c) => Json(json!({ "facts_version": c.facts_version(), "posture": c.facts().posture }))
-            .into_response(),
-        Err(r) => r,
-    }
+    facts_list(&core, "posture", |f| json!(f.posture))
 }
 
 #[derive(Deserialize)]
@@ -382,11 +386,7 @@ async fn risk_clear(
 }
 
 async fn risks(State(core): State<Shared>) -> Response {
-    match locked(&core) {
-        Ok(c) => Json(json!({ "facts_version": c.facts_version(), "risk": c.facts().risk }))
-            .into_response(),
-        Err(r) => r,
-    }
+    facts_list(&core, "risk", |f| json!(f.risk))
 }
 
 #[derive(Deserialize)]
@@ -436,11 +436,7 @@ async fn ungrant(
 }
 
 async fn grants(State(core): State<Shared>) -> Response {
-    match locked(&core) {
-        Ok(c) => Json(json!({ "facts_version": c.facts_version(), "grants": c.facts().grants }))
-            .into_response(),
-        Err(r) => r,
-    }
+    facts_list(&core, "grants", |f| json!(f.grants))
 }
 
 async fn shadow(

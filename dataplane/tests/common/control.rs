@@ -29,18 +29,7 @@ pub struct Control {
 impl Control {
     /// Start one with the policy files `policy` (name, TOML text).
     pub fn start(policy: &[(&str, &str)]) -> Control {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("policy")).unwrap();
-        for (name, text) in policy {
-            std::fs::write(dir.path().join("policy").join(name), text).unwrap();
-        }
-        let mut c = Control {
-            child: None,
-            dir,
-            extra_args: Vec::new(),
-        };
-        c.spawn();
-        c
+        Control::start_with(policy, &[])
     }
 
     /// Start one with extra `serve` flags.
