@@ -13,6 +13,7 @@ use zgate_telemetry::metrics::{Exposition, Kind};
 use crate::metrics::{Counters, M};
 use crate::shared::StatsView;
 use crate::sys::PollSet;
+use zgate_telemetry::latency::Latencies;
 
 /// What `/readyz` and `/metrics` report.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +48,9 @@ pub struct AdminView {
     pub tls_not_after: Vec<(String, i64)>,
     /// The control channel, with `[control]`.
     pub control: Option<crate::channel::ChannelView>,
+    /// Latency histograms per listener since start, and over the last window; `None`
+    /// with `[workers] latency = false` (or before the first second).
+    pub latency: Option<(Vec<Latencies>, Vec<Latencies>)>,
 }
 
 impl AdminView {
@@ -231,7 +235,17 @@ pub fn metrics_text(v: &AdminView) -> String {
         "Earliest notAfter of the certificates a TLS listener serves (Unix seconds).",
         not_after.iter().map(|(l, v)| (&l[..], *v)),
     );
-    e.finish()
+    let mut out = e.finish();
+    if let Some((all, _)) = &v.latency {
+        let named: Vec<(&str, &Latencies)> = v
+            .listeners
+            .iter()
+            .map(String::as_str)
+            .zip(all.iter())
+            .collect();
+        zgate_telemetry::latency::prometheus(&mut out, &named);
+    }
+    out
 }
 
 /// The path of an HTTP request head, if it is a `GET`.
@@ -298,6 +312,17 @@ fn respond(head: &[u8], view: &impl Fn() -> AdminView) -> Vec<u8> {
             (false, text) => ("503 Service Unavailable", text),
         },
         Some("/metrics") => ("200 OK", metrics_text(&view())),
+        Some("/latency") => {
+            let v = view();
+            match &v.latency {
+                Some((all, win)) => ("200 OK", crate::latency::json(&v.listeners, all, win)),
+                None => (
+                    "404 Not Found",
+                    "latency histograms are off ([workers] latency = false) or not taken yet\n"
+                        .to_string(),
+                ),
+            }
+        }
         Some(_) => ("404 Not Found", "not found\n".to_string()),
         None => ("405 Method Not Allowed", "only GET\n".to_string()),
     };

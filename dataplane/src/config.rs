@@ -209,6 +209,9 @@ pub struct WorkersConfig {
     /// completions, not as interrupting task work. Falls back to a plain ring on kernels
     /// that refuse it.
     pub defer_taskrun: bool,
+    /// Keep latency histograms (`latency = true`, default): dwell time, handshakes,
+    /// upstream connects, decisions, flow durations, per listener (`/latency`).
+    pub latency: bool,
 }
 
 /// Default `[workers] splice_pipes`: up to 256 MiB of pipes per worker.
@@ -462,6 +465,7 @@ struct RawWorkers {
     splice: Option<bool>,
     splice_pipes: Option<i64>,
     defer_taskrun: Option<bool>,
+    latency: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -1057,6 +1061,7 @@ impl Errors {
             splice: true,
             splice_pipes: DEFAULT_SPLICE_PIPES,
             defer_taskrun: true,
+            latency: true,
         };
         match raw.map(RawWorkers::deserialize) {
             None => errs.0.push(ConfigError::Missing {
@@ -1123,6 +1128,7 @@ impl Errors {
                     }
                 }
                 workers.defer_taskrun = w.defer_taskrun.unwrap_or(true);
+                workers.latency = w.latency.unwrap_or(true);
                 if let Some(b) = w.buffers {
                     match u16::try_from(b) {
                         Ok(b) if (2..=32768).contains(&b) && b.is_power_of_two() => {

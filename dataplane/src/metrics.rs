@@ -187,7 +187,11 @@ mod tests {
     /// `ZGATE_WRITE_METRICS_DOC=1 cargo test -p zgate-dataplane metrics_doc`.
     #[test]
     fn metrics_doc_is_generated_from_the_one_list() {
-        let table = metrics::markdown_table(M::FAMILIES);
+        let table = format!(
+            "{}{}",
+            metrics::markdown_table(M::FAMILIES),
+            zgate_telemetry::latency::markdown_rows()
+        );
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
         let text = format!(
             "# zgate metrics (generated)\n\nGenerated from `dataplane/src/metrics.rs` by its test \

@@ -231,6 +231,8 @@ pub struct WorkerStats {
     pub shadow_generation: AtomicU64,
     /// The worker's answer to the latest impact query it has answered.
     pub impact: ArcSwapOption<ImpactAnswer>,
+    /// Its latency histograms per listener (a copy, handed over once a second).
+    pub latency: ArcSwapOption<Vec<zgate_telemetry::latency::Latencies>>,
 }
 
 /// One worker's answer to an impact query.
@@ -258,6 +260,7 @@ impl WorkerStats {
             facts_generation: AtomicU64::new(0),
             shadow_generation: AtomicU64::new(0),
             impact: ArcSwapOption::new(None),
+            latency: ArcSwapOption::new(None),
         }
     }
 

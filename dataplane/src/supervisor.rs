@@ -342,6 +342,7 @@ pub fn run(
             splice: config.workers.splice,
             splice_pipes: config.workers.splice_pipes,
             defer_taskrun: config.workers.defer_taskrun,
+            latency: config.workers.latency,
             audit: Arc::clone(&audit_queue),
             listeners,
             published: Arc::clone(&published),
@@ -391,6 +392,7 @@ pub fn run(
         wake_all(workers);
     };
     let mut poll = PollSet::default();
+    let mut latency = crate::latency::LatencyBook::default();
     // The table generation whose table `names` knows last (and the shadow one's).
     let mut names_generation = 0;
     let mut shadow_names_generation = 0;
@@ -501,6 +503,10 @@ pub fn run(
             names.published(published.shadow());
         }
         audit.drain(workers.iter().map(|w| &*w.audit), AUDIT_BUDGET, &names);
+        if config.workers.latency {
+            let stats: Vec<&WorkerStats> = workers.iter().map(|w| &*w.stats).collect();
+            latency.sample(now, &stats, config.listeners.len());
+        }
         if let Some(a) = admin.as_mut() {
             let view = || AdminView {
                 stats: sum(&workers, config.listeners.len()),
@@ -532,6 +538,10 @@ pub fn run(
                     })
                     .collect(),
                 control: channel.as_ref().map(Channel::view),
+                latency: latency
+                    .since_start()
+                    .map(<[_]>::to_vec)
+                    .zip(latency.window()),
             };
             a.turn(now, &poll, view);
         }

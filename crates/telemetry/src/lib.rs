@@ -21,6 +21,7 @@ use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
 use zgate_table::facts::DecidedBy;
 
+pub mod latency;
 pub mod metrics;
 
 /// Longest client-influenced text kept in an event (characters); longer is cut and

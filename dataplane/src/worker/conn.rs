@@ -131,6 +131,8 @@ pub struct Conn {
     dirs: [Dir; 2],
     /// Each direction's pipe while it splices (`None` otherwise).
     pipes: [Option<Spliced>; 2],
+    /// When each direction's bytes in flight arrived (their dwell starts there).
+    recv_at: [Instant; 2],
     /// When it was accepted (loop clock).
     pub started: Instant,
     /// When bytes last moved (or the connect completed).
@@ -166,6 +168,28 @@ pub struct Ctx<'a> {
     pub out_pool: &'a mut crate::worker::tls::OutPool,
     /// Set by the flow when its upstream connect failed: the worker audits it.
     pub connect_failed: Option<ConnectFailure>,
+    /// The listener's latency histograms (`None`: `[workers] latency = false`).
+    pub latency: Option<&'a mut zgate_telemetry::latency::Latencies>,
+}
+
+impl Ctx<'_> {
+    /// Record `since`..now for `m`, when histograms are kept.
+    #[inline]
+    pub fn record(&mut self, m: zgate_telemetry::latency::Measure, since: Instant) {
+        if let Some(l) = self.latency.as_deref_mut() {
+            let ns = self.now.saturating_duration_since(since).as_nanos();
+            l.record(m, u64::try_from(ns).unwrap_or(u64::MAX));
+        }
+    }
+}
+
+/// The dwell measure of direction `dir` (0: client to upstream).
+pub fn dwell(dir: usize) -> zgate_telemetry::latency::Measure {
+    if dir == 0 {
+        zgate_telemetry::latency::Measure::DwellClientToUpstream
+    } else {
+        zgate_telemetry::latency::Measure::DwellUpstreamToClient
+    }
 }
 
 /// Why an upstream connect failed, for the flow's audit record.
@@ -328,6 +352,7 @@ impl Conn {
             state: State::Connecting,
             dirs: [Dir::Reading, Dir::Reading],
             pipes: [None, None],
+            recv_at: [ctx.now; 2],
             started: ctx.now,
             last_active: ctx.now,
             source: admitted.source,
@@ -494,6 +519,11 @@ impl Conn {
         if result == 0 {
             self.state = State::Open;
             self.last_active = ctx.now;
+            // A plain flow's connect starts at its accept.
+            ctx.record(
+                zgate_telemetry::latency::Measure::UpstreamConnect,
+                self.started,
+            );
             self.recv(0, ctx);
             self.recv(1, ctx);
         } else {
@@ -522,6 +552,9 @@ impl Conn {
         match (n, buf) {
             (Some(n), Some(buf)) if n > 0 && self.state != State::Closing => {
                 self.last_active = ctx.now;
+                if let Some(t) = self.recv_at.get_mut(dir) {
+                    *t = ctx.now;
+                }
                 if dir == 0 {
                     ctx.stats
                         .add_label(M::Bytes, CLIENT_TO_UPSTREAM, u64::from(n));
@@ -579,6 +612,9 @@ impl Conn {
                 if start < end {
                     self.send(dir, buf, start, end, ctx);
                 } else {
+                    if let Some(&t) = self.recv_at.get(dir) {
+                        ctx.record(dwell(dir), t);
+                    }
                     self.give_back(buf, ctx);
                     if ctx.splice && end as usize >= BULK_RECV {
                         // A large receive: the source is sending in bulk.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use zgate_proto::Cause;
 use zgate_table::facts::{DecidedBy, Decision, FlowFacts, Reason, UnixSeconds};
+use zgate_telemetry::latency::Measure;
 use zgate_telemetry::{AuditEvent, AuditKind, RuleRef, Verdict};
 use zgate_tls::{Alert, RejectReason};
 
@@ -294,8 +295,37 @@ impl Worker {
         };
         let Flow::Tls(t) = flow else { return };
         let listener = t.listener;
+        let handshake = if t.session().is_resumed() {
+            Measure::HandshakeResumed
+        } else {
+            Measure::HandshakeFull
+        };
+        let handshake_ns = self.now.saturating_duration_since(t.started).as_nanos();
+        let timed = self.sample_decision().then(super::precise_now);
+        let Some(Some(flow)) = self.slots.get(i).map(|s| s.conn.as_ref()) else {
+            return;
+        };
         let decision = self.decide_flow(flow);
         let verdict = permit(decision, self.unix_now, self.unix_now, flow.chain_window());
+        let decision_ns = timed.map(|t0| {
+            super::precise_now()
+                .saturating_duration_since(t0)
+                .as_nanos()
+        });
+        if let Some(l) = self
+            .listeners
+            .get_mut(listener)
+            .and_then(|l| l.latency.as_deref_mut())
+        {
+            l.record(handshake, u64::try_from(handshake_ns).unwrap_or(u64::MAX));
+            if let Some(ns) = decision_ns {
+                l.record(Measure::Decision, u64::try_from(ns).unwrap_or(u64::MAX));
+            }
+        }
+        let Some(Some(flow)) = self.slots.get(i).map(|s| s.conn.as_ref()) else {
+            return;
+        };
+        let Flow::Tls(t) = flow else { return };
         if let Some(reason) = verdict.err().and_then(Refusal::tls_reason) {
             // A resumed session whose chain has run out since: refused as a TLS
             // failure, before any decision counts.

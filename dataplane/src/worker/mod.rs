@@ -39,6 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use zgate_table::facts::{FlowFacts, LiveFacts};
 use zgate_table::DecisionTable;
+use zgate_telemetry::latency::{Latencies, Measure};
 use zgate_telemetry::{AuditKind, AuditQueue};
 use zgate_tls::{RejectReason, ServerTls};
 
@@ -67,6 +68,8 @@ const STALL: Duration = Duration::from_millis(2);
 const SPLICE_STALLED: Duration = Duration::from_millis(1);
 /// Counters are published at most this often while a worker is busy.
 const PUBLISH: Duration = Duration::from_millis(1);
+/// Latency histograms are handed to the supervisor every this many ticks (1 s).
+const LATENCY_EVERY_TICKS: u64 = 10;
 /// Submission queue entries per ring.
 const RING_ENTRIES: u32 = 1024;
 
@@ -138,6 +141,8 @@ pub struct WorkerSetup {
     pub splice_pipes: u32,
     /// Whether to ask for `SINGLE_ISSUER | DEFER_TASKRUN`.
     pub defer_taskrun: bool,
+    /// Whether to keep latency histograms (`[workers] latency`).
+    pub latency: bool,
     /// Where its audit events go (the supervisor drains it).
     pub audit: Arc<AuditQueue>,
     /// Its listeners.
@@ -165,6 +170,8 @@ struct Listener {
     tls: Option<ListenerTls>,
     /// This worker's counters for the listener.
     counters: Counters,
+    /// Its latency histograms (`None`: not kept).
+    latency: Option<Box<Latencies>>,
 }
 
 /// Which source a per-source handshake limit counts against: an IPv4 address, or the
@@ -287,6 +294,10 @@ struct Worker {
     wheel: Wheel,
     /// Scratch for the wheel's due entries.
     due: Vec<timers::Entry>,
+    /// Ticks so far.
+    ticks: u64,
+    /// Decisions so far (one in `DECISION_SAMPLE` is timed).
+    decisions: u64,
 }
 
 /// Run a worker until the supervisor says stop and every flow is gone.
@@ -324,6 +335,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
                 handshaking_by_source: HashMap::new(),
                 tls: None,
                 counters: Counters::default(),
+                latency: setup.latency.then(|| Box::new(Latencies::new())),
             })
             .collect(),
         slots: Vec::new(),
@@ -363,6 +375,8 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         last_splice_done: now,
         wheel: Wheel::new(now, TICK),
         due: Vec::new(),
+        ticks: 0,
+        decisions: 0,
     };
     w.clock();
     let result = w.run_loop();
@@ -386,6 +400,16 @@ fn loop_clock() -> (Instant, i64) {
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0);
     (Instant::now(), unix_us)
+}
+
+/// A clock read for the few measurements the loop clock is too coarse for (a sampled
+/// decision takes well under a microsecond).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "sampled decision timing: one in DECISION_SAMPLE decisions, two reads"
+)]
+fn precise_now() -> Instant {
+    Instant::now()
 }
 
 impl Worker {
@@ -614,6 +638,7 @@ impl Worker {
             self.publish(false);
         }
         self.publish(true);
+        self.publish_latency();
         Ok(())
     }
 
@@ -661,6 +686,37 @@ impl Worker {
         self.starved_batch = batch;
     }
 
+    /// Hand a copy of every listener's histograms to the supervisor.
+    fn publish_latency(&mut self) {
+        if self.listeners.iter().all(|l| l.latency.is_none()) {
+            return;
+        }
+        let copy: Vec<Latencies> = self
+            .listeners
+            .iter()
+            .map(|l| l.latency.as_deref().cloned().unwrap_or_default())
+            .collect();
+        self.stats_out.latency.store(Some(Arc::new(copy)));
+    }
+
+    /// Whether this decision is one of the timed ones.
+    fn sample_decision(&mut self) -> bool {
+        self.decisions += 1;
+        self.decisions % zgate_telemetry::latency::DECISION_SAMPLE == 0
+            && self.listeners.iter().any(|l| l.latency.is_some())
+    }
+
+    /// Record a timed decision for listener `index`.
+    fn record_decision(&mut self, index: usize, ns: u64) {
+        if let Some(l) = self
+            .listeners
+            .get_mut(index)
+            .and_then(|l| l.latency.as_deref_mut())
+        {
+            l.record(Measure::Decision, ns);
+        }
+    }
+
     fn listeners_closed(&self) -> bool {
         self.listeners.iter().all(|l| l.fd.is_none())
     }
@@ -693,6 +749,10 @@ impl Worker {
     }
 
     fn tick(&mut self) {
+        self.ticks += 1;
+        if self.ticks % LATENCY_EVERY_TICKS == 0 {
+            self.publish_latency();
+        }
         self.pipes.retry();
         self.out_pool.decay();
         // An idle worker publishes on its tick (a busy one after its batches).
@@ -873,6 +933,7 @@ impl Worker {
             gen,
             out_pool: &mut self.out_pool,
             connect_failed: None,
+            latency: listener.latency.as_deref_mut(),
         };
         f(conn, &mut ctx);
         let flow = conn.audit_ref();
@@ -891,8 +952,17 @@ impl Worker {
         }
         if conn.finished() {
             let listener = conn.listener();
+            let started = conn.started();
             if let Flow::Tls(t) = conn {
                 t.return_buffers(&mut self.out_pool);
+            }
+            if let Some(l) = self
+                .listeners
+                .get_mut(listener)
+                .and_then(|l| l.latency.as_deref_mut())
+            {
+                let ns = self.now.saturating_duration_since(started).as_nanos();
+                l.record(Measure::FlowDuration, u64::try_from(ns).unwrap_or(u64::MAX));
             }
             // INVARIANT: finished() means nothing is in flight for this slot.
             slot.conn = None;
@@ -1007,8 +1077,13 @@ impl Worker {
             return;
         };
         let config = Arc::clone(&l.config);
+        let timed = self.sample_decision().then(precise_now);
         let decision = self.decide(index, peer.ip());
         let verdict = permit(decision, self.unix_now, self.unix_now, None);
+        if let Some(t0) = timed {
+            let ns = precise_now().saturating_duration_since(t0).as_nanos();
+            self.record_decision(index, u64::try_from(ns).unwrap_or(u64::MAX));
+        }
         self.audit_decision(
             AuditKind::Decision,
             flow,
@@ -1079,6 +1154,7 @@ impl Worker {
             gen: slot.gen,
             out_pool: &mut self.out_pool,
             connect_failed: None,
+            latency: l.latency.as_deref_mut(),
         };
         match TlsConn::accept(flow, client, tls, postgres, &mut ctx) {
             Ok(mut conn) if !conn.finished() => {
@@ -1149,6 +1225,7 @@ impl Worker {
             gen: slot.gen,
             out_pool: &mut self.out_pool,
             connect_failed: None,
+            latency: l.latency.as_deref_mut(),
         };
         match Conn::connect(admitted, client, upstream, cfg, &mut ctx) {
             Ok(conn) => {
@@ -1201,6 +1278,7 @@ mod tests {
             splice: false,
             splice_pipes: 0,
             defer_taskrun: true,
+            latency: true,
             audit: Arc::new(AuditQueue::new(16)),
             listeners: vec![],
             published: Arc::clone(&published),

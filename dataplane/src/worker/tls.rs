@@ -203,6 +203,10 @@ pub struct TlsConn {
     /// Client plaintext toward the upstream, sent from its receive buffer (instead of
     /// `out[0]`, which carries it when it had to be copied).
     in_place: Option<InPlace>,
+    /// When each direction's bytes now in the gateway arrived (their dwell starts).
+    recv_at: [Option<Instant>; 2],
+    /// When the upstream connect started.
+    connect_at: Option<Instant>,
     /// The `sendmsg` header `in_place` is sent with when it has several pieces, held
     /// while the flow is busy.
     send_vec: Option<Lent<SendVec>>,
@@ -264,6 +268,8 @@ impl TlsConn {
             input: [None, None],
             out: [None, None],
             in_place: None,
+            recv_at: [None, None],
+            connect_at: None,
             send_vec: None,
             close_notify_sent: false,
             bridge: None,
@@ -431,6 +437,7 @@ impl TlsConn {
         }
         self.expiry = permit.expiry();
         self.started_unix = started_unix;
+        self.connect_at = Some(ctx.now);
         let mut mem = ConnMem::boxed(cfg.upstream, cfg.connect_timeout);
         let (c, t) = (ctx.ud(Op::Connect), ctx.ud(Op::ConnectTimeout));
         let pushed = ctx
@@ -526,6 +533,9 @@ impl TlsConn {
         if result == 0 {
             self.state = TlsState::Open;
             self.last_active = ctx.now;
+            if let Some(t) = self.connect_at {
+                ctx.record(zgate_telemetry::latency::Measure::UpstreamConnect, t);
+            }
             self.pump(ctx);
         } else {
             ctx.stats.inc(M::UpstreamConnectFailures);
@@ -562,6 +572,9 @@ impl TlsConn {
         match (u32::try_from(result).ok(), buf) {
             (Some(n), Some(buf)) if n > 0 && live => {
                 self.last_active = ctx.now;
+                if let Some(t) = self.recv_at.get_mut(side) {
+                    t.get_or_insert(ctx.now);
+                }
                 if side == CLIENT {
                     ctx.stats
                         .add_label(M::Bytes, CLIENT_TO_UPSTREAM, u64::from(n));
@@ -627,6 +640,8 @@ impl TlsConn {
                 // Nothing else would: `produce` refills an output only once it is empty.
                 if o.start < o.end {
                     self.send_out(to, ctx);
+                } else {
+                    self.drained(to, ctx);
                 }
                 self.pump(ctx);
             }
@@ -639,6 +654,25 @@ impl TlsConn {
                     self.close(CloseKind::Reset, ctx);
                 }
             }
+        }
+    }
+
+    /// A send toward `dir`'s destination completed with nothing left to send: if
+    /// nothing of that direction is waiting either (input consumed, output empty),
+    /// its bytes are out and their dwell ends.
+    fn drained(&mut self, dir: usize, ctx: &mut Ctx<'_>) {
+        let input_left = self.input.get(dir).is_some_and(Option::is_some);
+        let out_left = self
+            .out
+            .get(dir)
+            .and_then(Option::as_ref)
+            .is_some_and(|o| o.start < o.end);
+        let in_place_left = dir == 0 && self.in_place.is_some();
+        if input_left || out_left || in_place_left {
+            return;
+        }
+        if let Some(t) = self.recv_at.get_mut(dir).and_then(Option::take) {
+            ctx.record(super::conn::dwell(dir), t);
         }
     }
 
@@ -663,6 +697,7 @@ impl TlsConn {
                 p.runs.advance(n);
                 if p.runs.total() == 0 {
                     self.drop_in_place(ctx);
+                    self.drained(0, ctx);
                 } else {
                     // A short send: the rest now (nothing else would send it).
                     self.send_in_place(ctx);

@@ -1,0 +1,211 @@
+//! The gateway's own latency (issue 17): histograms per listener that move with the
+//! traffic through that listener only, `/latency` percentiles that fit inside what a
+//! client measures through the gateway, and a `/metrics` page a real Prometheus parser
+//! reads.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests wait on real processes and time their own round trips"
+)]
+
+#[cfg(test)]
+mod common;
+
+#[cfg(test)]
+mod latency {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    use super::common::*;
+
+    /// Two plain listeners on one echo upstream: `echo` (the Setup's) and `other`.
+    fn two_listeners(up: &Upstream, extra_workers: &str) -> (Gateway, std::net::SocketAddr) {
+        let mut setup = Setup::new(up.addr);
+        let other: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        setup.table = Some(table_bytes(
+            [allow_all("echo"), allow_all("other")]
+                .concat()
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut r)| {
+                    r.id = format!("allow-{i}");
+                    r
+                })
+                .collect(),
+            1,
+        ));
+        setup.workers_extra = extra_workers.to_string();
+        setup.tables_extra = format!(
+            "[[listener]]\nname = \"other\"\nlisten = \"{other}\"\nupstream = \"{}\"\n",
+            up.addr
+        );
+        (Gateway::start(&setup), other)
+    }
+
+    /// `n` 64-byte round trips on one connection; the client's own RTTs, sorted.
+    fn ping(addr: std::net::SocketAddr, n: usize) -> Vec<Duration> {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        let msg = [7u8; 64];
+        let mut back = [0u8; 64];
+        let mut rtts = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            s.write_all(&msg).unwrap();
+            s.read_exact(&mut back).unwrap();
+            rtts.push(t.elapsed());
+        }
+        rtts.sort();
+        rtts
+    }
+
+    fn measure<'a>(v: &'a serde_json::Value, listener: &str, m: &str) -> &'a serde_json::Value {
+        let l = v["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["listener"] == listener)
+            .unwrap_or_else(|| panic!("no listener {listener} in {v}"));
+        l["measures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["measure"] == m)
+            .unwrap_or_else(|| panic!("no measure {m} in {l}"))
+    }
+
+    /// Wait (bounded) until `/latency` shows at least `n` dwell samples on `listener`
+    /// (workers hand their histograms over once a second).
+    fn wait_dwell(gw: &Gateway, listener: &str, n: u64) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some((200, body)) = http_get(gw.admin, "/latency") {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let got = measure(&v, listener, "dwell_upstream_to_client")["since_start"]["count"]
+                    .as_u64()
+                    .unwrap_or(0);
+                if got >= n {
+                    return v;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {n} dwell samples on {listener}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    #[test]
+    fn a_listeners_histograms_move_with_its_traffic_only_and_fit_inside_the_client_rtt() {
+        let up = Upstream::echo();
+        let (gw, _other) = two_listeners(&up, "");
+        let rtts = ping(gw.listen, 2000);
+        let v = wait_dwell(&gw, "echo", 2000);
+        let c2u = measure(&v, "echo", "dwell_client_to_upstream");
+        let u2c = measure(&v, "echo", "dwell_upstream_to_client");
+        assert!(
+            c2u["since_start"]["count"].as_u64().unwrap() >= 2000,
+            "{c2u}"
+        );
+        // The gateway's share of a round trip: more than nothing, less than the whole
+        // round trip the client saw (which also holds the upstream and four socket hops).
+        let client_p50_us = rtts[rtts.len() / 2].as_secs_f64() * 1e6;
+        let gw_p50_us = c2u["since_start"]["p50_us"].as_f64().unwrap()
+            + u2c["since_start"]["p50_us"].as_f64().unwrap();
+        assert!(
+            gw_p50_us > 0.0 && gw_p50_us < client_p50_us,
+            "gateway dwell p50 {gw_p50_us} µs vs client RTT p50 {client_p50_us} µs"
+        );
+        let client_max_us = rtts[rtts.len() - 1].as_secs_f64() * 1e6;
+        let gw_max_us = u2c["since_start"]["max_us"].as_f64().unwrap();
+        assert!(
+            gw_max_us <= client_max_us * 1.02,
+            "{gw_max_us} vs {client_max_us}"
+        );
+        // The upstream connect and the flow were timed too (the flow once it ends).
+        assert!(
+            measure(&v, "echo", "upstream_connect")["since_start"]["count"]
+                .as_u64()
+                .unwrap()
+                >= 1
+        );
+        // Nothing moved on the other listener.
+        for m in [
+            "dwell_client_to_upstream",
+            "dwell_upstream_to_client",
+            "upstream_connect",
+        ] {
+            assert_eq!(measure(&v, "other", m)["since_start"]["count"], 0, "{m}");
+        }
+        // The window holds the recent samples.
+        assert!(u2c["last_window"]["count"].as_u64().unwrap() >= 1, "{u2c}");
+    }
+
+    #[test]
+    fn metrics_parse_with_a_prometheus_parser_and_carry_the_histograms() {
+        let up = Upstream::echo();
+        let (gw, _other) = two_listeners(&up, "");
+        drop(ping(gw.listen, 100));
+        wait_dwell(&gw, "echo", 100);
+        let (code, body) = http_get(gw.admin, "/metrics").unwrap();
+        assert_eq!(code, 200);
+        let lines = body.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("/metrics parses");
+        let mut names: Vec<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        for n in &names {
+            assert!(
+                n.starts_with("zgate_")
+                    && n.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "naming: {n}"
+            );
+        }
+        let dwell: Vec<_> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "zgate_dwell_seconds")
+            .collect();
+        assert!(
+            !dwell.is_empty(),
+            "no zgate_dwell_seconds histogram in:\n{body}"
+        );
+        let echo_c2u = dwell
+            .iter()
+            .find(|s| {
+                s.labels.get("listener") == Some("echo")
+                    && s.labels.get("direction") == Some("client_to_upstream")
+            })
+            .expect("echo's client_to_upstream dwell");
+        match &echo_c2u.value {
+            prometheus_parse::Value::Histogram(buckets) => {
+                let top = buckets.last().map_or(0.0, |b| b.count);
+                assert!(top >= 100.0, "{buckets:?}");
+                // Cumulative buckets never go down.
+                assert!(buckets.windows(2).all(|w| w[0].count <= w[1].count));
+            }
+            other => panic!("not a histogram: {other:?}"),
+        }
+        // Counters carry their listener too, and help text exists for every family.
+        assert!(scrape.docs.contains_key("zgate_dwell_seconds"));
+        assert!(scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "zgate_connections_accepted_total"
+                && s.labels.get("listener") == Some("other")));
+    }
+
+    #[test]
+    fn histograms_can_be_switched_off() {
+        let up = Upstream::echo();
+        let (gw, _other) = two_listeners(&up, "latency = false\n");
+        drop(ping(gw.listen, 10));
+        let (code, body) = http_get(gw.admin, "/latency").unwrap();
+        assert_eq!(code, 404, "{body}");
+        assert!(body.contains("latency = false"), "{body}");
+        let (_, metrics) = http_get(gw.admin, "/metrics").unwrap();
+        assert!(!metrics.contains("zgate_dwell_seconds"), "{metrics}");
+    }
+}
