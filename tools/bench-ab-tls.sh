@@ -8,7 +8,9 @@
 #
 # Usage: tools/bench-ab-tls.sh A_BIN_DIR B_BIN_DIR [OUT.jsonl]
 # Knobs: MODE (bulk | pingpong), PAIRS (10), CONNS (pingpong connections, 50),
-#   BULK_BYTES (2147483648), DURATION_S (pingpong, 4), GW_CORE (1), CLIENT_CORE (0).
+#   BULK_BYTES (2147483648), DURATION_S (pingpong, 4), GW_CORE (1), CLIENT_CORE (0),
+#   A_WORKERS, B_WORKERS (lines added to each side's [workers], e.g. B_WORKERS="latency =
+#   false" with A and B the same build: one setting against another).
 # Each BIN_DIR holds zgate; zgate-loadgen, zgate-devpki and zgate-control come from B.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,11 +48,15 @@ wait_port() {
 # The benchmark policy names the listeners `tls` (echo) and `tls-bulk` (sink).
 name=tls-bulk serve=(--sink)
 [ "$MODE" = bulk ] || { name=tls; serve=(); }
-cat >"$work/zgate.toml" <<EOF
+for side in A B; do
+extra=${A_WORKERS:-}
+[ "$side" = B ] && extra=${B_WORKERS:-}
+cat >"$work/zgate-$side.toml" <<EOF
 table = "t.zgt"
 admin = "127.0.0.1:$ADMIN_PORT"
 [workers]
 cores = [$GW_CORE]
+$extra
 [[listener]]
 name = "$name"
 listen = "127.0.0.1:$GW_PORT"
@@ -61,6 +67,7 @@ key = "$work/pki/server.key"
 client_ca = "$work/pki/ca.pem"
 trust_domain = "zgate.test"
 EOF
+done
 "$B/zgate-loadgen" serve --listen "127.0.0.1:$UP_PORT" --core "$CLIENT_CORE" "${serve[@]}" \
   --max-runtime-s 7200 2>"$work/upstream.log" &
 pids+=($!)
@@ -73,7 +80,7 @@ clk=$(getconf CLK_TCK)
 for i in $(seq 1 "$PAIRS"); do
   for side in A B; do
     dir=$A; [ "$side" = B ] && dir=$B
-    taskset -c "$GW_CORE" "$dir/zgate" run --config "$work/zgate.toml" 2>>"$work/zgate-$side.log" &
+    taskset -c "$GW_CORE" "$dir/zgate" run --config "$work/zgate-$side.toml" 2>>"$work/zgate-$side.log" &
     gw=$!
     pids+=("$gw")
     wait_port "$GW_PORT"
