@@ -59,6 +59,19 @@ impl AdminView {
     /// what it persisted while the control process is away is (fail static), and
     /// says so.
     fn readiness(&self) -> (bool, String) {
+        let (ready, mut text) = self.readiness_core();
+        if self.audit_dropped > 0 {
+            // Still ready: the data path never waits for the audit writer. But say it.
+            text = format!(
+                "{}; audit: {} event(s) dropped (a worker's queue was full)\n",
+                text.trim_end(),
+                self.audit_dropped
+            );
+        }
+        (ready, text)
+    }
+
+    fn readiness_core(&self) -> (bool, String) {
         if !self.accepting {
             return (false, "not ready: draining\n".into());
         }

@@ -197,6 +197,8 @@ mod tests {
             sni: None,
             resumed: false,
             cause: None,
+            bytes: None,
+            duration_us: None,
             detail: None,
         }
     }
@@ -216,7 +218,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(
-            text.starts_with("{\"v\":2,\"ts\":\"1970-01-01T00:00:01.000000Z\","),
+            text.starts_with("{\"v\":3,\"ts\":\"1970-01-01T00:00:01.000000Z\","),
             "{text}"
         );
         assert!(text.contains("\"listener\":\"redis\""), "{text}");

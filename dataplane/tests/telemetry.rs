@@ -208,4 +208,63 @@ mod latency {
         let (_, metrics) = http_get(gw.admin, "/metrics").unwrap();
         assert!(!metrics.contains("zgate_dwell_seconds"), "{metrics}");
     }
+
+    /// Every line the gateway writes validates against the schema; a flow's decision,
+    /// re-decision and close share its id; the close says how long, how many bytes,
+    /// and why.
+    #[test]
+    fn audit_lines_follow_the_schema_and_a_flows_records_share_its_id() {
+        let up = Upstream::echo();
+        let mut setup = Setup::new(up.addr);
+        let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let (other, broken) = (free_port(), free_port());
+        // `echo` and `broken` allowed; `other` named by no rule (default deny).
+        let mut rules = allow_all("echo");
+        let mut b = allow_all("broken");
+        b[0].id = "allow-broken".into();
+        rules.extend(b);
+        setup.table = Some(table_bytes(rules, 1));
+        setup.tables_extra = format!(
+            "[[listener]]\nname = \"other\"\nlisten = \"127.0.0.1:{other}\"\nupstream = \"{}\"\n\n\
+             [[listener]]\nname = \"broken\"\nlisten = \"127.0.0.1:{broken}\"\nupstream = \"{dead}\"\n",
+            up.addr
+        );
+        let gw = Gateway::start(&setup);
+        // A flow that finishes: 5 bytes each way, then the client closes.
+        let mut s = gw.connect();
+        s.write_all(b"hello").unwrap();
+        let mut back = [0u8; 5];
+        s.read_exact(&mut back).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        // A denied flow, and one whose upstream refuses.
+        let mut d = TcpStream::connect(("127.0.0.1", other)).unwrap();
+        assert!(ends_without_data(&mut d));
+        let mut f = TcpStream::connect(("127.0.0.1", broken)).unwrap();
+        assert!(ends_without_data(&mut f));
+        // A live flow closed by a new table.
+        let live = gw.connect();
+        assert_eq!(round_trip(&live, b"x"), b"x");
+        std::fs::write(&gw.table_path, table_bytes(vec![], 2)).unwrap();
+        gw.signal("HUP");
+        let policy_close = gw.wait_audit(|e| e["event"] == "close" && e["cause"] == "policy");
+        let finished = gw.wait_audit(|e| e["event"] == "close" && e["cause"] == "finished");
+        let refused =
+            gw.wait_audit(|e| e["event"] == "close" && e["cause"] == "upstream-connect-failed");
+        gw.wait_audit(|e| e["event"] == "upstream_connect_failed");
+        gw.wait_audit(|e| e["event"] == "decision" && e["verdict"] == "deny");
+        for line in gw.audit() {
+            zgate_telemetry::schema::validate(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        }
+        assert_eq!(finished["bytes_client_to_upstream"], 5);
+        assert_eq!(finished["bytes_upstream_to_client"], 5);
+        assert!(finished["duration_us"].as_u64().unwrap() > 0);
+        let decision = gw.wait_audit(|e| e["event"] == "decision" && e["flow"] == finished["flow"]);
+        assert_eq!(decision["verdict"], "allow");
+        let re = gw.wait_audit(|e| e["event"] == "closed_by_policy");
+        assert_eq!(re["flow"], policy_close["flow"]);
+        assert_eq!(re["cause"], "policy-changed");
+        assert_eq!(refused["listener"], "broken");
+    }
 }

@@ -23,6 +23,7 @@ use zgate_table::facts::DecidedBy;
 
 pub mod latency;
 pub mod metrics;
+pub mod schema;
 
 /// Longest client-influenced text kept in an event (characters); longer is cut and
 /// marked with `…`.
@@ -50,11 +51,27 @@ pub enum AuditKind {
     /// The upstream could not be connected (refused, unreachable, timed out): the
     /// allowed flow was closed before its first byte.
     UpstreamConnectFailed,
+    /// An admitted flow ended: how long it lived, the bytes each way, and why.
+    Close,
+}
+
+impl AuditKind {
+    /// Every kind.
+    pub const ALL: &'static [AuditKind] = &[
+        AuditKind::Decision,
+        AuditKind::ClosedByPolicy,
+        AuditKind::Shadow,
+        AuditKind::TlsRefused,
+        AuditKind::PreambleRefused,
+        AuditKind::UpstreamTlsFailed,
+        AuditKind::UpstreamConnectFailed,
+        AuditKind::Close,
+    ];
 }
 
 /// Version of the audit line's schema (`docs/operations.md`, "Audit trail"); every
 /// line carries it as `v`.
-pub const AUDIT_SCHEMA: u32 = 2;
+pub const AUDIT_SCHEMA: u32 = 3;
 
 /// `allow` or `deny`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -114,6 +131,10 @@ pub struct AuditEvent {
     /// `posture`, `risk`, `grant-ended`, `schedule-ended`, `max-session`,
     /// `certificate-expired`).
     pub cause: Option<&'static str>,
+    /// For `close`: bytes received from the client and from the upstream.
+    pub bytes: Option<[u64; 2]>,
+    /// For `close`: how long the flow lived, microseconds.
+    pub duration_us: Option<u64>,
     /// More about a refusal (the TLS library's words, the kernel's), bounded when
     /// written.
     pub detail: Option<Detail>,
@@ -163,6 +184,12 @@ struct Line<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     cause: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_client_to_upstream: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_upstream_to_client: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
 }
 
@@ -186,6 +213,9 @@ impl AuditEvent {
             sni: self.sni.as_deref().map(bounded),
             resumed: self.resumed,
             cause: self.cause,
+            bytes_client_to_upstream: self.bytes.map(|b| b[0]),
+            bytes_upstream_to_client: self.bytes.map(|b| b[1]),
+            duration_us: self.duration_us,
             detail: self.detail.as_ref().map(|d| bounded(&d.to_string())),
         };
         serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::other)?;
@@ -303,6 +333,8 @@ mod tests {
             sni: None,
             resumed: false,
             cause: None,
+            bytes: None,
+            duration_us: None,
             detail: None,
         }
     }
@@ -313,7 +345,7 @@ mod tests {
         event().write_json_line(&Fixed, &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "{\"v\":2,\"ts\":\"2026-05-28T20:26:40.123456Z\",\"flow\":\"000100000000002a\",\
+            "{\"v\":3,\"ts\":\"2026-05-28T20:26:40.123456Z\",\"flow\":\"000100000000002a\",\
              \"event\":\"decision\",\"worker\":1,\"listener\":\"redis\",\
              \"source\":\"10.0.0.1:5000\",\"verdict\":\"allow\",\"rule\":\"rule-3@7\",\
              \"reason\":\"allowed-by-rule\",\"spiffe_id\":\"spiffe://corp.example/ns/trading/sa/pricer\"}\n"

@@ -133,6 +133,10 @@ pub struct Conn {
     pipes: [Option<Spliced>; 2],
     /// When each direction's bytes in flight arrived (their dwell starts there).
     recv_at: [Instant; 2],
+    /// Bytes received from each side (client, upstream).
+    pub bytes: [u64; 2],
+    /// Why it ends, once something said (`super::flow::Ended`).
+    pub ended: Option<super::flow::Ended>,
     /// When it was accepted (loop clock).
     pub started: Instant,
     /// When bytes last moved (or the connect completed).
@@ -353,6 +357,8 @@ impl Conn {
             dirs: [Dir::Reading, Dir::Reading],
             pipes: [None, None],
             recv_at: [ctx.now; 2],
+            bytes: [0; 2],
+            ended: None,
             started: ctx.now,
             last_active: ctx.now,
             source: admitted.source,
@@ -532,6 +538,7 @@ impl Conn {
                 ctx.stats.inc(M::UpstreamConnectTimeouts);
             }
             ctx.connect_failed = Some(ConnectFailure::from_result(result));
+            self.ended.get_or_insert(super::flow::Ended::ConnectFailed);
             self.close(CloseKind::Normal, ctx);
         }
     }
@@ -554,6 +561,9 @@ impl Conn {
                 self.last_active = ctx.now;
                 if let Some(t) = self.recv_at.get_mut(dir) {
                     *t = ctx.now;
+                }
+                if let Some(b) = self.bytes.get_mut(dir) {
+                    *b += u64::from(n);
                 }
                 if dir == 0 {
                     ctx.stats

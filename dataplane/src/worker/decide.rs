@@ -427,7 +427,9 @@ impl Worker {
         if let Some(c) = self.counters(listener) {
             c.add_label(M::ClosedByPolicy, why as usize, 1);
         }
-        self.with_conn(i, |conn, ctx| conn.close(CloseKind::Reset, ctx));
+        self.with_conn(i, |conn, ctx| {
+            conn.close_for(super::flow::Ended::Policy, CloseKind::Reset, ctx);
+        });
     }
 
     /// A new audit event about `flow`.
@@ -451,6 +453,8 @@ impl Worker {
             sni: None,
             resumed: false,
             cause: None,
+            bytes: None,
+            duration_us: None,
             detail: None,
         }
     }

@@ -8,6 +8,49 @@ use super::decide::Expiry;
 use super::tls::TlsConn;
 use super::token::Op;
 
+/// Why a flow ended: the `cause` of its `close` audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Both sides finished (FIN each way), or the flow was closed cleanly.
+    Finished,
+    /// A reset or socket error on either side, passed on as a reset.
+    Reset,
+    /// `idle_timeout`.
+    IdleTimeout,
+    /// `max_lifetime`.
+    MaxLifetime,
+    /// A re-decision closed it (its `closed_by_policy` record says why).
+    Policy,
+    /// The drain timeout passed, or a second SIGTERM.
+    Drain,
+    /// The TLS (or upstream TLS) handshake took too long.
+    HandshakeTimeout,
+    /// The upstream could not be connected.
+    ConnectFailed,
+    /// A TLS error (a bad record, an alert).
+    TlsError,
+    /// A side ended its stream without close_notify: the other was reset.
+    Truncated,
+}
+
+impl Ended {
+    /// The label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Ended::Finished => "finished",
+            Ended::Reset => "reset",
+            Ended::IdleTimeout => "idle-timeout",
+            Ended::MaxLifetime => "max-lifetime",
+            Ended::Policy => "policy",
+            Ended::Drain => "drain-timeout",
+            Ended::HandshakeTimeout => "handshake-timeout",
+            Ended::ConnectFailed => "upstream-connect-failed",
+            Ended::TlsError => "tls-error",
+            Ended::Truncated => "truncated",
+        }
+    }
+}
+
 /// A flow in a slot: plain TCP, or TLS-terminated.
 #[expect(
     clippy::large_enum_variant,
@@ -131,6 +174,30 @@ impl Flow {
         match self {
             Flow::Plain(c) => c.close(kind, ctx),
             Flow::Tls(t) => t.close(kind, ctx),
+        }
+    }
+
+    /// Close it for `why` (kept unless an earlier cause was).
+    pub(super) fn close_for(&mut self, why: Ended, kind: CloseKind, ctx: &mut Ctx<'_>) {
+        self.mark_ended(why);
+        self.close(kind, ctx);
+    }
+
+    /// Say why it ends, unless something already did.
+    pub(super) fn mark_ended(&mut self, why: Ended) {
+        let e = match self {
+            Flow::Plain(c) => &mut c.ended,
+            Flow::Tls(t) => &mut t.ended,
+        };
+        e.get_or_insert(why);
+    }
+
+    /// Why it ended, bytes each way, whether it was admitted (allowed and connecting
+    /// or forwarding): for its `close` record.
+    pub(super) fn outcome(&self) -> (Ended, [u64; 2], bool) {
+        match self {
+            Flow::Plain(c) => (c.ended.unwrap_or(Ended::Finished), c.bytes, true),
+            Flow::Tls(t) => (t.ended.unwrap_or(Ended::Finished), t.bytes, t.admitted()),
         }
     }
 

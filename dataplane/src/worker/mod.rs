@@ -742,7 +742,9 @@ impl Worker {
         }
         if phase == Phase::Stop {
             for i in 0..self.slots.len() {
-                self.with_conn(i, |conn, ctx| conn.close(CloseKind::Normal, ctx));
+                self.with_conn(i, |conn, ctx| {
+                    conn.close_for(flow::Ended::Drain, CloseKind::Normal, ctx);
+                });
             }
         }
         self.phase = phase;
@@ -901,13 +903,18 @@ impl Worker {
                     if let Flow::Tls(t) = conn {
                         t.refused = Some(Refused::tls(kind, r.clone()));
                     }
-                    conn.close(CloseKind::Normal, ctx);
+                    conn.close_for(flow::Ended::HandshakeTimeout, CloseKind::Normal, ctx);
                 });
                 return;
             }
             None => return,
         }
-        self.with_conn(i, |conn, ctx| conn.close(CloseKind::Normal, ctx));
+        let why = if expired == Some(true) {
+            flow::Ended::IdleTimeout
+        } else {
+            flow::Ended::MaxLifetime
+        };
+        self.with_conn(i, |conn, ctx| conn.close_for(why, CloseKind::Normal, ctx));
     }
 
     /// Run `f` on the flow in slot `i` (if any), then free the slot if it is finished.
@@ -937,6 +944,7 @@ impl Worker {
         };
         f(conn, &mut ctx);
         let flow = conn.audit_ref();
+        let mut closed = None;
         let connect_failed = ctx.connect_failed.map(Refused::connect);
         let refused = match conn {
             Flow::Tls(t) => t.refused.take(),
@@ -953,6 +961,10 @@ impl Worker {
         if conn.finished() {
             let listener = conn.listener();
             let started = conn.started();
+            let (ended, bytes, admitted) = conn.outcome();
+            if admitted {
+                closed = Some((ended, bytes, self.now.saturating_duration_since(started)));
+            }
             if let Flow::Tls(t) = conn {
                 t.return_buffers(&mut self.out_pool);
             }
@@ -976,6 +988,15 @@ impl Worker {
         }
         for r in refused.into_iter().chain(connect_failed) {
             self.audit_refusal(flow, r);
+        }
+        if let Some((ended, bytes, lived)) = closed {
+            self.audit.push_with(|| {
+                let mut e = self.audit_event(AuditKind::Close, flow, ended.label());
+                e.cause = Some(ended.label());
+                e.bytes = Some(bytes);
+                e.duration_us = Some(u64::try_from(lived.as_micros()).unwrap_or(u64::MAX));
+                e
+            });
         }
     }
 

@@ -205,8 +205,12 @@ pub struct TlsConn {
     in_place: Option<InPlace>,
     /// When each direction's bytes now in the gateway arrived (their dwell starts).
     recv_at: [Option<Instant>; 2],
-    /// When the upstream connect started.
+    /// When the upstream connect started (set only for an admitted flow).
     connect_at: Option<Instant>,
+    /// Bytes received from each side (client, upstream), after the handshake.
+    pub bytes: [u64; 2],
+    /// Why it ends, once something said (`super::flow::Ended`).
+    pub ended: Option<super::flow::Ended>,
     /// The `sendmsg` header `in_place` is sent with when it has several pieces, held
     /// while the flow is busy.
     send_vec: Option<Lent<SendVec>>,
@@ -270,6 +274,8 @@ impl TlsConn {
             in_place: None,
             recv_at: [None, None],
             connect_at: None,
+            bytes: [0; 2],
+            ended: None,
             send_vec: None,
             close_notify_sent: false,
             bridge: None,
@@ -332,6 +338,11 @@ impl TlsConn {
             || self.out.iter().flatten().any(|o| o.mem.lent() > 0)
     }
 
+    /// Whether it was allowed and went on to connect its upstream.
+    pub fn admitted(&self) -> bool {
+        self.connect_at.is_some()
+    }
+
     /// Whether the slot may be freed.
     pub fn finished(&self) -> bool {
         self.state == TlsState::Closing && !self.in_flight()
@@ -373,6 +384,7 @@ impl TlsConn {
     /// a FIN would pass the cut on as a clean end), send the client the session's
     /// alert, then close.
     pub fn fail(&mut self, reason: &RejectReason, ctx: &mut Ctx<'_>) {
+        self.ended.get_or_insert(super::flow::Ended::TlsError);
         ctx.stats.add_label(M::TlsFailures, reason.index(), 1);
         self.refused = Some(Refused::tls(AuditKind::TlsRefused, reason.clone()));
         self.abort_upstream();
@@ -543,6 +555,7 @@ impl TlsConn {
                 ctx.stats.inc(M::UpstreamConnectTimeouts);
             }
             ctx.connect_failed = Some(ConnectFailure::from_result(result));
+            self.ended.get_or_insert(super::flow::Ended::ConnectFailed);
             self.close(CloseKind::Normal, ctx);
         }
     }
@@ -574,6 +587,9 @@ impl TlsConn {
                 self.last_active = ctx.now;
                 if let Some(t) = self.recv_at.get_mut(side) {
                     t.get_or_insert(ctx.now);
+                }
+                if let Some(b) = self.bytes.get_mut(side) {
+                    *b += u64::from(n);
                 }
                 if side == CLIENT {
                     ctx.stats
@@ -1208,6 +1224,7 @@ impl TlsConn {
         }
         if client_cut || upstream_cut {
             ctx.stats.inc(M::TlsTruncations);
+            self.ended.get_or_insert(super::flow::Ended::Truncated);
             self.close(CloseKind::Reset, ctx);
             return;
         }
