@@ -267,4 +267,63 @@ mod latency {
         assert_eq!(re["cause"], "policy-changed");
         assert_eq!(refused["listener"], "broken");
     }
+
+    /// Every metric the Grafana dashboard in hw-config/ queries exists on a gateway's
+    /// `/metrics` (one subscribed to a control process, so the channel's families are
+    /// there too).
+    #[test]
+    fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../hw-config/grafana/zgate.json");
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut queried = Vec::new();
+        for p in dash["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                let mut rest = expr;
+                while let Some(at) = rest.find("zgate_") {
+                    let name: String = rest[at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    rest = &rest[at + name.len()..];
+                    queried.push(name);
+                }
+            }
+        }
+        queried.sort();
+        queried.dedup();
+        assert!(queried.len() >= 10, "{queried:?}");
+
+        let control = super::common::control::Control::start(&[(
+            "p.toml",
+            "[[rule]]\nid = \"l\"\naction = \"allow\"\nservices = [\"echo\"]\nsources = [\"127.0.0.0/8\"]\n",
+        )]);
+        let state = tempfile::tempdir().unwrap();
+        let up = Upstream::echo();
+        let mut setup = Setup::new(up.addr);
+        setup.table = None;
+        setup.tables_extra = control.gateway_section(state.path());
+        let gw = Gateway::start(&setup);
+        drop(ping(gw.listen, 10));
+        wait_dwell(&gw, "echo", 10);
+        let (_, body) = http_get(gw.admin, "/metrics").unwrap();
+        let scrape =
+            prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+        for q in &queried {
+            let base = q
+                .strip_suffix("_bucket")
+                .or_else(|| q.strip_suffix("_sum"))
+                .or_else(|| q.strip_suffix("_count"))
+                .unwrap_or(q);
+            assert!(
+                scrape
+                    .samples
+                    .iter()
+                    .any(|s| s.metric == base || s.metric == *q),
+                "the dashboard queries `{q}`, which /metrics does not have"
+            );
+        }
+    }
 }
