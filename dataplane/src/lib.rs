@@ -44,6 +44,7 @@ pub mod config;
     reason = "the demo is a client of the gateway, not part of it: it times steps and waits"
 )]
 pub mod demo;
+pub mod doctor;
 pub mod latency;
 pub mod metrics;
 pub mod operator;

@@ -42,6 +42,17 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Inspect this host against the configuration, read-only: CPU governor and idle
+    /// states, isolated cores, NIC interrupts, huge pages, sysctls, limits, io_uring,
+    /// privileges. Exits 1 when something would stop the gateway running it.
+    Doctor {
+        /// Path to zgate.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Read /proc and /sys under this directory instead of the host's (fixtures).
+        #[arg(long, hide = true)]
+        root: Option<PathBuf>,
+    },
 }
 
 /// Read, parse and check `path` against this machine; also verify the table it names
@@ -147,6 +158,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Doctor { config, root } => {
+            let (c, _) = match load_config(&config, &host) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let root = match &root {
+                Some(r) => zgate_dataplane::doctor::Root::fixture(r),
+                None => zgate_dataplane::doctor::Root::host(),
+            };
+            let findings = zgate_dataplane::doctor::examine(&c, &host, &root);
+            ExitCode::from(zgate_dataplane::doctor::report(&config, &findings))
+        }
         Command::Check { config } => match load_config(&config, &host) {
             Ok((c, _)) => {
                 println!(

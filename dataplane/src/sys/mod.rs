@@ -111,3 +111,9 @@ pub(crate) fn setsockopt_int(
     })
     .map(drop)
 }
+
+/// Set up (and drop) a ring as a worker does, with a small buffer ring: whether this
+/// kernel and this process may run the workers (`zgate doctor`).
+pub fn probe_ring(defer_taskrun: bool) -> std::io::Result<()> {
+    Ring::new(8, 2, defer_taskrun).map(drop)
+}
