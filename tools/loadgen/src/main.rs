@@ -36,6 +36,7 @@ mod cpu;
 mod handshake;
 mod idle;
 mod pingpong;
+mod plot;
 mod revoke;
 mod serve;
 mod tls;
@@ -115,6 +116,13 @@ enum Mode {
         /// Request (and echo) size in bytes.
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// Open loop: this many requests per second over all connections, each timed
+        /// from when it was due (coordinated omission corrected).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Write the latency distribution here (HdrHistogram `.hgrm` text).
+        #[arg(long)]
+        hgrm: Option<std::path::PathBuf>,
     },
     /// Move bytes one way, client to upstream (the upstream should be a --sink).
     Bulk {
@@ -163,6 +171,29 @@ enum Mode {
         /// Seconds to hold them open once all are up.
         #[arg(long, default_value_t = 10.0)]
         hold_s: f64,
+    },
+    /// Draw .hgrm files as a percentile spectrum (PNG), or with --cpu, a JSON results
+    /// file as p99 against gateway CPU per request.
+    Plot {
+        /// `.hgrm` files (one line each, named by the file), or with --cpu one JSON
+        /// results file.
+        #[arg(required = true)]
+        inputs: Vec<std::path::PathBuf>,
+        /// The PNG to write.
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+        /// Chart p99 against gateway CPU per request from JSON result lines.
+        #[arg(long)]
+        cpu: bool,
+        /// Title.
+        #[arg(long, default_value = "latency by percentile")]
+        title: String,
+        /// A TrueType font for the labels.
+        #[arg(
+            long,
+            default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+        )]
+        font: std::path::PathBuf,
     },
     /// Revocation latency: open --flows mTLS flows (--affected of them as the round's
     /// victim), revoke the victim through the control process's API, and time each
@@ -338,6 +369,8 @@ fn run(cli: Cli) -> Result<(), LoadError> {
             duration_s,
             warmup_s,
             size,
+            rate,
+            hgrm,
         } => {
             pin(client.core)?;
             let opts = pingpong::Options {
@@ -353,6 +386,8 @@ fn run(cli: Cli) -> Result<(), LoadError> {
                 })?,
                 size,
                 stall: seconds("stall-s", client.stall_s)?,
+                rate,
+                hgrm,
             };
             let tls = client.tls.client(false)?;
             let report = pingpong::run(&client, tls.as_ref(), &opts)?;
@@ -425,6 +460,25 @@ fn run(cli: Cli) -> Result<(), LoadError> {
                 seconds("hold-s", hold_s)?,
                 seconds("stall-s", client.stall_s)?,
             )
+        }
+        Mode::Plot {
+            inputs,
+            output,
+            cpu,
+            title,
+            font,
+        } => {
+            if cpu {
+                let [results] = inputs.as_slice() else {
+                    return Err(LoadError::Arg {
+                        arg: "cpu",
+                        reason: "takes one JSON results file",
+                    });
+                };
+                plot::latency_vs_cpu(results, &output, &title, &font)
+            } else {
+                plot::spectrum(&inputs, &output, &title, &font)
+            }
         }
         Mode::Revoke {
             client,

@@ -1,7 +1,16 @@
-//! Closed-loop ping-pong: every connection has exactly one request in flight; when its
-//! whole echo is back (and matches), the latency is recorded and the next request is
-//! sent at once. One mio thread drives every connection, so the client adds no
-//! context switches of its own and connections are not lock-stepped.
+//! Ping-pong, closed or open loop. Every connection has at most one request in flight;
+//! one mio thread drives every connection, so the client adds no context switches of
+//! its own and connections are not lock-stepped.
+//!
+//! - Closed loop (default): when a whole echo is back (and matches), its latency is
+//!   recorded and the next request leaves at once.
+//! - Open loop (`--rate R`): requests are due on a fixed timetable, R per second over
+//!   all connections (request j at `start + j / R`, on connection `j % N`), and each
+//!   latency is measured from the request's *intended* send time, as wrk2 does. A
+//!   gateway that stalls delays every request due meanwhile, and each of them counts
+//!   the whole delay: coordinated omission is corrected. A connection still waiting for
+//!   its last echo when its next request is due sends it late, and that lateness is
+//!   part of the latency.
 
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
@@ -29,6 +38,10 @@ pub struct Options {
     pub size: usize,
     /// No progress for this long with requests in flight: error.
     pub stall: Duration,
+    /// Open loop: requests per second over all connections (`None`: closed loop).
+    pub rate: Option<f64>,
+    /// Write the latency distribution here (HdrHistogram's `.hgrm` text format).
+    pub hgrm: Option<std::path::PathBuf>,
 }
 
 /// The JSON line `pingpong` prints. Latencies in microseconds.
@@ -48,6 +61,15 @@ pub struct Report {
     p999_us: f64,
     max_us: f64,
     mean_us: f64,
+    p9999_us: f64,
+    /// Open loop: the rate asked for.
+    target_rate: Option<f64>,
+    /// Open loop: the p99 of the time from the actual send to the echo (what a closed
+    /// loop would report), beside the corrected `p99_us`.
+    service_p99_us: Option<f64>,
+    /// Open loop: requests the client itself sent more than 1 ms after they were due
+    /// while their connection was free (its own lateness: should be 0).
+    client_late: Option<u64>,
     gateway_cpu_s: Option<f64>,
     gateway_cpu_us_per_req: Option<f64>,
 }
@@ -60,9 +82,15 @@ struct Conn {
     written: usize,
     got: usize,
     seq: u64,
+    /// When the request in flight was due (open loop) or sent (closed loop): its
+    /// latency is measured from here.
     sent_at: Instant,
+    /// When it actually left (open loop: the service time starts here).
+    left_at: Instant,
     in_flight: bool,
     replies: u64,
+    /// Open loop: requests this connection has been due so far.
+    due: u64,
 }
 
 impl Conn {
@@ -177,27 +205,54 @@ pub fn run(client: &ClientArgs, tls: Option<&Client>, opts: &Options) -> Result<
             reason: "histogram bounds refused",
         })?;
 
+    let mut service =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|_| LoadError::Arg {
+            arg: "duration-s",
+            reason: "histogram bounds refused",
+        })?;
+    if let Some(r) = opts.rate {
+        if !(r.is_finite() && r > 0.0 && r <= 10_000_000.0) {
+            return Err(LoadError::Arg {
+                arg: "rate",
+                reason: "must be 0 < rate <= 10,000,000 requests/s",
+            });
+        }
+    }
+    let n = opts.connections;
+    // Open loop: when request k of connection i is due, counted from `started`.
+    #[expect(clippy::cast_precision_loss, reason = "request indices far below 2^52")]
+    let due_at = |started: Instant, rate: f64, i: usize, k: u64| {
+        started + Duration::from_secs_f64((k as f64 * n as f64 + i as f64) / rate)
+    };
+
     let started = Instant::now();
     let measure_from = started + opts.warmup;
     let mut measuring = false;
     let mut window_start = measure_from;
     let mut cpu_before = cpu::sample(&client.cpu_pids)?;
     let mut count: u64 = 0;
+    let mut client_late: u64 = 0;
     let mut last_progress = started;
     let mut events = Events::with_capacity(1024);
+    // When each connection became free for its next request (open loop).
+    let mut free_since: Vec<Instant> = vec![started; n];
 
-    for (i, c) in conns.iter_mut().enumerate() {
-        c.prepare(i);
-        c.sent_at = Instant::now();
-        if !c.push(i)? {
-            rearm(&poll, c, i, true)?;
+    if opts.rate.is_none() {
+        for (i, c) in conns.iter_mut().enumerate() {
+            c.prepare(i);
+            c.sent_at = Instant::now();
+            c.left_at = c.sent_at;
+            if !c.push(i)? {
+                rearm(&poll, c, i, true)?;
+            }
         }
     }
 
     let (window_end, cpu_after) = loop {
         let now = Instant::now();
         if !measuring && now >= measure_from {
-            // Open the measured window: only requests sent from here on are recorded.
+            // Open the measured window: only requests due (or sent) from here on are
+            // recorded.
             measuring = true;
             window_start = now;
             cpu_before = cpu::sample(&client.cpu_pids)?;
@@ -206,12 +261,46 @@ pub fn run(client: &ClientArgs, tls: Option<&Client>, opts: &Options) -> Result<
             let cpu_after = cpu::sample(&client.cpu_pids)?;
             break (now, cpu_after);
         }
-        if now.duration_since(last_progress) > opts.stall {
+        if conns.iter().any(|c| c.in_flight) && now.duration_since(last_progress) > opts.stall {
             return Err(LoadError::Stalled {
                 secs: opts.stall.as_secs_f64(),
             });
         }
-        match poll.poll(&mut events, Some(Duration::from_millis(50))) {
+        // Open loop: send what is due on free connections; sleep until the next due.
+        let mut timeout = Duration::from_millis(50);
+        if let Some(rate) = opts.rate {
+            for (i, c) in conns.iter_mut().enumerate() {
+                if c.in_flight {
+                    continue;
+                }
+                let due = due_at(started, rate, i, c.due);
+                if due > now {
+                    timeout = timeout.min(due - now);
+                    continue;
+                }
+                // Late by more than 1 ms although the connection was free before the
+                // request was due: the client's own lateness (reported, should be 0).
+                let free = free_since.get(i).copied().unwrap_or(started);
+                if free <= due && now.duration_since(due) > Duration::from_millis(1) {
+                    client_late = client_late.saturating_add(1);
+                }
+                c.due = c.due.saturating_add(1);
+                c.prepare(i);
+                c.sent_at = due;
+                c.left_at = Instant::now();
+                if !c.push(i)? {
+                    rearm(&poll, c, i, true)?;
+                }
+                last_progress = last_progress.max(c.left_at);
+            }
+            // epoll waits in whole milliseconds: spin through the last two.
+            timeout = if timeout <= Duration::from_millis(2) {
+                Duration::ZERO
+            } else {
+                timeout - Duration::from_millis(1)
+            };
+        }
+        match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(LoadError::Poll(e)),
@@ -239,18 +328,33 @@ pub fn run(client: &ClientArgs, tls: Option<&Client>, opts: &Options) -> Result<
                 let ns =
                     u64::try_from(done.duration_since(c.sent_at).as_nanos()).unwrap_or(u64::MAX);
                 hist.saturating_record(ns.max(1));
+                let ns =
+                    u64::try_from(done.duration_since(c.left_at).as_nanos()).unwrap_or(u64::MAX);
+                service.saturating_record(ns.max(1));
                 count = count.saturating_add(1);
                 if count >= opts.requests {
                     continue; // the loop head closes the window
                 }
             }
+            if opts.rate.is_some() {
+                if let Some(f) = free_since.get_mut(i) {
+                    *f = done;
+                }
+                continue; // the next request leaves when it is due
+            }
             c.prepare(i);
             c.sent_at = Instant::now();
+            c.left_at = c.sent_at;
             if !c.push(i)? {
                 rearm(&poll, c, i, true)?;
             }
         }
     };
+    if let Some(path) = &opts.hgrm {
+        std::fs::write(path, hgrm(&hist)).map_err(|e| LoadError::Tls {
+            reason: format!("{}: {e}", path.display()),
+        })?;
+    }
 
     let elapsed = window_end.duration_since(window_start).as_secs_f64();
     let cpu_s = cpu::seconds_between(&client.cpu_pids, cpu_before, cpu_after, client.clk_tck);
@@ -265,7 +369,11 @@ pub fn run(client: &ClientArgs, tls: Option<&Client>, opts: &Options) -> Result<
     )]
     let us = |ns: u64| ns as f64 / 1000.0;
     Ok(Report {
-        mode: "pingpong",
+        mode: if opts.rate.is_some() {
+            "open-loop"
+        } else {
+            "pingpong"
+        },
         label: client.label.clone(),
         target: client.target.to_string(),
         tls: tls.is_some(),
@@ -279,6 +387,10 @@ pub fn run(client: &ClientArgs, tls: Option<&Client>, opts: &Options) -> Result<
         p999_us: us(hist.value_at_quantile(0.999)),
         max_us: us(hist.max()),
         mean_us: hist.mean() / 1000.0,
+        p9999_us: us(hist.value_at_quantile(0.9999)),
+        target_rate: opts.rate,
+        service_p99_us: opts.rate.map(|_| us(service.value_at_quantile(0.99))),
+        client_late: opts.rate.map(|_| client_late),
         gateway_cpu_s: cpu_s,
         gateway_cpu_us_per_req: cpu_s.filter(|_| count > 0).map(|s| s * 1e6 / countf),
     })
@@ -340,8 +452,10 @@ fn connect_all(
             got: 0,
             seq: 0,
             sent_at: Instant::now(),
+            left_at: Instant::now(),
             in_flight: false,
             replies: 0,
+            due: 0,
         });
     }
     Ok(conns)
@@ -357,4 +471,42 @@ fn rearm(poll: &Poll, c: &mut Conn, index: usize, writable: bool) -> Result<(), 
     poll.registry()
         .reregister(c.stream.socket(), Token(index), interest)
         .map_err(LoadError::Poll)
+}
+
+/// A histogram (nanoseconds) in HdrHistogram's percentile-distribution text format, in
+/// milliseconds: what the HdrHistogram plotter (and `zgate-loadgen plot`) reads.
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    let mut total: u64 = 0;
+    for v in h.iter_quantiles(5) {
+        total = total.saturating_add(v.count_since_last_iteration());
+        let q = v.quantile_iterated_to();
+        #[expect(clippy::cast_precision_loss, reason = "nanoseconds below 2^52")]
+        let ms = v.value_iterated_to() as f64 / 1e6;
+        if q < 1.0 {
+            let _ = writeln!(
+                out,
+                "{ms:12.3} {q:14.12} {total:10} {:14.2}",
+                1.0 / (1.0 - q)
+            );
+        } else {
+            let _ = writeln!(out, "{ms:12.3} {q:14.12} {total:10}");
+        }
+    }
+    #[expect(clippy::cast_precision_loss, reason = "nanoseconds below 2^52")]
+    let (mean, sd, max) = (h.mean() / 1e6, h.stdev() / 1e6, h.max() as f64 / 1e6);
+    let _ = writeln!(out, "#[Mean    = {mean:12.3}, StdDeviation   = {sd:12.3}]");
+    let _ = writeln!(
+        out,
+        "#[Max     = {max:12.3}, Total count    = {:12}]",
+        h.len()
+    );
+    let _ = writeln!(
+        out,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.buckets(),
+        h.distinct_values()
+    );
+    out
 }
