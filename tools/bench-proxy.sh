@@ -9,7 +9,12 @@
 # run pinned to CLIENT_CORE. Each gateway is measured with:
 #   - ping-pong, 64-byte messages, 1 and 50 connections: p50/p99/p99.9, msgs/s and
 #     gateway CPU time (utime+stime from /proc/PID/stat) per request;
-#   - bulk, one direction (client -> sink): bytes/s and bytes per gateway CPU-second.
+#   - bulk, one direction (client -> sink): bytes/s and bytes per gateway CPU-second;
+#   - with OPEN_RATES (e.g. "10000 40000"): open-loop ping-pong at each fixed rate over 50
+#     connections, latency from each request's intended send time (coordinated omission
+#     corrected), p50 to p99.99, with the .hgrm of each run in OUT_DIR/hgrm and, per
+#     rate, a percentile-spectrum PNG of every gateway (OUT_DIR/open-RATE.png), and a
+#     latency-vs-CPU chart of the 50-connection closed loop (OUT_DIR/latency-cpu.png).
 # The results (one JSON line per measurement) and a markdown report with the added
 # latency over direct and the ratios zgate/HAProxy and zgate/nginx go to OUT_DIR.
 #
@@ -20,6 +25,7 @@
 #   GATEWAYS (default: "direct xcore zgate-interrupt zgate-busy haproxy haproxy-busy nginx";
 #   also zgate-interrupt-nodefer, zgate-busy-nodefer: rings without DEFER_TASKRUN;
 #   zgate-adaptive: poll = "adaptive" with spin = $SPIN, default 100us),
+#   OPEN_RATES (""): open-loop rates in requests/s, see above; OPEN_DURATION_S (8),
 #   QUIET_PCT (10), QUIET_WAIT_S (10): see "quiet" below,
 #   NICE (-19 as root, else 0): niceness of everything the script starts, the same for
 #   every gateway, so that other work on a shared machine disturbs the runs less.
@@ -39,6 +45,8 @@ GW_CORE=${GW_CORE:-1}
 CLIENT_CORE=${CLIENT_CORE:-0}
 BIN_DIR=${BIN_DIR:-target/release}
 GATEWAYS=${GATEWAYS:-"direct xcore zgate-interrupt zgate-busy haproxy haproxy-busy nginx"}
+OPEN_RATES=${OPEN_RATES:-""}
+OPEN_DURATION_S=${OPEN_DURATION_S:-8}
 OUT_DIR=${1:-target/bench-proxy/$(date -u +%Y%m%dT%H%M%SZ)}
 if [ "$(id -u)" -eq 0 ]; then NICE=${NICE:--19}; else NICE=${NICE:-0}; fi
 
@@ -240,6 +248,14 @@ measure() {  # measure GATEWAY ROUND
       --connections "$conns" --size 64 --requests "$REQUESTS" --duration-s "$DURATION_S" \
       --warmup-s "$WARMUP_S" --clk-tck "$clk" "${cpu_args[@]}" --label "$gw/r$round"
   done
+  for rate in $OPEN_RATES; do
+    mkdir -p "$OUT_DIR/hgrm"
+    run_window "$gw/r$round" "open-$rate" 50 -- \
+      nice -n "$NICE" "$loadgen" pingpong --target "127.0.0.1:${PP_PORT[$gw]}" --core "$CLIENT_CORE" \
+      --connections 50 --size 64 --rate "$rate" --requests 1000000000 --duration-s "$OPEN_DURATION_S" \
+      --warmup-s "$WARMUP_S" --clk-tck "$clk" "${cpu_args[@]}" --label "$gw/r$round" \
+      --hgrm "$OUT_DIR/hgrm/$gw-$rate-r$round.hgrm"
+  done
   run_window "$gw/r$round" bulk 1 -- \
     nice -n "$NICE" "$loadgen" bulk --target "127.0.0.1:${BULK_PORT[$gw]}" --core "$CLIENT_CORE" \
     --bytes "$BULK_BYTES" --duration-s "$BULK_DURATION_S" --clk-tck "$clk" "${cpu_args[@]}" \
@@ -259,5 +275,27 @@ done
 
 cp "$work"/*.toml "$work"/*.cfg "$work/nginx/nginx.conf" "$OUT_DIR/" 2>/dev/null || true
 python3 tools/bench/report.py "$results" "$OUT_DIR/machine.txt" > "$OUT_DIR/report.md"
+# Pictures: per open-loop rate, every gateway's first round; the closed loop's p99
+# against CPU per request (50 connections), one point per gateway and round.
+for rate in $OPEN_RATES; do
+  files=()
+  for gw in $GATEWAYS; do
+    f="$OUT_DIR/hgrm/$gw-$rate-r1.hgrm"
+    [ -s "$f" ] && { cp "$f" "$work/$gw.hgrm"; files+=("$work/$gw.hgrm"); }
+  done
+  [ ${#files[@]} -gt 0 ] && "$loadgen" plot "${files[@]}" -o "$OUT_DIR/open-$rate.png" \
+    --title "64-byte ping-pong, open loop at $rate req/s, 50 connections" || true
+done
+python3 - "$results" "$work/cpu.jsonl" <<'PY'
+import json, sys
+out = open(sys.argv[2], "w")
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if r.get("mode") == "pingpong" and r.get("connections") == 50 and r.get("gateway_cpu_us_per_req"):
+        r["label"] = r["label"].rpartition("/r")[0]
+        out.write(json.dumps(r) + "\n")
+PY
+[ -s "$work/cpu.jsonl" ] && "$loadgen" plot --cpu "$work/cpu.jsonl" -o "$OUT_DIR/latency-cpu.png" \
+  --title "closed-loop 64-byte ping-pong, 50 connections: p99 against gateway CPU" || true
 cat "$OUT_DIR/report.md"
 echo "bench-proxy: results in $OUT_DIR" >&2

@@ -42,6 +42,7 @@ ORDER = [
 
 def load(paths):
     pp = defaultdict(dict)  # (gw, conns) -> round -> record
+    ol = defaultdict(dict)  # (gw, rate) -> round -> record
     bulk = defaultdict(dict)  # gw -> round -> record
     core = defaultdict(dict)  # (gw, kind, conns) -> round -> other work, % of a core
     for n, path in enumerate(paths):
@@ -52,12 +53,14 @@ def load(paths):
             rnd = int(rnd) + 1000 * n  # several files pool their rounds
             if r["mode"] == "pingpong":
                 pp[(gw, r["connections"])][rnd] = r
+            elif r["mode"] == "open-loop":
+                ol[(gw, int(r["target_rate"]))][rnd] = r
             elif r["mode"] == "bulk":
                 bulk[gw][rnd] = r
             elif r["mode"] == "window":
                 key = (gw, r["kind"], r["connections"] if r["kind"] == "pingpong" else 0)
                 core[key][rnd] = r["other_core_pct"]
-    return pp, bulk, core
+    return pp, bulk, core, ol
 
 
 def med(values):
@@ -82,7 +85,7 @@ def ratio(a, b):
 def main():
     results = [a for a in sys.argv[1:] if a.endswith(".jsonl")]
     machine = [a for a in sys.argv[1:] if not a.endswith(".jsonl")]
-    pp, bulk, core = load(results)
+    pp, bulk, core, ol = load(results)
     for m in machine:
         with open(m) as f:
             print("```")
@@ -149,6 +152,24 @@ def main():
         gbs = b["bytes_per_s"] / 1e9 if b["bytes_per_s"] else None
         gbc = b["bytes_per_cpu_s"] / 1e9 if b["bytes_per_cpu_s"] else None
         print(f"| {gw} | {b['rounds']}{'' if b['quiet'] else ' †'} | {fmt(gbs, 2)} | {fmt(b['cpu_s'], 2)} | {fmt(gbc, 2)} |")
+
+    rates = sorted({rate for _, rate in ol})
+    if rates:
+        print("\n### Open loop, 64-byte ping-pong at fixed rates, 50 connections (medians over rounds; µs, from each request's intended send time)\n")
+        print("| gateway | rate /s | rounds | p50 | p99 | p99.9 | p99.99 | added p99 | added p99.99 | service p99 | client late | gateway CPU µs/req |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for rate in rates:
+            d = ol.get(("direct", rate), {})
+            dm = {q: med([r[q] for r in d.values()]) for q in ("p99_us", "p9999_us")}
+            for gw in ORDER:
+                rounds = ol.get((gw, rate))
+                if not rounds:
+                    continue
+                m = {q: med([r.get(q) for r in rounds.values()]) for q in ("p50_us", "p99_us", "p999_us", "p9999_us", "service_p99_us", "gateway_cpu_us_per_req")}
+                late = sum(r.get("client_late") or 0 for r in rounds.values())
+                add = lambda q: m[q] - dm[q] if m[q] is not None and dm[q] is not None else None
+                print(f"| {gw} | {rate:,} | {len(rounds)} | {fmt(m['p50_us'])} | {fmt(m['p99_us'])} | {fmt(m['p999_us'])} | {fmt(m['p9999_us'])} | "
+                      f"{fmt(add('p99_us'))} | {fmt(add('p9999_us'))} | {fmt(m['service_p99_us'])} | {late} | {fmt(m['gateway_cpu_us_per_req'], 2)} |")
 
     pairs = [(z, p) for z, p in PEERS if (z, 1) in summary and (p, 1) in summary]
     print("\n### Ratios, zgate / peer\n")

@@ -236,6 +236,25 @@ pub fn run(client: &ClientArgs, tls: Option<&Client>, opts: &Options) -> Result<
     let mut events = Events::with_capacity(1024);
     // When each connection became free for its next request (open loop).
     let mut free_since: Vec<Instant> = vec![started; n];
+    // Open loop: a timer in the epoll set wakes the loop when the next request is due
+    // (epoll's own timeout is whole milliseconds, and spinning would starve an
+    // upstream that shares the client's core).
+    const TIMER: Token = Token(usize::MAX);
+    let mut timer = match opts.rate {
+        Some(_) => {
+            let t = timerfd::TimerFd::new_custom(timerfd::ClockId::Monotonic, true, true)
+                .map_err(LoadError::Poll)?;
+            poll.registry()
+                .register(
+                    &mut mio::unix::SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&t)),
+                    TIMER,
+                    Interest::READABLE,
+                )
+                .map_err(LoadError::Poll)?;
+            Some(t)
+        }
+        None => None,
+    };
 
     if opts.rate.is_none() {
         for (i, c) in conns.iter_mut().enumerate() {
@@ -293,12 +312,14 @@ pub fn run(client: &ClientArgs, tls: Option<&Client>, opts: &Options) -> Result<
                 }
                 last_progress = last_progress.max(c.left_at);
             }
-            // epoll waits in whole milliseconds: spin through the last two.
-            timeout = if timeout <= Duration::from_millis(2) {
-                Duration::ZERO
-            } else {
-                timeout - Duration::from_millis(1)
-            };
+            if let Some(t) = timer.as_mut() {
+                // A zero duration would disarm it: at least a microsecond.
+                t.set_state(
+                    timerfd::TimerState::Oneshot(timeout.max(Duration::from_micros(1))),
+                    timerfd::SetTimeFlags::Default,
+                );
+            }
+            timeout = Duration::from_millis(50);
         }
         match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
@@ -306,6 +327,12 @@ pub fn run(client: &ClientArgs, tls: Option<&Client>, opts: &Options) -> Result<
             Err(e) => return Err(LoadError::Poll(e)),
         }
         for ev in &events {
+            if ev.token() == TIMER {
+                if let Some(t) = &timer {
+                    let _expirations = t.read();
+                }
+                continue;
+            }
             let i = ev.token().0;
             let Some(c) = conns.get_mut(i) else { continue };
             if !c.in_flight {
