@@ -181,8 +181,15 @@ pub fn latency_vs_cpu(
             &"no line has both gateway_cpu_us_per_req and p99_us",
         ));
     }
-    let max_x = pts.iter().map(|p| p.1).fold(0.0_f64, f64::max) * 1.15;
-    let max_y = pts.iter().map(|p| p.2).fold(0.0_f64, f64::max) * 1.15;
+    // The axes frame the points (with a margin), not the origin: the differences are
+    // what the chart is for.
+    let span = |v: &mut dyn Iterator<Item = f64>| {
+        let (lo, hi) = v.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+        let pad = ((hi - lo) * 0.15).max(hi.abs() * 0.02).max(1e-9);
+        ((lo - pad).max(0.0), hi + pad)
+    };
+    let (min_x, max_x) = span(&mut pts.iter().map(|p| p.1));
+    let (min_y, max_y) = span(&mut pts.iter().map(|p| p.2));
     let root = BitMapBackend::new(out, (1000, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -190,7 +197,7 @@ pub fn latency_vs_cpu(
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..max_x.max(0.001), 0.0..max_y.max(0.001))
+        .build_cartesian_2d(min_x..max_x, min_y..max_y)
         .map_err(draw_err)?;
     chart
         .configure_mesh()
@@ -221,7 +228,7 @@ pub fn latency_vs_cpu(
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::LowerRight)
         .draw()
         .map_err(draw_err)?;
     root.present().map_err(draw_err)
