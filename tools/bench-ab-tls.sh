@@ -2,7 +2,7 @@
 # Two zgate builds against each other on the TLS data path, in interleaved pairs (A, B,
 # A, B, ...), so that the shared machine's slow and fast phases fall on both alike.
 # Each measurement starts a fresh gateway (one worker on GW_CORE, mTLS, TLS 1.3) in
-# front of a zgate-loadgen sink or echo on CLIENT_CORE, and records the loadgen's JSON
+# front of a zgate-bench sink or echo on CLIENT_CORE, and records the loadgen's JSON
 # line (bulk: bytes per gateway CPU-second; pingpong: latency and CPU per request).
 # Prints every pair, then the medians and the median of the per-pair ratios B/A.
 #
@@ -11,7 +11,7 @@
 #   BULK_BYTES (2147483648), DURATION_S (pingpong, 4), GW_CORE (1), CLIENT_CORE (0),
 #   A_WORKERS, B_WORKERS (lines added to each side's [workers], e.g. B_WORKERS="latency =
 #   false" with A and B the same build: one setting against another).
-# Each BIN_DIR holds zgate; zgate-loadgen, zgate-devpki and zgate-control come from B.
+# Each BIN_DIR holds zgate; zgate-bench, zgate-devpki and zgate-control come from B.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=$(cd "$1" && pwd)
@@ -68,7 +68,7 @@ client_ca = "$work/pki/ca.pem"
 trust_domain = "zgate.test"
 EOF
 done
-"$B/zgate-loadgen" serve --listen "127.0.0.1:$UP_PORT" --core "$CLIENT_CORE" "${serve[@]}" \
+"$B/zgate-bench" serve --listen "127.0.0.1:$UP_PORT" --core "$CLIENT_CORE" "${serve[@]}" \
   --max-runtime-s 7200 2>"$work/upstream.log" &
 pids+=($!)
 wait_port "$UP_PORT"
@@ -85,11 +85,11 @@ for i in $(seq 1 "$PAIRS"); do
     pids+=("$gw")
     wait_port "$GW_PORT"
     if [ "$MODE" = bulk ]; then
-      "$B/zgate-loadgen" bulk --target "127.0.0.1:$GW_PORT" --core "$CLIENT_CORE" \
+      "$B/zgate-bench" bulk --target "127.0.0.1:$GW_PORT" --core "$CLIENT_CORE" \
         --bytes "$BULK_BYTES" --duration-s 30 --clk-tck "$clk" --cpu-pid "$gw" "${tls[@]}" \
         --label "$side/$i" >>"$work/results.jsonl"
     else
-      "$B/zgate-loadgen" pingpong --target "127.0.0.1:$GW_PORT" --core "$CLIENT_CORE" \
+      "$B/zgate-bench" pingpong --target "127.0.0.1:$GW_PORT" --core "$CLIENT_CORE" \
         --connections "$CONNS" --size 64 --requests 100000000 --duration-s "$DURATION_S" \
         --warmup-s 0.5 --clk-tck "$clk" --cpu-pid "$gw" "${tls[@]}" \
         --label "$side/$i" >>"$work/results.jsonl"

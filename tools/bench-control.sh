@@ -4,7 +4,7 @@
 #
 # Parts (PARTS, default "revoke swap churn"):
 #   revoke  revoke accepted by the control process -> each affected flow closed, timed
-#           where the client sees its connection end (zgate-loadgen revoke): FLOWS live
+#           where the client sees its connection end (zgate-bench revoke): FLOWS live
 #           mTLS flows, AFFECTED of them the round's victim identity, ROUNDS rounds.
 #   swap    a table of SWAP_RULES rules re-published (`zgate-control rollback`) while
 #           SWAP_FLOWS plain flows are live: time until the worker enforces it on every
@@ -24,7 +24,7 @@
 #   cap), CHURN_CONNS (50), CHURN_DURATION_S (6), CHURN_ROUNDS (3), GW_CORE (1),
 #   CLIENT_CORE (0), BIN_DIR (target/release).
 # Build first:
-#   cargo build --release -p zgate-dataplane -p zgate-control -p zgate-loadgen -p zgate-devpki
+#   cargo build --release -p zgate-dataplane -p zgate-control -p zgate-bench -p zgate-devpki
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,11 +43,11 @@ BIN_DIR=${BIN_DIR:-target/release}
 OUT_DIR=${1:-target/bench-control/$(date -u +%Y%m%dT%H%M%SZ)}
 has_part() { [[ " $PARTS " == *" $1 "* ]]; }
 
-for b in zgate zgate-control zgate-loadgen zgate-devpki; do
+for b in zgate zgate-control zgate-bench zgate-devpki; do
   [ -x "$BIN_DIR/$b" ] || { echo "bench-control: $BIN_DIR/$b missing; build it first (see the header)" >&2; exit 2; }
 done
 BIN_DIR=$(cd "$BIN_DIR" && pwd)
-loadgen="$BIN_DIR/zgate-loadgen"
+loadgen="$BIN_DIR/zgate-bench"
 # Everything but the gateway's worker runs on CLIENT_CORE (the control process, the CLI,
 # the polling below), so that what the worker's core shows is the worker's own work.
 ctl_bin="$BIN_DIR/zgate-control"

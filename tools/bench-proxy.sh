@@ -21,7 +21,7 @@
 # Usage: tools/bench-proxy.sh [OUT_DIR]          (default: target/bench-proxy/<UTC time>)
 # Knobs (environment): ROUNDS (3), DURATION_S (8), REQUESTS (2000000), WARMUP_S (1),
 #   BULK_BYTES (4294967296), BULK_DURATION_S (20), GW_CORE (1), CLIENT_CORE (0),
-#   BIN_DIR (target/release; must hold zgate, zgate-control, zgate-loadgen),
+#   BIN_DIR (target/release; must hold zgate, zgate-control, zgate-bench),
 #   GATEWAYS (default: "direct xcore zgate-interrupt zgate-busy haproxy haproxy-busy nginx";
 #   also zgate-interrupt-nodefer, zgate-busy-nodefer: rings without DEFER_TASKRUN;
 #   zgate-adaptive: poll = "adaptive" with spin = $SPIN, default 100us),
@@ -30,7 +30,7 @@
 #   NICE (-19 as root, else 0): niceness of everything the script starts, the same for
 #   every gateway, so that other work on a shared machine disturbs the runs less.
 # Needs: root or sudo for apt-get if haproxy/nginx are missing; python3 for the report.
-# Build first: cargo build --release -p zgate-dataplane -p zgate-control -p zgate-loadgen
+# Build first: cargo build --release -p zgate-dataplane -p zgate-control -p zgate-bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -50,11 +50,11 @@ OPEN_DURATION_S=${OPEN_DURATION_S:-8}
 OUT_DIR=${1:-target/bench-proxy/$(date -u +%Y%m%dT%H%M%SZ)}
 if [ "$(id -u)" -eq 0 ]; then NICE=${NICE:--19}; else NICE=${NICE:-0}; fi
 
-for b in zgate zgate-control zgate-loadgen; do
+for b in zgate zgate-control zgate-bench; do
   [ -x "$BIN_DIR/$b" ] || { echo "bench-proxy: $BIN_DIR/$b missing; build it first (see the header)" >&2; exit 2; }
 done
 BIN_DIR=$(cd "$BIN_DIR" && pwd)
-loadgen="$BIN_DIR/zgate-loadgen"
+loadgen="$BIN_DIR/zgate-bench"
 
 # Peers, from Debian's packages.
 need=()

@@ -30,10 +30,10 @@
 #     GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=4194304: glibc's memcpy without
 #     `rep movsb` below 4 MiB, which is slow on some AMD CPUs for misaligned copies),
 #   PARTS ("handshake pingpong bulk idle"), GW_CORE (1), CLIENT_CORE (0),
-#   BIN_DIR (target/release: zgate, zgate-control, zgate-loadgen, zgate-devpki),
+#   BIN_DIR (target/release: zgate, zgate-control, zgate-bench, zgate-devpki),
 #   QUIET_PCT (10), QUIET_WAIT_S (5), NICE (-19 as root, else 0).
 # Build first:
-#   cargo build --release -p zgate-dataplane -p zgate-control -p zgate-loadgen -p zgate-devpki
+#   cargo build --release -p zgate-dataplane -p zgate-control -p zgate-bench -p zgate-devpki
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,11 +58,11 @@ OUT_DIR=${1:-target/bench-tls/$(date -u +%Y%m%dT%H%M%SZ)}
 if [ "$(id -u)" -eq 0 ]; then NICE=${NICE:--19}; else NICE=${NICE:-0}; fi
 has_part() { [[ " $PARTS " == *" $1 "* ]]; }
 
-for b in zgate zgate-control zgate-loadgen zgate-devpki; do
+for b in zgate zgate-control zgate-bench zgate-devpki; do
   [ -x "$BIN_DIR/$b" ] || { echo "bench-tls: $BIN_DIR/$b missing; build it first (see the header)" >&2; exit 2; }
 done
 BIN_DIR=$(cd "$BIN_DIR" && pwd)
-loadgen="$BIN_DIR/zgate-loadgen"
+loadgen="$BIN_DIR/zgate-bench"
 for c in haproxy nginx python3 taskset; do
   command -v "$c" >/dev/null || { echo "bench-tls: $c not found (tools/bench-proxy.sh installs haproxy and nginx)" >&2; exit 2; }
 done
@@ -111,7 +111,7 @@ tls_args=(--tls --ca "$pki/ca.pem" --cert "$pki/client-0.pem" --key "$pki/client
   echo "client_key=$(openssl x509 -in "$pki/client-0.pem" -noout -text | sed -n 's/^ *Public Key Algorithm: //p;s/^ *NIST CURVE: //p' | tr '\n' ' ')"
   echo "gw_core=$GW_CORE client_core=$CLIENT_CORE nice=$NICE rounds=$ROUNDS hs_duration_s=$HS_DURATION_S hs_concurrency=$HS_CONCURRENCY duration_s=$DURATION_S warmup_s=$WARMUP_S bulk_bytes=$BULK_BYTES idle_conns=$IDLE_CONNS"
   echo "git_status:"
-  git status --short -- dataplane crates tools/loadgen Cargo.toml 2>/dev/null | sed 's/^/  /'
+  git status --short -- dataplane crates tools/zgate-bench Cargo.toml 2>/dev/null | sed 's/^/  /'
 } > "$OUT_DIR/machine.txt"
 cat "$OUT_DIR/machine.txt"
 

@@ -6,12 +6,12 @@ mkdir -p $w/p; printf '[[rule]]\nid = "l"\naction = "allow"\nservices = ["echo"]
 $R/zgate-control compile $w/p -o $w/t.zgt >/dev/null
 for s in A B; do x=""; [ $s = B ] && x="latency = false"
 printf 'table = "t.zgt"\naudit = "off"\n[workers]\ncores = [1]\n%s\n[[listener]]\nname = "echo"\nlisten = "127.0.0.1:17411"\nupstream = "127.0.0.1:17401"\n' "$x" > $w/z-$s.toml; done
-taskset -c 0 $R/zgate-loadgen serve --listen 127.0.0.1:17401 --max-runtime-s 600 & up=$!
+taskset -c 0 $R/zgate-bench serve --listen 127.0.0.1:17401 --max-runtime-s 600 & up=$!
 sleep 0.3; : > $w/r.jsonl
 for i in $(seq ${PAIRS:-8}); do for s in A B; do
   $R/zgate run --config $w/z-$s.toml 2>/dev/null & gw=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/17411) 2>/dev/null && break; sleep 0.05; done
-  taskset -c 0 $R/zgate-loadgen pingpong --target 127.0.0.1:17411 --connections 50 --size 64 --requests 100000000 --duration-s 4 --warmup-s 0.5 --cpu-pid $gw --label $s/$i >> $w/r.jsonl
+  taskset -c 0 $R/zgate-bench pingpong --target 127.0.0.1:17411 --connections 50 --size 64 --requests 100000000 --duration-s 4 --warmup-s 0.5 --cpu-pid $gw --label $s/$i >> $w/r.jsonl
   kill $gw; wait $gw 2>/dev/null || true
 done; done
 kill $up; cp $w/r.jsonl "$out" 2>/dev/null || true

@@ -163,7 +163,7 @@ fn send_revoke(api: SocketAddr, token: &str, id: &str) -> Result<TcpStream, Load
         source,
     })?;
     s.set_nodelay(true).ok();
-    let body = format!("{{\"principal\":\"{id}\",\"reason\":\"zgate-loadgen revoke benchmark\"}}");
+    let body = format!("{{\"principal\":\"{id}\",\"reason\":\"zgate-bench revoke benchmark\"}}");
     let req = format!(
         "POST /v1/revocations HTTP/1.1\r\nHost: zgate-control\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

@@ -1,4 +1,4 @@
-//! `zgate-loadgen`: the load generator for zgate's end-to-end benchmarks.
+//! `zgate-bench`: the load generator for zgate's end-to-end benchmarks.
 //!
 //! What it is for: measuring a TCP gateway from the outside, the same way for zgate,
 //! HAProxy and nginx, so `tools/bench-proxy.sh` can put them side by side in one run.
@@ -47,7 +47,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// zgate-loadgen: echo upstream and load clients for gateway benchmarks.
+/// zgate-bench: echo upstream and load clients for gateway benchmarks.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -518,7 +518,7 @@ fn print_json<T: serde::Serialize>(report: &T) {
     match serde_json::to_string(report) {
         Ok(line) => println!("{line}"),
         // Our reports are plain structs of numbers and strings; say so if that changes.
-        Err(e) => eprintln!("zgate-loadgen: cannot encode report: {e}"),
+        Err(e) => eprintln!("zgate-bench: cannot encode report: {e}"),
     }
 }
 
@@ -526,7 +526,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("zgate-loadgen: {e}");
+            eprintln!("zgate-bench: {e}");
             ExitCode::FAILURE
         }
     }

@@ -423,7 +423,7 @@ mod tests {
 
     #[test]
     fn a_file_without_certificates_is_refused() {
-        let dir = std::env::temp_dir().join(format!("zgate-loadgen-tls-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("zgate-bench-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();

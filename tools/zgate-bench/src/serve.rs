@@ -31,7 +31,7 @@ pub fn run(addr: SocketAddr, sink: bool, max_runtime: Duration) -> Result<(), Lo
         .register(&mut listener, LISTENER, Interest::READABLE)
         .map_err(LoadError::Poll)?;
     eprintln!(
-        "zgate-loadgen: serving on {addr} ({})",
+        "zgate-bench: serving on {addr} ({})",
         if sink { "sink" } else { "echo" }
     );
 
@@ -84,7 +84,7 @@ fn accept_all(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // EMFILE, ECONNABORTED...: say so, keep serving the others.
             Err(e) => {
-                eprintln!("zgate-loadgen: accept: {e}");
+                eprintln!("zgate-bench: accept: {e}");
                 return Ok(());
             }
         };

@@ -40,7 +40,7 @@ mod open_loop {
     }
 
     fn run(args: &[&str]) -> serde_json::Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_zgate-loadgen"))
+        let out = Command::new(env!("CARGO_BIN_EXE_zgate-bench"))
             .args(args)
             .output()
             .unwrap();
@@ -122,7 +122,7 @@ mod open_loop {
         )
         .unwrap();
         let png = dir.path().join("s.png");
-        let out = Command::new(env!("CARGO_BIN_EXE_zgate-loadgen"))
+        let out = Command::new(env!("CARGO_BIN_EXE_zgate-bench"))
             .args(["plot"])
             .arg(&a)
             .arg("-o")
@@ -141,7 +141,7 @@ mod open_loop {
         )
         .unwrap();
         let png2 = dir.path().join("c.png");
-        let out = Command::new(env!("CARGO_BIN_EXE_zgate-loadgen"))
+        let out = Command::new(env!("CARGO_BIN_EXE_zgate-bench"))
             .args(["plot", "--cpu"])
             .arg(&results)
             .arg("-o")
@@ -151,7 +151,7 @@ mod open_loop {
         assert!(out.status.success(), "{out:?}");
         assert_eq!(&std::fs::read(&png2).unwrap()[..4], b"\x89PNG");
         // Not an .hgrm: a clear error.
-        let out = Command::new(env!("CARGO_BIN_EXE_zgate-loadgen"))
+        let out = Command::new(env!("CARGO_BIN_EXE_zgate-bench"))
             .args(["plot"])
             .arg(&results)
             .arg("-o")

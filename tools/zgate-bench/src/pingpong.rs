@@ -501,7 +501,7 @@ fn rearm(poll: &Poll, c: &mut Conn, index: usize, writable: bool) -> Result<(), 
 }
 
 /// A histogram (nanoseconds) in HdrHistogram's percentile-distribution text format, in
-/// milliseconds: what the HdrHistogram plotter (and `zgate-loadgen plot`) reads.
+/// milliseconds: what the HdrHistogram plotter (and `zgate-bench plot`) reads.
 pub fn hgrm(h: &Histogram<u64>) -> String {
     use std::fmt::Write as _;
     let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
