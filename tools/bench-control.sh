@@ -110,7 +110,9 @@ API=$((20000 + RANDOM % 20000)); ADMIN=$((API + 1)); TLS_PORT=$((API + 2)); PLAI
 taskset -c "$CLIENT_CORE" "$loadgen" serve --listen "127.0.0.1:$UP" --max-runtime-s 3600 > "$work/upstream.log" 2>&1 &
 pids+=($!)
 wait_port "$UP"
-ctl serve --policy-dir "$work/policy" --state-dir "$work/control-state" \
+# Started directly, not through `ctl`: a backgrounded shell function is a subshell, and
+# stopping its PID would leave the control process behind.
+taskset -c "$CLIENT_CORE" "$ctl_bin" serve --policy-dir "$work/policy" --state-dir "$work/control-state" \
   --socket "$work/control.sock" --channel "$work/channel.sock" \
   --api "127.0.0.1:$API" --api-tokens "$work/tokens" > "$work/control.log" 2>&1 &
 pids+=($!)
