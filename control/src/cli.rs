@@ -224,6 +224,16 @@ pub struct ServeArgs {
     /// Audit file (default STATE_DIR/audit.jsonl).
     #[arg(long)]
     audit: Option<PathBuf>,
+    /// Where the facts live: `file` (STATE_DIR/facts.json, one control process) or
+    /// `etcd` (shared by a fleet; build with `--features etcd`).
+    #[arg(long, default_value = "file")]
+    store: String,
+    /// etcd client URLs, comma separated (with --store etcd).
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix in etcd.
+    #[arg(long, default_value = "/zgate")]
+    etcd_prefix: String,
 }
 
 /// One flow described on the command line.
@@ -432,6 +442,23 @@ fn serve(a: ServeArgs) -> Result<ExitCode, CliError> {
                 .ok_or_else(|| CliError::Usage(format!("--admit `{u}`: no such user")))?,
         );
     }
+    let store = match a.store.as_str() {
+        "file" => crate::serve::StoreChoice::File,
+        "etcd" if a.etcd_endpoints.is_empty() => {
+            return Err(CliError::Usage(
+                "--store etcd needs --etcd-endpoints".into(),
+            ))
+        }
+        "etcd" => crate::serve::StoreChoice::Etcd {
+            endpoints: a.etcd_endpoints.clone(),
+            prefix: a.etcd_prefix.clone(),
+        },
+        other => {
+            return Err(CliError::Usage(format!(
+                "--store `{other}`: expected `file` or `etcd`"
+            )))
+        }
+    };
     crate::serve::run(crate::serve::ServeOptions {
         policy_dir: a.policy_dir,
         state_dir: a.state_dir,
@@ -442,6 +469,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, CliError> {
         api_tokens: a.api_tokens,
         keep: a.keep,
         audit: a.audit,
+        store,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -15,11 +15,12 @@ mod common;
 #[cfg(test)]
 mod zero_trust_loop {
     use std::io::{Read, Write};
-    use std::time::Duration;
 
     use super::common::control::Control;
-    use super::common::pki::{client_config, connect_tls, echo_through, refused, Pki, Tls};
-    use super::common::{http_get, Gateway, Setup, Upstream, WAIT};
+    use super::common::pki::{
+        client_config, closed, connect_tls, echo_through, echoes, refused, Pki, Tls,
+    };
+    use super::common::{http_get, Gateway, Setup, Upstream};
     use zgate_devpki::{ClientSpec, Leaf};
 
     const TRADER: &str = "spiffe://corp.example/ns/trading/sa/pricer";
@@ -76,32 +77,6 @@ mod zero_trust_loop {
         let mut s = connect_tls(gw, client_config(pki, Some(leaf)));
         echo_through(&mut s, b"hello");
         s
-    }
-
-    /// Whether the gateway closed `s` (reset or end of stream), waiting for it (bounded).
-    fn closed(s: &mut Tls) -> bool {
-        s.sock.set_read_timeout(Some(WAIT)).unwrap();
-        let mut b = [0u8; 1];
-        match s.read(&mut b) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => !matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
-        }
-    }
-
-    /// Whether `s` still echoes.
-    fn echoes(s: &mut Tls) -> bool {
-        s.sock
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        if s.write_all(b"x").and_then(|()| s.flush()).is_err() {
-            return false;
-        }
-        let mut b = [0u8; 1];
-        matches!(s.read(&mut b), Ok(1))
     }
 
     fn closed_because(gw: &Gateway, principal: &str, cause: &str) -> serde_json::Value {

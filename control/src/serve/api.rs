@@ -201,15 +201,74 @@ fn done(core: &Core, extra: serde_json::Value) -> Response {
 
 macro_rules! change {
     ($core:expr, |$c:ident| $op:expr) => {{
-        let mut $c = match locked(&$core) {
-            Ok(c) => c,
-            Err(r) => return r,
+        let planned = {
+            let mut $c = match locked(&$core) {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            match $op {
+                Ok(_) => Ok($c.take_outbox()),
+                Err(e) => Err(e),
+            }
         };
-        match $op {
-            Ok(_) => done(&$c, json!({})),
+        match planned {
             Err(e) => op_error(&e),
+            Ok(writes) => finish(&$core, writes).await,
         }
     }};
+}
+
+/// After an operation: with a shared store, write what it planned there, wait until
+/// the store's watch has applied it here (so this host's dataplanes enforce it when
+/// the caller gets its answer), and audit it; without, it is already applied.
+async fn finish(core: &Shared, writes: Vec<super::shared::PendingWrite>) -> Response {
+    if writes.is_empty() {
+        return match locked(core) {
+            Ok(c) => done(&c, json!({})),
+            Err(r) => r,
+        };
+    }
+    let (store, mut applied) = match locked(core) {
+        Ok(c) => (c.shared_store(), c.applied()),
+        Err(r) => return r,
+    };
+    let Some(store) = store else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no shared store to write to",
+        );
+    };
+    let mut revision = 0;
+    for w in &writes {
+        match store.write(w.clone()).await {
+            Ok(r) => revision = revision.max(r),
+            Err(e) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("the shared store did not take the change: {e}"),
+                )
+            }
+        }
+    }
+    let waited = tokio::time::timeout(
+        Duration::from_secs(10),
+        applied.wait_for(|v| *v >= revision),
+    )
+    .await;
+    let mut c = match locked(core) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    for w in &writes {
+        c.audit_write(w);
+    }
+    match waited {
+        Ok(Ok(_)) => done(&c, json!({ "store_revision": revision })),
+        _ => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            &format!("written to the shared store (revision {revision}) but not applied here within 10 s: is its watch down?"),
+        ),
+    }
 }
 
 async fn status(State(core): State<Shared>) -> Response {

@@ -146,6 +146,7 @@ async fn connection(stream: UnixStream, uid: u32, core: &Mutex<Core>) -> Option<
                     Ok(Push::Delta(d)) => Message::Delta((*d).clone()),
                     Ok(Push::Shadow(s)) => Message::Shadow((*s).clone()),
                     Ok(Push::Impact(q)) => Message::ImpactQuery { id: q },
+                    Ok(Push::Facts(f)) => Message::Facts((*f).clone()),
                     Err(RecvError::Lagged(n)) => {
                         // It fell behind by `n` pushes: it resyncs from a snapshot.
                         return Some((id, format!("{n} pushes behind; dropped so it resubscribes")));

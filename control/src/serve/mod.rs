@@ -13,6 +13,9 @@
 
 mod api;
 mod channel;
+#[cfg(feature = "etcd")]
+mod etcd;
+pub mod shared;
 pub mod state;
 pub mod store;
 mod watch;
@@ -50,6 +53,22 @@ pub struct ServeOptions {
     pub keep: usize,
     /// The audit file (default `STATE_DIR/audit.jsonl`).
     pub audit: Option<PathBuf>,
+    /// Where the facts live.
+    pub store: StoreChoice,
+}
+
+/// Where the facts live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// `STATE_DIR/facts.json`: one control process.
+    File,
+    /// etcd v3, shared by a fleet of control processes (feature `etcd`).
+    Etcd {
+        /// Client URLs.
+        endpoints: Vec<String>,
+        /// Key prefix.
+        prefix: String,
+    },
 }
 
 /// Why `serve` could not start (or stopped).
@@ -202,6 +221,30 @@ async fn serve(mut o: ServeOptions) -> Result<(), ServeError> {
         core.facts_version()
     );
     let core = Arc::new(Mutex::new(core));
+    match &o.store {
+        StoreChoice::File => {}
+        #[cfg(feature = "etcd")]
+        StoreChoice::Etcd { endpoints, prefix } => {
+            let store = etcd::EtcdStore::connect(&etcd::EtcdConfig {
+                endpoints: endpoints.clone(),
+                prefix: prefix.clone(),
+            })
+            .await
+            .map_err(ServeError::Config)?;
+            let store = Arc::new(store);
+            eprintln!("zgate-control: facts in {}", shared::SharedStore::describe(&*store));
+            if let Ok(mut c) = core.lock() {
+                c.use_shared(Arc::clone(&store) as Arc<dyn shared::SharedStore>);
+            }
+            tokio::spawn(etcd::follow(store, Arc::clone(&core)));
+        }
+        #[cfg(not(feature = "etcd"))]
+        StoreChoice::Etcd { .. } => {
+            return Err(ServeError::Config(
+                "--store etcd: this build has no etcd store (build zgate-control with `--features etcd`; it needs protoc, Debian's protobuf-compiler)".into(),
+            ))
+        }
+    }
     let admitted = Arc::new(Admitted::new(&o.admit));
 
     let operator = bind_unix(&o.socket, "operator socket")?;

@@ -34,6 +34,12 @@ pub enum Push {
     Shadow(Arc<Shadow>),
     /// List the flows the shadow table would close.
     Impact(u64),
+    /// The whole fact set (after a resync with the shared store).
+    #[cfg_attr(
+        not(feature = "etcd"),
+        allow(dead_code, reason = "the shared store is the etcd feature's")
+    )]
+    Facts(Arc<FactsSnapshot>),
 }
 
 /// Pushes buffered per subscriber before a slow one is dropped (it reconnects and
@@ -200,6 +206,39 @@ pub struct Core {
     /// When the last fact change was accepted (stored, about to be pushed): Unix
     /// microseconds, returned to the caller so a benchmark can time from it.
     last_accepted_us: i64,
+    /// With a shared store (a fleet): changes are written there, and applied from its
+    /// watch; `None`: the local fact file.
+    shared: Option<Arc<dyn super::shared::SharedStore>>,
+    /// Writes for the shared store that an operation planned (the API layer sends them).
+    outbox: Vec<super::shared::PendingWrite>,
+    /// The fact version applied here, for callers waiting on their write.
+    applied: tokio::sync::watch::Sender<u64>,
+    /// When this host last knew it had every fact of the shared store.
+    store_sync: StoreSync,
+    /// The current outage of the shared store was logged (once per outage).
+    store_outage_logged: bool,
+}
+
+/// [`StoreSync`] as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreSyncJson {
+    /// Whether its last contact succeeded.
+    pub reachable: bool,
+    /// The store revision this host had every fact up to, at its last contact.
+    pub revision: u64,
+    /// How long ago that was (ms); `None`: never in step since start.
+    pub age_ms: Option<i64>,
+}
+
+/// How a host stands with the shared store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StoreSync {
+    /// Whether its last contact succeeded.
+    pub reachable: bool,
+    /// The store revision it had every fact up to, then.
+    pub revision: u64,
+    /// When (Unix microseconds); 0 or less: never.
+    pub synced_at_us: i64,
 }
 
 /// What a dataplane is sent when it subscribes.
@@ -304,6 +343,11 @@ impl Core {
             tx,
             audit,
             last_accepted_us: 0,
+            shared: None,
+            outbox: Vec::new(),
+            applied: tokio::sync::watch::Sender::new(0),
+            store_sync: StoreSync::default(),
+            store_outage_logged: false,
         })
     }
 
@@ -329,6 +373,134 @@ impl Core {
     /// The fact-set version.
     pub fn facts_version(&self) -> u64 {
         self.facts.version
+    }
+
+    #[cfg_attr(
+        not(feature = "etcd"),
+        allow(dead_code, reason = "the shared store is the etcd feature's")
+    )]
+    /// Keep facts in `store`, shared by the fleet, from now on.
+    pub fn use_shared(&mut self, store: Arc<dyn super::shared::SharedStore>) {
+        self.shared = Some(store);
+    }
+
+    /// The shared store, if any.
+    pub fn shared_store(&self) -> Option<Arc<dyn super::shared::SharedStore>> {
+        self.shared.clone()
+    }
+
+    /// The writes operations planned since the last call.
+    pub fn take_outbox(&mut self) -> Vec<super::shared::PendingWrite> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// The fact version applied here, as it moves.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// A shared-store write was applied here: its audit line.
+    pub fn audit_write(&mut self, w: &super::shared::PendingWrite) {
+        self.last_accepted_us = now_unix_us();
+        let detail = w.detail.clone();
+        self.audit(&w.who.clone(), &w.what.clone(), detail);
+    }
+
+    #[cfg_attr(
+        not(feature = "etcd"),
+        allow(dead_code, reason = "the shared store is the etcd feature's")
+    )]
+    /// Events from the shared store's watch, up to `revision`: apply them, push the
+    /// delta to the dataplanes, then keep the result in the state directory (so a
+    /// restart enforces it, and resumes the watch after it).
+    pub fn apply_shared(&mut self, events: &[super::shared::StoreEvent], revision: u64) {
+        if revision <= self.facts.version {
+            return;
+        }
+        let mut next = self.facts.clone();
+        let (changes, problems) = super::shared::apply_events(&mut next, events);
+        for p in problems {
+            eprintln!("zgate-control: shared store: skipped {p}");
+        }
+        let from = self.facts.version;
+        next.version = revision;
+        self.facts = next;
+        self.push(Push::Delta(Arc::new(FactsDelta {
+            from,
+            to: revision,
+            changes,
+        })));
+        self.applied.send_replace(revision);
+        self.keep_shared();
+    }
+
+    #[cfg_attr(
+        not(feature = "etcd"),
+        allow(dead_code, reason = "the shared store is the etcd feature's")
+    )]
+    /// The whole fact set read from the shared store at its `version` (start, or a
+    /// resync after a compaction): replace ours and send it whole.
+    pub fn replace_shared(&mut self, facts: Facts) {
+        self.facts = facts;
+        self.push(Push::Facts(Arc::new(FactsSnapshot {
+            version: self.facts.version,
+            changes: self.facts.changes(),
+        })));
+        self.applied.send_replace(self.facts.version);
+        self.keep_shared();
+    }
+
+    /// Write the facts applied from the shared store to the state directory, after
+    /// the dataplanes were sent them (the fsync is not on the enforcement path). A
+    /// failure is logged: the store still has them, and a restart reads them again.
+    fn keep_shared(&mut self) {
+        if let Err(e) = self.store.save(&self.facts) {
+            eprintln!("zgate-control: keeping the shared facts locally: {e}");
+        }
+    }
+
+    #[cfg_attr(
+        not(feature = "etcd"),
+        allow(dead_code, reason = "the shared store is the etcd feature's")
+    )]
+    /// The revision this host may resume the shared store's watch after: its facts'
+    /// version when they were read from `origin`, else none (read everything).
+    pub fn resume_point(&self, origin: &str) -> Option<u64> {
+        (self.facts.origin.as_deref() == Some(origin) && self.facts.version > 0)
+            .then_some(self.facts.version)
+    }
+
+    #[cfg_attr(
+        not(feature = "etcd"),
+        allow(dead_code, reason = "the shared store is the etcd feature's")
+    )]
+    /// The shared store answered: this host has every fact up to `revision` of it,
+    /// as of now (a watch event or progress notice), or it did not answer (`None`).
+    pub fn store_contact(&mut self, revision: Option<u64>) {
+        let now = now_unix_us();
+        match revision {
+            Some(r) => {
+                if !self.store_sync.reachable {
+                    eprintln!("zgate-control: shared store reachable, in step at revision {r}");
+                }
+                self.store_outage_logged = false;
+                self.store_sync = StoreSync {
+                    reachable: true,
+                    revision: r,
+                    synced_at_us: now,
+                };
+            }
+            None => {
+                if !self.store_outage_logged {
+                    eprintln!(
+                        "zgate-control: shared store unreachable; the dataplanes keep enforcing facts version {} (fail static)",
+                        self.facts.version
+                    );
+                }
+                self.store_outage_logged = true;
+                self.store_sync.reachable = false;
+            }
+        }
     }
 
     /// When the last fact change was accepted (Unix microseconds).
@@ -658,11 +830,19 @@ impl Core {
         what: &str,
         detail: serde_json::Value,
     ) -> Result<u64, OpError> {
+        if self.shared.is_some() {
+            // A fleet: the change goes to the shared store; its watch applies it here
+            // and on every other host, in the store's order.
+            self.outbox
+                .push(super::shared::writes(&next, &changes, who, what, detail));
+            return Ok(self.facts.version);
+        }
         let from = self.facts.version;
         next.version = from + 1;
         self.store.save(&next)?;
         self.last_accepted_us = now_unix_us();
         self.facts = next;
+        self.applied.send_replace(self.facts.version);
         self.push(Push::Delta(Arc::new(FactsDelta {
             from,
             to: self.facts.version,
@@ -941,6 +1121,10 @@ impl Core {
     /// flows on their own at the grant's end; this keeps the set small and lifts
     /// time-bounded revocations). The next instant something expires.
     pub fn expire(&mut self, now: i64) -> Option<i64> {
+        if self.shared.is_some() {
+            // The shared store expires them itself (leases), once for the fleet.
+            return None;
+        }
         let due = self
             .facts
             .revocations
@@ -1097,6 +1281,19 @@ impl Core {
             tables: self.history.tables.clone(),
             policy_error: self.policy_error.clone(),
             facts_version: self.facts.version,
+            facts_store: self
+                .shared
+                .as_ref()
+                .map_or_else(|| "file".to_string(), |s| s.describe()),
+            facts_store_sync: self.shared.as_ref().map(|_| {
+                let s = self.store_sync;
+                StoreSyncJson {
+                    reachable: s.reachable,
+                    revision: s.revision,
+                    age_ms: (s.synced_at_us > 0)
+                        .then(|| (now_unix_us() - s.synced_at_us).max(0) / 1000),
+                }
+            }),
             revocations: self.facts.revocations.len(),
             postures: self.facts.posture.len(),
             risk_scores: self.facts.risk.len(),
@@ -1144,6 +1341,11 @@ pub struct StatusJson {
     pub policy_error: Option<PolicyError>,
     /// The fact-set version.
     pub facts_version: u64,
+    /// Where the facts live.
+    pub facts_store: String,
+    /// With a shared store: how this host stands with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facts_store_sync: Option<StoreSyncJson>,
     /// Revocations in force.
     pub revocations: usize,
     /// Devices with a posture.

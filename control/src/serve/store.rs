@@ -164,8 +164,13 @@ pub struct GrantRecord {
 /// The whole fact set with its version: what [`FactStore`] keeps.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Facts {
-    /// Bumped by every accepted change; never reused.
+    /// Bumped by every accepted change; never reused. With a shared store: the store's
+    /// revision the set was read at.
     pub version: u64,
+    /// With a shared store: which one (cluster and prefix) the version counts in, so a
+    /// restart resumes its watch from `version` only in the same store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     /// Revocations.
     pub revocations: Vec<Revocation>,
     /// Posture by device.

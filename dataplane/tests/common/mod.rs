@@ -8,6 +8,7 @@
 )]
 
 pub mod control;
+pub mod etcd;
 pub mod pki;
 
 use std::io::{Read, Write};

@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::pem::PemObject;
@@ -13,7 +14,7 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use zgate_devpki::{Ca, ClientSpec, Leaf};
 use zgate_policy::model::{Action, Principal, Rule, ServiceSelector};
 
-use super::{table_bytes, Gateway};
+use super::{table_bytes, Gateway, WAIT};
 
 /// A workload the policies below allow.
 pub const TRADING: &str = "spiffe://corp.example/ns/trading/sa/pricer";
@@ -155,4 +156,30 @@ pub fn client_config(pki: &Pki, leaf: Option<&Leaf>) -> Arc<ClientConfig> {
         }
         None => b.with_no_client_auth(),
     })
+}
+
+/// Whether the gateway closed `s` (reset or end of stream), waiting for it (bounded).
+pub fn closed(s: &mut Tls) -> bool {
+    s.sock.set_read_timeout(Some(WAIT)).unwrap();
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Whether `s` still echoes.
+pub fn echoes(s: &mut Tls) -> bool {
+    s.sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    if s.write_all(b"x").and_then(|()| s.flush()).is_err() {
+        return false;
+    }
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(1))
 }

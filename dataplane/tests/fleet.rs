@@ -1,0 +1,395 @@
+//! The fleet end to end (issue 19): a real 3-member etcd cluster (Debian's etcd 3.4)
+//! on loopback, three hosts each with its own `zgate-control serve --store etcd` and
+//! `zgate run` subscribed to it, and real mTLS clients (rustls). A fact written on one
+//! host reaches the live flows of all three; etcd losing a member changes nothing;
+//! etcd gone entirely leaves every gateway enforcing what it has; a control process
+//! restarted resumes from the revision it kept, or reads everything again after a
+//! compaction.
+//!
+//! Built with `--features zgate-dataplane/fleet-tests,zgate-control/etcd` (tools/test
+//! does): the etcd client needs `protoc` to build.
+
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests wait on real processes: wall-clock deadlines are the point"
+)]
+
+#[cfg(test)]
+mod common;
+
+#[cfg(test)]
+mod fleet {
+    use std::time::{Duration, Instant};
+
+    use super::common::control::Control;
+    use super::common::etcd::EtcdCluster;
+    use super::common::pki::{
+        client_config, closed, connect_tls, echo_through, echoes, refused, Pki, Tls,
+    };
+    use super::common::{Gateway, Setup, Upstream, WAIT};
+    use zgate_devpki::{ClientSpec, Leaf};
+
+    const TRADER: &str = "spiffe://corp.example/ns/trading/sa/pricer";
+    const OTHER_TRADER: &str = "spiffe://corp.example/ns/trading/sa/quoter";
+    const ONCALL: &str = "spiffe://corp.example/ns/ops/sa/bob";
+
+    const POLICY: &str = r#"
+    [[rule]]
+    id = "traders"
+    action = "allow"
+    services = ["echo"]
+    principals = ["spiffe://corp.example/ns/trading/*"]
+
+    [[rule]]
+    id = "oncall-break-glass"
+    action = "allow"
+    services = ["echo"]
+    principals = ["spiffe://corp.example/ns/ops/*"]
+    requires_grant = true
+    "#;
+
+    /// One gateway host: its control process (facts in etcd) and its dataplane.
+    struct Host {
+        control: Control,
+        gw: Gateway,
+        _state: tempfile::TempDir,
+    }
+
+    /// Three hosts on one etcd cluster, with one PKI and one upstream.
+    struct Fleet {
+        etcd: EtcdCluster,
+        pki: Pki,
+        _up: Upstream,
+        hosts: Vec<Host>,
+    }
+
+    impl Fleet {
+        fn start() -> Fleet {
+            let etcd = EtcdCluster::start(3);
+            let pki = Pki::new(&[]);
+            let up = Upstream::echo();
+            let hosts = (0..3)
+                .map(|i| {
+                    let control = Control::start_with(
+                        &[("p.toml", POLICY)],
+                        &[
+                            "--store".into(),
+                            "etcd".into(),
+                            "--etcd-endpoints".into(),
+                            etcd.endpoints(),
+                            "--etcd-prefix".into(),
+                            "/zgate-test".into(),
+                        ],
+                    );
+                    let state = tempfile::tempdir().unwrap();
+                    let mut setup = Setup::new(up.addr);
+                    setup.table = None;
+                    setup.listener_extra = pki.listener_tls("");
+                    setup.tables_extra = control.gateway_named(&format!("gw-{i}"), state.path());
+                    let gw = Gateway::start(&setup);
+                    Host {
+                        control,
+                        gw,
+                        _state: state,
+                    }
+                })
+                .collect();
+            let f = Fleet {
+                etcd,
+                pki,
+                _up: up,
+                hosts,
+            };
+            f.wait_in_step();
+            f
+        }
+
+        fn leaf(&self, id: &str) -> Leaf {
+            self.pki.client(&ClientSpec::spiffe(id))
+        }
+
+        fn flow(&self, host: usize, leaf: &Leaf) -> Tls {
+            let mut s = connect_tls(&self.hosts[host].gw, client_config(&self.pki, Some(leaf)));
+            echo_through(&mut s, b"hello");
+            s
+        }
+
+        /// Wait until every control process has applied the same fact version and its
+        /// gateway enforces it; that version.
+        fn wait_in_step(&self) -> u64 {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let versions: Vec<u64> = self
+                    .hosts
+                    .iter()
+                    .map(|h| {
+                        let s = h.control.wait_enforced(1);
+                        s["facts_version"].as_u64().unwrap()
+                    })
+                    .collect();
+                if versions.iter().all(|v| *v == versions[0]) && versions[0] > 0 {
+                    return versions[0];
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the hosts never agreed on a fact version: {versions:?}\n{}",
+                    self.logs()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        fn logs(&self) -> String {
+            let mut out = String::new();
+            for (i, h) in self.hosts.iter().enumerate() {
+                out.push_str(&format!("--- control {i}:\n{}\n", h.control.log()));
+            }
+            out + &self.etcd.logs()
+        }
+
+        /// The principals revoked, as host `i` lists them.
+        fn revoked(&self, i: usize) -> Vec<String> {
+            let v: serde_json::Value =
+                serde_json::from_str(&self.hosts[i].control.ok(&["revocations"])).unwrap();
+            let mut out: Vec<String> = v["revocations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|r| r["subject"]["principal"].as_str().map(String::from))
+                .collect();
+            out.sort();
+            out
+        }
+    }
+
+    /// A revocation written on one host closes the flows of that identity on all
+    /// three, and only those; a grant made on another admits on all three and ends on
+    /// all three, and etcd forgets it by itself (its lease).
+    #[test]
+    fn a_fact_written_on_one_host_reaches_the_live_flows_of_all_three() {
+        let fleet = Fleet::start();
+        let (victim, bystander) = (fleet.leaf(TRADER), fleet.leaf(OTHER_TRADER));
+        // 20 flows of each identity on each gateway.
+        let mut flows: Vec<(bool, Tls)> = Vec::new();
+        for host in 0..3 {
+            for i in 0..40 {
+                let mine = i % 2 == 0;
+                flows.push((
+                    mine,
+                    fleet.flow(host, if mine { &victim } else { &bystander }),
+                ));
+            }
+        }
+        let out = fleet.hosts[1].control.ok(&[
+            "revoke",
+            "--principal",
+            TRADER,
+            "--reason",
+            "SEC-7 key leaked",
+        ]);
+        assert!(out.contains("revoked"), "{out}");
+        for (mine, s) in flows.iter_mut() {
+            if *mine {
+                assert!(
+                    closed(s),
+                    "a flow of the revoked identity stayed open\n{}",
+                    fleet.logs()
+                );
+            }
+        }
+        for (_, s) in flows.iter_mut().filter(|(m, _)| !*m) {
+            assert!(echoes(s), "a flow of another identity was cut");
+        }
+        let version = fleet.wait_in_step();
+        for (i, h) in fleet.hosts.iter().enumerate() {
+            assert_eq!(
+                h.gw.metric_settled("zgate_flows_closed_by_policy_total{reason=\"revoked\"}", 20),
+                20,
+                "gateway {i}"
+            );
+            assert_eq!(fleet.revoked(i), vec![TRADER.to_string()], "host {i}");
+            assert!(refused(connect_tls(
+                &h.gw,
+                client_config(&fleet.pki, Some(&victim))
+            )));
+            let s = h.control.status();
+            assert!(
+                s["facts_store"].as_str().unwrap().starts_with("etcd "),
+                "{s}"
+            );
+            assert_eq!(s["facts_store_sync"]["reachable"], true, "{s}");
+        }
+        // The writer audited who did it, with the store's revision.
+        let audit =
+            std::fs::read_to_string(fleet.hosts[1].control.path("state/audit.jsonl")).unwrap();
+        let line = audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["what"] == "revoke")
+            .expect("no audit line for the revocation on the host that wrote it");
+        assert_eq!(line["facts_version"], version, "{line}");
+
+        // A grant made on host 2 admits on-call on all three, then ends on all three.
+        let oncall = fleet.leaf(ONCALL);
+        assert!(refused(connect_tls(
+            &fleet.hosts[0].gw,
+            client_config(&fleet.pki, Some(&oncall))
+        )));
+        fleet.hosts[2].control.ok(&[
+            "grant",
+            "--principal",
+            ONCALL,
+            "--service",
+            "echo",
+            "--for",
+            "3s",
+            "--reason",
+            "INC-42",
+        ]);
+        fleet.wait_in_step();
+        let mut oncall_flows: Vec<Tls> = (0..3).map(|h| fleet.flow(h, &oncall)).collect();
+        for (i, s) in oncall_flows.iter_mut().enumerate() {
+            assert!(
+                closed(s),
+                "host {i}: the grant's end did not close the flow"
+            );
+        }
+        for (i, h) in fleet.hosts.iter().enumerate() {
+            h.gw.wait_audit(|e| {
+                e["event"] == "closed_by_policy"
+                    && e["spiffe_id"] == ONCALL
+                    && e["cause"] == "grant-ended"
+            });
+            // etcd drops the grant at the lease's end; every host applies the delete.
+            let s = h.control.wait_status(|s| s["grants"] == 0);
+            assert_eq!(s["grants"], 0, "host {i} still lists the grant: {s}");
+        }
+        fleet.wait_in_step();
+    }
+
+    /// One etcd member down: writes and their enforcement go on. All of etcd down:
+    /// every gateway keeps enforcing (fail static), every control process says it is
+    /// out of step and for how long, a write is refused in words. etcd back: they are
+    /// in step again, and the writes made next land everywhere in order.
+    #[test]
+    fn etcd_losing_a_member_or_everything_leaves_enforcement_standing() {
+        let mut fleet = Fleet::start();
+        let (victim, bystander) = (fleet.leaf(TRADER), fleet.leaf(OTHER_TRADER));
+        fleet.etcd.kill_member(0);
+        fleet.hosts[0]
+            .control
+            .ok(&["revoke", "--principal", TRADER]);
+        fleet.wait_in_step();
+        for h in &fleet.hosts {
+            assert!(refused(connect_tls(
+                &h.gw,
+                client_config(&fleet.pki, Some(&victim))
+            )));
+        }
+
+        // Everything down.
+        fleet.etcd.kill_member(1);
+        fleet.etcd.kill_member(2);
+        for (i, h) in fleet.hosts.iter().enumerate() {
+            let s = h.control.wait_status(|s| {
+                s["facts_store_sync"]["reachable"] == false
+                    && s["facts_store_sync"]["age_ms"].as_i64().unwrap_or(0) >= 1000
+            });
+            assert_eq!(s["facts_store_sync"]["reachable"], false, "host {i}: {s}");
+            assert!(
+                s["facts_store_sync"]["age_ms"].as_i64().unwrap() >= 1000,
+                "host {i}: {s}"
+            );
+            // Enforcement stands: the revoked stay out, the others get in.
+            assert!(refused(connect_tls(
+                &h.gw,
+                client_config(&fleet.pki, Some(&victim))
+            )));
+            drop(fleet.flow(i, &bystander));
+        }
+        let out = fleet.hosts[2]
+            .control
+            .cli(&["revoke", "--principal", OTHER_TRADER]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("shared store did not take the change"),
+            "{err}"
+        );
+
+        // Back: in step again; an ordered burst of changes from two hosts lands the same
+        // everywhere (revoke, lift, revoke again: any reordering leaves a different set).
+        for i in 0..3 {
+            fleet.etcd.start_member(i);
+        }
+        fleet.etcd.wait_healthy();
+        for h in &fleet.hosts {
+            h.control
+                .wait_status(|s| s["facts_store_sync"]["reachable"] == true);
+        }
+        fleet.hosts[0]
+            .control
+            .ok(&["unrevoke", "--principal", TRADER]);
+        fleet.hosts[1]
+            .control
+            .ok(&["revoke", "--principal", OTHER_TRADER]);
+        fleet.hosts[2]
+            .control
+            .ok(&["unrevoke", "--principal", OTHER_TRADER]);
+        fleet.hosts[0]
+            .control
+            .ok(&["revoke", "--principal", OTHER_TRADER]);
+        fleet.wait_in_step();
+        for i in 0..3 {
+            assert_eq!(fleet.revoked(i), vec![OTHER_TRADER.to_string()], "host {i}");
+            drop(fleet.flow(i, &victim));
+            assert!(refused(connect_tls(
+                &fleet.hosts[i].gw,
+                client_config(&fleet.pki, Some(&bystander))
+            )));
+        }
+    }
+
+    /// A control process restarted resumes its watch after the revision it kept (and
+    /// gets what it missed); restarted after a compaction past that revision, it reads
+    /// every fact again. Its gateway enforces the result both times.
+    #[test]
+    fn a_restarted_control_process_resumes_or_resyncs_after_a_compaction() {
+        let mut fleet = Fleet::start();
+        let victim = fleet.leaf(TRADER);
+        fleet.hosts[2].control.kill();
+        fleet.hosts[0]
+            .control
+            .ok(&["revoke", "--principal", TRADER]);
+        fleet.hosts[2].control.spawn();
+        fleet.wait_in_step();
+        assert!(
+            fleet.hosts[2]
+                .control
+                .log()
+                .contains("resuming after revision"),
+            "{}",
+            fleet.hosts[2].control.log()
+        );
+        assert_eq!(fleet.revoked(2), vec![TRADER.to_string()]);
+        assert!(refused(connect_tls(
+            &fleet.hosts[2].gw,
+            client_config(&fleet.pki, Some(&victim))
+        )));
+
+        fleet.hosts[2].control.kill();
+        fleet.hosts[1]
+            .control
+            .ok(&["unrevoke", "--principal", TRADER]);
+        fleet.hosts[1]
+            .control
+            .ok(&["revoke", "--principal", OTHER_TRADER]);
+        fleet.etcd.compact();
+        fleet.hosts[2].control.spawn();
+        fleet.wait_in_step();
+        let log = fleet.hosts[2].control.log();
+        assert!(log.contains("reading every fact again"), "{log}");
+        assert_eq!(fleet.revoked(2), vec![OTHER_TRADER.to_string()]);
+        drop(fleet.flow(2, &victim));
+    }
+}
