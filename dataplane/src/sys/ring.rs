@@ -712,6 +712,19 @@ impl Ring {
         Ok(())
     }
 
+    /// Arm a one-shot accept on a listener (one connection, one CQE without `more`).
+    pub fn accept_one(&mut self, fd: RawFd, user_data: u64) -> Result<(), PushError> {
+        let e = opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data);
+        self.push(&e)?;
+        if !self.accepts.contains(&user_data) {
+            self.accepts.push(user_data);
+        }
+        Ok(())
+    }
+
     /// Receive into a buffer the kernel picks from the pool when data arrives. The CQE
     /// names it ([`Completion::buffer`]); the caller then [`BufPool::take`]s it. With the
     /// ring empty the CQE is `-ENOBUFS` and nothing was taken.

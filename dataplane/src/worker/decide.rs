@@ -368,6 +368,9 @@ impl Worker {
         // Allowed: a fact delta naming its principal, certificate or device finds it.
         self.index_flow(i);
         let upstream = sys::upstream_socket(&cfg.upstream);
+        if let Err(e) = &upstream {
+            self.pause_accepts_if_out_of_fds(e.raw_os_error());
+        }
         let upstream_tls = self
             .listeners
             .get(listener)

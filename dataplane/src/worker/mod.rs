@@ -58,6 +58,8 @@ use token::{decode, encode, next_gen, Op};
 
 /// How often timers are checked (and the longest an interrupt-mode worker sleeps).
 const TICK: Duration = Duration::from_millis(100);
+/// One-shot accepts after running out of descriptors, before multishot again.
+const SINGLE_ACCEPTS_AFTER_PAUSE: u32 = 64;
 /// A batch of completions that takes this long to handle is a stall: every flow on the
 /// core waited that long (STYLE I.22). Full TLS handshakes take ~1 ms of CPU each, so a
 /// batch of several of them counts.
@@ -296,6 +298,14 @@ struct Worker {
     due: Vec<timers::Entry>,
     /// Ticks so far.
     ticks: u64,
+    /// Out of descriptors (for an accept or an upstream socket): accept nothing until a
+    /// tick finds two free, so new clients wait in the listen queue instead of being
+    /// taken and refused one after another.
+    accepts_paused: bool,
+    /// After such a pause, accept one connection at a time for this many more: a
+    /// multishot accept would take every waiting client's descriptor before any of
+    /// them got its upstream socket.
+    single_accepts_left: u32,
     /// Decisions so far (one in `DECISION_SAMPLE` is timed).
     decisions: u64,
 }
@@ -376,6 +386,8 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         wheel: Wheel::new(now, TICK),
         due: Vec::new(),
         ticks: 0,
+        accepts_paused: false,
+        single_accepts_left: 0,
         decisions: 0,
     };
     w.clock();
@@ -494,12 +506,18 @@ impl Worker {
         let Some(fd) = l.fd.as_ref() else {
             return Ok(());
         };
-        if l.armed {
+        if l.armed || self.accepts_paused {
             return Ok(());
         }
         let ud = encode(Op::Accept, u32::try_from(index).unwrap_or(u32::MAX), 0);
-        match self.ring.accept_multi(fd.as_raw_fd(), ud) {
+        let armed = if self.single_accepts_left > 0 {
+            self.ring.accept_one(fd.as_raw_fd(), ud)
+        } else {
+            self.ring.accept_multi(fd.as_raw_fd(), ud)
+        };
+        match armed {
             Ok(()) => {
+                self.single_accepts_left = self.single_accepts_left.saturating_sub(1);
                 l.armed = true;
                 self.aux_inflight += 1;
                 Ok(())
@@ -721,21 +739,49 @@ impl Worker {
         self.listeners.iter().all(|l| l.fd.is_none())
     }
 
+    /// Cancel the armed accepts (their final CQE disarms them).
+    fn cancel_accepts(&mut self) {
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.armed {
+                let target = encode(Op::Accept, u32::try_from(i).unwrap_or(u32::MAX), 0);
+                if self
+                    .ring
+                    .cancel(target, encode(Op::AcceptCancel, 0, 0))
+                    .is_ok()
+                {
+                    self.aux_inflight += 1;
+                }
+            }
+        }
+    }
+
+    /// An accept or an upstream socket failed with `errno`: when for want of
+    /// descriptors, stop accepting until a tick finds two free.
+    fn pause_accepts_if_out_of_fds(&mut self, errno: Option<i32>) {
+        if matches!(errno, Some(libc::EMFILE | libc::ENFILE)) && !self.accepts_paused {
+            self.accepts_paused = true;
+            self.single_accepts_left = SINGLE_ACCEPTS_AFTER_PAUSE;
+            self.cancel_accepts();
+        }
+    }
+
+    /// Whether a flow's two descriptors (client and upstream) can be had now: two
+    /// taken and given back at once.
+    fn two_fds_free(&self) -> bool {
+        let Some(fd) = self.listeners.iter().find_map(|l| l.fd.as_ref()) else {
+            return false;
+        };
+        let (a, b) = (fd.try_clone(), fd.try_clone());
+        a.is_ok() && b.is_ok()
+    }
+
     fn enter_phase(&mut self, phase: Phase) {
         if self.phase == Phase::Running && phase >= Phase::Draining {
             // Stop accepting: cancel armed accepts (the listener closes on the final
             // CQE), close the others now.
-            for (i, l) in self.listeners.iter_mut().enumerate() {
-                if l.armed {
-                    let target = encode(Op::Accept, u32::try_from(i).unwrap_or(u32::MAX), 0);
-                    if self
-                        .ring
-                        .cancel(target, encode(Op::AcceptCancel, 0, 0))
-                        .is_ok()
-                    {
-                        self.aux_inflight += 1;
-                    }
-                } else {
+            self.cancel_accepts();
+            for l in &mut self.listeners {
+                if !l.armed {
                     l.fd = None;
                 }
             }
@@ -759,6 +805,9 @@ impl Worker {
         self.out_pool.decay();
         // An idle worker publishes on its tick (a busy one after its batches).
         self.publish(true);
+        if self.accepts_paused && self.two_fds_free() {
+            self.accepts_paused = false;
+        }
         if self.phase == Phase::Running {
             for i in 0..self.listeners.len() {
                 // A failed re-arm is retried next tick.
@@ -1055,6 +1104,7 @@ impl Worker {
         if c.result < 0 {
             if c.result != -libc::ECANCELED {
                 self.count(index, M::AcceptErrors);
+                self.pause_accepts_if_out_of_fds(Some(-c.result));
             }
             return;
         }
@@ -1218,6 +1268,7 @@ impl Worker {
         let upstream = match sys::upstream_socket(&cfg.upstream) {
             Ok(u) => u,
             Err(e) => {
+                self.pause_accepts_if_out_of_fds(e.raw_os_error());
                 self.count(listener, M::UpstreamConnectFailures);
                 let why = conn::ConnectFailure::Socket(e.raw_os_error());
                 self.audit_refusal(flow, Refused::connect(why));
