@@ -32,6 +32,8 @@ mod fleet {
     const TRADER: &str = "spiffe://corp.example/ns/trading/sa/pricer";
     const OTHER_TRADER: &str = "spiffe://corp.example/ns/trading/sa/quoter";
     const ONCALL: &str = "spiffe://corp.example/ns/ops/sa/bob";
+    /// The fleet's etcd prefix.
+    const PREFIX: &str = "/zgate-test";
 
     const POLICY: &str = r#"
     [[rule]]
@@ -78,7 +80,7 @@ mod fleet {
                             "--etcd-endpoints".into(),
                             etcd.endpoints(),
                             "--etcd-prefix".into(),
-                            "/zgate-test".into(),
+                            PREFIX.into(),
                         ],
                     );
                     let state = tempfile::tempdir().unwrap();
@@ -127,7 +129,7 @@ mod fleet {
                         s["facts_version"].as_u64().unwrap()
                     })
                     .collect();
-                if versions.iter().all(|v| *v == versions[0]) && versions[0] > 0 {
+                if versions.iter().all(|v| *v == versions[0]) {
                     return versions[0];
                 }
                 assert!(
@@ -136,6 +138,64 @@ mod fleet {
                     self.logs()
                 );
                 std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        /// Wait until `hosts` enforce one table from the fleet (same version, same
+        /// table hash in the manifest) and their gateways enforce it; that version and
+        /// hash.
+        fn wait_same_table(&self, hosts: &[usize], newer_than: u64) -> (u64, String) {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let seen: Vec<(u64, String)> = hosts
+                    .iter()
+                    .map(|&i| {
+                        let s = self.hosts[i].control.wait_enforced(1);
+                        let m = &s["fleet_policy"]["manifest"];
+                        (
+                            s["table_version"].as_u64().unwrap_or(0),
+                            m["table_sha256"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect();
+                let first = seen[0].clone();
+                if first.0 > newer_than && seen.iter().all(|x| *x == first) {
+                    return first;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "hosts {hosts:?} never enforced one table newer than {newer_than}: {seen:?}\n{}",
+                    self.logs()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        /// The host that is the fleet's elected compiler now, waiting for one among
+        /// `hosts`.
+        fn leader(&self, hosts: &[usize]) -> usize {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if let Some(&i) = hosts
+                    .iter()
+                    .find(|&&i| self.hosts[i].control.status()["fleet_policy"]["leader"] == true)
+                {
+                    return i;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no compiler elected among {hosts:?}\n{}",
+                    self.logs()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        /// Deploy a policy to `hosts` (as a config push would: every host gets the same
+        /// directory).
+        fn deploy(&self, hosts: &[usize], text: &str) {
+            for &i in hosts {
+                self.hosts[i].control.write_policy("p.toml", text);
             }
         }
 
@@ -265,6 +325,121 @@ mod fleet {
             assert_eq!(s["grants"], 0, "host {i} still lists the grant: {s}");
         }
         fleet.wait_in_step();
+    }
+
+    /// A policy change reaches all three as one table (one compiler, the same hash
+    /// everywhere) and closes what it no longer allows on all three; the compiler
+    /// killed, another is elected and the next change lands on the hosts left.
+    #[test]
+    fn a_policy_change_reaches_all_three_as_one_table_and_survives_its_compiler() {
+        let fleet = Fleet::start();
+        let (v1, _) = fleet.wait_same_table(&[0, 1, 2], 0);
+        let leaders: Vec<usize> = (0..3)
+            .filter(|&i| fleet.hosts[i].control.status()["fleet_policy"]["leader"] == true)
+            .collect();
+        assert_eq!(leaders.len(), 1, "one compiler at a time: {leaders:?}");
+        let quoter = fleet.leaf(OTHER_TRADER);
+        let mut flows: Vec<Tls> = (0..3).map(|h| fleet.flow(h, &quoter)).collect();
+        // Traders narrowed to the pricer: the quoter's flows close on every host.
+        let narrowed = POLICY.replace(
+            "spiffe://corp.example/ns/trading/*",
+            "spiffe://corp.example/ns/trading/sa/pricer",
+        );
+        fleet.deploy(&[0, 1, 2], &narrowed);
+        let (v2, sha2) = fleet.wait_same_table(&[0, 1, 2], v1);
+        for (i, s) in flows.iter_mut().enumerate() {
+            assert!(
+                closed(s),
+                "host {i}: the narrowed policy left the flow open"
+            );
+        }
+        for (i, h) in fleet.hosts.iter().enumerate() {
+            let s = h.control.status();
+            assert_eq!(
+                s["fleet_policy"]["manifest"]["table_sha256"],
+                sha2.as_str(),
+                "host {i}"
+            );
+            assert_eq!(s["fleet_policy"]["manifest"]["rules"], 2, "host {i}");
+            assert!(refused(connect_tls(
+                &h.gw,
+                client_config(&fleet.pki, Some(&quoter))
+            )));
+        }
+        // Rollback is the compiler's business in a fleet: refused here, in words.
+        let out = fleet.hosts[0].control.cli(&["rollback"]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("refused in a fleet"));
+
+        // The compiler dies: another is elected; the next change lands on the others.
+        let mut fleet = fleet;
+        let dead = fleet.leader(&[0, 1, 2]);
+        fleet.hosts[dead].control.kill();
+        let alive: Vec<usize> = (0..3).filter(|&i| i != dead).collect();
+        let next = fleet.leader(&alive);
+        assert_ne!(next, dead);
+        fleet.deploy(&alive, POLICY);
+        let (v3, _) = fleet.wait_same_table(&alive, v2);
+        assert!(v3 > v2);
+        for &i in &alive {
+            drop(fleet.flow(i, &quoter));
+        }
+        // The host without its control process keeps enforcing what it had.
+        assert!(refused(connect_tls(
+            &fleet.hosts[dead].gw,
+            client_config(&fleet.pki, Some(&quoter))
+        )));
+    }
+
+    /// A manifest whose chunk does not match its hash (someone with write access to
+    /// etcd, or a bit flipped) is refused on every host and the table in force stays;
+    /// the compiler sees a manifest that is not its compilation and publishes its own
+    /// again, which every host takes.
+    #[test]
+    fn an_altered_table_in_etcd_is_refused_everywhere_and_the_compiler_puts_it_right() {
+        let fleet = Fleet::start();
+        let (v1, _) = fleet.wait_same_table(&[0, 1, 2], 0);
+        let policy_sha = |i: usize| {
+            fleet.hosts[i].control.status()["fleet_policy"]["manifest"]["policy_sha256"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let compiled = policy_sha(0);
+        let forged = "0".repeat(64);
+        fleet.etcd.put(
+            &format!("{PREFIX}/policy/chunks/{forged}"),
+            b"allow everyone",
+        );
+        let manifest = serde_json::json!({
+            "version": v1 + 1, "table_sha256": forged, "policy_sha256": forged,
+            "rules": 1, "size": 14, "chunks": [forged], "compiled_by": "mallory", "at": 0,
+        });
+        fleet.etcd.put(
+            &format!("{PREFIX}/policy/manifest"),
+            manifest.to_string().as_bytes(),
+        );
+        let (v2, _) = fleet.wait_same_table(&[0, 1, 2], v1);
+        assert!(v2 > v1 + 1, "a version past the forged one: {v2}");
+        for (i, h) in fleet.hosts.iter().enumerate() {
+            assert_eq!(
+                policy_sha(i),
+                compiled,
+                "host {i}: the same policy, published again"
+            );
+            let log = h.control.log();
+            assert!(
+                log.contains(&format!(
+                    "chunk {forged} of table version {} does not match its hash",
+                    v1 + 1
+                )),
+                "host {i}: {log}"
+            );
+            assert!(
+                !log.contains(&format!("table version {} from the fleet", v1 + 1)),
+                "host {i}: {log}"
+            );
+        }
     }
 
     /// One etcd member down: writes and their enforcement go on. All of etcd down:

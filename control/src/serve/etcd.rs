@@ -2,9 +2,12 @@
 //! `PREFIX/facts/`, written in a transaction (with a lease when the fact ends by itself:
 //! etcd deletes it at its end, once, for the whole fleet), and applied on every host
 //! from a watch of that prefix, in revision order, from the revision last applied. A
-//! watch that falls behind a compaction resyncs from a full read; the revision is the
-//! fact version the dataplanes enforce, so a gap cannot pass silently (a dataplane
-//! refuses a delta that does not start from what it enforces).
+//! watch that falls behind a compaction resyncs from a full read. Every write also puts
+//! `PREFIX/facts/written`; the revision of the last write is the fact version the
+//! dataplanes enforce (the same on a host that read every fact and on one that watched
+//! each change; a fact etcd dropped at its lease's end had ended by its time already),
+//! so a gap cannot pass silently (a dataplane refuses a delta that does not start from
+//! what it enforces).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +18,7 @@ use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
 
-use super::shared::{apply_events, PendingWrite, SharedStore, StoreEvent};
+use super::shared::{apply_events, PendingWrite, SharedStore, StoreEvent, WRITTEN_KEY};
 use super::state::{now_unix, Core};
 use super::store::Facts;
 
@@ -30,7 +33,9 @@ pub struct EtcdConfig {
 
 /// A connected store.
 pub struct EtcdStore {
-    client: Client,
+    pub(super) client: Client,
+    /// The key prefix, without a trailing slash.
+    pub(super) root: String,
     facts: String,
     endpoints: Vec<String>,
 }
@@ -39,64 +44,153 @@ impl EtcdStore {
     /// Connect (the client keeps reconnecting by itself afterwards).
     pub async fn connect(cfg: &EtcdConfig) -> Result<EtcdStore, String> {
         // HTTP/2 keep-alive finds a member that went silent (not only one that closed):
-        // the watch then moves to another.
+        // the watch then moves to another. Not more often than etcd's server allows
+        // (`--grpc-keepalive-min-time`, 5 s by default), nor on a connection without
+        // a stream: etcd answers either with GOAWAY (too many pings) and every call on
+        // that connection fails.
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(false);
         let client = Client::connect(&cfg.endpoints, Some(opts))
             .await
             .map_err(|e| format!("etcd {:?}: {e}", cfg.endpoints))?;
         Ok(EtcdStore {
             client,
+            root: cfg.prefix.trim_end_matches('/').to_string(),
             facts: format!("{}/facts/", cfg.prefix.trim_end_matches('/')),
             endpoints: cfg.endpoints.clone(),
         })
     }
 
-    async fn write_inner(&self, w: PendingWrite) -> Result<u64, String> {
+    /// One try at the transaction that makes `w`, marked with `nonce` in `written`.
+    async fn write_once(&self, w: &PendingWrite, nonce: &str) -> Result<u64, WriteError> {
         let mut client = self.client.clone();
         let mut ops = Vec::new();
-        for (key, value, until) in w.puts {
+        for (key, value, until) in &w.puts {
             let mut opts = PutOptions::new();
-            if let Some(until) = until {
+            if let Some(until) = *until {
                 let ttl = (until - now_unix()).max(1);
                 let lease = client
                     .lease_grant(ttl, None)
                     .await
-                    .map_err(|e| format!("lease: {e}"))?;
+                    .map_err(WriteError::from)?;
                 opts = opts.with_lease(lease.id());
             }
             ops.push(TxnOp::put(
                 format!("{}{key}", self.facts),
-                value,
+                value.clone(),
                 Some(opts),
             ));
         }
-        for key in w.deletes {
+        for key in &w.deletes {
             ops.push(TxnOp::delete(format!("{}{key}", self.facts), None));
         }
+        let written = serde_json::json!({
+            "who": w.who, "what": w.what, "at": now_unix(), "nonce": nonce,
+        });
+        ops.push(TxnOp::put(
+            format!("{}{WRITTEN_KEY}", self.facts),
+            written.to_string(),
+            None,
+        ));
         // Unconditional: the store orders concurrent writers, and every host applies
         // them in that order from its watch.
         let txn = Txn::new().and_then(ops);
-        let resp = client.txn(txn).await.map_err(|e| e.to_string())?;
+        let resp = client.txn(txn).await.map_err(WriteError::from)?;
         let revision = resp.header().map_or(0, |h| h.revision());
-        u64::try_from(revision).map_err(|_| format!("negative revision {revision}"))
+        u64::try_from(revision)
+            .map_err(|_| WriteError::Final(format!("negative revision {revision}")))
+    }
+
+    /// The revision of the write marked `nonce`, if it is the last one in the store.
+    async fn landed(&self, nonce: &str) -> Option<u64> {
+        let mut client = self.client.clone();
+        let resp = tokio::time::timeout(
+            WRITE_ATTEMPT,
+            client.get(format!("{}{WRITTEN_KEY}", self.facts), None),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let kv = resp.kvs().first()?;
+        let v: serde_json::Value = serde_json::from_slice(kv.value()).ok()?;
+        (v.get("nonce").and_then(|n| n.as_str()) == Some(nonce))
+            .then(|| u64::try_from(kv.mod_revision()).ok())
+            .flatten()
     }
 }
 
+/// Why one try at a write failed.
+enum WriteError {
+    /// The store may answer another try (no member reached, no leader yet).
+    Retry(String),
+    /// It will not (the request itself was refused).
+    Final(String),
+}
+
+impl From<etcd_client::Error> for WriteError {
+    fn from(e: etcd_client::Error) -> Self {
+        use tonic::Code;
+        match &e {
+            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
+                WriteError::Retry(e.to_string())
+            }
+            etcd_client::Error::GRpcStatus(s)
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
+                ) =>
+            {
+                WriteError::Retry(e.to_string())
+            }
+            _ => WriteError::Final(e.to_string()),
+        }
+    }
+}
+
+/// A mark no other write carries: this process, the time, a counter.
+fn write_nonce() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{ns}-{n}", std::process::id())
+}
+
 impl SharedStore for EtcdStore {
+    /// Write, trying again while the store cannot answer (a member just died, its
+    /// proposals are lost until a new leader is elected) for up to [`WRITE_TIMEOUT`].
+    /// Before another try, the marker says whether the last one landed after all. The
+    /// writes are idempotent (puts of whole records, deletes), so one that lands twice
+    /// changes nothing more.
     fn write(
         &self,
         w: PendingWrite,
     ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + '_>> {
         Box::pin(async move {
-            match tokio::time::timeout(WRITE_TIMEOUT, self.write_inner(w)).await {
-                Ok(r) => r,
-                Err(_) => Err(format!(
-                    "etcd did not answer within {WRITE_TIMEOUT:?} (the change may still land: check before retrying)"
-                )),
+            let nonce = write_nonce();
+            let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+            let mut last = String::new();
+            while tokio::time::Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(WRITE_ATTEMPT.min(left), self.write_once(&w, &nonce))
+                    .await
+                {
+                    Ok(Ok(rev)) => return Ok(rev),
+                    Ok(Err(WriteError::Final(e))) => return Err(e),
+                    Ok(Err(WriteError::Retry(e))) => last = e,
+                    Err(_) => last = format!("no answer within {WRITE_ATTEMPT:?}"),
+                }
+                if let Some(rev) = self.landed(&nonce).await {
+                    return Ok(rev);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            Err(format!(
+                "etcd did not answer within {WRITE_TIMEOUT:?} ({last}; the change may still land: check before retrying)"
+            ))
         })
     }
 
@@ -112,6 +206,9 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Longest a write may take before the operator is told it did not answer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one try at a write may take: a proposal sent to a leader that just died is
+/// lost, and etcd itself would answer only after its request timeout (5 s and more).
+const WRITE_ATTEMPT: Duration = Duration::from_millis(1500);
 
 /// Which store a fact version counts in: the cluster's id and the prefix.
 fn origin(cluster_id: u64, prefix: &str) -> String {
@@ -132,13 +229,20 @@ async fn cluster_id(client: &mut Client, prefix: &str) -> Result<u64, String> {
         .ok_or_else(|| "a response without a header".to_string())
 }
 
-/// Read every fact at one revision.
-async fn read_all(client: &mut Client, prefix: &str, origin: &str) -> Result<Facts, String> {
+/// Read every fact at one revision: the facts, at the version of the last write, and
+/// that revision.
+async fn read_all(client: &mut Client, prefix: &str, origin: &str) -> Result<(Facts, i64), String> {
     let resp = client
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await
         .map_err(|e| e.to_string())?;
     let revision = resp.header().map_or(0, |h| h.revision());
+    let last_write = resp
+        .kvs()
+        .iter()
+        .map(|kv| kv.mod_revision())
+        .max()
+        .unwrap_or(0);
     let events: Vec<StoreEvent> = resp
         .kvs()
         .iter()
@@ -154,9 +258,10 @@ async fn read_all(client: &mut Client, prefix: &str, origin: &str) -> Result<Fac
     for p in problems {
         eprintln!("zgate-control: etcd: skipped {p}");
     }
-    facts.version = u64::try_from(revision).map_err(|_| format!("revision {revision}"))?;
+    facts.version = u64::try_from(last_write).map_err(|_| format!("revision {last_write}"))?;
+    facts.through = u64::try_from(revision).map_err(|_| format!("revision {revision}"))?;
     facts.origin = Some(origin.to_string());
-    Ok(facts)
+    Ok((facts, revision))
 }
 
 fn with_core(core: &Mutex<Core>, f: impl FnOnce(&mut Core)) {
@@ -183,17 +288,17 @@ async fn starting_point(
         eprintln!("zgate-control: etcd: resuming after revision {v} (the facts kept here)");
         return i64::try_from(v).map_err(|_| format!("revision {v}"));
     }
-    let facts = read_all(client, prefix, &origin).await?;
-    let rev = facts.version;
+    let (facts, rev) = read_all(client, prefix, &origin).await?;
     eprintln!(
-        "zgate-control: etcd: {} fact(s) at revision {rev}",
-        facts.changes().len()
+        "zgate-control: etcd: {} fact(s) at revision {rev} (facts version {})",
+        facts.changes().len(),
+        facts.version
     );
     with_core(core, |c| {
         c.replace_shared(facts);
-        c.store_contact(Some(rev));
+        c.store_contact(u64::try_from(rev).ok());
     });
-    i64::try_from(rev).map_err(|_| format!("revision {rev}"))
+    Ok(rev)
 }
 
 /// Why a watch ended.
@@ -316,11 +421,20 @@ async fn watch(
             .iter()
             .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
             .max();
+        // Only writes move the version (each one puts `written`); a batch of deletes
+        // alone is etcd ending leased facts.
+        let last_write = resp
+            .events()
+            .iter()
+            .filter(|e| e.event_type() == EventType::Put)
+            .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
+            .max()
+            .and_then(|r| u64::try_from(r).ok());
         match last_event {
             Some(rev) => {
                 let r = u64::try_from(rev).unwrap_or(0);
                 with_core(core, |c| {
-                    c.apply_shared(&events, r);
+                    c.apply_shared(&events, last_write, r);
                     c.store_contact(Some(r));
                 });
                 *applied = Some(rev);

@@ -15,6 +15,8 @@ mod api;
 mod channel;
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "etcd")]
+mod etcd_policy;
 pub mod shared;
 pub mod state;
 pub mod store;
@@ -233,10 +235,21 @@ async fn serve(mut o: ServeOptions) -> Result<(), ServeError> {
             .map_err(ServeError::Config)?;
             let store = Arc::new(store);
             eprintln!("zgate-control: facts in {}", shared::SharedStore::describe(&*store));
-            if let Ok(mut c) = core.lock() {
-                c.use_shared(Arc::clone(&store) as Arc<dyn shared::SharedStore>);
-            }
-            tokio::spawn(etcd::follow(store, Arc::clone(&core)));
+            // Named in the election and in the manifests it publishes.
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "unknown-host".into());
+            let me = format!("{host} pid {}", std::process::id());
+            let compiled = match core.lock() {
+                Ok(mut c) => {
+                    c.use_shared(Arc::clone(&store) as Arc<dyn shared::SharedStore>);
+                    c.use_fleet_policy(me.clone())
+                }
+                Err(_) => return Err(ServeError::Config("state lock poisoned".into())),
+            };
+            tokio::spawn(etcd::follow(Arc::clone(&store), Arc::clone(&core)));
+            tokio::spawn(etcd_policy::follow_tables(Arc::clone(&store), Arc::clone(&core)));
+            tokio::spawn(etcd_policy::lead(store, Arc::clone(&core), me, compiled));
         }
         #[cfg(not(feature = "etcd"))]
         StoreChoice::Etcd { .. } => {

@@ -49,6 +49,57 @@ pub trait SharedStore: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// The fleet's enforced table as the shared store describes it: written last, in one
+/// transaction, after every chunk it names, by the elected compiler only. A host
+/// enforces a table only once its chunks hash to `chunks` and their concatenation
+/// hashes to `table_sha256`, so a half-written or altered table is never enforced.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// The table version (its header says the same).
+    pub version: u64,
+    /// SHA-256 of the encoded table, lowercase hex.
+    pub table_sha256: String,
+    /// SHA-256 of the policy source it was compiled from.
+    pub policy_sha256: String,
+    /// Rules in it.
+    pub rules: usize,
+    /// Its size in bytes.
+    pub size: usize,
+    /// SHA-256 of each chunk, in order (each chunk's key is its hash).
+    pub chunks: Vec<String>,
+    /// Which control process compiled it.
+    pub compiled_by: String,
+    /// The policy directory's git commit, when it is a work tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_commit: Option<String>,
+    /// When (Unix seconds).
+    pub at: i64,
+}
+
+/// A table the elected compiler is about to publish.
+#[derive(Debug, Clone)]
+pub struct FleetTable {
+    /// The encoded table, stamped with `version`.
+    pub bytes: Vec<u8>,
+    /// Its version.
+    pub version: u64,
+    /// SHA-256 of its policy source.
+    pub policy_sha256: String,
+    /// Rules in it.
+    pub rules: usize,
+    /// The policy directory's git commit.
+    pub git_commit: Option<String>,
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A key component: every byte outside `[A-Za-z0-9._~:@-]` as `%XX`, so a SPIFFE ID
 /// (with its slashes) stays one component.
 pub fn escape(s: &str) -> String {
@@ -84,6 +135,9 @@ fn unescape(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The key every write also puts (see [`KeyKind::Written`]).
+pub const WRITTEN_KEY: &str = "written";
+
 /// What a key is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyKind {
@@ -100,6 +154,10 @@ pub enum KeyKind {
         /// The SPIFFE ID.
         principal: String,
     },
+    /// `written`: put by every write, with who wrote what. Its revision is the facts
+    /// version, also for a write that only deletes, so a host that reads every fact
+    /// agrees with one that watched each change.
+    Written,
 }
 
 fn subject_key(s: &SubjectRecord) -> String {
@@ -129,6 +187,7 @@ pub fn key(k: &KeyKind) -> String {
         KeyKind::Grant { service, principal } => {
             format!("grant/{}/{}", escape(service), escape(principal))
         }
+        KeyKind::Written => WRITTEN_KEY.to_string(),
     }
 }
 
@@ -143,6 +202,7 @@ pub fn parse_key(rel: &str) -> Option<KeyKind> {
             service: unescape(s)?,
             principal: unescape(p)?,
         }),
+        (WRITTEN_KEY, None, None, None) => Some(KeyKind::Written),
         _ => None,
     }
 }
@@ -331,6 +391,7 @@ pub fn apply_events(facts: &mut Facts, events: &[StoreEvent]) -> (Vec<Change>, V
                     .retain(|x| !(x.service == service && x.principal == principal));
                 changes.push(Change::Ungrant { service, principal });
             }
+            (KeyKind::Written, _) => {}
         }
     }
     (changes, problems)
@@ -349,6 +410,7 @@ mod tests {
             KeyKind::Revoked(SubjectRecord::Fingerprint("ab".repeat(32))),
             KeyKind::Posture("laptop/7".into()),
             KeyKind::Risk(SubjectRecord::Device("d".into())),
+            KeyKind::Written,
             KeyKind::Grant {
                 service: "redis".into(),
                 principal: "spiffe://corp.example/ops/bob".into(),
@@ -366,6 +428,7 @@ mod tests {
         Facts {
             version: 0,
             origin: None,
+            through: 0,
             revocations: vec![Revocation {
                 subject: SubjectRecord::Principal("spiffe://corp.example/ns/x/sa/mallory".into()),
                 reason: Some("INC-1".into()),

@@ -217,6 +217,43 @@ pub struct Core {
     store_sync: StoreSync,
     /// The current outage of the shared store was logged (once per outage).
     store_outage_logged: bool,
+    /// With a shared store: tables come from the fleet's elected compiler.
+    fleet: Option<FleetPolicy>,
+}
+
+/// How tables reach this host in a fleet: whichever control process is elected
+/// compiles its policy directory and publishes the table through the shared store;
+/// every host (that one included) enforces what the store's manifest names.
+struct FleetPolicy {
+    /// This control process's name in the election and in manifests.
+    me: String,
+    /// Whether it is the elected compiler now.
+    leader: bool,
+    /// The last good compilation of the local policy directory.
+    compiled: Option<LocalCompile>,
+    /// Woken when a compilation finishes (the elected compiler publishes it).
+    compiled_notify: Arc<tokio::sync::Notify>,
+    /// The manifest of the table enforced here, once one came from the store.
+    manifest: Option<super::shared::Manifest>,
+}
+
+/// A compiled local policy directory, not yet (or already) published.
+struct LocalCompile {
+    bytes: Vec<u8>,
+    policy_sha256: String,
+    rules: usize,
+    git_commit: Option<String>,
+}
+
+/// How tables reach this host in a fleet, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetPolicyJson {
+    /// This control process's name in the election.
+    pub me: String,
+    /// Whether it is the fleet's elected compiler.
+    pub leader: bool,
+    /// The manifest of the table enforced here, once one came from the store.
+    pub manifest: Option<super::shared::Manifest>,
 }
 
 /// [`StoreSync`] as `status` shows it.
@@ -348,6 +385,7 @@ impl Core {
             applied: tokio::sync::watch::Sender::new(0),
             store_sync: StoreSync::default(),
             store_outage_logged: false,
+            fleet: None,
         })
     }
 
@@ -410,27 +448,33 @@ impl Core {
         not(feature = "etcd"),
         allow(dead_code, reason = "the shared store is the etcd feature's")
     )]
-    /// Events from the shared store's watch, up to `revision`: apply them, push the
-    /// delta to the dataplanes, then keep the result in the state directory (so a
-    /// restart enforces it, and resumes the watch after it).
-    pub fn apply_shared(&mut self, events: &[super::shared::StoreEvent], revision: u64) {
-        if revision <= self.facts.version {
+    /// Events from the shared store's watch: apply them, push the delta to the
+    /// dataplanes, then keep the result in the state directory (so a restart enforces
+    /// it, and resumes the watch after it). `write`: the revision of the last write
+    /// among them, the new facts version; `None` when etcd only dropped leased facts
+    /// (they had ended by their time already: the version stays); `through`: the
+    /// revision they bring this host up to.
+    pub fn apply_shared(
+        &mut self,
+        events: &[super::shared::StoreEvent],
+        write: Option<u64>,
+        through: u64,
+    ) {
+        if through <= self.facts.through {
             return;
         }
         let mut next = self.facts.clone();
+        next.through = through;
         let (changes, problems) = super::shared::apply_events(&mut next, events);
         for p in problems {
             eprintln!("zgate-control: shared store: skipped {p}");
         }
         let from = self.facts.version;
-        next.version = revision;
+        let to = write.unwrap_or(from);
+        next.version = to;
         self.facts = next;
-        self.push(Push::Delta(Arc::new(FactsDelta {
-            from,
-            to: revision,
-            changes,
-        })));
-        self.applied.send_replace(revision);
+        self.push(Push::Delta(Arc::new(FactsDelta { from, to, changes })));
+        self.applied.send_replace(to);
         self.keep_shared();
     }
 
@@ -463,11 +507,12 @@ impl Core {
         not(feature = "etcd"),
         allow(dead_code, reason = "the shared store is the etcd feature's")
     )]
-    /// The revision this host may resume the shared store's watch after: its facts'
-    /// version when they were read from `origin`, else none (read everything).
+    /// The revision this host may resume the shared store's watch after: the one its
+    /// facts hold every change up to, when they were read from `origin`; else none
+    /// (read everything).
     pub fn resume_point(&self, origin: &str) -> Option<u64> {
-        (self.facts.origin.as_deref() == Some(origin) && self.facts.version > 0)
-            .then_some(self.facts.version)
+        (self.facts.origin.as_deref() == Some(origin) && self.facts.through > 0)
+            .then_some(self.facts.through)
     }
 
     #[cfg_attr(
@@ -501,6 +546,159 @@ impl Core {
                 self.store_sync.reachable = false;
             }
         }
+    }
+
+    #[cfg_attr(
+        not(feature = "etcd"),
+        allow(dead_code, reason = "the shared store is the etcd feature's")
+    )]
+    /// Take tables from the fleet's elected compiler from now on, as `me`. The
+    /// returned notify wakes whenever the local policy directory compiled.
+    pub fn use_fleet_policy(&mut self, me: String) -> Arc<tokio::sync::Notify> {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        self.fleet = Some(FleetPolicy {
+            me,
+            leader: false,
+            compiled: None,
+            compiled_notify: Arc::clone(&notify),
+            manifest: None,
+        });
+        notify
+    }
+
+    #[cfg_attr(
+        not(feature = "etcd"),
+        allow(dead_code, reason = "the shared store is the etcd feature's")
+    )]
+    /// This control process's name in the fleet, if it is in one.
+    pub fn fleet_name(&self) -> Option<String> {
+        self.fleet.as_ref().map(|f| f.me.clone())
+    }
+
+    #[cfg_attr(
+        not(feature = "etcd"),
+        allow(dead_code, reason = "the shared store is the etcd feature's")
+    )]
+    /// This control process won (or lost) the election for the fleet's compiler.
+    pub fn set_fleet_leader(&mut self, leader: bool) {
+        let Some(f) = &mut self.fleet else { return };
+        if f.leader == leader {
+            return;
+        }
+        f.leader = leader;
+        let me = f.me.clone();
+        eprintln!(
+            "zgate-control: {} the fleet's policy compiler",
+            if leader { "elected" } else { "no longer" }
+        );
+        let what = if leader {
+            "compiler-elected"
+        } else {
+            "compiler-stepped-down"
+        };
+        self.audit(&me, what, serde_json::json!({}));
+    }
+
+    #[cfg_attr(
+        not(feature = "etcd"),
+        allow(dead_code, reason = "the shared store is the etcd feature's")
+    )]
+    /// For the elected compiler: the table to publish when the local policy compiled
+    /// to something other than what the fleet enforces (`current`), stamped with the
+    /// next version; `None` when there is nothing new.
+    pub fn fleet_candidate(
+        &mut self,
+        current: Option<&super::shared::Manifest>,
+    ) -> Option<super::shared::FleetTable> {
+        let c = self.fleet.as_ref()?.compiled.as_ref()?;
+        if current.is_some_and(|m| m.policy_sha256 == c.policy_sha256) {
+            return None;
+        }
+        let table = DecisionTable::decode(&c.bytes).ok()?;
+        let (policy_sha256, rules, git_commit) =
+            (c.policy_sha256.clone(), c.rules, c.git_commit.clone());
+        let floor = current.map_or(0, |m| m.version) + 1;
+        self.history.next_version = self.history.next_version.max(floor);
+        let version = self.next_version();
+        Some(super::shared::FleetTable {
+            bytes: table.restamped(version).encode(),
+            version,
+            policy_sha256,
+            rules,
+            git_commit,
+        })
+    }
+
+    #[cfg_attr(
+        not(feature = "etcd"),
+        allow(dead_code, reason = "the shared store is the etcd feature's")
+    )]
+    /// The table the store's manifest `m` names, assembled from its chunks: verify it
+    /// against the manifest and enforce it. `Ok(None)`: this host already enforces that
+    /// version or a newer one.
+    pub fn enforce_fleet_table(
+        &mut self,
+        bytes: &[u8],
+        m: &super::shared::Manifest,
+    ) -> Result<Option<u64>, String> {
+        if self.history.enforced.is_some_and(|v| v >= m.version) {
+            return Ok(None);
+        }
+        let sha = super::shared::sha256_hex(bytes);
+        if sha != m.table_sha256 {
+            return Err(format!(
+                "table version {} hashes to {sha}, its manifest says {}",
+                m.version, m.table_sha256
+            ));
+        }
+        let table = DecisionTable::decode(bytes)
+            .map_err(|e| format!("table version {} does not verify: {e}", m.version))?;
+        if table.version() != m.version {
+            return Err(format!(
+                "the manifest says version {}, the table's header says {}",
+                m.version,
+                table.version()
+            ));
+        }
+        let rules = table.rule_count();
+        let v = self
+            .enforce(
+                table,
+                format!("fleet (compiled by {})", m.compiled_by),
+                m.git_commit.clone(),
+                rules,
+            )
+            .map_err(|e| e.to_string())?;
+        self.history.next_version = self.history.next_version.max(v + 1);
+        eprintln!(
+            "zgate-control: table version {v} from the fleet ({rules} rule(s), compiled by {}), enforced",
+            m.compiled_by
+        );
+        self.audit(
+            "fleet",
+            "policy-applied",
+            serde_json::json!({
+                "version": v,
+                "table_sha256": m.table_sha256,
+                "policy_sha256": m.policy_sha256,
+                "compiled_by": m.compiled_by,
+            }),
+        );
+        if let Some(f) = &mut self.fleet {
+            f.manifest = Some(m.clone());
+        }
+        Ok(Some(v))
+    }
+
+    /// In a fleet, tables come from the elected compiler: an operation that would
+    /// enforce one here alone is refused.
+    fn refuse_in_fleet(&self, what: &str) -> Result<(), OpError> {
+        if self.fleet.is_some() {
+            return Err(OpError::Invalid(format!(
+                "{what} is refused in a fleet (--store etcd): every host enforces the table the elected compiler publishes; change the policy directory (revert a commit to roll back) instead"
+            )));
+        }
+        Ok(())
     }
 
     /// When the last fact change was accepted (Unix microseconds).
@@ -573,6 +771,27 @@ impl Core {
         };
         self.policy_error = None;
         let hash = hex(table.policy_hash());
+        if let Some(f) = &mut self.fleet {
+            // A fleet: only the elected compiler publishes, through the store.
+            let rules = table.rule_count();
+            eprintln!(
+                "zgate-control: policy compiled: {rules} rule(s), policy sha256 {}; {}",
+                hash.get(..12).unwrap_or(&hash),
+                if f.leader {
+                    "publishing it to the fleet"
+                } else {
+                    "the fleet's elected compiler publishes"
+                }
+            );
+            f.compiled = Some(LocalCompile {
+                bytes: table.encode(),
+                policy_sha256: hash,
+                rules,
+                git_commit,
+            });
+            f.compiled_notify.notify_one();
+            return None;
+        }
         let current = self.history.enforced.and_then(|v| self.entry(v));
         if current.is_some_and(|e| e.policy_sha256 == hash && e.source == "policy") {
             return None;
@@ -648,6 +867,7 @@ impl Core {
     /// Re-publish a kept table (by default the one before the enforced one) under a
     /// new version: dataplanes never go back to an older version number.
     pub fn rollback(&mut self, to: Option<u64>, who: &str) -> Result<u64, OpError> {
+        self.refuse_in_fleet("rollback")?;
         let target = match to {
             Some(v) => v,
             None => {
@@ -750,6 +970,7 @@ impl Core {
 
     /// Enforce the shadow table (under its own version, newer than any enforced).
     pub fn promote(&mut self, who: &str) -> Result<u64, OpError> {
+        self.refuse_in_fleet("promote")?;
         let s = self
             .shadow
             .clone()
@@ -1285,6 +1506,11 @@ impl Core {
                 .shared
                 .as_ref()
                 .map_or_else(|| "file".to_string(), |s| s.describe()),
+            fleet_policy: self.fleet.as_ref().map(|f| FleetPolicyJson {
+                me: f.me.clone(),
+                leader: f.leader,
+                manifest: f.manifest.clone(),
+            }),
             facts_store_sync: self.shared.as_ref().map(|_| {
                 let s = self.store_sync;
                 StoreSyncJson {
@@ -1346,6 +1572,9 @@ pub struct StatusJson {
     /// With a shared store: how this host stands with it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub facts_store_sync: Option<StoreSyncJson>,
+    /// With a shared store: where the enforced table came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_policy: Option<FleetPolicyJson>,
     /// Revocations in force.
     pub revocations: usize,
     /// Devices with a posture.

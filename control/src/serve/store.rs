@@ -161,16 +161,24 @@ pub struct GrantRecord {
     pub at: i64,
 }
 
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 /// The whole fact set with its version: what [`FactStore`] keeps.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Facts {
     /// Bumped by every accepted change; never reused. With a shared store: the store's
-    /// revision the set was read at.
+    /// revision of the last write.
     pub version: u64,
     /// With a shared store: which one (cluster and prefix) the version counts in, so a
-    /// restart resumes its watch from `version` only in the same store.
+    /// restart resumes its watch only in the same store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// With a shared store: the revision this set holds every change up to (at or
+    /// after `version`); a restart resumes its watch after it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub through: u64,
     /// Revocations.
     pub revocations: Vec<Revocation>,
     /// Posture by device.

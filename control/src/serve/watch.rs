@@ -28,7 +28,14 @@ pub struct WatchError {
 pub fn start(dir: &Path, core: Arc<Mutex<Core>>) -> Result<notify::RecommendedWatcher, WatchError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        // Any event (or a watch error) is a reason to look again.
+        // Any change (or a watch error) is a reason to look again; reads are not (the
+        // compilation's own reads would start the next one, for ever).
+        if ev
+            .as_ref()
+            .is_ok_and(|e| matches!(e.kind, notify::EventKind::Access(_)))
+        {
+            return;
+        }
         let _watching_ended = tx.send(()).map(|_| ev.is_ok());
     })
     .map_err(|source| WatchError {

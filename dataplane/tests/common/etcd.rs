@@ -162,6 +162,20 @@ impl EtcdCluster {
             .unwrap_or_else(|| panic!("no revision in {r}"))
     }
 
+    /// Put `value` at `key` behind the control processes' backs (as a tamperer with
+    /// write access to etcd would).
+    pub fn put(&self, key: &str, value: &[u8]) {
+        let body = format!(
+            r#"{{"key":"{}","value":"{}"}}"#,
+            base64(key.as_bytes()),
+            base64(value)
+        );
+        let r = self
+            .call("/v3/kv/put", &body)
+            .unwrap_or_else(|| panic!("no etcd member answers\n{}", self.logs()));
+        assert!(r.get("error").is_none(), "put refused: {r}");
+    }
+
     /// Compact the history up to the current revision (a resumed watch before it is
     /// cancelled).
     pub fn compact(&self) -> u64 {
@@ -220,6 +234,28 @@ fn http_get_close(port: u16, path: &str) -> Option<String> {
         port,
         &format!("GET {path} HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n"),
     )
+}
+
+/// Standard base64 with padding (the gRPC gateway's encoding of bytes).
+fn base64(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn http_post(port: u16, path: &str, body: &str) -> Option<serde_json::Value> {
