@@ -320,7 +320,7 @@ mod fleet {
                     && e["spiffe_id"] == ONCALL
                     && e["cause"] == "grant-ended"
             });
-            // etcd drops the grant at the lease's end; every host applies the delete.
+            // The elected compiler deletes the ended grant; every host applies the delete.
             let s = h.control.wait_status(|s| s["grants"] == 0);
             assert_eq!(s["grants"], 0, "host {i} still lists the grant: {s}");
         }

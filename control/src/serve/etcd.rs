@@ -1,12 +1,12 @@
 //! The fleet's shared fact store on etcd v3 (`--store etcd`): one key per fact under
-//! `PREFIX/facts/`, written in a transaction (with a lease when the fact ends by itself:
-//! etcd deletes it at its end, once, for the whole fleet), and applied on every host
+//! `PREFIX/facts/`, written in a transaction (a fact that ends by itself is deleted at
+//! its end by the fleet's elected compiler, in a transaction too), and applied on every host
 //! from a watch of that prefix, in revision order, from the revision last applied. A
 //! watch that falls behind a compaction resyncs from a full read. Every write also puts
-//! `PREFIX/facts/written`; the revision of the last write is the fact version the
-//! dataplanes enforce (the same on a host that read every fact and on one that watched
-//! each change; a fact etcd dropped at its lease's end had ended by its time already),
-//! so a gap cannot pass silently (a dataplane refuses a delta that does not start from
+//! `PREFIX/facts/written`, so the revision of the last write is the fact version the
+//! dataplanes enforce, the same on a host that read every fact (a delete leaves no key
+//! behind, the marker does) and on one that watched each change; a gap cannot pass
+//! silently (a dataplane refuses a delta that does not start from
 //! what it enforces).
 
 use std::future::Future;
@@ -14,9 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 
 use super::shared::{apply_events, PendingWrite, SharedStore, StoreEvent, WRITTEN_KEY};
 use super::state::{now_unix, Core};
@@ -67,20 +65,13 @@ impl EtcdStore {
     async fn write_once(&self, w: &PendingWrite, nonce: &str) -> Result<u64, WriteError> {
         let mut client = self.client.clone();
         let mut ops = Vec::new();
-        for (key, value, until) in &w.puts {
-            let mut opts = PutOptions::new();
-            if let Some(until) = *until {
-                let ttl = (until - now_unix()).max(1);
-                let lease = client
-                    .lease_grant(ttl, None)
-                    .await
-                    .map_err(WriteError::from)?;
-                opts = opts.with_lease(lease.id());
-            }
+        // No lease for a fact that ends by itself: the elected compiler deletes it in
+        // a write like this one, so its end moves the fact version like any change.
+        for (key, value, _until) in &w.puts {
             ops.push(TxnOp::put(
                 format!("{}{key}", self.facts),
                 value.clone(),
-                Some(opts),
+                None,
             ));
         }
         for key in &w.deletes {
@@ -421,20 +412,11 @@ async fn watch(
             .iter()
             .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
             .max();
-        // Only writes move the version (each one puts `written`); a batch of deletes
-        // alone is etcd ending leased facts.
-        let last_write = resp
-            .events()
-            .iter()
-            .filter(|e| e.event_type() == EventType::Put)
-            .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
-            .max()
-            .and_then(|r| u64::try_from(r).ok());
         match last_event {
             Some(rev) => {
                 let r = u64::try_from(rev).unwrap_or(0);
                 with_core(core, |c| {
-                    c.apply_shared(&events, last_write, r);
+                    c.apply_shared(&events, r);
                     c.store_contact(Some(r));
                 });
                 *applied = Some(rev);

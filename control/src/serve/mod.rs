@@ -321,13 +321,29 @@ async fn serve(mut o: ServeOptions) -> Result<(), ServeError> {
 /// Lift time-bounded revocations and drop ended grants when their time comes (within
 /// a second: facts are kept in whole seconds, and a grant's flows are closed by the
 /// dataplanes themselves at its end).
+///
+/// In a fleet the elected compiler does it, writing the deletes to the shared store
+/// (every host applies them from its watch); the others wait for those writes.
 async fn expire_loop(core: Arc<Mutex<Core>>) {
     loop {
-        match core.lock() {
+        let (writes, store) = match core.lock() {
             Ok(mut c) => {
                 c.expire(state::now_unix());
+                (c.take_outbox(), c.shared_store())
             }
             Err(_) => return,
+        };
+        if let Some(store) = store {
+            for w in writes {
+                match store.write(w.clone()).await {
+                    Ok(_) => {
+                        if let Ok(mut c) = core.lock() {
+                            c.audit_write(&w);
+                        }
+                    }
+                    Err(e) => eprintln!("zgate-control: expiring facts in the shared store: {e}"),
+                }
+            }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -448,33 +448,29 @@ impl Core {
         not(feature = "etcd"),
         allow(dead_code, reason = "the shared store is the etcd feature's")
     )]
-    /// Events from the shared store's watch: apply them, push the delta to the
-    /// dataplanes, then keep the result in the state directory (so a restart enforces
-    /// it, and resumes the watch after it). `write`: the revision of the last write
-    /// among them, the new facts version; `None` when etcd only dropped leased facts
-    /// (they had ended by their time already: the version stays); `through`: the
-    /// revision they bring this host up to.
-    pub fn apply_shared(
-        &mut self,
-        events: &[super::shared::StoreEvent],
-        write: Option<u64>,
-        through: u64,
-    ) {
-        if through <= self.facts.through {
+    /// Events from the shared store's watch, up to `revision`: apply them, push the
+    /// delta to the dataplanes, then keep the result in the state directory (so a
+    /// restart enforces it, and resumes the watch after it).
+    pub fn apply_shared(&mut self, events: &[super::shared::StoreEvent], revision: u64) {
+        // Already applied: a resumed watch replays from the revision kept.
+        if revision <= self.facts.through {
             return;
         }
         let mut next = self.facts.clone();
-        next.through = through;
         let (changes, problems) = super::shared::apply_events(&mut next, events);
         for p in problems {
             eprintln!("zgate-control: shared store: skipped {p}");
         }
         let from = self.facts.version;
-        let to = write.unwrap_or(from);
-        next.version = to;
+        next.version = revision;
+        next.through = revision;
         self.facts = next;
-        self.push(Push::Delta(Arc::new(FactsDelta { from, to, changes })));
-        self.applied.send_replace(to);
+        self.push(Push::Delta(Arc::new(FactsDelta {
+            from,
+            to: revision,
+            changes,
+        })));
+        self.applied.send_replace(revision);
         self.keep_shared();
     }
 
@@ -1340,10 +1336,11 @@ impl Core {
 
     /// Drop revocations and grants whose time has come (the dataplanes close grant
     /// flows on their own at the grant's end; this keeps the set small and lifts
-    /// time-bounded revocations). The next instant something expires.
+    /// time-bounded revocations). The next instant something expires. With a shared
+    /// store only the fleet's elected compiler does it, once for the fleet, in a write
+    /// like any other (left in the outbox).
     pub fn expire(&mut self, now: i64) -> Option<i64> {
-        if self.shared.is_some() {
-            // The shared store expires them itself (leases), once for the fleet.
+        if self.shared.is_some() && !self.fleet.as_ref().is_some_and(|f| f.leader) {
             return None;
         }
         let due = self
