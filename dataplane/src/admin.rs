@@ -111,10 +111,28 @@ impl AdminView {
                 "last received: the control process is unreachable (fail static)".to_string()
             }
         };
+        // Stale facts do not make the gateway unready: it enforces what it has (fail
+        // static), and an outage of the store must not take every gateway of a fleet
+        // out of its load balancer at once. It says so, and `zgate_facts_stale` alarms.
+        let ms = |v: u64| format!("{:.1} s", Duration::from_millis(v).as_secs_f64());
+        let freshness = match c.facts_age_ms {
+            None => "facts freshness unknown: no word from the control process yet".to_string(),
+            Some(age) if c.stale() => format!(
+                "facts STALE: last in step with their store {} ago at revision {} (alarm after {})",
+                ms(age),
+                c.store_revision,
+                ms(c.stale_after_ms)
+            ),
+            Some(age) => format!(
+                "facts in step with their store {} ago (revision {})",
+                ms(age),
+                c.store_revision
+            ),
+        };
         (
             true,
             format!(
-                "ready: table version {v}, facts version {}, {source}\n",
+                "ready: table version {v}, facts version {}, {source}; {freshness}\n",
                 c.facts_version
             ),
         )
@@ -182,6 +200,26 @@ pub fn metrics_text(v: &AdminView) -> String {
             Kind::Gauge,
             "Version of the live fact set enforced (revocations, posture, risk, grants).",
             one(c.facts_version),
+        );
+        if let Some(age) = c.facts_age_ms {
+            e.family(
+                "zgate_facts_age_milliseconds",
+                Kind::Gauge,
+                "How long ago the control process was last in step with its fact store (a fleet's etcd, or its state directory): the staleness of the facts enforced.",
+                one(age),
+            );
+        }
+        e.family(
+            "zgate_facts_stale",
+            Kind::Gauge,
+            "1 when the facts are older than [control] stale_after (or of unknown age): the gateway still enforces them (fail static).",
+            one(u64::from(c.stale())),
+        );
+        e.family(
+            "zgate_facts_store_revision",
+            Kind::Gauge,
+            "The fact store's revision the control process was last in step with.",
+            one(c.store_revision),
         );
         e.family(
             "zgate_shadow_table_version",

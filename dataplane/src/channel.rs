@@ -241,6 +241,21 @@ pub struct ChannelView {
     pub refusals: u64,
     /// The last refusal.
     pub last_error: Option<String>,
+    /// The fact store's revision the control process was last in step with.
+    pub store_revision: u64,
+    /// When that was (Unix ms); `None` until the control process said.
+    pub in_step_at_ms: Option<u64>,
+    /// How long ago that was, as of this view (ms).
+    pub facts_age_ms: Option<u64>,
+    /// `[control] stale_after`: the age past which the facts are reported stale (ms).
+    pub stale_after_ms: u64,
+}
+
+impl ChannelView {
+    /// Whether the facts are stale: older than `stale_after`, or of unknown age.
+    pub fn stale(&self) -> bool {
+        self.facts_age_ms.is_none_or(|a| a > self.stale_after_ms)
+    }
 }
 
 /// The channel, owned by the supervisor.
@@ -282,7 +297,10 @@ impl Channel {
             shadow_version: 0,
             from_state_dir: false,
             next_impact: 0,
-            view: ChannelView::default(),
+            view: ChannelView {
+                stale_after_ms: u64::try_from(cfg.stale_after.as_millis()).unwrap_or(u64::MAX),
+                ..ChannelView::default()
+            },
         };
         match c.state.load() {
             Persisted::Good {
@@ -337,6 +355,10 @@ impl Channel {
             from_state_dir: self.from_state_dir,
             facts_version: self.facts_version,
             shadow_version: self.shadow_version,
+            facts_age_ms: self
+                .view
+                .in_step_at_ms
+                .map(|at| crate::supervisor::unix_now_ms().saturating_sub(at)),
             ..self.view.clone()
         }
     }
@@ -538,6 +560,11 @@ impl Channel {
             }
             Message::Refused { reason } => Err(Refusal::ByControl(reason)),
             // The decoder admits only what the control process sends.
+            Message::Freshness(f) => {
+                self.view.store_revision = f.store_revision;
+                self.view.in_step_at_ms = (f.in_step_at_ms > 0).then_some(f.in_step_at_ms);
+                Ok(false)
+            }
             Message::Hello(_) | Message::Impact(_) | Message::Report(_) => Ok(false),
         }
     }

@@ -255,7 +255,13 @@ pub struct ControlConfig {
     pub state_dir: PathBuf,
     /// How this gateway names itself to the control process. `None`: the host name.
     pub name: Option<String>,
+    /// How old the facts may get (since the control process was last in step with its
+    /// store) before `/readyz` and `zgate_facts_stale` say they are stale.
+    pub stale_after: Duration,
 }
+
+/// `[control] stale_after` when absent: ten progress notices of a fleet's store missed.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(5);
 
 /// `[process]`: the account the gateway switches to, when started as root, once every
 /// socket is bound (`crate::process`). Capabilities are dropped either way.
@@ -445,6 +451,7 @@ struct RawControl {
     socket: String,
     state_dir: String,
     name: Option<String>,
+    stale_after: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -976,7 +983,7 @@ impl Errors {
     }
 
     /// `[control]`: a socket path that fits `sun_path`, a state directory, a name
-    /// without control characters.
+    /// without control characters, a staleness alarm.
     fn control(&mut self, c: RawControl) -> Option<ControlConfig> {
         let mut ok = true;
         if c.socket.is_empty() || c.socket.len() > MAX_SOCKET_PATH {
@@ -1001,10 +1008,16 @@ impl Errors {
                 ok = false;
             }
         }
+        let stale_after = self.duration(
+            "control.stale_after".into(),
+            c.stale_after.as_deref(),
+            DEFAULT_STALE_AFTER,
+        );
         ok.then(|| ControlConfig {
             socket: PathBuf::from(c.socket),
             state_dir: PathBuf::from(c.state_dir),
             name: c.name,
+            stale_after,
         })
     }
 
@@ -1530,6 +1543,21 @@ max_connections = 100
         assert_eq!(c.listeners[0].max_lifetime, None);
         assert_eq!(c.table, None);
         assert_eq!(c.admin, None);
+    }
+
+    #[test]
+    fn control_stale_after_defaults_to_5s_and_a_bad_one_is_named() {
+        let text = |extra: &str| {
+            format!(
+                "[workers]\ncount = 1\n[control]\nsocket = 'c.sock'\nstate_dir = 's'\n{extra}\n[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nupstream='127.0.0.1:2'\n"
+            )
+        };
+        let c = Config::parse(&text("")).unwrap();
+        assert_eq!(c.control.unwrap().stale_after, DEFAULT_STALE_AFTER);
+        let c = Config::parse(&text("stale_after = '750ms'")).unwrap();
+        assert_eq!(c.control.unwrap().stale_after, Duration::from_millis(750));
+        let e = Config::parse(&text("stale_after = 'soon'")).unwrap_err();
+        assert!(e.to_string().contains("control.stale_after"), "{e}");
     }
 
     #[test]

@@ -154,6 +154,17 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// Wall-clock Unix milliseconds (how old the control process's facts are).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the supervisor's own clock, off the data path"
+)]
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// One line on stderr. The supervisor is the only thread that logs.
 pub fn log(msg: std::fmt::Arguments<'_>) {
     eprintln!("zgate: {msg}");

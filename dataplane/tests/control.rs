@@ -306,10 +306,21 @@ mod zero_trust_loop {
             let gw = gateway(&pki, &up, &control, state.path());
             control.ok(&["revoke", "--principal", TRADER]);
             control.wait_enforced(1);
+            // The control process vouches for its facts twice a second.
+            assert_eq!(gw.wait_metric_at_most("zgate_facts_stale", 0), 0);
+            assert!(gw.metric("zgate_facts_age_milliseconds") < 1000);
+            let (_, body) = http_get(gw.admin, "/readyz").unwrap();
+            assert!(body.contains("facts in step with their store"), "{body}");
             let mut live = flow(&gw, &pki, &other);
             // The control process dies: nothing enforced changes.
             control.kill();
             assert!(echoes(&mut live));
+            // But the gateway says how stale its facts are, past `stale_after` (1 s).
+            assert_eq!(gw.wait_metric("zgate_facts_stale", 1), 1);
+            assert!(gw.metric("zgate_facts_age_milliseconds") >= 1000);
+            let (code, body) = http_get(gw.admin, "/readyz").unwrap();
+            assert_eq!(code, 200, "stale facts are still enforced: {body}");
+            assert!(body.contains("facts STALE: last in step"), "{body}");
             assert!(refused(connect_tls(
                 &gw,
                 client_config(&pki, Some(&trader))
@@ -333,10 +344,11 @@ mod zero_trust_loop {
             &gw,
             client_config(&pki, Some(&trader))
         )));
-        // The control process comes back: the gateway resubscribes.
+        // The control process comes back: the gateway resubscribes, fresh again.
         control.spawn();
         control.wait_enforced(1);
         assert!(gw.wait_metric("zgate_control_connects_total", 1) >= 1);
+        assert_eq!(gw.wait_metric_at_most("zgate_facts_stale", 0), 0);
     }
 
     #[test]

@@ -26,7 +26,7 @@ mod fleet {
     use super::common::pki::{
         client_config, closed, connect_tls, echo_through, echoes, refused, Pki, Tls,
     };
-    use super::common::{Gateway, Setup, Upstream, WAIT};
+    use super::common::{http_get, Gateway, Setup, Upstream, WAIT};
     use zgate_devpki::{ClientSpec, Leaf};
 
     const TRADER: &str = "spiffe://corp.example/ns/trading/sa/pricer";
@@ -475,6 +475,11 @@ mod fleet {
                 s["facts_store_sync"]["age_ms"].as_i64().unwrap() >= 1000,
                 "host {i}: {s}"
             );
+            // Each gateway says its facts are stale (past 1 s) and still enforces them.
+            assert_eq!(h.gw.wait_metric("zgate_facts_stale", 1), 1, "gateway {i}");
+            let (code, body) = http_get(h.gw.admin, "/readyz").unwrap();
+            assert_eq!(code, 200, "gateway {i}: {body}");
+            assert!(body.contains("facts STALE"), "gateway {i}: {body}");
             // Enforcement stands: the revoked stay out, the others get in.
             assert!(refused(connect_tls(
                 &h.gw,
@@ -498,9 +503,14 @@ mod fleet {
             fleet.etcd.start_member(i);
         }
         fleet.etcd.wait_healthy();
-        for h in &fleet.hosts {
+        for (i, h) in fleet.hosts.iter().enumerate() {
             h.control
                 .wait_status(|s| s["facts_store_sync"]["reachable"] == true);
+            assert_eq!(
+                h.gw.wait_metric_at_most("zgate_facts_stale", 0),
+                0,
+                "gateway {i}"
+            );
         }
         fleet.hosts[0]
             .control

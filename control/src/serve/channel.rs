@@ -18,6 +18,8 @@ use super::Admitted;
 const MAX_FROM_DATAPLANE: u32 = 16 << 20;
 /// A dataplane must say hello this soon after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often each dataplane is told how fresh its facts are.
+const FRESHNESS_EVERY: Duration = Duration::from_millis(500);
 
 /// Accept dataplanes for ever.
 pub async fn serve(listener: UnixListener, core: Arc<Mutex<Core>>, admitted: Arc<Admitted>) {
@@ -116,8 +118,20 @@ async fn connection(stream: UnixStream, uid: u32, core: &Mutex<Core>) -> Option<
     if let Err(e) = wr.write_all(&out).await {
         return Some((id, format!("write failed: {e}")));
     }
+    let mut freshness = tokio::time::interval(FRESHNESS_EVERY);
+    freshness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = freshness.tick() => {
+                let Some(f) = core.lock().ok().map(|c| c.freshness()) else {
+                    return Some((id, "state lock poisoned".into()));
+                };
+                let mut out = Vec::new();
+                enc.encode(&Message::Freshness(f), &mut out);
+                if let Err(e) = wr.write_all(&out).await {
+                    return Some((id, format!("write failed: {e}")));
+                }
+            }
             read = rd.read(&mut buf) => {
                 let n = match read {
                     Ok(0) => return Some((id, "closed the channel".into())),

@@ -511,6 +511,23 @@ impl Core {
             .then_some(self.facts.through)
     }
 
+    /// How fresh the facts are, for the dataplanes: with a shared store, when this
+    /// host was last in step with it (never: 0); with the state directory, now (this
+    /// process is the store).
+    pub fn freshness(&self) -> zgate_proto::Freshness {
+        let now_ms = u64::try_from(now_unix_us() / 1000).unwrap_or(0);
+        match &self.shared {
+            Some(_) => zgate_proto::Freshness {
+                store_revision: self.store_sync.revision,
+                in_step_at_ms: u64::try_from(self.store_sync.synced_at_us / 1000).unwrap_or(0),
+            },
+            None => zgate_proto::Freshness {
+                store_revision: self.facts.version,
+                in_step_at_ms: now_ms,
+            },
+        }
+    }
+
     #[cfg_attr(
         not(feature = "etcd"),
         allow(dead_code, reason = "the shared store is the etcd feature's")

@@ -7,8 +7,8 @@
 //! ever acts on bytes it has not checked. A dataplane subscribes with [`Hello`]; the
 //! control process answers with the enforced table ([`Message::Table`]) and the full fact
 //! set ([`Message::Facts`]), then sends deltas ([`Message::Delta`]) as facts change, a
-//! candidate table to evaluate in shadow ([`Message::Shadow`]) and impact queries. The
-//! dataplane reports what it enforces ([`Message::Report`]) and answers queries.
+//! candidate table to evaluate in shadow ([`Message::Shadow`]), impact queries, and twice
+//! a second how fresh the facts are ([`Message::Freshness`]). The dataplane reports what it enforces ([`Message::Report`]) and answers queries.
 //!
 //! # Frame
 //!
@@ -40,8 +40,8 @@ mod wire;
 pub use facts::{apply, snapshot, Cause, Change, Subject, Touched};
 pub use frame::{Decoder, Encoder, FrameError, Side, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
 pub use message::{
-    FactsDelta, FactsSnapshot, Hello, ImpactFlow, ImpactReport, Kind, Message, Report, Shadow,
-    TableUpdate,
+    FactsDelta, FactsSnapshot, Freshness, Hello, ImpactFlow, ImpactReport, Kind, Message, Report,
+    Shadow, TableUpdate,
 };
 pub use wire::DecodeError;
 

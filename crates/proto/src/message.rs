@@ -108,6 +108,18 @@ pub struct Report {
     pub last_error: Option<String>,
 }
 
+/// How fresh the facts a dataplane enforces are: the control process was last in step
+/// with its fact store (its own state directory, or a fleet's shared store) at
+/// `in_step_at_ms`, up to `store_revision`. Sent twice a second; a dataplane that stops
+/// getting it (control process or store away) sees the age grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Freshness {
+    /// The store's revision (with a file store: the fact-set version).
+    pub store_revision: u64,
+    /// When the control process last knew it had every change (Unix milliseconds).
+    pub in_step_at_ms: u64,
+}
+
 /// Every message of the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -121,6 +133,8 @@ pub enum Message {
     Delta(FactsDelta),
     /// Control → dataplane: evaluate this candidate in shadow (or stop).
     Shadow(Shadow),
+    /// Control → dataplane: how fresh the facts are.
+    Freshness(Freshness),
     /// Control → dataplane: list the live flows the shadow table would close.
     ImpactQuery {
         /// Echoed in the answer.
@@ -159,6 +173,8 @@ pub enum Kind {
     Report = 8,
     /// [`Message::Refused`].
     Refused = 9,
+    /// [`Message::Freshness`].
+    Freshness = 10,
 }
 
 impl Kind {
@@ -174,6 +190,7 @@ impl Kind {
             7 => Kind::Impact,
             8 => Kind::Report,
             9 => Kind::Refused,
+            10 => Kind::Freshness,
             _ => return None,
         })
     }
@@ -188,6 +205,7 @@ impl Kind {
                 | Kind::Delta
                 | Kind::Shadow
                 | Kind::ImpactQuery
+                | Kind::Freshness
                 | Kind::Refused
         )
     }
@@ -214,6 +232,7 @@ impl Message {
             Message::Impact(_) => Kind::Impact,
             Message::Report(_) => Kind::Report,
             Message::Refused { .. } => Kind::Refused,
+            Message::Freshness(_) => Kind::Freshness,
         }
     }
 
@@ -269,6 +288,10 @@ impl Message {
                 w.opt_str(r.last_error.as_deref());
             }
             Message::Refused { reason } => w.str(reason),
+            Message::Freshness(f) => {
+                w.u64(f.store_revision);
+                w.u64(f.in_step_at_ms);
+            }
         }
     }
 
@@ -356,6 +379,10 @@ impl Message {
             Kind::Refused => Message::Refused {
                 reason: r.str("reason")?.to_owned(),
             },
+            Kind::Freshness => Message::Freshness(Freshness {
+                store_revision: r.u64("store_revision")?,
+                in_step_at_ms: r.u64("in_step_at_ms")?,
+            }),
         };
         r.finish()?;
         Ok(m)

@@ -94,6 +94,10 @@ fn every_message() -> Vec<Message> {
         Message::Refused {
             reason: "out of order".into(),
         },
+        Message::Freshness(Freshness {
+            store_revision: 48_211,
+            in_step_at_ms: 1_796_000_000_123,
+        }),
     ]
 }
 

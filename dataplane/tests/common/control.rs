@@ -65,10 +65,11 @@ impl Control {
         self.gateway_named("gw-test", state_dir)
     }
 
-    /// The same, for a gateway named `name`.
+    /// The same, for a gateway named `name` (facts stale after 1 s, not 5, so the
+    /// tests see it soon).
     pub fn gateway_named(&self, name: &str, state_dir: &Path) -> String {
         format!(
-            "[control]\nsocket = {:?}\nstate_dir = {:?}\nname = {name:?}\n",
+            "[control]\nsocket = {:?}\nstate_dir = {:?}\nname = {name:?}\nstale_after = \"1s\"\n",
             self.channel(),
             state_dir
         )
