@@ -234,6 +234,15 @@ pub struct ServeArgs {
     /// Key prefix in etcd.
     #[arg(long, default_value = "/zgate")]
     etcd_prefix: String,
+    /// PEM CA bundle the etcd members' certificates chain to (with https:// endpoints).
+    #[arg(long)]
+    etcd_ca: Option<PathBuf>,
+    /// PEM certificate this control process shows etcd (its --client-cert-auth).
+    #[arg(long, requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// PEM private key of --etcd-cert.
+    #[arg(long, requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
 }
 
 /// One flow described on the command line.
@@ -434,6 +443,32 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
 }
 
+/// TLS to etcd, from the flags: `https://` endpoints need the CA, plain ones take no
+/// TLS flag (one scheme for all, so no member is reached in the clear by mistake).
+fn etcd_tls(a: &ServeArgs) -> Result<Option<crate::serve::EtcdTls>, CliError> {
+    let https = a
+        .etcd_endpoints
+        .iter()
+        .filter(|e| e.starts_with("https://"))
+        .count();
+    let usage = |m: &str| Err(CliError::Usage(m.into()));
+    if https != 0 && https != a.etcd_endpoints.len() {
+        return usage("--etcd-endpoints: all https:// or none");
+    }
+    match (&a.etcd_ca, https > 0) {
+        (None, false) if a.etcd_cert.is_none() => Ok(None),
+        (None, false) => usage("--etcd-cert is for https:// endpoints"),
+        (Some(_), false) => usage("--etcd-ca is for https:// endpoints"),
+        (None, true) => {
+            usage("https:// endpoints need --etcd-ca (the CA of the members' certificates)")
+        }
+        (Some(ca), true) => Ok(Some(crate::serve::EtcdTls {
+            ca: ca.clone(),
+            identity: a.etcd_cert.clone().zip(a.etcd_key.clone()),
+        })),
+    }
+}
+
 fn serve(a: ServeArgs) -> Result<ExitCode, CliError> {
     let mut admit = Vec::with_capacity(a.admit.len());
     for u in &a.admit {
@@ -452,6 +487,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, CliError> {
         "etcd" => crate::serve::StoreChoice::Etcd {
             endpoints: a.etcd_endpoints.clone(),
             prefix: a.etcd_prefix.clone(),
+            tls: etcd_tls(&a)?,
         },
         other => {
             return Err(CliError::Usage(format!(

@@ -21,8 +21,8 @@ mod common;
 mod fleet {
     use std::time::{Duration, Instant};
 
-    use super::common::control::Control;
-    use super::common::etcd::EtcdCluster;
+    use super::common::control::{control_bin, Control};
+    use super::common::etcd::{EtcdCluster, EtcdPki};
     use super::common::pki::{
         client_config, closed, connect_tls, echo_through, echoes, refused, Pki, Tls,
     };
@@ -65,23 +65,48 @@ mod fleet {
         hosts: Vec<Host>,
     }
 
+    /// The `serve` flags of a host on `etcd`, with a client certificate when it
+    /// speaks TLS.
+    fn store_flags(etcd: &EtcdCluster, tls: Option<(&EtcdPki, &str)>) -> Vec<String> {
+        let mut flags: Vec<String> = vec![
+            "--store".into(),
+            "etcd".into(),
+            "--etcd-endpoints".into(),
+            etcd.endpoints(),
+            "--etcd-prefix".into(),
+            PREFIX.into(),
+        ];
+        if let Some((pki, name)) = tls {
+            let (cert, key) = pki.client(name);
+            for (flag, path) in [
+                ("--etcd-ca", pki.ca()),
+                ("--etcd-cert", cert),
+                ("--etcd-key", key),
+            ] {
+                flags.push(flag.into());
+                flags.push(path.display().to_string());
+            }
+        }
+        flags
+    }
+
     impl Fleet {
         fn start() -> Fleet {
-            let etcd = EtcdCluster::start(3);
+            Fleet::start_with(None)
+        }
+
+        /// Three hosts; with `tls`, etcd speaks only TLS and each control process shows
+        /// its own client certificate.
+        fn start_with(tls: Option<&EtcdPki>) -> Fleet {
+            let etcd = EtcdCluster::start_with(3, tls);
             let pki = Pki::new(&[]);
             let up = Upstream::echo();
             let hosts = (0..3)
                 .map(|i| {
+                    let name = format!("control-{i}");
                     let control = Control::start_with(
                         &[("p.toml", POLICY)],
-                        &[
-                            "--store".into(),
-                            "etcd".into(),
-                            "--etcd-endpoints".into(),
-                            etcd.endpoints(),
-                            "--etcd-prefix".into(),
-                            PREFIX.into(),
-                        ],
+                        &store_flags(&etcd, tls.map(|t| (t, name.as_str()))),
                     );
                     let state = tempfile::tempdir().unwrap();
                     let mut setup = Setup::new(up.addr);
@@ -389,6 +414,72 @@ mod fleet {
             &fleet.hosts[dead].gw,
             client_config(&fleet.pki, Some(&quoter))
         )));
+    }
+
+    /// etcd with TLS and client-certificate auth: three control processes with their
+    /// own certificates share facts and table as over plain HTTP; one whose certificate
+    /// etcd does not trust (another CA) never gets in step, says so, and its writes
+    /// are refused; one without TLS flags is refused at its command line.
+    #[test]
+    fn over_mtls_only_control_processes_with_a_trusted_certificate_reach_etcd() {
+        let etcd_pki = EtcdPki::new();
+        let fleet = Fleet::start_with(Some(&etcd_pki));
+        let victim = fleet.leaf(TRADER);
+        let mut flows: Vec<Tls> = (0..3).map(|h| fleet.flow(h, &victim)).collect();
+        fleet.hosts[1]
+            .control
+            .ok(&["revoke", "--principal", TRADER]);
+        fleet.wait_in_step();
+        for (i, s) in flows.iter_mut().enumerate() {
+            assert!(closed(s), "host {i}: the revocation did not close the flow");
+        }
+        fleet.wait_same_table(&[0, 1, 2], 0);
+
+        // A certificate from another CA: etcd refuses the handshake.
+        let stranger_pki = EtcdPki::new();
+        let mut flags = store_flags(&fleet.etcd, Some((&stranger_pki, "stranger")));
+        // It trusts the members (the right CA) but shows a certificate they do not.
+        let ca_at = flags.iter().position(|f| f == "--etcd-ca").unwrap() + 1;
+        flags[ca_at] = etcd_pki.ca().display().to_string();
+        let stranger = Control::start_with(&[("p.toml", POLICY)], &flags);
+        std::thread::sleep(Duration::from_secs(2));
+        let s = stranger.status();
+        assert_eq!(s["facts_store_sync"]["reachable"], false, "{s}");
+        assert!(
+            s["facts_store_sync"]["age_ms"].is_null(),
+            "never in step: {s}"
+        );
+        let log = stranger.log();
+        assert!(log.contains("shared store unreachable"), "{log}");
+        let out = stranger.cli(&["revoke", "--principal", OTHER_TRADER]);
+        assert!(!out.status.success());
+        // Nothing it tried reached the fleet.
+        for i in 0..3 {
+            assert_eq!(fleet.revoked(i), vec![TRADER.to_string()], "host {i}");
+        }
+
+        // https:// endpoints without a CA: refused before anything starts.
+        let out = std::process::Command::new(control_bin())
+            .args([
+                "serve",
+                "--policy-dir",
+                "/nonexistent",
+                "--state-dir",
+                "/nonexistent",
+            ])
+            .args([
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                &fleet.etcd.endpoints(),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "a usage error: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("need --etcd-ca"),
+            "{out:?}"
+        );
     }
 
     /// A manifest whose chunk does not match its hash (someone with write access to

@@ -861,16 +861,26 @@ mod privileges {
     fn the_systemd_units_verify() {
         let control_bin =
             std::path::Path::new(env!("CARGO_BIN_EXE_zgate")).with_file_name("zgate-control");
-        for (name, user) in [
-            ("zgate.service", "User=zgate\n"),
-            ("zgate-control.service", "User=zgate-control\n"),
-        ] {
-            let unit = std::fs::read_to_string(
+        let hw = |name: &str| {
+            std::fs::read_to_string(
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                     .join("../hw-config")
                     .join(name),
             )
-            .unwrap();
+            .unwrap()
+        };
+        // The fleet drop-in is checked merged into its unit, as systemd reads it.
+        let fleet = hw("zgate-control.service") + "\n" + &hw("zgate-control-fleet.conf");
+        assert!(fleet.contains("--store etcd") && fleet.contains("--etcd-cert"));
+        for (name, user, unit) in [
+            ("zgate.service", "User=zgate\n", hw("zgate.service")),
+            (
+                "zgate-control.service",
+                "User=zgate-control\n",
+                hw("zgate-control.service"),
+            ),
+            ("zgate-control-fleet.service", "User=zgate-control\n", fleet),
+        ] {
             assert!(
                 unit.contains(user) && unit.contains("NoNewPrivileges=yes"),
                 "{name}"

@@ -14,7 +14,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, Txn, TxnOp,
+    WatchOptions,
+};
 
 use super::shared::{apply_events, PendingWrite, SharedStore, StoreEvent, WRITTEN_KEY};
 use super::state::{now_unix, Core};
@@ -27,6 +30,55 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     /// Key prefix (e.g. `/zgate`).
     pub prefix: String,
+    /// TLS (and a client certificate) to the members.
+    pub tls: Option<super::EtcdTls>,
+}
+
+/// An etcd client error with its causes (tonic says "transport error"; the cause says
+/// which: a refused connection, a certificate etcd did not accept...).
+pub(super) fn why(e: etcd_client::Error) -> String {
+    let (mut out, mut cause): (String, Option<&dyn std::error::Error>) = match &e {
+        etcd_client::Error::GRpcStatus(s) => (
+            format!("{:?}: {}", s.code(), s.message()),
+            std::error::Error::source(s),
+        ),
+        other => (other.to_string(), std::error::Error::source(other)),
+    };
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// The TLS settings for the client, from the files named.
+fn tls_options(t: &super::EtcdTls) -> Result<TlsOptions, String> {
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("--etcd-{what} `{}`: {e}", p.display()))
+    };
+    let ca = read("ca", &t.ca)?;
+    if !ca.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "--etcd-ca `{}`: no PEM certificate in it",
+            t.ca.display()
+        ));
+    }
+    let mut opts = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some((cert, key)) = &t.identity {
+        let (c, k) = (read("cert", cert)?, read("key", key)?);
+        if !k.windows(11).any(|w| w == b"PRIVATE KEY") {
+            return Err(format!(
+                "--etcd-key `{}`: no PEM private key in it",
+                key.display()
+            ));
+        }
+        opts = opts.identity(Identity::from_pem(c, k));
+    }
+    Ok(opts)
 }
 
 /// A connected store.
@@ -46,13 +98,16 @@ impl EtcdStore {
         // (`--grpc-keepalive-min-time`, 5 s by default), nor on a connection without
         // a stream: etcd answers either with GOAWAY (too many pings) and every call on
         // that connection fails.
-        let opts = ConnectOptions::new()
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(false);
+        if let Some(t) = &cfg.tls {
+            opts = opts.with_tls(tls_options(t)?);
+        }
         let client = Client::connect(&cfg.endpoints, Some(opts))
             .await
-            .map_err(|e| format!("etcd {:?}: {e}", cfg.endpoints))?;
+            .map_err(|e| format!("etcd {:?}: {}", cfg.endpoints, why(e)))?;
         Ok(EtcdStore {
             client,
             root: cfg.prefix.trim_end_matches('/').to_string(),
@@ -125,7 +180,7 @@ impl From<etcd_client::Error> for WriteError {
         use tonic::Code;
         match &e {
             etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
-                WriteError::Retry(e.to_string())
+                WriteError::Retry(why(e))
             }
             etcd_client::Error::GRpcStatus(s)
                 if matches!(
@@ -133,9 +188,9 @@ impl From<etcd_client::Error> for WriteError {
                     Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
                 ) =>
             {
-                WriteError::Retry(e.to_string())
+                WriteError::Retry(why(e))
             }
-            _ => WriteError::Final(e.to_string()),
+            _ => WriteError::Final(why(e)),
         }
     }
 }
@@ -214,7 +269,7 @@ async fn cluster_id(client: &mut Client, prefix: &str) -> Result<u64, String> {
             Some(GetOptions::new().with_prefix().with_count_only()),
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(why)?;
     resp.header()
         .map(|h| h.cluster_id())
         .ok_or_else(|| "a response without a header".to_string())
@@ -226,7 +281,7 @@ async fn read_all(client: &mut Client, prefix: &str, origin: &str) -> Result<(Fa
     let resp = client
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(why)?;
     let revision = resp.header().map_or(0, |h| h.revision());
     let last_write = resp
         .kvs()
@@ -364,7 +419,7 @@ async fn watch(
         .with_progress_notify();
     let (mut watcher, mut stream) = match client.watch(prefix, Some(opts)).await {
         Ok(w) => w,
-        Err(e) => return WatchEnd::Broken(e.to_string()),
+        Err(e) => return WatchEnd::Broken(why(e)),
     };
     // Not at once: a watch resuming from an old revision is first told of a
     // compaction, or catches up, before a progress notice can mean anything (etcd 3.4
@@ -377,11 +432,11 @@ async fn watch(
             m = stream.message() => match m {
                 Ok(Some(resp)) => resp,
                 Ok(None) => return WatchEnd::Broken("the stream ended".into()),
-                Err(e) => return WatchEnd::Broken(e.to_string()),
+                Err(e) => return WatchEnd::Broken(why(e)),
             },
             _ = tick.tick() => {
                 if let Err(e) = watcher.request_progress().await {
-                    return WatchEnd::Broken(e.to_string());
+                    return WatchEnd::Broken(why(e));
                 }
                 continue;
             }

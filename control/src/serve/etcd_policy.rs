@@ -16,7 +16,7 @@ use etcd_client::{
 };
 use tokio::sync::Notify;
 
-use super::etcd::EtcdStore;
+use super::etcd::{why, EtcdStore};
 use super::shared::{sha256_hex, Manifest};
 use super::state::{now_unix, Core};
 
@@ -55,7 +55,10 @@ pub async fn lead(
         let lease = match client.lease_grant(LEADER_TTL_S, None).await {
             Ok(l) => l.id(),
             Err(e) => {
-                eprintln!("zgate-control: etcd: no lease for the compiler election ({e}); retrying in {backoff:?}");
+                eprintln!(
+                    "zgate-control: etcd: no lease for the compiler election ({}); retrying in {backoff:?}",
+                    why(e)
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
@@ -74,7 +77,7 @@ pub async fn lead(
         let leader = match won {
             Ok(mut r) => r.take_leader(),
             Err(e) => {
-                eprintln!("zgate-control: etcd: compiler election: {e}");
+                eprintln!("zgate-control: etcd: compiler election: {}", why(e));
                 None
             }
         };
@@ -132,7 +135,7 @@ async fn current_manifest(
     client: &mut Client,
     key: &str,
 ) -> Result<(Option<Manifest>, i64), String> {
-    let resp = client.get(key, None).await.map_err(|e| e.to_string())?;
+    let resp = client.get(key, None).await.map_err(why)?;
     match resp.kvs().first() {
         None => Ok((None, 0)),
         Some(kv) => {
@@ -164,7 +167,7 @@ async fn publish(
         client
             .put(format!("{chunk_prefix}{sha}"), part.to_vec(), None)
             .await
-            .map_err(|e| format!("chunk {sha}: {e}"))?;
+            .map_err(|e| format!("chunk {sha}: {}", why(e)))?;
         chunks.push(sha);
     }
     let m = Manifest {
@@ -187,7 +190,7 @@ async fn publish(
             Compare::mod_revision(manifest_key.clone(), CompareOp::Equal, mod_rev),
         ])
         .and_then(vec![TxnOp::put(manifest_key, value, None)]);
-    let resp = client.txn(txn).await.map_err(|e| e.to_string())?;
+    let resp = client.txn(txn).await.map_err(why)?;
     if !resp.succeeded() {
         return Err("no longer the leader, or another manifest was written meanwhile".into());
     }
@@ -197,7 +200,7 @@ async fn publish(
             Some(GetOptions::new().with_prefix().with_keys_only()),
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(why)?;
     for kv in old.kvs() {
         let Ok(key) = kv.key_str() else { continue };
         let named = key
@@ -300,7 +303,7 @@ async fn apply(
             .await
         {
             Ok(r) => r,
-            Err(_) => client.get(key, None).await.map_err(|e| e.to_string())?,
+            Err(_) => client.get(key, None).await.map_err(why)?,
         };
         let chunk = got
             .kvs()

@@ -70,7 +70,19 @@ pub enum StoreChoice {
         endpoints: Vec<String>,
         /// Key prefix.
         prefix: String,
+        /// TLS to the members (with `https://` endpoints).
+        tls: Option<EtcdTls>,
     },
+}
+
+/// TLS to etcd: the CA that signed the members' certificates, and this control
+/// process's own certificate and key (etcd's `--client-cert-auth`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// PEM CA bundle the members' certificates must chain to.
+    pub ca: PathBuf,
+    /// PEM certificate chain and PEM private key, when etcd asks for one.
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// Why `serve` could not start (or stopped).
@@ -226,10 +238,15 @@ async fn serve(mut o: ServeOptions) -> Result<(), ServeError> {
     match &o.store {
         StoreChoice::File => {}
         #[cfg(feature = "etcd")]
-        StoreChoice::Etcd { endpoints, prefix } => {
+        StoreChoice::Etcd {
+            endpoints,
+            prefix,
+            tls,
+        } => {
             let store = etcd::EtcdStore::connect(&etcd::EtcdConfig {
                 endpoints: endpoints.clone(),
                 prefix: prefix.clone(),
+                tls: tls.clone(),
             })
             .await
             .map_err(ServeError::Config)?;

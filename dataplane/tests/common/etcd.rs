@@ -27,7 +27,55 @@ pub struct Member {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Plain HTTP `/health` (and metrics) when the client port speaks TLS.
+    pub metrics_port: u16,
     pub child: Option<Child>,
+}
+
+/// A CA for etcd, the members' certificate (127.0.0.1), and client certificates.
+pub struct EtcdPki {
+    pub dir: tempfile::TempDir,
+    ca: zgate_devpki::Ca,
+}
+
+impl EtcdPki {
+    pub fn new() -> EtcdPki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = zgate_devpki::Ca::new("etcd test CA", super::pki::now()).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+        let server = ca
+            .server(
+                &["localhost"],
+                &["127.0.0.1".parse().unwrap()],
+                super::pki::now(),
+            )
+            .unwrap();
+        std::fs::write(dir.path().join("server.pem"), &server.chain_pem).unwrap();
+        std::fs::write(dir.path().join("server.key"), &server.key_pem).unwrap();
+        EtcdPki { dir, ca }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A client certificate and key issued by this CA, written as `name.pem`/`.key`.
+    pub fn client(&self, name: &str) -> (PathBuf, PathBuf) {
+        let leaf = self
+            .ca
+            .client(
+                &zgate_devpki::ClientSpec::spiffe(&format!("spiffe://etcd.test/{name}")),
+                super::pki::now(),
+            )
+            .unwrap();
+        let (cert, key) = (
+            self.dir.path().join(format!("{name}.pem")),
+            self.dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, &leaf.chain_pem).unwrap();
+        std::fs::write(&key, &leaf.key_pem).unwrap();
+        (cert, key)
+    }
 }
 
 /// A cluster of members, killed on drop.
@@ -35,17 +83,26 @@ pub struct EtcdCluster {
     pub dir: tempfile::TempDir,
     pub members: Vec<Member>,
     token: String,
+    /// Clients must speak TLS and show a certificate of this CA.
+    tls: Option<PathBuf>,
 }
 
 impl EtcdCluster {
     /// Start `n` members and wait until the cluster has a leader.
     pub fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, None)
+    }
+
+    /// The same, with `https://` client URLs and client-certificate auth (etcd's
+    /// `--client-cert-auth`) under `pki`'s CA.
+    pub fn start_with(n: usize, pki: Option<&EtcdPki>) -> EtcdCluster {
         let dir = tempfile::tempdir().unwrap();
         let members = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
                 client_port: free_port(),
                 peer_port: free_port(),
+                metrics_port: free_port(),
                 child: None,
             })
             .collect();
@@ -54,6 +111,7 @@ impl EtcdCluster {
             dir,
             members,
             token,
+            tls: pki.map(|p| p.dir.path().to_path_buf()),
         };
         for i in 0..n {
             c.start_member(i);
@@ -86,9 +144,21 @@ impl EtcdCluster {
             .append(true)
             .open(self.log_path(i))
             .unwrap();
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = format!("{}://127.0.0.1:{}", self.scheme(), m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new(etcd_bin())
+        let mut cmd = Command::new(etcd_bin());
+        if let Some(dir) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(dir.join("server.pem"))
+                .arg("--key-file")
+                .arg(dir.join("server.key"))
+                .arg("--trusted-ca-file")
+                .arg(dir.join("ca.pem"))
+                .arg("--client-cert-auth")
+                .arg("--listen-metrics-urls")
+                .arg(format!("http://127.0.0.1:{}", m.metrics_port));
+        }
+        let child = cmd
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&data)
@@ -117,11 +187,19 @@ impl EtcdCluster {
         }
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// Every member's client URL, comma separated (`--etcd-endpoints`).
     pub fn endpoints(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client_port))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -143,8 +221,9 @@ impl EtcdCluster {
     }
 
     /// One HTTP/JSON call to a running member (etcd's gRPC gateway, v3 in 3.4):
-    /// the response body.
+    /// the response body. Plain clusters only.
     pub fn call(&self, path: &str, body: &str) -> Option<serde_json::Value> {
+        assert!(self.tls.is_none(), "call() speaks plain HTTP");
         self.members
             .iter()
             .filter(|m| m.child.is_some())
@@ -195,8 +274,12 @@ impl EtcdCluster {
         let deadline = Instant::now() + WAIT;
         loop {
             let healthy = self.members.iter().filter(|m| m.child.is_some()).all(|m| {
-                http_get_close(m.client_port, "/health")
-                    .is_some_and(|b| b.contains("\"health\":\"true\""))
+                let port = if self.tls.is_some() {
+                    m.metrics_port
+                } else {
+                    m.client_port
+                };
+                http_get_close(port, "/health").is_some_and(|b| b.contains("\"health\":\"true\""))
             });
             if healthy {
                 return;
