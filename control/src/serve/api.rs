@@ -250,6 +250,8 @@ async fn finish(core: &Shared, writes: Vec<super::shared::PendingWrite>) -> Resp
             }
         }
     }
+    // Accepted: etcd committed it (the same instant the file store's fsync marks).
+    let committed_us = super::state::now_unix_us();
     let waited = tokio::time::timeout(
         Duration::from_secs(10),
         applied.wait_for(|v| *v >= revision),
@@ -260,7 +262,7 @@ async fn finish(core: &Shared, writes: Vec<super::shared::PendingWrite>) -> Resp
         Err(r) => return r,
     };
     for w in &writes {
-        c.audit_write(w);
+        c.audit_write(w, committed_us);
     }
     match waited {
         Ok(Ok(_)) => done(&c, json!({ "store_revision": revision })),

@@ -354,8 +354,9 @@ async fn expire_loop(core: Arc<Mutex<Core>>) {
             for w in writes {
                 match store.write(w.clone()).await {
                     Ok(_) => {
+                        let committed_us = state::now_unix_us();
                         if let Ok(mut c) = core.lock() {
-                            c.audit_write(&w);
+                            c.audit_write(&w, committed_us);
                         }
                     }
                     Err(e) => eprintln!("zgate-control: expiring facts in the shared store: {e}"),

@@ -437,9 +437,10 @@ impl Core {
         self.applied.subscribe()
     }
 
-    /// A shared-store write was applied here: its audit line.
-    pub fn audit_write(&mut self, w: &super::shared::PendingWrite) {
-        self.last_accepted_us = now_unix_us();
+    /// A shared-store write was committed (at `committed_us`, when the store
+    /// answered) and applied here: its audit line.
+    pub fn audit_write(&mut self, w: &super::shared::PendingWrite, committed_us: i64) {
+        self.last_accepted_us = committed_us;
         let detail = w.detail.clone();
         self.audit(&w.who.clone(), &w.what.clone(), detail);
     }

@@ -216,6 +216,10 @@ enum Mode {
         /// A file holding the API bearer token (first line).
         #[arg(long)]
         token_file: std::path::PathBuf,
+        /// More gateways of a fleet (mTLS listeners): the flows are spread in turn over
+        /// --target and these.
+        #[arg(long = "also-target")]
+        also_targets: Vec<SocketAddr>,
     },
 }
 
@@ -487,6 +491,7 @@ fn run(cli: Cli) -> Result<(), LoadError> {
             affected,
             api,
             token_file,
+            also_targets,
         } => {
             pin(client.core)?;
             let token = std::fs::read_to_string(&token_file)
@@ -499,7 +504,7 @@ fn run(cli: Cli) -> Result<(), LoadError> {
                 .trim()
                 .to_string();
             let report = revoke::run(&revoke::RevokeArgs {
-                target: client.target,
+                targets: std::iter::once(client.target).chain(also_targets).collect(),
                 tls: client.tls.clone(),
                 victims,
                 flows,

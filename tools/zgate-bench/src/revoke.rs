@@ -2,7 +2,8 @@
 //! client sees its connection end.
 //!
 //! It opens `--flows` mTLS connections: `--affected` of them as the round's victim
-//! identity, the rest as a bystander identity that stays. Then it sends the
+//! identity, the rest as a bystander identity that stays; with `--also-target`, spread
+//! in turn over several gateways (a fleet: the last close is then the last gateway's). Then it sends the
 //! revocation to the control process's HTTP/JSON API (`POST /v1/revocations` with a
 //! bearer token) and, from just before the request's first byte, times the moment
 //! each victim connection is ended by the gateway (reset or end of stream), with one
@@ -46,8 +47,8 @@ impl std::str::FromStr for Victim {
 
 /// What `revoke` measures.
 pub struct RevokeArgs {
-    /// The gateway's mTLS listener.
-    pub target: SocketAddr,
+    /// The gateways' mTLS listeners; flow `i` goes to `targets[i % len]`.
+    pub targets: Vec<SocketAddr>,
     /// TLS settings; `cert`/`key` are the bystander's.
     pub tls: TlsArgs,
     /// One per round.
@@ -69,6 +70,8 @@ pub struct RevokeArgs {
 pub struct RevokeReport {
     /// `revoke`.
     pub mode: &'static str,
+    /// Gateways the flows were spread over.
+    pub gateways: usize,
     /// Rounds run.
     pub rounds: usize,
     /// Live flows per round.
@@ -191,12 +194,22 @@ pub fn run(a: &RevokeArgs) -> Result<RevokeReport, LoadError> {
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| LoadError::Tls {
             reason: e.to_string(),
         })?;
+    let target = |i: usize| -> Result<SocketAddr, LoadError> {
+        a.targets
+            .get(i % a.targets.len().max(1))
+            .copied()
+            .ok_or(LoadError::Arg {
+                arg: "target",
+                reason: "no gateway to measure",
+            })
+    };
     let others = a.flows.saturating_sub(a.affected);
     let mut stay: Vec<(mio::net::TcpStream, ClientConnection)> = (0..others)
-        .map(|i| open(a.target, &bystander, i))
+        .map(|i| open(target(i)?, &bystander, i))
         .collect::<Result<_, _>>()?;
     let mut report = RevokeReport {
         mode: "revoke",
+        gateways: a.targets.len(),
         rounds: a.victims.len(),
         flows: a.flows,
         affected: a.affected,
@@ -227,7 +240,7 @@ pub fn run(a: &RevokeArgs) -> Result<RevokeReport, LoadError> {
             reason: "no client",
         })?;
         let mut victims: Vec<(mio::net::TcpStream, ClientConnection)> = (0..a.affected)
-            .map(|i| open(a.target, &vt, others + i))
+            .map(|i| open(target(i)?, &vt, others + i))
             .collect::<Result<_, _>>()?;
         for (i, (s, _)) in victims.iter_mut().enumerate() {
             poll.registry()
