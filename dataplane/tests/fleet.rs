@@ -54,6 +54,8 @@ mod fleet {
     struct Host {
         control: Control,
         gw: Gateway,
+        /// Its gateway's config (a restart reuses it, and its state directory).
+        setup: Setup,
         _state: tempfile::TempDir,
     }
 
@@ -117,6 +119,7 @@ mod fleet {
                     Host {
                         control,
                         gw,
+                        setup,
                         _state: state,
                     }
                 })
@@ -628,7 +631,8 @@ mod fleet {
 
     /// A control process restarted resumes its watch after the revision it kept (and
     /// gets what it missed); restarted after a compaction past that revision, it reads
-    /// every fact again. Its gateway enforces the result both times.
+    /// every fact again. Its gateway enforces the result both times. A gateway
+    /// restarted resumes from the version it persisted.
     #[test]
     fn a_restarted_control_process_resumes_or_resyncs_after_a_compaction() {
         let mut fleet = Fleet::start();
@@ -667,5 +671,31 @@ mod fleet {
         assert!(log.contains("reading every fact again"), "{log}");
         assert_eq!(fleet.revoked(2), vec![OTHER_TRADER.to_string()]);
         drop(fleet.flow(2, &victim));
+
+        // A gateway restarted enforces what it persisted at once (the revocation
+        // included, before its control process answers) and resubscribes from that
+        // version: nothing older is sent, nothing is missed.
+        let version = fleet.wait_in_step();
+        let bystander = fleet.leaf(OTHER_TRADER);
+        let host = &mut fleet.hosts[1];
+        // Killed (a crash), then started on the same config and state directory.
+        host.gw.child.kill().unwrap();
+        host.gw.child.wait().unwrap();
+        host.gw = Gateway::start(&host.setup);
+        assert!(host.gw.log().contains("fail static"), "{}", host.gw.log());
+        assert_eq!(host.gw.metric("zgate_facts_version"), version);
+        assert!(
+            host.control
+                .log()
+                .contains(&format!("it enforces table 1 and facts {version}")),
+            "{}",
+            host.control.log()
+        );
+        fleet.wait_in_step();
+        assert!(refused(connect_tls(
+            &fleet.hosts[1].gw,
+            client_config(&fleet.pki, Some(&bystander))
+        )));
+        drop(fleet.flow(1, &victim));
     }
 }
