@@ -114,12 +114,16 @@ pub fn run(
         opened = opened.saturating_add(1);
     }
 
+    let mut progress = crate::report::Progress::new(client.json, opts.duration, "handshakes");
     let (window_end, cpu_after) = loop {
         let now = Instant::now();
         if !measuring && now >= measure_from {
             measuring = true;
             window_start = now;
             cpu_before = cpu::sample(&client.cpu_pids)?;
+        }
+        if measuring {
+            progress.tick(now, now.saturating_duration_since(window_start), count);
         }
         if measuring && (count >= opts.connections || now >= window_start + opts.duration) {
             break (now, cpu::sample(&client.cpu_pids)?);
@@ -167,6 +171,7 @@ pub fn run(
         }
     };
 
+    progress.finish();
     let elapsed = window_end.duration_since(window_start).as_secs_f64();
     let cpu_s = cpu::seconds_between(&client.cpu_pids, cpu_before, cpu_after, client.clk_tck);
     #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
@@ -270,7 +275,11 @@ fn advance(s: &mut Slot) -> Result<bool, LoadError> {
     let mut one = [0u8; 1];
     match s.link.read(&mut one) {
         Ok(1) if one == *b"h" => Ok(true),
-        Ok(1) => Err(LoadError::Mismatch { index, seq: 0 }),
+        Ok(1) => Err(LoadError::Mismatch {
+            index,
+            seq: 0,
+            got: String::from_utf8_lossy(&one).into_owned(),
+        }),
         Ok(_) => Err(LoadError::Refused { index }),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
         Err(source) => Err(LoadError::Io {

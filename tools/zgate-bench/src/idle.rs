@@ -55,7 +55,11 @@ pub fn run(
         let mut one = [0u8; 1];
         s.read_exact(&mut one).map_err(io_err("read"))?;
         if one != *b"i" {
-            return Err(LoadError::Mismatch { index, seq: 0 });
+            return Err(LoadError::Mismatch {
+                index,
+                seq: 0,
+                got: String::from_utf8_lossy(&one).into_owned(),
+            });
         }
         held.push(s);
     }
@@ -69,7 +73,7 @@ pub fn run(
         hold_s: hold.as_secs_f64(),
     };
     // Tell the caller now, so it can measure while the connections are held.
-    crate::print_json(&report);
+    crate::report::print(&report, client.json);
     std::thread::sleep(hold);
     drop(held);
     Ok(())

@@ -9,7 +9,8 @@
 //! - `pingpong`: N connections, each sends a message and waits for its whole echo
 //!   before sending the next (closed loop). Per-request latency goes into an HDR
 //!   histogram; one JSON line reports p50/p99/p99.9/max and messages per second.
-//! - `bulk`: moves M bytes one way (client to upstream) and reports bytes per second.
+//! - `bulk`: moves M bytes one way (client to upstream), or with `--both` both ways
+//!   through an echo, and reports bytes per second.
 //! - `idle`: opens N connections, proves each one carries a byte, and holds them.
 //! - `handshake`: fresh TLS connections, `--concurrency` at a time, each with a full
 //!   (or `--resume`d) mTLS handshake and a one-byte echo; handshakes per second and
@@ -37,6 +38,7 @@ mod handshake;
 mod idle;
 mod pingpong;
 mod plot;
+mod report;
 mod revoke;
 mod serve;
 mod tls;
@@ -76,6 +78,9 @@ struct ClientArgs {
     /// A connection with a request in flight and no progress for this long is an error.
     #[arg(long, default_value_t = 5.0)]
     stall_s: f64,
+    /// Scripts: the JSON line only (no summary on stderr, no progress line).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     tls: tls::TlsArgs,
 }
@@ -123,6 +128,10 @@ enum Mode {
         /// Write the latency distribution here (HdrHistogram `.hgrm` text).
         #[arg(long)]
         hgrm: Option<std::path::PathBuf>,
+        /// `raw` (echoed bytes) or `resp` (Redis SET then GET of a --size value, for a
+        /// real Redis behind the gateway).
+        #[arg(long, value_enum, default_value = "raw")]
+        payload: pingpong::Payload,
     },
     /// Move bytes one way, client to upstream (the upstream should be a --sink).
     Bulk {
@@ -140,6 +149,10 @@ enum Mode {
         /// Size of each write.
         #[arg(long, default_value_t = 64 * 1024)]
         chunk: usize,
+        /// Both ways at once through an echo upstream (not a --sink): every byte sent
+        /// must come back; bytes per second count both directions.
+        #[arg(long)]
+        both: bool,
     },
     /// Fresh TLS connections (needs --tls): handshake, one-byte echo, close; repeat.
     Handshake {
@@ -262,14 +275,19 @@ pub enum LoadError {
         /// Replies it had received before.
         replies: u64,
     },
-    /// An echo did not match its request byte for byte.
-    #[error("connection {index}: echo of request {seq} differs from the request")]
+    /// A reply was not the one its request must get (raw: its echo byte for byte).
+    #[error("connection {index}: the reply to request {seq} is not the one expected (it begins {got:?})")]
     Mismatch {
         /// Which connection (0-based).
         index: usize,
         /// The request's sequence number on that connection.
         seq: u64,
+        /// The reply's first bytes.
+        got: String,
     },
+    /// The measured window closed without one complete request.
+    #[error("no request completed in the measured window: is the upstream answering this payload (--payload)?")]
+    NothingMeasured,
     /// Requests are in flight and nothing has progressed for too long.
     #[error("no progress for {secs} s with requests in flight: the path is stalled")]
     Stalled {
@@ -375,6 +393,7 @@ fn run(cli: Cli) -> Result<(), LoadError> {
             size,
             rate,
             hgrm,
+            payload,
         } => {
             pin(client.core)?;
             let opts = pingpong::Options {
@@ -392,10 +411,11 @@ fn run(cli: Cli) -> Result<(), LoadError> {
                 stall: seconds("stall-s", client.stall_s)?,
                 rate,
                 hgrm,
+                payload,
             };
             let tls = client.tls.client(false)?;
             let report = pingpong::run(&client, tls.as_ref(), &opts)?;
-            print_json(&report);
+            report::print(&report, client.json);
             Ok(())
         }
         Mode::Bulk {
@@ -404,6 +424,7 @@ fn run(cli: Cli) -> Result<(), LoadError> {
             bytes,
             duration_s,
             chunk,
+            both,
         } => {
             pin(client.core)?;
             let opts = bulk::Options {
@@ -412,10 +433,11 @@ fn run(cli: Cli) -> Result<(), LoadError> {
                 duration: seconds("duration-s", duration_s)?,
                 chunk,
                 stall: seconds("stall-s", client.stall_s)?,
+                both,
             };
             let tls = client.tls.client(false)?;
             let report = bulk::run(&client, tls.as_ref(), &opts)?;
-            print_json(&report);
+            report::print(&report, client.json);
             Ok(())
         }
         Mode::Handshake {
@@ -446,7 +468,7 @@ fn run(cli: Cli) -> Result<(), LoadError> {
                 stall: seconds("stall-s", client.stall_s)?,
             };
             let report = handshake::run(&client, &tls, resume, &opts)?;
-            print_json(&report);
+            report::print(&report, client.json);
             Ok(())
         }
         Mode::Idle {
@@ -513,17 +535,9 @@ fn run(cli: Cli) -> Result<(), LoadError> {
                 token,
                 timeout: seconds("stall-s", client.stall_s)?,
             })?;
-            print_json(&report);
+            report::print(&report, client.json);
             Ok(())
         }
-    }
-}
-
-fn print_json<T: serde::Serialize>(report: &T) {
-    match serde_json::to_string(report) {
-        Ok(line) => println!("{line}"),
-        // Our reports are plain structs of numbers and strings; say so if that changes.
-        Err(e) => eprintln!("zgate-bench: cannot encode report: {e}"),
     }
 }
 

@@ -42,6 +42,20 @@ pub struct Options {
     pub rate: Option<f64>,
     /// Write the latency distribution here (HdrHistogram's `.hgrm` text format).
     pub hgrm: Option<std::path::PathBuf>,
+    /// What the requests are.
+    pub payload: Payload,
+}
+
+/// What each request carries, and what its reply must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    /// `--size` bytes, echoed back byte for byte (an echo upstream).
+    Raw,
+    /// Redis commands in RESP, for a real Redis behind the gateway: `SET` of a
+    /// `--size`-byte value (reply `+OK`), then `GET` of it (reply: that value), in
+    /// turn on each connection, each reply checked.
+    Resp,
 }
 
 /// The JSON line `pingpong` prints. Latencies in microseconds.
@@ -62,6 +76,8 @@ pub struct Report {
     max_us: f64,
     mean_us: f64,
     p9999_us: f64,
+    /// `raw` or `resp`.
+    payload: Payload,
     /// Open loop: the rate asked for.
     target_rate: Option<f64>,
     /// Open loop: the p99 of the time from the actual send to the echo (what a closed
@@ -78,6 +94,10 @@ struct Conn {
     stream: Link<TcpStream>,
     request: Vec<u8>,
     reply: Vec<u8>,
+    /// RESP: the reply the request must get (raw: the request itself, not copied).
+    expected: Option<Vec<u8>>,
+    /// RESP: the value of the last `SET`, which the next `GET` must return.
+    value: Vec<u8>,
     /// Bytes of the current request written / of its echo received.
     written: usize,
     got: usize,
@@ -99,13 +119,28 @@ impl Conn {
     fn prepare(&mut self, index: usize) {
         self.seq = self.seq.wrapping_add(1);
         let stamp = self.seq.to_le_bytes();
-        for (i, b) in self.request.iter_mut().enumerate() {
-            #[expect(
-                clippy::cast_possible_truncation,
-                reason = "a byte pattern, wraps on purpose"
-            )]
-            let pattern = (i ^ index) as u8;
-            *b = stamp.get(i).copied().unwrap_or(pattern);
+        let fill = |buf: &mut [u8]| {
+            for (i, b) in buf.iter_mut().enumerate() {
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "a byte pattern, wraps on purpose"
+                )]
+                let pattern = (i ^ index) as u8;
+                *b = stamp.get(i).copied().unwrap_or(pattern);
+            }
+        };
+        if let Some(expected) = &mut self.expected {
+            resp_next(
+                &mut self.request,
+                expected,
+                &mut self.value,
+                index,
+                self.seq,
+                fill,
+            );
+            self.reply.resize(expected.len(), 0);
+        } else {
+            fill(&mut self.request);
         }
         self.written = 0;
         self.got = 0;
@@ -169,10 +204,12 @@ impl Conn {
                 }
             }
         }
-        if self.reply != self.request {
+        if self.reply != *self.expected.as_ref().unwrap_or(&self.request) {
             return Err(LoadError::Mismatch {
                 index,
                 seq: self.seq,
+                got: String::from_utf8_lossy(self.reply.get(..40).unwrap_or(&self.reply))
+                    .into_owned(),
             });
         }
         self.in_flight = false;
@@ -267,8 +304,12 @@ pub fn run(client: &ClientArgs, tls: Option<&Client>, opts: &Options) -> Result<
         }
     }
 
+    let mut progress = crate::report::Progress::new(client.json, opts.duration, "requests");
     let (window_end, cpu_after) = loop {
         let now = Instant::now();
+        if measuring {
+            progress.tick(now, now.saturating_duration_since(window_start), count);
+        }
         if !measuring && now >= measure_from {
             // Open the measured window: only requests due (or sent) from here on are
             // recorded.
@@ -377,6 +418,12 @@ pub fn run(client: &ClientArgs, tls: Option<&Client>, opts: &Options) -> Result<
             }
         }
     };
+    progress.finish();
+    if count == 0 {
+        // Nothing measured is not a result (e.g. a Redis given raw bytes never answers
+        // in full): say so rather than print zeros.
+        return Err(LoadError::NothingMeasured);
+    }
     if let Some(path) = &opts.hgrm {
         std::fs::write(path, hgrm(&hist)).map_err(|e| LoadError::Tls {
             reason: format!("{}: {e}", path.display()),
@@ -415,12 +462,47 @@ pub fn run(client: &ClientArgs, tls: Option<&Client>, opts: &Options) -> Result<
         max_us: us(hist.max()),
         mean_us: hist.mean() / 1000.0,
         p9999_us: us(hist.value_at_quantile(0.9999)),
+        payload: opts.payload,
         target_rate: opts.rate,
         service_p99_us: opts.rate.map(|_| us(service.value_at_quantile(0.99))),
         client_late: opts.rate.map(|_| client_late),
         gateway_cpu_s: cpu_s,
         gateway_cpu_us_per_req: cpu_s.filter(|_| count > 0).map(|s| s * 1e6 / countf),
     })
+}
+
+/// The next RESP request of connection `index` (its `seq`-th): odd ones `SET` a fresh
+/// value (filled by `fill`, so every value differs), even ones `GET` it back; and the
+/// reply each must get. Buffers are reused.
+fn resp_next(
+    request: &mut Vec<u8>,
+    expected: &mut Vec<u8>,
+    value: &mut [u8],
+    index: usize,
+    seq: u64,
+    fill: impl Fn(&mut [u8]),
+) {
+    use std::io::Write as _;
+    let key = format!("zgate-bench:{index}");
+    request.clear();
+    expected.clear();
+    if seq % 2 == 1 {
+        fill(value);
+        let _ = write!(
+            request,
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+            key.len(),
+            value.len()
+        );
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n");
+        expected.extend_from_slice(b"+OK\r\n");
+    } else {
+        let _ = write!(request, "*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
+        let _ = write!(expected, "${}\r\n", value.len());
+        expected.extend_from_slice(value);
+        expected.extend_from_slice(b"\r\n");
+    }
 }
 
 /// Connects every connection (and, with TLS, completes its handshake) before any load.
@@ -475,6 +557,8 @@ fn connect_all(
             stream,
             request: vec![0; opts.size],
             reply: vec![0; opts.size],
+            expected: (opts.payload == Payload::Resp).then(Vec::new),
+            value: vec![0; opts.size],
             written: 0,
             got: 0,
             seq: 0,
