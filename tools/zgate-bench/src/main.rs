@@ -98,6 +98,10 @@ enum Mode {
         /// Discard what arrives instead of echoing it (for `bulk`).
         #[arg(long)]
         sink: bool,
+        /// Serving threads (each its own epoll set on the same listener): enough that
+        /// the upstream is not what a many-core run measures.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
         /// Exit after this many seconds whatever happens.
         #[arg(long, default_value_t = 3600.0)]
         max_runtime_s: f64,
@@ -379,10 +383,16 @@ fn run(cli: Cli) -> Result<(), LoadError> {
             listen,
             core,
             sink,
+            threads,
             max_runtime_s,
         } => {
             pin(core)?;
-            serve::run(listen, sink, seconds("max-runtime-s", max_runtime_s)?)
+            serve::run(
+                listen,
+                sink,
+                threads,
+                seconds("max-runtime-s", max_runtime_s)?,
+            )
         }
         Mode::Pingpong {
             client,

@@ -1,6 +1,9 @@
-//! The upstream: one mio (epoll) thread that echoes every byte back, or with `sink`
-//! reads and discards. A connection whose echo cannot be written stops being read
-//! until its pending bytes are out (bounded memory: at most one read buffer each).
+//! The upstream: mio (epoll) threads that echo every byte back, or with `sink` read and
+//! discard. One thread by default; `--threads N` runs N, each with its own epoll set
+//! watching the same listening socket (whichever accepts a connection serves it), so a
+//! many-core benchmark is not bounded by its upstream. A connection whose echo cannot be
+//! written stops being read until its pending bytes are out (bounded memory: at most
+//! one read buffer each).
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -22,18 +25,57 @@ struct Conn {
     eof: bool,
 }
 
-/// Serves until `max_runtime` passes (the benchmark script kills it sooner).
-pub fn run(addr: SocketAddr, sink: bool, max_runtime: Duration) -> Result<(), LoadError> {
+/// Serves with `threads` threads until `max_runtime` passes (the benchmark script kills
+/// it sooner).
+pub fn run(
+    addr: SocketAddr,
+    sink: bool,
+    threads: usize,
+    max_runtime: Duration,
+) -> Result<(), LoadError> {
+    if threads == 0 {
+        return Err(LoadError::Arg {
+            arg: "threads",
+            reason: "must be at least 1",
+        });
+    }
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| LoadError::Bind { addr, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| LoadError::Bind { addr, source })?;
+    eprintln!(
+        "zgate-bench: serving on {addr} ({}, {threads} thread{})",
+        if sink { "sink" } else { "echo" },
+        if threads == 1 { "" } else { "s" }
+    );
+    let mut copies = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        copies.push(
+            listener
+                .try_clone()
+                .map_err(|source| LoadError::Bind { addr, source })?,
+        );
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = copies
+            .into_iter()
+            .map(|l| scope.spawn(move || serve(TcpListener::from_std(l), sink, max_runtime)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Err(LoadError::Thread)))
+            .collect::<Result<Vec<()>, LoadError>>()
+            .map(|_| ())
+    })
+}
+
+/// One serving thread: its own epoll set, the shared listener, its own connections.
+fn serve(mut listener: TcpListener, sink: bool, max_runtime: Duration) -> Result<(), LoadError> {
     let mut poll = Poll::new().map_err(LoadError::Poll)?;
-    let mut listener =
-        TcpListener::bind(addr).map_err(|source| LoadError::Bind { addr, source })?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
         .map_err(LoadError::Poll)?;
-    eprintln!(
-        "zgate-bench: serving on {addr} ({})",
-        if sink { "sink" } else { "echo" }
-    );
 
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
