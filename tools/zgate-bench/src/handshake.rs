@@ -1,8 +1,10 @@
-//! Handshake rate: fresh TLS connections, one after another on each of `--concurrency`
-//! slots. Each connection: TCP connect, full (or, with `--resume`, resumed) TLS 1.3
-//! handshake presenting the client certificate, one byte echoed end to end through the
-//! gateway (so the flow was allowed by policy and reached the upstream), close_notify,
-//! close. One mio thread drives every slot.
+//! Connection rate: fresh connections, one after another on each of `--concurrency`
+//! slots. Each connection: TCP connect, with `--tls` a full (or, with `--resume`,
+//! resumed) TLS 1.3 handshake (presenting the client certificate with `--cert`), one
+//! byte echoed end to end through the gateway (so the flow was allowed by policy and
+//! reached the upstream), close_notify, close. Without `--tls` it is plain TCP: connect,
+//! one byte, close (the `handshakes` fields then count connections). One mio thread
+//! drives every slot.
 //!
 //! Reported: handshakes completed in the measured window, handshakes per second,
 //! handshake latency (connect start to handshake done) and connection latency (to the
@@ -52,7 +54,7 @@ pub struct Report {
     handshake_p99_us: f64,
     conn_p50_us: f64,
     conn_p99_us: f64,
-    negotiated: Negotiated,
+    negotiated: Option<Negotiated>,
     gateway_cpu_s: Option<f64>,
     gateway_cpu_ms_per_handshake: Option<f64>,
     handshakes_per_gateway_cpu_s: Option<f64>,
@@ -77,7 +79,7 @@ struct Slot {
 /// Runs the load; the caller prints the report.
 pub fn run(
     client: &ClientArgs,
-    tls: &Client,
+    tls: Option<&Client>,
     resume: bool,
     opts: &Options,
 ) -> Result<Report, LoadError> {
@@ -103,7 +105,7 @@ pub fn run(
     let mut window_start = measure_from;
     let mut cpu_before = cpu::sample(&client.cpu_pids)?;
     let (mut count, mut resumed) = (0u64, 0u64);
-    let mut negotiated = Negotiated::default();
+    let mut negotiated: Option<Negotiated> = None;
     let mut last_progress = started;
     // Connection numbers, for error messages: slot i's k-th connection.
     let mut opened: usize = 0;
@@ -158,8 +160,8 @@ pub fn run(
                 if slot.link.resumed() {
                     resumed = resumed.saturating_add(1);
                 }
-                if negotiated == Negotiated::default() {
-                    negotiated = slot.link.negotiated().unwrap_or_default();
+                if negotiated.is_none() {
+                    negotiated = slot.link.negotiated();
                 }
             }
             if let Some(mut old) = entry.take() {
@@ -202,7 +204,7 @@ pub fn run(
 /// Connects (blocking: loopback connects complete at once), starts the handshake.
 fn open(
     client: &ClientArgs,
-    tls: &Client,
+    tls: Option<&Client>,
     poll: &Poll,
     slot: usize,
     index: usize,
@@ -234,7 +236,7 @@ fn open(
         .map_err(LoadError::Poll)?;
     let mut s = Slot {
         index,
-        link: Link::new(stream, Some(tls.session(index)?)),
+        link: Link::new(stream, tls.map(|t| t.session(index)).transpose()?),
         step: Step::Handshake,
         started,
         handshake_done: started,

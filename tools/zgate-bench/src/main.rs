@@ -158,7 +158,8 @@ enum Mode {
         #[arg(long)]
         both: bool,
     },
-    /// Fresh TLS connections (needs --tls): handshake, one-byte echo, close; repeat.
+    /// Connection rate: fresh connections (with --tls: a TLS handshake each), a one-byte
+    /// echo, close; repeat.
     Handshake {
         #[command(flatten)]
         client: ClientArgs,
@@ -459,12 +460,13 @@ fn run(cli: Cli) -> Result<(), LoadError> {
             resume,
         } => {
             pin(client.core)?;
-            let Some(tls) = client.tls.client(resume)? else {
+            let tls = client.tls.client(resume)?;
+            if resume && tls.is_none() {
                 return Err(LoadError::Arg {
-                    arg: "tls",
-                    reason: "handshake measures TLS handshakes: give --tls --ca --cert --key",
+                    arg: "resume",
+                    reason: "resumes TLS sessions: give --tls --ca (and --cert --key for mTLS)",
                 });
-            };
+            }
             let opts = handshake::Options {
                 concurrency,
                 connections,
@@ -477,7 +479,7 @@ fn run(cli: Cli) -> Result<(), LoadError> {
                 })?,
                 stall: seconds("stall-s", client.stall_s)?,
             };
-            let report = handshake::run(&client, &tls, resume, &opts)?;
+            let report = handshake::run(&client, tls.as_ref(), resume, &opts)?;
             report::print(&report, client.json);
             Ok(())
         }

@@ -169,7 +169,35 @@ pub fn summary(v: &Value) -> String {
             num(v, "accepted_close_max_us").map_or("-".into(), lat),
             num(v, "bystanders_lost").map_or("?".into(), count),
         ),
-        // handshake, idle and anything newer: its fields, one per line.
+        "handshake" => {
+            let tls = v.get("negotiated").is_some_and(|n| !n.is_null());
+            format!(
+                "connection rate {target}, {}, {} at a time: {} connections, {} per second{}\n  {}connect to echo p50 {}  p99 {}{}",
+                if tls { "TLS" } else { "plain TCP" },
+                num(v, "concurrency").map_or("?".into(), count),
+                num(v, "handshakes").map_or("?".into(), count),
+                num(v, "handshakes_per_s").map_or("?".into(), count),
+                num(v, "resumed")
+                    .filter(|r| *r > 0.0)
+                    .map_or(String::new(), |r| format!(" ({} resumed)", count(r))),
+                if tls {
+                    format!(
+                        "handshake p50 {}  p99 {};  ",
+                        num(v, "handshake_p50_us").map_or("-".into(), lat),
+                        num(v, "handshake_p99_us").map_or("-".into(), lat)
+                    )
+                } else {
+                    String::new()
+                },
+                num(v, "conn_p50_us").map_or("-".into(), lat),
+                num(v, "conn_p99_us").map_or("-".into(), lat),
+                num(v, "handshakes_per_gateway_cpu_s").map_or(String::new(), |h| format!(
+                    "\n  {} per gateway CPU-second",
+                    count(h)
+                )),
+            )
+        }
+        // idle and anything newer: its fields, one per line.
         _ => {
             let mut out = format!("{mode} {target}{tls}{conns}");
             if let Some(obj) = v.as_object() {
