@@ -8,6 +8,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -92,20 +93,33 @@ pub fn run(client: &ClientArgs, tls: Option<&Client>, opts: &Options) -> Result<
     let cpu_before = cpu::sample(&client.cpu_pids)?;
     let start = Instant::now();
     let deadline = start + opts.duration;
+    let moved = AtomicU64::new(0);
+    let mut progress = crate::report::Progress::new(client.json, opts.duration, "bytes sent");
     let sent: Vec<Result<(u64, u64), LoadError>> = std::thread::scope(|scope| {
+        let moved = &moved;
         let handles: Vec<_> = streams
             .into_iter()
             .enumerate()
             .map(|(index, s)| {
                 scope.spawn(move || {
                     if opts.both {
-                        both_ways(index, s, per_conn, opts, deadline)
+                        both_ways(index, s, per_conn, opts, deadline, moved)
                     } else {
-                        send(index, s, per_conn, opts.chunk, deadline).map(|n| (n, 0))
+                        send(index, s, per_conn, opts.chunk, deadline, moved).map(|n| (n, 0))
                     }
                 })
             })
             .collect();
+        while !handles.iter().all(|h| h.is_finished()) {
+            let now = Instant::now();
+            progress.tick(
+                now,
+                now.saturating_duration_since(start),
+                moved.load(Ordering::Relaxed),
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        progress.finish();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or(Err(LoadError::Thread)))
@@ -151,6 +165,7 @@ fn send(
     bytes: u64,
     chunk: usize,
     deadline: Instant,
+    moved: &AtomicU64,
 ) -> Result<u64, LoadError> {
     let io_err = |op| move |source| LoadError::Io { index, op, source };
     let buf = vec![0x5au8; chunk];
@@ -161,7 +176,10 @@ fn send(
             .min(chunk);
         match s.write(buf.get(..want).unwrap_or_default()) {
             Ok(0) => return Err(LoadError::Closed { index, replies: 0 }),
-            Ok(n) => sent = sent.saturating_add(n as u64),
+            Ok(n) => {
+                sent = sent.saturating_add(n as u64);
+                moved.fetch_add(n as u64, Ordering::Relaxed);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io_err("write")(e)),
         }
@@ -200,6 +218,7 @@ fn both_ways(
     bytes: u64,
     opts: &Options,
     deadline: Instant,
+    progressed: &AtomicU64,
 ) -> Result<(u64, u64), LoadError> {
     use mio::{Events, Interest, Poll, Token};
     let io_err = |op| move |source| LoadError::Io { index, op, source };
@@ -237,6 +256,7 @@ fn both_ways(
                 Ok(0) => return Err(LoadError::Closed { index, replies: 0 }),
                 Ok(n) => {
                     sent = sent.saturating_add(n as u64);
+                    progressed.fetch_add(n as u64, Ordering::Relaxed);
                     moved = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

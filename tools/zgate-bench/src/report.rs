@@ -144,12 +144,17 @@ pub fn summary(v: &Value) -> String {
             )
         }
         "bulk" => format!(
-            "bulk {} {target}{tls}{conns}: {:.2} GB sent{} in {:.2} s, {:.2} GB/s through the gateway{}",
+            "bulk {} {target}{tls}{conns}: {:.2} GB sent{} in {:.2} s, {:.2} GB/s{}{}",
             v.get("direction").and_then(Value::as_str).unwrap_or("one-way"),
             num(v, "bytes").unwrap_or(0.0) / 1e9,
             num(v, "bytes_back").map_or(String::new(), |b| format!(", {:.2} GB back", b / 1e9)),
             num(v, "elapsed_s").unwrap_or(0.0),
             num(v, "bytes_per_s").unwrap_or(0.0) / 1e9,
+            if num(v, "bytes_back").is_some() {
+                " (both ways counted)"
+            } else {
+                ""
+            },
             num(v, "bytes_per_gateway_cpu_s").map_or(String::new(), |b| format!(
                 "\n  {:.2} GB per gateway CPU-second",
                 b / 1e9
