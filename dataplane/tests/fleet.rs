@@ -2,9 +2,11 @@
 //! on loopback, three hosts each with its own `zgate-control serve --store etcd` and
 //! `zgate run` subscribed to it, and real mTLS clients (rustls). A fact written on one
 //! host reaches the live flows of all three; etcd losing a member changes nothing;
-//! etcd gone entirely leaves every gateway enforcing what it has; a control process
-//! restarted resumes from the revision it kept, or reads everything again after a
-//! compaction.
+//! etcd gone entirely leaves every gateway enforcing what it has; one host cut off from
+//! etcd (a relay that stops moving bytes: silence, no reset) reports stale facts and
+//! catches up when healed; a control process restarted resumes from the revision it
+//! kept, or reads everything again after a compaction. Partitions are relays on
+//! loopback rather than network namespaces: the same silence, no privileges needed.
 //!
 //! Built with `--features zgate-dataplane/fleet-tests,zgate-control/etcd` (tools/test
 //! does): the etcd client needs `protoc` to build.
@@ -23,6 +25,7 @@ mod fleet {
 
     use super::common::control::{control_bin, Control};
     use super::common::etcd::{EtcdCluster, EtcdPki};
+    use super::common::partition::Link;
     use super::common::pki::{
         client_config, closed, connect_tls, echo_through, echoes, refused, Pki, Tls,
     };
@@ -65,16 +68,18 @@ mod fleet {
         pki: Pki,
         _up: Upstream,
         hosts: Vec<Host>,
+        /// Host 2's links to the three members, when it can be cut off.
+        links: Vec<Link>,
     }
 
-    /// The `serve` flags of a host on `etcd`, with a client certificate when it
-    /// speaks TLS.
-    fn store_flags(etcd: &EtcdCluster, tls: Option<(&EtcdPki, &str)>) -> Vec<String> {
+    /// The `serve` flags of a host on etcd at `endpoints`, with a client certificate
+    /// when it speaks TLS.
+    fn store_flags(endpoints: String, tls: Option<(&EtcdPki, &str)>) -> Vec<String> {
         let mut flags: Vec<String> = vec![
             "--store".into(),
             "etcd".into(),
             "--etcd-endpoints".into(),
-            etcd.endpoints(),
+            endpoints,
             "--etcd-prefix".into(),
             PREFIX.into(),
         ];
@@ -94,21 +99,39 @@ mod fleet {
 
     impl Fleet {
         fn start() -> Fleet {
-            Fleet::start_with(None)
+            Fleet::start_with(None, false)
         }
 
         /// Three hosts; with `tls`, etcd speaks only TLS and each control process shows
-        /// its own client certificate.
-        fn start_with(tls: Option<&EtcdPki>) -> Fleet {
+        /// its own client certificate; with `cuttable`, host 2 reaches the members
+        /// through links the test can cut.
+        fn start_with(tls: Option<&EtcdPki>, cuttable: bool) -> Fleet {
             let etcd = EtcdCluster::start_with(3, tls);
             let pki = Pki::new(&[]);
             let up = Upstream::echo();
+            let links: Vec<Link> = if cuttable {
+                etcd.members
+                    .iter()
+                    .map(|m| Link::to(format!("127.0.0.1:{}", m.client_port)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let hosts = (0..3)
                 .map(|i| {
                     let name = format!("control-{i}");
+                    let endpoints = if i == 2 && cuttable {
+                        links
+                            .iter()
+                            .map(|l| format!("http://127.0.0.1:{}", l.port))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    } else {
+                        etcd.endpoints()
+                    };
                     let control = Control::start_with(
                         &[("p.toml", POLICY)],
-                        &store_flags(&etcd, tls.map(|t| (t, name.as_str()))),
+                        &store_flags(endpoints, tls.map(|t| (t, name.as_str()))),
                     );
                     let state = tempfile::tempdir().unwrap();
                     let mut setup = Setup::new(up.addr);
@@ -129,6 +152,7 @@ mod fleet {
                 pki,
                 _up: up,
                 hosts,
+                links,
             };
             f.wait_in_step();
             f
@@ -426,7 +450,7 @@ mod fleet {
     #[test]
     fn over_mtls_only_control_processes_with_a_trusted_certificate_reach_etcd() {
         let etcd_pki = EtcdPki::new();
-        let fleet = Fleet::start_with(Some(&etcd_pki));
+        let fleet = Fleet::start_with(Some(&etcd_pki), false);
         let victim = fleet.leaf(TRADER);
         let mut flows: Vec<Tls> = (0..3).map(|h| fleet.flow(h, &victim)).collect();
         fleet.hosts[1]
@@ -440,7 +464,7 @@ mod fleet {
 
         // A certificate from another CA: etcd refuses the handshake.
         let stranger_pki = EtcdPki::new();
-        let mut flags = store_flags(&fleet.etcd, Some((&stranger_pki, "stranger")));
+        let mut flags = store_flags(fleet.etcd.endpoints(), Some((&stranger_pki, "stranger")));
         // It trusts the members (the right CA) but shows a certificate they do not.
         let ca_at = flags.iter().position(|f| f == "--etcd-ca").unwrap() + 1;
         flags[ca_at] = etcd_pki.ca().display().to_string();
@@ -483,6 +507,75 @@ mod fleet {
             String::from_utf8_lossy(&out.stderr).contains("need --etcd-ca"),
             "{out:?}"
         );
+    }
+
+    /// One host cut off from etcd (its links stop moving bytes; nothing is closed), the
+    /// others not: a revocation written meanwhile closes the flows on the two that hear
+    /// of it; the cut-off host cannot know, so its gateway says its facts are stale,
+    /// and a write there is refused in words. The link healed, it catches up from its
+    /// revision: the revocation lands there too, fresh again, in step.
+    #[test]
+    fn a_host_cut_off_from_etcd_reports_stale_facts_and_catches_up_when_healed() {
+        let fleet = Fleet::start_with(None, true);
+        let victim = fleet.leaf(TRADER);
+        let mut flows: Vec<Tls> = (0..3).map(|h| fleet.flow(h, &victim)).collect();
+        for (i, h) in fleet.hosts.iter().enumerate() {
+            assert_eq!(
+                h.gw.wait_metric_at_most("zgate_facts_stale", 0),
+                0,
+                "host {i}"
+            );
+        }
+        for l in &fleet.links {
+            l.cut();
+        }
+        fleet.hosts[0]
+            .control
+            .ok(&["revoke", "--principal", TRADER]);
+        for (i, s) in flows.iter_mut().enumerate().take(2) {
+            assert!(closed(s), "host {i}: the revocation did not close the flow");
+        }
+        let cut_off = &fleet.hosts[2];
+        assert_eq!(cut_off.gw.wait_metric("zgate_facts_stale", 1), 1);
+        let (code, body) = http_get(cut_off.gw.admin, "/readyz").unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("facts STALE"), "{body}");
+        // It has not heard: the flow there still flows (fail static, and stale).
+        assert!(
+            echoes(&mut flows[2]),
+            "the cut-off host acted on what it cannot know"
+        );
+        let out = cut_off
+            .control
+            .cli(&["revoke", "--principal", OTHER_TRADER]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("did not answer"), "{err}");
+        for i in 0..2 {
+            assert_eq!(
+                fleet.hosts[i].gw.metric("zgate_facts_stale"),
+                0,
+                "host {i} is in step"
+            );
+        }
+
+        for l in &fleet.links {
+            l.heal();
+        }
+        assert!(
+            closed(&mut flows[2]),
+            "healed, the revocation reached host 2"
+        );
+        assert_eq!(
+            fleet.hosts[2]
+                .gw
+                .wait_metric_at_most("zgate_facts_stale", 0),
+            0
+        );
+        // The write refused during the cut may still have landed (it was only
+        // delayed): whatever the store holds, all three agree on it.
+        fleet.wait_in_step();
+        assert!(fleet.revoked(2).contains(&TRADER.to_string()));
     }
 
     /// A manifest whose chunk does not match its hash (someone with write access to

@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod etcd;
+pub mod partition;
 pub mod pki;
 
 use std::io::{Read, Write};
