@@ -627,6 +627,27 @@ mod fleet {
                 "host {i}: {log}"
             );
         }
+
+        // A manifest claiming a table larger than any dataplane takes is refused
+        // before a byte of it is fetched (no allocation of its size).
+        let huge = serde_json::json!({
+            "version": v2 + 1, "table_sha256": forged, "policy_sha256": forged,
+            "rules": 1, "size": 1u64 << 40, "chunks": [forged], "compiled_by": "mallory",
+            "at": 0,
+        });
+        fleet.etcd.put(
+            &format!("{PREFIX}/policy/manifest"),
+            huge.to_string().as_bytes(),
+        );
+        let (v3, _) = fleet.wait_same_table(&[0, 1, 2], v2);
+        assert!(v3 > v2 + 1, "a version past the forged one: {v3}");
+        for (i, h) in fleet.hosts.iter().enumerate() {
+            let log = h.control.log();
+            assert!(
+                log.contains(&format!("the manifest of table version {} claims", v2 + 1)),
+                "host {i}: {log}"
+            );
+        }
     }
 
     /// One etcd member down: writes and their enforcement go on. All of etcd down:

@@ -295,7 +295,18 @@ async fn apply(
     if with_core(core, |c| c.enforced().is_some_and(|v| v >= m.version)).unwrap_or(true) {
         return Ok(());
     }
-    let mut bytes = Vec::with_capacity(m.size.min(1 << 30));
+    // Bounds before anything is fetched: no table larger than a dataplane accepts on
+    // its channel, and no more chunks than such a size needs.
+    let max = usize::try_from(zgate_proto::MAX_PAYLOAD).unwrap_or(usize::MAX);
+    if m.size > max || m.chunks.len() > m.size / CHUNK + 1 {
+        return Err(format!(
+            "the manifest of table version {} claims {} bytes in {} chunks (at most {max} bytes, {CHUNK} a chunk)",
+            m.version,
+            m.size,
+            m.chunks.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(m.size);
     for sha in &m.chunks {
         let key = format!("{chunk_prefix}{sha}");
         let got = match client
@@ -316,7 +327,21 @@ async fn apply(
                 m.version
             ));
         }
+        if bytes.len() + chunk.len() > m.size {
+            return Err(format!(
+                "the chunks of table version {} are longer than its manifest's {} bytes",
+                m.version, m.size
+            ));
+        }
         bytes.extend_from_slice(chunk);
+    }
+    if bytes.len() != m.size {
+        return Err(format!(
+            "the chunks of table version {} hold {} bytes, its manifest says {}",
+            m.version,
+            bytes.len(),
+            m.size
+        ));
     }
     with_core(core, |c| c.enforce_fleet_table(&bytes, &m))
         .unwrap_or(Ok(None))
