@@ -117,10 +117,15 @@ mod latency {
             gw_p50_us > 0.0 && gw_p50_us < client_p50_us,
             "gateway dwell p50 {gw_p50_us} µs vs client RTT p50 {client_p50_us} µs"
         );
+        // The longest dwell fits inside the longest round trip, but for one scheduler
+        // slice: the worker reads its loop clock once per turn, and a worker preempted
+        // between a send's completion and that read counts the preemption too (seen on
+        // a loaded 2-core CI machine: 1.46 ms against a 1.00 ms round trip). Units or
+        // clock errors would be off by far more.
         let client_max_us = rtts[rtts.len() - 1].as_secs_f64() * 1e6;
         let gw_max_us = u2c["since_start"]["max_us"].as_f64().unwrap();
         assert!(
-            gw_max_us <= client_max_us * 1.02,
+            gw_max_us <= client_max_us + 20_000.0,
             "{gw_max_us} vs {client_max_us}"
         );
         // The upstream connect and the flow were timed too (the flow once it ends).
