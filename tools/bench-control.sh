@@ -105,7 +105,7 @@ EOF
 token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 printf 'bench %s\n' "$token" > "$work/tokens"; chmod 600 "$work/tokens"
 echo "$token" > "$work/token"
-API=$((20000 + RANDOM % 20000)); ADMIN=$((API + 1)); TLS_PORT=$((API + 2)); PLAIN_PORT=$((API + 3)); UP=$((API + 4))
+read -r API ADMIN TLS_PORT PLAIN_PORT UP <<< "$(free_ports 5)"
 
 taskset -c "$CLIENT_CORE" "$loadgen" serve --listen "127.0.0.1:$UP" --max-runtime-s 3600 > "$work/upstream.log" 2>&1 &
 pids+=($!)

@@ -63,13 +63,13 @@ results="$OUT_DIR/results.jsonl"
 BENCH=bench-fleet
 source tools/bench/lib.sh
 
-BASE=$((20000 + RANDOM % 20000))
-etcd_client() { echo $((BASE + $1)); }      # 0..2
-etcd_peer() { echo $((BASE + 3 + $1)); }    # 3..5
-API=$((BASE + 6))
-gw_tls() { echo $((BASE + 7 + $1)); }       # 7..9
-gw_admin() { echo $((BASE + 10 + $1)); }    # 10..12
-UP=$((BASE + 13))
+read -r -a PORTS <<< "$(free_ports 14)"
+etcd_client() { echo "${PORTS[$1]}"; }          # 0..2
+etcd_peer() { echo "${PORTS[$((3 + $1))]}"; }   # 3..5
+API=${PORTS[6]}
+gw_tls() { echo "${PORTS[$((7 + $1))]}"; }      # 7..9
+gw_admin() { echo "${PORTS[$((10 + $1))]}"; }   # 10..12
+UP=${PORTS[13]}
 
 metric() {  # metric HOST NAME: the sum of its samples on gateway HOST's /metrics
   curl -s "http://127.0.0.1:$(gw_admin "$1")/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { print s + 0 }'

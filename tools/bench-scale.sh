@@ -88,7 +88,7 @@ source tools/bench/lib.sh
 } > "$OUT_DIR/machine.txt"
 cat "$OUT_DIR/machine.txt" >&2
 
-ECHO=$((20000 + RANDOM % 20000)); SINK=$((ECHO + 1)); PLAIN=$((ECHO + 2)); BULK=$((ECHO + 3)); TLS=$((ECHO + 4)); ADMIN=$((ECHO + 5))
+read -r ECHO SINK PLAIN BULK TLS ADMIN <<< "$(free_ports 6)"
 taskset -c "$client_list" "$loadgen" serve --listen "127.0.0.1:$ECHO" --threads "$CLIENT_CORES" --max-runtime-s 7200 2> "$work/echo.log" &
 pids+=($!)
 taskset -c "$client_list" "$loadgen" serve --listen "127.0.0.1:$SINK" --sink --threads "$CLIENT_CORES" --max-runtime-s 7200 2> "$work/sink.log" &

@@ -24,6 +24,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+free_ports() {  # free_ports N: N loopback ports free now, picked by the kernel at once
+  # (random ports risk landing on one an outgoing connection holds: the ephemeral range)
+  python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
+
 wait_port() {  # wait until something accepts on 127.0.0.1:$1 (bounded: 10 s)
   for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
