@@ -577,7 +577,7 @@ pub struct Completion {
     pub more: bool,
     /// The provided buffer a recv filled (or took and left empty), if any.
     pub buffer: Option<u16>,
-    /// The completion of an accept this ring armed ([`Ring::accept_multi`]).
+    /// The completion of an accept this ring armed ([`Ring::accept`]).
     accept: bool,
 }
 
@@ -699,26 +699,19 @@ impl Ring {
         Err(PushError::Full(io::Error::from(io::ErrorKind::WouldBlock)))
     }
 
-    /// Arm a multishot accept on a listener.
-    pub fn accept_multi(&mut self, fd: RawFd, user_data: u64) -> Result<(), PushError> {
-        let e = opcode::AcceptMulti::new(types::Fd(fd))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(user_data);
-        self.push(&e)?;
-        if !self.accepts.contains(&user_data) {
-            self.accepts.push(user_data);
-        }
-        Ok(())
-    }
-
-    /// Arm a one-shot accept on a listener (one connection, one CQE without `more`).
-    pub fn accept_one(&mut self, fd: RawFd, user_data: u64) -> Result<(), PushError> {
-        let e = opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(user_data);
-        self.push(&e)?;
+    /// Arm an accept on a listener: multishot (a CQE with `more` per connection until
+    /// cancelled or failed), or one-shot (one connection, one CQE without `more`).
+    pub fn accept(&mut self, fd: RawFd, user_data: u64, multishot: bool) -> Result<(), PushError> {
+        let e = if multishot {
+            opcode::AcceptMulti::new(types::Fd(fd))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        } else {
+            opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        };
+        self.push(&e.user_data(user_data))?;
         if !self.accepts.contains(&user_data) {
             self.accepts.push(user_data);
         }
@@ -1243,7 +1236,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let mut ring = Ring::new(8, 4, true).unwrap();
-        ring.accept_multi(listener.as_raw_fd(), 9).unwrap();
+        ring.accept(listener.as_raw_fd(), 9, true).unwrap();
         let _a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let c = next(&mut ring);
         assert!(c.result >= 0);

@@ -510,12 +510,8 @@ impl Worker {
             return Ok(());
         }
         let ud = encode(Op::Accept, u32::try_from(index).unwrap_or(u32::MAX), 0);
-        let armed = if self.single_accepts_left > 0 {
-            self.ring.accept_one(fd.as_raw_fd(), ud)
-        } else {
-            self.ring.accept_multi(fd.as_raw_fd(), ud)
-        };
-        match armed {
+        let multishot = self.single_accepts_left == 0;
+        match self.ring.accept(fd.as_raw_fd(), ud, multishot) {
             Ok(()) => {
                 self.single_accepts_left = self.single_accepts_left.saturating_sub(1);
                 l.armed = true;
