@@ -238,20 +238,16 @@ async fn finish(core: &Shared, writes: Vec<super::shared::PendingWrite>) -> Resp
             "no shared store to write to",
         );
     };
-    let mut revision = 0;
-    for w in &writes {
-        match store.write(w.clone()).await {
-            Ok(r) => revision = revision.max(r),
-            Err(e) => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("the shared store did not take the change: {e}"),
-                )
-            }
-        }
-    }
     // Accepted: etcd committed it (the same instant the file store's fsync marks).
-    let committed_us = super::state::now_unix_us();
+    let (revision, committed_us) = match super::shared::write_all(&*store, &writes).await {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("the shared store did not take the change: {e}"),
+            )
+        }
+    };
     let waited = tokio::time::timeout(
         Duration::from_secs(10),
         applied.wait_for(|v| *v >= revision),

@@ -211,17 +211,17 @@ impl SharedStore for EtcdStore {
     /// Before another try, the marker says whether the last one landed after all. The
     /// writes are idempotent (puts of whole records, deletes), so one that lands twice
     /// changes nothing more.
-    fn write(
-        &self,
-        w: PendingWrite,
-    ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + '_>> {
+    fn write<'a>(
+        &'a self,
+        w: &'a PendingWrite,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + 'a>> {
         Box::pin(async move {
             let nonce = write_nonce();
             let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
             let mut last = String::new();
             while tokio::time::Instant::now() < deadline {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                match tokio::time::timeout(WRITE_ATTEMPT.min(left), self.write_once(&w, &nonce))
+                match tokio::time::timeout(WRITE_ATTEMPT.min(left), self.write_once(w, &nonce))
                     .await
                 {
                     Ok(Ok(rev)) => return Ok(rev),

@@ -350,17 +350,16 @@ async fn expire_loop(core: Arc<Mutex<Core>>) {
             }
             Err(_) => return,
         };
-        if let Some(store) = store {
-            for w in writes {
-                match store.write(w.clone()).await {
-                    Ok(_) => {
-                        let committed_us = state::now_unix_us();
-                        if let Ok(mut c) = core.lock() {
-                            c.audit_write(&w, committed_us);
+        if let Some(store) = store.filter(|_| !writes.is_empty()) {
+            match shared::write_all(&*store, &writes).await {
+                Ok((_, committed_us)) => {
+                    if let Ok(mut c) = core.lock() {
+                        for w in &writes {
+                            c.audit_write(w, committed_us);
                         }
                     }
-                    Err(e) => eprintln!("zgate-control: expiring facts in the shared store: {e}"),
                 }
+                Err(e) => eprintln!("zgate-control: expiring facts in the shared store: {e}"),
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -22,8 +22,9 @@ use zgate_proto::Change;
 use super::store::{Facts, GrantRecord, PostureRecord, Revocation, RiskRecord, SubjectRecord};
 
 /// One fact change as the shared store is written: keys to put (with the instant the
-/// key should expire by itself, for grants and time-bounded revocations) and keys to
-/// delete, in one transaction; and what the audit line will say once it is applied.
+/// fact ends by itself, for grants and time-bounded revocations: the elected compiler
+/// deletes it then) and keys to delete, in one transaction; and what the audit line
+/// will say once it is applied.
 #[derive(Debug, Clone)]
 pub struct PendingWrite {
     /// Keys (relative to the facts prefix), values, expiry.
@@ -41,12 +42,26 @@ pub struct PendingWrite {
 /// A store shared by the fleet.
 pub trait SharedStore: Send + Sync {
     /// Write `w` in one transaction; the store revision it made.
-    fn write(
-        &self,
-        w: PendingWrite,
-    ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + '_>>;
+    fn write<'a>(
+        &'a self,
+        w: &'a PendingWrite,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + 'a>>;
     /// Where it is, for `status`.
     fn describe(&self) -> String;
+}
+
+/// Write `writes` in order, stopping at the first the store does not take: the highest
+/// revision they made, and when the last was committed (Unix microseconds: the
+/// instant the audit line gives as accepted).
+pub async fn write_all(
+    store: &dyn SharedStore,
+    writes: &[PendingWrite],
+) -> Result<(u64, i64), String> {
+    let mut revision = 0;
+    for w in writes {
+        revision = revision.max(store.write(w).await?);
+    }
+    Ok((revision, super::state::now_unix_us()))
 }
 
 /// The fleet's enforced table as the shared store describes it: written last, in one
