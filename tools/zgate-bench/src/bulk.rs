@@ -68,25 +68,12 @@ pub fn run(client: &ClientArgs, tls: Option<&Client>, opts: &Options) -> Result<
     let per_conn = opts.bytes / opts.connections as u64;
     let mut streams = Vec::with_capacity(opts.connections);
     for index in 0..opts.connections {
-        let addr = client.target;
-        let s =
-            TcpStream::connect_timeout(&addr, opts.stall).map_err(|source| LoadError::Connect {
-                index,
-                addr,
-                source,
-            })?;
-        let io_err = |op| move |source| LoadError::Io { index, op, source };
-        s.set_write_timeout(Some(opts.stall))
-            .map_err(io_err("set_write_timeout"))?;
-        s.set_read_timeout(Some(opts.stall))
-            .map_err(io_err("set_read_timeout"))?;
-        let session = tls.map(|t| t.session(index)).transpose()?;
-        let mut link = Link::new(s, session);
-        tls::handshake_blocking(&mut link).map_err(|e| LoadError::Handshake {
+        streams.push(tls::connect_blocking(
+            client.target,
             index,
-            reason: e.to_string(),
-        })?;
-        streams.push(link);
+            tls,
+            opts.stall,
+        )?);
     }
     let negotiated = streams.first().and_then(Link::negotiated);
 

@@ -3,12 +3,11 @@
 //! idle connection from the outside.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::tls::{self, Client, Link};
+use crate::tls::{self, Client};
 use crate::{ClientArgs, LoadError};
 
 /// The JSON line `idle` prints once every connection is up (before holding).
@@ -34,23 +33,8 @@ pub fn run(
     let start = Instant::now();
     let mut held = Vec::with_capacity(connections);
     for index in 0..connections {
-        let addr = client.target;
-        let s = TcpStream::connect_timeout(&addr, stall).map_err(|source| LoadError::Connect {
-            index,
-            addr,
-            source,
-        })?;
+        let mut s = tls::connect_blocking(client.target, index, tls, stall)?;
         let io_err = |op| move |source| LoadError::Io { index, op, source };
-        s.set_read_timeout(Some(stall))
-            .map_err(io_err("set_read_timeout"))?;
-        s.set_write_timeout(Some(stall))
-            .map_err(io_err("set_write_timeout"))?;
-        let session = tls.map(|t| t.session(index)).transpose()?;
-        let mut s = Link::new(s, session);
-        tls::handshake_blocking(&mut s).map_err(|e| LoadError::Handshake {
-            index,
-            reason: e.to_string(),
-        })?;
         s.write_all(b"i").map_err(io_err("write"))?;
         let mut one = [0u8; 1];
         s.read_exact(&mut one).map_err(io_err("read"))?;

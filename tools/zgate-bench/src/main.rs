@@ -378,6 +378,15 @@ fn seconds(arg: &'static str, secs: f64) -> Result<std::time::Duration, LoadErro
         })
 }
 
+/// A duration in seconds from the command line that may be zero (a warm-up): finite
+/// and >= 0.
+fn seconds_or_zero(arg: &'static str, secs: f64) -> Result<std::time::Duration, LoadError> {
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| LoadError::Arg {
+        arg,
+        reason: "must be a number of seconds >= 0",
+    })
+}
+
 fn run(cli: Cli) -> Result<(), LoadError> {
     match cli.mode {
         Mode::Serve {
@@ -411,13 +420,7 @@ fn run(cli: Cli) -> Result<(), LoadError> {
                 connections,
                 requests,
                 duration: seconds("duration-s", duration_s)?,
-                // Zero warm-up is allowed.
-                warmup: std::time::Duration::try_from_secs_f64(warmup_s).map_err(|_| {
-                    LoadError::Arg {
-                        arg: "warmup-s",
-                        reason: "must be a number of seconds >= 0",
-                    }
-                })?,
+                warmup: seconds_or_zero("warmup-s", warmup_s)?,
                 size,
                 stall: seconds("stall-s", client.stall_s)?,
                 rate,
@@ -471,12 +474,7 @@ fn run(cli: Cli) -> Result<(), LoadError> {
                 concurrency,
                 connections,
                 duration: seconds("duration-s", duration_s)?,
-                warmup: std::time::Duration::try_from_secs_f64(warmup_s).map_err(|_| {
-                    LoadError::Arg {
-                        arg: "warmup-s",
-                        reason: "must be a number of seconds >= 0",
-                    }
-                })?,
+                warmup: seconds_or_zero("warmup-s", warmup_s)?,
                 stall: seconds("stall-s", client.stall_s)?,
             };
             let report = handshake::run(&client, tls.as_ref(), resume, &opts)?;

@@ -514,38 +514,14 @@ fn connect_all(
 ) -> Result<Vec<Conn>, LoadError> {
     let mut conns = Vec::with_capacity(opts.connections);
     for index in 0..opts.connections {
-        let addr = client.target;
-        let std_stream =
-            std::net::TcpStream::connect_timeout(&addr, opts.stall).map_err(|source| {
-                LoadError::Connect {
-                    index,
-                    addr,
-                    source,
-                }
-            })?;
+        // The handshake runs blocking (bounded by the stall time), then the socket
+        // turns non-blocking for the measured loop.
+        let (std_stream, session) =
+            tls::connect_blocking(client.target, index, tls, opts.stall)?.into_parts();
         let io_err = |op| move |source| LoadError::Io { index, op, source };
         std_stream
             .set_nodelay(true)
             .map_err(io_err("set_nodelay"))?;
-        // The handshake runs blocking (bounded by the stall time), then the socket
-        // turns non-blocking for the measured loop.
-        let (std_stream, session) = match tls {
-            None => (std_stream, None),
-            Some(t) => {
-                std_stream
-                    .set_read_timeout(Some(opts.stall))
-                    .map_err(io_err("set_read_timeout"))?;
-                std_stream
-                    .set_write_timeout(Some(opts.stall))
-                    .map_err(io_err("set_write_timeout"))?;
-                let mut link = Link::new(std_stream, Some(t.session(index)?));
-                tls::handshake_blocking(&mut link).map_err(|e| LoadError::Handshake {
-                    index,
-                    reason: e.to_string(),
-                })?;
-                link.into_parts()
-            }
-        };
         std_stream
             .set_nonblocking(true)
             .map_err(io_err("set_nonblocking"))?;

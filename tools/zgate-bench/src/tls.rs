@@ -376,6 +376,34 @@ pub fn handshake_blocking<S: Read + Write>(link: &mut Link<S>) -> io::Result<()>
     ))
 }
 
+/// Connection `index` to `addr`, blocking, every wait bounded by `stall` (the connect,
+/// and each read and write through socket timeouts); with `tls` its handshake done.
+pub fn connect_blocking(
+    addr: std::net::SocketAddr,
+    index: usize,
+    tls: Option<&Client>,
+    stall: std::time::Duration,
+) -> Result<Link<std::net::TcpStream>, LoadError> {
+    let s = std::net::TcpStream::connect_timeout(&addr, stall).map_err(|source| {
+        LoadError::Connect {
+            index,
+            addr,
+            source,
+        }
+    })?;
+    let io_err = |op| move |source| LoadError::Io { index, op, source };
+    s.set_read_timeout(Some(stall))
+        .map_err(io_err("set_read_timeout"))?;
+    s.set_write_timeout(Some(stall))
+        .map_err(io_err("set_write_timeout"))?;
+    let mut link = Link::new(s, tls.map(|t| t.session(index)).transpose()?);
+    handshake_blocking(&mut link).map_err(|e| LoadError::Handshake {
+        index,
+        reason: e.to_string(),
+    })?;
+    Ok(link)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
