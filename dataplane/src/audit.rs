@@ -218,7 +218,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(
-            text.starts_with("{\"v\":3,\"ts\":\"1970-01-01T00:00:01.000000Z\","),
+            text.starts_with("{\"v\":4,\"ts\":\"1970-01-01T00:00:01.000000Z\","),
             "{text}"
         );
         assert!(text.contains("\"listener\":\"redis\""), "{text}");

@@ -222,17 +222,43 @@ mod latency {
         let up = Upstream::echo();
         let mut setup = Setup::new(up.addr);
         let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let (other, broken) = (free_port(), free_port());
-        // `echo` and `broken` allowed; `other` named by no rule (default deny).
+        let (other, broken, sides) = (free_port(), free_port(), free_port());
+        // `sides`' upstream does what the client's first three bytes say: `fin`: answer
+        // and finish first; `rst`: reset (closing with bytes unread); `cli`: answer and
+        // wait for the client to go.
+        let sides_up = Upstream::start(|mut s| {
+            let mut cmd = [0u8; 3];
+            if s.read_exact(&mut cmd).is_err() {
+                return;
+            }
+            match &cmd {
+                b"fin" => {
+                    let _ = s.write_all(b"ok");
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                    let _ = s.read_to_end(&mut Vec::new());
+                }
+                b"rst" => {
+                    let _ = s.peek(&mut cmd);
+                }
+                _ => {
+                    let _ = s.write_all(b"ok");
+                    let _ = s.read_to_end(&mut Vec::new());
+                }
+            }
+        });
+        // `echo`, `broken` and `sides` allowed; `other` named by no rule (default deny).
         let mut rules = allow_all("echo");
-        let mut b = allow_all("broken");
-        b[0].id = "allow-broken".into();
-        rules.extend(b);
+        for name in ["broken", "sides"] {
+            let mut b = allow_all(name);
+            b[0].id = format!("allow-{name}");
+            rules.extend(b);
+        }
         setup.table = Some(table_bytes(rules, 1));
         setup.tables_extra = format!(
             "[[listener]]\nname = \"other\"\nlisten = \"127.0.0.1:{other}\"\nupstream = \"{}\"\n\n\
-             [[listener]]\nname = \"broken\"\nlisten = \"127.0.0.1:{broken}\"\nupstream = \"{dead}\"\n",
-            up.addr
+             [[listener]]\nname = \"broken\"\nlisten = \"127.0.0.1:{broken}\"\nupstream = \"{dead}\"\n\n\
+             [[listener]]\nname = \"sides\"\nlisten = \"127.0.0.1:{sides}\"\nupstream = \"{}\"\n",
+            up.addr, sides_up.addr
         );
         let gw = Gateway::start(&setup);
         // A flow that finishes: 5 bytes each way, then the client closes.
@@ -243,6 +269,34 @@ mod latency {
         s.shutdown(std::net::Shutdown::Write).unwrap();
         let mut rest = Vec::new();
         let _ = s.read_to_end(&mut rest);
+        // The upstream finishes first: the client reads its answer and the end.
+        let mut u = TcpStream::connect(("127.0.0.1", sides)).unwrap();
+        u.write_all(b"fin").unwrap();
+        let mut answer = Vec::new();
+        u.read_to_end(&mut answer).unwrap();
+        assert_eq!(answer, b"ok");
+        drop(u);
+        let upstream_fin = gw.wait_audit(|e| e["event"] == "close" && e["cause"] == "upstream-fin");
+        // The upstream resets: the client is reset.
+        let mut r = TcpStream::connect(("127.0.0.1", sides)).unwrap();
+        r.write_all(b"rst and more").unwrap();
+        assert_eq!(
+            r.read_to_end(&mut Vec::new()).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset)
+        );
+        let upstream_reset =
+            gw.wait_audit(|e| e["event"] == "close" && e["cause"] == "upstream-reset");
+        // The client resets (closing with the answer unread).
+        let mut c = TcpStream::connect(("127.0.0.1", sides)).unwrap();
+        c.write_all(b"cli").unwrap();
+        let _ = c.peek(&mut [0u8; 2]).unwrap();
+        drop(c);
+        let client_reset = gw.wait_audit(|e| e["event"] == "close" && e["cause"] == "client-reset");
+        for e in [&upstream_fin, &upstream_reset, &client_reset] {
+            assert_eq!(e["listener"], "sides", "{e}");
+        }
+        assert_eq!(upstream_fin["bytes_upstream_to_client"], 2);
+        assert_eq!(upstream_reset["bytes_upstream_to_client"], 0);
         // A denied flow, and one whose upstream refuses.
         let mut d = TcpStream::connect(("127.0.0.1", other)).unwrap();
         assert!(ends_without_data(&mut d));
@@ -254,7 +308,7 @@ mod latency {
         std::fs::write(&gw.table_path, table_bytes(vec![], 2)).unwrap();
         gw.signal("HUP");
         let policy_close = gw.wait_audit(|e| e["event"] == "close" && e["cause"] == "policy");
-        let finished = gw.wait_audit(|e| e["event"] == "close" && e["cause"] == "finished");
+        let finished = gw.wait_audit(|e| e["event"] == "close" && e["cause"] == "client-fin");
         let refused =
             gw.wait_audit(|e| e["event"] == "close" && e["cause"] == "upstream-connect-failed");
         gw.wait_audit(|e| e["event"] == "upstream_connect_failed");

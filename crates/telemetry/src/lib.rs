@@ -71,7 +71,7 @@ impl AuditKind {
 
 /// Version of the audit line's schema (`docs/operations.md`, "Audit trail"); every
 /// line carries it as `v`.
-pub const AUDIT_SCHEMA: u32 = 3;
+pub const AUDIT_SCHEMA: u32 = 4;
 
 /// `allow` or `deny`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -345,7 +345,7 @@ mod tests {
         event().write_json_line(&Fixed, &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "{\"v\":3,\"ts\":\"2026-05-28T20:26:40.123456Z\",\"flow\":\"000100000000002a\",\
+            "{\"v\":4,\"ts\":\"2026-05-28T20:26:40.123456Z\",\"flow\":\"000100000000002a\",\
              \"event\":\"decision\",\"worker\":1,\"listener\":\"redis\",\
              \"source\":\"10.0.0.1:5000\",\"verdict\":\"allow\",\"rule\":\"rule-3@7\",\
              \"reason\":\"allowed-by-rule\",\"spiffe_id\":\"spiffe://corp.example/ns/trading/sa/pricer\"}\n"

@@ -29,6 +29,39 @@ pub struct Field {
     pub meaning: &'static str,
 }
 
+/// The `cause` of a `close` record, by what ended the flow. The dataplane's close
+/// causes are these, in this order.
+pub const CLOSE_CAUSES: &[&str] = &[
+    "client-fin",
+    "upstream-fin",
+    "client-reset",
+    "upstream-reset",
+    "idle-timeout",
+    "max-lifetime",
+    "policy",
+    "drain-timeout",
+    "handshake-timeout",
+    "upstream-connect-failed",
+    "tls-error",
+    "truncated",
+    "gateway-error",
+    "finished",
+];
+
+/// The `cause` of a `closed_by_policy` record (and the `reason` label of
+/// `zgate_flows_closed_by_policy_total`), in the dataplane's order.
+pub const POLICY_CLOSE_CAUSES: &[&str] = &[
+    "policy-changed",
+    "revoked",
+    "posture",
+    "risk",
+    "grant-ended",
+    "schedule-ended",
+    "max-session",
+    "certificate-expired",
+    "facts-changed",
+];
+
 /// Fields every line carries.
 pub const COMMON: &[Field] = &[
     Field {
@@ -112,7 +145,7 @@ pub const EVENTS: &[Event] = &[
     },
     Event {
         kind: AuditKind::ClosedByPolicy,
-        when: "a live flow a re-decision closed; `cause`: policy-changed, revoked, posture, risk, grant-ended, schedule-ended, max-session, certificate-expired, facts-changed",
+        when: "a live flow a re-decision closed; `cause`: one of the policy close causes below",
         required: &["verdict", "rule", "cause"],
         optional: TLS_PEER,
     },
@@ -148,7 +181,7 @@ pub const EVENTS: &[Event] = &[
     },
     Event {
         kind: AuditKind::Close,
-        when: "an admitted flow ended; `cause` (= `reason`): finished, reset, idle-timeout, max-lifetime, policy, drain-timeout, handshake-timeout, upstream-connect-failed, tls-error, truncated",
+        when: "an admitted flow ended; `cause` (= `reason`): one of the close causes below",
         required: &["cause", "bytes_client_to_upstream", "bytes_upstream_to_client", "duration_us"],
         optional: &[],
     },
@@ -212,7 +245,66 @@ pub fn validate(line: &serde_json::Value) -> Result<(), String> {
             return Err(format!("`{k}` is not a {:?}: {v}", f.ty));
         }
     }
+    let text = |k: &str| obj.get(k).and_then(serde_json::Value::as_str).unwrap_or("");
+    if !is_timestamp(text("ts")) {
+        return Err(format!(
+            "`ts` is not RFC 3339 UTC with microseconds: {}",
+            text("ts")
+        ));
+    }
+    let flow = text("flow");
+    if flow.len() != 16 || !flow.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("`flow` is not 16 hex digits: {flow}"));
+    }
+    let causes = match spec.kind {
+        AuditKind::Close => Some(CLOSE_CAUSES),
+        AuditKind::ClosedByPolicy => Some(POLICY_CLOSE_CAUSES),
+        _ => None,
+    };
+    if let Some(causes) = causes {
+        let cause = text("cause");
+        if !causes.contains(&cause) {
+            return Err(format!("`{event}` has an unknown `cause`: {cause}"));
+        }
+        if spec.kind == AuditKind::Close && text("reason") != cause {
+            return Err(format!(
+                "`close`'s `reason` is not its `cause`: {}",
+                text("reason")
+            ));
+        }
+    }
     Ok(())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, each part in its range.
+fn is_timestamp(ts: &str) -> bool {
+    let b = ts.as_bytes();
+    let digits = |r: std::ops::Range<usize>| {
+        b.get(r.clone())
+            .filter(|d| d.iter().all(u8::is_ascii_digit))
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| d.parse::<u32>().ok())
+    };
+    let shape = b.len() == 27
+        && [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+            (26, b'Z'),
+        ]
+        .iter()
+        .all(|(i, c)| b.get(*i) == Some(c));
+    shape
+        && digits(0..4).is_some()
+        && digits(5..7).is_some_and(|m| (1..=12).contains(&m))
+        && digits(8..10).is_some_and(|d| (1..=31).contains(&d))
+        && digits(11..13).is_some_and(|h| h < 24)
+        && digits(14..16).is_some_and(|m| m < 60)
+        && digits(17..19).is_some_and(|s| s < 61)
+        && digits(20..26).is_some()
 }
 
 /// The schema as markdown (`docs/audit-schema.md`).
@@ -249,7 +341,13 @@ pub fn markdown() -> String {
     for f in EXTRA {
         let _ = writeln!(out, "| `{}` | {} | {} |", f.name, ty(f.ty), f.meaning);
     }
-    out.push_str("\n## Versions\n\n- 3: the `close` event (duration, bytes each way, cause); `shadow`; `cause` on `closed_by_policy`.\n- 2: microsecond timestamps, flow ids.\n");
+    let _ = write!(
+        out,
+        "\n## Close causes\n\n`close` records' `cause`: {}.\n\n`closed_by_policy` records' `cause`: {}.\n",
+        CLOSE_CAUSES.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "),
+        POLICY_CLOSE_CAUSES.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+    );
+    out.push_str("\n## Versions\n\n- 4: `close` causes name the side: `client-fin`, `upstream-fin`, `client-reset`, `upstream-reset` (for `finished` and `reset`), and `gateway-error`; `finished` stays for a clean close with no side seen first.\n- 3: the `close` event (duration, bytes each way, cause); `shadow`; `cause` on `closed_by_policy`.\n- 2: microsecond timestamps, flow ids.\n");
     out
 }
 
@@ -275,10 +373,23 @@ mod tests {
 
     #[test]
     fn validation_names_what_is_wrong() {
-        let ok = serde_json::json!({"v": AUDIT_SCHEMA, "ts": "t", "flow": "f", "event": "close",
-            "worker": 0, "listener": "l", "source": "s", "reason": "finished", "cause": "finished",
+        let ok = serde_json::json!({"v": AUDIT_SCHEMA, "ts": "2026-12-07T09:19:58.402112Z",
+            "flow": "00000000000000a1", "event": "close", "worker": 0, "listener": "l",
+            "source": "s", "reason": "client-fin", "cause": "client-fin",
             "bytes_client_to_upstream": 1, "bytes_upstream_to_client": 2, "duration_us": 3});
         assert_eq!(validate(&ok), Ok(()));
+        for (key, bad) in [
+            ("ts", "2026-12-07T09:19:58Z"),
+            ("ts", "2026-13-07T09:19:58.402112Z"),
+            ("flow", "1"),
+            ("flow", "000000000000000g"),
+            ("cause", "finished-ish"),
+            ("reason", "upstream-fin"),
+        ] {
+            let mut wrong = ok.clone();
+            wrong[key] = bad.into();
+            assert!(validate(&wrong).unwrap_err().contains(key), "{key} = {bad}");
+        }
         let mut missing = ok.clone();
         missing.as_object_mut().unwrap().remove("duration_us");
         assert!(validate(&missing).unwrap_err().contains("duration_us"));

@@ -57,6 +57,7 @@ use zgate_table::facts::UnixSeconds;
 
 use crate::metrics::{Count, Counters, CLIENT_TO_UPSTREAM, M, UPSTREAM_TO_CLIENT};
 use crate::sys::{self, BufId, ConnMem, Lent, Pipe, PushError, Ring, BULK_RECV, PIPE_SIZE};
+use crate::worker::flow::Ended;
 use crate::worker::token::{encode, Op};
 
 /// One direction's progress.
@@ -137,6 +138,9 @@ pub struct Conn {
     pub bytes: [u64; 2],
     /// Why it ends, once something said (`super::flow::Ended`).
     pub ended: Option<super::flow::Ended>,
+    /// The side that finished its stream first (`ClientFin` or `UpstreamFin`): the
+    /// cause when nothing else ended the flow.
+    pub first_fin: Option<super::flow::Ended>,
     /// When it was accepted (loop clock).
     pub started: Instant,
     /// When bytes last moved (or the connect completed).
@@ -359,6 +363,7 @@ impl Conn {
             recv_at: [ctx.now; 2],
             bytes: [0; 2],
             ended: None,
+            first_fin: None,
             started: ctx.now,
             last_active: ctx.now,
             source: admitted.source,
@@ -440,6 +445,13 @@ impl Conn {
         // where it is (never reused) is the safe answer; debug builds stop here.
         let r = ctx.ring.pool.give_back(buf);
         debug_assert!(r.is_ok(), "{r:?}");
+    }
+
+    /// End the flow with resets both ways for `why`, counted as a reset.
+    fn reset_for(&mut self, why: Ended, ctx: &mut Ctx<'_>) {
+        ctx.stats.inc(M::Resets);
+        self.ended.get_or_insert(why);
+        self.close(CloseKind::Reset, ctx);
     }
 
     /// Begin closing: cancel everything in flight. The worker frees the slot once
@@ -538,7 +550,7 @@ impl Conn {
                 ctx.stats.inc(M::UpstreamConnectTimeouts);
             }
             ctx.connect_failed = Some(ConnectFailure::from_result(result));
-            self.ended.get_or_insert(super::flow::Ended::ConnectFailed);
+            self.ended.get_or_insert(Ended::ConnectFailed);
             self.close(CloseKind::Normal, ctx);
         }
     }
@@ -549,8 +561,7 @@ impl Conn {
             Some(Ok(b)) => Some(b),
             Some(Err(_)) => {
                 // A buffer id we did not publish: trust nothing more on this flow.
-                ctx.stats.inc(M::Resets);
-                self.close(CloseKind::Reset, ctx);
+                self.reset_for(Ended::GatewayError, ctx);
                 return;
             }
             None => None,
@@ -587,6 +598,7 @@ impl Conn {
         match n {
             Some(0) => {
                 self.set_dir(dir, Dir::Done);
+                self.first_fin.get_or_insert(Ended::fin(dir));
                 // FIN in, FIN out: only this direction ends.
                 let _ = self.src_dst(dir).1.shutdown(Shutdown::Write);
                 if self.dirs == [Dir::Done, Dir::Done] {
@@ -600,10 +612,8 @@ impl Conn {
                 let dir_index = dir;
                 ctx.starved.push((ctx.index, ctx.gen, dir_index));
             }
-            _ => {
-                ctx.stats.inc(M::Resets);
-                self.close(CloseKind::Reset, ctx);
-            }
+            // The source of `dir` failed: direction 0 reads the client.
+            _ => self.reset_for(Ended::reset(dir), ctx),
         }
     }
 
@@ -638,8 +648,8 @@ impl Conn {
                 self.give_back(buf, ctx);
                 self.set_dir(dir, Dir::Done);
                 if self.state != State::Closing {
-                    ctx.stats.inc(M::Resets);
-                    self.close(CloseKind::Reset, ctx);
+                    // The destination of `dir` refused the bytes.
+                    self.reset_for(Ended::reset(1 - dir), ctx);
                 }
             }
         }
@@ -701,9 +711,14 @@ impl Conn {
             .map(|s| &s.pipe);
         let (Some((pipe_w, len)), true) = (pipe.map(|p| (p.write_fd(), p.size)), result >= 0)
         else {
-            // A failed poll (not a cancel: we are not closing) or no pipe: reset.
-            ctx.stats.inc(M::Resets);
-            self.close(CloseKind::Reset, ctx);
+            // A failed poll of the source (not a cancel: we are not closing) or no
+            // pipe: reset.
+            let why = if pipe.is_some() {
+                Ended::reset(dir)
+            } else {
+                Ended::GatewayError
+            };
+            self.reset_for(why, ctx);
             return;
         };
         let src = self.src_dst(dir).0.as_raw_fd();
@@ -745,6 +760,7 @@ impl Conn {
         match u32::try_from(result) {
             Ok(0) => {
                 // FIN; the pipe is empty (we splice in only into a drained pipe).
+                self.first_fin.get_or_insert(Ended::fin(dir));
                 self.drop_pipe(dir);
                 self.set_dir(dir, Dir::Done);
                 let _ = self.src_dst(dir).1.shutdown(Shutdown::Write);
@@ -763,10 +779,7 @@ impl Conn {
                 }
                 self.splice_out(dir, n, n, ctx);
             }
-            Err(_) => {
-                ctx.stats.inc(M::Resets);
-                self.close(CloseKind::Reset, ctx);
-            }
+            Err(_) => self.reset_for(Ended::reset(dir), ctx),
         }
     }
 
@@ -793,8 +806,7 @@ impl Conn {
             }
             None => {
                 self.set_dir(dir, Dir::Done);
-                ctx.stats.inc(M::Resets);
-                self.close(CloseKind::Reset, ctx);
+                self.reset_for(Ended::reset(1 - dir), ctx);
             }
         }
     }

@@ -195,17 +195,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every label, by discriminant.
-    pub const LABELS: &'static [&'static str] = &[
-        "policy-changed",
-        "revoked",
-        "posture",
-        "risk",
-        "grant-ended",
-        "schedule-ended",
-        "max-session",
-        "certificate-expired",
-        "facts-changed",
-    ];
+    pub const LABELS: &'static [&'static str] = zgate_telemetry::schema::POLICY_CLOSE_CAUSES;
 
     /// The label.
     pub fn label(self) -> &'static str {

@@ -8,13 +8,19 @@ use super::decide::Expiry;
 use super::tls::TlsConn;
 use super::token::Op;
 
-/// Why a flow ended: the `cause` of its `close` audit record.
+/// Why a flow ended: the `cause` of its `close` audit record. The labels are the audit
+/// schema's ([`zgate_telemetry::schema::CLOSE_CAUSES`]), in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum Ended {
-    /// Both sides finished (FIN each way), or the flow was closed cleanly.
-    Finished,
-    /// A reset or socket error on either side, passed on as a reset.
-    Reset,
+    /// Both sides finished (FIN each way, or close_notify for TLS); the client first.
+    ClientFin,
+    /// Both sides finished; the upstream first.
+    UpstreamFin,
+    /// The client reset the connection (or its socket failed): the upstream was reset.
+    ClientReset,
+    /// The upstream reset the connection (or its socket failed): the client was reset.
+    UpstreamReset,
     /// `idle_timeout`.
     IdleTimeout,
     /// `max_lifetime`.
@@ -31,22 +37,41 @@ pub enum Ended {
     TlsError,
     /// A side ended its stream without close_notify: the other was reset.
     Truncated,
+    /// The gateway itself could not go on (a buffer or pipe it could not account
+    /// for): both sides were reset.
+    GatewayError,
+    /// Closed cleanly with no side seen finishing first.
+    Finished,
 }
+
+/// The client's side of a flow, as `side` arguments count (direction 0 reads it).
+pub const CLIENT_SIDE: usize = 0;
 
 impl Ended {
     /// The label.
     pub fn label(self) -> &'static str {
-        match self {
-            Ended::Finished => "finished",
-            Ended::Reset => "reset",
-            Ended::IdleTimeout => "idle-timeout",
-            Ended::MaxLifetime => "max-lifetime",
-            Ended::Policy => "policy",
-            Ended::Drain => "drain-timeout",
-            Ended::HandshakeTimeout => "handshake-timeout",
-            Ended::ConnectFailed => "upstream-connect-failed",
-            Ended::TlsError => "tls-error",
-            Ended::Truncated => "truncated",
+        zgate_telemetry::schema::CLOSE_CAUSES
+            .get(self as usize)
+            .copied()
+            .unwrap_or("?")
+    }
+
+    /// `side` (0 the client, 1 the upstream) finished first.
+    pub fn fin(side: usize) -> Ended {
+        if side == CLIENT_SIDE {
+            Ended::ClientFin
+        } else {
+            Ended::UpstreamFin
+        }
+    }
+
+    /// `side` (0 the client, 1 the upstream) reset the connection, or its socket
+    /// failed.
+    pub fn reset(side: usize) -> Ended {
+        if side == CLIENT_SIDE {
+            Ended::ClientReset
+        } else {
+            Ended::UpstreamReset
         }
     }
 }
@@ -196,8 +221,16 @@ impl Flow {
     /// or forwarding): for its `close` record.
     pub(super) fn outcome(&self) -> (Ended, [u64; 2], bool) {
         match self {
-            Flow::Plain(c) => (c.ended.unwrap_or(Ended::Finished), c.bytes, true),
-            Flow::Tls(t) => (t.ended.unwrap_or(Ended::Finished), t.bytes, t.admitted()),
+            Flow::Plain(c) => (
+                c.ended.or(c.first_fin).unwrap_or(Ended::Finished),
+                c.bytes,
+                true,
+            ),
+            Flow::Tls(t) => (
+                t.ended.or(t.first_fin).unwrap_or(Ended::Finished),
+                t.bytes,
+                t.admitted(),
+            ),
         }
     }
 
@@ -217,5 +250,23 @@ impl Flow {
         t.session()
             .identity()
             .map(|id| (id.not_before, id.chain_not_after))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zgate_telemetry::schema::CLOSE_CAUSES;
+
+    /// The causes are the audit schema's, one each, in order.
+    #[test]
+    fn every_close_cause_is_the_schemas() {
+        assert_eq!(Ended::Finished as usize + 1, CLOSE_CAUSES.len());
+        assert_eq!(Ended::fin(0).label(), "client-fin");
+        assert_eq!(Ended::fin(1).label(), "upstream-fin");
+        assert_eq!(Ended::reset(0).label(), "client-reset");
+        assert_eq!(Ended::reset(1).label(), "upstream-reset");
+        assert_eq!(Ended::GatewayError.label(), "gateway-error");
+        assert_eq!(Ended::Truncated.label(), "truncated");
     }
 }

@@ -51,6 +51,7 @@ use crate::postgres::{Preamble, PreambleReader, Refusal};
 use crate::sys::{self, BufId, BufPool, ConnMem, Lent, SendVec, HEADROOM};
 use crate::worker::conn::{CloseKind, ConnectFailure, Ctx, State};
 use crate::worker::decide::FlowRef;
+use crate::worker::flow::Ended;
 use crate::worker::token::Op;
 use crate::worker::Permit;
 
@@ -211,6 +212,9 @@ pub struct TlsConn {
     pub bytes: [u64; 2],
     /// Why it ends, once something said (`super::flow::Ended`).
     pub ended: Option<super::flow::Ended>,
+    /// The side that finished its stream first (`ClientFin` or `UpstreamFin`): the
+    /// cause when nothing else ended the flow.
+    pub first_fin: Option<super::flow::Ended>,
     /// The `sendmsg` header `in_place` is sent with when it has several pieces, held
     /// while the flow is busy.
     send_vec: Option<Lent<SendVec>>,
@@ -276,6 +280,7 @@ impl TlsConn {
             connect_at: None,
             bytes: [0; 2],
             ended: None,
+            first_fin: None,
             send_vec: None,
             close_notify_sent: false,
             bridge: None,
@@ -384,7 +389,7 @@ impl TlsConn {
     /// a FIN would pass the cut on as a clean end), send the client the session's
     /// alert, then close.
     pub fn fail(&mut self, reason: &RejectReason, ctx: &mut Ctx<'_>) {
-        self.ended.get_or_insert(super::flow::Ended::TlsError);
+        self.ended.get_or_insert(Ended::TlsError);
         ctx.stats.add_label(M::TlsFailures, reason.index(), 1);
         self.refused = Some(Refused::tls(AuditKind::TlsRefused, reason.clone()));
         self.abort_upstream();
@@ -464,6 +469,13 @@ impl TlsConn {
             ctx.connect_failed = Some(ConnectFailure::Queue);
             self.close(CloseKind::Normal, ctx);
         }
+    }
+
+    /// End the flow with resets both ways for `why`, counted as a reset.
+    fn reset_for(&mut self, why: Ended, ctx: &mut Ctx<'_>) {
+        ctx.stats.inc(M::Resets);
+        self.ended.get_or_insert(why);
+        self.close(CloseKind::Reset, ctx);
     }
 
     /// Begin closing: cancel everything in flight. Idempotent.
@@ -555,7 +567,7 @@ impl TlsConn {
                 ctx.stats.inc(M::UpstreamConnectTimeouts);
             }
             ctx.connect_failed = Some(ConnectFailure::from_result(result));
-            self.ended.get_or_insert(super::flow::Ended::ConnectFailed);
+            self.ended.get_or_insert(Ended::ConnectFailed);
             self.close(CloseKind::Normal, ctx);
         }
     }
@@ -574,8 +586,7 @@ impl TlsConn {
         let buf = match buffer.map(|bid| ctx.ring.pool.take(bid)) {
             Some(Ok(b)) => Some(Some(b)),
             Some(Err(_)) => {
-                ctx.stats.inc(M::Resets);
-                self.close(CloseKind::Reset, ctx);
+                self.reset_for(Ended::GatewayError, ctx);
                 return;
             }
             // The flow's own handshake buffer, or nothing (an error, ENOBUFS).
@@ -619,6 +630,7 @@ impl TlsConn {
             if let Some(s) = self.sides.get_mut(side) {
                 s.eof = true;
             }
+            self.first_fin.get_or_insert(Ended::fin(side));
             if matches!(self.state, TlsState::Handshaking | TlsState::Preamble) {
                 self.fail(&RejectReason::PeerClosed, ctx);
                 return;
@@ -630,11 +642,10 @@ impl TlsConn {
             }
             ctx.stats.inc(M::RecvStarved);
             ctx.starved.push((ctx.index, ctx.gen, side));
-        } else {
-            if !matches!(self.state, TlsState::Handshaking | TlsState::Preamble) {
-                ctx.stats.inc(M::Resets);
-            }
+        } else if matches!(self.state, TlsState::Handshaking | TlsState::Preamble) {
             self.close(CloseKind::Reset, ctx);
+        } else {
+            self.reset_for(Ended::reset(side), ctx);
         }
     }
 
@@ -666,8 +677,8 @@ impl TlsConn {
                 if self.state == TlsState::Flushing {
                     self.close(CloseKind::Normal, ctx);
                 } else if self.state != TlsState::Closing {
-                    ctx.stats.inc(M::Resets);
-                    self.close(CloseKind::Reset, ctx);
+                    // `out[0]` is sent on the upstream socket.
+                    self.reset_for(Ended::reset(1 - to), ctx);
                 }
             }
         }
@@ -726,8 +737,8 @@ impl TlsConn {
                 if self.state == TlsState::Flushing {
                     self.close(CloseKind::Normal, ctx);
                 } else if self.state != TlsState::Closing {
-                    ctx.stats.inc(M::Resets);
-                    self.close(CloseKind::Reset, ctx);
+                    // Client plaintext goes to the upstream from its buffer.
+                    self.reset_for(Ended::reset(UPSTREAM), ctx);
                 }
             }
         }
@@ -1224,7 +1235,7 @@ impl TlsConn {
         }
         if client_cut || upstream_cut {
             ctx.stats.inc(M::TlsTruncations);
-            self.ended.get_or_insert(super::flow::Ended::Truncated);
+            self.ended.get_or_insert(Ended::Truncated);
             self.close(CloseKind::Reset, ctx);
             return;
         }
