@@ -8,7 +8,7 @@
 #           mTLS flows, AFFECTED of them the round's victim identity, ROUNDS rounds.
 #   swap    a table of SWAP_RULES rules re-published (`zgate-control rollback`) while
 #           SWAP_FLOWS plain flows are live: time until the worker enforces it on every
-#           flow (zgate_worker_last_redecision_microseconds), the longest re-decision
+#           flow (zgate_worker_last_redecision_seconds), the longest re-decision
 #           slice and the longest loop turn meanwhile, and the end-to-end time from the
 #           rollback command to the worker's enforced version moving.
 #   churn   64-byte ping-pong p50/p99/p99.9 over CHURN_CONNS mTLS connections, once
@@ -68,6 +68,9 @@ BENCH=bench-control
 source tools/bench/lib.sh
 metric() {  # metric NAME: the sum of its samples on the gateway's /metrics
   taskset -c "$CLIENT_CORE" curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { print s + 0 }'
+}
+metric_us() {  # metric_us NAME: a _seconds metric's sum, in whole microseconds
+  metric "$1" | awk '{ printf "%d\n", $1 * 1000000 + 0.5 }'
 }
 
 {
@@ -159,7 +162,7 @@ if has_part revoke; then
     --api "127.0.0.1:$API" --token-file "$work/token" --stall-s 10 \
     --label "revoke" >> "$results"
   tail -1 "$results" >&2
-  echo "{\"mode\":\"revoke-gateway\",\"longest_redecision_us\":$(metric zgate_worker_longest_redecision_slice_microseconds),\"closed_by_policy\":$(metric zgate_flows_closed_by_policy_total),\"stalls\":$(metric zgate_worker_stalls_total)}" >> "$results"
+  echo "{\"mode\":\"revoke-gateway\",\"longest_redecision_us\":$(metric_us zgate_worker_longest_redecision_slice_seconds),\"closed_by_policy\":$(metric zgate_flows_closed_by_policy_total),\"stalls\":$(metric zgate_worker_stalls_total)}" >> "$results"
   tail -1 "$results" >&2
 fi
 
@@ -192,8 +195,8 @@ EOF
   idle=$!; pids+=($idle)
   for _ in $(seq 600); do [ -s "$work/idle.json" ] && break; sleep 0.1; done
   active=$(metric zgate_connections_active)
-  slice_before=$(metric zgate_worker_longest_redecision_slice_microseconds)
-  turn_before=$(metric zgate_worker_longest_redecision_turn_microseconds)
+  slice_before=$(metric_us zgate_worker_longest_redecision_slice_seconds)
+  turn_before=$(metric_us zgate_worker_longest_redecision_turn_seconds)
   target=$(( $(metric zgate_worker_table_version) + 1 ))
   # Re-publish the big table under a new version: no compile on the way.
   t0=$(date +%s%N)
@@ -209,10 +212,10 @@ import json
 line = {"mode": "swap", "rules": $SWAP_RULES, "flows_live": $active,
         "compile_s": round($t_compiled - $t_write, 3),
         "rollback_to_enforced_ms": round(($t1 - $t0) / 1e6, 2),
-        "redecision_us": $(metric zgate_worker_last_redecision_microseconds),
-        "longest_slice_us": $(metric zgate_worker_longest_redecision_slice_microseconds),
+        "redecision_us": $(metric_us zgate_worker_last_redecision_seconds),
+        "longest_slice_us": $(metric_us zgate_worker_longest_redecision_slice_seconds),
         "longest_slice_before_us": $slice_before,
-        "longest_turn_during_us": $(metric zgate_worker_longest_redecision_turn_microseconds),
+        "longest_turn_during_us": $(metric_us zgate_worker_longest_redecision_turn_seconds),
         "longest_turn_during_before_us": $turn_before,
         "closed_by_policy": $(metric zgate_flows_closed_by_policy_total),
         "stalls": $(metric zgate_worker_stalls_total)}

@@ -8,9 +8,9 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use crate::clients::{Limits, Listening};
-use zgate_telemetry::metrics::{Exposition, Kind};
+use zgate_telemetry::metrics::Exposition;
 
-use crate::metrics::{Counters, M};
+use crate::metrics::{Counters, M, P};
 use crate::shared::StatsView;
 use crate::sys::PollSet;
 use zgate_telemetry::latency::Latencies;
@@ -150,126 +150,38 @@ pub fn metrics_text(v: &AdminView) -> String {
         .zip(v.stats.listeners.iter().copied())
         .collect();
     e.workers(M::FAMILIES, M::OFFSETS, &listeners, &v.stats.workers);
-    let one =
-        |value: u64| -> [(&'static [(&'static str, &'static str)], u64); 1] { [(&[], value)] };
-    e.family(
-        "zgate_workers",
-        Kind::Gauge,
-        "Workers configured.",
-        one(u64::try_from(v.workers).unwrap_or(0)),
-    );
-    e.family(
-        "zgate_workers_sleeping",
-        Kind::Gauge,
-        "Workers asleep in io_uring_enter now (waiting for completions or their tick): an idle worker in interrupt or adaptive mode sleeps, a busy-polling one never does.",
-        one(u64::try_from(v.workers_sleeping).unwrap_or(u64::MAX)),
-    );
-    e.family(
-        "zgate_table_loaded",
-        Kind::Gauge,
-        "1 when a decision table is published, 0 when every flow is denied.",
-        one(u64::from(v.table_version.is_some())),
-    );
-    e.family(
-        "zgate_table_version",
-        Kind::Gauge,
-        "Version of the published decision table (0 with none).",
-        one(v.table_version.unwrap_or(0)),
-    );
-    if let Some(c) = &v.control {
-        e.family(
-            "zgate_control_connected",
-            Kind::Gauge,
-            "1 while the control channel is up ([control]).",
-            one(u64::from(c.connected)),
-        );
-        e.family(
-            "zgate_control_connects_total",
-            Kind::Counter,
-            "Connections made to the control process.",
-            one(c.connects),
-        );
-        e.family(
-            "zgate_control_refusals_total",
-            Kind::Counter,
-            "Control channels closed because of what was received (malformed, out of order, older than enforced); nothing enforced changed.",
-            one(c.refusals),
-        );
-        e.family(
-            "zgate_facts_version",
-            Kind::Gauge,
-            "Version of the live fact set enforced (revocations, posture, risk, grants).",
-            one(c.facts_version),
-        );
-        if let Some(age) = c.facts_age_ms {
-            e.family(
-                "zgate_facts_age_milliseconds",
-                Kind::Gauge,
-                "How long ago the control process was last in step with its fact store (a fleet's etcd, or its state directory): the staleness of the facts enforced.",
-                one(age),
-            );
+    let one = |e: &mut Exposition, p: P, value: u64| {
+        if let Some(f) = P::FAMILIES.get(p as usize) {
+            e.single(f, value);
         }
-        e.family(
-            "zgate_facts_stale",
-            Kind::Gauge,
-            "1 when the facts are older than [control] stale_after (or of unknown age): the gateway still enforces them (fail static).",
-            one(u64::from(c.stale())),
-        );
-        e.family(
-            "zgate_facts_store_revision",
-            Kind::Gauge,
-            "The fact store's revision the control process was last in step with.",
-            one(c.store_revision),
-        );
-        e.family(
-            "zgate_shadow_table_version",
-            Kind::Gauge,
-            "Version of the table evaluated in shadow (0: none).",
-            one(c.shadow_version),
-        );
+    };
+    one(&mut e, P::Workers, u64::try_from(v.workers).unwrap_or(0));
+    one(
+        &mut e,
+        P::WorkersSleeping,
+        u64::try_from(v.workers_sleeping).unwrap_or(u64::MAX),
+    );
+    one(&mut e, P::TableLoaded, u64::from(v.table_version.is_some()));
+    one(&mut e, P::TableVersion, v.table_version.unwrap_or(0));
+    if let Some(c) = &v.control {
+        one(&mut e, P::ControlConnected, u64::from(c.connected));
+        one(&mut e, P::ControlConnects, c.connects);
+        one(&mut e, P::ControlRefusals, c.refusals);
+        one(&mut e, P::FactsVersion, c.facts_version);
+        if let Some(age) = c.facts_age_ms {
+            one(&mut e, P::FactsAge, age);
+        }
+        one(&mut e, P::FactsStale, u64::from(c.stale()));
+        one(&mut e, P::FactsStoreRevision, c.store_revision);
+        one(&mut e, P::ShadowTableVersion, c.shadow_version);
     }
-    e.family(
-        "zgate_table_reloads_total",
-        Kind::Counter,
-        "Successful table reloads.",
-        one(v.table_reloads),
-    );
-    e.family(
-        "zgate_table_reload_failures_total",
-        Kind::Counter,
-        "Table reloads refused (the old table stayed).",
-        one(v.table_reload_failures),
-    );
-    e.family(
-        "zgate_audit_events_total",
-        Kind::Counter,
-        "Audit events written (or discarded with audit = off).",
-        one(v.audit.events),
-    );
-    e.family(
-        "zgate_audit_events_dropped_total",
-        Kind::Counter,
-        "Audit events dropped because a worker's queue was full (the data path never waits).",
-        one(v.audit_dropped),
-    );
-    e.family(
-        "zgate_audit_write_errors_total",
-        Kind::Counter,
-        "Audit events that could not be written (the sink failed).",
-        one(v.audit.write_errors),
-    );
-    e.family(
-        "zgate_tls_reloads_total",
-        Kind::Counter,
-        "TLS material reloads published (a listener's files changed, or SIGHUP).",
-        one(v.tls_reloads),
-    );
-    e.family(
-        "zgate_tls_reload_failures_total",
-        Kind::Counter,
-        "TLS material reloads refused (the old material stayed).",
-        one(v.tls_reload_failures),
-    );
+    one(&mut e, P::TableReloads, v.table_reloads);
+    one(&mut e, P::TableReloadFailures, v.table_reload_failures);
+    one(&mut e, P::AuditEvents, v.audit.events);
+    one(&mut e, P::AuditDropped, v.audit_dropped);
+    one(&mut e, P::AuditWriteErrors, v.audit.write_errors);
+    one(&mut e, P::TlsReloads, v.tls_reloads);
+    one(&mut e, P::TlsReloadFailures, v.tls_reload_failures);
     let not_after: Vec<([(&str, &str); 1], u64)> = v
         .tls_not_after
         .iter()
@@ -280,12 +192,9 @@ pub fn metrics_text(v: &AdminView) -> String {
             )
         })
         .collect();
-    e.family(
-        "zgate_tls_certificate_not_after_seconds",
-        Kind::Gauge,
-        "Earliest notAfter of the certificates a TLS listener serves (Unix seconds).",
-        not_after.iter().map(|(l, v)| (&l[..], *v)),
-    );
+    if let Some(f) = P::FAMILIES.get(P::TlsNotAfter as usize) {
+        e.process(f, not_after.iter().map(|(l, v)| (&l[..], *v)));
+    }
     let mut out = e.finish();
     if let Some((all, _)) = &v.latency {
         let named: Vec<(&str, &Latencies)> = v

@@ -1,9 +1,9 @@
-//! Every counter and gauge the workers keep, defined once (review 16 seams; issue 17):
-//! name, kind, scope, help and labels here, and nowhere else. A worker counts into one
-//! [`Counters`] per listener and one of its own; the supervisor sums them per listener
-//! for `/metrics` (`listener` label), and renders the worker families per worker
-//! (`worker` label). `docs/operations.md` lists them from this table
-//! (`zgate_telemetry::metrics::markdown_table`, checked by a test).
+//! Every counter and gauge of `/metrics`, defined once (review 16 seams; issue 17):
+//! name, kind, scope, unit, help and labels here, and nowhere else. A worker counts
+//! into one [`Counters`] per listener and one of its own ([`M`]); the supervisor sums
+//! them per listener for `/metrics` (`listener` label), renders the worker families per
+//! worker (`worker` label), and adds its own ([`P`]). `docs/metrics.md` is generated
+//! from these lists (`zgate_telemetry::metrics::markdown_table`, checked by a test).
 
 use zgate_telemetry::metrics;
 
@@ -82,6 +82,14 @@ zgate_telemetry::metric_families! {
     TlsFailures => "zgate_tls_handshake_failures_total", Counter, Listener,
         "TLS flows refused before the decision (or ended by a bad record), by reason.",
         by "reason" = zgate_tls::RejectReason::LABELS;
+    /// Fatal alerts sent to TLS clients, by alert.
+    TlsAlertsSent => "zgate_tls_alerts_sent_total", Counter, Listener,
+        "Fatal TLS alerts sent to clients (a refused handshake, a denied flow, a bad record), by alert.",
+        by "alert" = zgate_tls::Alert::LABELS;
+    /// Fatal alerts received from TLS clients, by alert.
+    TlsAlertsReceived => "zgate_tls_alerts_received_total", Counter, Listener,
+        "Fatal TLS alerts received from clients (e.g. unknown_ca: the client does not trust the gateway's certificate), by alert; `other` for alerts zgate does not name.",
+        by "alert" = zgate_tls::Alert::LABELS;
     /// PostgreSQL clients refused before or at TLS, by reason.
     PostgresRefused => "zgate_postgres_preamble_refused_total", Counter, Listener,
         "PostgreSQL clients refused before or at TLS, by reason.",
@@ -97,8 +105,8 @@ zgate_telemetry::metric_families! {
     Stalls => "zgate_worker_stalls_total", Counter, Worker,
         "Loop turns whose completion handling took 2 ms or more (every flow on that core waited).";
     /// The longest loop turn so far.
-    LongestTurn => "zgate_worker_longest_turn_microseconds", Max, Worker,
-        "Longest completion handling of one loop turn since start.";
+    LongestTurn => "zgate_worker_longest_turn_seconds", Max, Worker,
+        "Longest completion handling of one loop turn since start.", stored: Micros;
     /// Pool buffers held by flows now.
     BuffersInUse => "zgate_buffers_in_use", Gauge, Worker,
         "Provided buffers held by flows now (data received, not yet fully sent).";
@@ -106,14 +114,14 @@ zgate_telemetry::metric_families! {
     PipesOpen => "zgate_splice_pipes_open", Gauge, Worker,
         "Pipes open now for bulk directions to splice through.";
     /// The longest slice of a full re-decision.
-    LongestSlice => "zgate_worker_longest_redecision_slice_microseconds", Max, Worker,
-        "Longest loop time spent re-deciding live flows in one turn: a slice of a new table's (or fact set's) pass over every flow, bounded at about 200 microseconds, or the flows a fact delta names, closes included.";
+    LongestSlice => "zgate_worker_longest_redecision_slice_seconds", Max, Worker,
+        "Longest loop time spent re-deciding live flows in one turn: a slice of a new table's (or fact set's) pass over every flow, bounded at about 200 microseconds, or the flows a fact delta names, closes included.", stored: Micros;
     /// The longest loop turn while a re-decision ran.
-    LongestSweepTurn => "zgate_worker_longest_redecision_turn_microseconds", Max, Worker,
-        "Longest loop turn (top to top: a re-decision slice, the completions, the submit) while live flows were being decided again: what the core's other flows waited at most meanwhile.";
+    LongestSweepTurn => "zgate_worker_longest_redecision_turn_seconds", Max, Worker,
+        "Longest loop turn (top to top: a re-decision slice, the completions, the submit) while live flows were being decided again: what the core's other flows waited at most meanwhile.", stored: Micros;
     /// How long the last full re-decision took.
-    LastSweep => "zgate_worker_last_redecision_microseconds", Gauge, Worker,
-        "Time from a new table (or fact set) reaching the worker to every live flow decided by it, for the last one.";
+    LastSweep => "zgate_worker_last_redecision_seconds", Gauge, Worker,
+        "Time from a new table (or fact set) reaching the worker to every live flow decided by it, for the last one.", stored: Micros;
     /// The table version the worker enforces on every live flow.
     EnforcedTable => "zgate_worker_table_version", Gauge, Worker,
         "Table version the worker enforces: every live flow has been decided by it.";
@@ -123,6 +131,76 @@ zgate_telemetry::metric_families! {
     /// Re-arms that could not be queued.
     RearmFailures => "zgate_worker_rearm_failures_total", Counter, Worker,
         "Re-arms of an accept or of the worker's wake-up read that could not be queued (submission queue full, ring busy), retried on a later loop turn.";
+}
+
+zgate_telemetry::metric_families! {
+    /// The supervisor's own metric families (rendered by `admin::metrics_text`).
+    pub enum P;
+    /// Workers configured.
+    Workers => "zgate_workers", Gauge, Process, "Workers configured.";
+    /// Workers asleep now.
+    WorkersSleeping => "zgate_workers_sleeping", Gauge, Process,
+        "Workers asleep in io_uring_enter now (waiting for completions or their tick): an idle worker in interrupt or adaptive mode sleeps, a busy-polling one never does.";
+    /// A table is published.
+    TableLoaded => "zgate_table_loaded", Gauge, Process,
+        "1 when a decision table is published, 0 when every flow is denied.";
+    /// The published table's version.
+    TableVersion => "zgate_table_version", Gauge, Process,
+        "Version of the published decision table (0 with none).";
+    /// The control channel is up.
+    ControlConnected => "zgate_control_connected", Gauge, Process,
+        "1 while the control channel is up ([control]).";
+    /// Connections made to the control process.
+    ControlConnects => "zgate_control_connects_total", Counter, Process,
+        "Connections made to the control process.";
+    /// Channels closed for what they carried.
+    ControlRefusals => "zgate_control_refusals_total", Counter, Process,
+        "Control channels closed because of what was received (malformed, out of order, older than enforced); nothing enforced changed.";
+    /// The fact set's version.
+    FactsVersion => "zgate_facts_version", Gauge, Process,
+        "Version of the live fact set enforced (revocations, posture, risk, grants).";
+    /// How stale the facts are.
+    FactsAge => "zgate_facts_age_seconds", Gauge, Process,
+        "How long ago the control process was last in step with its fact store (a fleet's etcd, or its state directory): the staleness of the facts enforced.", stored: Millis;
+    /// Facts past stale_after.
+    FactsStale => "zgate_facts_stale", Gauge, Process,
+        "1 when the facts are older than [control] stale_after (or of unknown age): the gateway still enforces them (fail static).";
+    /// The fact store's revision.
+    FactsStoreRevision => "zgate_facts_store_revision", Gauge, Process,
+        "The fact store's revision the control process was last in step with.";
+    /// The shadow table's version.
+    ShadowTableVersion => "zgate_shadow_table_version", Gauge, Process,
+        "Version of the table evaluated in shadow (0: none).";
+    /// Table reloads taken.
+    TableReloads => "zgate_table_reloads_total", Counter, Process,
+        "Successful table reloads.";
+    /// Table reloads refused.
+    TableReloadFailures => "zgate_table_reload_failures_total", Counter, Process,
+        "Table reloads refused (the old table stayed).";
+    /// Audit events written.
+    AuditEvents => "zgate_audit_events_total", Counter, Process,
+        "Audit events written (or discarded with audit = off).";
+    /// Audit events dropped.
+    AuditDropped => "zgate_audit_events_dropped_total", Counter, Process,
+        "Audit events dropped because a worker's queue was full (the data path never waits).";
+    /// Audit write errors.
+    AuditWriteErrors => "zgate_audit_write_errors_total", Counter, Process,
+        "Audit events that could not be written (the sink failed).";
+    /// TLS reloads published.
+    TlsReloads => "zgate_tls_reloads_total", Counter, Process,
+        "TLS material reloads published (a listener's files changed, or SIGHUP).";
+    /// TLS reloads refused.
+    TlsReloadFailures => "zgate_tls_reload_failures_total", Counter, Process,
+        "TLS material reloads refused (the old material stayed).";
+    /// Certificates' earliest notAfter.
+    TlsNotAfter => "zgate_tls_certificate_not_after_seconds", Gauge, Listener,
+        "Earliest notAfter of the certificates a TLS listener serves (Unix seconds).";
+}
+
+/// Every family `/metrics` can show but the latency histograms: the workers' and the
+/// supervisor's.
+pub fn all_families() -> impl Iterator<Item = &'static metrics::Family> {
+    M::FAMILIES.iter().chain(P::FAMILIES)
 }
 
 /// One owner's counters (a listener's on one worker, or a worker's own).
@@ -183,21 +261,48 @@ pub const UPSTREAM_TO_CLIENT: usize = 1;
 mod tests {
     use super::*;
 
-    /// `docs/operations.md` lists every family from this table: regenerate it with
+    /// Names, types and units as Prometheus wants them (what `promtool check metrics`
+    /// lints), for both lists and the workers' per-worker copies.
+    #[test]
+    fn names_follow_the_prometheus_conventions() {
+        let mut all: Vec<metrics::Family> = all_families().copied().collect();
+        let per_worker: Vec<metrics::Family> = M::FAMILIES
+            .iter()
+            .filter(|f| f.per_worker)
+            .map(|f| metrics::Family {
+                name: Box::leak(
+                    f.name
+                        .replacen("zgate_", "zgate_worker_", 1)
+                        .into_boxed_str(),
+                ),
+                ..*f
+            })
+            .collect();
+        all.extend(per_worker);
+        assert_eq!(metrics::naming_problems(&all), Vec::<String>::new());
+        let mut names: Vec<&str> = all.iter().map(|f| f.name).collect();
+        names.sort_unstable();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(names.len(), n, "a name is declared twice");
+    }
+
+    /// `docs/metrics.md` lists every family from these lists: regenerate it with
     /// `ZGATE_WRITE_METRICS_DOC=1 cargo test -p zgate-dataplane metrics_doc`.
     #[test]
     fn metrics_doc_is_generated_from_the_one_list() {
+        let all: Vec<metrics::Family> = all_families().copied().collect();
         let table = format!(
             "{}{}",
-            metrics::markdown_table(M::FAMILIES),
+            metrics::markdown_table(&all),
             zgate_telemetry::latency::markdown_rows()
         );
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
         let text = format!(
             "# zgate metrics (generated)\n\nGenerated from `dataplane/src/metrics.rs` by its test \
-             `metrics_doc_is_generated_from_the_one_list`; do not edit by hand. The \
-             supervisor's own metrics (table, reloads, audit, certificates) follow in \
-             `docs/operations.md`.\n\n{table}"
+             `metrics_doc_is_generated_from_the_one_list`; do not edit by hand. Values kept \
+             in micro- or milliseconds are rendered in seconds, as Prometheus wants base \
+             units.\n\n{table}"
         );
         if std::env::var_os("ZGATE_WRITE_METRICS_DOC").is_some() {
             std::fs::write(path, &text).unwrap();

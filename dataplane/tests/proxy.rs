@@ -148,7 +148,7 @@ fn every_decision_is_an_audit_line_with_rule_reason_and_source() {
         "{ts}"
     );
     assert!(ts > "2026-", "{ts}");
-    assert_eq!(e["v"], 3);
+    assert_eq!(e["v"], zgate_telemetry::AUDIT_SCHEMA);
     assert_eq!(e["flow"].as_str().unwrap().len(), 16);
 
     let mut setup = Setup::new(up.addr);

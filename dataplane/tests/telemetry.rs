@@ -160,6 +160,31 @@ mod latency {
         let mut names: Vec<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
         names.sort_unstable();
         names.dedup();
+        // Every family shown is one of the declared ones (whose names
+        // `names_follow_the_prometheus_conventions` checks), a listener family's
+        // per-worker copy, or a latency histogram.
+        let declared: Vec<String> = zgate_dataplane::metrics::all_families()
+            .flat_map(|f| {
+                [
+                    f.name.to_string(),
+                    f.name.replacen("zgate_", "zgate_worker_", 1),
+                ]
+            })
+            .collect();
+        let mut typed: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        typed.sort_unstable();
+        assert!(typed.len() > 40, "{typed:?}");
+        for n in &typed {
+            assert!(
+                declared.iter().any(|d| d == n)
+                    || n.ends_with("_seconds") && body.contains(&format!("# TYPE {n} histogram")),
+                "/metrics shows `{n}`, which no list declares"
+            );
+        }
         for n in &names {
             assert!(
                 n.starts_with("zgate_")

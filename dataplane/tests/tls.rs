@@ -89,7 +89,7 @@ mod tls {
         assert_eq!(e["spiffe_id"], TRADING);
         assert_eq!(e["sni"], "localhost");
         // The worker timed its loop turns: a handshake's signature alone takes tens of µs.
-        assert!(gw.metric("zgate_worker_longest_turn_microseconds") > 0);
+        assert!(gw.metric_value("zgate_worker_longest_turn_seconds") > 0.0);
         // This listener's `client_ca` is bound to no trust domain: said at startup.
         assert!(
             gw.log()
@@ -680,6 +680,34 @@ mod tls {
         assert!(refused()
             .iter()
             .all(|e| e["detail"].is_string() && e["listener"] == "echo"));
+        // Each refusal's alert is counted by its RFC 8446 name (`RejectReason::alert`).
+        let sent = |alert: &str| format!("zgate_tls_alerts_sent_total{{alert=\"{alert}\"}}");
+        assert_eq!(gw.metric(&sent("unknown_ca")), 2, "untrusted, no CRL");
+        assert_eq!(
+            gw.metric(&sent("certificate_expired")),
+            2,
+            "expired, not yet"
+        );
+        assert_eq!(gw.metric(&sent("certificate_revoked")), 1);
+        assert_eq!(
+            gw.metric(&sent("certificate_unknown")),
+            11,
+            "the SVID rules"
+        );
+        assert_eq!(gw.metric("zgate_tls_alerts_received_total"), 0);
+        // A client that does not trust the gateway's certificate says so: its alert is
+        // counted as received, by name. Its roots are another test PKI's, whose CA has
+        // the same name and another key: the signature fails, `decrypt_error`.
+        let elsewhere = Pki::new(&[]);
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let stranger_client = client_config(&elsewhere, Some(&leaf));
+        assert!(super::common::pki::refused(connect_tls(
+            &gw,
+            stranger_client
+        )));
+        let received = "zgate_tls_alerts_received_total{alert=\"decrypt_error\"}";
+        assert_eq!(gw.metric_settled(received, 1), 1);
+        assert_eq!(failures(&gw, "peer-alert"), 1);
     }
 
     /// Review H1: with `trust_domains`, a CA vouches only for its own trust domain.

@@ -32,6 +32,37 @@ pub enum Scope {
     Listener,
     /// Per worker: rendered with a `worker` label.
     Worker,
+    /// The process's own (the supervisor's): no label but the family's own.
+    Process,
+}
+
+/// The unit a family's integer values are kept in. Prometheus wants base units, so a
+/// family kept in micro- or milliseconds is named `_seconds` and rendered in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// A count, or a value already in its base unit.
+    Count,
+    /// Microseconds, rendered as seconds.
+    Micros,
+    /// Milliseconds, rendered as seconds.
+    Millis,
+}
+
+impl Unit {
+    /// `value` (kept in this unit) as the exposition writes it.
+    fn render(self, value: u64) -> String {
+        let scale = match self {
+            Unit::Count => return value.to_string(),
+            Unit::Micros => 1e-6,
+            Unit::Millis => 1e-3,
+        };
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "durations below 2^53 microseconds (285 years) are exact"
+        )]
+        let v = value as f64 * scale;
+        format!("{v}")
+    }
 }
 
 /// One metric family.
@@ -51,6 +82,8 @@ pub struct Family {
     /// the same name with `zgate_worker_` in place of `zgate_` (for pinning and
     /// imbalance diagnosis).
     pub per_worker: bool,
+    /// The unit its values are kept in.
+    pub stored: Unit,
 }
 
 impl Family {
@@ -129,6 +162,7 @@ macro_rules! metric_families {
             $Var:ident => $name:literal, $kind:ident, $scope:ident, $help:literal
                 $(, by $key:literal = $vals:expr)?
                 $(, per_worker: $pw:literal)?
+                $(, stored: $unit:ident)?
             ;
         )*
     ) => {
@@ -150,6 +184,7 @@ macro_rules! metric_families {
                         help: $help,
                         label: $crate::__label!($(($key, &$vals))?),
                         per_worker: $crate::__flag!($($pw)?),
+                        stored: $crate::__unit!($($unit)?),
                     },
                 )*
             ];
@@ -172,6 +207,17 @@ macro_rules! __label {
     };
     ($l:expr) => {
         Some($l)
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __unit {
+    () => {
+        $crate::metrics::Unit::Count
+    };
+    ($u:ident) => {
+        $crate::metrics::Unit::$u
     };
 }
 
@@ -299,6 +345,11 @@ impl Exposition {
 
     /// One sample of `name` with `labels`.
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.sample_in(name, labels, value, Unit::Count);
+    }
+
+    /// One sample of `name` with `labels`, its value kept in `unit`.
+    fn sample_in(&mut self, name: &str, labels: &[(&str, &str)], value: u64, unit: Unit) {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');
@@ -310,30 +361,25 @@ impl Exposition {
             }
             self.out.push('}');
         }
-        let _ = writeln!(self.out, " {value}");
+        let _ = writeln!(self.out, " {}", unit.render(value));
     }
 
     /// A family that is not a worker's (the supervisor's own): HELP, TYPE, and its
-    /// samples, each `(label values, value)` for `labels`' keys.
-    pub fn family<'a>(
+    /// samples, each `(labels, value)`.
+    pub fn process<'a>(
         &mut self,
-        name: &str,
-        kind: Kind,
-        help: &'static str,
+        f: &Family,
         samples: impl IntoIterator<Item = (&'a [(&'a str, &'a str)], u64)>,
     ) {
-        let f = Family {
-            name: "",
-            kind,
-            scope: Scope::Worker,
-            help,
-            label: None,
-            per_worker: false,
-        };
-        self.head(name, &f);
+        self.head(f.name, f);
         for (labels, v) in samples {
-            self.sample(name, labels, v);
+            self.sample_in(f.name, labels, v, f.stored);
         }
+    }
+
+    /// A process family with one sample and no label.
+    pub fn single(&mut self, f: &Family, value: u64) {
+        self.process(f, [(&[][..], value)]);
     }
 
     /// Every worker family: the listener ones per listener (`listeners`: name and
@@ -363,6 +409,8 @@ impl Exposition {
                         }
                     }
                 }
+                // Rendered by whoever keeps them ([`Exposition::process`]).
+                Scope::Process => {}
                 Scope::Worker => {
                     self.head(f.name, f);
                     for (w, (own, _)) in workers.iter().enumerate() {
@@ -384,12 +432,12 @@ impl Exposition {
         name: &str,
     ) {
         match f.label {
-            None => self.sample(name, base, c.get(offsets, fi, 0)),
+            None => self.sample_in(name, base, c.get(offsets, fi, 0), f.stored),
             Some((key, values)) => {
                 for (li, value) in values.iter().enumerate() {
                     let mut labels = base.to_vec();
                     labels.push((key, value));
-                    self.sample(name, &labels, c.get(offsets, fi, li));
+                    self.sample_in(name, &labels, c.get(offsets, fi, li), f.stored);
                 }
             }
         }
@@ -413,11 +461,11 @@ fn escape_label(v: &str) -> String {
 pub fn markdown_table(families: &[Family]) -> String {
     let mut out = String::from("| metric | type | labels | meaning |\n| --- | --- | --- | --- |\n");
     for f in families {
-        let mut labels = vec![match f.scope {
-            Scope::Listener => "`listener`",
-            Scope::Worker => "`worker`",
-        }
-        .to_string()];
+        let mut labels: Vec<String> = match f.scope {
+            Scope::Listener => vec!["`listener`".into()],
+            Scope::Worker => vec!["`worker`".into()],
+            Scope::Process => Vec::new(),
+        };
         if let Some((key, values)) = f.label {
             labels.push(format!("`{key}` ({})", values.join(", ")));
         }
@@ -434,9 +482,61 @@ pub fn markdown_table(families: &[Family]) -> String {
             "| `{}` | {} | {} | {}{extra} |",
             f.name,
             f.type_name(),
-            labels.join(", "),
+            if labels.is_empty() {
+                "—".to_string()
+            } else {
+                labels.join(", ")
+            },
             f.help
         );
+    }
+    out
+}
+
+/// What in `families`' names breaks the Prometheus naming conventions (the rules
+/// `promtool check metrics` applies): the `zgate_` prefix, snake case, counters and
+/// only counters ending in `_total`, base units (`_seconds`, `_bytes`; never `_milli`/
+/// `_microseconds`), and a family kept in a sub-unit named for the base unit.
+pub fn naming_problems(families: &[Family]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in families {
+        let n = f.name;
+        let mut say = |what: &str| out.push(format!("{n}: {what}"));
+        if !n.starts_with("zgate_") {
+            say("no zgate_ prefix");
+        }
+        if !n
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            say("not snake case");
+        }
+        let total = n.ends_with("_total");
+        match f.kind {
+            Kind::Counter if !total => say("a counter not ending in _total"),
+            Kind::Gauge | Kind::Max if total => say("a gauge ending in _total"),
+            _ => {}
+        }
+        let stem = n.strip_suffix("_total").unwrap_or(n);
+        for sub in [
+            "_milliseconds",
+            "_microseconds",
+            "_nanoseconds",
+            "_ms",
+            "_us",
+            "_kib",
+            "_mib",
+        ] {
+            if stem.ends_with(sub) {
+                say("not in a base unit");
+            }
+        }
+        if f.stored != Unit::Count && !stem.ends_with("_seconds") {
+            say("kept in a sub-unit of seconds but not named _seconds");
+        }
+        if ["_count", "_sum", "_bucket"].iter().any(|s| n.ends_with(s)) {
+            say("a histogram's suffix on a plain family");
+        }
     }
     out
 }
@@ -495,6 +595,61 @@ mod tests {
         );
         assert!(markdown_table(T::FAMILIES)
             .contains("| `zgate_b_total` | counter | `listener`, `why` (x, y) | B things. |"));
+    }
+
+    mod misnamed {
+        #![allow(
+            dead_code,
+            reason = "only some families are rendered; the rest are named"
+        )]
+        crate::metric_families! {
+        /// Process families, some misnamed on purpose.
+        pub enum P;
+        /// kept in microseconds
+        Age => "zgate_age_seconds", Gauge, Process, "An age.", stored: Micros;
+        /// misnamed
+        Turn => "zgate_turn_microseconds", Max, Process, "A turn.", stored: Micros;
+        /// misnamed
+        Hits => "zgate_hits", Counter, Process, "Hits.";
+        /// misnamed
+        Up => "zgate_up_total", Gauge, Process, "Up.";
+        }
+    }
+    use misnamed::P;
+
+    #[test]
+    fn values_kept_in_sub_units_are_rendered_in_seconds() {
+        let mut e = Exposition::default();
+        e.single(&P::FAMILIES[P::Age as usize], 1_500);
+        e.process(
+            &P::FAMILIES[P::Hits as usize],
+            [(&[("listener", "a")][..], 7)],
+        );
+        assert_eq!(
+            e.finish(),
+            "# HELP zgate_age_seconds An age.\n# TYPE zgate_age_seconds gauge\nzgate_age_seconds 0.0015\n\
+             # HELP zgate_hits Hits.\n# TYPE zgate_hits counter\nzgate_hits{listener=\"a\"} 7\n"
+        );
+        assert_eq!(Unit::Millis.render(250), "0.25");
+    }
+
+    #[test]
+    fn naming_problems_are_found() {
+        let problems = naming_problems(P::FAMILIES);
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("zgate_turn_microseconds: not in a base unit")));
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("zgate_turn_microseconds: kept in a sub-unit")));
+        assert!(problems
+            .iter()
+            .any(|p| p == "zgate_hits: a counter not ending in _total"));
+        assert!(problems
+            .iter()
+            .any(|p| p == "zgate_up_total: a gauge ending in _total"));
+        assert!(naming_problems(T::FAMILIES).is_empty());
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub enum Alert {
     NoApplicationProtocol,
     /// No alert is sent (the peer is not speaking TLS, or it timed out).
     None,
+    /// An alert received that this crate does not name (never sent).
+    Other,
 }
 
 impl Alert {
@@ -127,8 +129,72 @@ impl Alert {
             Alert::NoRenegotiation => 100,
             Alert::CertificateRequired => 116,
             Alert::NoApplicationProtocol => 120,
-            Alert::None => return None,
+            Alert::None | Alert::Other => return None,
         })
+    }
+
+    /// Every alert's label, in declaration order ([`Alert::label`]): the `alert`
+    /// label of the alert metrics.
+    pub const LABELS: &'static [&'static str] = &[
+        "unexpected_message",
+        "bad_record_mac",
+        "record_overflow",
+        "handshake_failure",
+        "bad_certificate",
+        "unsupported_certificate",
+        "certificate_revoked",
+        "certificate_expired",
+        "certificate_unknown",
+        "unknown_ca",
+        "illegal_parameter",
+        "access_denied",
+        "decode_error",
+        "decrypt_error",
+        "protocol_version",
+        "internal_error",
+        "no_renegotiation",
+        "certificate_required",
+        "no_application_protocol",
+        "none",
+        "other",
+    ];
+
+    /// Its position in [`Alert::LABELS`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its RFC 8446 name (`bad_certificate`, `unknown_ca`, ...).
+    pub fn label(self) -> &'static str {
+        Self::LABELS.get(self.index()).copied().unwrap_or("other")
+    }
+
+    /// The alert with wire code `code` ([`Alert::Other`] for one not named here).
+    pub fn from_code(code: u8) -> Alert {
+        [
+            Alert::UnexpectedMessage,
+            Alert::BadRecordMac,
+            Alert::RecordOverflow,
+            Alert::HandshakeFailure,
+            Alert::BadCertificate,
+            Alert::UnsupportedCertificate,
+            Alert::CertificateRevoked,
+            Alert::CertificateExpired,
+            Alert::CertificateUnknown,
+            Alert::UnknownCa,
+            Alert::IllegalParameter,
+            Alert::AccessDenied,
+            Alert::DecodeError,
+            Alert::DecryptError,
+            Alert::ProtocolVersion,
+            Alert::InternalError,
+            Alert::NoRenegotiation,
+            Alert::CertificateRequired,
+            Alert::NoApplicationProtocol,
+        ]
+        .into_iter()
+        .find(|a| a.code() == Some(code))
+        .unwrap_or(Alert::Other)
     }
 }
 
@@ -241,9 +307,9 @@ pub enum RejectReason {
     /// The bytes are not TLS (or are malformed TLS).
     #[error("not TLS or malformed TLS")]
     Malformed,
-    /// The client sent an alert and gave up.
-    #[error("client sent an alert")]
-    PeerAlert,
+    /// The peer sent a fatal alert (which one: [`Alert::Other`] when not named here).
+    #[error("peer sent the alert {}", .0.label())]
+    PeerAlert(Alert),
     /// The handshake did not finish within the listener's handshake timeout.
     #[error("handshake timed out")]
     HandshakeTimeout,
@@ -309,7 +375,7 @@ impl RejectReason {
             RejectReason::NoCommonParameters => 15,
             RejectReason::NoApplicationProtocol => 16,
             RejectReason::Malformed => 17,
-            RejectReason::PeerAlert => 18,
+            RejectReason::PeerAlert(_) => 18,
             RejectReason::HandshakeTimeout => 19,
             RejectReason::PeerClosed => 20,
             RejectReason::Other(_) => 21,
@@ -334,9 +400,9 @@ impl RejectReason {
             RejectReason::NoCommonParameters => Alert::HandshakeFailure,
             RejectReason::NoApplicationProtocol => Alert::NoApplicationProtocol,
             RejectReason::Malformed => Alert::DecodeError,
-            RejectReason::PeerAlert | RejectReason::HandshakeTimeout | RejectReason::PeerClosed => {
-                Alert::None
-            }
+            RejectReason::PeerAlert(_)
+            | RejectReason::HandshakeTimeout
+            | RejectReason::PeerClosed => Alert::None,
             RejectReason::Other(_) => Alert::HandshakeFailure,
             RejectReason::Internal(_) => Alert::InternalError,
             RejectReason::BadRecord { alert, .. } => *alert,
@@ -385,7 +451,7 @@ impl RejectReason {
             E::NoCertificatesPresented => RejectReason::NoClientCertificate,
             E::InvalidMessage(_) | E::InappropriateMessage { .. } => RejectReason::Malformed,
             E::InappropriateHandshakeMessage { .. } => RejectReason::Malformed,
-            E::AlertReceived(_) => RejectReason::PeerAlert,
+            E::AlertReceived(d) => RejectReason::PeerAlert(Alert::from_code(u8::from(*d))),
             E::PeerIncompatible(p) => {
                 let s = format!("{p:?}");
                 if s.contains("Alpn") || s.contains("ApplicationProtocol") {
@@ -453,6 +519,27 @@ mod tests {
             "uri-san-count"
         );
         assert_eq!(RejectReason::HandshakeTimeout.label(), "handshake-timeout");
+    }
+
+    /// Every named alert comes back from its code under its RFC 8446 name; codes not
+    /// named are `other`.
+    #[test]
+    fn alerts_round_trip_through_their_codes() {
+        assert_eq!(Alert::Other.index() + 1, Alert::LABELS.len());
+        let mut named = 0;
+        for code in 0..=u8::MAX {
+            let a = Alert::from_code(code);
+            if a == Alert::Other {
+                continue;
+            }
+            named += 1;
+            assert_eq!(a.code(), Some(code));
+            let wire = rustls::AlertDescription::from(code);
+            let rustls_name = format!("{wire:?}").to_ascii_lowercase();
+            assert_eq!(a.label().replace('_', ""), rustls_name, "{code}");
+        }
+        assert_eq!(named, Alert::LABELS.len() - 2, "all but none and other");
+        assert_eq!(Alert::from_code(90), Alert::Other);
     }
 
     #[test]

@@ -701,7 +701,7 @@ impl RecordLayer {
         let ignorable = level == LEVEL_WARNING
             && (self.version == Version::Tls12 || desc == ALERT_USER_CANCELED);
         if !ignorable {
-            return Err(RejectReason::PeerAlert);
+            return Err(RejectReason::PeerAlert(Alert::from_code(desc)));
         }
         self.warnings_left = self
             .warnings_left

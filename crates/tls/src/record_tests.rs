@@ -801,7 +801,7 @@ fn a_key_update_with_a_bad_request_value_is_an_illegal_parameter() {
     assert_eq!(r.alert(), Alert::IllegalParameter);
     assert_eq!(
         alert_seen_by(&mut c, &mut s),
-        RejectReason::PeerAlert,
+        RejectReason::PeerAlert(Alert::IllegalParameter),
         "the client is told"
     );
 }
@@ -861,7 +861,10 @@ fn a_handshake_message_interleaved_with_data_is_an_unexpected_message() {
     wire.extend(raw(&mut c, 22, &[1, 1]));
     let r = feed(&mut s, &mut wire).unwrap_err();
     assert_eq!(r.alert(), Alert::UnexpectedMessage);
-    assert_eq!(alert_seen_by(&mut c, &mut s), RejectReason::PeerAlert);
+    assert_eq!(
+        alert_seen_by(&mut c, &mut s),
+        RejectReason::PeerAlert(Alert::UnexpectedMessage)
+    );
 }
 
 #[test]
@@ -887,12 +890,15 @@ fn tls13_alerts_other_than_closure_are_fatal_whatever_their_level() {
         Alert::UnexpectedMessage
     );
     // A fatal-level user_canceled, and a warning-level anything else, end the session.
-    for alert in [[2u8, 90], [1, 40]] {
+    for (alert, seen) in [
+        ([2u8, 90], Alert::Other),
+        ([1, 40], Alert::HandshakeFailure),
+    ] {
         let (mut c, mut s) = zgate_pair(false);
         let mut wire = raw(&mut c, 21, &alert);
         assert_eq!(
             feed(&mut s, &mut wire).unwrap_err(),
-            RejectReason::PeerAlert,
+            RejectReason::PeerAlert(seen),
             "{alert:?}"
         );
     }
@@ -912,7 +918,7 @@ fn tls12_fatal_alerts_end_the_session_and_warnings_are_bounded() {
     let mut wire = raw(&mut c, 21, &[2, 90]);
     assert_eq!(
         feed(&mut s, &mut wire).unwrap_err(),
-        RejectReason::PeerAlert
+        RejectReason::PeerAlert(Alert::Other)
     );
     let (mut c, mut s) = zgate_pair(true);
     for _ in 0..4 {

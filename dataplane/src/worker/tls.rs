@@ -391,6 +391,13 @@ impl TlsConn {
     pub fn fail(&mut self, reason: &RejectReason, ctx: &mut Ctx<'_>) {
         self.ended.get_or_insert(Ended::TlsError);
         ctx.stats.add_label(M::TlsFailures, reason.index(), 1);
+        match reason {
+            RejectReason::PeerAlert(a) => ctx.stats.add_label(M::TlsAlertsReceived, a.index(), 1),
+            r if r.alert() != Alert::None => {
+                ctx.stats.add_label(M::TlsAlertsSent, r.alert().index(), 1);
+            }
+            _ => {}
+        }
         self.refused = Some(Refused::tls(AuditKind::TlsRefused, reason.clone()));
         self.abort_upstream();
         self.flush_then_close(ctx);
@@ -407,6 +414,7 @@ impl TlsConn {
     /// `alert`, so the client's own error says what happened; flush, close. The
     /// reason itself stays in the audit trail.
     pub fn deny(&mut self, alert: Alert, ctx: &mut Ctx<'_>) {
+        ctx.stats.add_label(M::TlsAlertsSent, alert.index(), 1);
         self.session.abort_with(alert);
         self.close_notify_sent = true;
         self.flush_then_close(ctx);

@@ -288,6 +288,13 @@ impl Gateway {
         metric_in(&body, name).unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
     }
 
+    /// A `_seconds` (or other fractional) metric: the sum of the samples `name` picks.
+    pub fn metric_value(&self, name: &str) -> f64 {
+        let (status, body) = http_get(self.admin, "/metrics").expect("metrics reachable");
+        assert_eq!(status, 200);
+        metric_value_in(&body, name).unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+    }
+
     /// `metric` once it has settled on `want` (or whatever it reads at the deadline).
     /// Workers publish their counters at most once a millisecond and when they go
     /// idle, so a count read the instant a client saw the effect may still be the one
@@ -503,8 +510,16 @@ fn series(text: &str) -> (&str, Vec<(&str, &str)>) {
 }
 
 /// The sum of the samples in exposition text `body` that `wanted` (a name, optionally
-/// with labels) picks; `None` when none does.
+/// with labels) picks; `None` when none does. For counts: a fractional sum is a
+/// mistake (a `_seconds` family wants [`metric_value_in`]).
 pub fn metric_in(body: &str, wanted: &str) -> Option<u64> {
+    let v = metric_value_in(body, wanted)?;
+    assert!(v.fract() == 0.0 && v >= 0.0, "{wanted} is not a count: {v}");
+    format!("{v:.0}").parse().ok()
+}
+
+/// The sum, as a number, of the samples in `body` that `wanted` picks.
+pub fn metric_value_in(body: &str, wanted: &str) -> Option<f64> {
     let (name, labels) = series(wanted);
     let mut found = None;
     for line in body.lines().filter(|l| !l.starts_with('#')) {
@@ -513,8 +528,8 @@ pub fn metric_in(body: &str, wanted: &str) -> Option<u64> {
         };
         let (n, have) = series(s);
         if n == name && labels.iter().all(|l| have.contains(l)) {
-            let v: u64 = value.trim().parse().unwrap();
-            found = Some(found.unwrap_or(0) + v);
+            let v: f64 = value.trim().parse().unwrap();
+            found = Some(found.unwrap_or(0.0) + v);
         }
     }
     found
