@@ -227,6 +227,98 @@ mod latency {
                 && s.labels.get("listener") == Some("other")));
     }
 
+    /// TLS flows: full handshakes timed, and the record layer's share of the dwell
+    /// (opens and seals, one in 64 timed) inside the dwell itself; sampled decisions
+    /// and flow durations on plain flows.
+    #[test]
+    fn tls_handshakes_crypto_decisions_and_flow_durations_are_timed() {
+        use super::common::pki::{client_config, connect_tls, trading_only, Pki, TRADING};
+        const PINGS: usize = 1280;
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let mut setup = Setup::new(up.addr);
+        setup.table = Some(trading_only());
+        setup.listener_extra = pki.listener_tls("");
+        let gw = Gateway::start(&setup);
+        let leaf = pki.client(&zgate_devpki::ClientSpec::spiffe(TRADING));
+        let cfg = client_config(&pki, Some(&leaf));
+        for _ in 0..2 {
+            let mut s = connect_tls(&gw, cfg.clone());
+            let mut back = [0u8; 64];
+            for _ in 0..PINGS / 2 {
+                s.write_all(&[7u8; 64]).unwrap();
+                s.read_exact(&mut back).unwrap();
+            }
+        }
+        let v = wait_dwell(&gw, "echo", PINGS as u64);
+        let count = |m: &str| {
+            measure(&v, "echo", m)["since_start"]["count"]
+                .as_u64()
+                .unwrap()
+        };
+        let handshakes = count("tls_handshake_full") + count("tls_handshake_resumed");
+        assert_eq!(handshakes, 2);
+        // Each ping is one open and one seal call, give or take a coalesced pair.
+        let per_sample = zgate_telemetry::latency::CRYPTO_SAMPLE as usize;
+        for m in ["tls_open", "tls_seal"] {
+            let n = count(m);
+            assert!(
+                (PINGS / per_sample / 2..=PINGS / per_sample + 2).contains(&(n as usize)),
+                "{m}: {n} samples for {PINGS} pings"
+            );
+        }
+        // Opening is part of the client-to-upstream dwell, sealing of the other way.
+        let p = |m: &str, q: &str| measure(&v, "echo", m)["since_start"][q].as_f64().unwrap();
+        assert!(p("tls_open", "p50_us") > 0.0);
+        assert!(
+            p("tls_open", "p50_us") <= p("dwell_client_to_upstream", "max_us"),
+            "{v}"
+        );
+        assert!(
+            p("tls_seal", "p50_us") <= p("dwell_upstream_to_client", "max_us"),
+            "{v}"
+        );
+
+        // Plain flows: 128 short ones give at least one sampled decision (one in 64)
+        // and 128 flow durations.
+        let up = Upstream::echo();
+        let (gw, _other) = two_listeners(&up, "");
+        for _ in 0..128 {
+            drop(ping(gw.listen, 1));
+        }
+        let deadline = Instant::now() + WAIT;
+        let v = loop {
+            // Before the first merge `/latency` says so in words.
+            let v: Option<serde_json::Value> = http_get(gw.admin, "/latency")
+                .and_then(|(_, body)| serde_json::from_str(&body).ok());
+            if let Some(v) = v.filter(|v| {
+                measure(v, "echo", "flow_duration")["since_start"]["count"] == 128
+                    || Instant::now() > deadline
+            }) {
+                break v;
+            }
+            assert!(Instant::now() <= deadline, "no /latency from the gateway");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let count = |m: &str| {
+            measure(&v, "echo", m)["since_start"]["count"]
+                .as_u64()
+                .unwrap()
+        };
+        assert_eq!(count("flow_duration"), 128);
+        assert!(
+            (1..=2).contains(&count("decision")),
+            "{}",
+            count("decision")
+        );
+        assert!(
+            measure(&v, "echo", "decision")["since_start"]["p50_us"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+    }
+
     #[test]
     fn histograms_can_be_switched_off() {
         let up = Upstream::echo();

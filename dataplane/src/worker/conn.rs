@@ -181,6 +181,25 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The instant to time a TLS open or seal from, when histograms are kept and this
+    /// call is one of the sampled ([`zgate_telemetry::latency::CRYPTO_SAMPLE`]).
+    #[inline]
+    pub fn crypto_start(&mut self, m: zgate_telemetry::latency::Measure) -> Option<Instant> {
+        let l = self.latency.as_deref_mut()?;
+        l.sample_crypto(m).then(super::precise_now)
+    }
+
+    /// Record `start`..now (a precise clock read, not the loop's) for `m`.
+    #[inline]
+    pub fn record_precise(&mut self, m: zgate_telemetry::latency::Measure, start: Option<Instant>) {
+        if let (Some(l), Some(t0)) = (self.latency.as_deref_mut(), start) {
+            let ns = super::precise_now()
+                .saturating_duration_since(t0)
+                .as_nanos();
+            l.record(m, u64::try_from(ns).unwrap_or(u64::MAX));
+        }
+    }
+
     /// Record `since`..now for `m`, when histograms are kept.
     #[inline]
     pub fn record(&mut self, m: zgate_telemetry::latency::Measure, since: Instant) {

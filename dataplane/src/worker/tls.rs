@@ -42,6 +42,7 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use zgate_table::facts::UnixSeconds;
+use zgate_telemetry::latency::Measure;
 use zgate_telemetry::AuditKind;
 use zgate_tls::{Alert, ClientTls, RejectReason, Runs, ServerTls, TlsSession, MAX_RECORD};
 
@@ -797,6 +798,7 @@ impl TlsConn {
         if !self.out_free(0) {
             return Ok(false);
         }
+        let t0 = ctx.crypto_start(Measure::TlsOpen);
         let region = ctx
             .ring
             .pool
@@ -805,6 +807,7 @@ impl TlsConn {
         let mut runs = Runs::default();
         self.session
             .read_in_place(region, HEADROOM + i.pos as usize, &mut runs)?;
+        ctx.record_precise(Measure::TlsOpen, t0);
         self.input[CLIENT] = None;
         if runs.total() == 0 {
             give_back(buf, ctx);
@@ -961,6 +964,11 @@ impl TlsConn {
                 return Ok(false);
             }
         }
+        let t0 = if open {
+            ctx.crypto_start(Measure::TlsOpen)
+        } else {
+            None
+        };
         let bytes = unread(&mut ctx.ring.pool, &mut self.hs_buf, input)?;
         let mut to_bridge = false;
         let plain: &mut [u8] = if !open {
@@ -976,6 +984,7 @@ impl TlsConn {
             }
         };
         let r = self.session.read(bytes, plain)?;
+        ctx.record_precise(Measure::TlsOpen, t0);
         if let Some(i) = input {
             self.consumed(CLIENT, i, r.consumed, ctx);
         }
@@ -1071,6 +1080,11 @@ impl TlsConn {
         let Some(buf) = free_out(&mut self.out, 1, ctx.out_pool) else {
             return false;
         };
+        let t0 = if open && (plain_input.is_some() || bridged) {
+            ctx.crypto_start(Measure::TlsSeal)
+        } else {
+            None
+        };
         let plaintext: &[u8] = if let Some(i) = plain_input {
             input_bytes(&ctx.ring.pool, &self.hs_buf, i).unwrap_or_default()
         } else if bridged {
@@ -1082,6 +1096,7 @@ impl TlsConn {
             &[]
         };
         let w = self.session.write(plaintext, buf);
+        ctx.record_precise(Measure::TlsSeal, t0);
         if let Some(i) = plain_input {
             self.consumed(UPSTREAM, i, w.taken, ctx);
         } else if let Some(b) = self.bridge.as_deref_mut() {
