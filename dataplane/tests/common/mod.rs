@@ -246,12 +246,20 @@ impl Gateway {
     }
 
     /// The audit events written so far (`audit = "stderr"`, the default: the JSON lines
-    /// among the log lines).
+    /// among the log lines), each checked against the audit schema: every test that
+    /// reads the trail (and, on drop, every test) checks the events it caused.
     pub fn audit(&self) -> Vec<serde_json::Value> {
         self.log()
             .lines()
             .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l}: {e}")))
+            .map(|l| {
+                let v =
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l}: {e}"));
+                if let Err(e) = zgate_telemetry::schema::validate(&v) {
+                    panic!("audit line breaks the schema ({e}): {l}");
+                }
+                v
+            })
             .collect()
     }
 
@@ -361,6 +369,10 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Whatever the test was about, the audit lines it caused follow the schema.
+        if !std::thread::panicking() {
+            let _ = self.audit();
+        }
     }
 }
 
