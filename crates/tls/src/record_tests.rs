@@ -791,6 +791,69 @@ fn an_inner_plaintext_padded_past_2_to_the_14_plus_1_is_a_record_overflow() {
 }
 
 #[test]
+fn an_empty_data_record_does_not_reset_the_key_update_bound() {
+    // Review 16.1: any application record reset the in-a-row bound, even an empty one,
+    // so a peer could send KeyUpdates forever at the cost of 22 bytes each. Empty
+    // records between them count for nothing: the 33rd in a row is refused.
+    let (mut c, mut s) = zgate_pair(false);
+    for n in 1..=33 {
+        let mut wire = Vec::new();
+        c.records_mut()
+            .unwrap()
+            .send_key_update_for_test(0, &mut wire);
+        wire.extend(raw(&mut c, 23, b""));
+        let r = feed(&mut s, &mut wire);
+        if n <= 32 {
+            assert_eq!(r.unwrap(), b"", "KeyUpdate {n}");
+        } else {
+            assert_eq!(r.unwrap_err().alert(), Alert::UnexpectedMessage);
+        }
+    }
+    // One byte of data between them does reset it.
+    let (mut c, mut s) = zgate_pair(false);
+    for n in 1..=100 {
+        let mut wire = Vec::new();
+        c.records_mut()
+            .unwrap()
+            .send_key_update_for_test(0, &mut wire);
+        wire.extend(raw(&mut c, 23, b"x"));
+        assert_eq!(feed(&mut s, &mut wire).unwrap(), b"x", "KeyUpdate {n}");
+    }
+}
+
+#[test]
+fn a_key_update_and_the_end_of_a_session_wipe_the_old_keys() {
+    // Review 16.8: old traffic keys were dropped without being zeroed. Every key the
+    // record layer lets go of goes through `WipedKey`, whose own test checks that the
+    // bytes it held are zeros afterwards.
+    let wipes = crate::wipe::wipes;
+    let (mut c, mut s) = zgate_pair(false);
+    // The gateway's tickets first, so its next write is the KeyUpdate alone.
+    let mut out = vec![0u8; 64 * 1024];
+    while s.wants_write() {
+        let n = s.write_ciphertext(&mut out);
+        assert_eq!(feed(&mut c, &mut out[..n]).unwrap(), b"");
+    }
+    let start = wipes();
+    let mut wire = Vec::new();
+    c.records_mut()
+        .unwrap()
+        .send_key_update_for_test(1, &mut wire);
+    assert_eq!(wipes(), start + 1, "the client's old sending key");
+    assert_eq!(feed(&mut s, &mut wire).unwrap(), b"");
+    assert_eq!(wipes(), start + 2, "the gateway's old receiving key");
+    assert!(s.owes_update());
+    let n = s.write_ciphertext(&mut out);
+    assert_eq!(n, KEY_UPDATE_RECORD_LEN);
+    assert_eq!(wipes(), start + 3, "the gateway's old sending key");
+    assert_eq!(feed(&mut c, &mut out[..n]).unwrap(), b"");
+    assert_eq!(wipes(), start + 4, "the client's old receiving key");
+    drop(c);
+    drop(s);
+    assert_eq!(wipes(), start + 8, "both keys of each session as it ends");
+}
+
+#[test]
 fn a_key_update_with_a_bad_request_value_is_an_illegal_parameter() {
     let (mut c, mut s) = zgate_pair(false);
     let mut wire = Vec::new();
