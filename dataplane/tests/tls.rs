@@ -402,6 +402,42 @@ mod tls {
         assert!(text.contains("alert access denied"), "{text}");
     }
 
+    /// Review 16.15: a client the handshake itself refuses reads the alert that says
+    /// why (docs/tls.md "Failure reasons and alerts"), as rustls reports it: the
+    /// TLS 1.3 client finishes its side, then its first read gets the alert.
+    #[test]
+    fn a_client_refused_during_the_handshake_reads_the_alert_that_says_why() {
+        use rustls::AlertDescription as A;
+        let pki = Pki::new(&[]);
+        let revoked = pki.client(&ClientSpec::spiffe(TRADING));
+        pki.write_crl(&[&revoked]);
+        let up = Upstream::echo();
+        let gw = tls_gateway(&pki, up.addr, rule_for_principals(None), "");
+        let stranger = Ca::new("stranger", now())
+            .unwrap()
+            .client(&ClientSpec::spiffe(TRADING), now())
+            .unwrap();
+        let expired = pki.client(&Bad::Expired.spec(TRADING));
+        let two_ids = pki.client(&Bad::TwoUriSans.spec(TRADING));
+        for (name, leaf, want) in [
+            ("no certificate", None, A::CertificateRequired),
+            ("untrusted issuer", Some(&stranger), A::UnknownCA),
+            ("expired", Some(&expired), A::CertificateExpired),
+            ("revoked", Some(&revoked), A::CertificateRevoked),
+            ("two URI SANs", Some(&two_ids), A::CertificateUnknown),
+        ] {
+            let mut s = connect_tls(&gw, client_config(&pki, leaf));
+            let mut buf = [0u8; 16];
+            let e = s.read(&mut buf).expect_err(name);
+            let got = e
+                .into_inner()
+                .and_then(|e| e.downcast::<rustls::Error>().ok())
+                .map(|e| *e);
+            assert_eq!(got, Some(rustls::Error::AlertReceived(want)), "{name}");
+        }
+        assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
     /// What an [`ending_upstream`] read, and how its client's stream ended.
     type Ending = (Vec<u8>, Result<(), std::io::ErrorKind>);
 
