@@ -14,7 +14,7 @@ mod common;
 #[cfg(test)]
 mod upstream_tls {
     use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpListener};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc::{channel, Receiver};
     use std::sync::Arc;
@@ -60,6 +60,29 @@ mod upstream_tls {
         EchoOn,
         /// End its TCP stream at once, without close_notify (a cut).
         Fin,
+        /// Answer the second input with the first 10 bytes of a record, then end its
+        /// TCP stream (a cut in the middle of a record).
+        CutRecord,
+        /// Answer the second input with a record whose tag has one bit changed (a
+        /// forgery), then read on.
+        Forged,
+    }
+
+    /// Send a record of data cut short (`After::CutRecord`) or with one bit of its tag
+    /// changed (`After::Forged`) on `s`'s socket, under `s`'s keys.
+    fn misbehave(s: &mut StreamOwned<ServerConnection, TcpStream>, after: After) {
+        s.conn
+            .writer()
+            .write_all(b"a record cut or forged")
+            .unwrap();
+        let mut rec = Vec::new();
+        s.conn.write_tls(&mut rec).unwrap();
+        match after {
+            After::CutRecord => rec.truncate(10),
+            After::Forged => *rec.last_mut().unwrap() ^= 1,
+            After::EchoOn | After::Fin => unreachable!(),
+        }
+        s.sock.write_all(&rec).unwrap();
     }
 
     impl TlsEcho {
@@ -99,6 +122,7 @@ mod upstream_tls {
                         let mut s = StreamOwned::new(conn, tcp);
                         let mut buf = vec![0u8; 32 * 1024];
                         let mut first = true;
+                        let mut echoed = false;
                         loop {
                             let n = match s.read(&mut buf) {
                                 Ok(0) => {
@@ -119,9 +143,18 @@ mod upstream_tls {
                                     let _ = p.send(c[0].to_vec());
                                 }
                             }
+                            if echoed && matches!(after, After::CutRecord | After::Forged) {
+                                misbehave(&mut s, after);
+                                if after == After::CutRecord {
+                                    // Dropping the stream closes the socket: a bare FIN.
+                                    return;
+                                }
+                                continue;
+                            }
                             if s.write_all(&buf[..n]).and_then(|()| s.flush()).is_err() {
                                 break;
                             }
+                            echoed = true;
                             if after == After::Fin {
                                 // Dropping the stream closes the socket: a bare FIN.
                                 return;
@@ -245,6 +278,45 @@ mod upstream_tls {
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
         assert!(rest.is_empty());
         assert_eq!(gw.wait_metric("zgate_tls_truncations_total", 1), 1);
+    }
+
+    /// Review 16.2, the other two cases from a TLS upstream: a record cut in its middle
+    /// by a FIN, and a forged record, each reset the client: never a close_notify, and
+    /// nothing of the bad record reaches it. The upstream misbehaves only after its
+    /// first echo arrived, in answer to the client's second write.
+    #[test]
+    fn an_upstream_record_cut_in_its_middle_or_forged_resets_the_client() {
+        let pki = Pki::new(&[]);
+        for after in [After::CutRecord, After::Forged] {
+            let up = upstream_side_with(&pki, "db.internal", true, after);
+            let gw = gateway(&pki, &up);
+            let mut s = connect(&gw, &pki);
+            echo_through(&mut s, b"the one echo");
+            s.write_all(b"again").unwrap();
+            s.flush().unwrap();
+            let mut rest = Vec::new();
+            let e = s.read_to_end(&mut rest).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+            assert!(rest.is_empty());
+            if after == After::CutRecord {
+                assert_eq!(gw.wait_metric("zgate_tls_truncations_total", 1), 1);
+            } else {
+                assert_eq!(
+                    gw.wait_metric(
+                        "zgate_upstream_tls_failures_total{reason=\"bad-record\"}",
+                        1
+                    ),
+                    1
+                );
+                // The forger, still reading, is reset (or reads an alert): it is
+                // never told the stream ended cleanly.
+                let end = up.echo.ends.recv_timeout(WAIT).unwrap();
+                assert!(
+                    matches!(end.as_str(), "ConnectionReset" | "InvalidData"),
+                    "{end}"
+                );
+            }
+        }
     }
 
     /// The other way: a client that cuts its stream (FIN, no close_notify) does not
