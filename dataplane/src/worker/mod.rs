@@ -312,6 +312,11 @@ struct Worker {
 
 /// Run a worker until the supervisor says stop and every flow is gone.
 pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
+    start(setup)?.run_to_end()
+}
+
+/// A worker built from `setup`, pinned, its ring made; nothing armed yet.
+fn start(setup: WorkerSetup) -> Result<Worker, WorkerError> {
     let id = setup.id;
     if let Some(core) = setup.core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
@@ -391,13 +396,7 @@ pub fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         decisions: 0,
     };
     w.clock();
-    let result = w.run_loop();
-    if result.is_err() {
-        // Ops may still be in flight: leak the whole worker (slots, buffer pool, ring)
-        // rather than free memory under the kernel. The process is about to exit.
-        std::mem::forget(w);
-    }
-    result
+    Ok(w)
 }
 
 /// The loop clock: the only place a worker reads the time (monotonic, and wall-clock
@@ -425,6 +424,18 @@ fn precise_now() -> Instant {
 }
 
 impl Worker {
+    /// Run until the supervisor says stop (or a fatal error).
+    fn run_to_end(mut self) -> Result<(), WorkerError> {
+        let result = self.run_loop();
+        if result.is_err() {
+            // Ops may still be in flight: leak the whole worker (slots, buffer pool,
+            // ring) rather than free memory under the kernel. The process is about to
+            // exit.
+            std::mem::forget(self);
+        }
+        result
+    }
+
     /// Read the loop clock into `now`, `unix_now_us` and `unix_now`.
     fn clock(&mut self) {
         (self.now, self.unix_now_us) = loop_clock();
@@ -1376,6 +1387,87 @@ mod tests {
             stats.own.snapshot().value(M::RearmFailures) == 1
         });
         // The worker retried: it still hears the supervisor.
+        published.advance(Phase::Draining);
+        sys::eventfd_wake(wake.as_raw_fd());
+        assert!(worker.join().unwrap().is_ok());
+        assert_eq!(faults.load(Ordering::SeqCst), 0);
+    }
+
+    /// Review 16.10, the accept's case: a single-shot accept (the mode after running
+    /// out of descriptors) whose re-arm cannot be queued is counted and re-armed on the
+    /// next tick, not fatal: the next client is accepted and the worker drains cleanly.
+    #[test]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a test's deadline for a worker thread it waits on"
+    )]
+    fn an_accept_that_cannot_be_re_armed_is_retried_not_fatal() {
+        let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = crate::config::Config::parse(&format!(
+            "[workers]\ncount = 1\n[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nupstream='{}'\n",
+            upstream.local_addr().unwrap()
+        ))
+        .unwrap();
+        // The worker accepts on the socket it is given (the config's address is the
+        // supervisor's to bind).
+        let fd = sys::reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = std::net::TcpListener::from(fd.try_clone().unwrap())
+            .local_addr()
+            .unwrap();
+        let published = Arc::new(Published::new(None, vec![None]));
+        let stats = Arc::new(WorkerStats::new(1));
+        let wake = sys::eventfd().unwrap();
+        let setup = WorkerSetup {
+            id: 0,
+            core: None,
+            poll: PollMode::Interrupt,
+            buffers: 64,
+            splice: false,
+            splice_pipes: 0,
+            defer_taskrun: true,
+            latency: false,
+            audit: Arc::new(AuditQueue::new(16)),
+            listeners: vec![WorkerListener {
+                config: Arc::new(config.listeners[0].clone()),
+                fd,
+                limit: 16,
+                handshake_limit: u32::MAX,
+                source_handshake_limit: u32::MAX,
+            }],
+            published: Arc::clone(&published),
+            stats: Arc::clone(&stats),
+            wake: wake.try_clone().unwrap(),
+        };
+        let faults = Arc::new(AtomicU32::new(0));
+        let f = Arc::clone(&faults);
+        let worker = std::thread::spawn(move || {
+            sys::push_faults::install(f);
+            let mut w = start(setup)?;
+            // One single-shot accept, as after a pause for descriptors.
+            w.single_accepts_left = 1;
+            w.run_to_end()
+        });
+        let wait = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !done() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::yield_now();
+            }
+        };
+        let accepted = || stats.listeners[0].snapshot().value(M::Accepted);
+        wait("the worker to start", &|| {
+            stats.ready.load(Ordering::Acquire)
+        });
+        // The single-shot accept completes; its re-arm fails once.
+        faults.store(1, Ordering::SeqCst);
+        let _first = std::net::TcpStream::connect(addr).unwrap();
+        wait("the failed re-arm", &|| {
+            stats.own.snapshot().value(M::RearmFailures) == 1
+        });
+        wait("the first accept", &|| accepted() == 1);
+        // The tick re-armed it: the next client is accepted.
+        let _second = std::net::TcpStream::connect(addr).unwrap();
+        wait("the second accept", &|| accepted() == 2);
         published.advance(Phase::Draining);
         sys::eventfd_wake(wake.as_raw_fd());
         assert!(worker.join().unwrap().is_ok());
