@@ -19,37 +19,67 @@ use std::time::Duration;
 
 use common::*;
 
-/// Clients that send `first`, then trickle one byte every 300 ms, reconnecting when the
-/// gateway closes them, until `stop`: they never finish a request.
-fn tricklers<S: Write + Send + 'static>(
-    n: usize,
+/// What a trickler reports.
+enum Trickle {
+    /// Trickler `id` is connected and has sent the start of a request.
+    Started(usize),
+    /// The gateway ended trickler `id`'s connection: what it read first, and how the
+    /// stream ended (`Ok` for a FIN, else the error's kind).
+    Closed {
+        id: usize,
+        read: Vec<u8>,
+        end: Result<(), std::io::ErrorKind>,
+    },
+}
+
+/// Clients `ids` that send `first`, then trickle one byte every 300 ms (the read timeout
+/// `connect` gives their sockets paces them: each byte waits for the gateway's answer),
+/// never finishing a request; each reports its start and its end on `events`, and
+/// reconnects after the gateway closes it, until `stop` (or until it cannot connect).
+fn tricklers<S: std::io::Read + Write + Send + 'static>(
+    ids: std::ops::Range<usize>,
     stop: &Arc<AtomicBool>,
+    events: &std::sync::mpsc::Sender<Trickle>,
     first: &'static [u8],
     connect: impl Fn() -> Option<S> + Send + Sync + 'static,
-) -> Vec<std::thread::JoinHandle<u64>> {
+) -> Vec<std::thread::JoinHandle<()>> {
     let connect = Arc::new(connect);
-    (0..n)
-        .map(|_| {
-            let (stop, connect) = (Arc::clone(stop), Arc::clone(&connect));
-            std::thread::spawn(move || {
-                let mut connections = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    let Some(mut s) = connect() else {
-                        std::thread::sleep(Duration::from_millis(50));
-                        continue;
-                    };
-                    connections += 1;
-                    if s.write_all(first).is_err() {
-                        continue;
-                    }
-                    while !stop.load(Ordering::SeqCst) && s.write_all(b"\x01").is_ok() {
-                        std::thread::sleep(Duration::from_millis(300));
-                    }
+    ids.map(|id| {
+        let (stop, connect, events) = (Arc::clone(stop), Arc::clone(&connect), events.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Some(mut s) = connect() else {
+                    return;
+                };
+                if s.write_all(first).is_err() {
+                    continue;
                 }
-                connections
-            })
+                let _ = events.send(Trickle::Started(id));
+                let mut read = Vec::new();
+                let mut buf = [0u8; 256];
+                let end = loop {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Err(e) = s.write_all(b"\x01") {
+                        break Err(e.kind());
+                    }
+                    match s.read(&mut buf) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => read.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(e) => break Err(e.kind()),
+                    }
+                };
+                let _ = events.send(Trickle::Closed { id, read, end });
+            }
         })
-        .collect()
+    })
+    .collect()
 }
 
 /// Fault: slowloris on the admin endpoint and the operator socket: clients that open a
@@ -57,23 +87,50 @@ fn tricklers<S: Write + Send + 'static>(
 /// Behaviour: the supervisor keeps answering `/healthz`, `status`, `reload` and
 /// `drain` while they hang on; each trickler is closed at its deadline (review 16.9:
 /// one trickling client used to hold the supervisor, and with it drain, reload and
-/// the audit drain, for as long as it trickled).
+/// the audit drain, for as long as it trickled): the gateway ends its stream, and an
+/// operator client is told it sent no whole line in time.
 #[test]
 fn slow_admin_and_operator_clients_do_not_hold_the_supervisor() {
+    const ADMIN: usize = 20;
+    const ALL: usize = 30;
     let up = Upstream::echo();
     let mut setup = Setup::new(up.addr);
     setup.tables_extra = "[operator]\nsocket = \"zgate.sock\"\n".into();
     let mut gw = Gateway::start(&setup);
     let socket = gw.dir.path().join("zgate.sock");
     let stop = Arc::new(AtomicBool::new(false));
+    let (tx, events) = std::sync::mpsc::channel();
+    let pace = Some(Duration::from_millis(300));
     let admin = gw.admin;
-    let mut slow = tricklers(20, &stop, b"G", move || TcpStream::connect(admin).ok());
+    let mut slow = tricklers(0..ADMIN, &stop, &tx, b"G", move || {
+        let s = TcpStream::connect(admin).ok()?;
+        s.set_read_timeout(pace).ok()?;
+        Some(s)
+    });
     let path = socket.clone();
-    slow.extend(tricklers(10, &stop, b"s", move || {
-        UnixStream::connect(&path).ok()
+    slow.extend(tricklers(ADMIN..ALL, &stop, &tx, b"s", move || {
+        let s = UnixStream::connect(&path).ok()?;
+        s.set_read_timeout(pace).ok()?;
+        Some(s)
     }));
-    // Let every trickler be connected and mid-request.
-    std::thread::sleep(Duration::from_millis(500));
+    // Which tricklers have started, and how each one's first connection ended.
+    let mut started = std::collections::BTreeSet::new();
+    let mut first_ends = std::collections::BTreeMap::new();
+    let mut until = |done: &dyn Fn(usize, usize) -> bool| {
+        while !done(started.len(), first_ends.len()) {
+            match events.recv_timeout(WAIT).expect("news from a trickler") {
+                Trickle::Started(id) => {
+                    started.insert(id);
+                }
+                Trickle::Closed { id, read, end } => {
+                    first_ends.entry(id).or_insert((read, end));
+                }
+            }
+        }
+        first_ends.clone()
+    };
+    // Every trickler is connected and mid-request.
+    until(&|started, _| started == ALL);
     for _ in 0..10 {
         let (status, body) = http_get(gw.admin, "/healthz").expect("/healthz answered");
         assert_eq!((status, body.as_str()), (200, "ok\n"));
@@ -82,12 +139,32 @@ fn slow_admin_and_operator_clients_do_not_hold_the_supervisor() {
     assert_eq!(operator_ask(&socket, "reload")["ok"], true);
     let flow = gw.connect();
     assert_eq!(round_trip(&flow, b"still forwarding"), b"still forwarding");
+    // The gateway closes every trickler at its deadline (each then reconnects).
+    for (id, (read, end)) in until(&|_, closed| closed == ALL) {
+        assert!(
+            matches!(
+                end,
+                Ok(()) | Err(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
+            ),
+            "trickler {id}: {end:?}"
+        );
+        let read = String::from_utf8_lossy(&read);
+        if id < ADMIN {
+            assert_eq!(read, "", "admin trickler {id}");
+        } else {
+            assert!(
+                read.contains("no whole command line within"),
+                "operator trickler {id}: {read}"
+            );
+        }
+    }
     assert_eq!(operator_ask(&socket, "drain")["ok"], true);
     drop(flow);
     assert!(gw.wait_exit().success(), "{}", gw.log());
     stop.store(true, Ordering::SeqCst);
-    let connections: u64 = slow.into_iter().map(|t| t.join().unwrap()).sum();
-    assert!(connections >= 30, "every trickler connected at least once");
+    for t in slow {
+        t.join().unwrap();
+    }
 }
 
 /// Fault: the upstream refuses connections (nothing listens).
@@ -261,8 +338,11 @@ fn slow_handshakes_past_max_handshakes_do_not_touch_established_flows() {
     let stop = Arc::new(AtomicBool::new(false));
     let listen = gw.listen;
     // A handshake record header announcing 512 bytes, then a byte every 300 ms.
-    let slow = tricklers(30, &stop, &[22, 3, 1, 2, 0, 1], move || {
-        TcpStream::connect(listen).ok()
+    let (news, _) = std::sync::mpsc::channel();
+    let slow = tricklers(0..30, &stop, &news, &[22, 3, 1, 2, 0, 1], move || {
+        let s = TcpStream::connect(listen).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+        Some(s)
     });
     assert!(gw.wait_metric("zgate_tls_handshakes_over_limit_total", 1) >= 1);
     assert!(gw.metric("zgate_tls_handshakes_in_progress") <= 8);
