@@ -443,27 +443,6 @@ pub fn ping_until_closed(s: &mut TcpStream) -> bool {
     false
 }
 
-/// CPU time (user + system, all threads) process `pid` has used so far.
-pub fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name, which is in parentheses and may hold spaces:
-    // utime and stime are the 12th and 13th of them, in clock ticks.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<u64> = rest
-        .split(' ')
-        .skip(11)
-        .take(2)
-        .map(|x| x.parse().unwrap())
-        .collect();
-    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    let ticks: u64 = String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    Duration::from_millis((f[0] + f[1]) * 1000 / ticks)
-}
-
 /// Threads of process `pid` that are io_uring async workers (`iou-wrk-*`).
 pub fn async_workers(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
