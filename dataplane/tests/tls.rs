@@ -746,6 +746,55 @@ mod tls {
         assert_eq!(failures(&gw, "peer-alert"), 1);
     }
 
+    /// Review 16.3: a TLS 1.2 session at its confidentiality limit (put 40 records after
+    /// the handshake by the tests' build, feature `test-limits`) sends what it sealed,
+    /// then close_notify, and the flow ends at once: the client reads every echo sealed
+    /// before the limit and then a clean end (not a truncation, not a bad_record_mac),
+    /// and the flow is gone long before its idle timeout of an hour.
+    #[test]
+    fn a_tls12_flow_at_its_confidentiality_limit_ends_with_close_notify_at_once() {
+        const LIMIT: usize = 40;
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let mut setup = Setup::new(up.addr);
+        setup.table = Some(trading_only());
+        setup.listener_extra = format!(
+            "idle_timeout = \"1h\"\n{}",
+            pki.listener_tls("min_version = \"1.2\"")
+        );
+        setup.prefix = vec!["env".into(), format!("ZGATE_TEST_TLS_RECORD_LIMIT={LIMIT}")];
+        let gw = Gateway::start(&setup);
+        let leaf = pki.client(&ClientSpec::spiffe(TRADING));
+        let cfg =
+            super::common::pki::client_config_for(&pki, Some(&leaf), &[&rustls::version::TLS12]);
+        let mut s = connect_tls(&gw, cfg);
+        let mut echoed = 0;
+        let end = 'pings: loop {
+            if s.write_all(&[7u8; 64]).and_then(|()| s.flush()).is_err() {
+                break "the write failed";
+            }
+            let mut got = 0;
+            let mut back = [0u8; 64];
+            while got < back.len() {
+                match s.read(&mut back[got..]) {
+                    Ok(0) => break 'pings "close_notify",
+                    Ok(n) => got += n,
+                    Err(e) => panic!("after {echoed} echoes: {e}"),
+                }
+            }
+            assert_eq!(back, [7u8; 64]);
+            echoed += 1;
+            assert!(echoed <= LIMIT, "still echoing past the limit");
+        };
+        assert_eq!(end, "close_notify");
+        assert_eq!(
+            s.conn.negotiated_cipher_suite().map(|c| c.version()),
+            Some(&rustls::version::TLS12)
+        );
+        assert!(echoed + 2 >= LIMIT, "{echoed} echoes before the end");
+        assert_eq!(gw.wait_metric_at_most("zgate_connections_active", 0), 0);
+    }
+
     /// Review H1: with `trust_domains`, a CA vouches only for its own trust domain.
     #[test]
     fn a_partner_ca_cannot_issue_a_corp_spiffe_id_with_per_trust_domain_bundles() {

@@ -251,6 +251,23 @@ impl Runs {
     }
 }
 
+/// The gateway's integration tests' limit (feature `test-limits`): the confidentiality
+/// limit `ZGATE_TEST_TLS_RECORD_LIMIT` records after `tx_seq`.
+#[cfg(feature = "test-limits")]
+fn test_limit(tx_seq: u64) -> Option<u64> {
+    let records: u64 = std::env::var("ZGATE_TEST_TLS_RECORD_LIMIT")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(tx_seq.saturating_add(records))
+}
+
+/// Without the feature, the cipher suite's limit always.
+#[cfg(not(feature = "test-limits"))]
+fn test_limit(_tx_seq: u64) -> Option<u64> {
+    None
+}
+
 /// An established session's record layer.
 pub struct RecordLayer {
     version: Version,
@@ -306,7 +323,7 @@ impl RecordLayer {
             tx: Keys::new(tx_seq, tx, version)?,
             rx: Keys::new(rx_seq, rx, version)?,
             kernel,
-            tx_limit: limit.saturating_sub(limit / 16).max(1),
+            tx_limit: test_limit(tx_seq).unwrap_or(limit.saturating_sub(limit / 16).max(1)),
             partial: Vec::new(),
             peer_closed: false,
             key_updates_in_a_row: 0,

@@ -135,12 +135,21 @@ impl Pki {
 }
 
 pub fn client_config(pki: &Pki, leaf: Option<&Leaf>) -> Arc<ClientConfig> {
+    client_config_for(pki, leaf, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`client_config`] speaking only `versions`.
+pub fn client_config_for(
+    pki: &Pki,
+    leaf: Option<&Leaf>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(pki.ca.cert_pem().as_bytes()).unwrap())
         .unwrap();
     let b = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots);
     Arc::new(match leaf {
