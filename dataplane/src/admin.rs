@@ -304,6 +304,30 @@ mod tests {
         assert_eq!(request_path(""), None);
     }
 
+    /// Dropped audit events leave the gateway ready (the data path never waits for
+    /// the writer) but `/readyz` says how many.
+    #[test]
+    fn readyz_says_when_audit_events_were_dropped() {
+        let mut v = AdminView {
+            workers: 1,
+            workers_ready: 1,
+            accepting: true,
+            table_version: Some(3),
+            ..AdminView::default()
+        };
+        let (ready, text) = v.readiness();
+        assert!(ready, "{text}");
+        assert!(!text.contains("audit"), "{text}");
+        v.audit_dropped = 42;
+        let (ready, text) = v.readiness();
+        assert!(ready, "{text}");
+        assert!(
+            text.contains("audit: 42 event(s) dropped (a worker's queue was full)"),
+            "{text}"
+        );
+        assert!(metrics_text(&v).contains("\nzgate_audit_events_dropped_total 42\n"));
+    }
+
     #[test]
     fn metrics_carry_counters_per_listener_and_worker() {
         use crate::metrics::Count;
@@ -324,7 +348,7 @@ mod tests {
         v.stats.workers = vec![(own, redis), (Counters::default(), Counters::default())];
         let t = metrics_text(&v);
         assert!(
-            t.contains("\nzgate_connections_denied_total{listener=\"redis\"} 1\n"),
+            t.contains("\nzgate_connections_denied_total{listener=\"redis\",reason=\"denied-by-rule\"} 1\n"),
             "{t}"
         );
         assert!(t.contains("zgate_table_version 7\n"), "{t}");

@@ -15,7 +15,8 @@ zgate_telemetry::metric_families! {
         "Connections accepted, allowed or not.", per_worker: true;
     /// Closed at once: the table denied them.
     Denied => "zgate_connections_denied_total", Counter, Listener,
-        "Connections closed at once because the table denied them.";
+        "Connections closed at once because the table denied them (TLS ones after the handshake, with access_denied), by the reason their decision record gives.",
+        by "reason" = crate::worker::decide::Refusal::DENIAL_LABELS;
     /// Closed at once: the listener was full.
     OverLimit => "zgate_connections_over_limit_total", Counter, Listener,
         "Connections closed at once because the listener was at max_connections.";

@@ -499,7 +499,7 @@ pub fn run(
                             .count(),
                         s.value(M::Active),
                         s.value(M::Accepted),
-                        s.value(M::Denied),
+                        s.total(M::Denied),
                         s.total(M::ClosedByPolicy),
                     )
                 }
@@ -595,7 +595,7 @@ pub fn run(
     log(format_args!(
         "stopped: accepted {} denied {} upstream_connect_failures {}",
         s.value(M::Accepted),
-        s.value(M::Denied),
+        s.total(M::Denied),
         s.value(M::UpstreamConnectFailures)
     ));
     match first_error {

@@ -124,6 +124,11 @@ fn denied_source_is_closed_at_once_and_never_reaches_upstream() {
     let _ = s.write_all(b"let me in");
     assert!(ends_without_data(&mut s), "denied client got data");
     assert_eq!(gw.wait_metric("zgate_connections_denied_total", 1), 1);
+    // Counted by the reason its decision record gives.
+    assert_eq!(
+        gw.metric("zgate_connections_denied_total{reason=\"no-rule-matched\"}"),
+        1
+    );
     assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 

@@ -82,6 +82,28 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every `reason` a new flow is refused with ([`Refusal::label`]), the `reason`
+    /// label of `zgate_connections_denied_total`; `other` for none of them.
+    pub const DENIAL_LABELS: &'static [&'static str] = &[
+        "denied-by-rule",
+        "no-rule-matched",
+        "unknown-service",
+        "revoked",
+        "constraints-expired",
+        "certificate-expired",
+        "certificate-not-yet-valid",
+        "other",
+    ];
+
+    /// The position of this refusal's label in [`Refusal::DENIAL_LABELS`].
+    pub fn denial_index(self, decision: &Decision) -> usize {
+        let label = self.label(decision);
+        Self::DENIAL_LABELS
+            .iter()
+            .position(|l| *l == label)
+            .unwrap_or(Self::DENIAL_LABELS.len() - 1)
+    }
+
     /// The audit record's `reason` for a flow refused with `decision`.
     pub fn label(self, decision: &Decision) -> &'static str {
         match self {
@@ -346,14 +368,17 @@ impl Worker {
         let Some(cfg) = self.listeners.get(listener).map(|l| Arc::clone(&l.config)) else {
             return;
         };
-        let Ok(permit) = verdict else {
-            self.count(listener, M::Denied);
-            self.with_conn(i, |f, ctx| {
-                if let Flow::Tls(t) = f {
-                    t.deny(Alert::AccessDenied, ctx);
-                }
-            });
-            return;
+        let permit = match verdict {
+            Ok(p) => p,
+            Err(r) => {
+                self.count_denied(listener, r, &decision);
+                self.with_conn(i, |f, ctx| {
+                    if let Flow::Tls(t) = f {
+                        t.deny(Alert::AccessDenied, ctx);
+                    }
+                });
+                return;
+            }
         };
         // Allowed: a fact delta naming its principal, certificate or device finds it.
         self.index_flow(i);

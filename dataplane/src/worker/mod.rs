@@ -482,6 +482,18 @@ impl Worker {
         }
     }
 
+    /// A new flow refused with `r` (of `decision`), by its reason.
+    fn count_denied(
+        &mut self,
+        index: usize,
+        r: decide::Refusal,
+        decision: &zgate_table::facts::Decision,
+    ) {
+        if let Some(c) = self.counters(index) {
+            c.add_label(M::Denied, r.denial_index(decision), 1);
+        }
+    }
+
     /// Listener `index`'s counters on this worker, if there is such a listener.
     fn counters(&mut self, index: usize) -> Option<&mut Counters> {
         self.listeners.get_mut(index).map(|l| &mut l.counters)
@@ -1176,9 +1188,12 @@ impl Worker {
                 self.count(index, M::ShadowDifferences);
             }
         }
-        let Ok(permit) = verdict else {
-            self.count(index, M::Denied);
-            return;
+        let permit = match verdict {
+            Ok(p) => p,
+            Err(r) => {
+                self.count_denied(index, r, &decision);
+                return;
+            }
         };
         let admitted = Admitted {
             id: flow.id,
