@@ -1351,20 +1351,15 @@ mod tests {
 
     use super::*;
 
-    /// Review 16.10: a wake-up read that could not be re-armed (a full submission
-    /// queue) went up the stack as an error, the worker exited, and the supervisor
-    /// stopped every worker. Now it is counted and retried on the next turn: the
-    /// worker still answers the supervisor (here: drain) and exits cleanly.
-    #[test]
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "a test's deadline for a worker thread it waits on"
-    )]
-    fn a_wake_up_read_that_cannot_be_re_armed_is_retried_not_fatal() {
-        let published = Arc::new(Published::new(None, vec![]));
-        let stats = Arc::new(WorkerStats::new(0));
-        let wake = sys::eventfd().unwrap();
-        let setup = WorkerSetup {
+    /// A worker's setup for these tests: one worker, interrupt mode, 64 buffers.
+    fn test_setup(
+        listeners: Vec<WorkerListener>,
+        published: &Arc<Published>,
+        stats: &Arc<WorkerStats>,
+        wake: &std::os::fd::OwnedFd,
+        latency: bool,
+    ) -> WorkerSetup {
+        WorkerSetup {
             id: 0,
             core: None,
             poll: PollMode::Interrupt,
@@ -1372,26 +1367,44 @@ mod tests {
             splice: false,
             splice_pipes: 0,
             defer_taskrun: true,
-            latency: true,
+            latency,
             audit: Arc::new(AuditQueue::new(16)),
-            listeners: vec![],
-            published: Arc::clone(&published),
-            stats: Arc::clone(&stats),
+            listeners,
+            published: Arc::clone(published),
+            stats: Arc::clone(stats),
             wake: wake.try_clone().unwrap(),
-        };
+        }
+    }
+
+    /// Spin (bounded: 10 s) until `done`.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a test's deadline for a worker thread it waits on"
+    )]
+    fn wait(what: &str, done: &dyn Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Review 16.10: a wake-up read that could not be re-armed (a full submission
+    /// queue) went up the stack as an error, the worker exited, and the supervisor
+    /// stopped every worker. Now it is counted and retried on the next turn: the
+    /// worker still answers the supervisor (here: drain) and exits cleanly.
+    #[test]
+    fn a_wake_up_read_that_cannot_be_re_armed_is_retried_not_fatal() {
+        let published = Arc::new(Published::new(None, vec![]));
+        let stats = Arc::new(WorkerStats::new(0));
+        let wake = sys::eventfd().unwrap();
+        let setup = test_setup(vec![], &published, &stats, &wake, true);
         let faults = Arc::new(AtomicU32::new(0));
         let f = Arc::clone(&faults);
         let worker = std::thread::spawn(move || {
             sys::push_faults::install(f);
             run(setup)
         });
-        let wait = |what: &str, done: &dyn Fn() -> bool| {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !done() {
-                assert!(Instant::now() < deadline, "timed out waiting for {what}");
-                std::thread::yield_now();
-            }
-        };
         wait("the worker to start", &|| {
             stats.ready.load(Ordering::Acquire)
         });
@@ -1412,10 +1425,6 @@ mod tests {
     /// out of descriptors) whose re-arm cannot be queued is counted and re-armed on the
     /// next tick, not fatal: the next client is accepted and the worker drains cleanly.
     #[test]
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "a test's deadline for a worker thread it waits on"
-    )]
     fn an_accept_that_cannot_be_re_armed_is_retried_not_fatal() {
         let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let config = crate::config::Config::parse(&format!(
@@ -1432,27 +1441,14 @@ mod tests {
         let published = Arc::new(Published::new(None, vec![None]));
         let stats = Arc::new(WorkerStats::new(1));
         let wake = sys::eventfd().unwrap();
-        let setup = WorkerSetup {
-            id: 0,
-            core: None,
-            poll: PollMode::Interrupt,
-            buffers: 64,
-            splice: false,
-            splice_pipes: 0,
-            defer_taskrun: true,
-            latency: false,
-            audit: Arc::new(AuditQueue::new(16)),
-            listeners: vec![WorkerListener {
-                config: Arc::new(config.listeners[0].clone()),
-                fd,
-                limit: 16,
-                handshake_limit: u32::MAX,
-                source_handshake_limit: u32::MAX,
-            }],
-            published: Arc::clone(&published),
-            stats: Arc::clone(&stats),
-            wake: wake.try_clone().unwrap(),
+        let listener = WorkerListener {
+            config: Arc::new(config.listeners[0].clone()),
+            fd,
+            limit: 16,
+            handshake_limit: u32::MAX,
+            source_handshake_limit: u32::MAX,
         };
+        let setup = test_setup(vec![listener], &published, &stats, &wake, false);
         let faults = Arc::new(AtomicU32::new(0));
         let f = Arc::clone(&faults);
         let worker = std::thread::spawn(move || {
@@ -1462,13 +1458,6 @@ mod tests {
             w.single_accepts_left = 1;
             w.run_to_end()
         });
-        let wait = |what: &str, done: &dyn Fn() -> bool| {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !done() {
-                assert!(Instant::now() < deadline, "timed out waiting for {what}");
-                std::thread::yield_now();
-            }
-        };
         let accepted = || stats.listeners[0].snapshot().value(M::Accepted);
         wait("the worker to start", &|| {
             stats.ready.load(Ordering::Acquire)
