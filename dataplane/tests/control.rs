@@ -18,7 +18,7 @@ mod zero_trust_loop {
 
     use super::common::control::Control;
     use super::common::pki::{
-        client_config, closed, connect_tls, echo_through, echoes, refused, Pki, Tls,
+        client_config, closed, connect_tls, echo_through, echoes, now, refused, Pki, Tls,
     };
     use super::common::{http_get, Gateway, Setup, Upstream};
     use zgate_devpki::{ClientSpec, Leaf};
@@ -151,6 +151,347 @@ mod zero_trust_loop {
         control.ok(&["unrevoke", "--principal", TRADER]);
         control.wait_enforced(1);
         drop(flow(&gw, &pki, &victim));
+    }
+
+    /// The SHA-256 fingerprint of `leaf`'s certificate, as `openssl x509 -fingerprint`
+    /// prints it (colon-separated upper-case hex; the CLI takes it so).
+    fn fingerprint(leaf: &Leaf) -> String {
+        let mut c = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(leaf.cert_pem.as_bytes())
+            .unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.trim().rsplit('=').next().unwrap().to_string()
+    }
+
+    /// `secs` seconds from now as RFC 3339 (UTC), by `date`.
+    fn rfc3339_in(secs: i64) -> String {
+        let out = std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%dT%H:%M:%SZ", "-d"])
+            .arg(format!("@{}", now() + secs))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// The control process's audit lines whose `what` is `what`.
+    fn control_audit(control: &Control, what: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(control.path("state/audit.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|l| l["what"] == what)
+            .collect()
+    }
+
+    /// `revoke --fingerprint` closes that certificate's flows only; `revoke --for` and
+    /// `--until` lift themselves, and the identity gets in again; `revocations` lists
+    /// what is in force.
+    #[test]
+    fn certificate_and_time_bounded_revocations_close_what_they_name_and_lift_themselves() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let control = Control::start(&[("p.toml", POLICY)]);
+        let state = tempfile::tempdir().unwrap();
+        let gw = gateway(&pki, &up, &control, state.path());
+        control.wait_enforced(1);
+        // Two certificates of the same identity, and another identity.
+        let (laptop, phone) = (leaf(&pki, TRADER, None), leaf(&pki, TRADER, None));
+        let other = leaf(&pki, OTHER_TRADER, None);
+        let (mut on_laptop, mut on_phone, mut of_other) = (
+            flow(&gw, &pki, &laptop),
+            flow(&gw, &pki, &phone),
+            flow(&gw, &pki, &other),
+        );
+
+        // One certificate: its flow closes, the same identity's other certificate and
+        // the other identity keep going.
+        let fp = fingerprint(&laptop);
+        assert!(fp.contains(':'), "{fp}");
+        control.ok(&["revoke", "--fingerprint", &fp, "--reason", "key leaked"]);
+        assert!(
+            closed(&mut on_laptop),
+            "the revoked certificate's flow stayed open"
+        );
+        assert!(echoes(&mut on_phone) && echoes(&mut of_other));
+        let e = closed_because(&gw, TRADER, "revoked");
+        assert_eq!(e["rule"], "revoked-certificate", "{e}");
+        assert!(refused(connect_tls(
+            &gw,
+            client_config(&pki, Some(&laptop))
+        )));
+        drop(flow(&gw, &pki, &phone));
+        let listed: serde_json::Value =
+            serde_json::from_str(&control.ok(&["revocations"])).unwrap();
+        let want = fp.replace(':', "").to_lowercase();
+        assert_eq!(listed["facts_version"], 1, "{listed}");
+        let revs = listed["revocations"].as_array().unwrap();
+        assert_eq!(revs.len(), 1, "{listed}");
+        assert_eq!(revs[0]["subject"]["fingerprint"], want, "{listed}");
+        assert_eq!(revs[0]["reason"], "key leaked", "{listed}");
+        assert!(revs[0]["until"].is_null(), "{listed}");
+        control.ok(&["unrevoke", "--fingerprint", &fp]);
+        control.wait_enforced(1);
+        drop(flow(&gw, &pki, &laptop));
+
+        // For three seconds: closed now, refused meanwhile, then lifted by the control
+        // process itself (audited as the expiry's), and the identity gets in again.
+        control.ok(&["revoke", "--principal", OTHER_TRADER, "--for", "3s"]);
+        assert!(closed(&mut of_other));
+        assert!(echoes(&mut on_phone));
+        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&other)))));
+        let listed: serde_json::Value =
+            serde_json::from_str(&control.ok(&["revocations"])).unwrap();
+        let until = listed["revocations"][0]["until"].as_i64().unwrap();
+        assert!((now() - 2..=now() + 3).contains(&until), "{listed}");
+        let s = control.wait_status(|s| s["revocations"] == 0);
+        assert_eq!(
+            s["revocations"], 0,
+            "the revocation did not lift itself: {s}"
+        );
+        control.wait_enforced(1);
+        drop(flow(&gw, &pki, &other));
+        let expired = control_audit(&control, "expired");
+        assert_eq!(expired.len(), 1, "{expired:?}");
+        assert_eq!(expired[0]["who"], "expiry");
+
+        // Until an instant (RFC 3339): the same, for the other identity.
+        control.ok(&["revoke", "--principal", TRADER, "--until", &rfc3339_in(3)]);
+        assert!(closed(&mut on_phone));
+        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&phone)))));
+        let s = control.wait_status(|s| s["revocations"] == 0);
+        assert_eq!(
+            s["revocations"], 0,
+            "the revocation did not lift itself: {s}"
+        );
+        control.wait_enforced(1);
+        drop(flow(&gw, &pki, &phone));
+        assert_eq!(control_audit(&control, "expired").len(), 2);
+        assert_eq!(
+            gw.metric_settled("zgate_flows_closed_by_policy_total{reason=\"revoked\"}", 3),
+            3
+        );
+    }
+
+    /// `posture list` / `clear`, `risk set --device`, `grants` and `ungrant`: each
+    /// listing shows what was set, and each removal reaches the live flow at once.
+    #[test]
+    fn posture_clear_device_risk_and_ungrant_reach_live_flows_and_the_listings_show_them() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let control = Control::start(&[("p.toml", POLICY)]);
+        let state = tempfile::tempdir().unwrap();
+        let gw = gateway(&pki, &up, &control, state.path());
+        control.wait_enforced(1);
+        let alice = leaf(&pki, ENGINEER, Some("laptop-7"));
+        control.ok(&["posture", "set", "laptop-7", "managed=true"]);
+        control.wait_enforced(1);
+        let listed: serde_json::Value =
+            serde_json::from_str(&control.ok(&["posture", "list"])).unwrap();
+        let postures = listed["posture"].as_array().unwrap();
+        assert_eq!(postures.len(), 1, "{listed}");
+        assert_eq!(postures[0]["device"], "laptop-7");
+        assert_eq!(postures[0]["managed"], true);
+        assert_eq!(postures[0]["compromised"], false);
+
+        // A risk score on the device (not the principal): over max_risk, closed.
+        let mut a = flow(&gw, &pki, &alice);
+        control.ok(&["risk", "set", "--device", "laptop-7", "80"]);
+        assert!(closed(&mut a), "the device's risk did not close its flow");
+        closed_because(&gw, ENGINEER, "risk");
+        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&alice)))));
+        let listed: serde_json::Value =
+            serde_json::from_str(&control.ok(&["risk", "list"])).unwrap();
+        assert_eq!(
+            listed["risk"][0]["subject"]["device"], "laptop-7",
+            "{listed}"
+        );
+        assert_eq!(listed["risk"][0]["score"], 80, "{listed}");
+        control.ok(&["risk", "clear", "--device", "laptop-7"]);
+        control.wait_enforced(1);
+
+        // The posture forgotten: the device meets no requirement, its flow closes.
+        let mut a = flow(&gw, &pki, &alice);
+        control.ok(&["posture", "clear", "laptop-7"]);
+        assert!(
+            closed(&mut a),
+            "clearing the posture did not close the flow"
+        );
+        closed_because(&gw, ENGINEER, "posture");
+        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&alice)))));
+        let listed: serde_json::Value =
+            serde_json::from_str(&control.ok(&["posture", "list"])).unwrap();
+        assert_eq!(listed["posture"], serde_json::json!([]), "{listed}");
+
+        // A grant listed with its ticket; ended early by `ungrant`, which closes the flow.
+        let bob = leaf(&pki, ONCALL, None);
+        control.ok(&[
+            "grant",
+            "--principal",
+            ONCALL,
+            "--service",
+            "echo",
+            "--for",
+            "10m",
+            "--reason",
+            "INC-7",
+        ]);
+        control.wait_enforced(1);
+        let listed: serde_json::Value = serde_json::from_str(&control.ok(&["grants"])).unwrap();
+        let grants = listed["grants"].as_array().unwrap();
+        assert_eq!(grants.len(), 1, "{listed}");
+        assert_eq!(grants[0]["principal"], ONCALL);
+        assert_eq!(grants[0]["service"], "echo");
+        assert_eq!(grants[0]["reason"], "INC-7");
+        let until = grants[0]["until"].as_i64().unwrap();
+        assert!((now() + 590..=now() + 600).contains(&until), "{listed}");
+        let mut b = flow(&gw, &pki, &bob);
+        control.ok(&["ungrant", "--principal", ONCALL, "--service", "echo"]);
+        assert!(closed(&mut b), "ungrant did not close the flow");
+        closed_because(&gw, ONCALL, "grant-ended");
+        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&bob)))));
+        let listed: serde_json::Value = serde_json::from_str(&control.ok(&["grants"])).unwrap();
+        assert_eq!(listed["grants"], serde_json::json!([]), "{listed}");
+        // Nothing left to end: a clear refusal.
+        let out = control.cli(&["ungrant", "--principal", ONCALL, "--service", "echo"]);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no grant for"),
+            "{out:?}"
+        );
+    }
+
+    /// `history` lists the kept tables with the git commit of a policy directory that
+    /// is a git work tree; `rollback` with no version goes back one; `shadow-clear`
+    /// withdraws the shadow table from the gateways.
+    #[test]
+    fn history_names_the_git_commit_rollback_goes_back_one_and_shadow_clear_withdraws() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let control = Control::start(&[("p.toml", POLICY)]);
+        let state = tempfile::tempdir().unwrap();
+        let gw = gateway(&pki, &up, &control, state.path());
+        control.wait_enforced(1);
+        let trader = leaf(&pki, TRADER, None);
+        let mut live = flow(&gw, &pki, &trader);
+
+        // The policy directory becomes a git work tree (same content: no new table).
+        let dir = control.path("policy");
+        let git = |args: &[&str], input: Option<&str>| -> String {
+            let mut c = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&dir)
+                .args(["-c", "user.name=ops", "-c", "user.email=ops@corp.example"])
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = c.stdin.take().unwrap();
+            stdin.write_all(input.unwrap_or("").as_bytes()).unwrap();
+            drop(stdin);
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        git(&["init", "-q"], None);
+        git(&["add", "p.toml"], None);
+        git(&["commit", "-q", "-m", "policy as deployed"], None);
+        // An edit committed before it reaches the work tree, so the compilation that
+        // sees it can only see its commit: traders are no longer allowed.
+        let edited = POLICY.replace("ns/trading/*", "ns/trading/sa/quoter");
+        let blob = git(&["hash-object", "-w", "--stdin"], Some(&edited));
+        git(
+            &[
+                "update-index",
+                "--cacheinfo",
+                &format!("100644,{blob},p.toml"),
+            ],
+            None,
+        );
+        git(&["commit", "-q", "-m", "traders: quoter only"], None);
+        let commit = git(&["rev-parse", "HEAD"], None);
+        git(&["checkout", "--", "p.toml"], None);
+        let s = control.wait_status(|s| s["table_version"] == 2);
+        assert_eq!(s["table_version"], 2, "{s}");
+        assert!(
+            closed(&mut live),
+            "the new table did not close the trader's flow"
+        );
+        closed_because(&gw, TRADER, "policy-changed");
+        let text = control.ok(&["history"]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        // `[*] VERSION  TIME  RULES rules  SHA256  SOURCE[ (git COMMIT)]`, `*` enforced.
+        let version_of = |l: &str| {
+            l.trim_start_matches('*')
+                .split_whitespace()
+                .next()
+                .map(str::to_owned)
+        };
+        assert!(
+            version_of(lines[0]).as_deref() == Some("1")
+                && !lines[0].starts_with('*')
+                && lines[0].ends_with(" policy"),
+            "{text}"
+        );
+        assert!(
+            version_of(lines[1]).as_deref() == Some("2")
+                && lines[1].starts_with('*')
+                && lines[1].contains(" policy ")
+                && lines[1].ends_with(&format!("(git {})", &commit[..12])),
+            "{text}"
+        );
+
+        // Rollback with no version: the table before the enforced one, republished as 3.
+        let out = control.ok(&["rollback"]);
+        assert!(out.contains("table version 3"), "{out}");
+        control.wait_enforced(1);
+        drop(flow(&gw, &pki, &trader));
+        let text = control.ok(&["history"]);
+        let last = text.lines().last().unwrap();
+        assert!(
+            last.starts_with('*')
+                && version_of(last).as_deref() == Some("3")
+                && last.ends_with("rollback of 1"),
+            "{text}"
+        );
+
+        // A shadow table set, then withdrawn: the gateway stops evaluating it, and there
+        // is nothing left to promote.
+        let candidate = control.path("candidate");
+        std::fs::create_dir_all(&candidate).unwrap();
+        std::fs::write(candidate.join("p.toml"), &edited).unwrap();
+        control.ok(&["apply", "--shadow", candidate.to_str().unwrap()]);
+        let s = control.wait_status(|s| s["dataplanes"][0]["report"]["shadow_version"] == 4);
+        assert_eq!(s["shadow"]["version"], 4, "{s}");
+        assert_eq!(s["dataplanes"][0]["report"]["shadow_version"], 4, "{s}");
+        let out = control.ok(&["shadow-clear"]);
+        assert!(out.contains("shadow table withdrawn"), "{out}");
+        let s = control.wait_status(|s| s["dataplanes"][0]["report"]["shadow_version"] == 0);
+        assert!(s["shadow"].is_null(), "{s}");
+        assert_eq!(s["dataplanes"][0]["report"]["shadow_version"], 0, "{s}");
+        assert!(gw.log().contains("shadow table withdrawn"), "{}", gw.log());
+        let out = control.cli(&["promote"]);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no shadow table to promote"),
+            "{out:?}"
+        );
+        // Still enforcing the rolled-back table.
+        drop(flow(&gw, &pki, &trader));
+        assert_eq!(gw.metric("zgate_table_version"), 3);
     }
 
     /// One control process, two gateways: both in `status` by name, both enforce
