@@ -494,6 +494,69 @@ mod zero_trust_loop {
         assert_eq!(gw.metric("zgate_table_version"), 3);
     }
 
+    /// A rule allowed only inside a schedule window that ends soon: a flow admitted in
+    /// it is closed at the window's end by the timer wheel (cause `schedule-ended`), and
+    /// new flows are refused after it. Windows are whole minutes, so this waits for the
+    /// next minute boundary (up to 70 s): the window ends at the next one at least 10 s
+    /// away, which leaves the setup time to admit the flow inside it.
+    #[test]
+    fn a_live_flow_closes_when_its_schedule_window_ends() {
+        let start = now();
+        let minute = (start % 86_400) / 60;
+        let end = minute + if 60 - start % 60 >= 10 { 1 } else { 2 };
+        let hhmm = |m: i64| format!("{:02}:{:02}", m / 60, m % 60);
+        // A range cannot cross midnight: the part after it is a range of its own (on
+        // every day, so the next day's part follows this day's).
+        let hours = if end <= 1440 {
+            format!("\"{}-{}\"", hhmm(minute), hhmm(end))
+        } else {
+            format!("\"00:00-{}\", \"{}-24:00\"", hhmm(end - 1440), hhmm(minute))
+        };
+        let policy = format!(
+            "[[rule]]\nid = \"traders-this-minute\"\naction = \"allow\"\nservices = [\"echo\"]\n\
+             principals = [\"spiffe://corp.example/ns/trading/*\"]\n\
+             schedule = {{ days = [\"mon-sun\"], hours = [{hours}], time_zone = \"UTC\" }}\n"
+        );
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let control = Control::start(&[("p.toml", &policy)]);
+        let state = tempfile::tempdir().unwrap();
+        let gw = gateway(&pki, &up, &control, state.path());
+        control.wait_enforced(1);
+        let trader = leaf(&pki, TRADER, None);
+        let mut live = flow(&gw, &pki, &trader);
+        let ends_at = start - start % 86_400 + end * 60;
+        // Past `closed`'s usual bound: the window may be over a minute away.
+        live.sock
+            .set_read_timeout(Some(std::time::Duration::from_secs(
+                u64::try_from(ends_at - now()).unwrap_or(0) + 30,
+            )))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert!(
+            matches!(live.read(&mut b), Ok(0) | Err(_)),
+            "the flow outlived its schedule window"
+        );
+        assert!(
+            now() >= ends_at,
+            "closed before the window's end ({ends_at})"
+        );
+        let e = closed_because(&gw, TRADER, "schedule-ended");
+        assert_eq!(e["rule"], "default-deny", "{e}");
+        assert_eq!(
+            gw.metric_settled(
+                "zgate_flows_closed_by_policy_total{reason=\"schedule-ended\"}",
+                1
+            ),
+            1
+        );
+        assert_eq!(gw.metric("zgate_flows_closed_by_policy_total"), 1);
+        assert!(refused(connect_tls(
+            &gw,
+            client_config(&pki, Some(&trader))
+        )));
+    }
+
     /// One control process, two gateways: both in `status` by name, both enforce
     /// every change, a revocation closes the identity's flows on each.
     #[test]

@@ -522,6 +522,10 @@ fn expired_decision_constraints_close_the_flow() {
     let closed = ping_until_closed(&mut s);
     assert!(closed, "flow outlived its decision's max_session");
     assert!(gw.wait_metric("zgate_flows_closed_by_policy_total", 1) >= 1);
+    // Closed for that reason, by label and in the audit record.
+    assert!(gw.metric("zgate_flows_closed_by_policy_total{reason=\"max-session\"}") >= 1);
+    let e = gw.wait_audit(|e| e["event"] == "closed_by_policy");
+    assert_eq!(e["cause"], "max-session", "{e}");
     // New flows are still admitted: the rule allows them, each for its own second.
     let s2 = gw.connect();
     assert_eq!(round_trip(&s2, b"new"), b"new");

@@ -1571,7 +1571,15 @@ mod tls {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(closed, "flow outlived its intermediate CA: {}", gw.log());
-        assert!(gw.wait_metric("zgate_flows_closed_by_policy_total", 1) >= 1);
+        assert_eq!(gw.wait_metric("zgate_flows_closed_by_policy_total", 1), 1);
+        // Closed for that reason, by label and in the audit record.
+        assert_eq!(
+            gw.metric("zgate_flows_closed_by_policy_total{reason=\"certificate-expired\"}"),
+            1
+        );
+        let e = gw.wait_audit(|e| e["event"] == "closed_by_policy");
+        assert_eq!(e["cause"], "certificate-expired", "{e}");
+        assert_eq!(e["spiffe_id"], TRADING, "{e}");
         // New handshakes with that chain are refused now.
         assert!(refused(connect_tls(&gw, client_config(&pki, Some(&leaf)))));
     }
