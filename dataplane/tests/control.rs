@@ -755,6 +755,92 @@ mod zero_trust_loop {
         assert_eq!(gw.wait_metric_at_most("zgate_facts_stale", 0), 0);
     }
 
+    /// The control process's facts survive its restart: the same version, the
+    /// revocation still refused by a gateway that learns everything from the restarted
+    /// process. A gateway that kept enforcing older persisted facts meanwhile gets the
+    /// whole new set on reconnection, and the live flow it no longer allows is closed as
+    /// `facts-changed`. A corrupt fact file stops `serve` (exit 65), naming the file.
+    #[test]
+    fn facts_survive_a_restart_of_the_control_process_and_a_corrupt_fact_file_stops_it() {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let mut control = Control::start(&[("p.toml", POLICY)]);
+        let s1 = tempfile::tempdir().unwrap();
+        let alice = leaf(&pki, ENGINEER, Some("laptop-7"));
+        let other = leaf(&pki, OTHER_TRADER, None);
+        {
+            let gw = gateway(&pki, &up, &control, s1.path());
+            control.ok(&["revoke", "--principal", OTHER_TRADER, "--reason", "SEC-9"]);
+            control.ok(&["posture", "set", "laptop-7", "managed=true"]);
+            control.wait_enforced(1);
+            drop(flow(&gw, &pki, &alice));
+        }
+        // While that gateway is down, the device's posture is forgotten (version 3);
+        // then the control process dies.
+        control.ok(&["posture", "clear", "laptop-7"]);
+        let before = control.status();
+        assert_eq!(before["facts_version"], 3, "{before}");
+        control.kill();
+
+        // The gateway comes back first and enforces what it persisted (version 2, with
+        // the posture): Alice gets in.
+        let gw = gateway(&pki, &up, &control, s1.path());
+        assert!(gw.log().contains("facts version 2"), "{}", gw.log());
+        let mut a = flow(&gw, &pki, &alice);
+        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&other)))));
+
+        // The control process restarts with the same facts.
+        control.spawn();
+        let after = control.wait_enforced(1);
+        for k in ["facts_version", "revocations", "postures"] {
+            assert_eq!(after[k], before[k], "{k}: {before} then {after}");
+        }
+        let listed: serde_json::Value =
+            serde_json::from_str(&control.ok(&["revocations"])).unwrap();
+        assert_eq!(
+            listed["revocations"][0]["subject"]["principal"], OTHER_TRADER,
+            "{listed}"
+        );
+        assert_eq!(listed["revocations"][0]["reason"], "SEC-9", "{listed}");
+        // The reconnected gateway took the whole set: Alice's flow is closed.
+        assert!(closed(&mut a), "the new fact set did not close the flow");
+        closed_because(&gw, ENGINEER, "facts-changed");
+        assert_eq!(
+            gw.metric_settled(
+                "zgate_flows_closed_by_policy_total{reason=\"facts-changed\"}",
+                1
+            ),
+            1
+        );
+        // A gateway with nothing of its own learns the revocation from the restarted
+        // control process.
+        let s2 = tempfile::tempdir().unwrap();
+        let fresh = gateway(&pki, &up, &control, s2.path());
+        control.wait_enforced(2);
+        assert!(refused(connect_tls(
+            &fresh,
+            client_config(&pki, Some(&other))
+        )));
+        drop(flow(&fresh, &pki, &leaf(&pki, TRADER, None)));
+
+        // A corrupt fact file: `serve` refuses to start, names the file, exits 65.
+        control.kill();
+        let facts = control.path("state/facts.json");
+        std::fs::write(&facts, b"{\"version\": 3, \"revocations\": [").unwrap();
+        let (status, log) = control.serve_until_exit();
+        assert_eq!(status.code(), Some(65), "{log}");
+        assert!(
+            log.contains(&format!("`{}` is corrupt", facts.display()))
+                && log.contains("revocations"),
+            "{log}"
+        );
+        // The gateways kept enforcing meanwhile.
+        assert!(refused(connect_tls(
+            &fresh,
+            client_config(&pki, Some(&other))
+        )));
+    }
+
     #[test]
     fn a_gateway_with_nothing_persisted_and_no_control_process_denies_everything() {
         let pki = Pki::new(&[]);

@@ -75,15 +75,15 @@ impl Control {
         )
     }
 
-    /// (Re)start the process on the same directory; waits for its socket.
-    pub fn spawn(&mut self) {
+    /// `serve` on this directory, its log appended to `control.log`.
+    fn serve_command(&self) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.path("control.log"))
             .unwrap();
-        let child = Command::new(control_bin())
-            .arg("serve")
+        let mut c = Command::new(control_bin());
+        c.arg("serve")
             .arg("--policy-dir")
             .arg(self.path("policy"))
             .arg("--state-dir")
@@ -95,9 +95,31 @@ impl Control {
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        c
+    }
+
+    /// Run `serve` on the same directory while none runs, expecting it to stop by
+    /// itself (bounded): its exit status and what it logged.
+    pub fn serve_until_exit(&self) -> (std::process::ExitStatus, String) {
+        assert!(self.child.is_none(), "the control process is running");
+        let before = self.log().len();
+        let mut child = self.serve_command().spawn().unwrap();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(s) = child.try_wait().unwrap() {
+                return (s, self.log().get(before..).unwrap_or_default().to_string());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("zgate-control serve kept running:\n{}", self.log());
+    }
+
+    /// (Re)start the process on the same directory; waits for its socket.
+    pub fn spawn(&mut self) {
+        let child = self.serve_command().spawn().unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
