@@ -872,53 +872,140 @@ mod zero_trust_loop {
         assert_eq!(http_get(gw.admin, "/readyz").unwrap().0, 503);
     }
 
+    /// An impostor on the channel socket sends `m` to the gateway on its next
+    /// connection; the gateway must answer `Refused` and close the channel: the reason.
+    fn refusal_of(l: &std::os::unix::net::UnixListener, m: &[u8]) -> String {
+        use zgate_proto::{Decoder, Message, Side, MAX_PAYLOAD};
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(super::common::WAIT)).unwrap();
+        s.write_all(m).unwrap();
+        // Everything the gateway sends until it closes (a timeout here is a failure:
+        // the channel stayed open).
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        let mut d = Decoder::new(Side::Dataplane, MAX_PAYLOAD);
+        d.push(&got);
+        let mut reason = None;
+        while let Some(m) = d.next().unwrap() {
+            if let Message::Refused { reason: r } = m {
+                reason = Some(r);
+            }
+        }
+        reason.unwrap_or_else(|| panic!("closed without a refusal"))
+    }
+
+    /// Garbage, an older fact set, an older table, another table under the enforced
+    /// version, a delta from a version not enforced: each closes the channel with its
+    /// reason (logged, sent, counted, and shown as the gateway's `last_error` in
+    /// `status` once a real control process is back), and nothing enforced changes.
     #[test]
-    fn a_malformed_or_older_message_closes_the_channel_and_changes_nothing() {
+    fn a_malformed_older_or_out_of_order_message_closes_the_channel_and_changes_nothing() {
         use std::os::unix::net::UnixListener;
-        use zgate_proto::{Encoder, FactsSnapshot, Message};
+        use zgate_proto::{
+            Change, Encoder, FactsDelta, FactsSnapshot, Message, Subject, TableUpdate,
+        };
 
         let pki = Pki::new(&[]);
         let up = Upstream::echo();
-        let control = Control::start(&[("p.toml", POLICY)]);
+        let mut control = Control::start(&[("p.toml", POLICY)]);
         let state = tempfile::tempdir().unwrap();
-        let trader = leaf(&pki, TRADER, None);
-        {
-            let gw = gateway(&pki, &up, &control, state.path());
-            control.ok(&["revoke", "--principal", OTHER_TRADER]);
-            control.wait_enforced(1);
-            drop(gw);
-        }
-        let mut control = control;
+        let (trader, other) = (leaf(&pki, TRADER, None), leaf(&pki, OTHER_TRADER, None));
+        let alice = leaf(&pki, ENGINEER, None);
+        let gw = gateway(&pki, &up, &control, state.path());
+        control.ok(&["revoke", "--principal", OTHER_TRADER]);
+        // Table version 2: the same rules and one more.
+        control.write_policy(
+            "q.toml",
+            "[[rule]]\nid = \"deny-tests\"\naction = \"deny\"\nservices = [\"echo\"]\nprincipals = [\"spiffe://corp.example/ns/test/*\"]\n",
+        );
+        control.wait_status(|s| s["table_version"] == 2);
+        control.wait_enforced(1);
+        let mut live = flow(&gw, &pki, &trader);
+        let table_v1 = std::fs::read(control.path("state/tables/1.zgt")).unwrap();
         control.kill();
-        // An impostor on the channel socket: first garbage, then (on the reconnection) an
-        // older fact set that would lift the revocation.
+        // An impostor on the channel socket.
         let _ = std::fs::remove_file(control.channel());
         let l = UnixListener::bind(control.channel()).unwrap();
-        let gw = gateway(&pki, &up, &control, state.path());
-        let (mut s, _) = l.accept().unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        let e = gw.wait_metric("zgate_control_refusals_total", 1);
-        assert_eq!(e, 1);
-        let (mut s, _) = l.accept().unwrap();
-        let mut out = Vec::new();
-        Encoder::new().encode(
-            &Message::Facts(FactsSnapshot {
-                version: 0,
-                changes: vec![],
-            }),
-            &mut out,
-        );
-        s.write_all(&out).unwrap();
-        assert_eq!(gw.wait_metric("zgate_control_refusals_total", 2), 2);
-        assert!(
-            gw.log().contains("older than the enforced 1"),
-            "{}",
-            gw.log()
-        );
-        // Still enforced: the revocation stands, traders get in.
-        let other = leaf(&pki, OTHER_TRADER, None);
-        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&other)))));
+        let frame = |m: Message| {
+            let mut out = Vec::new();
+            Encoder::new().encode(&m, &mut out);
+            out
+        };
+        let cases: [(Vec<u8>, &str); 5] = [
+            (b"GET / HTTP/1.1\r\n\r\n".to_vec(), "malformed frame"),
+            // Facts that would lift the revocation.
+            (
+                frame(Message::Facts(FactsSnapshot {
+                    version: 0,
+                    changes: vec![],
+                })),
+                "facts version 0 is older than the enforced 1",
+            ),
+            (
+                frame(Message::Table(TableUpdate {
+                    version: 1,
+                    table: table_v1,
+                })),
+                "table version 1 is older than the enforced 2",
+            ),
+            // Allows everyone, under the enforced version.
+            (
+                frame(Message::Table(TableUpdate {
+                    version: 2,
+                    table: super::common::table_bytes(super::common::allow_all("echo"), 2),
+                })),
+                "table version 2 differs from the enforced table of the same version",
+            ),
+            (
+                frame(Message::Delta(FactsDelta {
+                    from: 0,
+                    to: 5,
+                    changes: vec![Change::Unrevoke(Subject::Principal(OTHER_TRADER.into()))],
+                })),
+                "fact delta from version 0, but version 1 is enforced",
+            ),
+        ];
+        for (n, (bytes, why)) in cases.iter().enumerate() {
+            let reason = refusal_of(&l, bytes);
+            assert!(reason.contains(why), "case {n}: {reason}");
+            let n = u64::try_from(n).unwrap() + 1;
+            assert_eq!(gw.wait_metric("zgate_control_refusals_total", n), n);
+            assert!(
+                gw.log()
+                    .contains(&format!("control: channel closed: {reason}")),
+                "{}",
+                gw.log()
+            );
+            // Nothing enforced changed: table 2, facts 1, the revocation stands, the
+            // live flow echoes, and what table 2 denies is still denied.
+            assert_eq!(gw.metric("zgate_table_version"), 2);
+            assert_eq!(gw.metric("zgate_facts_version"), 1);
+            assert!(echoes(&mut live));
+            assert!(refused(connect_tls(&gw, client_config(&pki, Some(&other)))));
+            assert!(refused(connect_tls(&gw, client_config(&pki, Some(&alice)))));
+        }
         drop(flow(&gw, &pki, &trader));
+
+        // The real control process back: the gateway's last refusal is in `status`.
+        drop(l);
+        let _ = std::fs::remove_file(control.channel());
+        control.spawn();
+        control.wait_enforced(1);
+        // (Its first report follows its hello.)
+        let s = control.wait_status(|s| !s["dataplanes"][0]["report"]["last_error"].is_null());
+        let last = s["dataplanes"][0]["report"]["last_error"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            last.contains("fact delta from version 0, but version 1 is enforced"),
+            "{s}"
+        );
+        let text = control.ok(&["status"]);
+        assert!(
+            text.contains("; last error: fact delta from version 0"),
+            "{text}"
+        );
+        assert!(echoes(&mut live));
     }
 
     #[test]
