@@ -1065,6 +1065,10 @@ mod zero_trust_loop {
         std::fs::write(&tokens, format!("# SIEM\nsiem {token}\n")).unwrap();
         std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
+        // Without --api the control process listens on no TCP port at all.
+        let plain = Control::start(&[("p.toml", POLICY)]);
+        assert_eq!(plain.tcp_listening(), Vec::<u16>::new());
+        drop(plain);
         let port = super::common::free_port();
         let control = Control::start_with(
             &[("p.toml", POLICY)],
@@ -1075,6 +1079,8 @@ mod zero_trust_loop {
                 tokens.display().to_string(),
             ],
         );
+        // With it, on that port only.
+        assert_eq!(control.tcp_listening(), [port]);
         // No token, a wrong token: 401, nothing changes.
         let api = |auth: Option<&str>, body: &str| -> (u16, String) {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

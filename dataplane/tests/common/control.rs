@@ -137,6 +137,38 @@ impl Control {
         panic!("zgate-control not serving after {WAIT:?}:\n{}", self.log());
     }
 
+    /// The TCP ports the running process listens on: its socket descriptors
+    /// (`/proc/PID/fd`) matched against the listening sockets of its network namespace
+    /// (`/proc/PID/net/tcp` and `tcp6`, state 0A), by inode.
+    pub fn tcp_listening(&self) -> Vec<u16> {
+        let pid = self.child.as_ref().expect("not running").id();
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter_map(|l| {
+                let l = l.to_str()?;
+                Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+            })
+            .collect();
+        assert!(
+            !inodes.is_empty(),
+            "no socket descriptors in {pid}: not the right process?"
+        );
+        let mut ports = Vec::new();
+        for table in ["tcp", "tcp6"] {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap();
+            for row in text.lines().skip(1) {
+                let f: Vec<&str> = row.split_whitespace().collect();
+                if f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                    let port = f[1].rsplit(':').next().unwrap();
+                    ports.push(u16::from_str_radix(port, 16).unwrap());
+                }
+            }
+        }
+        ports.sort_unstable();
+        ports
+    }
+
     /// SIGKILL it (a crash, not a stop).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
