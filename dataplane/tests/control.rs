@@ -759,9 +759,11 @@ mod zero_trust_loop {
     /// revocation still refused by a gateway that learns everything from the restarted
     /// process. A gateway that kept enforcing older persisted facts meanwhile gets the
     /// whole new set on reconnection, and the live flow it no longer allows is closed as
-    /// `facts-changed`. A corrupt fact file stops `serve` (exit 65), naming the file.
+    /// `facts-changed`. A corrupt fact file, history or kept table stops `serve` (exit
+    /// 65), a missing kept table too (71), naming the file and what starting without it
+    /// would cost.
     #[test]
-    fn facts_survive_a_restart_of_the_control_process_and_a_corrupt_fact_file_stops_it() {
+    fn facts_survive_a_restart_of_the_control_process_and_a_corrupt_state_file_stops_it() {
         let pki = Pki::new(&[]);
         let up = Upstream::echo();
         let mut control = Control::start(&[("p.toml", POLICY)]);
@@ -823,22 +825,49 @@ mod zero_trust_loop {
         )));
         drop(flow(&fresh, &pki, &leaf(&pki, TRADER, None)));
 
-        // A corrupt fact file: `serve` refuses to start, names the file, exits 65.
+        // A corrupt state file: `serve` refuses to start, names the file and what
+        // starting without it would cost, exits 65; a missing kept table, 71. Each
+        // restored, it starts again with the same state.
         control.kill();
-        let facts = control.path("state/facts.json");
-        std::fs::write(&facts, b"{\"version\": 3, \"revocations\": [").unwrap();
-        let (status, log) = control.serve_until_exit();
-        assert_eq!(status.code(), Some(65), "{log}");
-        assert!(
-            log.contains(&format!("`{}` is corrupt", facts.display()))
-                && log.contains("revocations"),
-            "{log}"
+        let refuses = |file: &str, damage: &dyn Fn(&std::path::Path), code: i32, says: &str| {
+            let path = control.path(&format!("state/{file}"));
+            let good = std::fs::read(&path).unwrap();
+            damage(&path);
+            let (status, log) = control.serve_until_exit();
+            assert_eq!(status.code(), Some(code), "{file}: {log}");
+            assert!(log.contains(&format!("`{}`", path.display())), "{log}");
+            assert!(log.contains(says), "{file}: {log}");
+            std::fs::write(&path, good).unwrap();
+            log
+        };
+        let garbage =
+            |p: &std::path::Path| std::fs::write(p, b"{\"version\": 3, \"tables\": [").unwrap();
+        let log = refuses("facts.json", &garbage, 65, "may have lost revocations");
+        assert!(!log.contains("numbered from 1"), "{log}");
+        let log = refuses(
+            "history.json",
+            &garbage,
+            65,
+            "new tables would be numbered from 1 again",
         );
+        assert!(!log.contains("revocations"), "{log}");
+        let log = refuses("tables/1.zgt", &garbage, 65, "is corrupt");
+        assert!(log.contains("a kept table that does not verify"), "{log}");
+        let log = refuses(
+            "tables/1.zgt",
+            &|p| std::fs::remove_file(p).unwrap(),
+            71,
+            "No such file or directory",
+        );
+        assert!(!log.contains("is corrupt"), "{log}");
         // The gateways kept enforcing meanwhile.
         assert!(refused(connect_tls(
             &fresh,
             client_config(&pki, Some(&other))
         )));
+        control.spawn();
+        assert_eq!(control.status()["facts_version"], 3);
+        assert_eq!(control.status()["table_version"], 1);
     }
 
     #[test]

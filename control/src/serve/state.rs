@@ -20,7 +20,7 @@ use zgate_table::DecisionTable;
 
 use super::store::{
     self, Actor, FactStore, Facts, GrantRecord, HistoryFile, PostureRecord, Revocation, RiskRecord,
-    StoreError, SubjectRecord, TableEntry,
+    StateFile, StoreError, SubjectRecord, TableEntry,
 };
 
 /// What the dataplanes are sent after they subscribed.
@@ -337,8 +337,10 @@ fn check_name(what: &str, v: &str) -> Result<(), OpError> {
 }
 
 impl Core {
-    /// Load the state directory (history, tables, facts). A fact file that does not
-    /// parse stops the process: starting without it would lift every revocation.
+    /// Load the state directory (history, tables, facts). A fact file, history or
+    /// kept table that does not parse stops the process ([`StoreError::Corrupt`], with
+    /// what starting without it would cost: lifted revocations, reused table versions);
+    /// so does a kept table that cannot be read ([`StoreError::Io`]).
     pub fn open(
         cfg: CoreConfig,
         mut store: Box<dyn FactStore>,
@@ -349,7 +351,8 @@ impl Core {
             source,
         })?;
         let history: HistoryFile =
-            store::read_json(&cfg.state_dir.join("history.json"))?.unwrap_or_default();
+            store::read_json(&cfg.state_dir.join("history.json"), StateFile::History)?
+                .unwrap_or_default();
         let mut tables = HashMap::new();
         for e in &history.tables {
             let path = table_path(&cfg.state_dir, e.version);
@@ -360,6 +363,7 @@ impl Core {
             DecisionTable::decode(&bytes).map_err(|err| StoreError::Corrupt {
                 path: path.clone(),
                 why: err.to_string(),
+                file: StateFile::Table,
             })?;
             tables.insert(e.version, Arc::new(bytes));
         }

@@ -22,13 +22,48 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// The file is there but is not what this build wrote.
-    #[error("`{path}` is corrupt: {why} (refusing to start with facts that may have lost revocations; restore it from a backup, or move it away to start with none)")]
+    #[error("`{path}` is corrupt: {why} ({})", .file.advice())]
     Corrupt {
         /// The file.
         path: PathBuf,
         /// What is wrong.
         why: String,
+        /// Which of the state files it is (what losing it would cost).
+        file: StateFile,
     },
+}
+
+/// The files of the state directory that the control process refuses to start
+/// without once they exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateFile {
+    /// `facts.json`: revocations, posture, risk scores, grants.
+    Facts,
+    /// `history.json`: the kept tables, the enforced one, the next version.
+    History,
+    /// `tables/N.zgt`: a kept table.
+    Table,
+}
+
+impl StateFile {
+    /// Why starting without it is refused, and what to do.
+    pub fn advice(self) -> &'static str {
+        match self {
+            StateFile::Facts => {
+                "refusing to start with facts that may have lost revocations; restore it \
+                 from a backup, or move it away to start with none"
+            }
+            StateFile::History => {
+                "refusing to start without the table history: new tables would be \
+                 numbered from 1 again, below the version the gateways enforce, and they \
+                 would refuse them; restore it from a backup"
+            }
+            StateFile::Table => {
+                "refusing to start with a kept table that does not verify: it is what \
+                 `rollback` and reconnecting gateways are sent; restore it from a backup"
+            }
+        }
+    }
 }
 
 /// Who made a change: a uid on the operator socket, or a token name on the API.
@@ -243,7 +278,7 @@ impl FileStore {
 
 impl FactStore for FileStore {
     fn load(&mut self) -> Result<Option<Facts>, StoreError> {
-        read_json(&self.path)
+        read_json(&self.path, StateFile::Facts)
     }
 
     fn save(&mut self, facts: &Facts) -> Result<(), StoreError> {
@@ -251,8 +286,12 @@ impl FactStore for FileStore {
     }
 }
 
-/// Read a JSON file written by [`write_json`]; `None` when it does not exist.
-pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StoreError> {
+/// Read a JSON file written by [`write_json`] (`file` says which, for the error);
+/// `None` when it does not exist.
+pub fn read_json<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    file: StateFile,
+) -> Result<Option<T>, StoreError> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -268,6 +307,7 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>,
         .map_err(|e| StoreError::Corrupt {
             path: path.to_path_buf(),
             why: e.to_string(),
+            file,
         })
 }
 
@@ -357,6 +397,29 @@ mod tests {
         std::fs::write(dir.path().join("facts.json"), b"{\"version\": 7, \"revoc").unwrap();
         let e = s.load().unwrap_err();
         assert!(e.to_string().contains("corrupt"), "{e}");
+        assert!(e.to_string().contains("lost revocations"), "{e}");
+    }
+
+    #[test]
+    fn a_corrupt_history_says_what_losing_it_would_cost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.json");
+        std::fs::write(&path, b"{\"tables\": [").unwrap();
+        let e = read_json::<HistoryFile>(&path, StateFile::History).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(
+                e,
+                StoreError::Corrupt {
+                    file: StateFile::History,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(text.contains("history.json` is corrupt"), "{text}");
+        assert!(text.contains("numbered from 1 again"), "{text}");
+        assert!(!text.contains("revocations"), "{text}");
     }
 
     #[test]
