@@ -244,16 +244,16 @@ mod zero_trust_loop {
         control.wait_enforced(1);
         drop(flow(&gw, &pki, &laptop));
 
-        // For three seconds: closed now, refused meanwhile, then lifted by the control
+        // For four seconds: closed now, refused meanwhile, then lifted by the control
         // process itself (audited as the expiry's), and the identity gets in again.
-        control.ok(&["revoke", "--principal", OTHER_TRADER, "--for", "3s"]);
+        control.ok(&["revoke", "--principal", OTHER_TRADER, "--for", "4s"]);
         assert!(closed(&mut of_other));
         assert!(echoes(&mut on_phone));
         assert!(refused(connect_tls(&gw, client_config(&pki, Some(&other)))));
         let listed: serde_json::Value =
             serde_json::from_str(&control.ok(&["revocations"])).unwrap();
         let until = listed["revocations"][0]["until"].as_i64().unwrap();
-        assert!((now() - 2..=now() + 3).contains(&until), "{listed}");
+        assert!((now() - 2..=now() + 4).contains(&until), "{listed}");
         let s = control.wait_status(|s| s["revocations"] == 0);
         assert_eq!(
             s["revocations"], 0,
@@ -266,7 +266,7 @@ mod zero_trust_loop {
         assert_eq!(expired[0]["who"], "expiry");
 
         // Until an instant (RFC 3339): the same, for the other identity.
-        control.ok(&["revoke", "--principal", TRADER, "--until", &rfc3339_in(3)]);
+        control.ok(&["revoke", "--principal", TRADER, "--until", &rfc3339_in(4)]);
         assert!(closed(&mut on_phone));
         assert!(refused(connect_tls(&gw, client_config(&pki, Some(&phone)))));
         let s = control.wait_status(|s| s["revocations"] == 0);
