@@ -883,7 +883,15 @@ mod zero_trust_loop {
         setup.tables_extra = control.gateway_section(state.path());
         setup.ready_path = "/healthz";
         let gw = Gateway::start(&setup);
-        let (code, body) = http_get(gw.admin, "/readyz").unwrap();
+        // Started on /healthz: until its worker is up `/readyz` says that instead.
+        let deadline = std::time::Instant::now() + super::common::WAIT;
+        let (code, body) = loop {
+            let (code, body) = http_get(gw.admin, "/readyz").unwrap();
+            if !body.contains("workers ready") || std::time::Instant::now() > deadline {
+                break (code, body);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
         assert_eq!(code, 503, "{body}");
         assert!(body.contains("fail closed"), "{body}");
         let trader = leaf(&pki, TRADER, None);
