@@ -64,6 +64,33 @@ mod zero_trust_loop {
         Gateway::start(&setup)
     }
 
+    /// What most tests start from: a dev PKI, an echo upstream, a control process
+    /// serving `POLICY`, its state directory, and a gateway subscribed to it that
+    /// enforces its first table.
+    struct Scene {
+        pki: Pki,
+        up: Upstream,
+        control: Control,
+        state: tempfile::TempDir,
+        gw: Gateway,
+    }
+
+    fn scene() -> Scene {
+        let pki = Pki::new(&[]);
+        let up = Upstream::echo();
+        let control = Control::start(&[("p.toml", POLICY)]);
+        let state = tempfile::tempdir().unwrap();
+        let gw = gateway(&pki, &up, &control, state.path());
+        control.wait_enforced(1);
+        Scene {
+            pki,
+            up,
+            control,
+            state,
+            gw,
+        }
+    }
+
     fn leaf(pki: &Pki, id: &str, device: Option<&str>) -> Leaf {
         let mut spec = ClientSpec::spiffe(id);
         if let Some(d) = device {
@@ -87,12 +114,13 @@ mod zero_trust_loop {
 
     #[test]
     fn a_revocation_closes_exactly_the_flows_of_that_identity_among_a_thousand() {
-        let pki = Pki::new(&[]);
-        let up = Upstream::echo();
-        let control = Control::start(&[("p.toml", POLICY)]);
-        let state = tempfile::tempdir().unwrap();
-        let gw = gateway(&pki, &up, &control, state.path());
-        control.wait_enforced(1);
+        let Scene {
+            pki,
+            up: _up,
+            control,
+            state: _state,
+            gw,
+        } = scene();
         let (victim, bystander) = (leaf(&pki, TRADER, None), leaf(&pki, OTHER_TRADER, None));
         // 1,000 live mTLS flows (2,000 descriptors in the gateway, 1,000 here: inside the
         // 20,000 open-file cap); every tenth belongs to the identity revoked below.
@@ -199,12 +227,13 @@ mod zero_trust_loop {
     /// what is in force.
     #[test]
     fn certificate_and_time_bounded_revocations_close_what_they_name_and_lift_themselves() {
-        let pki = Pki::new(&[]);
-        let up = Upstream::echo();
-        let control = Control::start(&[("p.toml", POLICY)]);
-        let state = tempfile::tempdir().unwrap();
-        let gw = gateway(&pki, &up, &control, state.path());
-        control.wait_enforced(1);
+        let Scene {
+            pki,
+            up: _up,
+            control,
+            state: _state,
+            gw,
+        } = scene();
         // Two certificates of the same identity, and another identity.
         let (laptop, phone) = (leaf(&pki, TRADER, None), leaf(&pki, TRADER, None));
         let other = leaf(&pki, OTHER_TRADER, None);
@@ -287,12 +316,13 @@ mod zero_trust_loop {
     /// listing shows what was set, and each removal reaches the live flow at once.
     #[test]
     fn posture_clear_device_risk_and_ungrant_reach_live_flows_and_the_listings_show_them() {
-        let pki = Pki::new(&[]);
-        let up = Upstream::echo();
-        let control = Control::start(&[("p.toml", POLICY)]);
-        let state = tempfile::tempdir().unwrap();
-        let gw = gateway(&pki, &up, &control, state.path());
-        control.wait_enforced(1);
+        let Scene {
+            pki,
+            up: _up,
+            control,
+            state: _state,
+            gw,
+        } = scene();
         let alice = leaf(&pki, ENGINEER, Some("laptop-7"));
         control.ok(&["posture", "set", "laptop-7", "managed=true"]);
         control.wait_enforced(1);
@@ -376,12 +406,13 @@ mod zero_trust_loop {
     /// withdraws the shadow table from the gateways.
     #[test]
     fn history_names_the_git_commit_rollback_goes_back_one_and_shadow_clear_withdraws() {
-        let pki = Pki::new(&[]);
-        let up = Upstream::echo();
-        let control = Control::start(&[("p.toml", POLICY)]);
-        let state = tempfile::tempdir().unwrap();
-        let gw = gateway(&pki, &up, &control, state.path());
-        control.wait_enforced(1);
+        let Scene {
+            pki,
+            up: _up,
+            control,
+            state: _state,
+            gw,
+        } = scene();
         let trader = leaf(&pki, TRADER, None);
         let mut live = flow(&gw, &pki, &trader);
 
@@ -599,12 +630,13 @@ mod zero_trust_loop {
 
     #[test]
     fn policy_edits_take_effect_and_a_broken_policy_changes_nothing() {
-        let pki = Pki::new(&[]);
-        let up = Upstream::echo();
-        let control = Control::start(&[("p.toml", POLICY)]);
-        let state = tempfile::tempdir().unwrap();
-        let gw = gateway(&pki, &up, &control, state.path());
-        control.wait_enforced(1);
+        let Scene {
+            pki,
+            up: _up,
+            control,
+            state: _state,
+            gw,
+        } = scene();
         let trader = leaf(&pki, TRADER, None);
         let mut live = flow(&gw, &pki, &trader);
 
@@ -646,12 +678,13 @@ mod zero_trust_loop {
 
     #[test]
     fn posture_risk_and_grants_reach_live_flows() {
-        let pki = Pki::new(&[]);
-        let up = Upstream::echo();
-        let control = Control::start(&[("p.toml", POLICY)]);
-        let state = tempfile::tempdir().unwrap();
-        let gw = gateway(&pki, &up, &control, state.path());
-        control.wait_enforced(1);
+        let Scene {
+            pki,
+            up: _up,
+            control,
+            state: _state,
+            gw,
+        } = scene();
         let alice = leaf(&pki, ENGINEER, Some("laptop-7"));
         // Unknown posture meets no requirement.
         assert!(refused(connect_tls(&gw, client_config(&pki, Some(&alice)))));
@@ -1047,12 +1080,13 @@ mod zero_trust_loop {
 
     #[test]
     fn shadow_mode_reports_what_would_change_enforces_nothing_and_can_be_promoted() {
-        let pki = Pki::new(&[]);
-        let up = Upstream::echo();
-        let control = Control::start(&[("p.toml", POLICY)]);
-        let state = tempfile::tempdir().unwrap();
-        let gw = gateway(&pki, &up, &control, state.path());
-        control.wait_enforced(1);
+        let Scene {
+            pki,
+            up: _up,
+            control,
+            state: _state,
+            gw,
+        } = scene();
         let trader = leaf(&pki, TRADER, None);
         let other = leaf(&pki, OTHER_TRADER, None);
         let mut t1 = flow(&gw, &pki, &trader);
