@@ -793,6 +793,8 @@ mod tls {
         );
         assert!(echoed + 2 >= LIMIT, "{echoed} echoes before the end");
         assert_eq!(gw.wait_metric_at_most("zgate_connections_active", 0), 0);
+        let close = gw.wait_audit(|e| e["event"] == "close");
+        assert_eq!(close["cause"], "confidentiality-limit", "{close}");
     }
 
     /// Review H1: with `trust_domains`, a CA vouches only for its own trust domain.

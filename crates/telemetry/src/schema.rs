@@ -45,6 +45,7 @@ pub const CLOSE_CAUSES: &[&str] = &[
     "tls-error",
     "truncated",
     "gateway-error",
+    "confidentiality-limit",
     "finished",
 ];
 
@@ -347,7 +348,7 @@ pub fn markdown() -> String {
         CLOSE_CAUSES.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "),
         POLICY_CLOSE_CAUSES.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
     );
-    out.push_str("\n## Versions\n\n- 4: `close` causes name the side: `client-fin`, `upstream-fin`, `client-reset`, `upstream-reset` (for `finished` and `reset`), and `gateway-error`; `finished` stays for a clean close with no side seen first.\n- 3: the `close` event (duration, bytes each way, cause); `shadow`; `cause` on `closed_by_policy`.\n- 2: microsecond timestamps, flow ids.\n");
+    out.push_str("\n## Versions\n\n- 4: `close` causes name the side: `client-fin`, `upstream-fin`, `client-reset`, `upstream-reset` (for `finished` and `reset`), `gateway-error` and `confidentiality-limit`; `finished` stays for a clean close with no side seen first.\n- 3: the `close` event (duration, bytes each way, cause); `shadow`; `cause` on `closed_by_policy`.\n- 2: microsecond timestamps, flow ids.\n");
     out
 }
 

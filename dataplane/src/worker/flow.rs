@@ -40,6 +40,9 @@ pub enum Ended {
     /// The gateway itself could not go on (a buffer or pipe it could not account
     /// for): both sides were reset.
     GatewayError,
+    /// A TLS 1.2 session reached its confidentiality limit: what it sealed went out,
+    /// then close_notify, and the upstream was reset.
+    ConfidentialityLimit,
     /// Closed cleanly with no side seen finishing first.
     Finished,
 }
@@ -268,5 +271,6 @@ mod tests {
         assert_eq!(Ended::reset(1).label(), "upstream-reset");
         assert_eq!(Ended::GatewayError.label(), "gateway-error");
         assert_eq!(Ended::Truncated.label(), "truncated");
+        assert_eq!(Ended::ConfidentialityLimit.label(), "confidentiality-limit");
     }
 }

@@ -1107,6 +1107,7 @@ impl TlsConn {
             // The session ended itself (TLS 1.2 at its confidentiality limit): what it
             // sealed goes out, then its close_notify; the upstream is cut (what it
             // sends next cannot reach the client) and the flow closes.
+            self.ended.get_or_insert(Ended::ConfidentialityLimit);
             self.close_notify_sent = true;
             self.abort_upstream();
             self.flush_then_close(ctx);
