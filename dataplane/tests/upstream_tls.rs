@@ -15,7 +15,7 @@ mod common;
 mod upstream_tls {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::mpsc::{channel, Receiver};
     use std::sync::Arc;
 
@@ -49,8 +49,12 @@ mod upstream_tls {
         addr: SocketAddr,
         handshakes: Arc<AtomicUsize>,
         peers: Receiver<Vec<u8>>,
-        /// How each connection's input ended: `close_notify`, or the read error's kind.
+        /// How each connection's input ended: `close_notify`, or the read error's kind
+        /// (with `After::KeyUpdateFlood`: `asked N`).
         ends: Receiver<String>,
+        /// `After::KeyUpdateFlood` waits for this before it floods, and keeps its
+        /// connection open until it is cleared.
+        go: Arc<AtomicBool>,
     }
 
     /// What the echo does after its first echo.
@@ -66,6 +70,46 @@ mod upstream_tls {
         /// Answer the second input with a record whose tag has one bit changed (a
         /// forgery), then read on.
         Forged,
+        /// Read nothing more; once `go` is set, ask for key updates (each followed by
+        /// a byte of data) as fast as the socket takes them, until 100,000 or two
+        /// seconds without progress; report how many were asked.
+        KeyUpdateFlood,
+    }
+
+    /// The requests an `After::KeyUpdateFlood` upstream makes at most.
+    const MOST_KEY_UPDATES: usize = 100_000;
+
+    /// `After::KeyUpdateFlood`'s flood, by hand on a non-blocking socket (a blocking
+    /// write would wait for a gateway that waits for its own output to drain).
+    fn key_update_flood(
+        s: &mut StreamOwned<ServerConnection, TcpStream>,
+        go: &AtomicBool,
+    ) -> usize {
+        let deadline = std::time::Instant::now() + WAIT;
+        while !go.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        s.sock.set_nonblocking(true).unwrap();
+        let mut asked = 0;
+        let mut last_progress = std::time::Instant::now();
+        while asked < MOST_KEY_UPDATES
+            && last_progress.elapsed() < std::time::Duration::from_secs(2)
+        {
+            if s.conn.wants_write() {
+                match s.conn.write_tls(&mut s.sock) {
+                    Ok(_) => last_progress = std::time::Instant::now(),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    Err(_) => break,
+                }
+                continue;
+            }
+            s.conn.refresh_traffic_keys().unwrap();
+            s.conn.writer().write_all(b"k").unwrap();
+            asked += 1;
+        }
+        asked
     }
 
     /// Send a record of data cut short (`After::CutRecord`) or with one bit of its tag
@@ -80,7 +124,7 @@ mod upstream_tls {
         match after {
             After::CutRecord => rec.truncate(10),
             After::Forged => *rec.last_mut().unwrap() ^= 1,
-            After::EchoOn | After::Fin => unreachable!(),
+            After::EchoOn | After::Fin | After::KeyUpdateFlood => unreachable!(),
         }
         s.sock.write_all(&rec).unwrap();
     }
@@ -111,11 +155,14 @@ mod upstream_tls {
             let (tx, peers) = channel();
             let (end_tx, ends) = channel();
             let h = Arc::clone(&handshakes);
+            let go = Arc::new(AtomicBool::new(false));
+            let go_all = Arc::clone(&go);
             std::thread::spawn(move || {
                 for tcp in listener.incoming().take(64) {
                     let Ok(tcp) = tcp else { break };
                     let (config, h, p) = (Arc::clone(&config), Arc::clone(&h), tx.clone());
                     let end_tx = end_tx.clone();
+                    let go = Arc::clone(&go_all);
                     std::thread::spawn(move || {
                         tcp.set_read_timeout(Some(WAIT)).unwrap();
                         let conn = ServerConnection::new(config).unwrap();
@@ -159,6 +206,17 @@ mod upstream_tls {
                                 // Dropping the stream closes the socket: a bare FIN.
                                 return;
                             }
+                            if after == After::KeyUpdateFlood {
+                                let asked = key_update_flood(&mut s, &go);
+                                let _ = end_tx.send(format!("asked {asked}"));
+                                let deadline = std::time::Instant::now() + WAIT;
+                                while go.load(Ordering::SeqCst)
+                                    && std::time::Instant::now() < deadline
+                                {
+                                    std::thread::sleep(std::time::Duration::from_millis(5));
+                                }
+                                return;
+                            }
                         }
                         s.conn.send_close_notify();
                         let _ = s.flush();
@@ -170,6 +228,7 @@ mod upstream_tls {
                 handshakes,
                 peers,
                 ends,
+                go,
             }
         }
     }
@@ -278,6 +337,44 @@ mod upstream_tls {
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
         assert!(rest.is_empty());
         assert_eq!(gw.wait_metric("zgate_tls_truncations_total", 1), 1);
+    }
+
+    /// Review 16.1 from the upstream's side: a TLS upstream that asks for key updates
+    /// and never reads, while the gateway's output toward it is full (the client sends
+    /// more than the upstream takes). One update is owed however many are asked, and
+    /// the upstream is not read until it can be sent: the gateway reads a batch of the
+    /// flood and no more.
+    #[test]
+    fn an_upstream_asking_for_key_updates_and_never_reading_is_stalled_not_buffered() {
+        const FLOOD: usize = 8 << 20;
+        let pki = Pki::new(&[]);
+        let up = upstream_side_with(&pki, "db.internal", true, After::KeyUpdateFlood);
+        let gw = gateway(&pki, &up);
+        let mut s = connect(&gw, &pki);
+        echo_through(&mut s, b"the one echo");
+        // The client sends more than the upstream (which reads no more) takes: the
+        // gateway holds a client buffer it cannot pass on yet. The writer blocks until
+        // the gateway is stopped at the end of the test.
+        std::thread::spawn(move || {
+            let _ = s.write_all(&vec![b'c'; FLOOD]).and_then(|()| s.flush());
+        });
+        gw.wait_metric("zgate_buffers_in_use", 1);
+        up.echo.go.store(true, Ordering::SeqCst);
+        let report = up.echo.ends.recv_timeout(WAIT * 2).unwrap();
+        let asked: usize = report.strip_prefix("asked ").unwrap().parse().unwrap();
+        // What the gateway read of them: each request came with one byte of data, and
+        // the data it read is counted (the rest waits in the kernel's socket buffers,
+        // which is what bounds `asked` here: megabytes on loopback).
+        let read = gw.metric("zgate_bytes_total{direction=\"upstream_to_client\"}");
+        assert!(asked > 10_000, "the flood stopped early: {report}");
+        assert!(
+            read < 10_000,
+            "the gateway read {read} of {asked} requests from an upstream it could not write to"
+        );
+        // Stalled, not cut: the flow is still there.
+        assert_eq!(gw.metric("zgate_connections_active"), 1);
+        assert_eq!(gw.metric("zgate_upstream_tls_failures_total"), 0);
+        up.echo.go.store(false, Ordering::SeqCst);
     }
 
     /// Review 16.2, the other two cases from a TLS upstream: a record cut in its middle
