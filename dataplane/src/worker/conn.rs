@@ -668,7 +668,7 @@ impl Conn {
                 self.set_dir(dir, Dir::Done);
                 if self.state != State::Closing {
                     // The destination of `dir` refused the bytes.
-                    self.reset_for(Ended::reset(1 - dir), ctx);
+                    self.reset_for(Ended::reset(dir ^ 1), ctx);
                 }
             }
         }
@@ -825,7 +825,7 @@ impl Conn {
             }
             None => {
                 self.set_dir(dir, Dir::Done);
-                self.reset_for(Ended::reset(1 - dir), ctx);
+                self.reset_for(Ended::reset(dir ^ 1), ctx);
             }
         }
     }

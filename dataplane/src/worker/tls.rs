@@ -687,7 +687,7 @@ impl TlsConn {
                     self.close(CloseKind::Normal, ctx);
                 } else if self.state != TlsState::Closing {
                     // `out[0]` is sent on the upstream socket.
-                    self.reset_for(Ended::reset(1 - to), ctx);
+                    self.reset_for(Ended::reset(to ^ 1), ctx);
                 }
             }
         }
