@@ -181,22 +181,11 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// The instant to time a TLS open or seal from, when histograms are kept and this
-    /// call is one of the sampled ([`zgate_telemetry::latency::CRYPTO_SAMPLE`]).
-    #[inline]
-    pub fn crypto_start(&mut self, m: zgate_telemetry::latency::Measure) -> Option<Instant> {
-        let l = self.latency.as_deref_mut()?;
-        l.sample_crypto(m).then(super::precise_now)
-    }
-
     /// Record `start`..now (a precise clock read, not the loop's) for `m`.
     #[inline]
     pub fn record_precise(&mut self, m: zgate_telemetry::latency::Measure, start: Option<Instant>) {
         if let (Some(l), Some(t0)) = (self.latency.as_deref_mut(), start) {
-            let ns = super::precise_now()
-                .saturating_duration_since(t0)
-                .as_nanos();
-            l.record(m, u64::try_from(ns).unwrap_or(u64::MAX));
+            l.record(m, super::precise_ns_since(t0));
         }
     }
 
@@ -208,6 +197,19 @@ impl Ctx<'_> {
             l.record(m, u64::try_from(ns).unwrap_or(u64::MAX));
         }
     }
+}
+
+/// The instant to time a TLS open or seal (`m`) from, when histograms are kept
+/// (`latency`: a [`Ctx`]'s) and this call is one of the sampled
+/// ([`zgate_telemetry::latency::CRYPTO_SAMPLE`]). A function of the field, not of the
+/// `Ctx`, so that it can be taken just before the call it times while the flow's
+/// buffers are borrowed from the `Ctx`.
+#[inline]
+pub fn crypto_start(
+    latency: Option<&mut zgate_telemetry::latency::Latencies>,
+    m: zgate_telemetry::latency::Measure,
+) -> Option<Instant> {
+    latency?.sample_crypto(m).then(super::precise_now)
 }
 
 /// The dwell measure of direction `dir` (0: client to upstream).

@@ -16,7 +16,6 @@ use super::flow::Flow;
 use super::tls::{Refused, TlsState};
 use super::Worker;
 use crate::metrics::{Count, M};
-use crate::sys;
 
 /// What ends a permit first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,13 +94,21 @@ impl Refusal {
         "other",
     ];
 
-    /// The position of this refusal's label in [`Refusal::DENIAL_LABELS`].
+    /// The position of this refusal's label in [`Refusal::DENIAL_LABELS`] (no string
+    /// search: a flood of refused clients runs this for each).
     pub fn denial_index(self, decision: &Decision) -> usize {
-        let label = self.label(decision);
-        Self::DENIAL_LABELS
-            .iter()
-            .position(|l| *l == label)
-            .unwrap_or(Self::DENIAL_LABELS.len() - 1)
+        match self {
+            Refusal::Denied => match decision.reason {
+                Reason::DeniedByRule => 0,
+                Reason::NoRuleMatched => 1,
+                Reason::UnknownService => 2,
+                Reason::Revoked => 3,
+                Reason::AllowedByRule => 7,
+            },
+            Refusal::ConstraintsExpired => 4,
+            Refusal::CertificateExpired => 5,
+            Refusal::CertificateNotYetValid => 6,
+        }
     }
 
     /// The audit record's `reason` for a flow refused with `decision`.
@@ -319,11 +326,7 @@ impl Worker {
         };
         let decision = self.decide_flow(flow);
         let verdict = permit(decision, self.unix_now, self.unix_now, flow.chain_window());
-        let decision_ns = timed.map(|t0| {
-            super::precise_now()
-                .saturating_duration_since(t0)
-                .as_nanos()
-        });
+        let decision_ns = timed.map(super::precise_ns_since);
         if let Some(l) = self
             .listeners
             .get_mut(listener)
@@ -331,7 +334,7 @@ impl Worker {
         {
             l.record(handshake, u64::try_from(handshake_ns).unwrap_or(u64::MAX));
             if let Some(ns) = decision_ns {
-                l.record(Measure::Decision, u64::try_from(ns).unwrap_or(u64::MAX));
+                l.record(Measure::Decision, ns);
             }
         }
         let Some(Some(flow)) = self.slots.get(i).map(|s| s.conn.as_ref()) else {
@@ -382,10 +385,7 @@ impl Worker {
         };
         // Allowed: a fact delta naming its principal, certificate or device finds it.
         self.index_flow(i);
-        let upstream = sys::upstream_socket(&cfg.upstream);
-        if let Err(e) = &upstream {
-            self.pause_accepts_if_out_of_fds(e.raw_os_error());
-        }
+        let upstream = self.upstream_socket(&cfg.upstream);
         let upstream_tls = self
             .listeners
             .get(listener)
@@ -573,6 +573,35 @@ mod tests {
 
     fn none() -> Constraints {
         Decision::default_deny(Reason::NoRuleMatched).constraints
+    }
+
+    /// The denial metric's index of every refusal is its audit label's place in the
+    /// list, so the counter and the audit record say the same reason.
+    #[test]
+    fn every_denial_index_names_its_audit_label() {
+        let reasons = [
+            Reason::AllowedByRule,
+            Reason::DeniedByRule,
+            Reason::NoRuleMatched,
+            Reason::UnknownService,
+            Reason::Revoked,
+        ];
+        for reason in reasons {
+            let d = Decision::default_deny(reason);
+            for r in [
+                Refusal::Denied,
+                Refusal::ConstraintsExpired,
+                Refusal::CertificateExpired,
+                Refusal::CertificateNotYetValid,
+            ] {
+                let label = Refusal::DENIAL_LABELS[r.denial_index(&d)];
+                if reason == Reason::AllowedByRule && r == Refusal::Denied {
+                    assert_eq!(label, "other");
+                } else {
+                    assert_eq!(label, r.label(&d), "{r:?} {reason:?}");
+                }
+            }
+        }
     }
 
     /// Review 16.13: "allowed" was worked out by hand in three places, with different

@@ -47,9 +47,6 @@ pub enum Ended {
     Finished,
 }
 
-/// The client's side of a flow, as `side` arguments count (direction 0 reads it).
-pub const CLIENT_SIDE: usize = 0;
-
 impl Ended {
     /// The label.
     pub fn label(self) -> &'static str {
@@ -61,7 +58,7 @@ impl Ended {
 
     /// `side` (0 the client, 1 the upstream) finished first.
     pub fn fin(side: usize) -> Ended {
-        if side == CLIENT_SIDE {
+        if side == super::tls::CLIENT {
             Ended::ClientFin
         } else {
             Ended::UpstreamFin
@@ -71,7 +68,7 @@ impl Ended {
     /// `side` (0 the client, 1 the upstream) reset the connection, or its socket
     /// failed.
     pub fn reset(side: usize) -> Ended {
-        if side == CLIENT_SIDE {
+        if side == super::tls::CLIENT {
             Ended::ClientReset
         } else {
             Ended::UpstreamReset

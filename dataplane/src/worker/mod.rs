@@ -423,6 +423,11 @@ fn precise_now() -> Instant {
     Instant::now()
 }
 
+/// Nanoseconds from `t0` (a [`precise_now`]) to now.
+fn precise_ns_since(t0: Instant) -> u64 {
+    u64::try_from(precise_now().saturating_duration_since(t0).as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl Worker {
     /// Run until the supervisor says stop (or a fatal error).
     fn run_to_end(mut self) -> Result<(), WorkerError> {
@@ -784,6 +789,15 @@ impl Worker {
         }
     }
 
+    /// A socket for a flow's upstream; out of descriptors, accepts pause too.
+    fn upstream_socket(&mut self, addr: &std::net::SocketAddr) -> std::io::Result<TcpStream> {
+        let s = sys::upstream_socket(addr);
+        if let Err(e) = &s {
+            self.pause_accepts_if_out_of_fds(e.raw_os_error());
+        }
+        s
+    }
+
     /// Whether a flow's two descriptors (client and upstream) can be had now: two
     /// taken and given back at once.
     fn two_fds_free(&self) -> bool {
@@ -1110,21 +1124,20 @@ impl Worker {
                 self.aux_inflight = self.aux_inflight.saturating_sub(1);
                 if self.phase >= Phase::Draining {
                     l.fd = None;
-                } else if c.result != -libc::EMFILE
-                    && c.result != -libc::ENFILE
-                    && self.arm_accept(index).is_err()
-                {
-                    // Out of fds: wait for the next tick rather than spin. A re-arm
-                    // that could not be queued is retried on the tick too.
-                    self.own.inc(M::RearmFailures);
                 }
             }
         }
+        if c.result < 0 && c.result != -libc::ECANCELED {
+            self.count(index, M::AcceptErrors);
+            // Out of fds: accepts pause until a tick finds a flow's two free, and
+            // `arm_accept` below does nothing meanwhile (no spinning).
+            self.pause_accepts_if_out_of_fds(Some(-c.result));
+        }
+        // A re-arm that could not be queued is retried on the tick.
+        if !c.more && self.phase < Phase::Draining && self.arm_accept(index).is_err() {
+            self.own.inc(M::RearmFailures);
+        }
         if c.result < 0 {
-            if c.result != -libc::ECANCELED {
-                self.count(index, M::AcceptErrors);
-                self.pause_accepts_if_out_of_fds(Some(-c.result));
-            }
             return;
         }
         let Some(client) = c.into_accepted() else {
@@ -1171,8 +1184,7 @@ impl Worker {
         let decision = self.decide(index, peer.ip());
         let verdict = permit(decision, self.unix_now, self.unix_now, None);
         if let Some(t0) = timed {
-            let ns = precise_now().saturating_duration_since(t0).as_nanos();
-            self.record_decision(index, u64::try_from(ns).unwrap_or(u64::MAX));
+            self.record_decision(index, precise_ns_since(t0));
         }
         self.audit_decision(
             AuditKind::Decision,
@@ -1287,10 +1299,9 @@ impl Worker {
             listener,
             source: admitted.source,
         };
-        let upstream = match sys::upstream_socket(&cfg.upstream) {
+        let upstream = match self.upstream_socket(&cfg.upstream) {
             Ok(u) => u,
             Err(e) => {
-                self.pause_accepts_if_out_of_fds(e.raw_os_error());
                 self.count(listener, M::UpstreamConnectFailures);
                 let why = conn::ConnectFailure::Socket(e.raw_os_error());
                 self.audit_refusal(flow, Refused::connect(why));

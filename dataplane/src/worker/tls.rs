@@ -50,7 +50,7 @@ use crate::config::{ListenerConfig, POSTGRES_ALPN};
 use crate::metrics::{Count, CLIENT_TO_UPSTREAM, M, UPSTREAM_TO_CLIENT};
 use crate::postgres::{Preamble, PreambleReader, Refusal};
 use crate::sys::{self, BufId, BufPool, ConnMem, Lent, SendVec, HEADROOM};
-use crate::worker::conn::{CloseKind, ConnectFailure, Ctx, State};
+use crate::worker::conn::{crypto_start, CloseKind, ConnectFailure, Ctx, State};
 use crate::worker::decide::FlowRef;
 use crate::worker::flow::Ended;
 use crate::worker::token::Op;
@@ -162,9 +162,10 @@ struct PgPreamble {
 /// always fits).
 pub const OUT_SIZE: usize = crate::sys::BUF_SIZE + 8 * zgate_tls::MAX_OVERHEAD;
 
-/// Client side (0) and upstream side (1).
-const CLIENT: usize = 0;
-const UPSTREAM: usize = 1;
+/// Client side (0) and upstream side (1): the `side` of a flow's sockets everywhere in
+/// the worker (plain flows' direction 0 reads the client).
+pub(super) const CLIENT: usize = 0;
+pub(super) const UPSTREAM: usize = 1;
 
 #[derive(Default)]
 struct Side {
@@ -798,13 +799,13 @@ impl TlsConn {
         if !self.out_free(0) {
             return Ok(false);
         }
-        let t0 = ctx.crypto_start(Measure::TlsOpen);
         let region = ctx
             .ring
             .pool
             .region_mut(buf, i.end as usize)
             .map_err(|_| RejectReason::Internal("receive buffer not held by the flow"))?;
         let mut runs = Runs::default();
+        let t0 = crypto_start(ctx.latency.as_deref_mut(), Measure::TlsOpen);
         self.session
             .read_in_place(region, HEADROOM + i.pos as usize, &mut runs)?;
         ctx.record_precise(Measure::TlsOpen, t0);
@@ -964,11 +965,6 @@ impl TlsConn {
                 return Ok(false);
             }
         }
-        let t0 = if open {
-            ctx.crypto_start(Measure::TlsOpen)
-        } else {
-            None
-        };
         let bytes = unread(&mut ctx.ring.pool, &mut self.hs_buf, input)?;
         let mut to_bridge = false;
         let plain: &mut [u8] = if !open {
@@ -982,6 +978,11 @@ impl TlsConn {
                 // The upstream has not taken the last batch yet.
                 None => return Ok(false),
             }
+        };
+        let t0 = if open {
+            crypto_start(ctx.latency.as_deref_mut(), Measure::TlsOpen)
+        } else {
+            None
         };
         let r = self.session.read(bytes, plain)?;
         ctx.record_precise(Measure::TlsOpen, t0);
@@ -1080,11 +1081,6 @@ impl TlsConn {
         let Some(buf) = free_out(&mut self.out, 1, ctx.out_pool) else {
             return false;
         };
-        let t0 = if open && (plain_input.is_some() || bridged) {
-            ctx.crypto_start(Measure::TlsSeal)
-        } else {
-            None
-        };
         let plaintext: &[u8] = if let Some(i) = plain_input {
             input_bytes(&ctx.ring.pool, &self.hs_buf, i).unwrap_or_default()
         } else if bridged {
@@ -1094,6 +1090,12 @@ impl TlsConn {
                 .unwrap_or_default()
         } else {
             &[]
+        };
+        // Both need the session open: a seal of data, not of handshake messages.
+        let t0 = if plain_input.is_some() || bridged {
+            crypto_start(ctx.latency.as_deref_mut(), Measure::TlsSeal)
+        } else {
+            None
         };
         let w = self.session.write(plaintext, buf);
         ctx.record_precise(Measure::TlsSeal, t0);
