@@ -150,11 +150,7 @@ pub fn metrics_text(v: &AdminView) -> String {
         .zip(v.stats.listeners.iter().copied())
         .collect();
     e.workers(M::FAMILIES, M::OFFSETS, &listeners, &v.stats.workers);
-    let one = |e: &mut Exposition, p: P, value: u64| {
-        if let Some(f) = P::FAMILIES.get(p as usize) {
-            e.single(f, value);
-        }
-    };
+    let one = |e: &mut Exposition, p: P, value: u64| e.single(p.family(), value);
     one(&mut e, P::Workers, u64::try_from(v.workers).unwrap_or(0));
     one(
         &mut e,
@@ -192,9 +188,10 @@ pub fn metrics_text(v: &AdminView) -> String {
             )
         })
         .collect();
-    if let Some(f) = P::FAMILIES.get(P::TlsNotAfter as usize) {
-        e.process(f, not_after.iter().map(|(l, v)| (&l[..], *v)));
-    }
+    e.process(
+        P::TlsNotAfter.family(),
+        not_after.iter().map(|(l, v)| (&l[..], *v)),
+    );
     let mut out = e.finish();
     if let Some((all, _)) = &v.latency {
         let named: Vec<(&str, &Latencies)> = v

@@ -164,12 +164,7 @@ mod latency {
         // `names_follow_the_prometheus_conventions` checks), a listener family's
         // per-worker copy, or a latency histogram.
         let declared: Vec<String> = zgate_dataplane::metrics::all_families()
-            .flat_map(|f| {
-                [
-                    f.name.to_string(),
-                    f.name.replacen("zgate_", "zgate_worker_", 1),
-                ]
-            })
+            .flat_map(|f| [f.name.to_string(), f.worker_name()])
             .collect();
         let mut typed: Vec<&str> = body
             .lines()

@@ -49,10 +49,13 @@ pub enum Unit {
 }
 
 impl Unit {
-    /// `value` (kept in this unit) as the exposition writes it.
-    fn render(self, value: u64) -> String {
+    /// Append `value` (kept in this unit) as the exposition writes it.
+    fn write(self, out: &mut String, value: u64) {
         let scale = match self {
-            Unit::Count => return value.to_string(),
+            Unit::Count => {
+                let _ = write!(out, "{value}");
+                return;
+            }
             Unit::Micros => 1e-6,
             Unit::Millis => 1e-3,
         };
@@ -61,7 +64,7 @@ impl Unit {
             reason = "durations below 2^53 microseconds (285 years) are exact"
         )]
         let v = value as f64 * scale;
-        format!("{v}")
+        let _ = write!(out, "{v}");
     }
 }
 
@@ -87,6 +90,12 @@ pub struct Family {
 }
 
 impl Family {
+    /// The name of its per-worker copy (`per_worker` families): `zgate_worker_` in
+    /// place of `zgate_`.
+    pub fn worker_name(&self) -> String {
+        self.name.replacen("zgate_", "zgate_worker_", 1)
+    }
+
     /// Slots it takes (one per label value).
     pub const fn width(&self) -> usize {
         match self.label {
@@ -195,6 +204,15 @@ macro_rules! metric_families {
             /// Where each family's slots start.
             pub const OFFSETS: &'static [usize] =
                 &$crate::metrics::offsets::<{ Self::COUNT }>(Self::FAMILIES);
+
+            /// This family's definition.
+            #[allow(
+                clippy::indexing_slicing,
+                reason = "every variant has its entry in FAMILIES, in declaration order"
+            )]
+            pub const fn family(self) -> &'static $crate::metrics::Family {
+                &Self::FAMILIES[self as usize]
+            }
         }
     };
 }
@@ -361,7 +379,9 @@ impl Exposition {
             }
             self.out.push('}');
         }
-        let _ = writeln!(self.out, " {}", unit.render(value));
+        self.out.push(' ');
+        unit.write(&mut self.out, value);
+        self.out.push('\n');
     }
 
     /// A family that is not a worker's (the supervisor's own): HELP, TYPE, and its
@@ -401,7 +421,7 @@ impl Exposition {
                         self.labelled(f, fi, offsets, c, &[("listener", name)], f.name);
                     }
                     if f.per_worker {
-                        let name = f.name.replacen("zgate_", "zgate_worker_", 1);
+                        let name = f.worker_name();
                         self.head(&name, f);
                         for (w, (_, by_listener)) in workers.iter().enumerate() {
                             let w = w.to_string();
@@ -470,10 +490,7 @@ pub fn markdown_table(families: &[Family]) -> String {
             labels.push(format!("`{key}` ({})", values.join(", ")));
         }
         let extra = if f.per_worker {
-            format!(
-                " Also per worker: `{}{{worker}}`.",
-                f.name.replacen("zgate_", "zgate_worker_", 1)
-            )
+            format!(" Also per worker: `{}{{worker}}`.", f.worker_name())
         } else {
             String::new()
         };
@@ -493,52 +510,60 @@ pub fn markdown_table(families: &[Family]) -> String {
     out
 }
 
-/// What in `families`' names breaks the Prometheus naming conventions (the rules
-/// `promtool check metrics` applies): the `zgate_` prefix, snake case, counters and
-/// only counters ending in `_total`, base units (`_seconds`, `_bytes`; never `_milli`/
-/// `_microseconds`), and a family kept in a sub-unit named for the base unit.
+/// What in `families`' names (and their per-worker copies' names) breaks the
+/// Prometheus naming conventions (the rules `promtool check metrics` applies): the
+/// `zgate_` prefix, snake case, counters and only counters ending in `_total`, base
+/// units (`_seconds`, `_bytes`; never `_milli`/`_microseconds`), and a family kept in a
+/// sub-unit named for the base unit.
 pub fn naming_problems(families: &[Family]) -> Vec<String> {
     let mut out = Vec::new();
     for f in families {
-        let n = f.name;
-        let mut say = |what: &str| out.push(format!("{n}: {what}"));
-        if !n.starts_with("zgate_") {
-            say("no zgate_ prefix");
-        }
-        if !n
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            say("not snake case");
-        }
-        let total = n.ends_with("_total");
-        match f.kind {
-            Kind::Counter if !total => say("a counter not ending in _total"),
-            Kind::Gauge | Kind::Max if total => say("a gauge ending in _total"),
-            _ => {}
-        }
-        let stem = n.strip_suffix("_total").unwrap_or(n);
-        for sub in [
-            "_milliseconds",
-            "_microseconds",
-            "_nanoseconds",
-            "_ms",
-            "_us",
-            "_kib",
-            "_mib",
-        ] {
-            if stem.ends_with(sub) {
-                say("not in a base unit");
-            }
-        }
-        if f.stored != Unit::Count && !stem.ends_with("_seconds") {
-            say("kept in a sub-unit of seconds but not named _seconds");
-        }
-        if ["_count", "_sum", "_bucket"].iter().any(|s| n.ends_with(s)) {
-            say("a histogram's suffix on a plain family");
+        name_problems(f.name, f, &mut out);
+        if f.per_worker {
+            name_problems(&f.worker_name(), f, &mut out);
         }
     }
     out
+}
+
+/// [`naming_problems`] of one name `n` of family `f`.
+fn name_problems(n: &str, f: &Family, out: &mut Vec<String>) {
+    let mut say = |what: &str| out.push(format!("{n}: {what}"));
+    if !n.starts_with("zgate_") {
+        say("no zgate_ prefix");
+    }
+    if !n
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        say("not snake case");
+    }
+    let total = n.ends_with("_total");
+    match f.kind {
+        Kind::Counter if !total => say("a counter not ending in _total"),
+        Kind::Gauge | Kind::Max if total => say("a gauge ending in _total"),
+        _ => {}
+    }
+    let stem = n.strip_suffix("_total").unwrap_or(n);
+    for sub in [
+        "_milliseconds",
+        "_microseconds",
+        "_nanoseconds",
+        "_ms",
+        "_us",
+        "_kib",
+        "_mib",
+    ] {
+        if stem.ends_with(sub) {
+            say("not in a base unit");
+        }
+    }
+    if f.stored != Unit::Count && !stem.ends_with("_seconds") {
+        say("kept in a sub-unit of seconds but not named _seconds");
+    }
+    if ["_count", "_sum", "_bucket"].iter().any(|s| n.ends_with(s)) {
+        say("a histogram's suffix on a plain family");
+    }
 }
 
 #[cfg(test)]
@@ -560,6 +585,11 @@ mod tests {
     fn layout_comes_from_the_one_list() {
         assert_eq!((T::COUNT, T::SLOTS), (3, 4));
         assert_eq!(T::OFFSETS, &[0, 1, 3]);
+        assert_eq!(
+            T::B.family().width(),
+            2,
+            "each variant names its own family"
+        );
         let mut c = Counters::<{ T::SLOTS }>::default();
         c.bump(T::OFFSETS, T::A as usize);
         c.add_at(T::OFFSETS, T::B as usize, 1, 5);
@@ -620,7 +650,7 @@ mod tests {
     #[test]
     fn values_kept_in_sub_units_are_rendered_in_seconds() {
         let mut e = Exposition::default();
-        e.single(&P::FAMILIES[P::Age as usize], 1_500);
+        e.single(P::Age.family(), 1_500);
         e.process(
             &P::FAMILIES[P::Hits as usize],
             [(&[("listener", "a")][..], 7)],
@@ -630,7 +660,9 @@ mod tests {
             "# HELP zgate_age_seconds An age.\n# TYPE zgate_age_seconds gauge\nzgate_age_seconds 0.0015\n\
              # HELP zgate_hits Hits.\n# TYPE zgate_hits counter\nzgate_hits{listener=\"a\"} 7\n"
         );
-        assert_eq!(Unit::Millis.render(250), "0.25");
+        let mut out = String::new();
+        Unit::Millis.write(&mut out, 250);
+        assert_eq!(out, "0.25");
     }
 
     #[test]
