@@ -18,7 +18,7 @@ mod zero_trust_loop {
 
     use super::common::control::Control;
     use super::common::pki::{
-        client_config, closed, connect_tls, echo_through, echoes, now, refused, Pki, Tls,
+        client_config, closed, connect_tls, echo_through, echoes, now, refuses, Pki, Tls,
     };
     use super::common::{http_get, Gateway, Setup, Upstream};
     use zgate_devpki::{ClientSpec, Leaf};
@@ -68,26 +68,31 @@ mod zero_trust_loop {
     /// serving `POLICY`, its state directory, and a gateway subscribed to it that
     /// enforces its first table.
     struct Scene {
+        /// The echo upstream and the gateway's state directory: kept for the test's
+        /// length, read by no test. Bound first, so dropped last.
+        _keep: (Upstream, tempfile::TempDir),
         pki: Pki,
-        up: Upstream,
         control: Control,
-        state: tempfile::TempDir,
         gw: Gateway,
     }
 
     fn scene() -> Scene {
+        scene_with(POLICY)
+    }
+
+    /// [`scene`] with `policy` as the control process's policy.
+    fn scene_with(policy: &str) -> Scene {
         let pki = Pki::new(&[]);
         let up = Upstream::echo();
-        let control = Control::start(&[("p.toml", POLICY)]);
+        let control = Control::start(&[("p.toml", policy)]);
         let state = tempfile::tempdir().unwrap();
         let gw = gateway(&pki, &up, &control, state.path());
         control.wait_enforced(1);
         Scene {
             pki,
-            up,
             control,
-            state,
             gw,
+            _keep: (up, state),
         }
     }
 
@@ -115,10 +120,9 @@ mod zero_trust_loop {
     #[test]
     fn a_revocation_closes_exactly_the_flows_of_that_identity_among_a_thousand() {
         let Scene {
+            _keep,
             pki,
-            up: _up,
             control,
-            state: _state,
             gw,
         } = scene();
         let (victim, bystander) = (leaf(&pki, TRADER, None), leaf(&pki, OTHER_TRADER, None));
@@ -161,10 +165,7 @@ mod zero_trust_loop {
         let e = closed_because(&gw, TRADER, "revoked");
         assert_eq!(e["rule"], "revoked-identity");
         // New flows of that identity are refused; others still get in.
-        assert!(refused(connect_tls(
-            &gw,
-            client_config(&pki, Some(&victim))
-        )));
+        assert!(refuses(&gw, &pki, &victim));
         drop(flow(&gw, &pki, &bystander));
         // The control process audited who did it and the resulting version.
         let audit = std::fs::read_to_string(control.path("state/audit.jsonl")).unwrap();
@@ -201,15 +202,9 @@ mod zero_trust_loop {
         text.trim().rsplit('=').next().unwrap().to_string()
     }
 
-    /// `secs` seconds from now as RFC 3339 (UTC), by `date`.
+    /// `secs` seconds from now as RFC 3339 (UTC).
     fn rfc3339_in(secs: i64) -> String {
-        let out = std::process::Command::new("date")
-            .args(["-u", "+%Y-%m-%dT%H:%M:%SZ", "-d"])
-            .arg(format!("@{}", now() + secs))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        zgate_telemetry::rfc3339_micros((now() + secs) * 1_000_000)
     }
 
     /// The control process's audit lines whose `what` is `what`.
@@ -228,10 +223,9 @@ mod zero_trust_loop {
     #[test]
     fn certificate_and_time_bounded_revocations_close_what_they_name_and_lift_themselves() {
         let Scene {
+            _keep,
             pki,
-            up: _up,
             control,
-            state: _state,
             gw,
         } = scene();
         // Two certificates of the same identity, and another identity.
@@ -255,10 +249,7 @@ mod zero_trust_loop {
         assert!(echoes(&mut on_phone) && echoes(&mut of_other));
         let e = closed_because(&gw, TRADER, "revoked");
         assert_eq!(e["rule"], "revoked-certificate", "{e}");
-        assert!(refused(connect_tls(
-            &gw,
-            client_config(&pki, Some(&laptop))
-        )));
+        assert!(refuses(&gw, &pki, &laptop));
         drop(flow(&gw, &pki, &phone));
         let listed: serde_json::Value =
             serde_json::from_str(&control.ok(&["revocations"])).unwrap();
@@ -278,7 +269,7 @@ mod zero_trust_loop {
         control.ok(&["revoke", "--principal", OTHER_TRADER, "--for", "4s"]);
         assert!(closed(&mut of_other));
         assert!(echoes(&mut on_phone));
-        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&other)))));
+        assert!(refuses(&gw, &pki, &other));
         let listed: serde_json::Value =
             serde_json::from_str(&control.ok(&["revocations"])).unwrap();
         let until = listed["revocations"][0]["until"].as_i64().unwrap();
@@ -297,7 +288,7 @@ mod zero_trust_loop {
         // Until an instant (RFC 3339): the same, for the other identity.
         control.ok(&["revoke", "--principal", TRADER, "--until", &rfc3339_in(4)]);
         assert!(closed(&mut on_phone));
-        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&phone)))));
+        assert!(refuses(&gw, &pki, &phone));
         let s = control.wait_status(|s| s["revocations"] == 0);
         assert_eq!(
             s["revocations"], 0,
@@ -317,10 +308,9 @@ mod zero_trust_loop {
     #[test]
     fn posture_clear_device_risk_and_ungrant_reach_live_flows_and_the_listings_show_them() {
         let Scene {
+            _keep,
             pki,
-            up: _up,
             control,
-            state: _state,
             gw,
         } = scene();
         let alice = leaf(&pki, ENGINEER, Some("laptop-7"));
@@ -339,7 +329,7 @@ mod zero_trust_loop {
         control.ok(&["risk", "set", "--device", "laptop-7", "80"]);
         assert!(closed(&mut a), "the device's risk did not close its flow");
         closed_because(&gw, ENGINEER, "risk");
-        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&alice)))));
+        assert!(refuses(&gw, &pki, &alice));
         let listed: serde_json::Value =
             serde_json::from_str(&control.ok(&["risk", "list"])).unwrap();
         assert_eq!(
@@ -358,7 +348,7 @@ mod zero_trust_loop {
             "clearing the posture did not close the flow"
         );
         closed_because(&gw, ENGINEER, "posture");
-        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&alice)))));
+        assert!(refuses(&gw, &pki, &alice));
         let listed: serde_json::Value =
             serde_json::from_str(&control.ok(&["posture", "list"])).unwrap();
         assert_eq!(listed["posture"], serde_json::json!([]), "{listed}");
@@ -389,7 +379,7 @@ mod zero_trust_loop {
         control.ok(&["ungrant", "--principal", ONCALL, "--service", "echo"]);
         assert!(closed(&mut b), "ungrant did not close the flow");
         closed_because(&gw, ONCALL, "grant-ended");
-        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&bob)))));
+        assert!(refuses(&gw, &pki, &bob));
         let listed: serde_json::Value = serde_json::from_str(&control.ok(&["grants"])).unwrap();
         assert_eq!(listed["grants"], serde_json::json!([]), "{listed}");
         // Nothing left to end: a clear refusal.
@@ -407,10 +397,9 @@ mod zero_trust_loop {
     #[test]
     fn history_names_the_git_commit_rollback_goes_back_one_and_shadow_clear_withdraws() {
         let Scene {
+            _keep,
             pki,
-            up: _up,
             control,
-            state: _state,
             gw,
         } = scene();
         let trader = leaf(&pki, TRADER, None);
@@ -548,12 +537,12 @@ mod zero_trust_loop {
              principals = [\"spiffe://corp.example/ns/trading/*\"]\n\
              schedule = {{ days = [\"mon-sun\"], hours = [{hours}], time_zone = \"UTC\" }}\n"
         );
-        let pki = Pki::new(&[]);
-        let up = Upstream::echo();
-        let control = Control::start(&[("p.toml", &policy)]);
-        let state = tempfile::tempdir().unwrap();
-        let gw = gateway(&pki, &up, &control, state.path());
-        control.wait_enforced(1);
+        let Scene {
+            _keep,
+            pki,
+            control: _control,
+            gw,
+        } = scene_with(&policy);
         let trader = leaf(&pki, TRADER, None);
         let mut live = flow(&gw, &pki, &trader);
         let ends_at = start - start % 86_400 + end * 60;
@@ -582,10 +571,7 @@ mod zero_trust_loop {
             1
         );
         assert_eq!(gw.metric("zgate_flows_closed_by_policy_total"), 1);
-        assert!(refused(connect_tls(
-            &gw,
-            client_config(&pki, Some(&trader))
-        )));
+        assert!(refuses(&gw, &pki, &trader));
     }
 
     /// One control process, two gateways: both in `status` by name, both enforce
@@ -631,10 +617,9 @@ mod zero_trust_loop {
     #[test]
     fn policy_edits_take_effect_and_a_broken_policy_changes_nothing() {
         let Scene {
+            _keep,
             pki,
-            up: _up,
             control,
-            state: _state,
             gw,
         } = scene();
         let trader = leaf(&pki, TRADER, None);
@@ -663,10 +648,7 @@ mod zero_trust_loop {
         assert_eq!(s["table_version"], 2, "{s}");
         assert!(closed(&mut live));
         closed_because(&gw, TRADER, "policy-changed");
-        assert!(refused(connect_tls(
-            &gw,
-            client_config(&pki, Some(&trader))
-        )));
+        assert!(refuses(&gw, &pki, &trader));
 
         // Rolled back: version 3 carries version 1's rules.
         let out = control.ok(&["rollback", "1"]);
@@ -679,15 +661,14 @@ mod zero_trust_loop {
     #[test]
     fn posture_risk_and_grants_reach_live_flows() {
         let Scene {
+            _keep,
             pki,
-            up: _up,
             control,
-            state: _state,
             gw,
         } = scene();
         let alice = leaf(&pki, ENGINEER, Some("laptop-7"));
         // Unknown posture meets no requirement.
-        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&alice)))));
+        assert!(refuses(&gw, &pki, &alice));
         control.ok(&[
             "posture",
             "set",
@@ -711,7 +692,7 @@ mod zero_trust_loop {
 
         // On-call: nothing without a grant; a grant lets in, then ends by itself.
         let bob = leaf(&pki, ONCALL, None);
-        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&bob)))));
+        assert!(refuses(&gw, &pki, &bob));
         control.ok(&[
             "grant",
             "--principal",
@@ -727,7 +708,7 @@ mod zero_trust_loop {
         let mut b = flow(&gw, &pki, &bob);
         assert!(closed(&mut b), "the grant's end did not close the flow");
         closed_because(&gw, ONCALL, "grant-ended");
-        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&bob)))));
+        assert!(refuses(&gw, &pki, &bob));
         assert!(gw.metric("zgate_flows_closed_by_policy_total{reason=\"grant-ended\"}") >= 1);
     }
 
@@ -758,10 +739,7 @@ mod zero_trust_loop {
             let (code, body) = http_get(gw.admin, "/readyz").unwrap();
             assert_eq!(code, 200, "stale facts are still enforced: {body}");
             assert!(body.contains("facts STALE: last in step"), "{body}");
-            assert!(refused(connect_tls(
-                &gw,
-                client_config(&pki, Some(&trader))
-            )));
+            assert!(refuses(&gw, &pki, &trader));
             drop(flow(&gw, &pki, &other));
             let (code, body) = http_get(gw.admin, "/readyz").unwrap();
             assert_eq!(code, 200, "{body}");
@@ -777,10 +755,7 @@ mod zero_trust_loop {
         let (_, body) = http_get(gw.admin, "/readyz").unwrap();
         assert!(body.contains("persisted"), "{body}");
         drop(flow(&gw, &pki, &other));
-        assert!(refused(connect_tls(
-            &gw,
-            client_config(&pki, Some(&trader))
-        )));
+        assert!(refuses(&gw, &pki, &trader));
         // The control process comes back: the gateway resubscribes, fresh again.
         control.spawn();
         control.wait_enforced(1);
@@ -822,7 +797,7 @@ mod zero_trust_loop {
         let gw = gateway(&pki, &up, &control, s1.path());
         assert!(gw.log().contains("facts version 2"), "{}", gw.log());
         let mut a = flow(&gw, &pki, &alice);
-        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&other)))));
+        assert!(refuses(&gw, &pki, &other));
 
         // The control process restarts with the same facts.
         control.spawn();
@@ -852,41 +827,39 @@ mod zero_trust_loop {
         let s2 = tempfile::tempdir().unwrap();
         let fresh = gateway(&pki, &up, &control, s2.path());
         control.wait_enforced(2);
-        assert!(refused(connect_tls(
-            &fresh,
-            client_config(&pki, Some(&other))
-        )));
+        assert!(refuses(&fresh, &pki, &other));
         drop(flow(&fresh, &pki, &leaf(&pki, TRADER, None)));
 
         // A corrupt state file: `serve` refuses to start, names the file and what
         // starting without it would cost, exits 65; a missing kept table, 71. Each
         // restored, it starts again with the same state.
         control.kill();
-        let refuses = |file: &str, damage: &dyn Fn(&std::path::Path), code: i32, says: &str| {
-            let path = control.path(&format!("state/{file}"));
-            let good = std::fs::read(&path).unwrap();
-            damage(&path);
-            let (status, log) = control.serve_until_exit();
-            assert_eq!(status.code(), Some(code), "{file}: {log}");
-            assert!(log.contains(&format!("`{}`", path.display())), "{log}");
-            assert!(log.contains(says), "{file}: {log}");
-            std::fs::write(&path, good).unwrap();
-            log
-        };
+        let serve_refuses =
+            |file: &str, damage: &dyn Fn(&std::path::Path), code: i32, says: &str| {
+                let path = control.path(&format!("state/{file}"));
+                let good = std::fs::read(&path).unwrap();
+                damage(&path);
+                let (status, log) = control.serve_until_exit();
+                assert_eq!(status.code(), Some(code), "{file}: {log}");
+                assert!(log.contains(&format!("`{}`", path.display())), "{log}");
+                assert!(log.contains(says), "{file}: {log}");
+                std::fs::write(&path, good).unwrap();
+                log
+            };
         let garbage =
             |p: &std::path::Path| std::fs::write(p, b"{\"version\": 3, \"tables\": [").unwrap();
-        let log = refuses("facts.json", &garbage, 65, "may have lost revocations");
+        let log = serve_refuses("facts.json", &garbage, 65, "may have lost revocations");
         assert!(!log.contains("numbered from 1"), "{log}");
-        let log = refuses(
+        let log = serve_refuses(
             "history.json",
             &garbage,
             65,
             "new tables would be numbered from 1 again",
         );
         assert!(!log.contains("revocations"), "{log}");
-        let log = refuses("tables/1.zgt", &garbage, 65, "is corrupt");
+        let log = serve_refuses("tables/1.zgt", &garbage, 65, "is corrupt");
         assert!(log.contains("a kept table that does not verify"), "{log}");
-        let log = refuses(
+        let log = serve_refuses(
             "tables/1.zgt",
             &|p| std::fs::remove_file(p).unwrap(),
             71,
@@ -894,10 +867,7 @@ mod zero_trust_loop {
         );
         assert!(!log.contains("is corrupt"), "{log}");
         // The gateways kept enforcing meanwhile.
-        assert!(refused(connect_tls(
-            &fresh,
-            client_config(&pki, Some(&other))
-        )));
+        assert!(refuses(&fresh, &pki, &other));
         control.spawn();
         assert_eq!(control.status()["facts_version"], 3);
         assert_eq!(control.status()["table_version"], 1);
@@ -928,10 +898,7 @@ mod zero_trust_loop {
         assert_eq!(code, 503, "{body}");
         assert!(body.contains("fail closed"), "{body}");
         let trader = leaf(&pki, TRADER, None);
-        assert!(refused(connect_tls(
-            &gw,
-            client_config(&pki, Some(&trader))
-        )));
+        assert!(refuses(&gw, &pki, &trader));
         assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
         // A corrupt state file is the same: nothing it says is trusted.
         drop(gw);
@@ -1051,8 +1018,8 @@ mod zero_trust_loop {
             assert_eq!(gw.metric("zgate_table_version"), 2);
             assert_eq!(gw.metric("zgate_facts_version"), 1);
             assert!(echoes(&mut live));
-            assert!(refused(connect_tls(&gw, client_config(&pki, Some(&other)))));
-            assert!(refused(connect_tls(&gw, client_config(&pki, Some(&alice)))));
+            assert!(refuses(&gw, &pki, &other));
+            assert!(refuses(&gw, &pki, &alice));
         }
         drop(flow(&gw, &pki, &trader));
 
@@ -1081,10 +1048,9 @@ mod zero_trust_loop {
     #[test]
     fn shadow_mode_reports_what_would_change_enforces_nothing_and_can_be_promoted() {
         let Scene {
+            _keep,
             pki,
-            up: _up,
             control,
-            state: _state,
             gw,
         } = scene();
         let trader = leaf(&pki, TRADER, None);

@@ -27,7 +27,7 @@ mod fleet {
     use super::common::etcd::{EtcdCluster, EtcdPki};
     use super::common::partition::Link;
     use super::common::pki::{
-        client_config, closed, connect_tls, echo_through, echoes, refused, Pki, Tls,
+        client_config, closed, connect_tls, echo_through, echoes, refused, refuses, Pki, Tls,
     };
     use super::common::{http_get, Gateway, Setup, Upstream, WAIT};
     use zgate_devpki::{ClientSpec, Leaf};
@@ -320,10 +320,7 @@ mod fleet {
                 "gateway {i}"
             );
             assert_eq!(fleet.revoked(i), vec![TRADER.to_string()], "host {i}");
-            assert!(refused(connect_tls(
-                &h.gw,
-                client_config(&fleet.pki, Some(&victim))
-            )));
+            assert!(refuses(&h.gw, &fleet.pki, &victim));
             let s = h.control.status();
             assert!(
                 s["facts_store"].as_str().unwrap().starts_with("etcd "),
@@ -413,10 +410,7 @@ mod fleet {
                 "host {i}"
             );
             assert_eq!(s["fleet_policy"]["manifest"]["rules"], 2, "host {i}");
-            assert!(refused(connect_tls(
-                &h.gw,
-                client_config(&fleet.pki, Some(&quoter))
-            )));
+            assert!(refuses(&h.gw, &fleet.pki, &quoter));
         }
         // Rollback is the compiler's business in a fleet: refused here, in words.
         let out = fleet.hosts[0].control.cli(&["rollback"]);
@@ -664,10 +658,7 @@ mod fleet {
             .ok(&["revoke", "--principal", TRADER]);
         fleet.wait_in_step();
         for h in &fleet.hosts {
-            assert!(refused(connect_tls(
-                &h.gw,
-                client_config(&fleet.pki, Some(&victim))
-            )));
+            assert!(refuses(&h.gw, &fleet.pki, &victim));
         }
 
         // Everything down.
@@ -689,10 +680,7 @@ mod fleet {
             assert_eq!(code, 200, "gateway {i}: {body}");
             assert!(body.contains("facts STALE"), "gateway {i}: {body}");
             // Enforcement stands: the revoked stay out, the others get in.
-            assert!(refused(connect_tls(
-                &h.gw,
-                client_config(&fleet.pki, Some(&victim))
-            )));
+            assert!(refuses(&h.gw, &fleet.pki, &victim));
             drop(fleet.flow(i, &bystander));
         }
         let out = fleet.hosts[2]

@@ -77,23 +77,33 @@ mod latency {
     /// Wait (bounded) until `/latency` shows at least `n` dwell samples on `listener`
     /// (workers hand their histograms over once a second).
     fn wait_dwell(gw: &Gateway, listener: &str, n: u64) -> serde_json::Value {
+        wait_measure(gw, listener, "dwell_upstream_to_client", n)
+    }
+
+    /// Wait (bounded) until `/latency` shows at least `n` samples of measure `m` on
+    /// `listener`; the whole `/latency` then.
+    fn wait_measure(gw: &Gateway, listener: &str, m: &str, n: u64) -> serde_json::Value {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some((200, body)) = http_get(gw.admin, "/latency") {
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-                let got = measure(&v, listener, "dwell_upstream_to_client")["since_start"]["count"]
-                    .as_u64()
-                    .unwrap_or(0);
-                if got >= n {
+                if count(&v, listener, m) >= n {
                     return v;
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "no {n} dwell samples on {listener}"
+                "no {n} {m} samples on {listener}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// How many samples of measure `m` `/latency` (`v`) has on `listener` since start.
+    fn count(v: &serde_json::Value, listener: &str, m: &str) -> u64 {
+        measure(v, listener, m)["since_start"]["count"]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     #[test]
@@ -246,17 +256,13 @@ mod latency {
             }
         }
         let v = wait_dwell(&gw, "echo", PINGS as u64);
-        let count = |m: &str| {
-            measure(&v, "echo", m)["since_start"]["count"]
-                .as_u64()
-                .unwrap()
-        };
-        let handshakes = count("tls_handshake_full") + count("tls_handshake_resumed");
+        let samples = |m: &str| count(&v, "echo", m);
+        let handshakes = samples("tls_handshake_full") + samples("tls_handshake_resumed");
         assert_eq!(handshakes, 2);
         // Each ping is one open and one seal call, give or take a coalesced pair.
         let per_sample = zgate_telemetry::latency::CRYPTO_SAMPLE as usize;
         for m in ["tls_open", "tls_seal"] {
-            let n = count(m);
+            let n = samples(m);
             assert!(
                 (PINGS / per_sample / 2..=PINGS / per_sample + 2).contains(&(n as usize)),
                 "{m}: {n} samples for {PINGS} pings"
@@ -281,30 +287,13 @@ mod latency {
         for _ in 0..128 {
             drop(ping(gw.listen, 1));
         }
-        let deadline = Instant::now() + WAIT;
-        let v = loop {
-            // Before the first merge `/latency` says so in words.
-            let v: Option<serde_json::Value> = http_get(gw.admin, "/latency")
-                .and_then(|(_, body)| serde_json::from_str(&body).ok());
-            if let Some(v) = v.filter(|v| {
-                measure(v, "echo", "flow_duration")["since_start"]["count"] == 128
-                    || Instant::now() > deadline
-            }) {
-                break v;
-            }
-            assert!(Instant::now() <= deadline, "no /latency from the gateway");
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let count = |m: &str| {
-            measure(&v, "echo", m)["since_start"]["count"]
-                .as_u64()
-                .unwrap()
-        };
-        assert_eq!(count("flow_duration"), 128);
+        let v = wait_measure(&gw, "echo", "flow_duration", 128);
+        let samples = |m: &str| count(&v, "echo", m);
+        assert_eq!(samples("flow_duration"), 128);
         assert!(
-            (1..=2).contains(&count("decision")),
+            (1..=2).contains(&samples("decision")),
             "{}",
-            count("decision")
+            samples("decision")
         );
         assert!(
             measure(&v, "echo", "decision")["since_start"]["p50_us"]

@@ -22,7 +22,8 @@ mod tls {
     use zgate_policy::model::{Action, Principal, Rule, ServiceSelector};
 
     use super::common::pki::{
-        client_config, connect_tls, echo_through, now, refused, trading_only, Pki, Tls, TRADING,
+        client_config, connect_tls, echo_through, now, refused, refuses, trading_only, Pki, Tls,
+        TRADING,
     };
     use super::common::*;
 
@@ -357,7 +358,7 @@ mod tls {
         let up = Upstream::echo();
         let gw = tls_gateway(&pki, up.addr, trading_only(), "");
         let other = pki.client(&ClientSpec::spiffe(OTHER));
-        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&other)))));
+        assert!(refuses(&gw, &pki, &other));
         assert_eq!(gw.wait_metric("zgate_connections_denied_total", 1), 1);
         // Not a byte reached the upstream: it never even saw a connection.
         assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
@@ -680,10 +681,7 @@ mod tls {
         ));
         for (name, leaf, reason) in &cases {
             let before = failures(&gw, reason);
-            assert!(
-                refused(connect_tls(&gw, client_config(&pki, Some(leaf)))),
-                "{name} was not refused"
-            );
+            assert!(refuses(&gw, &pki, leaf), "{name} was not refused");
             let deadline = Instant::now() + WAIT;
             while failures(&gw, reason) <= before && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -809,7 +807,7 @@ mod tls {
         let gw = Gateway::start(&setup);
         let expect_refused = |leaf: &Leaf, reason: &str| {
             let before = failures(&gw, reason);
-            assert!(refused(connect_tls(&gw, client_config(&pki, Some(leaf)))));
+            assert!(refuses(&gw, &pki, leaf));
             assert_eq!(
                 gw.wait_metric(
                     &format!("zgate_tls_handshake_failures_total{{reason=\"{reason}\"}}"),
@@ -922,10 +920,7 @@ mod tls {
             "trust_domain = \"corp.example\"",
         );
         let elsewhere = pki.client(&ClientSpec::spiffe("spiffe://other.example/x"));
-        assert!(refused(connect_tls(
-            &gw,
-            client_config(&pki, Some(&elsewhere))
-        )));
+        assert!(refuses(&gw, &pki, &elsewhere));
         assert_eq!(
             gw.metric_settled(
                 "zgate_tls_handshake_failures_total{reason=\"unknown-trust-domain\"}",
@@ -1532,7 +1527,7 @@ mod tls {
         let mut s = connect_tls(&gw, client_config(&pki, Some(&newcomer)));
         echo_through(&mut s, b"new ca");
         let other = pki.client(&ClientSpec::spiffe(TRADING));
-        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&other)))));
+        assert!(refuses(&gw, &pki, &other));
         // Live connections are not re-authenticated by a material change.
         echo_through(&mut live, b"still ok");
     }
@@ -1583,7 +1578,7 @@ mod tls {
         assert_eq!(e["cause"], "certificate-expired", "{e}");
         assert_eq!(e["spiffe_id"], TRADING, "{e}");
         // New handshakes with that chain are refused now.
-        assert!(refused(connect_tls(&gw, client_config(&pki, Some(&leaf)))));
+        assert!(refuses(&gw, &pki, &leaf));
     }
 
     /// `reload` on the operator socket says when a listener's new TLS material was

@@ -167,6 +167,11 @@ pub fn client_config_for(
     })
 }
 
+/// Whether `gw` refuses a TLS client presenting `leaf` ([`refused`]).
+pub fn refuses(gw: &Gateway, pki: &Pki, leaf: &Leaf) -> bool {
+    refused(connect_tls(gw, client_config(pki, Some(leaf))))
+}
+
 /// Whether the gateway closed `s` (reset or end of stream), waiting for it (bounded).
 pub fn closed(s: &mut Tls) -> bool {
     s.sock.set_read_timeout(Some(WAIT)).unwrap();
