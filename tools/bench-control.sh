@@ -56,18 +56,12 @@ need_fds=$((SWAP_FLOWS + 512))
 if [ "$(ulimit -n)" -lt "$need_fds" ]; then
   ulimit -n "$need_fds" 2>/dev/null || { echo "bench-control: open-file limit $(ulimit -n) too low" >&2; exit 2; }
 fi
-mkdir -p "$OUT_DIR"
-OUT_DIR=$(cd "$OUT_DIR" && pwd)
-work=$(mktemp -d -t zgate-bench-control.XXXXXX)
-results="$OUT_DIR/results.jsonl"
-: > "$results"
-
 # Process bookkeeping (every process started here is stopped by PID on exit) and
 # port waits, shared with the other bench scripts.
 BENCH=bench-control
 source tools/bench/lib.sh
 metric() {  # metric NAME: the sum of its samples on the gateway's /metrics
-  taskset -c "$CLIENT_CORE" curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { print s + 0 }'
+  taskset -c "$CLIENT_CORE" curl -s "http://127.0.0.1:$ADMIN/metrics" | prom_sum "$1"
 }
 metric_us() {  # metric_us NAME: a _seconds metric's sum, in whole microseconds
   metric "$1" | awk '{ printf "%d\n", $1 * 1000000 + 0.5 }'
@@ -147,10 +141,7 @@ name = "bench-gateway"
 EOF
 "$BIN_DIR/zgate" run --config "$work/zgate.toml" > "$work/gateway.log" 2>&1 &
 gw=$!; pids+=($gw)
-for _ in $(seq 100); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN/readyz")" = 200 ] && break
-  sleep 0.1
-done
+wait_ready "$ADMIN" 100 || true
 tls=(--tls --ca "$work/pki/ca.pem" --server-name localhost)
 export ZGATE_CONTROL_SOCKET="$work/control.sock"
 

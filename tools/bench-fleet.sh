@@ -54,12 +54,6 @@ command -v etcd > /dev/null || { echo "bench-fleet: etcd missing (apt-get instal
 BIN_DIR=$(cd "$BIN_DIR" && pwd)
 ctl_bin="$BIN_DIR/zgate-control"
 loadgen="$BIN_DIR/zgate-bench"
-mkdir -p "$OUT_DIR"
-OUT_DIR=$(cd "$OUT_DIR" && pwd)
-work=$(mktemp -d -t zgate-bench-fleet.XXXXXX)
-results="$OUT_DIR/results.jsonl"
-: > "$results"
-
 BENCH=bench-fleet
 source tools/bench/lib.sh
 
@@ -72,7 +66,7 @@ gw_admin() { echo "${PORTS[$((10 + $1))]}"; }   # 10..12
 UP=${PORTS[13]}
 
 metric() {  # metric HOST NAME: the sum of its samples on gateway HOST's /metrics
-  curl -s "http://127.0.0.1:$(gw_admin "$1")/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { print s + 0 }'
+  curl -s "http://127.0.0.1:$(gw_admin "$1")/metrics" | prom_sum "$2"
 }
 
 {
@@ -174,12 +168,7 @@ for i in 0 1 2; do
   pids+=($!)
 done
 for i in 0 1 2; do
-  for _ in $(seq 200); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(gw_admin $i)/readyz")" = 200 ] && break
-    sleep 0.1
-  done
-  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(gw_admin $i)/readyz")" = 200 ] ||
-    { echo "bench-fleet: gateway $i not ready" >&2; exit 1; }
+  wait_ready "$(gw_admin $i)" 200 || { echo "bench-fleet: gateway $i not ready" >&2; exit 1; }
 done
 
 if has_part revoke; then

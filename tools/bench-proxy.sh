@@ -80,12 +80,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
 fi
 
-mkdir -p "$OUT_DIR"
-OUT_DIR=$(cd "$OUT_DIR" && pwd)
-work=$(mktemp -d)
-results="$OUT_DIR/results.jsonl"
-: > "$results"
-
 BENCH=bench-proxy
 # shellcheck source=tools/bench/lib.sh
 source tools/bench/lib.sh  # the scripts cd to the repository root first

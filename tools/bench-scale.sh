@@ -69,11 +69,6 @@ if [ -z "${WORKERS:-}" ]; then
 fi
 client_list=$(IFS=,; echo "${client_cores[*]}")
 
-mkdir -p "$OUT_DIR"
-OUT_DIR=$(cd "$OUT_DIR" && pwd)
-work=$(mktemp -d -t zgate-bench-scale.XXXXXX)
-results="$OUT_DIR/results.jsonl"
-: > "$results"
 BENCH=bench-scale
 source tools/bench/lib.sh
 
@@ -111,7 +106,6 @@ EOF
 mkdir -p "$work/policy"; cp "$work/policy.toml" "$work/policy/"
 "$BIN_DIR/zgate-control" compile "$work/policy" -o "$work/bench.zgt" > /dev/null
 
-ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 clk=$(getconf CLK_TCK)
 
 gw_pid=""
@@ -195,9 +189,9 @@ clients() {
 measure() {
   local gw=$1 w=$2 kind=$3; shift 3
   local t0 t1 lines
-  t0=$(ticks "$gw_pid")
+  t0=$(pid_ticks "$gw_pid")
   lines=$(clients "$CLIENTS" "$@") || exit 1
-  t1=$(ticks "$gw_pid")
+  t1=$(pid_ticks "$gw_pid")
   python3 - "$results" "$gw" "$w" "$kind" "$(( t1 - t0 ))" "$clk" <<EOF
 import json, sys
 results, gw, w, kind, ticks, clk = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])

@@ -71,12 +71,6 @@ if [ "$(ulimit -n)" -lt $((IDLE_CONNS * 2 + 256)) ]; then
   ulimit -n $((IDLE_CONNS * 2 + 256)) 2>/dev/null || { echo "bench-tls: open-file limit $(ulimit -n) too low for IDLE_CONNS=$IDLE_CONNS" >&2; exit 2; }
 fi
 
-mkdir -p "$OUT_DIR"
-OUT_DIR=$(cd "$OUT_DIR" && pwd)
-work=$(mktemp -d -t zgate-bench-tls.XXXXXX)
-results="$OUT_DIR/results.jsonl"
-: > "$results"
-
 BENCH=bench-tls
 # shellcheck source=tools/bench/lib.sh
 source tools/bench/lib.sh  # the scripts cd to the repository root first

@@ -1,9 +1,18 @@
-# Shell helpers shared by tools/bench-proxy.sh and tools/bench-tls.sh: process
-# bookkeeping (every process a script starts is killed by PID on exit), port waits, and
+# Shell helpers shared by the bench scripts (bench-proxy, bench-tls, bench-control,
+# bench-fleet, bench-scale): the run's directories, process bookkeeping (every process a
+# script starts is killed by PID on exit), port and readiness waits, /metrics sums, and
 # the measurement window (CPU of the gateway vs. everything else on the machine).
-# Sourced after the script sets: BENCH (its name, for messages), OUT_DIR, work, results,
-# clk (clock ticks per second), QUIET_PCT, QUIET_WAIT_S; `cpu_pids` and `upstream_pids`
-# are arrays the script fills as it starts processes.
+# Sourced after the script sets: BENCH (its name, for messages and its scratch
+# directory), OUT_DIR; for the measurement window also clk (clock ticks per second),
+# QUIET_PCT, QUIET_WAIT_S, and the arrays `cpu_pids` and `upstream_pids` it fills as it
+# starts processes. Sets OUT_DIR (made, absolute), work (a scratch directory, removed on
+# exit) and results (OUT_DIR/results.jsonl, emptied).
+
+mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+work=$(mktemp -d -t "zgate-$BENCH.XXXXXX")
+results="$OUT_DIR/results.jsonl"
+: > "$results"
 
 # Every process this script starts is recorded here and killed by PID on exit.
 pids=()
@@ -39,6 +48,19 @@ wait_port() {  # wait until something accepts on 127.0.0.1:$1 (bounded: 10 s)
   done
   echo "$BENCH: nothing listens on port $1 after 10 s" >&2
   return 1
+}
+
+wait_ready() {  # wait_ready ADMIN_PORT TRIES: until /readyz answers 200 (0.1 s apart); 1 if never
+  local _
+  for _ in $(seq "$2"); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/readyz")" = 200 ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+prom_sum() {  # prom_sum NAME < /metrics text: the sum of NAME's samples over every label set
+  awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { print s + 0 }'
 }
 
 all_busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
