@@ -24,7 +24,7 @@ mod fleet {
     use std::time::{Duration, Instant};
 
     use super::common::control::{control_bin, Control};
-    use super::common::etcd::{EtcdCluster, EtcdPki};
+    use super::common::etcd::EtcdCluster;
     use super::common::partition::Link;
     use super::common::pki::{
         client_config, closed, connect_tls, echo_through, echoes, refused, refuses, Pki, Tls,
@@ -74,7 +74,7 @@ mod fleet {
 
     /// The `serve` flags of a host on etcd at `endpoints`, with a client certificate
     /// when it speaks TLS.
-    fn store_flags(endpoints: String, tls: Option<(&EtcdPki, &str)>) -> Vec<String> {
+    fn store_flags(endpoints: String, tls: Option<(&Pki, &str)>) -> Vec<String> {
         let mut flags: Vec<String> = vec![
             "--store".into(),
             "etcd".into(),
@@ -84,9 +84,10 @@ mod fleet {
             PREFIX.into(),
         ];
         if let Some((pki, name)) = tls {
-            let (cert, key) = pki.client(name);
+            let spec = ClientSpec::spiffe(&format!("spiffe://etcd.test/{name}"));
+            let (cert, key) = pki.write_leaf(name, &pki.client(&spec));
             for (flag, path) in [
-                ("--etcd-ca", pki.ca()),
+                ("--etcd-ca", pki.path("ca.pem")),
                 ("--etcd-cert", cert),
                 ("--etcd-key", key),
             ] {
@@ -105,7 +106,7 @@ mod fleet {
         /// Three hosts; with `tls`, etcd speaks only TLS and each control process shows
         /// its own client certificate; with `cuttable`, host 2 reaches the members
         /// through links the test can cut.
-        fn start_with(tls: Option<&EtcdPki>, cuttable: bool) -> Fleet {
+        fn start_with(tls: Option<&Pki>, cuttable: bool) -> Fleet {
             let etcd = EtcdCluster::start_with(3, tls);
             let pki = Pki::new(&[]);
             let up = Upstream::echo();
@@ -443,7 +444,7 @@ mod fleet {
     /// are refused; one without TLS flags is refused at its command line.
     #[test]
     fn over_mtls_only_control_processes_with_a_trusted_certificate_reach_etcd() {
-        let etcd_pki = EtcdPki::new();
+        let etcd_pki = Pki::new(&[]);
         let fleet = Fleet::start_with(Some(&etcd_pki), false);
         let victim = fleet.leaf(TRADER);
         let mut flows: Vec<Tls> = (0..3).map(|h| fleet.flow(h, &victim)).collect();
@@ -457,11 +458,11 @@ mod fleet {
         fleet.wait_same_table(&[0, 1, 2], 0);
 
         // A certificate from another CA: etcd refuses the handshake.
-        let stranger_pki = EtcdPki::new();
+        let stranger_pki = Pki::new(&[]);
         let mut flags = store_flags(fleet.etcd.endpoints(), Some((&stranger_pki, "stranger")));
         // It trusts the members (the right CA) but shows a certificate they do not.
         let ca_at = flags.iter().position(|f| f == "--etcd-ca").unwrap() + 1;
-        flags[ca_at] = etcd_pki.ca().display().to_string();
+        flags[ca_at] = etcd_pki.path("ca.pem").display().to_string();
         let stranger = Control::start_with(&[("p.toml", POLICY)], &flags);
         std::thread::sleep(Duration::from_secs(2));
         let s = stranger.status();

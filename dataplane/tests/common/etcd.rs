@@ -32,52 +32,6 @@ pub struct Member {
     pub child: Option<Child>,
 }
 
-/// A CA for etcd, the members' certificate (127.0.0.1), and client certificates.
-pub struct EtcdPki {
-    pub dir: tempfile::TempDir,
-    ca: zgate_devpki::Ca,
-}
-
-impl EtcdPki {
-    pub fn new() -> EtcdPki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = zgate_devpki::Ca::new("etcd test CA", super::pki::now()).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
-        let server = ca
-            .server(
-                &["localhost"],
-                &["127.0.0.1".parse().unwrap()],
-                super::pki::now(),
-            )
-            .unwrap();
-        std::fs::write(dir.path().join("server.pem"), &server.chain_pem).unwrap();
-        std::fs::write(dir.path().join("server.key"), &server.key_pem).unwrap();
-        EtcdPki { dir, ca }
-    }
-
-    pub fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// A client certificate and key issued by this CA, written as `name.pem`/`.key`.
-    pub fn client(&self, name: &str) -> (PathBuf, PathBuf) {
-        let leaf = self
-            .ca
-            .client(
-                &zgate_devpki::ClientSpec::spiffe(&format!("spiffe://etcd.test/{name}")),
-                super::pki::now(),
-            )
-            .unwrap();
-        let (cert, key) = (
-            self.dir.path().join(format!("{name}.pem")),
-            self.dir.path().join(format!("{name}.key")),
-        );
-        std::fs::write(&cert, &leaf.chain_pem).unwrap();
-        std::fs::write(&key, &leaf.key_pem).unwrap();
-        (cert, key)
-    }
-}
-
 /// A cluster of members, killed on drop.
 pub struct EtcdCluster {
     pub dir: tempfile::TempDir,
@@ -95,7 +49,7 @@ impl EtcdCluster {
 
     /// The same, with `https://` client URLs and client-certificate auth (etcd's
     /// `--client-cert-auth`) under `pki`'s CA.
-    pub fn start_with(n: usize, pki: Option<&EtcdPki>) -> EtcdCluster {
+    pub fn start_with(n: usize, pki: Option<&super::pki::Pki>) -> EtcdCluster {
         let dir = tempfile::tempdir().unwrap();
         let members = (0..n)
             .map(|i| Member {
