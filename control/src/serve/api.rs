@@ -257,9 +257,7 @@ async fn finish(core: &Shared, writes: Vec<super::shared::PendingWrite>) -> Resp
         Ok(c) => c,
         Err(r) => return r,
     };
-    for w in &writes {
-        c.audit_write(w, committed_us);
-    }
+    c.audit_writes(&writes, committed_us);
     match waited {
         Ok(Ok(_)) => done(&c, json!({ "store_revision": revision })),
         _ => error(

@@ -276,8 +276,8 @@ async fn cluster_id(client: &mut Client, prefix: &str) -> Result<u64, String> {
 }
 
 /// Read every fact at one revision: the facts, at the version of the last write, and
-/// that revision.
-async fn read_all(client: &mut Client, prefix: &str, origin: &str) -> Result<(Facts, i64), String> {
+/// holding every change through that revision.
+async fn read_all(client: &mut Client, prefix: &str, origin: &str) -> Result<Facts, String> {
     let resp = client
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await
@@ -307,13 +307,12 @@ async fn read_all(client: &mut Client, prefix: &str, origin: &str) -> Result<(Fa
     facts.version = u64::try_from(last_write).map_err(|_| format!("revision {last_write}"))?;
     facts.through = u64::try_from(revision).map_err(|_| format!("revision {revision}"))?;
     facts.origin = Some(origin.to_string());
-    Ok((facts, revision))
+    Ok(facts)
 }
 
-fn with_core(core: &Mutex<Core>, f: impl FnOnce(&mut Core)) {
-    if let Ok(mut c) = core.lock() {
-        f(&mut c);
-    }
+/// `f` on the locked core; `None`: the lock is poisoned.
+pub(super) fn with_core<T>(core: &Mutex<Core>, f: impl FnOnce(&mut Core) -> T) -> Option<T> {
+    core.lock().ok().map(|mut c| f(&mut c))
 }
 
 /// Where to start watching: after this host's own facts when they came from this
@@ -334,7 +333,8 @@ async fn starting_point(
         eprintln!("zgate-control: etcd: resuming after revision {v} (the facts kept here)");
         return i64::try_from(v).map_err(|_| format!("revision {v}"));
     }
-    let (facts, rev) = read_all(client, prefix, &origin).await?;
+    let facts = read_all(client, prefix, &origin).await?;
+    let rev = facts.through;
     eprintln!(
         "zgate-control: etcd: {} fact(s) at revision {rev} (facts version {})",
         facts.changes().len(),
@@ -342,9 +342,9 @@ async fn starting_point(
     );
     with_core(core, |c| {
         c.replace_shared(facts);
-        c.store_contact(u64::try_from(rev).ok());
+        c.store_contact(Some(rev));
     });
-    Ok(rev)
+    i64::try_from(rev).map_err(|_| format!("revision {rev}"))
 }
 
 /// Why a watch ended.

@@ -16,7 +16,7 @@ use etcd_client::{
 };
 use tokio::sync::Notify;
 
-use super::etcd::{why, EtcdStore};
+use super::etcd::{why, with_core, EtcdStore};
 use super::shared::{sha256_hex, Manifest};
 use super::state::{now_unix, Core};
 
@@ -35,10 +35,6 @@ fn keys(store: &EtcdStore) -> (String, String, String) {
         format!("{}/policy/manifest", store.root),
         format!("{}/policy/chunks/", store.root),
     )
-}
-
-fn with_core<T>(core: &Mutex<Core>, f: impl FnOnce(&mut Core) -> T) -> Option<T> {
-    core.lock().ok().map(|mut c| f(&mut c))
 }
 
 /// Stand for election for ever; while elected, publish every new compilation.
@@ -89,7 +85,7 @@ pub async fn lead(
         };
         with_core(&core, |c| c.set_fleet_leader(true));
         loop {
-            match publish(&mut client, &store, &core, &leader).await {
+            match publish(&mut client, &store, &core, &leader, &me).await {
                 Ok(Some(m)) => eprintln!(
                     "zgate-control: published table version {} to the fleet ({} rule(s), {} chunk(s), {} bytes)",
                     m.version,
@@ -155,6 +151,7 @@ async fn publish(
     store: &EtcdStore,
     core: &Mutex<Core>,
     leader: &LeaderKey,
+    me: &str,
 ) -> Result<Option<Manifest>, String> {
     let (_, manifest_key, chunk_prefix) = keys(store);
     let (current, mod_rev) = current_manifest(client, &manifest_key).await?;
@@ -177,9 +174,7 @@ async fn publish(
         rules: table.rules,
         size: table.bytes.len(),
         chunks,
-        compiled_by: with_core(core, |c| c.fleet_name())
-            .flatten()
-            .unwrap_or_default(),
+        compiled_by: me.to_string(),
         git_commit: table.git_commit,
         at: now_unix(),
     };
@@ -343,7 +338,5 @@ async fn apply(
             m.size
         ));
     }
-    with_core(core, |c| c.enforce_fleet_table(&bytes, &m))
-        .unwrap_or(Ok(None))
-        .map(|_| ())
+    with_core(core, |c| c.enforce_fleet_table(&bytes, &m)).unwrap_or(Ok(()))
 }

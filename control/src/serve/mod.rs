@@ -354,9 +354,7 @@ async fn expire_loop(core: Arc<Mutex<Core>>) {
             match shared::write_all(&*store, &writes).await {
                 Ok((_, committed_us)) => {
                     if let Ok(mut c) = core.lock() {
-                        for w in &writes {
-                            c.audit_write(w, committed_us);
-                        }
+                        c.audit_writes(&writes, committed_us);
                     }
                 }
                 Err(e) => eprintln!("zgate-control: expiring facts in the shared store: {e}"),

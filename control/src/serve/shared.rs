@@ -109,10 +109,7 @@ pub struct FleetTable {
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::cli::hex(&sha2::Sha256::digest(bytes))
 }
 
 /// A key component: every byte outside `[A-Za-z0-9._~:@-]` as `%XX`, so a SPIFFE ID

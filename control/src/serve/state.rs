@@ -18,6 +18,8 @@ use zgate_proto::{
 };
 use zgate_table::DecisionTable;
 
+use crate::cli::hex;
+
 use super::store::{
     self, Actor, FactStore, Facts, GrantRecord, HistoryFile, PostureRecord, Revocation, RiskRecord,
     StateFile, StoreError, SubjectRecord, TableEntry,
@@ -217,7 +219,8 @@ pub struct Core {
     store_sync: StoreSync,
     /// The current outage of the shared store was logged (once per outage).
     store_outage_logged: bool,
-    /// With a shared store: tables come from the fleet's elected compiler.
+    /// With a shared store: tables come from the fleet's elected compiler (set
+    /// together with `shared`, so `Some` exactly when it is).
     fleet: Option<FleetPolicy>,
 }
 
@@ -239,9 +242,7 @@ struct FleetPolicy {
 
 /// A compiled local policy directory, not yet (or already) published.
 struct LocalCompile {
-    bytes: Vec<u8>,
-    policy_sha256: String,
-    rules: usize,
+    table: DecisionTable,
     git_commit: Option<String>,
 }
 
@@ -304,10 +305,6 @@ pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A SPIFFE ID as the dataplane will accept it.
@@ -441,12 +438,14 @@ impl Core {
         self.applied.subscribe()
     }
 
-    /// A shared-store write was committed (at `committed_us`, when the store
-    /// answered) and applied here: its audit line.
-    pub fn audit_write(&mut self, w: &super::shared::PendingWrite, committed_us: i64) {
-        self.last_accepted_us = committed_us;
-        let detail = w.detail.clone();
-        self.audit(&w.who.clone(), &w.what.clone(), detail);
+    /// Shared-store writes were committed (the last at `committed_us`, when the store
+    /// answered) and applied here: their audit lines, in order.
+    pub fn audit_writes(&mut self, writes: &[super::shared::PendingWrite], committed_us: i64) {
+        for w in writes {
+            self.last_accepted_us = committed_us;
+            let detail = w.detail.clone();
+            self.audit(&w.who.clone(), &w.what.clone(), detail);
+        }
     }
 
     #[cfg_attr(
@@ -588,15 +587,6 @@ impl Core {
         not(feature = "etcd"),
         allow(dead_code, reason = "the shared store is the etcd feature's")
     )]
-    /// This control process's name in the fleet, if it is in one.
-    pub fn fleet_name(&self) -> Option<String> {
-        self.fleet.as_ref().map(|f| f.me.clone())
-    }
-
-    #[cfg_attr(
-        not(feature = "etcd"),
-        allow(dead_code, reason = "the shared store is the etcd feature's")
-    )]
     /// This control process won (or lost) the election for the fleet's compiler.
     pub fn set_fleet_leader(&mut self, leader: bool) {
         let Some(f) = &mut self.fleet else { return };
@@ -629,20 +619,19 @@ impl Core {
         current: Option<&super::shared::Manifest>,
     ) -> Option<super::shared::FleetTable> {
         let c = self.fleet.as_ref()?.compiled.as_ref()?;
-        if current.is_some_and(|m| m.policy_sha256 == c.policy_sha256) {
+        let policy_sha256 = hex(c.table.policy_hash());
+        if current.is_some_and(|m| m.policy_sha256 == policy_sha256) {
             return None;
         }
-        let table = DecisionTable::decode(&c.bytes).ok()?;
-        let (policy_sha256, rules, git_commit) =
-            (c.policy_sha256.clone(), c.rules, c.git_commit.clone());
+        let (table, git_commit) = (c.table.clone(), c.git_commit.clone());
         let floor = current.map_or(0, |m| m.version) + 1;
         self.history.next_version = self.history.next_version.max(floor);
         let version = self.next_version();
         Some(super::shared::FleetTable {
+            rules: table.rule_count(),
             bytes: table.restamped(version).encode(),
             version,
             policy_sha256,
-            rules,
             git_commit,
         })
     }
@@ -652,15 +641,15 @@ impl Core {
         allow(dead_code, reason = "the shared store is the etcd feature's")
     )]
     /// The table the store's manifest `m` names, assembled from its chunks: verify it
-    /// against the manifest and enforce it. `Ok(None)`: this host already enforces that
-    /// version or a newer one.
+    /// against the manifest and enforce it. Nothing to do when this host already
+    /// enforces that version or a newer one.
     pub fn enforce_fleet_table(
         &mut self,
         bytes: &[u8],
         m: &super::shared::Manifest,
-    ) -> Result<Option<u64>, String> {
+    ) -> Result<(), String> {
         if self.history.enforced.is_some_and(|v| v >= m.version) {
-            return Ok(None);
+            return Ok(());
         }
         let sha = super::shared::sha256_hex(bytes);
         if sha != m.table_sha256 {
@@ -687,7 +676,6 @@ impl Core {
                 rules,
             )
             .map_err(|e| e.to_string())?;
-        self.history.next_version = self.history.next_version.max(v + 1);
         eprintln!(
             "zgate-control: table version {v} from the fleet ({rules} rule(s), compiled by {}), enforced",
             m.compiled_by
@@ -705,7 +693,7 @@ impl Core {
         if let Some(f) = &mut self.fleet {
             f.manifest = Some(m.clone());
         }
-        Ok(Some(v))
+        Ok(())
     }
 
     /// In a fleet, tables come from the elected compiler: an operation that would
@@ -801,12 +789,7 @@ impl Core {
                     "the fleet's elected compiler publishes"
                 }
             );
-            f.compiled = Some(LocalCompile {
-                bytes: table.encode(),
-                policy_sha256: hash,
-                rules,
-                git_commit,
-            });
+            f.compiled = Some(LocalCompile { table, git_commit });
             f.compiled_notify.notify_one();
             return None;
         }
@@ -1362,7 +1345,7 @@ impl Core {
     /// store only the fleet's elected compiler does it, once for the fleet, in a write
     /// like any other (left in the outbox).
     pub fn expire(&mut self, now: i64) -> Option<i64> {
-        if self.shared.is_some() && !self.fleet.as_ref().is_some_and(|f| f.leader) {
+        if self.fleet.as_ref().is_some_and(|f| !f.leader) {
             return None;
         }
         let due = self
